@@ -1,0 +1,36 @@
+//! Domain types shared by every part of Stockade.
+//!
+//! Raw strings from forms, the API, the CLI or configuration are parsed into
+//! these types on the first line that sees them; past that line there are no
+//! raw names, sizes or states.
+
+mod email;
+mod limits;
+mod name;
+mod quantity;
+mod state;
+
+pub use email::Email;
+pub use limits::Limits;
+pub use name::{JailName, TenantSlug};
+pub use quantity::{ByteSize, Millicores};
+pub use state::{DesiredState, JailKind, ObservedState, Role, TenantStatus};
+
+/// Why a value given by a user was refused; the message is shown to them as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ParseError {
+    /// The name of the field, as the user knows it ("name", "memory", ...).
+    pub field: &'static str,
+    /// What is wrong and what is accepted.
+    pub reason: String,
+}
+
+impl ParseError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
