@@ -1,1 +1,242 @@
-fn main() {}
+//! `stockade`: the one binary of the control plane.
+
+mod cluster;
+mod config;
+mod doctor;
+mod privileges;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use stockade_domain::{Email, Role};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "stockade",
+    version,
+    about = "Multi-tenant jail hosting control plane"
+)]
+struct Cli {
+    /// Configuration file (TOML); also STOCKADE_CONFIG.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on this machine: database (managed unless DATABASE_URL is set),
+    /// migrations, first admin, agent and web server.
+    Up,
+    /// Run the web server only (drops root privileges when started as root).
+    Serve {
+        /// Exit when the parent process dies (used by `up`).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// Run the node agent only (needs root for jails).
+    Agent,
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage provider staff accounts.
+    Staff {
+        #[command(subcommand)]
+        command: StaffCommand,
+    },
+    /// Show what this host offers and what is missing.
+    Doctor,
+    /// Run a managed PostgreSQL cluster in the foreground, print its URL, and
+    /// stop it when standard input closes (for tests and development).
+    #[command(hide = true)]
+    DbCluster {
+        /// Data folder of the cluster.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Fast and non-durable; the folder is removed when the cluster stops.
+        #[arg(long)]
+        ephemeral: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StaffCommand {
+    /// Create a staff account; prints a generated password unless one is given
+    /// in STOCKADE_STAFF_PASSWORD.
+    Create {
+        /// Sign-in email.
+        #[arg(long)]
+        email: String,
+        /// `admin` or `operator`.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("stockade: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    init_tracing(&cfg.log);
+    match cli.command {
+        Command::Up => up::run(cfg),
+        Command::Serve { exit_with_parent } => serve(cfg, exit_with_parent),
+        Command::Agent => {
+            let url = require_database(&cfg)?;
+            runtime()?.block_on(async {
+                let pool = stockade_store::connect(&url, 4, Duration::from_secs(10)).await?;
+                let (_tx, rx) = tokio::sync::watch::channel(false);
+                let (tx, rx2) = (_tx, rx);
+                let agent = tokio::spawn(up::agent_task(pool, cfg.clone(), rx2));
+                tokio::signal::ctrl_c().await?;
+                let _ = tx.send(true);
+                agent.await??;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Migrate => {
+            let url = require_database(&cfg)?;
+            runtime()?.block_on(async {
+                let pool = stockade_store::connect(&url, 1, Duration::from_secs(10)).await?;
+                stockade_store::migrate(&pool).await?;
+                println!("database is up to date");
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Staff {
+            command: StaffCommand::Create { email, role },
+        } => {
+            let email = Email::parse(&email)?;
+            let role: Role = role.parse()?;
+            if !role.is_staff() {
+                anyhow::bail!(
+                    "role: staff accounts are admin or operator; customers are created with their tenant"
+                );
+            }
+            let url = require_database(&cfg)?;
+            let (password, generated) = match std::env::var("STOCKADE_STAFF_PASSWORD") {
+                Ok(p) => {
+                    let p = SecretString::from(p);
+                    stockade_store::password::check_strength(&p)?;
+                    (p, false)
+                }
+                Err(_) => (up::generate_password(), true),
+            };
+            runtime()?.block_on(async {
+                let pool = stockade_store::connect(&url, 1, Duration::from_secs(10)).await?;
+                let hash = stockade_store::password::hash(&password)?;
+                stockade_store::users::create(&pool, &email, &hash, role, None).await?;
+                println!("created {role} {email}");
+                if generated {
+                    println!("password: {}", password.expose_secret());
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Doctor => Ok(doctor::run(&cfg)),
+        Command::DbCluster {
+            data_dir,
+            ephemeral,
+        } => db_cluster(&cfg, &data_dir, ephemeral),
+    }
+}
+
+fn require_database(cfg: &Config) -> anyhow::Result<SecretString> {
+    cfg.database_url.clone().context(
+        "DATABASE_URL is not set; set it to your PostgreSQL server, or use `stockade up`, which manages one",
+    )
+}
+
+fn serve(cfg: Config, exit_with_parent: bool) -> anyhow::Result<ExitCode> {
+    let url = require_database(&cfg)?;
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "{} is already in use; stop what listens there or set STOCKADE_LISTEN",
+                cfg.listen
+            )
+        } else {
+            anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen)
+        }
+    })?;
+    // The port is bound first (it may be privileged), then root is given up
+    // before any thread exists, so no request is ever handled as root.
+    if nix::unistd::Uid::effective().is_root() {
+        let who = cluster::resolve_run_as(&cfg.run_as)?;
+        privileges::drop_to(&who)?;
+        tracing::info!(user = %who.name, "web server dropped root privileges");
+    }
+    if exit_with_parent {
+        privileges::exit_with_parent()?;
+    }
+    runtime()?.block_on(async {
+        let pool = stockade_store::connect(&url, 16, Duration::from_secs(10)).await?;
+        let settings = stockade_web::Settings {
+            public_url: cfg.public_url.clone(),
+            session_expiry: cfg.session_expiry(),
+            workers: cfg.web_workers,
+        };
+        let app = stockade_web::Application::build(listener, pool, settings)?;
+        tracing::info!(port = app.port(), "web server listening");
+        app.run_until_stopped().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn db_cluster(
+    cfg: &Config,
+    data_dir: &std::path::Path,
+    ephemeral: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let who = cluster::resolve_run_as(&cfg.run_as)?;
+    let cluster = cluster::Cluster::start(data_dir, &who, cluster::Tuning { ephemeral })?;
+    let dir = cluster.data_dir().to_path_buf();
+    println!("DATABASE_URL={}", cluster.url("postgres").expose_secret());
+    std::io::stdout().flush()?;
+    // Wait until whoever started us closes our stdin (or dies).
+    let mut sink = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    cluster.stop()?;
+    if ephemeral {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+        let mut lock = dir.into_os_string();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -69,7 +69,9 @@ mod tests {
 
     #[test]
     fn refuses_malformed() {
-        for bad in ["", "x", "@a.b", "a@", "a@@b", "a b@c.d", "a@.b", "a@b.", "a@b..c"] {
+        for bad in [
+            "", "x", "@a.b", "a@", "a@@b", "a b@c.d", "a@.b", "a@b.", "a@b..c",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,1 +1,122 @@
-//! stub
+//! All of Stockade's SQL.
+//!
+//! Every statement lives in this crate; row types stay private and convert
+//! into domain types. Every statement that reads or changes a tenant's
+//! resources on behalf of a customer carries `tenant_id = $n`: that predicate
+//! is the security boundary between tenants.
+
+pub mod audit;
+pub mod nodes;
+pub mod password;
+pub mod sessions;
+pub mod users;
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+pub use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Errors of the store that callers handle differently from a failed query.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule refused the change (a taken slug, email or name).
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The row asked for does not exist (or is not visible to the caller).
+    #[error("not found")]
+    NotFound,
+    /// Anything else: a lost connection, a bug.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unexpected(e.into())
+    }
+}
+
+/// Parses a database URL, with an error that says what is wrong with it.
+pub fn connect_options(url: &SecretString) -> anyhow::Result<PgConnectOptions> {
+    url.expose_secret()
+        .parse::<PgConnectOptions>()
+        .map_err(|e| anyhow::anyhow!("the database URL is not valid: {e}"))
+}
+
+/// Opens a pool and checks the database answers, waiting at most `timeout`.
+pub async fn connect(
+    url: &SecretString,
+    max_connections: u32,
+    timeout: Duration,
+) -> anyhow::Result<PgPool> {
+    let options = connect_options(url)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(timeout)
+        .connect_with(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the database: {e}"))?;
+    Ok(pool)
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("migrating the database failed: {e}"))
+}
+
+/// Whether the database answers a trivial query.
+pub async fn ping(pool: &PgPool) -> bool {
+    sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(pool)
+        .await
+        .is_ok()
+}
+
+/// Maps a unique-violation into [`StoreError::Conflict`] naming `what`.
+pub(crate) fn conflict_as(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::from(e),
+    }
+}
+
+/// Creates database `name` on the server `server_url` points at, if missing.
+pub async fn ensure_database(server_url: &SecretString, name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        anyhow::bail!("database name {name:?} may only contain letters, digits and '_'");
+    }
+    let options = connect_options(server_url)?.database("postgres");
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the database server: {e}"))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&pool)
+            .await?;
+    if !exists {
+        // The name was checked against an allow-list above; identifiers cannot be bound.
+        let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&pool)
+            .await;
+        if let Err(e) = created {
+            let raced =
+                matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04"));
+            if !raced {
+                return Err(anyhow::anyhow!("creating database {name} failed: {e}"));
+            }
+        }
+    }
+    pool.close().await;
+    Ok(())
+}

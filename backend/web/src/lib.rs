@@ -1,1 +1,100 @@
-//! stub
+//! The web tier: panel pages and (later) the JSON API.
+//!
+//! It runs unprivileged, holds no state of its own and never touches the
+//! kernel: everything it knows and changes is in PostgreSQL.
+
+mod assets;
+mod auth;
+mod error;
+mod health;
+mod pages;
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{App, HttpServer, web};
+use stockade_store::PgPool;
+use stockade_store::sessions::Expiry;
+
+pub use error::WebError;
+
+/// How the web tier behaves; built from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The address users reach the panel at; `https` makes cookies `Secure`.
+    pub public_url: String,
+    /// Session lifetimes.
+    pub session_expiry: Expiry,
+    /// Worker threads (0 = one per CPU).
+    pub workers: usize,
+}
+
+impl Settings {
+    fn secure_cookies(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+}
+
+/// Shared state of every handler.
+pub(crate) struct AppState {
+    pub pool: PgPool,
+    pub settings: Settings,
+}
+
+/// A built, not yet running web server.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Builds the server on an already bound listener (bind port 0 in tests).
+    pub fn build(listener: TcpListener, pool: PgPool, settings: Settings) -> anyhow::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let workers = settings.workers;
+        let state = web::Data::new(AppState { pool, settings });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::FormConfig::default().limit(64 * 1024))
+                .wrap(security_headers())
+                .configure(health::routes)
+                .configure(assets::routes)
+                .configure(auth::routes)
+                .configure(pages::routes)
+                .default_service(web::to(error::not_found))
+        })
+        .listen(listener)?;
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        Ok(Self {
+            port,
+            server: server.run(),
+        })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the server is stopped (SIGINT/SIGTERM stop it gracefully).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Headers on every answer: no inline script, no framing, no sniffing.
+fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add((
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ))
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "same-origin"))
+}

@@ -1,0 +1,410 @@
+//! The managed local PostgreSQL cluster: `initdb` once, then `postgres` as a
+//! child of ours, listening on a unix socket inside its data folder only.
+//!
+//! postgres refuses to run as root, so when we are root it runs as the
+//! configured unprivileged user, who owns the data folder. The socket folder
+//! is that data folder (mode 0700): only that user and root can connect, which
+//! is why `trust` authentication on the socket is safe.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, Uid, User};
+use secrecy::SecretString;
+
+/// The role the cluster is created with and every process connects as.
+pub const DB_USER: &str = "stockade";
+const INSTALL_HINT: &str = "install them with `apt-get install postgresql` \
+     (or point DATABASE_URL at an existing PostgreSQL server)";
+
+/// Finds the folder holding `initdb` and `postgres`: `pg_config --bindir`,
+/// then PATH, then the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_bindir() -> anyhow::Result<PathBuf> {
+    let has_both = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_both(&dir) {
+            return Ok(dir);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_both(d)) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            has_both(&bin).then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, d)| d).ok_or_else(|| {
+        anyhow::anyhow!(
+            "PostgreSQL server programs (initdb, postgres) were not found; {INSTALL_HINT}"
+        )
+    })
+}
+
+/// The OS account PostgreSQL runs as.
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Account name.
+    pub name: String,
+}
+
+/// Resolves who unprivileged children run as: ourselves when not root;
+/// otherwise `name`, created as a system account when missing.
+pub fn resolve_run_as(name: &str) -> anyhow::Result<RunAs> {
+    if !Uid::effective().is_root() {
+        let me =
+            User::from_uid(Uid::effective())?.context("the current user has no account entry")?;
+        return Ok(RunAs {
+            uid: me.uid.as_raw(),
+            gid: me.gid.as_raw(),
+            name: me.name,
+        });
+    }
+    if User::from_name(name)?.is_none() {
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+            ])
+            .args(["--shell", "/usr/sbin/nologin", name])
+            .status()
+            .with_context(|| format!("cannot run useradd to create the user {name:?}"))?;
+        if !status.success() && User::from_name(name)?.is_none() {
+            bail!(
+                "creating the system user {name:?} failed; create it, or set STOCKADE_RUN_AS to an existing unprivileged user"
+            );
+        }
+    }
+    let user =
+        User::from_name(name)?.with_context(|| format!("the user {name:?} does not exist"))?;
+    if user.uid.is_root() {
+        bail!("run_as must be an unprivileged user, not {name:?}");
+    }
+    Ok(RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        name: user.name,
+    })
+}
+
+/// Refuses a folder that `who` could not reach (an ancestor without the
+/// search bit for them), naming the ancestor.
+fn check_reachable(dir: &Path, who: &RunAs) -> anyhow::Result<()> {
+    for anc in dir.ancestors().skip(1) {
+        let Ok(meta) = fs::metadata(anc) else {
+            continue;
+        };
+        let mode = meta.mode();
+        let ok = if meta.uid() == who.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == who.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !ok {
+            bail!(
+                "the user {:?} cannot reach {} (mode {:o}); choose a PostgreSQL data folder it can reach with STOCKADE_PG_DATA",
+                who.name,
+                anc.display(),
+                mode & 0o7777
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Options that tune the cluster for its use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning {
+    /// Trade durability for speed (a throw-away cluster for tests).
+    pub ephemeral: bool,
+}
+
+/// A running managed cluster. Dropping it without [`Cluster::stop`] leaves
+/// the server to stop itself when this process dies.
+pub struct Cluster {
+    child: Child,
+    data_dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Cluster {
+    /// Initialises `data_dir` if needed and starts the server, waiting until
+    /// it accepts connections. Refuses when another process holds the folder.
+    pub fn start(data_dir: &Path, who: &RunAs, tuning: Tuning) -> anyhow::Result<Self> {
+        let bindir = find_bindir()?;
+        let data_dir = std::path::absolute(data_dir)
+            .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+        let parent = data_dir
+            .parent()
+            .context("the data folder needs a parent folder")?;
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let lock = take_lock(&data_dir)?;
+        // The socket path has a hard limit of 107 bytes in the kernel.
+        let socket = data_dir.join(".s.PGSQL.5432");
+        if socket.as_os_str().len() > 100 {
+            bail!(
+                "the PostgreSQL data folder path {} is too long for a unix socket; set STOCKADE_PG_DATA to a shorter path",
+                data_dir.display()
+            );
+        }
+        check_reachable(&data_dir, who)?;
+        if !data_dir.join("PG_VERSION").is_file() {
+            init(&bindir, &data_dir, who)?;
+        }
+        let log_path = data_dir.join("server.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let log_size = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut cmd = Command::new(bindir.join("postgres"));
+        cmd.arg("-D")
+            .arg(&data_dir)
+            .args(["-c", "listen_addresses="])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", data_dir.display()))
+            .args([
+                "-c",
+                "unix_socket_permissions=0700",
+                "-c",
+                "max_connections=300",
+            ]);
+        if tuning.ephemeral {
+            cmd.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C in the terminal reaches us, and we
+            // stop the web server and agent before the database.
+            .process_group(0);
+        if Uid::effective().is_root() {
+            cmd.uid(who.uid).gid(who.gid); // std clears supplementary groups when root sets a uid
+        }
+        // SAFETY: the closure only calls prctl, which is async-signal-safe; it
+        // runs after the uid change, which would otherwise clear the setting.
+        unsafe {
+            cmd.pre_exec(|| {
+                // If we die without stopping it (SIGKILL), the server shuts down fast.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bindir.join("postgres").display()))?;
+        let mut cluster = Cluster {
+            child,
+            data_dir,
+            _lock: lock,
+        };
+        cluster.wait_ready(&log_path, log_size)?;
+        Ok(cluster)
+    }
+
+    fn wait_ready(&mut self, log_path: &Path, log_from: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let pidfile = self.data_dir.join("postmaster.pid");
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "PostgreSQL exited during start-up ({status}); its log ({}) says:\n{}",
+                    log_path.display(),
+                    log_tail(log_path, log_from)
+                );
+            }
+            // Line 8 of postmaster.pid reads "ready" once connections are accepted.
+            let ready = fs::read_to_string(&pidfile)
+                .map(|s| s.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "PostgreSQL did not become ready within 60 s; see {}",
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The URL of database `db` on this cluster.
+    pub fn url(&self, db: &str) -> SecretString {
+        let host: String = self
+            .data_dir
+            .to_string_lossy()
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        SecretString::from(format!("postgres://{DB_USER}@{host}/{db}"))
+    }
+
+    /// The cluster's data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops the server with a fast shutdown (open transactions roll back,
+    /// everything committed is on disk), escalating after 30 s.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).context("pid out of range")?);
+        let _ = kill(pid, Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = kill(pid, Signal::SIGQUIT);
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// Takes the folder's lock file, or says who holds it.
+fn take_lock(data_dir: &Path) -> anyhow::Result<Flock<File>> {
+    let mut path = data_dir.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.seek(SeekFrom::Start(0))?;
+            writeln!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((mut file, _)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!(
+                "another Stockade process (pid {}) is already running on {}; stop it first",
+                holder.trim(),
+                data_dir.display()
+            )
+        }
+    }
+}
+
+/// Runs `initdb` into a scratch folder and renames it into place, so an
+/// interrupted first start leaves no half-made cluster behind.
+fn init(bindir: &Path, data_dir: &Path, who: &RunAs) -> anyhow::Result<()> {
+    if data_dir.exists() {
+        let empty = fs::read_dir(data_dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            bail!(
+                "{} exists but is not a PostgreSQL data folder; move it away or choose another STOCKADE_PG_DATA",
+                data_dir.display()
+            );
+        }
+        fs::remove_dir(data_dir)?;
+    }
+    let mut scratch = data_dir.as_os_str().to_owned();
+    scratch.push(".initdb");
+    let scratch = PathBuf::from(scratch);
+    if scratch.exists() {
+        fs::remove_dir_all(&scratch)
+            .with_context(|| format!("cannot remove {}", scratch.display()))?;
+    }
+    fs::create_dir(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
+    fs::set_permissions(&scratch, fs::Permissions::from_mode(0o700))?;
+    nix::unistd::chown(&scratch, Some(who.uid.into()), Some(who.gid.into()))
+        .with_context(|| format!("cannot hand {} to {}", scratch.display(), who.name))?;
+    let mut cmd = Command::new(bindir.join("initdb"));
+    cmd.arg("-D")
+        .arg(&scratch)
+        .args([
+            "--username",
+            DB_USER,
+            "--auth",
+            "trust",
+            "--encoding",
+            "UTF8",
+            "--locale",
+            "C",
+            "--no-instructions",
+        ])
+        .stdin(Stdio::null());
+    if Uid::effective().is_root() {
+        cmd.uid(who.uid).gid(who.gid); // std clears supplementary groups when root sets a uid
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {}", bindir.join("initdb").display()))?;
+    if !out.status.success() {
+        let _ = fs::remove_dir_all(&scratch);
+        bail!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    fs::rename(&scratch, data_dir)
+        .with_context(|| format!("cannot move the new cluster to {}", data_dir.display()))?;
+    Ok(())
+}
+
+fn log_tail(path: &Path, from: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.seek(SeekFrom::Start(from));
+        let _ = f.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}

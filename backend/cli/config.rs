@@ -1,0 +1,375 @@
+//! Layered configuration: defaults, then an optional TOML file, then
+//! `STOCKADE_*` variables (and `DATABASE_URL`). An unknown key in any layer is
+//! an error naming it, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use secrecy::SecretString;
+use stockade_domain::Email;
+
+/// Every setting of Stockade.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address and port the web server listens on.
+    pub listen: SocketAddr,
+    /// The URL users reach the panel at (printed by `up`; `https` makes cookies Secure).
+    pub public_url: String,
+    /// An external PostgreSQL; when unset, `up` runs a managed local cluster.
+    pub database_url: Option<SecretString>,
+    /// Data folder of the managed PostgreSQL cluster.
+    pub pg_data: PathBuf,
+    /// Folder where the agent keeps node state (jail records, volumes).
+    pub state_dir: PathBuf,
+    /// Unprivileged OS user that PostgreSQL and the web server run as when started as root.
+    pub run_as: String,
+    /// Email of the first admin account that `up` makes sure exists.
+    pub admin_email: Email,
+    /// Password of that account; when unset, `up` generates and prints one.
+    pub admin_password: Option<SecretString>,
+    /// Name of this node (defaults to the host name).
+    pub node_name: String,
+    /// Time between two agent heartbeats.
+    pub heartbeat: Duration,
+    /// Log filter, e.g. `info` or `stockade=debug`.
+    pub log: String,
+    /// Minutes of inactivity after which a session ends.
+    pub session_idle_minutes: u32,
+    /// Hours after sign-in after which a session ends.
+    pub session_max_hours: u32,
+    /// Web worker threads (0 = one per CPU).
+    pub web_workers: usize,
+}
+
+/// Each key, its meaning and default, for the README and `--help`.
+pub const KEYS: &[(&str, &str)] = &[
+    ("listen", "address:port of the web server (127.0.0.1:8080)"),
+    (
+        "public_url",
+        "URL users reach the panel at (http://<listen>)",
+    ),
+    (
+        "database_url",
+        "external PostgreSQL URL; unset = managed local cluster (also DATABASE_URL)",
+    ),
+    (
+        "pg_data",
+        "data folder of the managed PostgreSQL cluster (./var/pg)",
+    ),
+    ("state_dir", "node state folder of the agent (./var/state)"),
+    (
+        "run_as",
+        "unprivileged user for PostgreSQL and the web server when run as root (stockade)",
+    ),
+    ("admin_email", "first admin account (admin@localhost)"),
+    (
+        "admin_password",
+        "its password; unset = generated and printed once",
+    ),
+    ("node_name", "this node's name (host name)"),
+    ("heartbeat_secs", "seconds between agent heartbeats (5)"),
+    ("log", "log filter (info)"),
+    ("session_idle_minutes", "idle session expiry (60)"),
+    ("session_max_hours", "absolute session expiry (12)"),
+    ("web_workers", "web worker threads, 0 = one per CPU (0)"),
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().expect("valid default address");
+        Self {
+            listen,
+            public_url: String::new(),
+            database_url: None,
+            pg_data: PathBuf::from("var/pg"),
+            state_dir: PathBuf::from("var/state"),
+            run_as: "stockade".into(),
+            admin_email: Email::parse("admin@localhost").expect("valid default email"),
+            admin_password: None,
+            node_name: default_node_name(),
+            heartbeat: Duration::from_secs(5),
+            log: "info".into(),
+            session_idle_minutes: 60,
+            session_max_hours: 12,
+            web_workers: 0,
+        }
+    }
+}
+
+fn default_node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+fn parse_num<T: std::str::FromStr>(key: &str, value: &str, min: T) -> anyhow::Result<T>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    let v: T = value
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{key}: {value:?} is not a whole number"))?;
+    if v < min {
+        bail!("{key}: must be at least {min}");
+    }
+    Ok(v)
+}
+
+impl Config {
+    /// Sets one key from its text form; `source` names where it came from.
+    fn set(&mut self, key: &str, value: &str, source: &str) -> anyhow::Result<()> {
+        let r: anyhow::Result<()> = (|| {
+            match key {
+                "listen" => {
+                    self.listen = value.trim().parse().map_err(|_| {
+                        anyhow::anyhow!(
+                            "{key}: {value:?} is not an address:port like 127.0.0.1:8080"
+                        )
+                    })?;
+                }
+                "public_url" => {
+                    let v = value.trim().trim_end_matches('/');
+                    if !(v.starts_with("http://") || v.starts_with("https://")) {
+                        bail!("{key}: {value:?} must start with http:// or https://");
+                    }
+                    self.public_url = v.to_owned();
+                }
+                "database_url" => {
+                    let v = value.trim();
+                    if v.is_empty() {
+                        self.database_url = None;
+                    } else if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+                        self.database_url = Some(SecretString::from(v.to_owned()));
+                    } else {
+                        bail!("{key}: must start with postgres:// (the value is not shown)");
+                    }
+                }
+                "pg_data" => self.pg_data = non_empty_path(key, value)?,
+                "state_dir" => self.state_dir = non_empty_path(key, value)?,
+                "run_as" => {
+                    let v = value.trim();
+                    if v.is_empty()
+                        || !v
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        bail!("{key}: {value:?} is not a user name");
+                    }
+                    self.run_as = v.to_owned();
+                }
+                "admin_email" => {
+                    self.admin_email =
+                        Email::parse(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))?
+                }
+                "admin_password" => {
+                    let secret = SecretString::from(value.to_owned());
+                    stockade_store::password::check_strength(&secret)
+                        .map_err(|e| anyhow::anyhow!("{key}: {}", e.reason))?;
+                    self.admin_password = Some(secret);
+                }
+                "node_name" => {
+                    let v = value.trim();
+                    if v.is_empty()
+                        || v.len() > 63
+                        || !v.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                        })
+                    {
+                        bail!("{key}: {value:?} may only contain a-z, 0-9, '-' and '.' (1-63)");
+                    }
+                    self.node_name = v.to_owned();
+                }
+                "heartbeat_secs" => {
+                    self.heartbeat = Duration::from_secs(parse_num(key, value, 1u64)?)
+                }
+                "log" => self.log = value.trim().to_owned(),
+                "session_idle_minutes" => self.session_idle_minutes = parse_num(key, value, 1u32)?,
+                "session_max_hours" => self.session_max_hours = parse_num(key, value, 1u32)?,
+                "web_workers" => self.web_workers = parse_num(key, value, 0usize)?,
+                _ => bail!("unknown setting {key:?}; known settings: {}", known_keys()),
+            }
+            Ok(())
+        })();
+        r.with_context(|| format!("in {source}"))
+    }
+
+    /// Loads defaults, then `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// [`Config::load`] with the environment given, for tests.
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut cfg = Config::default();
+        let env_file = env
+            .iter()
+            .find(|(k, _)| k == "STOCKADE_CONFIG")
+            .map(|(_, v)| PathBuf::from(v));
+        if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
+            cfg.apply_file(&path)?;
+        }
+        if let Some((_, url)) = env.iter().find(|(k, _)| k == "DATABASE_URL") {
+            cfg.set("database_url", url, "DATABASE_URL")?;
+        }
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("STOCKADE_") else {
+                continue;
+            };
+            if key == "CONFIG" {
+                continue;
+            }
+            let key = key.to_ascii_lowercase();
+            cfg.set(&key, value, &format!("the environment variable {name}"))?;
+        }
+        if cfg.public_url.is_empty() {
+            let host = match cfg.listen.ip() {
+                ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            };
+            cfg.public_url = format!("http://{host}:{}", cfg.listen.port());
+        }
+        if cfg.session_idle_minutes > cfg.session_max_hours.saturating_mul(60) {
+            bail!("session_idle_minutes must not be longer than session_max_hours");
+        }
+        Ok(cfg)
+    }
+
+    fn apply_file(&mut self, path: &Path) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{} is not valid TOML: {e}", path.display()))?;
+        let source = format!("the configuration file {}", path.display());
+        for (key, value) in table {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!(
+                    "{key}: {} is not a string or number (in {source})",
+                    other.type_str()
+                ),
+            };
+            self.set(&key, &text, &source)?;
+        }
+        Ok(())
+    }
+
+    /// Session lifetimes for the web tier.
+    pub fn session_expiry(&self) -> stockade_store::sessions::Expiry {
+        stockade_store::sessions::Expiry {
+            idle: chrono::Duration::minutes(i64::from(self.session_idle_minutes)),
+            absolute: chrono::Duration::hours(i64::from(self.session_max_hours)),
+        }
+    }
+}
+
+fn non_empty_path(key: &str, value: &str) -> anyhow::Result<PathBuf> {
+    if value.trim().is_empty() {
+        bail!("{key}: must not be empty");
+    }
+    Ok(PathBuf::from(value.trim()))
+}
+
+fn known_keys() -> String {
+    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stockade.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\nheartbeat_secs = 7\nlog = \"debug\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load_from(Some(&file), &env(&[("STOCKADE_LOG", "warn")])).unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.heartbeat, Duration::from_secs(7));
+        assert_eq!(cfg.log, "warn");
+        assert_eq!(cfg.public_url, "http://127.0.0.1:9000");
+        assert_eq!(cfg.run_as, "stockade");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stockade.toml");
+        std::fs::write(&file, "lisen = \"0.0.0.0:9000\"\n").unwrap();
+        let err = format!("{:#}", Config::load_from(Some(&file), &[]).unwrap_err());
+        assert!(err.contains("unknown setting \"lisen\""), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load_from(None, &env(&[("STOCKADE_LSTEN", "x")])).unwrap_err()
+        );
+        assert!(
+            err.contains("\"lsten\"") && err.contains("STOCKADE_LSTEN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_say_what_and_where() {
+        let err = format!(
+            "{:#}",
+            Config::load_from(None, &env(&[("STOCKADE_LISTEN", "nope")])).unwrap_err()
+        );
+        assert!(
+            err.contains("listen") && err.contains("address:port"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            Config::load_from(None, &env(&[("STOCKADE_HEARTBEAT_SECS", "0")])).unwrap_err()
+        );
+        assert!(err.contains("at least 1"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load_from(None, &env(&[("DATABASE_URL", "mysql://x")])).unwrap_err()
+        );
+        assert!(
+            err.contains("postgres://") && !err.contains("mysql"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let cfg = Config::load_from(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://u:hunter2hunter2@h/db"),
+                ("STOCKADE_ADMIN_PASSWORD", "hunter2hunter2"),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(
+            cfg.admin_password.unwrap().expose_secret(),
+            "hunter2hunter2"
+        );
+    }
+}

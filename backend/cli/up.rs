@@ -1,0 +1,217 @@
+//! `stockade up`: the one-machine default.
+//!
+//! Order matters: the database first (everything else needs it), migrations
+//! before anything reads a table, the first admin before the panel is
+//! announced, the web server last. Shutdown goes in reverse: web server,
+//! agent, database.
+
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use stockade_domain::Role;
+use stockade_store::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::cluster::{self, Cluster, Tuning};
+use crate::config::Config;
+
+const DATABASE: &str = "stockade";
+
+/// A random password of 20 letters and digits (about 119 bits).
+pub fn generate_password() -> SecretString {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    let s: String = (0..20)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    SecretString::from(s)
+}
+
+pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+    let (url, cluster) = match &cfg.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let who = cluster::resolve_run_as(&cfg.run_as)?;
+            let cluster = Cluster::start(&cfg.pg_data, &who, Tuning::default())?;
+            tracing::info!(data = %cluster.data_dir().display(), "managed PostgreSQL is running");
+            (cluster.url(DATABASE), Some(cluster))
+        }
+    };
+    let result =
+        crate::runtime().and_then(|rt| rt.block_on(run_services(&cfg, &url, cluster.is_some())));
+    if let Some(cluster) = cluster {
+        if let Err(e) = cluster.stop() {
+            eprintln!("stockade: stopping PostgreSQL: {e:#}");
+        }
+    }
+    result
+}
+
+async fn run_services(cfg: &Config, url: &SecretString, managed: bool) -> anyhow::Result<ExitCode> {
+    if managed {
+        stockade_store::ensure_database(url, DATABASE).await?;
+    }
+    let pool = stockade_store::connect(url, 8, Duration::from_secs(10)).await?;
+    stockade_store::migrate(&pool).await?;
+    ensure_admin(&pool, cfg).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let agent = tokio::spawn(agent_task(pool.clone(), cfg.clone(), stop_rx));
+    let mut web = spawn_web(cfg, url)?;
+    let outcome = wait_until_ready_then_serve(cfg, &mut web).await;
+
+    // Reverse order: web server, agent, then (in the caller) the database.
+    stop_web(&mut web).await;
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(10), agent).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "agent ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "agent task failed"),
+        _ => {}
+    }
+    pool.close().await;
+    outcome
+}
+
+async fn ensure_admin(pool: &PgPool, cfg: &Config) -> anyhow::Result<()> {
+    if stockade_store::users::admin_exists(pool).await? {
+        return Ok(());
+    }
+    let (password, generated) = match &cfg.admin_password {
+        Some(p) => (p.clone(), false),
+        None => (generate_password(), true),
+    };
+    let to_hash = password.clone();
+    let hash =
+        tokio::task::spawn_blocking(move || stockade_store::password::hash(&to_hash)).await??;
+    stockade_store::users::create(pool, &cfg.admin_email, &hash, Role::Admin, None).await?;
+    println!("First admin account: {}", cfg.admin_email);
+    if generated {
+        println!("Its password (shown once): {}", password.expose_secret());
+    }
+    Ok(())
+}
+
+/// The agent of this node; it runs in this (root) process.
+pub async fn agent_task(
+    pool: PgPool,
+    cfg: Config,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let _ = std::fs::create_dir_all(&cfg.state_dir);
+    let (cpus, memory_bytes, disk_bytes) = stockade_agent::host_capacity(&cfg.state_dir);
+    let info = stockade_store::nodes::NodeInfo {
+        name: cfg.node_name.clone(),
+        cpus,
+        memory_bytes,
+        disk_bytes,
+        address_pool: None,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let agent_cfg = stockade_agent::AgentConfig {
+        node_name: cfg.node_name.clone(),
+        heartbeat: cfg.heartbeat,
+    };
+    stockade_agent::run(pool, agent_cfg, info, stop).await
+}
+
+/// Starts `stockade serve` as a child with only the settings it needs: the
+/// admin password and other secrets of this process are not passed on.
+fn spawn_web(cfg: &Config, url: &SecretString) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("cannot find the stockade binary")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("serve")
+        .arg("--exit-with-parent")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", url.expose_secret())
+        .env("STOCKADE_LISTEN", cfg.listen.to_string())
+        .env("STOCKADE_PUBLIC_URL", &cfg.public_url)
+        .env("STOCKADE_RUN_AS", &cfg.run_as)
+        .env("STOCKADE_LOG", &cfg.log)
+        .env(
+            "STOCKADE_SESSION_IDLE_MINUTES",
+            cfg.session_idle_minutes.to_string(),
+        )
+        .env(
+            "STOCKADE_SESSION_MAX_HOURS",
+            cfg.session_max_hours.to_string(),
+        )
+        .env("STOCKADE_WEB_WORKERS", cfg.web_workers.to_string())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn().context("cannot start the web server")
+}
+
+async fn wait_until_ready_then_serve(
+    cfg: &Config,
+    web: &mut tokio::process::Child,
+) -> anyhow::Result<ExitCode> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = web.try_wait()? {
+            anyhow::bail!("the web server exited during start-up ({status})");
+        }
+        if probe_ready(cfg).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the web server did not answer /readyz within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("Stockade is up: {}", cfg.public_url);
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            println!("Stopping Stockade…");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ = term.recv() => Ok(ExitCode::SUCCESS),
+        status = web.wait() => {
+            anyhow::bail!("the web server exited unexpectedly ({})", status?)
+        }
+    }
+}
+
+/// GET /readyz over a plain TCP connection.
+async fn probe_ready(cfg: &Config) -> bool {
+    let mut addr = cfg.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let attempt = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+        conn.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = vec![0u8; 64];
+        let n = conn.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"HTTP/1.0 200") || buf[..n].starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+async fn stop_web(web: &mut tokio::process::Child) {
+    if let Some(pid) = web.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(15), web.wait())
+        .await
+        .is_err()
+    {
+        let _ = web.kill().await;
+    }
+}

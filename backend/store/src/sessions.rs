@@ -1,0 +1,139 @@
+//! Server-side sessions. The cookie holds a random token; the table holds its
+//! SHA-256, so reading the table does not let anyone sign in.
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::users::User;
+use crate::{PgPool, StoreError};
+
+/// How long a session lives without use, and at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Expiry {
+    /// Idle time after which a session ends.
+    pub idle: chrono::Duration,
+    /// Time after sign-in after which a session ends regardless of use.
+    pub absolute: chrono::Duration,
+}
+
+/// A live session and its user.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The signed-in account.
+    pub user: User,
+    /// The token every state-changing form must carry.
+    pub csrf_token: String,
+    /// When the session ends at the latest.
+    pub expires_at: DateTime<Utc>,
+}
+
+fn digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Starts a session for `user_id`, returning the cookie token.
+pub async fn create(
+    pool: &PgPool,
+    user_id: Uuid,
+    expiry: Expiry,
+    client_addr: Option<&str>,
+) -> Result<String, StoreError> {
+    let token = random_token();
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, user_id, csrf_token, expires_at, client_addr)
+         VALUES ($1, $2, $3, now() + $4, $5)",
+    )
+    .bind(digest(&token))
+    .bind(user_id)
+    .bind(random_token())
+    .bind(expiry.absolute)
+    .bind(client_addr)
+    .execute(pool)
+    .await?;
+    Ok(token)
+}
+
+/// Looks a cookie token up, refusing expired or idle sessions, and marks it
+/// used. Expired rows are deleted on the way.
+pub async fn touch(
+    pool: &PgPool,
+    token: &str,
+    expiry: Expiry,
+) -> Result<Option<Session>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        user: UserRow,
+        csrf_token: String,
+        expires_at: DateTime<Utc>,
+    }
+    #[derive(sqlx::FromRow)]
+    struct UserRow {
+        id: Uuid,
+        email: String,
+        role: String,
+        tenant_id: Option<Uuid>,
+    }
+    let hash = digest(token);
+    let row: Option<Row> = sqlx::query_as(
+        "UPDATE sessions s SET last_seen_at = now()
+         FROM users u
+         WHERE s.token_hash = $1 AND u.id = s.user_id
+           AND s.expires_at > now() AND s.last_seen_at > now() - $2
+         RETURNING u.id, u.email, u.role, u.tenant_id, s.csrf_token, s.expires_at",
+    )
+    .bind(&hash)
+    .bind(expiry.idle)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(&hash)
+            .execute(pool)
+            .await?;
+        return Ok(None);
+    };
+    let user = User {
+        id: row.user.id,
+        email: stockade_domain::Email::parse(&row.user.email)
+            .map_err(|e| anyhow::anyhow!("stored email: {e}"))?,
+        role: row
+            .user
+            .role
+            .parse()
+            .map_err(|e| anyhow::anyhow!("stored role: {e}"))?,
+        tenant_id: row.user.tenant_id,
+    };
+    Ok(Some(Session {
+        user,
+        csrf_token: row.csrf_token,
+        expires_at: row.expires_at,
+    }))
+}
+
+/// Ends one session (sign-out).
+pub async fn delete(pool: &PgPool, token: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+        .bind(digest(token))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Removes sessions past their absolute expiry.
+pub async fn purge_expired(pool: &PgPool) -> Result<u64, StoreError> {
+    Ok(
+        sqlx::query("DELETE FROM sessions WHERE expires_at <= now()")
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
+}

@@ -1,0 +1,120 @@
+//! Accounts: customers (bound to a tenant) and staff.
+
+use stockade_domain::{Email, Role};
+use uuid::Uuid;
+
+use crate::{PgPool, StoreError, conflict_as};
+
+/// A signed-up account, without its password hash.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Stable id.
+    pub id: Uuid,
+    /// Sign-in name.
+    pub email: Email,
+    /// What the account may do.
+    pub role: Role,
+    /// The tenant a customer belongs to; `None` for staff.
+    pub tenant_id: Option<Uuid>,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    email: String,
+    role: String,
+    tenant_id: Option<Uuid>,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+    fn try_from(r: UserRow) -> Result<Self, StoreError> {
+        Ok(User {
+            id: r.id,
+            email: Email::parse(&r.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?,
+            role: r
+                .role
+                .parse()
+                .map_err(|e| anyhow::anyhow!("stored role: {e}"))?,
+            tenant_id: r.tenant_id,
+        })
+    }
+}
+
+/// Creates an account with an already hashed password.
+pub async fn create(
+    pool: &PgPool,
+    email: &Email,
+    password_hash: &str,
+    role: Role,
+    tenant_id: Option<Uuid>,
+) -> Result<User, StoreError> {
+    let row: UserRow = sqlx::query_as(
+        "INSERT INTO users (email, password_hash, role, tenant_id) VALUES ($1, $2, $3, $4)
+         RETURNING id, email, role, tenant_id",
+    )
+    .bind(email.as_str())
+    .bind(password_hash)
+    .bind(role.as_str())
+    .bind(tenant_id)
+    .fetch_one(pool)
+    .await
+    .map_err(conflict_as("an account with this email"))?;
+    row.try_into()
+}
+
+/// Finds an account and its password hash by email, for sign-in.
+pub async fn find_for_sign_in(
+    pool: &PgPool,
+    email: &Email,
+) -> Result<Option<(User, String)>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        user: UserRow,
+        password_hash: String,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, email, role, tenant_id, password_hash FROM users WHERE email = $1",
+    )
+    .bind(email.as_str())
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| Ok((r.user.try_into()?, r.password_hash)))
+        .transpose()
+}
+
+/// Whether any staff account with the admin role exists.
+pub async fn admin_exists(pool: &PgPool) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Replaces an account's password and revokes all of its sessions, in one
+/// transaction, so a stolen session dies with the old password.
+pub async fn set_password(
+    pool: &PgPool,
+    user_id: Uuid,
+    password_hash: &str,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE users SET password_hash = $2, password_changed_at = now() WHERE id = $1",
+    )
+    .bind(user_id)
+    .bind(password_hash)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! Sign-in, sign-out and the signed-in user of a request.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use askama::Template;
+use rand::RngCore;
+use secrecy::SecretString;
+use serde::Deserialize;
+use stockade_domain::Email;
+use stockade_store::sessions::{self, Session};
+use stockade_store::{audit, password, users};
+
+use crate::{AppState, WebError};
+
+/// Name of the cookie holding the session token.
+pub(crate) const SESSION_COOKIE: &str = "stockade_session";
+/// Name of the cookie holding the sign-in form's CSRF token (before a session exists).
+const LOGIN_CSRF_COOKIE: &str = "stockade_login_csrf";
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/login", web::get().to(login_form))
+        .route("/login", web::post().to(login))
+        .route("/logout", web::post().to(logout));
+}
+
+/// The signed-in session of a request; extracting it refuses anonymous requests.
+pub(crate) struct SignedIn(pub Session);
+
+impl FromRequest for SignedIn {
+    type Error = WebError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, WebError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        Box::pin(async move {
+            let (Some(token), Some(state)) = (token, state) else {
+                return Err(WebError::SignInRequired);
+            };
+            sessions::touch(&state.pool, &token, state.settings.session_expiry)
+                .await?
+                .map(SignedIn)
+                .ok_or(WebError::SignInRequired)
+        })
+    }
+}
+
+impl SignedIn {
+    /// Refuses a form whose CSRF token is not this session's.
+    pub(crate) fn check_csrf(&self, submitted: &str) -> Result<(), WebError> {
+        if constant_time_eq(submitted.as_bytes(), self.0.csrf_token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(WebError::Csrf)
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// The client's address as seen by this server (forwarding headers are not
+/// trusted: they are set by whoever sends the request).
+pub(crate) fn client_addr(req: &HttpRequest) -> Option<String> {
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+fn cookie<'a>(state: &AppState, name: &'a str, value: String, path: &'a str) -> Cookie<'a> {
+    Cookie::build(name, value)
+        .path(path)
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(state.settings.secure_cookies())
+        .finish()
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    csrf_token: &'a str,
+    email: &'a str,
+    error: Option<&'a str>,
+}
+
+fn render_login(
+    state: &AppState,
+    status: actix_web::http::StatusCode,
+    email: &str,
+    error: Option<&str>,
+) -> Result<HttpResponse, WebError> {
+    let csrf = random_hex();
+    let body = LoginPage {
+        csrf_token: &csrf,
+        email,
+        error,
+    }
+    .render()
+    .map_err(anyhow::Error::from)?;
+    Ok(HttpResponse::build(status)
+        .cookie(cookie(state, LOGIN_CSRF_COOKIE, csrf.clone(), "/login"))
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body))
+}
+
+async fn login_form(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, WebError> {
+    if let Some(c) = req.cookie(SESSION_COOKIE) {
+        if sessions::touch(&state.pool, c.value(), state.settings.session_expiry)
+            .await?
+            .is_some()
+        {
+            return Ok(see_other("/"));
+        }
+    }
+    render_login(&state, actix_web::http::StatusCode::OK, "", None)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    csrf_token: String,
+    email: String,
+    password: String,
+}
+
+const WRONG_CREDENTIALS: &str = "Wrong email or password.";
+
+async fn login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<LoginForm>,
+) -> Result<HttpResponse, WebError> {
+    let form = form.into_inner();
+    let expected = req.cookie(LOGIN_CSRF_COOKIE).map(|c| c.value().to_owned());
+    if !expected.is_some_and(|e| constant_time_eq(e.as_bytes(), form.csrf_token.as_bytes())) {
+        return Err(WebError::Csrf);
+    }
+    let unauthorized = actix_web::http::StatusCode::UNAUTHORIZED;
+    let password = SecretString::from(form.password);
+    let Ok(email) = Email::parse(&form.email) else {
+        return render_login(&state, unauthorized, &form.email, Some(WRONG_CREDENTIALS));
+    };
+    let found = users::find_for_sign_in(&state.pool, &email).await?;
+    // Unknown accounts are checked against a dummy hash so both answers take
+    // the same time and nothing tells which emails exist.
+    let (user, phc) = match found {
+        Some((user, phc)) => (Some(user), phc),
+        None => (None, password::dummy_hash().to_owned()),
+    };
+    let ok = web::block(move || password::verify(&password, &phc))
+        .await
+        .map_err(anyhow::Error::from)?;
+    let addr = client_addr(&req);
+    let Some(user) = user.filter(|_| ok) else {
+        audit::record(
+            &state.pool,
+            &audit::Entry {
+                actor_user_id: None,
+                actor: email.as_str(),
+                tenant_id: None,
+                action: "user.sign_in_failed",
+                target: email.as_str(),
+                client_addr: addr.as_deref(),
+                details: serde_json::json!({}),
+            },
+        )
+        .await?;
+        return render_login(
+            &state,
+            unauthorized,
+            email.as_str(),
+            Some(WRONG_CREDENTIALS),
+        );
+    };
+    // A new token at every sign-in: a token planted before sign-in is worthless.
+    if let Some(old) = req.cookie(SESSION_COOKIE) {
+        sessions::delete(&state.pool, old.value()).await?;
+    }
+    let token = sessions::create(
+        &state.pool,
+        user.id,
+        state.settings.session_expiry,
+        addr.as_deref(),
+    )
+    .await?;
+    audit::record(
+        &state.pool,
+        &audit::Entry {
+            actor_user_id: Some(user.id),
+            actor: user.email.as_str(),
+            tenant_id: user.tenant_id,
+            action: "user.sign_in",
+            target: user.email.as_str(),
+            client_addr: addr.as_deref(),
+            details: serde_json::json!({}),
+        },
+    )
+    .await?;
+    let mut expired = cookie(&state, LOGIN_CSRF_COOKIE, String::new(), "/login");
+    expired.make_removal();
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/"))
+        .cookie(cookie(&state, SESSION_COOKIE, token, "/"))
+        .cookie(expired)
+        .finish())
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf_token: String,
+}
+
+async fn logout(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    signed_in: SignedIn,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, WebError> {
+    signed_in.check_csrf(&form.csrf_token)?;
+    if let Some(c) = req.cookie(SESSION_COOKIE) {
+        sessions::delete(&state.pool, c.value()).await?;
+    }
+    let mut gone = cookie(&state, SESSION_COOKIE, String::new(), "/");
+    gone.make_removal();
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/login"))
+        .cookie(gone)
+        .finish())
+}
+
+/// A 303 redirect, the answer to a successful form post.
+pub(crate) fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .finish()
+}

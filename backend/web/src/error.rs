@@ -1,0 +1,86 @@
+//! One error type for the panel, mapped to one status and a styled page.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, ResponseError};
+use askama::Template;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The request is not signed in; answered with a redirect to sign-in.
+    #[error("please sign in")]
+    SignInRequired,
+    /// Signed in, but not allowed.
+    #[error("you are not allowed to do this")]
+    Forbidden,
+    /// Nothing here (or nothing this user may see).
+    #[error("this page does not exist")]
+    NotFound,
+    /// A form without a valid CSRF token.
+    #[error("this form has expired; reload the page and try again")]
+    Csrf,
+    /// Anything unexpected: logged with its chain, shown as a plain 500.
+    #[error("something went wrong on our side")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<stockade_store::StoreError> for WebError {
+    fn from(e: stockade_store::StoreError) -> Self {
+        match e {
+            stockade_store::StoreError::NotFound => WebError::NotFound,
+            other => WebError::Unexpected(other.into()),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    status: u16,
+    title: &'a str,
+    message: String,
+}
+
+impl ResponseError for WebError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            WebError::SignInRequired => StatusCode::SEE_OTHER,
+            WebError::Forbidden | WebError::Csrf => StatusCode::FORBIDDEN,
+            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let WebError::SignInRequired = self {
+            return HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, "/login"))
+                .finish();
+        }
+        if let WebError::Unexpected(e) = self {
+            tracing::error!(error = ?e, "request failed");
+        }
+        let status = self.status_code();
+        let title = match status {
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::NOT_FOUND => "Not found",
+            _ => "Server error",
+        };
+        let page = ErrorPage {
+            status: status.as_u16(),
+            title,
+            message: self.to_string(),
+        };
+        match page.render() {
+            Ok(body) => HttpResponse::build(status)
+                .content_type("text/html; charset=utf-8")
+                .body(body),
+            Err(_) => HttpResponse::build(status).body(self.to_string()),
+        }
+    }
+}
+
+/// The fallback route.
+pub(crate) async fn not_found() -> Result<HttpResponse, WebError> {
+    Err(WebError::NotFound)
+}

@@ -1,0 +1,168 @@
+//! Test harness: a managed PostgreSQL cluster per test binary (unless
+//! DATABASE_URL is set), a fresh database per test, and the real web
+//! application on port 0.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use stockade_domain::{Email, Role};
+use stockade_store::PgPool;
+
+/// The server every test of this binary creates its databases on.
+fn server_url() -> SecretString {
+    static URL: OnceLock<SecretString> = OnceLock::new();
+    // Held for the life of the test process: when the process exits, the
+    // cluster's stdin closes and it stops and removes its folder.
+    static CLUSTER: OnceLock<Mutex<Child>> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return SecretString::from(url);
+        }
+        let dir = std::env::temp_dir().join(format!("stockade-test-pg-{}", std::process::id()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stockade"))
+            .args(["db-cluster", "--ephemeral", "--data-dir"])
+            .arg(&dir)
+            .env_remove("STOCKADE_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the test database cluster");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the cluster's URL");
+        let url = line
+            .trim()
+            .strip_prefix("DATABASE_URL=")
+            .unwrap_or_else(|| panic!("the test cluster did not start: {line:?}"))
+            .to_owned();
+        CLUSTER.set(Mutex::new(child)).ok();
+        SecretString::from(url)
+    })
+    .clone()
+}
+
+/// A fresh, migrated database of its own.
+pub async fn fresh_database() -> (PgPool, SecretString) {
+    let server = server_url();
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    stockade_store::ensure_database(&server, &name)
+        .await
+        .expect("create test database");
+    let base = server.expose_secret();
+    let url = match base.rsplit_once('/') {
+        Some((prefix, _)) => format!("{prefix}/{name}"),
+        None => panic!("unexpected database URL shape"),
+    };
+    let url = SecretString::from(url);
+    let pool = stockade_store::connect(&url, 5, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    stockade_store::migrate(&pool).await.expect("migrate");
+    (pool, url)
+}
+
+/// The real application, serving on an ephemeral port.
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let (pool, _) = fresh_database().await;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let settings = stockade_web::Settings {
+            public_url: "http://127.0.0.1".into(),
+            session_expiry: stockade_store::sessions::Expiry {
+                idle: chrono::Duration::minutes(30),
+                absolute: chrono::Duration::hours(12),
+            },
+            workers: 2,
+        };
+        let app = stockade_web::Application::build(listener, pool.clone(), settings).unwrap();
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            pool,
+            client: new_client(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Creates an account with a known password.
+    pub async fn create_user(&self, email: &str, role: Role, tenant: Option<uuid::Uuid>) -> String {
+        let password = "correct horse battery".to_owned();
+        let hash = stockade_store::password::hash(&SecretString::from(password.clone())).unwrap();
+        stockade_store::users::create(
+            &self.pool,
+            &Email::parse(email).unwrap(),
+            &hash,
+            role,
+            tenant,
+        )
+        .await
+        .unwrap();
+        password
+    }
+
+    /// Loads the sign-in form and returns its CSRF token (the cookie is kept by the client).
+    pub async fn login_csrf(&self, client: &reqwest::Client) -> String {
+        let page = client
+            .get(self.url("/login"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        hidden_field(&page, "csrf_token").expect("sign-in form has a CSRF token")
+    }
+
+    /// Signs in with `client`, returning the answer to the form post.
+    pub async fn sign_in(
+        &self,
+        client: &reqwest::Client,
+        email: &str,
+        password: &str,
+    ) -> reqwest::Response {
+        let csrf = self.login_csrf(client).await;
+        client
+            .post(self.url("/login"))
+            .form(&[
+                ("csrf_token", csrf.as_str()),
+                ("email", email),
+                ("password", password),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// A client that keeps cookies and does not follow redirects.
+pub fn new_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of a hidden input in an HTML page.
+pub fn hidden_field(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')?;
+    Some(html[start..start + end].to_owned())
+}

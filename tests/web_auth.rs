@@ -1,0 +1,246 @@
+//! Sign-in, sessions and the panel's protective headers, over real HTTP.
+
+mod common;
+
+use common::{TestApp, new_client};
+use stockade_domain::Role;
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::spawn().await;
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ready\n");
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_database_is_gone() {
+    let app = TestApp::spawn().await;
+    app.pool.close().await;
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+}
+
+#[tokio::test]
+async fn anonymous_users_are_sent_to_sign_in() {
+    let app = TestApp::spawn().await;
+    let r = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+}
+
+#[tokio::test]
+async fn pages_carry_security_headers_and_styles() {
+    let app = TestApp::spawn().await;
+    let r = app.client.get(app.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(r.headers().contains_key("referrer-policy"));
+    let html = r.text().await.unwrap();
+    assert!(html.contains("/static/style.css"));
+    assert!(!html.contains("<script>"), "no inline script");
+    let css = app
+        .client
+        .get(app.url("/static/style.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(css.status(), 200);
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let missing = app
+        .client
+        .get(app.url("/static/../Cargo.toml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn unknown_pages_get_a_styled_404() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .client
+        .get(app.url("/no/such/page"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("Not found") && html.contains("style.css"));
+}
+
+#[tokio::test]
+async fn staff_sign_in_and_out() {
+    let app = TestApp::spawn().await;
+    let password = app.create_user("ops@example.com", Role::Admin, None).await;
+    let r = app.sign_in(&app.client, "OPS@example.com", &password).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+
+    let page = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("ops@example.com"));
+
+    let csrf = common::hidden_field(&html, "csrf_token").unwrap();
+    let r = app
+        .client
+        .post(app.url("/logout"))
+        .form(&[("csrf_token", csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 303, "signed out means signed out");
+    assert_eq!(
+        stockade_store::audit::count_action(&app.pool, "user.sign_in")
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_account_get_the_same_answer() {
+    let app = TestApp::spawn().await;
+    app.create_user("ops@example.com", Role::Admin, None).await;
+    let wrong = app
+        .sign_in(&new_client(), "ops@example.com", "not the password")
+        .await;
+    let unknown = app
+        .sign_in(&new_client(), "nobody@example.com", "not the password")
+        .await;
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(unknown.status(), 401);
+    let a = wrong.text().await.unwrap();
+    let b = unknown.text().await.unwrap();
+    assert!(a.contains("Wrong email or password.") && b.contains("Wrong email or password."));
+    assert_eq!(
+        stockade_store::audit::count_action(&app.pool, "user.sign_in_failed")
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn sign_in_without_the_csrf_token_is_refused() {
+    let app = TestApp::spawn().await;
+    let password = app.create_user("ops@example.com", Role::Admin, None).await;
+    let r = app
+        .client
+        .post(app.url("/login"))
+        .form(&[
+            ("csrf_token", "forged"),
+            ("email", "ops@example.com"),
+            ("password", password.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
+}
+
+#[tokio::test]
+async fn sign_out_needs_the_session_csrf_token() {
+    let app = TestApp::spawn().await;
+    let password = app.create_user("ops@example.com", Role::Admin, None).await;
+    app.sign_in(&app.client, "ops@example.com", &password).await;
+    let r = app
+        .client
+        .post(app.url("/logout"))
+        .form(&[("csrf_token", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let still = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(still.status(), 200);
+}
+
+#[tokio::test]
+async fn a_session_token_planted_before_sign_in_is_replaced() {
+    let app = TestApp::spawn().await;
+    let password = app.create_user("ops@example.com", Role::Admin, None).await;
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    jar.add_cookie_str(
+        "stockade_session=planted-by-someone-else",
+        &app.url("/").parse().unwrap(),
+    );
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = app.sign_in(&client, "ops@example.com", &password).await;
+    let token = r
+        .cookies()
+        .find(|c| c.name() == "stockade_session")
+        .unwrap()
+        .value()
+        .to_owned();
+    assert_ne!(token, "planted-by-someone-else");
+    assert_eq!(token.len(), 64);
+    let other = app
+        .sign_in(&new_client(), "ops@example.com", &password)
+        .await;
+    let token2 = other
+        .cookies()
+        .find(|c| c.name() == "stockade_session")
+        .unwrap()
+        .value()
+        .to_owned();
+    assert_ne!(token, token2, "every sign-in gets its own token");
+}
+
+#[tokio::test]
+async fn changing_a_password_revokes_every_session() {
+    let app = TestApp::spawn().await;
+    let password = app.create_user("ops@example.com", Role::Admin, None).await;
+    app.sign_in(&app.client, "ops@example.com", &password).await;
+    assert_eq!(
+        app.client.get(app.url("/")).send().await.unwrap().status(),
+        200
+    );
+    let (user, _) = stockade_store::users::find_for_sign_in(
+        &app.pool,
+        &stockade_domain::Email::parse("ops@example.com").unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let hash = stockade_store::password::hash(&secrecy::SecretString::from(
+        "another good password".to_owned(),
+    ))
+    .unwrap();
+    stockade_store::users::set_password(&app.pool, user.id, &hash)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.client.get(app.url("/")).send().await.unwrap().status(),
+        303
+    );
+}
