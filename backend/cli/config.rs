@@ -107,9 +107,9 @@ fn default_node_name() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
-fn parse_num<T: std::str::FromStr>(key: &str, value: &str, min: T) -> anyhow::Result<T>
+fn parse_num<T>(key: &str, value: &str, min: T) -> anyhow::Result<T>
 where
-    T: PartialOrd + std::fmt::Display,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
 {
     let v: T = value
         .trim()

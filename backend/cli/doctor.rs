@@ -243,7 +243,7 @@ fn database_check(cfg: &Config) -> Check {
 pub fn run(cfg: &Config) -> ExitCode {
     let checks = collect(cfg);
     let width = checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
-    println!("{:width$}  {:7}  {}", "CHECK", "STATUS", "DETAIL (FIX)");
+    println!("{:width$}  {:7}  DETAIL (FIX)", "CHECK", "STATUS");
     for c in &checks {
         let status = if c.ok { "ok" } else { "MISSING" };
         let fix = if c.ok {

@@ -44,10 +44,10 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     };
     let result =
         crate::runtime().and_then(|rt| rt.block_on(run_services(&cfg, &url, cluster.is_some())));
-    if let Some(cluster) = cluster {
-        if let Err(e) = cluster.stop() {
-            eprintln!("stockade: stopping PostgreSQL: {e:#}");
-        }
+    if let Some(cluster) = cluster
+        && let Err(e) = cluster.stop()
+    {
+        eprintln!("stockade: stopping PostgreSQL: {e:#}");
     }
     result
 }

@@ -118,13 +118,12 @@ async fn login_form(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, WebError> {
-    if let Some(c) = req.cookie(SESSION_COOKIE) {
-        if sessions::touch(&state.pool, c.value(), state.settings.session_expiry)
+    if let Some(c) = req.cookie(SESSION_COOKIE)
+        && sessions::touch(&state.pool, c.value(), state.settings.session_expiry)
             .await?
             .is_some()
-        {
-            return Ok(see_other("/"));
-        }
+    {
+        return Ok(see_other("/"));
     }
     render_login(&state, actix_web::http::StatusCode::OK, "", None)
 }

@@ -1,0 +1,42 @@
+# Installs the host packages Stockade needs, when missing. Sourced by
+# scripts/up and scripts/test. Only acts as root on Debian/Ubuntu; elsewhere
+# it says what is missing.
+
+stockade_missing_packages() {
+    local missing=()
+    have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+    ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || have postgres || missing+=(postgresql)
+    have busybox || missing+=(busybox-static)
+    have mkfs.ext4 || missing+=(e2fsprogs)
+    have ip || missing+=(iproute2)
+    have tar || missing+=(tar)
+    have useradd || missing+=(passwd)
+    for extra in "$@"; do
+        case "$extra" in
+            chromium) have chromium || missing+=(chromium) ;;
+            chromedriver) have chromedriver || missing+=(chromium-driver) ;;
+            *) ;;
+        esac
+    done
+    echo "${missing[@]}"
+}
+
+stockade_install_deps() {
+    local missing
+    missing="$(stockade_missing_packages "$@")"
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing: $missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        # shellcheck disable=SC2086
+        apt-get install -y -qq --no-install-recommends $missing
+    else
+        echo "missing packages: $missing (install them, then run this again)" >&2
+        return 1
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo (the Rust toolchain) is needed to build Stockade" >&2
+        return 1
+    fi
+}

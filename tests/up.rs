@@ -1,0 +1,199 @@
+//! `stockade up` as a provider runs it: no DATABASE_URL, a managed cluster,
+//! the first admin, the panel, a clean stop; and one clear line for bad input.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::new_client;
+
+const ADMIN_PASSWORD: &str = "first admin password";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A folder the unprivileged database user can reach.
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn stockade(dir: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockade"));
+    cmd.current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("STOCKADE_CONFIG")
+        .env("STOCKADE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("STOCKADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("STOCKADE_NODE_NAME", format!("up-test-{port}"))
+        .env("STOCKADE_LOG", "warn");
+    cmd
+}
+
+/// Kills the process on drop if a test failed half-way.
+struct Running(Child);
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            terminate(&self.0);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+fn start_up(dir: &Path, port: u16) -> (Running, Vec<String>) {
+    let mut child = stockade(dir, port)
+        .arg("up")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("Stockade is up:");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        lines.last().is_some_and(|l| l == &format!("Stockade is up: http://127.0.0.1:{port}")),
+        "up did not announce the panel: {lines:?}"
+    );
+    (Running(child), lines)
+}
+
+fn wait_exit(running: &mut Running, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "stockade did not stop in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn sign_in_as_admin(port: u16) {
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let client = new_client();
+    let page = client.get(format!("{base}/login")).send().await.unwrap().text().await.unwrap();
+    let csrf = common::hidden_field(&page, "csrf_token").unwrap();
+    let r = client
+        .post(format!("{base}/login"))
+        .form(&[("csrf_token", csrf.as_str()), ("email", "admin@localhost"), ("password", ADMIN_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "the first admin can sign in");
+    let home = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(home.status(), 200);
+    assert!(home.text().await.unwrap().contains("admin@localhost"));
+}
+
+#[tokio::test]
+async fn up_runs_the_panel_on_a_managed_cluster_and_stops_cleanly() {
+    let dir = workdir();
+    let port = free_port();
+    let (mut running, lines) = start_up(dir.path(), port);
+    assert!(lines.iter().any(|l| l == "First admin account: admin@localhost"), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains(ADMIN_PASSWORD)), "a given password is never echoed");
+    sign_in_as_admin(port).await;
+
+    // A second `up` on the same folder refuses instead of corrupting it.
+    let second = stockade(dir.path(), free_port()).arg("up").output().unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already running"), "{err}");
+
+    terminate(&running.0);
+    let status = wait_exit(&mut running, Duration::from_secs(40));
+    assert!(status.success(), "clean stop: {status}");
+    assert!(!dir.path().join("var/pg/postmaster.pid").exists(), "PostgreSQL was stopped");
+
+    // The folder is reused: the admin already exists, the password still works.
+    let (mut again, lines) = start_up(dir.path(), port);
+    assert!(!lines.iter().any(|l| l.starts_with("First admin")), "{lines:?}");
+    sign_in_as_admin(port).await;
+    terminate(&again.0);
+    assert!(wait_exit(&mut again, Duration::from_secs(40)).success());
+    assert!(!dir.path().join("var/pg/postmaster.pid").exists());
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_line_and_leaves_nothing_running() {
+    let dir = workdir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = stockade(dir.path(), port).arg("up").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port} is already in use")), "{err}");
+    assert!(!dir.path().join("var/pg/postmaster.pid").exists(), "the database was stopped again");
+}
+
+#[test]
+fn bad_configuration_is_one_clear_line() {
+    let dir = workdir();
+    let out = stockade(dir.path(), 1).env("STOCKADE_LISTEN", "not-an-address").arg("up").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("listen") && err.contains("STOCKADE_LISTEN"), "{err}");
+    assert!(!dir.path().join("var").exists(), "nothing was created");
+
+    let file = dir.path().join("stockade.toml");
+    std::fs::write(&file, "lissten = \"127.0.0.1:1\"\n").unwrap();
+    let out = stockade(dir.path(), 1).arg("--config").arg(&file).arg("doctor").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown setting \"lissten\""), "{err}");
+}
+
+#[test]
+fn an_unreachable_database_is_one_clear_line() {
+    let dir = workdir();
+    let port = free_port();
+    let out = stockade(dir.path(), free_port())
+        .env("DATABASE_URL", format!("postgres://stockade@127.0.0.1:{port}/stockade"))
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("stockade: cannot reach the database"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn doctor_prints_what_the_host_offers() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stockade")).arg("doctor").env_remove("DATABASE_URL").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for row in ["cgroups", "overlayfs", "loop devices", "network namespaces", "veth", "tc", "user namespaces", "busybox", "mkfs.ext4", "PostgreSQL binaries", "PostgreSQL server"] {
+        assert!(text.lines().any(|l| l.starts_with(row)), "doctor lists {row}:\n{text}");
+    }
+}
+
+#[test]
+fn every_verb_has_help() {
+    for verb in [&["up"][..], &["serve"], &["agent"], &["migrate"], &["staff", "create"], &["doctor"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_stockade")).args(verb).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{verb:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{verb:?}");
+    }
+}
