@@ -111,6 +111,7 @@ CREATE TABLE nodes (
     cpus            integer NOT NULL CHECK (cpus >= 0),
     memory_bytes    bigint  NOT NULL CHECK (memory_bytes >= 0),
     disk_bytes      bigint  NOT NULL CHECK (disk_bytes >= 0),
+    max_jails       integer NOT NULL DEFAULT 1000 CHECK (max_jails >= 0),
     address_pool    cidr,
     agent_version   text NOT NULL DEFAULT '',
     registered_at   timestamptz NOT NULL DEFAULT now(),

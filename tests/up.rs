@@ -14,7 +14,11 @@ use common::new_client;
 const ADMIN_PASSWORD: &str = "first admin password";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A folder the unprivileged database user can reach.
@@ -70,7 +74,9 @@ fn start_up(dir: &Path, port: u16) -> (Running, Vec<String>) {
         }
     }
     assert!(
-        lines.last().is_some_and(|l| l == &format!("Stockade is up: http://127.0.0.1:{port}")),
+        lines
+            .last()
+            .is_some_and(|l| l == &format!("Stockade is up: http://127.0.0.1:{port}")),
         "up did not announce the panel: {lines:?}"
     );
     (Running(child), lines)
@@ -92,11 +98,22 @@ async fn sign_in_as_admin(port: u16) {
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
     let client = new_client();
-    let page = client.get(format!("{base}/login")).send().await.unwrap().text().await.unwrap();
+    let page = client
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let csrf = common::hidden_field(&page, "csrf_token").unwrap();
     let r = client
         .post(format!("{base}/login"))
-        .form(&[("csrf_token", csrf.as_str()), ("email", "admin@localhost"), ("password", ADMIN_PASSWORD)])
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("email", "admin@localhost"),
+            ("password", ADMIN_PASSWORD),
+        ])
         .send()
         .await
         .unwrap();
@@ -111,12 +128,23 @@ async fn up_runs_the_panel_on_a_managed_cluster_and_stops_cleanly() {
     let dir = workdir();
     let port = free_port();
     let (mut running, lines) = start_up(dir.path(), port);
-    assert!(lines.iter().any(|l| l == "First admin account: admin@localhost"), "{lines:?}");
-    assert!(!lines.iter().any(|l| l.contains(ADMIN_PASSWORD)), "a given password is never echoed");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "First admin account: admin@localhost"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains(ADMIN_PASSWORD)),
+        "a given password is never echoed"
+    );
     sign_in_as_admin(port).await;
 
     // A second `up` on the same folder refuses instead of corrupting it.
-    let second = stockade(dir.path(), free_port()).arg("up").output().unwrap();
+    let second = stockade(dir.path(), free_port())
+        .arg("up")
+        .output()
+        .unwrap();
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("already running"), "{err}");
@@ -124,11 +152,17 @@ async fn up_runs_the_panel_on_a_managed_cluster_and_stops_cleanly() {
     terminate(&running.0);
     let status = wait_exit(&mut running, Duration::from_secs(40));
     assert!(status.success(), "clean stop: {status}");
-    assert!(!dir.path().join("var/pg/postmaster.pid").exists(), "PostgreSQL was stopped");
+    assert!(
+        !dir.path().join("var/pg/postmaster.pid").exists(),
+        "PostgreSQL was stopped"
+    );
 
     // The folder is reused: the admin already exists, the password still works.
     let (mut again, lines) = start_up(dir.path(), port);
-    assert!(!lines.iter().any(|l| l.starts_with("First admin")), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("First admin")),
+        "{lines:?}"
+    );
     sign_in_as_admin(port).await;
     terminate(&again.0);
     assert!(wait_exit(&mut again, Duration::from_secs(40)).success());
@@ -143,23 +177,41 @@ fn a_port_in_use_is_one_clear_line_and_leaves_nothing_running() {
     let out = stockade(dir.path(), port).arg("up").output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("127.0.0.1:{port} is already in use")), "{err}");
-    assert!(!dir.path().join("var/pg/postmaster.pid").exists(), "the database was stopped again");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} is already in use")),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("var/pg/postmaster.pid").exists(),
+        "the database was stopped again"
+    );
 }
 
 #[test]
 fn bad_configuration_is_one_clear_line() {
     let dir = workdir();
-    let out = stockade(dir.path(), 1).env("STOCKADE_LISTEN", "not-an-address").arg("up").output().unwrap();
+    let out = stockade(dir.path(), 1)
+        .env("STOCKADE_LISTEN", "not-an-address")
+        .arg("up")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("listen") && err.contains("STOCKADE_LISTEN"), "{err}");
+    assert!(
+        err.contains("listen") && err.contains("STOCKADE_LISTEN"),
+        "{err}"
+    );
     assert!(!dir.path().join("var").exists(), "nothing was created");
 
     let file = dir.path().join("stockade.toml");
     std::fs::write(&file, "lissten = \"127.0.0.1:1\"\n").unwrap();
-    let out = stockade(dir.path(), 1).arg("--config").arg(&file).arg("doctor").output().unwrap();
+    let out = stockade(dir.path(), 1)
+        .arg("--config")
+        .arg(&file)
+        .arg("doctor")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown setting \"lissten\""), "{err}");
@@ -170,30 +222,69 @@ fn an_unreachable_database_is_one_clear_line() {
     let dir = workdir();
     let port = free_port();
     let out = stockade(dir.path(), free_port())
-        .env("DATABASE_URL", format!("postgres://stockade@127.0.0.1:{port}/stockade"))
+        .env(
+            "DATABASE_URL",
+            format!("postgres://stockade@127.0.0.1:{port}/stockade"),
+        )
         .arg("migrate")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("stockade: cannot reach the database"), "{err}");
+    assert!(
+        err.starts_with("stockade: cannot reach the database"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]
 fn doctor_prints_what_the_host_offers() {
-    let out = Command::new(env!("CARGO_BIN_EXE_stockade")).arg("doctor").env_remove("DATABASE_URL").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stockade"))
+        .arg("doctor")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for row in ["cgroups", "overlayfs", "loop devices", "network namespaces", "veth", "tc", "user namespaces", "busybox", "mkfs.ext4", "PostgreSQL binaries", "PostgreSQL server"] {
-        assert!(text.lines().any(|l| l.starts_with(row)), "doctor lists {row}:\n{text}");
+    for row in [
+        "cgroups",
+        "overlayfs",
+        "loop devices",
+        "network namespaces",
+        "veth",
+        "tc",
+        "user namespaces",
+        "busybox",
+        "mkfs.ext4",
+        "PostgreSQL binaries",
+        "PostgreSQL server",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(row)),
+            "doctor lists {row}:\n{text}"
+        );
     }
 }
 
 #[test]
 fn every_verb_has_help() {
-    for verb in [&["up"][..], &["serve"], &["agent"], &["migrate"], &["staff", "create"], &["doctor"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_stockade")).args(verb).arg("--help").output().unwrap();
+    for verb in [
+        &["up"][..],
+        &["serve"],
+        &["agent"],
+        &["migrate"],
+        &["staff", "create"],
+        &["doctor"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_stockade"))
+            .args(verb)
+            .arg("--help")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{verb:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{verb:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{verb:?}"
+        );
     }
 }

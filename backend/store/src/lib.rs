@@ -6,9 +6,12 @@
 //! is the security boundary between tenants.
 
 pub mod audit;
+pub mod jails;
 pub mod nodes;
 pub mod password;
+pub mod plans;
 pub mod sessions;
+pub mod tenants;
 pub mod users;
 
 use std::time::Duration;
@@ -29,6 +32,16 @@ pub enum StoreError {
     /// The row asked for does not exist (or is not visible to the caller).
     #[error("not found")]
     NotFound,
+    /// The change would take a tenant past its quota; the message says which
+    /// resource and how much is left.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// No live node has room for the jail.
+    #[error("no node has room for this jail right now ({0})")]
+    NoCapacity(String),
+    /// The change is not allowed in the current state (e.g. a suspended tenant).
+    #[error("{0}")]
+    InvalidState(String),
     /// Anything else: a lost connection, a bug.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -120,3 +133,28 @@ pub async fn ensure_database(server_url: &SecretString, name: &str) -> anyhow::R
     pool.close().await;
     Ok(())
 }
+
+/// Converts a stored non-negative integer, failing loudly on a broken row.
+pub(crate) fn to_u64(what: &str, v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v)
+        .map_err(|_| StoreError::Unexpected(anyhow::anyhow!("stored {what} {v} is negative")))
+}
+
+/// Converts a stored non-negative integer, failing loudly on a broken row.
+pub(crate) fn to_u32(what: &str, v: i32) -> Result<u32, StoreError> {
+    u32::try_from(v)
+        .map_err(|_| StoreError::Unexpected(anyhow::anyhow!("stored {what} {v} is negative")))
+}
+
+/// Converts a quantity for storage, refusing values beyond SQL's bigint.
+pub(crate) fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::QuotaExceeded(format!("{what} {v} is too large")))
+}
+
+/// Converts a quantity for storage, refusing values beyond SQL's integer.
+pub(crate) fn to_i32(what: &str, v: u32) -> Result<i32, StoreError> {
+    i32::try_from(v).map_err(|_| StoreError::QuotaExceeded(format!("{what} {v} is too large")))
+}
+
+/// The channel the agents LISTEN on; the payload is the node id.
+pub const JAILS_CHANNEL: &str = "stockade_jails";

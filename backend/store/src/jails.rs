@@ -1,0 +1,697 @@
+//! Jails: desired state written by users, observed state written by agents.
+//!
+//! Creating a jail checks the tenant's aggregate quota and places it on a
+//! node in one transaction that holds the tenant's row lock, so concurrent
+//! creations for one tenant are serialised whichever web process serves them.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+use stockade_domain::{DesiredState, JailKind, JailName, Limits, ObservedState};
+use uuid::Uuid;
+
+use crate::plans::Quota;
+use crate::{JAILS_CHANNEL, PgPool, StoreError, to_i32, to_i64, to_u32, to_u64};
+
+/// A node whose heartbeat is older than this is down and gets no new jails.
+pub const NODE_DOWN_AFTER_SECS: i64 = 30;
+
+/// A jail as users and agents see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jail {
+    /// Stable id.
+    pub id: Uuid,
+    /// Owning tenant.
+    pub tenant_id: Uuid,
+    /// The node it is placed on.
+    pub node_id: Option<Uuid>,
+    /// Name, unique among the tenant's live jails; also its hostname.
+    pub name: JailName,
+    /// Root filesystem image.
+    pub image: String,
+    /// App or system jail.
+    pub kind: JailKind,
+    /// Command to run (empty = the image's default).
+    pub command: Vec<String>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// What users want.
+    pub desired_state: DesiredState,
+    /// What the agent last saw.
+    pub observed_state: ObservedState,
+    /// Bumped on every change of desired state or limits.
+    pub generation: i64,
+    /// The generation the agent last converged to.
+    pub observed_generation: i64,
+    /// Address inside the node's pool.
+    pub address: Option<String>,
+    /// The last failure of the agent on this jail.
+    pub last_error: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Jail {
+    /// The key the node's engine knows this jail by: unique across tenants.
+    pub fn host_name(&self) -> JailName {
+        host_name(self.id)
+    }
+}
+
+/// The engine key of jail `id`.
+pub fn host_name(id: Uuid) -> JailName {
+    let simple = id.simple().to_string();
+    JailName::parse(&format!("j-{}", &simple[..20])).expect("hex is a valid jail name")
+}
+
+#[derive(sqlx::FromRow)]
+struct JailRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    node_id: Option<Uuid>,
+    name: String,
+    image: String,
+    kind: String,
+    command: Vec<String>,
+    cpu_millicores: i32,
+    memory_bytes: i64,
+    pids: i32,
+    disk_bytes: i64,
+    io_read_bps: i64,
+    io_write_bps: i64,
+    io_read_iops: i64,
+    io_write_iops: i64,
+    net_egress_bps: i64,
+    net_ingress_bps: i64,
+    desired_state: String,
+    observed_state: String,
+    generation: i64,
+    observed_generation: i64,
+    address: Option<String>,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unexpected(anyhow::anyhow!("stored {what}: {e}"))
+}
+
+impl TryFrom<JailRow> for Jail {
+    type Error = StoreError;
+    fn try_from(r: JailRow) -> Result<Self, StoreError> {
+        Ok(Jail {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            node_id: r.node_id,
+            name: JailName::parse(&r.name).map_err(|e| bad("name", e))?,
+            image: r.image,
+            kind: r.kind.parse().map_err(|e| bad("kind", e))?,
+            command: r.command,
+            limits: Limits {
+                cpu_millicores: to_u32("cpu", r.cpu_millicores)?,
+                memory_bytes: to_u64("memory", r.memory_bytes)?,
+                pids: to_u32("pids", r.pids)?,
+                disk_bytes: to_u64("disk", r.disk_bytes)?,
+                io_read_bps: to_u64("io_read_bps", r.io_read_bps)?,
+                io_write_bps: to_u64("io_write_bps", r.io_write_bps)?,
+                io_read_iops: to_u64("io_read_iops", r.io_read_iops)?,
+                io_write_iops: to_u64("io_write_iops", r.io_write_iops)?,
+                net_egress_bps: to_u64("net_egress_bps", r.net_egress_bps)?,
+                net_ingress_bps: to_u64("net_ingress_bps", r.net_ingress_bps)?,
+            },
+            desired_state: r
+                .desired_state
+                .parse()
+                .map_err(|e| bad("desired_state", e))?,
+            observed_state: r
+                .observed_state
+                .parse()
+                .map_err(|e| bad("observed_state", e))?,
+            generation: r.generation,
+            observed_generation: r.observed_generation,
+            address: r.address,
+            last_error: r.last_error,
+            created_at: r.created_at,
+        })
+    }
+}
+
+macro_rules! jail_columns {
+    () => {
+        "id, tenant_id, node_id, name, image, kind, command, cpu_millicores,
+    memory_bytes, pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops,
+    net_egress_bps, net_ingress_bps, desired_state, observed_state, generation,
+    observed_generation, host(address) AS address, last_error, created_at"
+    };
+}
+
+/// What a user asks for when creating a jail.
+#[derive(Debug, Clone)]
+pub struct NewJail {
+    /// Name within the tenant.
+    pub name: JailName,
+    /// Image name.
+    pub image: String,
+    /// App or system.
+    pub kind: JailKind,
+    /// Command (empty = image default).
+    pub command: Vec<String>,
+    /// Limits; a rate of 0 takes the plan's per-jail ceiling.
+    pub limits: Limits,
+}
+
+/// The tenant's quota: its plan with its overrides applied.
+pub(crate) async fn effective_quota<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    tenant_id: Uuid,
+) -> Result<Quota, StoreError> {
+    let row: Option<crate::plans::QuotaRow> = sqlx::query_as(
+        "SELECT COALESCE(o.cpu_millicores, p.cpu_millicores) AS cpu_millicores,
+                COALESCE(o.memory_bytes, p.memory_bytes) AS memory_bytes,
+                COALESCE(o.pids, p.pids) AS pids,
+                COALESCE(o.disk_bytes, p.disk_bytes) AS disk_bytes,
+                COALESCE(o.max_jails, p.max_jails) AS max_jails,
+                COALESCE(o.io_read_bps, p.io_read_bps) AS io_read_bps,
+                COALESCE(o.io_write_bps, p.io_write_bps) AS io_write_bps,
+                COALESCE(o.io_read_iops, p.io_read_iops) AS io_read_iops,
+                COALESCE(o.io_write_iops, p.io_write_iops) AS io_write_iops,
+                COALESCE(o.net_egress_bps, p.net_egress_bps) AS net_egress_bps,
+                COALESCE(o.net_ingress_bps, p.net_ingress_bps) AS net_ingress_bps,
+                COALESCE(o.monthly_transfer_bytes, p.monthly_transfer_bytes) AS monthly_transfer_bytes
+         FROM tenants t JOIN plans p ON p.id = t.plan_id
+         LEFT JOIN tenant_quota_overrides o ON o.tenant_id = t.id
+         WHERE t.id = $1",
+    )
+    .bind(tenant_id)
+    .fetch_optional(ex)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// What a tenant's live jails add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allocated {
+    /// Number of live jails.
+    pub jails: u64,
+    /// Sum of CPU limits.
+    pub cpu_millicores: u64,
+    /// Sum of memory limits.
+    pub memory_bytes: u64,
+    /// Sum of pids limits.
+    pub pids: u64,
+    /// Sum of volume sizes.
+    pub disk_bytes: u64,
+}
+
+/// Sums the limits of a tenant's live jails, leaving out `except` (a jail being edited).
+pub(crate) async fn allocated<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    tenant_id: Uuid,
+    except: Option<Uuid>,
+) -> Result<Allocated, StoreError> {
+    let (jails, cpu, mem, pids, disk): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(sum(cpu_millicores), 0)::bigint, COALESCE(sum(memory_bytes), 0)::bigint,
+                COALESCE(sum(pids), 0)::bigint, COALESCE(sum(disk_bytes), 0)::bigint
+         FROM jails WHERE tenant_id = $1 AND desired_state <> 'deleted'
+           AND ($2::uuid IS NULL OR id <> $2)",
+    )
+    .bind(tenant_id)
+    .bind(except)
+    .fetch_one(ex)
+    .await?;
+    Ok(Allocated {
+        jails: to_u64("count", jails)?,
+        cpu_millicores: to_u64("cpu", cpu)?,
+        memory_bytes: to_u64("memory", mem)?,
+        pids: to_u64("pids", pids)?,
+        disk_bytes: to_u64("disk", disk)?,
+    })
+}
+
+/// The quota and allocation of one tenant, for the overview pages.
+pub async fn quota_and_allocation(
+    pool: &PgPool,
+    tenant_id: Uuid,
+) -> Result<(Quota, Allocated), StoreError> {
+    let quota = effective_quota(pool, tenant_id).await?;
+    Ok((quota, allocated(pool, tenant_id, None).await?))
+}
+
+fn fmt_bytes(b: u64) -> String {
+    stockade_domain::ByteSize(b).to_string()
+}
+
+/// Checks `limits` against what is left of `quota`, filling unset rates with
+/// the plan's per-jail ceilings. The error says which resource and what is left.
+pub fn fit_to_quota(
+    limits: &mut Limits,
+    quota: &Quota,
+    used: &Allocated,
+    adding_jail: bool,
+) -> Result<(), StoreError> {
+    if adding_jail && used.jails + 1 > u64::from(quota.max_jails) {
+        return Err(StoreError::QuotaExceeded(format!(
+            "jail quota exceeded: the plan allows {} jails and {} exist",
+            quota.max_jails, used.jails
+        )));
+    }
+    let left = |total: u64, used: u64| total.saturating_sub(used);
+    let cpu_left = left(u64::from(quota.cpu_millicores), used.cpu_millicores);
+    if u64::from(limits.cpu_millicores) > cpu_left {
+        return Err(StoreError::QuotaExceeded(format!(
+            "CPU quota exceeded: {}m requested, {cpu_left}m left of {}m",
+            limits.cpu_millicores, quota.cpu_millicores
+        )));
+    }
+    let mem_left = left(quota.memory_bytes, used.memory_bytes);
+    if limits.memory_bytes > mem_left {
+        return Err(StoreError::QuotaExceeded(format!(
+            "memory quota exceeded: {} requested, {} left of {}",
+            fmt_bytes(limits.memory_bytes),
+            fmt_bytes(mem_left),
+            fmt_bytes(quota.memory_bytes)
+        )));
+    }
+    let pids_left = left(u64::from(quota.pids), used.pids);
+    if u64::from(limits.pids) > pids_left {
+        return Err(StoreError::QuotaExceeded(format!(
+            "process quota exceeded: {} requested, {pids_left} left of {}",
+            limits.pids, quota.pids
+        )));
+    }
+    let disk_left = left(quota.disk_bytes, used.disk_bytes);
+    if limits.disk_bytes > disk_left {
+        return Err(StoreError::QuotaExceeded(format!(
+            "disk quota exceeded: {} requested, {} left of {}",
+            fmt_bytes(limits.disk_bytes),
+            fmt_bytes(disk_left),
+            fmt_bytes(quota.disk_bytes)
+        )));
+    }
+    for (name, value, ceiling) in [
+        ("IO read rate", &mut limits.io_read_bps, quota.io_read_bps),
+        (
+            "IO write rate",
+            &mut limits.io_write_bps,
+            quota.io_write_bps,
+        ),
+        (
+            "IO read operations",
+            &mut limits.io_read_iops,
+            quota.io_read_iops,
+        ),
+        (
+            "IO write operations",
+            &mut limits.io_write_iops,
+            quota.io_write_iops,
+        ),
+        (
+            "network egress rate",
+            &mut limits.net_egress_bps,
+            quota.net_egress_bps,
+        ),
+        (
+            "network ingress rate",
+            &mut limits.net_ingress_bps,
+            quota.net_ingress_bps,
+        ),
+    ] {
+        if ceiling > 0 && *value == 0 {
+            *value = ceiling;
+        } else if ceiling > 0 && *value > ceiling {
+            return Err(StoreError::QuotaExceeded(format!(
+                "{name} {value} is above the plan's ceiling of {ceiling}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Locks the tenant's row (serialising quota checks) and refuses changes to
+/// a tenant that is not active.
+async fn lock_active_tenant(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: Uuid,
+) -> Result<(), StoreError> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind(tenant_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match status.as_deref() {
+        None => Err(StoreError::NotFound),
+        Some("active") => Ok(()),
+        Some(other) => Err(StoreError::InvalidState(format!("the tenant is {other}"))),
+    }
+}
+
+/// Picks the live node with the most free memory that fits `limits`, locking
+/// the node rows so two placements cannot both take the last room.
+async fn place(tx: &mut Transaction<'_, Postgres>, limits: &Limits) -> Result<Uuid, StoreError> {
+    let candidates: Vec<(Uuid, String, i64, i64, i64)> = sqlx::query_as(
+        "WITH live AS (
+             SELECT id, name, memory_bytes, disk_bytes, max_jails FROM nodes
+             WHERE heartbeat_at > now() - make_interval(secs => $1)
+             ORDER BY id FOR UPDATE)
+         SELECT l.id, l.name,
+                l.memory_bytes - COALESCE(sum(j.memory_bytes), 0)::bigint AS free_memory,
+                l.disk_bytes - COALESCE(sum(j.disk_bytes), 0)::bigint AS free_disk,
+                l.max_jails - count(j.id) AS free_slots
+         FROM live l LEFT JOIN jails j ON j.node_id = l.id AND j.desired_state <> 'deleted'
+         GROUP BY l.id, l.name, l.memory_bytes, l.disk_bytes, l.max_jails
+         ORDER BY free_memory DESC, l.name",
+    )
+    .bind(f64::from(u32::try_from(NODE_DOWN_AFTER_SECS).unwrap_or(30)))
+    .fetch_all(&mut **tx)
+    .await?;
+    if candidates.is_empty() {
+        return Err(StoreError::NoCapacity("no node is up".into()));
+    }
+    let mem = to_i64("memory", limits.memory_bytes)?;
+    let disk = to_i64("disk", limits.disk_bytes)?;
+    candidates
+        .iter()
+        .find(|(_, _, free_mem, free_disk, slots)| {
+            *free_mem >= mem && *free_disk >= disk && *slots > 0
+        })
+        .map(|c| c.0)
+        .ok_or_else(|| StoreError::NoCapacity("every node is full".into()))
+}
+
+async fn notify(
+    tx: &mut Transaction<'_, Postgres>,
+    node_id: Option<Uuid>,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(JAILS_CHANNEL)
+        .bind(node_id.map(|n| n.to_string()).unwrap_or_default())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Creates a jail in a tenant within its quota and places it on a node.
+pub async fn create(pool: &PgPool, tenant_id: Uuid, new: &NewJail) -> Result<Jail, StoreError> {
+    let mut tx = pool.begin().await?;
+    lock_active_tenant(&mut tx, tenant_id).await?;
+    let quota = effective_quota(&mut *tx, tenant_id).await?;
+    let used = allocated(&mut *tx, tenant_id, None).await?;
+    let mut limits = new.limits;
+    fit_to_quota(&mut limits, &quota, &used, true)?;
+    let node_id = place(&mut tx, &limits).await?;
+    let row: JailRow = sqlx::query_as(concat!(
+        "INSERT INTO jails (tenant_id, node_id, name, image, kind, command, cpu_millicores, memory_bytes,
+            pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops, net_egress_bps,
+            net_ingress_bps)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         RETURNING ", jail_columns!(), ""
+    ))
+    .bind(tenant_id)
+    .bind(node_id)
+    .bind(new.name.as_str())
+    .bind(&new.image)
+    .bind(new.kind.as_str())
+    .bind(&new.command)
+    .bind(to_i32("cpu", limits.cpu_millicores)?)
+    .bind(to_i64("memory", limits.memory_bytes)?)
+    .bind(to_i32("pids", limits.pids)?)
+    .bind(to_i64("disk", limits.disk_bytes)?)
+    .bind(to_i64("io_read_bps", limits.io_read_bps)?)
+    .bind(to_i64("io_write_bps", limits.io_write_bps)?)
+    .bind(to_i64("io_read_iops", limits.io_read_iops)?)
+    .bind(to_i64("io_write_iops", limits.io_write_iops)?)
+    .bind(to_i64("net_egress_bps", limits.net_egress_bps)?)
+    .bind(to_i64("net_ingress_bps", limits.net_ingress_bps)?)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(crate::conflict_as("a jail with this name"))?;
+    notify(&mut tx, Some(node_id)).await?;
+    tx.commit().await?;
+    row.try_into()
+}
+
+/// One jail of a tenant. The `tenant_id` predicate is the boundary: a jail of
+/// another tenant is simply not found.
+pub async fn get(pool: &PgPool, tenant_id: Uuid, jail_id: Uuid) -> Result<Jail, StoreError> {
+    let row: Option<JailRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        jail_columns!(),
+        " FROM jails WHERE id = $1 AND tenant_id = $2"
+    ))
+    .bind(jail_id)
+    .bind(tenant_id)
+    .fetch_optional(pool)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// A tenant's jails that are not deleted, by name.
+pub async fn list_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Jail>, StoreError> {
+    let rows: Vec<JailRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        jail_columns!(),
+        " FROM jails
+         WHERE tenant_id = $1 AND NOT (desired_state = 'deleted' AND observed_state = 'deleted')
+         ORDER BY name"
+    ))
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Jail::try_from).collect()
+}
+
+/// Sets what a tenant's jail should be. Starting needs an active tenant;
+/// stopping and deleting are always allowed.
+pub async fn set_desired(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    desired: DesiredState,
+) -> Result<Jail, StoreError> {
+    let mut tx = pool.begin().await?;
+    if desired == DesiredState::Running {
+        lock_active_tenant(&mut tx, tenant_id).await?;
+    }
+    let row: Option<JailRow> = sqlx::query_as(concat!(
+        "UPDATE jails SET desired_state = $3, desired_before_suspend = NULL,
+             generation = generation + 1, updated_at = now()
+         WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted'
+         RETURNING ",
+        jail_columns!(),
+        ""
+    ))
+    .bind(jail_id)
+    .bind(tenant_id)
+    .bind(desired.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let jail: Jail = row.ok_or(StoreError::NotFound)?.try_into()?;
+    notify(&mut tx, jail.node_id).await?;
+    tx.commit().await?;
+    Ok(jail)
+}
+
+/// Changes a jail's limits within the tenant's quota. A volume only grows.
+pub async fn update_limits(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    limits: &Limits,
+) -> Result<Jail, StoreError> {
+    let mut tx = pool.begin().await?;
+    lock_active_tenant(&mut tx, tenant_id).await?;
+    let current = sqlx::query_as::<_, JailRow>(concat!(
+        "SELECT ",
+        jail_columns!(),
+        " FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted' FOR UPDATE"
+    ))
+    .bind(jail_id)
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let current: Jail = current.try_into()?;
+    if limits.disk_bytes < current.limits.disk_bytes {
+        return Err(StoreError::QuotaExceeded(format!(
+            "a volume cannot shrink: it is {} now",
+            fmt_bytes(current.limits.disk_bytes)
+        )));
+    }
+    let quota = effective_quota(&mut *tx, tenant_id).await?;
+    let used = allocated(&mut *tx, tenant_id, Some(jail_id)).await?;
+    let mut limits = *limits;
+    fit_to_quota(&mut limits, &quota, &used, false)?;
+    let row: JailRow = sqlx::query_as(concat!(
+        "UPDATE jails SET cpu_millicores = $3, memory_bytes = $4, pids = $5, disk_bytes = $6,
+             io_read_bps = $7, io_write_bps = $8, io_read_iops = $9, io_write_iops = $10,
+             net_egress_bps = $11, net_ingress_bps = $12, generation = generation + 1, updated_at = now()
+         WHERE id = $1 AND tenant_id = $2 RETURNING ", jail_columns!(), ""
+    ))
+    .bind(jail_id)
+    .bind(tenant_id)
+    .bind(to_i32("cpu", limits.cpu_millicores)?)
+    .bind(to_i64("memory", limits.memory_bytes)?)
+    .bind(to_i32("pids", limits.pids)?)
+    .bind(to_i64("disk", limits.disk_bytes)?)
+    .bind(to_i64("io_read_bps", limits.io_read_bps)?)
+    .bind(to_i64("io_write_bps", limits.io_write_bps)?)
+    .bind(to_i64("io_read_iops", limits.io_read_iops)?)
+    .bind(to_i64("io_write_iops", limits.io_write_iops)?)
+    .bind(to_i64("net_egress_bps", limits.net_egress_bps)?)
+    .bind(to_i64("net_ingress_bps", limits.net_ingress_bps)?)
+    .fetch_one(&mut *tx)
+    .await?;
+    notify(&mut tx, current.node_id).await?;
+    tx.commit().await?;
+    row.try_into()
+}
+
+/// After a tenant's quota was lowered: scales its jails' CPU, memory and
+/// process limits down proportionally so their sum fits again, caps rates at
+/// the per-jail ceilings, and bumps their generation so agents re-apply them.
+/// Volumes are never shrunk.
+pub(crate) async fn clamp_to_quota(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: Uuid,
+) -> Result<(), StoreError> {
+    let quota = effective_quota(&mut **tx, tenant_id).await?;
+    let used = allocated(&mut **tx, tenant_id, None).await?;
+    // factor = min(1, quota/used), applied in SQL with integer arithmetic.
+    let scale = |q: u64, u: u64| -> (i64, i64) {
+        if u > q && u > 0 {
+            (
+                i64::try_from(q).unwrap_or(i64::MAX),
+                i64::try_from(u).unwrap_or(i64::MAX),
+            )
+        } else {
+            (1, 1)
+        }
+    };
+    let (cpu_n, cpu_d) = scale(u64::from(quota.cpu_millicores), used.cpu_millicores);
+    let (mem_n, mem_d) = scale(quota.memory_bytes, used.memory_bytes);
+    let (pid_n, pid_d) = scale(u64::from(quota.pids), used.pids);
+    let cap = |v: u64| {
+        if v == 0 {
+            i64::MAX
+        } else {
+            i64::try_from(v).unwrap_or(i64::MAX)
+        }
+    };
+    sqlx::query(
+        "UPDATE jails SET
+             cpu_millicores = GREATEST(1, (cpu_millicores::numeric * $2 / $3)::bigint)::integer,
+             memory_bytes = GREATEST(1, (memory_bytes::numeric * $4 / $5)::bigint),
+             pids = GREATEST(1, (pids::numeric * $6 / $7)::bigint)::integer,
+             io_read_bps = LEAST(io_read_bps, $8), io_write_bps = LEAST(io_write_bps, $9),
+             io_read_iops = LEAST(io_read_iops, $10), io_write_iops = LEAST(io_write_iops, $11),
+             net_egress_bps = LEAST(net_egress_bps, $12), net_ingress_bps = LEAST(net_ingress_bps, $13),
+             generation = generation + 1, updated_at = now()
+         WHERE tenant_id = $1 AND desired_state <> 'deleted'",
+    )
+    .bind(tenant_id)
+    .bind(cpu_n)
+    .bind(cpu_d)
+    .bind(mem_n)
+    .bind(mem_d)
+    .bind(pid_n)
+    .bind(pid_d)
+    .bind(cap(quota.io_read_bps))
+    .bind(cap(quota.io_write_bps))
+    .bind(cap(quota.io_read_iops))
+    .bind(cap(quota.io_write_iops))
+    .bind(cap(quota.net_egress_bps))
+    .bind(cap(quota.net_ingress_bps))
+    .execute(&mut **tx)
+    .await?;
+    notify(tx, None).await?;
+    Ok(())
+}
+
+/// [`clamp_to_quota`] for every tenant on a plan.
+pub(crate) async fn clamp_to_quota_for_plan(
+    tx: &mut Transaction<'_, Postgres>,
+    plan_id: Uuid,
+) -> Result<(), StoreError> {
+    let tenants: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE plan_id = $1 AND status <> 'terminated' ORDER BY id FOR UPDATE")
+        .bind(plan_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    for t in tenants {
+        clamp_to_quota(tx, t).await?;
+    }
+    Ok(())
+}
+
+// ---- the agent's side -------------------------------------------------------
+
+/// Every jail placed on `node_id` that still has something on the node or
+/// is wanted there.
+pub async fn for_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Jail>, StoreError> {
+    let rows: Vec<JailRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        jail_columns!(),
+        " FROM jails
+         WHERE node_id = $1 AND NOT (desired_state = 'deleted' AND observed_state = 'deleted')
+         ORDER BY created_at"
+    ))
+    .bind(node_id)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Jail::try_from).collect()
+}
+
+/// Ids of every jail ever placed on `node_id`, deleted or not (to tell an
+/// adoptable leftover from a stranger).
+pub async fn ids_on_node(
+    pool: &PgPool,
+    node_id: Uuid,
+) -> Result<Vec<(Uuid, DesiredState)>, StoreError> {
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, desired_state FROM jails WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_all(pool)
+            .await?;
+    rows.into_iter()
+        .map(|(id, s)| Ok((id, s.parse().map_err(|e| bad("desired_state", e))?)))
+        .collect()
+}
+
+/// Claims one jail for reconciling: the row is locked until `tx` ends and
+/// skipped by anyone else who tries meanwhile.
+pub async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    node_id: Uuid,
+    jail_id: Uuid,
+) -> Result<Option<Jail>, StoreError> {
+    let row: Option<JailRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        jail_columns!(),
+        " FROM jails WHERE id = $1 AND node_id = $2 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(jail_id)
+    .bind(node_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(Jail::try_from).transpose()
+}
+
+/// Records what the agent sees of a jail after working on `generation`.
+pub async fn record_observed(
+    tx: &mut Transaction<'_, Postgres>,
+    jail_id: Uuid,
+    observed: ObservedState,
+    generation: i64,
+    last_error: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jails SET observed_state = $2, observed_generation = GREATEST(observed_generation, $3),
+             last_error = $4, observed_at = now()
+         WHERE id = $1",
+    )
+    .bind(jail_id)
+    .bind(observed.as_str())
+    .bind(generation)
+    .bind(last_error)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

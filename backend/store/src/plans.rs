@@ -1,0 +1,238 @@
+//! Plans: named quota bundles that tenants subscribe to.
+
+use uuid::Uuid;
+
+use crate::{PgPool, StoreError, conflict_as, to_i32, to_i64, to_u32, to_u64};
+
+/// Tenant-wide quota: totals for the sum of a tenant's jails, and per-jail
+/// ceilings for rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Quota {
+    /// Total CPU over all jails, in millicores.
+    pub cpu_millicores: u32,
+    /// Total memory over all jails, in bytes.
+    pub memory_bytes: u64,
+    /// Total processes over all jails.
+    pub pids: u32,
+    /// Total volume size over all jails, in bytes.
+    pub disk_bytes: u64,
+    /// Number of jails.
+    pub max_jails: u32,
+    /// Per-jail read ceiling, bytes/s (0 = any).
+    pub io_read_bps: u64,
+    /// Per-jail write ceiling, bytes/s (0 = any).
+    pub io_write_bps: u64,
+    /// Per-jail read operations ceiling (0 = any).
+    pub io_read_iops: u64,
+    /// Per-jail write operations ceiling (0 = any).
+    pub io_write_iops: u64,
+    /// Per-jail outbound rate ceiling, bits/s (0 = any).
+    pub net_egress_bps: u64,
+    /// Per-jail inbound rate ceiling, bits/s (0 = any).
+    pub net_ingress_bps: u64,
+    /// Transfer (rx + tx) per calendar month, bytes (0 = unmetered).
+    pub monthly_transfer_bytes: u64,
+}
+
+/// A plan as shown and edited by staff.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Plan {
+    /// Stable id.
+    pub id: Uuid,
+    /// Short unique name (`starter`).
+    pub name: String,
+    /// Name shown to customers.
+    pub display_name: String,
+    /// What a tenant on this plan may use.
+    pub quota: Quota,
+    /// Share of the monthly transfer after which jails are throttled.
+    pub transfer_soft_percent: u32,
+    /// Rate jails are throttled to past the soft share, bits/s.
+    pub transfer_throttle_bps: u64,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct QuotaRow {
+    pub cpu_millicores: i32,
+    pub memory_bytes: i64,
+    pub pids: i32,
+    pub disk_bytes: i64,
+    pub max_jails: i32,
+    pub io_read_bps: i64,
+    pub io_write_bps: i64,
+    pub io_read_iops: i64,
+    pub io_write_iops: i64,
+    pub net_egress_bps: i64,
+    pub net_ingress_bps: i64,
+    pub monthly_transfer_bytes: i64,
+}
+
+impl TryFrom<QuotaRow> for Quota {
+    type Error = StoreError;
+    fn try_from(r: QuotaRow) -> Result<Self, StoreError> {
+        Ok(Quota {
+            cpu_millicores: to_u32("cpu", r.cpu_millicores)?,
+            memory_bytes: to_u64("memory", r.memory_bytes)?,
+            pids: to_u32("pids", r.pids)?,
+            disk_bytes: to_u64("disk", r.disk_bytes)?,
+            max_jails: to_u32("max_jails", r.max_jails)?,
+            io_read_bps: to_u64("io_read_bps", r.io_read_bps)?,
+            io_write_bps: to_u64("io_write_bps", r.io_write_bps)?,
+            io_read_iops: to_u64("io_read_iops", r.io_read_iops)?,
+            io_write_iops: to_u64("io_write_iops", r.io_write_iops)?,
+            net_egress_bps: to_u64("net_egress_bps", r.net_egress_bps)?,
+            net_ingress_bps: to_u64("net_ingress_bps", r.net_ingress_bps)?,
+            monthly_transfer_bytes: to_u64("monthly_transfer_bytes", r.monthly_transfer_bytes)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct PlanRow {
+    id: Uuid,
+    name: String,
+    display_name: String,
+    transfer_soft_percent: i16,
+    transfer_throttle_bps: i64,
+    #[sqlx(flatten)]
+    quota: QuotaRow,
+}
+
+impl TryFrom<PlanRow> for Plan {
+    type Error = StoreError;
+    fn try_from(r: PlanRow) -> Result<Self, StoreError> {
+        Ok(Plan {
+            id: r.id,
+            name: r.name,
+            display_name: r.display_name,
+            quota: r.quota.try_into()?,
+            transfer_soft_percent: u32::try_from(r.transfer_soft_percent).unwrap_or(80),
+            transfer_throttle_bps: to_u64("transfer_throttle_bps", r.transfer_throttle_bps)?,
+        })
+    }
+}
+
+macro_rules! plan_columns {
+    () => {
+        "id, name, display_name, transfer_soft_percent, transfer_throttle_bps,
+    cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, io_read_bps, io_write_bps,
+    io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps, monthly_transfer_bytes"
+    };
+}
+
+/// Every plan, by name.
+pub async fn list(pool: &PgPool) -> Result<Vec<Plan>, StoreError> {
+    let rows: Vec<PlanRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        plan_columns!(),
+        " FROM plans ORDER BY name"
+    ))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Plan::try_from).collect()
+}
+
+/// One plan by id.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Plan, StoreError> {
+    let row: Option<PlanRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        plan_columns!(),
+        " FROM plans WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// One plan by name.
+pub async fn by_name(pool: &PgPool, name: &str) -> Result<Plan, StoreError> {
+    let row: Option<PlanRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        plan_columns!(),
+        " FROM plans WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// What a new or edited plan holds.
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    /// Short unique name.
+    pub name: stockade_domain::TenantSlug,
+    /// Name shown to customers.
+    pub display_name: String,
+    /// Quota.
+    pub quota: Quota,
+}
+
+/// Creates a plan.
+pub async fn create(pool: &PgPool, input: &PlanInput) -> Result<Plan, StoreError> {
+    let q = &input.quota;
+    let row: PlanRow = sqlx::query_as(concat!(
+        "INSERT INTO plans (name, display_name, cpu_millicores, memory_bytes, pids, disk_bytes, max_jails,
+            io_read_bps, io_write_bps, io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps,
+            monthly_transfer_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         RETURNING ", plan_columns!(), ""
+    ))
+    .bind(input.name.as_str())
+    .bind(&input.display_name)
+    .bind(to_i32("cpu", q.cpu_millicores)?)
+    .bind(to_i64("memory", q.memory_bytes)?)
+    .bind(to_i32("pids", q.pids)?)
+    .bind(to_i64("disk", q.disk_bytes)?)
+    .bind(to_i32("max_jails", q.max_jails)?)
+    .bind(to_i64("io_read_bps", q.io_read_bps)?)
+    .bind(to_i64("io_write_bps", q.io_write_bps)?)
+    .bind(to_i64("io_read_iops", q.io_read_iops)?)
+    .bind(to_i64("io_write_iops", q.io_write_iops)?)
+    .bind(to_i64("net_egress_bps", q.net_egress_bps)?)
+    .bind(to_i64("net_ingress_bps", q.net_ingress_bps)?)
+    .bind(to_i64("monthly_transfer_bytes", q.monthly_transfer_bytes)?)
+    .fetch_one(pool)
+    .await
+    .map_err(conflict_as("a plan with this name"))?;
+    row.try_into()
+}
+
+/// Replaces a plan's display name and quota, and bumps the generation of every
+/// live jail of its tenants so the agents re-apply limits.
+pub async fn update(
+    pool: &PgPool,
+    id: Uuid,
+    display_name: &str,
+    q: &Quota,
+) -> Result<Plan, StoreError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<PlanRow> = sqlx::query_as(concat!(
+        "UPDATE plans SET display_name = $2, cpu_millicores = $3, memory_bytes = $4, pids = $5,
+            disk_bytes = $6, max_jails = $7, io_read_bps = $8, io_write_bps = $9, io_read_iops = $10,
+            io_write_iops = $11, net_egress_bps = $12, net_ingress_bps = $13,
+            monthly_transfer_bytes = $14, updated_at = now()
+         WHERE id = $1 RETURNING ", plan_columns!(), ""
+    ))
+    .bind(id)
+    .bind(display_name)
+    .bind(to_i32("cpu", q.cpu_millicores)?)
+    .bind(to_i64("memory", q.memory_bytes)?)
+    .bind(to_i32("pids", q.pids)?)
+    .bind(to_i64("disk", q.disk_bytes)?)
+    .bind(to_i32("max_jails", q.max_jails)?)
+    .bind(to_i64("io_read_bps", q.io_read_bps)?)
+    .bind(to_i64("io_write_bps", q.io_write_bps)?)
+    .bind(to_i64("io_read_iops", q.io_read_iops)?)
+    .bind(to_i64("io_write_iops", q.io_write_iops)?)
+    .bind(to_i64("net_egress_bps", q.net_egress_bps)?)
+    .bind(to_i64("net_ingress_bps", q.net_ingress_bps)?)
+    .bind(to_i64("monthly_transfer_bytes", q.monthly_transfer_bytes)?)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let plan: Plan = row.ok_or(StoreError::NotFound)?.try_into()?;
+    crate::jails::clamp_to_quota_for_plan(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(plan)
+}

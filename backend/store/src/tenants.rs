@@ -1,0 +1,360 @@
+//! Tenants: the provider's customers, their plan, quota overrides and status.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+use stockade_domain::{TenantSlug, TenantStatus};
+use uuid::Uuid;
+
+use crate::{JAILS_CHANNEL, PgPool, StoreError, conflict_as};
+
+/// A tenant as staff and billing see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique short name.
+    pub slug: TenantSlug,
+    /// Name shown in the panel.
+    pub display_name: String,
+    /// The plan's id.
+    pub plan_id: Uuid,
+    /// The plan's short name.
+    pub plan_name: String,
+    /// Account status.
+    pub status: TenantStatus,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    id: Uuid,
+    slug: String,
+    display_name: String,
+    plan_id: Uuid,
+    plan_name: String,
+    status: String,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = StoreError;
+    fn try_from(r: TenantRow) -> Result<Self, StoreError> {
+        Ok(Tenant {
+            id: r.id,
+            slug: TenantSlug::parse(&r.slug).map_err(|e| anyhow::anyhow!("stored slug: {e}"))?,
+            display_name: r.display_name,
+            plan_id: r.plan_id,
+            plan_name: r.plan_name,
+            status: r
+                .status
+                .parse()
+                .map_err(|e| anyhow::anyhow!("stored status: {e}"))?,
+            created_at: r.created_at,
+        })
+    }
+}
+
+macro_rules! tenant_select {
+    () => {
+        "SELECT t.id, t.slug, t.display_name, t.plan_id, p.name AS plan_name, t.status, t.created_at
+         FROM tenants t JOIN plans p ON p.id = t.plan_id"
+    };
+}
+
+/// Creates a tenant on a plan.
+pub async fn create(
+    pool: &PgPool,
+    slug: &TenantSlug,
+    display_name: &str,
+    plan_id: Uuid,
+) -> Result<Tenant, StoreError> {
+    let mut tx = pool.begin().await?;
+    let id = create_in(&mut tx, slug, display_name, plan_id).await?;
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// Creates a tenant inside a caller's transaction (to add its owner alongside).
+pub async fn create_in(
+    tx: &mut Transaction<'_, Postgres>,
+    slug: &TenantSlug,
+    display_name: &str,
+    plan_id: Uuid,
+) -> Result<Uuid, StoreError> {
+    let plan_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM plans WHERE id = $1)")
+        .bind(plan_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    if !plan_exists {
+        return Err(StoreError::InvalidState("the plan does not exist".into()));
+    }
+    sqlx::query_scalar(
+        "INSERT INTO tenants (slug, display_name, plan_id) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(slug.as_str())
+    .bind(display_name)
+    .bind(plan_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(conflict_as("a tenant with this slug"))
+}
+
+/// One tenant.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
+    let row: Option<TenantRow> = sqlx::query_as(concat!(tenant_select!(), " WHERE t.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// One tenant by slug.
+pub async fn by_slug(pool: &PgPool, slug: &TenantSlug) -> Result<Tenant, StoreError> {
+    let row: Option<TenantRow> = sqlx::query_as(concat!(tenant_select!(), " WHERE t.slug = $1"))
+        .bind(slug.as_str())
+        .fetch_optional(pool)
+        .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// A page of tenants ordered by slug, after `after` (a slug cursor),
+/// optionally filtered by status and a search in slug and display name.
+pub async fn list(
+    pool: &PgPool,
+    status: Option<TenantStatus>,
+    search: Option<&str>,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Tenant>, StoreError> {
+    let pattern = search.map(|s| {
+        format!(
+            "%{}%",
+            s.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        )
+    });
+    let rows: Vec<TenantRow> = sqlx::query_as(concat!(
+        tenant_select!(),
+        " WHERE ($1::text IS NULL OR t.status = $1)
+            AND ($2::text IS NULL OR t.slug ILIKE $2 OR t.display_name ILIKE $2)
+            AND ($3::text IS NULL OR t.slug > $3)
+          ORDER BY t.slug LIMIT $4"
+    ))
+    .bind(status.map(|s| s.as_str()))
+    .bind(pattern)
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Tenant::try_from).collect()
+}
+
+async fn notify(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(JAILS_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<TenantStatus, StoreError> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    status
+        .ok_or(StoreError::NotFound)?
+        .parse()
+        .map_err(|e| StoreError::Unexpected(anyhow::anyhow!("stored status: {e}")))
+}
+
+/// Suspends an active tenant: its jails stop, remembering what each wanted.
+pub async fn suspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
+    let mut tx = pool.begin().await?;
+    match lock(&mut tx, id).await? {
+        TenantStatus::Active => {}
+        other => {
+            return Err(StoreError::InvalidState(format!(
+                "the tenant is {other}, not active"
+            )));
+        }
+    }
+    sqlx::query("UPDATE tenants SET status = 'suspended', suspended_at = now(), updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE jails SET desired_before_suspend = desired_state, desired_state = 'stopped',
+             generation = generation + 1, updated_at = now()
+         WHERE tenant_id = $1 AND desired_state <> 'deleted'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    notify(&mut tx).await?;
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// Unsuspends a tenant: each jail gets back the state it wanted before.
+pub async fn unsuspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
+    let mut tx = pool.begin().await?;
+    match lock(&mut tx, id).await? {
+        TenantStatus::Suspended => {}
+        other => {
+            return Err(StoreError::InvalidState(format!(
+                "the tenant is {other}, not suspended"
+            )));
+        }
+    }
+    sqlx::query("UPDATE tenants SET status = 'active', suspended_at = NULL, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE jails SET desired_state = COALESCE(desired_before_suspend, desired_state),
+             desired_before_suspend = NULL, generation = generation + 1, updated_at = now()
+         WHERE tenant_id = $1 AND desired_state <> 'deleted'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    notify(&mut tx).await?;
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// Terminates a tenant: every jail is destroyed; the rows stay for billing.
+pub async fn terminate(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
+    let mut tx = pool.begin().await?;
+    if lock(&mut tx, id).await? == TenantStatus::Terminated {
+        return Err(StoreError::InvalidState(
+            "the tenant is already terminated".into(),
+        ));
+    }
+    sqlx::query(
+        "UPDATE tenants SET status = 'terminated', terminated_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE jails SET desired_state = 'deleted', desired_before_suspend = NULL,
+             generation = generation + 1, updated_at = now()
+         WHERE tenant_id = $1 AND desired_state <> 'deleted'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM sessions WHERE user_id IN (SELECT id FROM users WHERE tenant_id = $1)",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    notify(&mut tx).await?;
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// Per-tenant changes to the plan's quota; `None` means "as the plan says".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// CPU total, millicores.
+    pub cpu_millicores: Option<u32>,
+    /// Memory total, bytes.
+    pub memory_bytes: Option<u64>,
+    /// Process total.
+    pub pids: Option<u32>,
+    /// Disk total, bytes.
+    pub disk_bytes: Option<u64>,
+    /// Jail count.
+    pub max_jails: Option<u32>,
+    /// Monthly transfer, bytes.
+    pub monthly_transfer_bytes: Option<u64>,
+}
+
+type OverrideRow = (
+    Option<i32>,
+    Option<i64>,
+    Option<i32>,
+    Option<i64>,
+    Option<i32>,
+    Option<i64>,
+);
+
+/// A tenant's overrides.
+pub async fn overrides(pool: &PgPool, id: Uuid) -> Result<Overrides, StoreError> {
+    let row: Option<OverrideRow> = sqlx::query_as(
+        "SELECT cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, monthly_transfer_bytes
+         FROM tenant_quota_overrides WHERE tenant_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((cpu, mem, pids, disk, jails, transfer)) = row else {
+        return Ok(Overrides::default());
+    };
+    Ok(Overrides {
+        cpu_millicores: cpu.and_then(|v| u32::try_from(v).ok()),
+        memory_bytes: mem.and_then(|v| u64::try_from(v).ok()),
+        pids: pids.and_then(|v| u32::try_from(v).ok()),
+        disk_bytes: disk.and_then(|v| u64::try_from(v).ok()),
+        max_jails: jails.and_then(|v| u32::try_from(v).ok()),
+        monthly_transfer_bytes: transfer.and_then(|v| u64::try_from(v).ok()),
+    })
+}
+
+fn opt_i64(v: Option<u64>) -> Result<Option<i64>, StoreError> {
+    v.map(|v| crate::to_i64("quota", v)).transpose()
+}
+fn opt_i32(v: Option<u32>) -> Result<Option<i32>, StoreError> {
+    v.map(|v| crate::to_i32("quota", v)).transpose()
+}
+
+/// Replaces a tenant's overrides and, when the quota went down, brings its
+/// jails' limits within it (see [`crate::jails`]).
+pub async fn set_overrides(pool: &PgPool, id: Uuid, o: &Overrides) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    lock(&mut tx, id).await?;
+    sqlx::query(
+        "INSERT INTO tenant_quota_overrides (tenant_id, cpu_millicores, memory_bytes, pids, disk_bytes,
+             max_jails, monthly_transfer_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (tenant_id) DO UPDATE SET cpu_millicores = $2, memory_bytes = $3, pids = $4,
+             disk_bytes = $5, max_jails = $6, monthly_transfer_bytes = $7, updated_at = now()",
+    )
+    .bind(id)
+    .bind(opt_i32(o.cpu_millicores)?)
+    .bind(opt_i64(o.memory_bytes)?)
+    .bind(opt_i32(o.pids)?)
+    .bind(opt_i64(o.disk_bytes)?)
+    .bind(opt_i32(o.max_jails)?)
+    .bind(opt_i64(o.monthly_transfer_bytes)?)
+    .execute(&mut *tx)
+    .await?;
+    crate::jails::clamp_to_quota(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Moves a tenant to another plan, bringing its jails within the new quota.
+pub async fn change_plan(pool: &PgPool, id: Uuid, plan_id: Uuid) -> Result<Tenant, StoreError> {
+    let mut tx = pool.begin().await?;
+    lock(&mut tx, id).await?;
+    let done = sqlx::query("UPDATE tenants SET plan_id = $2, updated_at = now() WHERE id = $1 AND EXISTS (SELECT 1 FROM plans WHERE id = $2)")
+        .bind(id)
+        .bind(plan_id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::InvalidState("the plan does not exist".into()));
+    }
+    crate::jails::clamp_to_quota(&mut tx, id).await?;
+    tx.commit().await?;
+    get(pool, id).await
+}
