@@ -43,6 +43,8 @@ pub(crate) enum Step {
     Symlink { target: CString, link: CString },
     /// Enter `new_root` with pivot_root and detach the old root.
     PivotRoot { new_root: CString },
+    /// Run `step` only if `path` exists (kernel features that may be absent).
+    IfExists { path: CString, step: Box<Step> },
 }
 
 fn c(p: impl AsRef<[u8]>) -> CString {
@@ -245,11 +247,21 @@ pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, rootfs: &Path) -> Vec<
     }
     // 6. After proc and /dev exist: host-wide knobs in /proc become
     //    read-only or hidden (sysctls, sysrq, kernel memory).
+    let if_exists = |p: &str, step: Step| Step::IfExists {
+        path: cp(&r(p)),
+        step: Box::new(step),
+    };
     for p in ["proc/sys", "proc/sysrq-trigger"] {
-        steps.push(bind("bind /proc entry", &r(p), &r(p)));
-        steps.push(remount_ro("make /proc entry read-only", &r(p)));
+        steps.push(if_exists(p, bind("bind /proc entry", &r(p), &r(p))));
+        steps.push(if_exists(
+            p,
+            remount_ro("make /proc entry read-only", &r(p)),
+        ));
     }
-    steps.push(bind("hide /proc/kcore", &r("dev/null"), &r("proc/kcore")));
+    steps.push(if_exists(
+        "proc/kcore",
+        bind("hide /proc/kcore", &r("dev/null"), &r("proc/kcore")),
+    ));
     // 7. Last: enter the new root. Everything above was reached through host
     //    paths, which are gone after this.
     steps.push(Step::PivotRoot {
@@ -269,6 +281,7 @@ impl Step {
             Step::CharDevice { path, .. } => ("mknod", p(path)),
             Step::Symlink { link, .. } => ("symlink", p(link)),
             Step::PivotRoot { new_root } => ("pivot_root", p(new_root)),
+            Step::IfExists { step, .. } => step.describe(),
         }
     }
 
@@ -320,6 +333,15 @@ impl Step {
                 nix::unistd::pivot_root(c".", c".")?;
                 nix::mount::umount2(c".", MntFlags::MNT_DETACH)?;
                 nix::unistd::chdir(c"/")
+            }
+            Step::IfExists { path, step } => {
+                // SAFETY: `path` is a valid NUL-terminated string.
+                let r = unsafe { libc::access(path.as_ptr(), libc::F_OK) };
+                match Errno::result(r) {
+                    Ok(_) => step.run(),
+                    Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(e),
+                }
             }
         }
     }
