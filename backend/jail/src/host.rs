@@ -180,6 +180,10 @@ impl Host for LinuxHost {
                 "-F".as_ref(),
                 "-m".as_ref(),
                 "0".as_ref(),
+                // The loop device uses 4 KiB logical blocks (direct IO on the
+                // backing file); small filesystems would default to 1 KiB.
+                "-b".as_ref(),
+                "4096".as_ref(),
                 "-O".as_ref(),
                 "^has_journal".as_ref(),
                 "-E".as_ref(),
