@@ -418,7 +418,10 @@ pub(crate) fn parse_usage(version: Version, read: &dyn Fn(&str, &str) -> String)
                 io_read_bytes,
                 io_write_bytes,
                 oom_kills: keyed(&read("memory", "memory.oom_control"), "oom_kill").unwrap_or(0),
-                memory_limit_hits: number(&read("memory", "memory.failcnt")),
+                // With memsw == memory the memsw counter usually fails first;
+                // one failed charge bumps only one of the two.
+                memory_limit_hits: number(&read("memory", "memory.failcnt"))
+                    + number(&read("memory", "memory.memsw.failcnt")),
                 pids_limit_hits: keyed(&read("pids", "pids.events"), "max").unwrap_or(0),
                 cpu_throttled_periods: keyed(&read("cpu", "cpu.stat"), "nr_throttled").unwrap_or(0),
             }

@@ -456,14 +456,19 @@ impl Engine {
         let (paths, mut rec) = self.record(name)?;
         let mut device = None;
         if rec.upper == Upper::Volume {
-            if let Some(dev) = self.view().mounted_device(&paths.volume) {
-                if limits.disk_bytes != rec.spec.limits.disk_bytes {
-                    volume::grow(self.host.as_ref(), &paths, &dev, limits.disk_bytes)?;
+            let running = self.live_init(&rec).is_some();
+            let mut dev = self.view().mounted_device(&paths.volume);
+            if limits.disk_bytes != rec.spec.limits.disk_bytes {
+                let online = if running { dev.as_deref() } else { None };
+                volume::grow(self.host.as_ref(), &self.view(), &paths, online, limits.disk_bytes)?;
+                if !running {
+                    dev = Some(volume::ensure(self.host.as_ref(), &self.view(), &paths, limits.disk_bytes)?);
                 }
-                let rdev = fs::metadata(&dev)
-                    .map_err(JailError::io("stat", &dev))?
-                    .rdev();
+            }
+            if let Some(dev) = dev {
+                let rdev = fs::metadata(&dev).map_err(JailError::io("stat", &dev))?.rdev();
                 device = Some((u64::from(libc::major(rdev)), u64::from(libc::minor(rdev))));
+                rec.loop_device = Some(dev);
             }
         }
         self.cgroups.apply(name.as_str(), limits, device)?;

@@ -21,8 +21,9 @@ pub(crate) trait Host: Send + Sync + std::fmt::Debug {
     fn mount_volume(&self, image: &Path, target: &Path) -> Result<PathBuf, JailError>;
     /// Tells the loop device its backing file grew.
     fn refresh_capacity(&self, device: &Path) -> Result<(), JailError>;
-    /// Grows the mounted filesystem on `device` to fill it.
-    fn grow_fs(&self, device: &Path) -> Result<(), JailError>;
+    /// Grows the filesystem on `target` (a mounted loop device, or an
+    /// unmounted image file) to fill it.
+    fn grow_fs(&self, target: &Path) -> Result<(), JailError>;
     /// Unmounts `target` if it is a mount point.
     fn unmount(&self, target: &Path) -> Result<(), JailError>;
     /// Detaches a loop device if still attached.
@@ -220,8 +221,11 @@ impl Host for LinuxHost {
         Ok(())
     }
 
-    fn grow_fs(&self, device: &Path) -> Result<(), JailError> {
-        run_program("resize2fs", &[device.as_os_str()], device)
+    fn grow_fs(&self, target: &Path) -> Result<(), JailError> {
+        // -f: an unmounted volume was mounted since its last fsck; it was
+        // unmounted cleanly just before, so the check may be skipped.
+        // Online, the kernel needs CAP_SYS_RESOURCE (EXT4_IOC_RESIZE_FS).
+        run_program("resize2fs", &["-f".as_ref(), target.as_os_str()], target)
     }
 
     fn unmount(&self, target: &Path) -> Result<(), JailError> {

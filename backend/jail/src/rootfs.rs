@@ -416,6 +416,10 @@ mod tests {
         );
         let ro: Vec<_> = steps
             .iter()
+            .map(|s| match s {
+                Step::IfExists { step, .. } => step.as_ref(),
+                s => s,
+            })
             .filter_map(|s| match s {
                 Step::Mount { target, flags, .. }
                     if flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY) =>

@@ -77,12 +77,15 @@ pub(crate) fn ensure(
     Ok(device)
 }
 
-/// Grows the volume to `bytes` while mounted: the file, then the loop
-/// device's idea of its size, then the filesystem. Shrinking is refused.
+/// Grows the volume to `bytes`. Online (`device` given, jail running):
+/// the file, the loop device's idea of its size, then the mounted
+/// filesystem. Offline: unmount, grow file and filesystem; `ensure` mounts
+/// it again. Shrinking is refused.
 pub(crate) fn grow(
     host: &dyn Host,
+    view: &HostView<'_>,
     paths: &JailPaths,
-    device: &Path,
+    online_device: Option<&Path>,
     bytes: u64,
 ) -> Result<(), JailError> {
     let current = fs::metadata(&paths.volume_image)
@@ -98,14 +101,23 @@ pub(crate) fn grow(
             requested: bytes,
         });
     }
+    if online_device.is_none() {
+        teardown(host, view, paths)?;
+    }
     let file = OpenOptions::new()
         .write(true)
         .open(&paths.volume_image)
         .map_err(JailError::io("open", &paths.volume_image))?;
     file.set_len(bytes)
         .map_err(JailError::io("resize", &paths.volume_image))?;
-    host.refresh_capacity(device)?;
-    host.grow_fs(device)
+    drop(file);
+    match online_device {
+        Some(device) => {
+            host.refresh_capacity(device)?;
+            host.grow_fs(device)
+        }
+        None => host.grow_fs(&paths.volume_image),
+    }
 }
 
 /// Unmounts the volume and detaches its loop device, as far as present.
@@ -209,15 +221,17 @@ mod tests {
             .set_len(100)
             .unwrap();
         let host = RecordingHost::default();
-        grow(&host, &f.paths, Path::new("/dev/loop3"), 200).unwrap();
+        let view = HostView { proc_root: &f.proc, sys_root: &f.sys };
+        let dev = Some(Path::new("/dev/loop3"));
+        grow(&host, &view, &f.paths, dev, 200).unwrap();
         assert_eq!(host.calls(), ["capacity /dev/loop3", "grow /dev/loop3"]);
         assert_eq!(fs::metadata(&f.paths.volume_image).unwrap().len(), 200);
-        assert!(matches!(
-            grow(&host, &f.paths, Path::new("/dev/loop3"), 50),
-            Err(JailError::Shrink { .. })
-        ));
-        grow(&host, &f.paths, Path::new("/dev/loop3"), 200).unwrap();
+        assert!(matches!(grow(&host, &view, &f.paths, dev, 50), Err(JailError::Shrink { .. })));
+        grow(&host, &view, &f.paths, dev, 200).unwrap();
         assert_eq!(host.calls().len(), 2);
+        // Offline the filesystem is grown in the image file itself.
+        grow(&host, &view, &f.paths, None, 300).unwrap();
+        assert_eq!(host.calls()[2], format!("grow {}", f.paths.volume_image.display()));
     }
 
     #[test]
