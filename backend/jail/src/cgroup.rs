@@ -410,6 +410,13 @@ pub(crate) fn parse_usage(version: Version, read: &dyn Fn(&str, &str) -> String)
         Version::V1 => {
             let (io_read_bytes, io_write_bytes) =
                 blkio_v1_bytes(&read("blkio", "blkio.throttle.io_service_bytes_recursive"));
+            let oom_kills = keyed(&read("memory", "memory.oom_control"), "oom_kill").unwrap_or(0);
+            // With memsw == memory the memsw counter usually fails first and
+            // one failed charge bumps only one of the two. Recent kernels no
+            // longer count v1 failures at all (both read 0): an OOM kill is
+            // then the only trace of hitting the limit, so count at least those.
+            let failures = number(&read("memory", "memory.failcnt"))
+                + number(&read("memory", "memory.memsw.failcnt"));
             CgroupUsage {
                 cpu_usec: number(&read("cpuacct", "cpuacct.usage")) / 1000,
                 memory_bytes: number(&read("memory", "memory.usage_in_bytes")),
@@ -417,11 +424,8 @@ pub(crate) fn parse_usage(version: Version, read: &dyn Fn(&str, &str) -> String)
                 pids: number(&read("pids", "pids.current")),
                 io_read_bytes,
                 io_write_bytes,
-                oom_kills: keyed(&read("memory", "memory.oom_control"), "oom_kill").unwrap_or(0),
-                // With memsw == memory the memsw counter usually fails first;
-                // one failed charge bumps only one of the two.
-                memory_limit_hits: number(&read("memory", "memory.failcnt"))
-                    + number(&read("memory", "memory.memsw.failcnt")),
+                oom_kills,
+                memory_limit_hits: failures.max(oom_kills),
                 pids_limit_hits: keyed(&read("pids", "pids.events"), "max").unwrap_or(0),
                 cpu_throttled_periods: keyed(&read("cpu", "cpu.stat"), "nr_throttled").unwrap_or(0),
             }

@@ -410,10 +410,10 @@ impl Engine {
             }
         }
         self.kill_group(name.as_str());
-        if let Some(mut rec) = rec {
-            if rec.init.take().is_some() {
-                state::save(&paths, &rec)?;
-            }
+        if let Some(mut rec) = rec
+            && rec.init.take().is_some()
+        {
+            state::save(&paths, &rec)?;
         }
         Ok(())
     }
@@ -460,13 +460,26 @@ impl Engine {
             let mut dev = self.view().mounted_device(&paths.volume);
             if limits.disk_bytes != rec.spec.limits.disk_bytes {
                 let online = if running { dev.as_deref() } else { None };
-                volume::grow(self.host.as_ref(), &self.view(), &paths, online, limits.disk_bytes)?;
+                volume::grow(
+                    self.host.as_ref(),
+                    &self.view(),
+                    &paths,
+                    online,
+                    limits.disk_bytes,
+                )?;
                 if !running {
-                    dev = Some(volume::ensure(self.host.as_ref(), &self.view(), &paths, limits.disk_bytes)?);
+                    dev = Some(volume::ensure(
+                        self.host.as_ref(),
+                        &self.view(),
+                        &paths,
+                        limits.disk_bytes,
+                    )?);
                 }
             }
             if let Some(dev) = dev {
-                let rdev = fs::metadata(&dev).map_err(JailError::io("stat", &dev))?.rdev();
+                let rdev = fs::metadata(&dev)
+                    .map_err(JailError::io("stat", &dev))?
+                    .rdev();
                 device = Some((u64::from(libc::major(rdev)), u64::from(libc::minor(rdev))));
                 rec.loop_device = Some(dev);
             }
@@ -565,10 +578,23 @@ impl Engine {
             .iter()
             .map(|p| c_path(p))
             .collect();
+        // Like the jail's own command: the OOM killer prefers it to the init.
+        let init_adj = fs::read_to_string(
+            self.cfg
+                .proc_root
+                .join(init.pid.to_string())
+                .join("oom_score_adj"),
+        );
+        let oom_score_adj: &'static [u8] = if init_adj.is_ok_and(|a| a.trim() == "-1000") {
+            b"0"
+        } else {
+            b"500"
+        };
         launch::join(&launch::Join {
             namespaces,
             cgroup_procs: &procs,
             command: &command,
+            oom_score_adj,
         })
     }
 

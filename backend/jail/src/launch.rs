@@ -383,9 +383,26 @@ fn drop_capabilities() -> Result<(), Errno> {
     Ok(())
 }
 
+/// Writes `value` to a small file such as `/proc/self/oom_score_adj`.
+fn write_file(path: &std::ffi::CStr, value: &[u8]) -> bool {
+    // SAFETY: `path` is NUL-terminated; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: writes from a live slice to the fd opened above.
+    let n = unsafe { libc::write(fd, value.as_ptr().cast(), value.len()) };
+    // SAFETY: closes the fd opened above, once.
+    unsafe { libc::close(fd) };
+    usize::try_from(n).is_ok_and(|n| n == value.len())
+}
+
 /// Becomes the jail's command: runs in the child of the init (or of the
-/// exec helper), ends in execve.
-fn become_command(report: RawFd, command: &ExecPlan) -> ! {
+/// exec helper), ends in execve. `oom_score_adj` is written first if given.
+fn become_command(report: RawFd, command: &ExecPlan, oom_score_adj: Option<&[u8]>) -> ! {
+    if let Some(adj) = oom_score_adj {
+        write_file(c"/proc/self/oom_score_adj", adj);
+    }
     let _ = nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&SigSet::empty()),
@@ -414,6 +431,12 @@ fn init(launch: &Launch<'_>, report: RawFd) -> ! {
     if let Err(e) = loopback_up() {
         fail(report, Stage::Loopback, 0, e);
     }
+    // The init is a fork of the engine's (possibly large) process, so its
+    // RSS can exceed the command's: keep the OOM killer off it, or an OOM
+    // in the jail would end the whole jail. Lowering needs CAP_SYS_RESOURCE;
+    // without it the command is made the likelier victim instead.
+    let init_protected = write_file(c"/proc/self/oom_score_adj", b"-1000");
+    let command_adj: &[u8] = if init_protected { b"0" } else { b"500" };
     // Exact modes for /dev nodes and /tmp; the command gets 022 back.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     for (i, step) in launch.steps.iter().enumerate() {
@@ -441,7 +464,7 @@ fn init(launch: &Launch<'_>, report: RawFd) -> ! {
         nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&waited), None);
     // SAFETY: the child only makes system calls before exec (see module docs).
     let child = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => become_command(report, launch.command),
+        Ok(ForkResult::Child) => become_command(report, launch.command, Some(command_adj)),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(report, Stage::Fork, 0, e),
     };
@@ -664,6 +687,8 @@ pub(crate) struct Join<'a> {
     pub namespaces: Vec<(OwnedFd, CloneFlags, PathBuf)>,
     pub cgroup_procs: &'a [CString],
     pub command: &'a ExecPlan,
+    /// The value the command's `oom_score_adj` gets (as the jail's own).
+    pub oom_score_adj: &'static [u8],
 }
 
 fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
@@ -689,7 +714,7 @@ fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
             if let Err(e) = nix::unistd::chdir(c"/") {
                 fail(report, Stage::Setns, join.namespaces.len(), e);
             }
-            become_command(report, join.command)
+            become_command(report, join.command, Some(join.oom_score_adj))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(report, Stage::Fork, 0, e),

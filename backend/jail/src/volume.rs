@@ -138,8 +138,8 @@ pub(crate) fn teardown(
 /// Bytes used on the filesystem holding `path`.
 pub(crate) fn used_bytes(path: &Path) -> Option<u64> {
     let s = nix::sys::statvfs::statvfs(path).ok()?;
-    let blocks = u64::from(s.blocks()).saturating_sub(u64::from(s.blocks_free()));
-    Some(blocks.saturating_mul(u64::from(s.fragment_size())))
+    let blocks = s.blocks().saturating_sub(s.blocks_free());
+    Some(blocks.saturating_mul(s.fragment_size()))
 }
 
 #[cfg(test)]
@@ -221,17 +221,26 @@ mod tests {
             .set_len(100)
             .unwrap();
         let host = RecordingHost::default();
-        let view = HostView { proc_root: &f.proc, sys_root: &f.sys };
+        let view = HostView {
+            proc_root: &f.proc,
+            sys_root: &f.sys,
+        };
         let dev = Some(Path::new("/dev/loop3"));
         grow(&host, &view, &f.paths, dev, 200).unwrap();
         assert_eq!(host.calls(), ["capacity /dev/loop3", "grow /dev/loop3"]);
         assert_eq!(fs::metadata(&f.paths.volume_image).unwrap().len(), 200);
-        assert!(matches!(grow(&host, &view, &f.paths, dev, 50), Err(JailError::Shrink { .. })));
+        assert!(matches!(
+            grow(&host, &view, &f.paths, dev, 50),
+            Err(JailError::Shrink { .. })
+        ));
         grow(&host, &view, &f.paths, dev, 200).unwrap();
         assert_eq!(host.calls().len(), 2);
         // Offline the filesystem is grown in the image file itself.
         grow(&host, &view, &f.paths, None, 300).unwrap();
-        assert_eq!(host.calls()[2], format!("grow {}", f.paths.volume_image.display()));
+        assert_eq!(
+            host.calls()[2],
+            format!("grow {}", f.paths.volume_image.display())
+        );
     }
 
     #[test]

@@ -119,10 +119,10 @@ impl Fixture {
 fn loops_under(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            if b.contains(root.to_str().unwrap()) {
-                out.push(format!("{} {}", e.file_name().to_string_lossy(), b.trim()));
-            }
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && b.contains(root.to_str().unwrap())
+        {
+            out.push(format!("{} {}", e.file_name().to_string_lossy(), b.trim()));
         }
     }
     out
