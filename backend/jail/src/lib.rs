@@ -1,3 +1,56 @@
 //! The jail engine: namespaces, cgroups, volumes and root filesystems.
 //!
 //! This crate is the only code in Stockade that makes privileged syscalls.
+//! It needs root, a kernel with overlayfs, loop devices and ext4, and the
+//! host programs `mkfs.ext4` and `resize2fs` (volumes), `tar` (image import)
+//! and a static `busybox` (the built-in image).
+//!
+//! # API
+//!
+//! ```text
+//! Engine::new(EngineConfig) -> Result<Engine>
+//! engine.ensure_busybox() / import_image(name, tarball) / images()
+//! engine.create(&JailSpec)                 volume + cgroup + record, if missing
+//! engine.start(&name)                      no-op if running; survives the caller
+//! engine.stop(&name, grace)                SIGTERM, grace, SIGKILL; idempotent
+//! engine.restart(&name, grace)
+//! engine.destroy(&name)                    removes every trace; idempotent
+//! engine.update_limits(&name, &Limits)     live; grows the volume online
+//! engine.status(&name) -> Option<JailStatus>
+//! engine.usage(&name)  -> Usage
+//! engine.exec(&name, argv) -> exit code    caller's stdio
+//! engine.run(&JailSpec, argv) -> exit code transient: create, run, destroy
+//! engine.discover() -> Discovered          every jail object on the node
+//! ```
+//!
+//! Exit codes are the command's, or 128 + the signal that killed it, as a
+//! shell reports them.
+//!
+//! # Layout on the node
+//!
+//! `<state>/jails/<name>/` holds `jail.json` (the record), `volume.img`
+//! (sparse ext4), `volume/` (its mount point, with the overlay's `upper/` and
+//! `work/`), `rootfs/` and `scratch/` (mount points used only inside the
+//! jail's own mount namespace) and `console.log` (a started jail's output).
+//! Cgroups are `<cgroup root>[/<controller>]/<parent>/<name>`.
+
+mod cgroup;
+mod discover;
+mod engine;
+mod error;
+mod host;
+mod hostinfo;
+mod image;
+mod launch;
+mod rootfs;
+mod spec;
+mod state;
+mod volume;
+
+pub use discover::{Condition, Discovered, DiscoveredJail};
+pub use engine::{Engine, EngineConfig};
+pub use error::JailError;
+pub use image::BUSYBOX;
+pub use spec::{JailSpec, JailStatus, Usage};
+pub use state::{InitProcess, JailRecord, Upper};
+pub use stockade_domain::{JailKind, JailName, Limits};

@@ -1,0 +1,655 @@
+//! The engine: jail lifecycle on one node, built from the parts in the
+//! other modules. Every step is create-if-missing or delete-if-present.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use stockade_domain::{JailKind, JailName, Limits};
+
+use crate::cgroup::Cgroups;
+use crate::discover::{self, Discovered, Observed};
+use crate::error::JailError;
+use crate::host::{Host, LinuxHost};
+use crate::launch::{self, ExecPlan, JAIL_PATH, Launch, Outcome, Stdio};
+use crate::rootfs::{self, UpperSource};
+use crate::spec::{JailSpec, JailStatus, Usage};
+use crate::state::{self, InitProcess, JailPaths, JailRecord, Upper};
+use crate::volume::{self, HostView};
+use crate::{hostinfo, image};
+
+/// Host paths and defaults of an engine. Every host path is a parameter so
+/// tests can point the engine at temporary folders.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Jail records, volumes and mount points (`/var/lib/stockade`).
+    pub state_dir: PathBuf,
+    /// Images, one folder each (`/var/lib/stockade/images`).
+    pub image_dir: PathBuf,
+    /// The cgroup filesystem root (`/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+    /// The group holding every jail's group (`stockade`).
+    pub cgroup_parent: String,
+    /// The proc filesystem (`/proc`).
+    pub proc_root: PathBuf,
+    /// The sys filesystem (`/sys`), for loop devices.
+    pub sys_root: PathBuf,
+    /// The host's static busybox, for the built-in image.
+    pub busybox: PathBuf,
+    /// Size of the tmpfs upper layer of jails without a disk quota.
+    pub tmpfs_upper_bytes: u64,
+}
+
+impl EngineConfig {
+    /// The standard host paths with the given state and image folders.
+    pub fn new(state_dir: impl Into<PathBuf>, image_dir: impl Into<PathBuf>) -> Self {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| "/bin/busybox".into());
+        Self {
+            state_dir: state_dir.into(),
+            image_dir: image_dir.into(),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            cgroup_parent: "stockade".into(),
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+            busybox,
+            tmpfs_upper_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The jail engine of one node. Cheap to share between threads; operations
+/// on different jails may run concurrently, operations on the same jail
+/// must be serialised by the caller (the agent's reconciler does).
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    cgroups: Cgroups,
+    host: Box<dyn Host>,
+}
+
+fn c_path(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = Errno::result(fd)?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pidfd_signal(fd: &OwnedFd, sig: Signal) -> Result<(), Errno> {
+    // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Waits until the process behind `fd` has exited, up to `timeout`.
+fn pidfd_wait(fd: &OwnedFd, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one valid pollfd for at most `ms` milliseconds.
+        let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        if r > 0 {
+            return true;
+        }
+        if r == 0 || (r < 0 && Errno::last() != Errno::EINTR) {
+            return false;
+        }
+    }
+}
+
+/// Reaps `pid` if it is our child (the engine's process may be the jails'
+/// subreaper); otherwise its parent does.
+fn reap(pid: i32) {
+    let _ = waitpid(
+        Pid::from_raw(pid),
+        Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+    );
+}
+
+impl Engine {
+    /// An engine on the real host with `cfg`'s paths; creates the state and
+    /// image folders if missing.
+    pub fn new(cfg: EngineConfig) -> Result<Self, JailError> {
+        Self::with_host(cfg, Box::new(LinuxHost))
+    }
+
+    pub(crate) fn with_host(cfg: EngineConfig, host: Box<dyn Host>) -> Result<Self, JailError> {
+        let jails = state::jails_dir(&cfg.state_dir);
+        fs::create_dir_all(&jails).map_err(JailError::io("create", &jails))?;
+        fs::create_dir_all(&cfg.image_dir).map_err(JailError::io("create", &cfg.image_dir))?;
+        let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent);
+        Ok(Self { cfg, cgroups, host })
+    }
+
+    /// The configuration it was made with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    fn paths(&self, name: &str) -> JailPaths {
+        JailPaths::new(&self.cfg.state_dir, name)
+    }
+
+    fn view(&self) -> HostView<'_> {
+        HostView {
+            proc_root: &self.cfg.proc_root,
+            sys_root: &self.cfg.sys_root,
+        }
+    }
+
+    fn record(&self, name: &JailName) -> Result<(JailPaths, JailRecord), JailError> {
+        let paths = self.paths(name.as_str());
+        let rec = state::load(&paths)?.ok_or_else(|| JailError::NotFound(name.to_string()))?;
+        Ok((paths, rec))
+    }
+
+    /// The init of a record if it still runs (same pid *and* start time).
+    fn live_init(&self, rec: &JailRecord) -> Option<InitProcess> {
+        let init = rec.init?;
+        (hostinfo::start_time(&self.cfg.proc_root, init.pid) == Some(init.start_time))
+            .then_some(init)
+    }
+
+    // ---- images ----
+
+    /// Unpacks a root filesystem tarball as image `name`.
+    pub fn import_image(&self, name: &str, tarball: &Path) -> Result<(), JailError> {
+        image::import(&self.cfg.image_dir, name, tarball)
+    }
+
+    /// The images present on the node.
+    pub fn images(&self) -> Result<Vec<String>, JailError> {
+        image::list(&self.cfg.image_dir)
+    }
+
+    /// Builds the `busybox` image from the host's busybox-static if missing.
+    pub fn ensure_busybox(&self) -> Result<(), JailError> {
+        image::ensure_busybox(&self.cfg.image_dir, &self.cfg.busybox)
+    }
+
+    // ---- lifecycle ----
+
+    /// Creates the jail's state record, volume and cgroup as far as
+    /// missing, and applies its limits. Idempotent.
+    pub fn create(&self, spec: &JailSpec) -> Result<(), JailError> {
+        self.prepare(spec, false).map(drop)
+    }
+
+    fn prepare(
+        &self,
+        spec: &JailSpec,
+        transient: bool,
+    ) -> Result<(JailPaths, JailRecord), JailError> {
+        let lower = image::path(&self.cfg.image_dir, &spec.image)?;
+        if !lower.is_dir() {
+            return Err(JailError::ImageNotFound {
+                name: spec.image.clone(),
+                path: lower,
+            });
+        }
+        let paths = self.paths(spec.name.as_str());
+        let existing = state::load(&paths)?;
+        let upper = match &existing {
+            Some(r) => r.upper,
+            None if spec.limits.disk_bytes > 0 => Upper::Volume,
+            None => Upper::Tmpfs {
+                bytes: self.cfg.tmpfs_upper_bytes,
+            },
+        };
+        let mut rec = JailRecord {
+            spec: spec.clone(),
+            upper,
+            loop_device: existing.as_ref().and_then(|r| r.loop_device.clone()),
+            init: existing.as_ref().and_then(|r| r.init),
+            transient,
+        };
+        // The record first: whatever is created next can be found from it.
+        state::save(&paths, &rec)?;
+        for d in [&paths.rootfs, &paths.scratch] {
+            fs::create_dir_all(d).map_err(JailError::io("create", d))?;
+        }
+        let mut device = None;
+        if upper == Upper::Volume {
+            let dev = volume::ensure(
+                self.host.as_ref(),
+                &self.view(),
+                &paths,
+                spec.limits.disk_bytes,
+            )?;
+            let meta = fs::metadata(&dev).map_err(JailError::io("stat", &dev))?;
+            let rdev = meta.rdev();
+            device = Some((u64::from(libc::major(rdev)), u64::from(libc::minor(rdev))));
+            if rec.loop_device.as_ref() != Some(&dev) {
+                rec.loop_device = Some(dev);
+                state::save(&paths, &rec)?;
+            }
+        }
+        self.cgroups.ensure(spec.name.as_str())?;
+        self.cgroups
+            .apply(spec.name.as_str(), &spec.limits, device)?;
+        Ok((paths, rec))
+    }
+
+    fn command_of(&self, spec: &JailSpec) -> Result<Vec<String>, JailError> {
+        if !spec.command.is_empty() {
+            return Ok(spec.command.clone());
+        }
+        if spec.kind == JailKind::App {
+            return Err(JailError::Invalid {
+                what: "command",
+                reason: "an app jail needs a command".into(),
+            });
+        }
+        let root = image::path(&self.cfg.image_dir, &spec.image)?;
+        if fs::symlink_metadata(root.join("sbin/init")).is_ok() {
+            Ok(vec!["/sbin/init".into()])
+        } else if root.join("bin/busybox").exists() {
+            Ok(
+                ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/srv/www"]
+                    .map(String::from)
+                    .to_vec(),
+            )
+        } else {
+            Err(JailError::Invalid {
+                what: "command",
+                reason: format!("image {} has no /sbin/init", spec.image),
+            })
+        }
+    }
+
+    fn launch(
+        &self,
+        paths: &JailPaths,
+        rec: &JailRecord,
+        argv: &[String],
+        stdio: Stdio,
+    ) -> Result<Outcome, JailError> {
+        let spec = &rec.spec;
+        let lower = image::path(&self.cfg.image_dir, &spec.image)?;
+        let upper = match rec.upper {
+            Upper::Volume => UpperSource::Volume(&paths.volume),
+            Upper::Tmpfs { bytes } => UpperSource::Tmpfs {
+                scratch: &paths.scratch,
+                bytes,
+            },
+        };
+        let steps = rootfs::plan(&lower, &upper, &paths.rootfs);
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        let command = ExecPlan::new(
+            argv,
+            &[
+                ("PATH", JAIL_PATH),
+                ("HOME", "/root"),
+                ("HOSTNAME", spec.hostname.as_str()),
+                ("TERM", &term),
+            ],
+        )?;
+        let procs: Vec<CString> = self
+            .cgroups
+            .procs_files(spec.name.as_str())
+            .iter()
+            .map(|p| c_path(p))
+            .collect();
+        let launch = Launch {
+            cgroup_procs: &procs,
+            hostname: CString::new(spec.hostname.as_str()).unwrap_or_default(),
+            steps: &steps,
+            command: &command,
+            stdio,
+            rootfs: &paths.rootfs,
+        };
+        launch::launch(&launch)
+    }
+
+    /// Starts the jail's init and command if not running. The jail keeps
+    /// running when the calling process exits.
+    pub fn start(&self, name: &JailName) -> Result<(), JailError> {
+        let (_, rec) = self.record(name)?;
+        if self.live_init(&rec).is_some() {
+            return Ok(());
+        }
+        // After a host reboot the volume and cgroup are gone: recreate them.
+        let (paths, mut rec) = self.prepare(&rec.spec, rec.transient)?;
+        // Leftovers of a crashed init (exec'd helpers) would hold the cgroup.
+        self.kill_group(name.as_str());
+        let argv = self.command_of(&rec.spec)?;
+        let null = File::open("/dev/null").map_err(JailError::io("open", "/dev/null"))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&paths.log)
+            .map_err(JailError::io("open", &paths.log))?;
+        let stdio = Stdio::Detached {
+            stdin: null.into(),
+            log: log.into(),
+        };
+        let Outcome::Started { pid } = self.launch(&paths, &rec, &argv, stdio)? else {
+            return Err(JailError::NotRunning(name.to_string()));
+        };
+        let start_time = hostinfo::start_time(&self.cfg.proc_root, pid).unwrap_or(0);
+        rec.init = Some(InitProcess { pid, start_time });
+        state::save(&paths, &rec)?;
+        tracing::info!(jail = %name, pid, "jail started");
+        Ok(())
+    }
+
+    /// SIGKILLs whatever is still in the jail's cgroup and waits for it.
+    fn kill_group(&self, name: &str) {
+        for _ in 0..3 {
+            let pids = self.cgroups.pids(name);
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                if let Ok(fd) = pidfd_open(pid) {
+                    let _ = pidfd_signal(&fd, Signal::SIGKILL);
+                    pidfd_wait(&fd, Duration::from_secs(2));
+                    reap(pid);
+                }
+            }
+        }
+    }
+
+    /// Stops the jail: SIGTERM to its command, `grace` to exit, then
+    /// SIGKILL. The volume and cgroup stay. Idempotent.
+    pub fn stop(&self, name: &JailName, grace: Duration) -> Result<(), JailError> {
+        let paths = self.paths(name.as_str());
+        let rec = state::load(&paths)?;
+        if let Some(init) = rec.as_ref().and_then(|r| r.init) {
+            // Open the pidfd first, then check the start time: once open,
+            // the fd keeps naming this process even if the pid is reused.
+            if let Ok(fd) = pidfd_open(init.pid) {
+                if hostinfo::start_time(&self.cfg.proc_root, init.pid) == Some(init.start_time) {
+                    let mut gone = false;
+                    if !grace.is_zero() && pidfd_signal(&fd, Signal::SIGTERM).is_ok() {
+                        gone = pidfd_wait(&fd, grace);
+                    }
+                    if !gone {
+                        let _ = pidfd_signal(&fd, Signal::SIGKILL);
+                        if !pidfd_wait(&fd, Duration::from_secs(5)) {
+                            return Err(JailError::StopTimeout {
+                                name: name.to_string(),
+                                pid: init.pid,
+                            });
+                        }
+                    }
+                }
+                reap(init.pid);
+            }
+        }
+        self.kill_group(name.as_str());
+        if let Some(mut rec) = rec
+            && rec.init.take().is_some()
+        {
+            state::save(&paths, &rec)?;
+        }
+        Ok(())
+    }
+
+    /// Stops, then starts the jail.
+    pub fn restart(&self, name: &JailName, grace: Duration) -> Result<(), JailError> {
+        self.stop(name, grace)?;
+        self.start(name)
+    }
+
+    /// Removes everything of the jail: processes, volume mount, loop
+    /// device, cgroup, state folder. Works from the name alone, with or
+    /// without a record. Idempotent.
+    pub fn destroy(&self, name: &JailName) -> Result<(), JailError> {
+        self.stop(name, Duration::ZERO)?;
+        let paths = self.paths(name.as_str());
+        volume::teardown(self.host.as_ref(), &self.view(), &paths)?;
+        // Anything else still mounted under the jail's folder (a crashed
+        // agent's half-done work): never delete files through a mount.
+        let stray: Vec<PathBuf> = hostinfo::mounts(&self.cfg.proc_root)
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(&paths.dir))
+            .collect();
+        for p in stray.iter().rev() {
+            self.host.unmount(p)?;
+        }
+        self.cgroups.remove(name.as_str())?;
+        match fs::remove_dir_all(&paths.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(JailError::io("remove", &paths.dir)(e)),
+        }
+        Ok(())
+    }
+
+    /// Applies new limits, live on a running jail. A larger disk quota grows
+    /// the volume online; a smaller one is refused.
+    pub fn update_limits(&self, name: &JailName, limits: &Limits) -> Result<(), JailError> {
+        let (paths, mut rec) = self.record(name)?;
+        let mut device = None;
+        if rec.upper == Upper::Volume {
+            let running = self.live_init(&rec).is_some();
+            let mut dev = self.view().mounted_device(&paths.volume);
+            if limits.disk_bytes != rec.spec.limits.disk_bytes {
+                let online = if running { dev.as_deref() } else { None };
+                volume::grow(
+                    self.host.as_ref(),
+                    &self.view(),
+                    &paths,
+                    online,
+                    limits.disk_bytes,
+                )?;
+                if !running {
+                    dev = Some(volume::ensure(
+                        self.host.as_ref(),
+                        &self.view(),
+                        &paths,
+                        limits.disk_bytes,
+                    )?);
+                }
+            }
+            if let Some(dev) = dev {
+                let rdev = fs::metadata(&dev)
+                    .map_err(JailError::io("stat", &dev))?
+                    .rdev();
+                device = Some((u64::from(libc::major(rdev)), u64::from(libc::minor(rdev))));
+                rec.loop_device = Some(dev);
+            }
+        }
+        self.cgroups.apply(name.as_str(), limits, device)?;
+        rec.spec.limits = *limits;
+        state::save(&paths, &rec)
+    }
+
+    /// Whether the jail runs; `None` when it does not exist.
+    pub fn status(&self, name: &JailName) -> Result<Option<JailStatus>, JailError> {
+        let Some(rec) = state::load(&self.paths(name.as_str()))? else {
+            return Ok(None);
+        };
+        Ok(Some(match self.live_init(&rec) {
+            Some(init) => JailStatus::Running { pid: init.pid },
+            None => {
+                if let Some(init) = rec.init {
+                    reap(init.pid);
+                }
+                JailStatus::Stopped
+            }
+        }))
+    }
+
+    /// The jail's resource usage and limit hits.
+    pub fn usage(&self, name: &JailName) -> Result<Usage, JailError> {
+        let (paths, rec) = self.record(name)?;
+        let cg = self.cgroups.usage(name.as_str());
+        // The overlay reports its upper layer's filesystem: the volume, or
+        // the tmpfs of a jail without one.
+        let disk = match self.live_init(&rec) {
+            Some(init) => {
+                volume::used_bytes(&self.cfg.proc_root.join(init.pid.to_string()).join("root"))
+            }
+            None if self.view().mounted_device(&paths.volume).is_some() => {
+                volume::used_bytes(&paths.volume)
+            }
+            None => None,
+        };
+        Ok(Usage {
+            cpu_usec: cg.cpu_usec,
+            memory_bytes: cg.memory_bytes,
+            memory_peak_bytes: cg.memory_peak_bytes,
+            pids: cg.pids,
+            io_read_bytes: cg.io_read_bytes,
+            io_write_bytes: cg.io_write_bytes,
+            disk_used_bytes: disk.unwrap_or(0),
+            oom_kills: cg.oom_kills,
+            memory_limit_hits: cg.memory_limit_hits,
+            pids_limit_hits: cg.pids_limit_hits,
+            cpu_throttled_periods: cg.cpu_throttled_periods,
+        })
+    }
+
+    /// Runs `argv` inside the running jail (its namespaces, cgroup, root
+    /// and capability limits) with the caller's stdio; returns its exit
+    /// code, or 128 + the signal that ended it.
+    pub fn exec(&self, name: &JailName, argv: &[String]) -> Result<i32, JailError> {
+        let (_, rec) = self.record(name)?;
+        let init = self
+            .live_init(&rec)
+            .ok_or_else(|| JailError::NotRunning(name.to_string()))?;
+        let ns_dir = self.cfg.proc_root.join(init.pid.to_string()).join("ns");
+        let mut namespaces = Vec::new();
+        for (file, flag) in [
+            ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("pid", CloneFlags::CLONE_NEWPID),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ] {
+            let p = ns_dir.join(file);
+            let f = File::open(&p).map_err(JailError::io("open", &p))?;
+            namespaces.push((OwnedFd::from(f), flag, p));
+        }
+        // The namespace files are open: if the init was replaced meanwhile
+        // by another process with the same pid, refuse.
+        if self.live_init(&rec).is_none() {
+            return Err(JailError::NotRunning(name.to_string()));
+        }
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        let command = ExecPlan::new(
+            argv,
+            &[
+                ("PATH", JAIL_PATH),
+                ("HOME", "/root"),
+                ("HOSTNAME", rec.spec.hostname.as_str()),
+                ("TERM", &term),
+            ],
+        )?;
+        let procs: Vec<CString> = self
+            .cgroups
+            .procs_files(name.as_str())
+            .iter()
+            .map(|p| c_path(p))
+            .collect();
+        // Like the jail's own command: the OOM killer prefers it to the init.
+        let init_adj = fs::read_to_string(
+            self.cfg
+                .proc_root
+                .join(init.pid.to_string())
+                .join("oom_score_adj"),
+        );
+        let oom_score_adj: &'static [u8] = if init_adj.is_ok_and(|a| a.trim() == "-1000") {
+            b"0"
+        } else {
+            b"500"
+        };
+        launch::join(&launch::Join {
+            namespaces,
+            cgroup_procs: &procs,
+            command: &command,
+            oom_score_adj,
+        })
+    }
+
+    /// Runs a transient app jail: creates it, runs `argv` (or the spec's
+    /// command) with the caller's stdin, stdout and stderr, removes every
+    /// trace of it, and returns the command's exit code (128 + signal if
+    /// killed). Without a disk quota its writable layer is a tmpfs.
+    pub fn run(&self, spec: &JailSpec, argv: &[String]) -> Result<i32, JailError> {
+        let paths = self.paths(spec.name.as_str());
+        if paths.record.exists() {
+            return Err(JailError::AlreadyExists(spec.name.to_string()));
+        }
+        let argv = if argv.is_empty() {
+            self.command_of(spec)?
+        } else {
+            argv.to_vec()
+        };
+        let result = self
+            .prepare(spec, true)
+            .and_then(|(paths, rec)| self.launch(&paths, &rec, &argv, Stdio::Inherit));
+        let cleanup = self.destroy(&spec.name);
+        let code = match result? {
+            Outcome::Exited { code } => code,
+            Outcome::Started { .. } => 0,
+        };
+        cleanup?;
+        Ok(code)
+    }
+
+    /// Every jail-related object on the node, grouped by jail name.
+    pub fn discover(&self) -> Result<Discovered, JailError> {
+        let jails_dir = state::jails_dir(&self.cfg.state_dir);
+        let state_dirs = discover::state_dirs(&jails_dir);
+        let live_inits = state_dirs
+            .iter()
+            .filter_map(|(name, _, rec)| Some((name.clone(), self.live_init(rec.as_ref()?)?.pid)))
+            .collect();
+        let cgroups = self.cgroups.list();
+        let mut names: Vec<&String> = cgroups.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        let cgroup_pids = names
+            .into_iter()
+            .map(|n| (n.clone(), self.cgroups.pids(n)))
+            .collect();
+        Ok(discover::group(
+            &jails_dir,
+            Observed {
+                state_dirs,
+                cgroups,
+                cgroup_pids,
+                mounts: hostinfo::mounts(&self.cfg.proc_root),
+                loops: hostinfo::loop_devices(&self.cfg.sys_root),
+                live_inits,
+            },
+        ))
+    }
+}

@@ -1,0 +1,131 @@
+//! The one error type of the jail engine; every variant names the path or
+//! object it failed on, so an operator reading a log line knows where to look.
+
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+
+/// Why a jail operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// A value in a jail spec or a call is not acceptable.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// Which input was refused.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The jail has no state record on this node.
+    #[error("jail {0} does not exist")]
+    NotFound(String),
+    /// The operation needs a running jail.
+    #[error("jail {0} is not running")]
+    NotRunning(String),
+    /// A transient jail was asked for under a name already in use.
+    #[error("jail {0} already exists")]
+    AlreadyExists(String),
+    /// The image is not present under the image folder.
+    #[error("image {name} not found at {path}")]
+    ImageNotFound {
+        /// The image name.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A file or folder operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("create", "write", "remove", ...).
+        op: &'static str,
+        /// The path it was done on.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A system call on a path failed.
+    #[error("{op} {path}: {source}")]
+    Sys {
+        /// The system call or step ("mount", "umount", "loop configure", ...).
+        op: &'static str,
+        /// The path or object it was made on.
+        path: PathBuf,
+        /// The errno.
+        source: Errno,
+    },
+    /// Mounting failed.
+    #[error("mount {target}: {source}")]
+    Mount {
+        /// The mount point.
+        target: PathBuf,
+        /// The errno.
+        source: Errno,
+    },
+    /// A step of the in-jail setup failed (reported by the jail's first process).
+    #[error("jail setup step {step} on {path}: {source}")]
+    Setup {
+        /// The step ("mount", "pivot_root", "exec", ...).
+        step: &'static str,
+        /// The path it was made on, inside or outside the jail.
+        path: PathBuf,
+        /// The errno.
+        source: Errno,
+    },
+    /// A helper program (mkfs.ext4, resize2fs, tar, busybox) failed.
+    #[error("{program} on {path} failed: {detail}")]
+    Program {
+        /// The program name.
+        program: &'static str,
+        /// The object it worked on.
+        path: PathBuf,
+        /// Its exit status and standard error.
+        detail: String,
+    },
+    /// A state record could not be read or written.
+    #[error("state record {path}: {source}")]
+    State {
+        /// The record file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// The jail did not stop within the time allowed even after SIGKILL.
+    #[error("jail {name} (pid {pid}) did not exit")]
+    StopTimeout {
+        /// The jail.
+        name: String,
+        /// Its init pid.
+        pid: i32,
+    },
+    /// A cgroup still had members after its jail stopped.
+    #[error("cgroup {path} still busy")]
+    CgroupBusy {
+        /// The cgroup folder.
+        path: PathBuf,
+    },
+    /// Shrinking a volume is not supported (ext4 cannot shrink online).
+    #[error("volume {path}: cannot shrink from {current} to {requested} bytes")]
+    Shrink {
+        /// The volume image file.
+        path: PathBuf,
+        /// Its size now.
+        current: u64,
+        /// The size asked for.
+        requested: u64,
+    },
+}
+
+impl JailError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| JailError::Io { op, path, source }
+    }
+
+    pub(crate) fn sys(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(Errno) -> Self {
+        let path = path.into();
+        move |source| JailError::Sys { op, path, source }
+    }
+}

@@ -1,0 +1,231 @@
+//! Images: read-only root trees under the image folder, shared by every
+//! jail as its overlay's lower layer. `<images>/<name>/` is the tree itself.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use stockade_domain::JailName;
+
+use crate::error::JailError;
+
+/// The image built into every node from the host's busybox-static.
+pub const BUSYBOX: &str = "busybox";
+
+/// The folder of image `name`, which must be a label like a jail name.
+pub(crate) fn path(image_dir: &Path, name: &str) -> Result<PathBuf, JailError> {
+    let label = JailName::parse(name).map_err(|e| JailError::Invalid {
+        what: "image name",
+        reason: e.reason,
+    })?;
+    Ok(image_dir.join(label.as_str()))
+}
+
+/// The names of the images present, sorted.
+pub(crate) fn list(image_dir: &Path) -> Result<Vec<String>, JailError> {
+    let rd = match fs::read_dir(image_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(JailError::io("list", image_dir)(e)),
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Builds an image in a hidden folder, then renames it into place, so a
+/// half-built image is never used and a crash leaves only a hidden folder.
+fn build(
+    image_dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&Path) -> Result<(), JailError>,
+) -> Result<(), JailError> {
+    let target = path(image_dir, name)?;
+    let tmp = image_dir.join(format!(".build-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(JailError::io("create", &tmp))?;
+    let r = fill(&tmp)
+        .and_then(|()| fs::rename(&tmp, &target).map_err(JailError::io("rename", &target)));
+    if r.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    r
+}
+
+/// Unpacks a root filesystem tarball as image `name`, replacing nothing:
+/// an existing image of that name is an error.
+pub(crate) fn import(image_dir: &Path, name: &str, tarball: &Path) -> Result<(), JailError> {
+    let target = path(image_dir, name)?;
+    if target.exists() {
+        return Err(JailError::AlreadyExists(format!("image {name}")));
+    }
+    build(image_dir, name, |tmp| {
+        let out = Command::new("tar")
+            .arg("-xf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(tmp)
+            .args(["--numeric-owner", "--no-same-permissions"])
+            .output()
+            .map_err(|e| JailError::Program {
+                program: "tar",
+                path: tarball.to_owned(),
+                detail: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(JailError::Program {
+                program: "tar",
+                path: tarball.to_owned(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    })
+}
+
+/// Assembles the `busybox` image from a static busybox binary if missing:
+/// `/bin/busybox` and a link per applet, users, `/srv/www` and mount points.
+/// The `init` applet is left out, so a system jail defaults to httpd.
+pub(crate) fn ensure_busybox(image_dir: &Path, busybox: &Path) -> Result<(), JailError> {
+    if path(image_dir, BUSYBOX)?.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(image_dir).map_err(JailError::io("create", image_dir))?;
+    let listing = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| JailError::Program {
+            program: "busybox",
+            path: busybox.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if !listing.status.success() {
+        return Err(JailError::Program {
+            program: "busybox",
+            path: busybox.to_owned(),
+            detail: listing.status.to_string(),
+        });
+    }
+    let applets = String::from_utf8_lossy(&listing.stdout).into_owned();
+    build(image_dir, BUSYBOX, |root| {
+        let mk = |p: &str, mode: u32| -> Result<(), JailError> {
+            let d = root.join(p);
+            fs::create_dir_all(&d).map_err(JailError::io("create", &d))?;
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode))
+                .map_err(JailError::io("chmod", &d))
+        };
+        for d in [
+            "bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "srv/www", "var/log", "home",
+        ] {
+            mk(d, 0o755)?;
+        }
+        for d in ["proc", "sys"] {
+            mk(d, 0o555)?;
+        }
+        mk("dev", 0o755)?;
+        mk("tmp", 0o1777)?;
+        let bin = root.join("bin/busybox");
+        fs::copy(busybox, &bin).map_err(JailError::io("copy", &bin))?;
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))
+            .map_err(JailError::io("chmod", &bin))?;
+        for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
+            let name = applet.rsplit('/').next().unwrap_or(applet);
+            if matches!(name, "busybox" | "init" | "linuxrc") || applet.contains("..") {
+                continue;
+            }
+            let link = root.join(applet);
+            if let Some(parent) = link.parent() {
+                fs::create_dir_all(parent).map_err(JailError::io("create", parent))?;
+            }
+            if !link.exists() {
+                symlink("/bin/busybox", &link).map_err(JailError::io("symlink", &link))?;
+            }
+        }
+        let files = [
+            (
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/srv/www:/bin/false\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+            ),
+            (
+                "etc/group",
+                "root:x:0:\ntty:x:5:\nwww:x:33:\nnogroup:x:65534:\n",
+            ),
+            ("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
+            (
+                "srv/www/index.html",
+                "<!doctype html><title>Stockade</title><p>It works.</p>\n",
+            ),
+        ];
+        for (p, text) in files {
+            let f = root.join(p);
+            fs::write(&f, text).map_err(JailError::io("write", &f))?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_are_labels() {
+        let d = Path::new("/images");
+        assert_eq!(
+            path(d, "busybox").unwrap(),
+            PathBuf::from("/images/busybox")
+        );
+        for bad in ["..", "a/b", "", ".build-x"] {
+            assert!(path(d, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hidden_build_folders_are_not_listed() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["b", "a", ".build-c-1"] {
+            fs::create_dir(d.path().join(n)).unwrap();
+        }
+        fs::write(d.path().join("file"), "").unwrap();
+        assert_eq!(list(d.path()).unwrap(), ["a", "b"]);
+        assert!(list(&d.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn import_unpacks_a_tarball_and_refuses_to_overwrite() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        fs::write(src.join("etc/os-release"), "ID=test\n").unwrap();
+        let tarball = d.path().join("root.tar");
+        let ok = Command::new("tar")
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let images = d.path().join("images");
+        fs::create_dir(&images).unwrap();
+        import(&images, "test", &tarball).unwrap();
+        assert_eq!(
+            fs::read_to_string(images.join("test/etc/os-release")).unwrap(),
+            "ID=test\n"
+        );
+        assert!(matches!(
+            import(&images, "test", &tarball),
+            Err(JailError::AlreadyExists(_))
+        ));
+        let err = import(&images, "bad", &d.path().join("nope.tar")).unwrap_err();
+        assert!(err.to_string().contains("nope.tar"), "{err}");
+        assert_eq!(list(&images).unwrap(), ["test"]);
+    }
+}

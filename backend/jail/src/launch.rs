@@ -1,0 +1,802 @@
+//! Starting processes inside jails: the launcher, the jail's init (PID 1)
+//! and the command it runs, and joining a running jail for `exec`.
+//!
+//! # Forking a possibly multi-threaded caller
+//!
+//! The agent that calls the engine runs many threads. After `fork(2)` only
+//! the forking thread exists in the child, and any lock another thread held
+//! (the allocator's, stdout's, the tracing subscriber's) stays locked
+//! forever. glibc's `fork()` takes and resets its own allocator locks around
+//! the fork, so allocation would be safe, but other locks are not; so the
+//! children here do not allocate, log or touch std's global state: every
+//! string, path and argv/envp array is built before the fork ([`ExecPlan`],
+//! [`crate::rootfs::Step`]) and the children make only system calls on them.
+//! Errors travel back as fixed-size records on a close-on-exec pipe; the
+//! parent maps them to [`JailError`]s naming the path that failed.
+//!
+//! # Processes
+//!
+//! ```text
+//! engine ──fork──▶ launcher ──fork──▶ init (PID 1 in the jail) ──fork──▶ command
+//!                  joins the cgroup,  mounts the root,              drops capabilities,
+//!                  unshares the       pivots, reaps zombies,        execs
+//!                  namespaces         forwards signals
+//! ```
+//!
+//! A started jail's launcher calls `setsid` and exits at once, so the init is
+//! reparented away from the caller: the jail outlives the agent or CLI that
+//! started it. For `run` the launcher instead waits for the init and exits
+//! with its status, and both die with their parent (`PR_SET_PDEATHSIG`).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigHandler, SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::error::JailError;
+use crate::rootfs::Step;
+
+/// The search path inside jails.
+pub(crate) const JAIL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Capabilities a jail's processes keep (Docker's default set without
+/// MKNOD): enough for a service to bind port 80, change owners and switch
+/// users; no mounting, no module loading, no raw devices, no host tuning.
+const KEEP_CAPS: [u32; 12] = [
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    31, // SETFCAP
+];
+
+const PR_SET_PDEATHSIG: libc::c_int = 1;
+const PR_CAPBSET_DROP: libc::c_int = 24;
+const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
+const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+
+/// Signals the init passes on to the command.
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// A command ready to exec: candidates from the jail's PATH, argv and envp
+/// as NUL-terminated arrays, all allocated before any fork.
+#[derive(Debug)]
+pub(crate) struct ExecPlan {
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+fn cstring(what: &'static str, s: &str) -> Result<CString, JailError> {
+    CString::new(s).map_err(|_| JailError::Invalid {
+        what,
+        reason: format!("{s:?} contains a NUL byte"),
+    })
+}
+
+impl ExecPlan {
+    /// Prepares `argv` with the environment `env`; a bare command name is
+    /// looked up in [`JAIL_PATH`] inside the jail at exec time.
+    pub fn new(argv: &[String], env: &[(&str, &str)]) -> Result<Self, JailError> {
+        let first = argv.first().ok_or(JailError::Invalid {
+            what: "command",
+            reason: "is empty".into(),
+        })?;
+        let candidates = if first.contains('/') {
+            vec![cstring("command", first)?]
+        } else {
+            JAIL_PATH
+                .split(':')
+                .map(|d| cstring("command", &format!("{d}/{first}")))
+                .collect::<Result<_, _>>()?
+        };
+        let argv: Vec<CString> = argv
+            .iter()
+            .map(|a| cstring("command", a))
+            .collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| cstring("environment", &format!("{k}={v}")))
+            .collect::<Result<_, _>>()?;
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let envp_ptrs = envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        Ok(Self {
+            candidates,
+            argv,
+            envp,
+            argv_ptrs,
+            envp_ptrs,
+        })
+    }
+
+    /// The program as the user gave it, for error messages.
+    pub fn program(&self) -> PathBuf {
+        PathBuf::from(std::ffi::OsStr::from_bytes(self.argv[0].as_bytes()))
+    }
+
+    /// Tries each candidate; returns only on failure, with the most telling
+    /// errno (a permission problem beats "not found" on another PATH entry).
+    fn exec(&self) -> Errno {
+        let _ = &self.envp;
+        let mut err = Errno::ENOENT;
+        for c in &self.candidates {
+            // SAFETY: the path and both arrays are NUL-terminated and live
+            // for the call; on success execve does not return.
+            unsafe { libc::execve(c.as_ptr(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr()) };
+            let e = Errno::last();
+            if e != Errno::ENOENT && e != Errno::ENOTDIR {
+                err = e;
+            }
+        }
+        err
+    }
+}
+
+/// Where a child failed, as carried on the report pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Stage {
+    Cgroup = 1,
+    Unshare = 2,
+    Fork = 3,
+    Hostname = 4,
+    Loopback = 5,
+    Root = 6,
+    Exec = 7,
+    Setns = 8,
+    Capabilities = 9,
+    Session = 10,
+}
+
+impl Stage {
+    fn from_u32(v: u32) -> Option<Self> {
+        use Stage::*;
+        [
+            Cgroup,
+            Unshare,
+            Fork,
+            Hostname,
+            Loopback,
+            Root,
+            Exec,
+            Setns,
+            Capabilities,
+            Session,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+}
+
+const MSG_PID: u32 = 1;
+const MSG_ERROR: u32 = 2;
+
+/// Writes one 16-byte record; async-signal-safe.
+fn send(fd: RawFd, kind: u32, a: u32, b: u32, c: i32) {
+    let mut buf = [0u8; 16];
+    buf[0..4].copy_from_slice(&kind.to_ne_bytes());
+    buf[4..8].copy_from_slice(&a.to_ne_bytes());
+    buf[8..12].copy_from_slice(&b.to_ne_bytes());
+    buf[12..16].copy_from_slice(&c.to_ne_bytes());
+    // SAFETY: writes from a live stack buffer; a short or failed write only
+    // loses the report, and the parent still sees the process fail.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+}
+
+/// Reports a failure and ends the child without running any exit handlers.
+fn fail(fd: RawFd, stage: Stage, index: usize, errno: Errno) -> ! {
+    send(
+        fd,
+        MSG_ERROR,
+        stage as u32,
+        u32::try_from(index).unwrap_or(u32::MAX),
+        errno as i32,
+    );
+    // SAFETY: _exit is async-signal-safe and ends the process at once.
+    unsafe { libc::_exit(1) }
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: as in `fail`.
+    unsafe { libc::_exit(code) }
+}
+
+/// What the children reported.
+#[derive(Debug, Default)]
+struct Report {
+    pid: Option<i32>,
+    error: Option<(Stage, usize, Errno)>,
+}
+
+fn read_report(r: &OwnedFd) -> Report {
+    let mut rep = Report::default();
+    let mut buf = [0u8; 16];
+    let mut filled = 0;
+    loop {
+        match nix::unistd::read(r, &mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if filled < 16 {
+                    continue;
+                }
+                filled = 0;
+                let word =
+                    |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+                match word(0) {
+                    MSG_PID => rep.pid = i32::try_from(word(4)).ok(),
+                    MSG_ERROR if rep.error.is_none() => {
+                        if let Some(stage) = Stage::from_u32(word(4)) {
+                            let errno = Errno::from_raw(i32::from_ne_bytes([
+                                buf[12], buf[13], buf[14], buf[15],
+                            ]));
+                            rep.error = Some((
+                                stage,
+                                usize::try_from(word(8)).unwrap_or(usize::MAX),
+                                errno,
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    rep
+}
+
+/// Waits for a child, retrying on EINTR; returns its status as a shell
+/// would: the exit code, or 128 + the signal number.
+fn wait_code(pid: Pid) -> Result<i32, Errno> {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Restores default signal dispositions and an empty mask: the caller's
+/// handlers (an async runtime's) mean nothing in a jail, and an ignored
+/// SIGPIPE would be inherited across exec.
+fn reset_signals() {
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: installing SIG_DFL is always valid and async-signal-safe.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::empty()),
+        None,
+    );
+}
+
+/// Writes "0" (the writer itself) into each `cgroup.procs` file.
+fn join_cgroup(report: RawFd, procs: &[CString]) {
+    for (i, file) in procs.iter().enumerate() {
+        // SAFETY: `file` is NUL-terminated; the fd is closed below.
+        let fd = unsafe { libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            fail(report, Stage::Cgroup, i, Errno::last());
+        }
+        // SAFETY: writes one byte from a static buffer to the fd opened above.
+        let n = unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) };
+        let err = Errno::last();
+        // SAFETY: closes the fd opened above, once.
+        unsafe { libc::close(fd) };
+        if n != 1 {
+            fail(report, Stage::Cgroup, i, err);
+        }
+    }
+}
+
+/// Brings the jail's loopback interface up (its only interface for now).
+fn loopback_up() -> Result<(), Errno> {
+    #[repr(C)]
+    struct IfReqFlags {
+        name: [u8; 16],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    let mut req = IfReqFlags {
+        name: [0; 16],
+        flags: 0,
+        pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: plain socket creation; the fd is closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: SIOC[GS]IFFLAGS read and write a `struct ifreq`, whose name and
+    // flags fields `IfReqFlags` mirrors at the same offsets and size.
+    let r = unsafe {
+        let mut r = libc::ioctl(sock, SIOCGIFFLAGS, &raw mut req);
+        if r == 0 {
+            req.flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+            r = libc::ioctl(sock, SIOCSIFFLAGS, &raw const req);
+        }
+        r
+    };
+    let err = Errno::last();
+    // SAFETY: closes the socket opened above, once.
+    unsafe { libc::close(sock) };
+    if r < 0 { Err(err) } else { Ok(()) }
+}
+
+/// Drops every capability outside [`KEEP_CAPS`] from the bounding set; at
+/// exec a root process gets exactly the bounding set.
+fn drop_capabilities() -> Result<(), Errno> {
+    for cap in 0..64u32 {
+        if KEEP_CAPS.contains(&cap) {
+            continue;
+        }
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointers.
+        let r = unsafe { libc::prctl(PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+        if r < 0 {
+            match Errno::last() {
+                Errno::EINVAL => break, // past the kernel's last capability
+                e => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `value` to a small file such as `/proc/self/oom_score_adj`.
+fn write_file(path: &std::ffi::CStr, value: &[u8]) -> bool {
+    // SAFETY: `path` is NUL-terminated; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: writes from a live slice to the fd opened above.
+    let n = unsafe { libc::write(fd, value.as_ptr().cast(), value.len()) };
+    // SAFETY: closes the fd opened above, once.
+    unsafe { libc::close(fd) };
+    usize::try_from(n).is_ok_and(|n| n == value.len())
+}
+
+/// Becomes the jail's command: runs in the child of the init (or of the
+/// exec helper), ends in execve. `oom_score_adj` is written first if given.
+fn become_command(report: RawFd, command: &ExecPlan, oom_score_adj: Option<&[u8]>) -> ! {
+    if let Some(adj) = oom_score_adj {
+        write_file(c"/proc/self/oom_score_adj", adj);
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::empty()),
+        None,
+    );
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    if let Err(e) = drop_capabilities() {
+        fail(report, Stage::Capabilities, 0, e);
+    }
+    let e = command.exec();
+    fail(report, Stage::Exec, 0, e)
+}
+
+extern "C" fn forward_marker(_: libc::c_int) {}
+
+/// The jail's PID 1: sets up the root, starts the command, forwards
+/// signals to it and reaps every zombie; exits with the command's status.
+fn init(launch: &Launch<'_>, report: RawFd) -> ! {
+    // Order: hostname and loopback need only the new namespaces; the root
+    // setup must come before the fork so the command starts inside it.
+    if let Err(e) =
+        nix::unistd::sethostname(std::ffi::OsStr::from_bytes(launch.hostname.as_bytes()))
+    {
+        fail(report, Stage::Hostname, 0, e);
+    }
+    if let Err(e) = loopback_up() {
+        fail(report, Stage::Loopback, 0, e);
+    }
+    // The init is a fork of the engine's (possibly large) process, so its
+    // RSS can exceed the command's: keep the OOM killer off it, or an OOM
+    // in the jail would end the whole jail. Lowering needs CAP_SYS_RESOURCE;
+    // without it the command is made the likelier victim instead.
+    let init_protected = write_file(c"/proc/self/oom_score_adj", b"-1000");
+    let command_adj: &[u8] = if init_protected { b"0" } else { b"500" };
+    // Exact modes for /dev nodes and /tmp; the command gets 022 back.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    for (i, step) in launch.steps.iter().enumerate() {
+        if let Err(e) = step.run() {
+            fail(report, Stage::Root, i, e);
+        }
+    }
+    // Block the signals we wait for *before* forking, so none is lost. A
+    // handler (never run, the signals stay blocked) is installed as well:
+    // the kernel drops a signal to a namespace's init whose disposition is
+    // SIG_DFL, so without one `stop`'s SIGTERM could not reach the command.
+    let mut waited = SigSet::empty();
+    waited.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        waited.add(s);
+        let action = nix::sys::signal::SigAction::new(
+            SigHandler::Handler(forward_marker),
+            nix::sys::signal::SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, so it is trivially async-signal-safe.
+        let _ = unsafe { nix::sys::signal::sigaction(s, &action) };
+    }
+    let _ =
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&waited), None);
+    // SAFETY: the child only makes system calls before exec (see module docs).
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => become_command(report, launch.command, Some(command_adj)),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => fail(report, Stage::Fork, 0, e),
+    };
+    // SAFETY: closes our copy of the report pipe; the command's copy closes
+    // at exec, which tells the engine the jail is up.
+    unsafe { libc::close(report) };
+    loop {
+        let Ok(sig) = waited.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = nix::sys::signal::kill(child, sig);
+            continue;
+        }
+        loop {
+            match waitpid(
+                Pid::from_raw(-1),
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+            ) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => exit(code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => exit(128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// How the jail's standard streams are connected.
+#[derive(Debug)]
+pub(crate) enum Stdio {
+    /// The caller's own: `run` passes the command's output through.
+    Inherit,
+    /// A started jail: stdin from /dev/null, stdout and stderr to its log.
+    Detached {
+        /// Opened /dev/null.
+        stdin: OwnedFd,
+        /// Opened log file (append).
+        log: OwnedFd,
+    },
+}
+
+/// Everything the launcher and the init need, prepared before forking.
+#[derive(Debug)]
+pub(crate) struct Launch<'a> {
+    pub cgroup_procs: &'a [CString],
+    pub hostname: CString,
+    pub steps: &'a [Step],
+    pub command: &'a ExecPlan,
+    pub stdio: Stdio,
+    /// For error messages about namespace setup.
+    pub rootfs: &'a Path,
+}
+
+/// What a launch ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Started and left running, with the init's host pid.
+    Started { pid: i32 },
+    /// Ran to its end with this status (code, or 128 + signal).
+    Exited { code: i32 },
+}
+
+/// The namespaces every jail gets.
+fn jail_namespaces() -> CloneFlags {
+    CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWCGROUP
+}
+
+fn launcher(launch: &Launch<'_>, report: RawFd, parent: Pid) -> ! {
+    reset_signals();
+    let detached = matches!(launch.stdio, Stdio::Detached { .. });
+    match &launch.stdio {
+        Stdio::Detached { stdin, log } => {
+            // A session of its own: the caller's terminal and process group
+            // signals never reach a started jail.
+            if let Err(e) = nix::unistd::setsid() {
+                fail(report, Stage::Session, 0, e);
+            }
+            // SAFETY: duplicates fds owned by `launch` onto 0, 1 and 2.
+            unsafe {
+                libc::dup2(stdin.as_raw_fd(), 0);
+                libc::dup2(log.as_raw_fd(), 1);
+                libc::dup2(log.as_raw_fd(), 2);
+            }
+        }
+        Stdio::Inherit => {
+            // A `run` jail dies with its caller.
+            // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
+            unsafe { libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            if nix::unistd::getppid() != parent {
+                exit(1);
+            }
+        }
+    }
+    // The init never execs, so it must not keep the caller's descriptors
+    // (an agent's sockets, other jails' files): keep 0-2 and the report
+    // pipe, moved to fd 3, close the rest.
+    let report = if report == 3 {
+        3
+    } else {
+        // SAFETY: dup3 onto fd 3, replacing whatever was there.
+        let r = unsafe { libc::dup3(report, 3, libc::O_CLOEXEC) };
+        if r < 0 {
+            fail(report, Stage::Session, 0, Errno::last());
+        }
+        3
+    };
+    // SAFETY: close_range only closes descriptors; none above 3 is used again.
+    unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    // The cgroup first, then its namespace: the jail's cgroup becomes the
+    // root of what the jail sees, and the init inherits the membership.
+    join_cgroup(report, launch.cgroup_procs);
+    if let Err(e) = nix::sched::unshare(jail_namespaces()) {
+        fail(report, Stage::Unshare, 0, e);
+    }
+    // SAFETY: the child only makes system calls (see module docs).
+    let init_pid = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            if !detached {
+                // SAFETY: as above.
+                unsafe { libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            }
+            init(launch, report)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => fail(report, Stage::Fork, 0, e),
+    };
+    send(
+        report,
+        MSG_PID,
+        u32::try_from(init_pid.as_raw()).unwrap_or(0),
+        0,
+        0,
+    );
+    // SAFETY: closes our copy of the report pipe, once.
+    unsafe { libc::close(report) };
+    if detached {
+        exit(0);
+    }
+    match wait_code(init_pid) {
+        Ok(code) => exit(code),
+        Err(_) => exit(1),
+    }
+}
+
+impl Launch<'_> {
+    fn error(&self, stage: Stage, index: usize, errno: Errno) -> JailError {
+        let (step, path): (&'static str, PathBuf) = match stage {
+            Stage::Root => self
+                .steps
+                .get(index)
+                .map_or(("root setup", PathBuf::new()), Step::describe),
+            Stage::Cgroup => (
+                "join cgroup",
+                self.cgroup_procs
+                    .get(index)
+                    .map(|c| PathBuf::from(std::ffi::OsStr::from_bytes(c.as_bytes())))
+                    .unwrap_or_default(),
+            ),
+            Stage::Exec => ("exec", self.command.program()),
+            Stage::Capabilities => ("drop capabilities", self.command.program()),
+            Stage::Hostname => (
+                "sethostname",
+                PathBuf::from(std::ffi::OsStr::from_bytes(self.hostname.as_bytes())),
+            ),
+            Stage::Unshare => ("unshare namespaces", self.rootfs.to_owned()),
+            Stage::Loopback => ("loopback up", PathBuf::from("lo")),
+            Stage::Fork | Stage::Setns | Stage::Session => ("fork", self.rootfs.to_owned()),
+        };
+        JailError::Setup {
+            step,
+            path,
+            source: errno,
+        }
+    }
+}
+
+/// Launches a jail; for [`Stdio::Inherit`] waits for it to end.
+pub(crate) fn launch(launch: &Launch<'_>) -> Result<Outcome, JailError> {
+    let (r, w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(JailError::sys("pipe", launch.rootfs))?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the child runs `launcher`, which only makes system calls on
+    // data prepared before the fork and never returns.
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => launcher(launch, w.as_raw_fd(), parent),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return Err(JailError::sys("fork", launch.rootfs)(e)),
+    };
+    drop(w);
+    let rep = read_report(&r);
+    let detached = matches!(launch.stdio, Stdio::Detached { .. });
+    let status = wait_code(child).map_err(JailError::sys("wait", launch.rootfs));
+    if let Some((stage, index, errno)) = rep.error {
+        return Err(launch.error(stage, index, errno));
+    }
+    let code = status?;
+    if detached {
+        match rep.pid {
+            Some(pid) => Ok(Outcome::Started { pid }),
+            None => Err(JailError::Setup {
+                step: "start",
+                path: launch.rootfs.to_owned(),
+                source: Errno::ECHILD,
+            }),
+        }
+    } else {
+        Ok(Outcome::Exited { code })
+    }
+}
+
+/// A running jail's namespaces and cgroup, to run one more command in.
+#[derive(Debug)]
+pub(crate) struct Join<'a> {
+    /// Opened `/proc/<init>/ns/*` files, the mount namespace last.
+    pub namespaces: Vec<(OwnedFd, CloneFlags, PathBuf)>,
+    pub cgroup_procs: &'a [CString],
+    pub command: &'a ExecPlan,
+    /// The value the command's `oom_score_adj` gets (as the jail's own).
+    pub oom_score_adj: &'static [u8],
+}
+
+fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
+    reset_signals();
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
+    unsafe { libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if nix::unistd::getppid() != parent {
+        exit(1);
+    }
+    // The cgroup is joined through the host's cgroupfs, so before entering
+    // the jail's mount namespace; the mount namespace goes last because
+    // after it no host path is reachable.
+    join_cgroup(report, join.cgroup_procs);
+    for (i, (fd, flag, _)) in join.namespaces.iter().enumerate() {
+        if let Err(e) = nix::sched::setns(fd, *flag) {
+            fail(report, Stage::Setns, i, e);
+        }
+    }
+    // Entering a PID namespace applies to children only: fork once more.
+    // SAFETY: the child only makes system calls before exec.
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            if let Err(e) = nix::unistd::chdir(c"/") {
+                fail(report, Stage::Setns, join.namespaces.len(), e);
+            }
+            become_command(report, join.command, Some(join.oom_score_adj))
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => fail(report, Stage::Fork, 0, e),
+    };
+    // SAFETY: closes our copy of the report pipe, once.
+    unsafe { libc::close(report) };
+    match wait_code(child) {
+        Ok(code) => exit(code),
+        Err(_) => exit(1),
+    }
+}
+
+/// Runs a command inside a running jail with the caller's stdio; returns
+/// its status (exit code, or 128 + signal).
+pub(crate) fn join(join: &Join<'_>) -> Result<i32, JailError> {
+    let program = join.command.program();
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(JailError::sys("pipe", &program))?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the child runs `joiner`, which only makes system calls on data
+    // prepared before the fork and never returns.
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => joiner(join, w.as_raw_fd(), parent),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return Err(JailError::sys("fork", &program)(e)),
+    };
+    drop(w);
+    let rep = read_report(&r);
+    let status = wait_code(child).map_err(JailError::sys("wait", &program));
+    if let Some((stage, index, errno)) = rep.error {
+        let (step, path) = match stage {
+            Stage::Setns => (
+                "setns",
+                join.namespaces
+                    .get(index)
+                    .map(|n| n.2.clone())
+                    .unwrap_or_else(|| "/".into()),
+            ),
+            Stage::Cgroup => (
+                "join cgroup",
+                join.cgroup_procs
+                    .get(index)
+                    .map(|c| PathBuf::from(std::ffi::OsStr::from_bytes(c.as_bytes())))
+                    .unwrap_or_default(),
+            ),
+            Stage::Capabilities => ("drop capabilities", program),
+            _ => ("exec", program),
+        };
+        return Err(JailError::Setup {
+            step,
+            path,
+            source: errno,
+        });
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_names_are_searched_on_the_jail_path() {
+        let p = ExecPlan::new(
+            &["sh".into(), "-c".into(), "true".into()],
+            &[("PATH", JAIL_PATH)],
+        )
+        .unwrap();
+        assert_eq!(p.candidates.len(), 6);
+        assert_eq!(p.candidates[5].to_str().unwrap(), "/bin/sh");
+        assert_eq!(p.argv_ptrs.len(), 4);
+        assert!(p.argv_ptrs[3].is_null() && p.envp_ptrs[1].is_null());
+        let p = ExecPlan::new(&["/bin/true".into()], &[]).unwrap();
+        assert_eq!(p.candidates.len(), 1);
+        assert!(ExecPlan::new(&[], &[]).is_err());
+        assert!(ExecPlan::new(&["a\0b".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn stage_codes_round_trip() {
+        for s in [Stage::Cgroup, Stage::Root, Stage::Exec, Stage::Session] {
+            assert_eq!(Stage::from_u32(s as u32), Some(s));
+        }
+        assert_eq!(Stage::from_u32(0), None);
+    }
+}

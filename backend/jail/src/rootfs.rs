@@ -1,0 +1,435 @@
+//! The mount plan of a jail's root filesystem: an ordered list of steps,
+//! built (with every string allocated) in the engine's process and carried
+//! out by the jail's first process, which then only makes system calls.
+//! Building the plan is pure, so its order is checked by unit tests.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+/// Where the overlay's writable layer comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum UpperSource<'a> {
+    /// A mounted volume holding `upper/` and `work/`.
+    Volume(&'a Path),
+    /// A tmpfs of `bytes`, mounted on `scratch` inside the jail only.
+    Tmpfs { scratch: &'a Path, bytes: u64 },
+}
+
+/// One step of the root filesystem setup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// `mount(2)`.
+    Mount {
+        what: &'static str,
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: MsFlags,
+        data: Option<CString>,
+    },
+    /// `mkdir(2)`; an existing folder is fine.
+    Mkdir { path: CString, mode: u32 },
+    /// `mknod(2)` of a character device.
+    CharDevice {
+        path: CString,
+        major: u32,
+        minor: u32,
+    },
+    /// `symlink(2)`; an existing link is fine.
+    Symlink { target: CString, link: CString },
+    /// Enter `new_root` with pivot_root and detach the old root.
+    PivotRoot { new_root: CString },
+    /// Run `step` only if `path` exists (kernel features that may be absent).
+    IfExists { path: CString, step: Box<Step> },
+}
+
+fn c(p: impl AsRef<[u8]>) -> CString {
+    // Paths come from the state and image folders (validated names); a NUL
+    // byte cannot occur, and if it did the step would fail on an empty path.
+    CString::new(p.as_ref().to_vec()).unwrap_or_default()
+}
+
+fn cp(p: &Path) -> CString {
+    c(p.as_os_str().as_bytes())
+}
+
+fn mount(
+    what: &'static str,
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<String>,
+) -> Step {
+    Step::Mount {
+        what,
+        source: Some(c(source)),
+        target: cp(target),
+        fstype: Some(c(fstype)),
+        flags,
+        data: data.map(c),
+    }
+}
+
+fn bind(what: &'static str, source: &Path, target: &Path) -> Step {
+    Step::Mount {
+        what,
+        source: Some(cp(source)),
+        target: cp(target),
+        fstype: None,
+        flags: MsFlags::MS_BIND,
+        data: None,
+    }
+}
+
+fn remount_ro(what: &'static str, target: &Path) -> Step {
+    Step::Mount {
+        what,
+        source: None,
+        target: cp(target),
+        fstype: None,
+        flags: MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        data: None,
+    }
+}
+
+/// The character devices of a jail's /dev: (name, major, minor).
+const DEVICES: [(&str, u32, u32); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// The ordered setup of a jail's root at `rootfs` from the image `lower`.
+pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, rootfs: &Path) -> Vec<Step> {
+    let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let r = |p: &str| rootfs.join(p);
+    let mut steps = vec![
+        // 1. Before any mount: nothing done below may propagate back to the
+        //    host's mount table (or to other jails).
+        Step::Mount {
+            what: "make mounts private",
+            source: None,
+            target: c("/"),
+            fstype: None,
+            flags: MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            data: None,
+        },
+    ];
+    // 2. The writable layer, then the overlay root on top of the image.
+    let (upper_dir, work_dir) = match upper {
+        UpperSource::Volume(dir) => (dir.join("upper"), dir.join("work")),
+        UpperSource::Tmpfs { scratch, bytes } => {
+            steps.push(mount(
+                "mount tmpfs upper",
+                "tmpfs",
+                scratch,
+                "tmpfs",
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(format!("size={bytes},mode=0700")),
+            ));
+            steps.push(Step::Mkdir {
+                path: cp(&scratch.join("upper")),
+                mode: 0o755,
+            });
+            steps.push(Step::Mkdir {
+                path: cp(&scratch.join("work")),
+                mode: 0o700,
+            });
+            (scratch.join("upper"), scratch.join("work"))
+        }
+    };
+    steps.push(mount(
+        "mount overlay root",
+        "overlay",
+        rootfs,
+        "overlay",
+        MsFlags::empty(),
+        Some(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper_dir.display(),
+            work_dir.display()
+        )),
+    ));
+    // 3. Mount points an imported image may lack (created in the upper layer).
+    for (dir, mode) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+    ] {
+        steps.push(Step::Mkdir {
+            path: cp(&r(dir)),
+            mode,
+        });
+    }
+    // 4. Kernel filesystems. A fresh proc shows only the jail's PID
+    //    namespace; sysfs is read-only and shows the jail's network devices.
+    steps.push(mount(
+        "mount proc",
+        "proc",
+        &r("proc"),
+        "proc",
+        nosuid_noexec | MsFlags::MS_NODEV,
+        None,
+    ));
+    steps.push(mount(
+        "mount sysfs",
+        "sysfs",
+        &r("sys"),
+        "sysfs",
+        nosuid_noexec | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+        None,
+    ));
+    // 5. A minimal /dev on tmpfs: a handful of devices, a private devpts
+    //    instance, /dev/shm. No disks: the jail cannot reach host devices.
+    steps.push(mount(
+        "mount /dev",
+        "tmpfs",
+        &r("dev"),
+        "tmpfs",
+        nosuid_noexec,
+        Some("mode=755,size=65536".into()),
+    ));
+    for (name, major, minor) in DEVICES {
+        steps.push(Step::CharDevice {
+            path: cp(&r("dev").join(name)),
+            major,
+            minor,
+        });
+    }
+    for dir in ["pts", "shm"] {
+        steps.push(Step::Mkdir {
+            path: cp(&r("dev").join(dir)),
+            mode: 0o755,
+        });
+    }
+    steps.push(mount(
+        "mount devpts",
+        "devpts",
+        &r("dev/pts"),
+        "devpts",
+        nosuid_noexec,
+        Some("newinstance,ptmxmode=0666,mode=0620".into()),
+    ));
+    steps.push(mount(
+        "mount /dev/shm",
+        "tmpfs",
+        &r("dev/shm"),
+        "tmpfs",
+        nosuid_noexec | MsFlags::MS_NODEV,
+        Some("mode=1777".into()),
+    ));
+    for (target, link) in [
+        ("pts/ptmx", "ptmx"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
+        steps.push(Step::Symlink {
+            target: c(target),
+            link: cp(&r("dev").join(link)),
+        });
+    }
+    // 6. After proc and /dev exist: host-wide knobs in /proc become
+    //    read-only or hidden (sysctls, sysrq, kernel memory).
+    let if_exists = |p: &str, step: Step| Step::IfExists {
+        path: cp(&r(p)),
+        step: Box::new(step),
+    };
+    for p in ["proc/sys", "proc/sysrq-trigger"] {
+        steps.push(if_exists(p, bind("bind /proc entry", &r(p), &r(p))));
+        steps.push(if_exists(
+            p,
+            remount_ro("make /proc entry read-only", &r(p)),
+        ));
+    }
+    steps.push(if_exists(
+        "proc/kcore",
+        bind("hide /proc/kcore", &r("dev/null"), &r("proc/kcore")),
+    ));
+    // 7. Last: enter the new root. Everything above was reached through host
+    //    paths, which are gone after this.
+    steps.push(Step::PivotRoot {
+        new_root: cp(rootfs),
+    });
+    steps
+}
+
+impl Step {
+    /// What the step does and on which path, for error messages.
+    pub fn describe(&self) -> (&'static str, PathBuf) {
+        use std::os::unix::ffi::OsStrExt as _;
+        let p = |s: &CString| PathBuf::from(std::ffi::OsStr::from_bytes(s.as_bytes()));
+        match self {
+            Step::Mount { what, target, .. } => (what, p(target)),
+            Step::Mkdir { path, .. } => ("mkdir", p(path)),
+            Step::CharDevice { path, .. } => ("mknod", p(path)),
+            Step::Symlink { link, .. } => ("symlink", p(link)),
+            Step::PivotRoot { new_root } => ("pivot_root", p(new_root)),
+            Step::IfExists { step, .. } => step.describe(),
+        }
+    }
+
+    /// Carries the step out. Runs in the forked jail process: no allocation,
+    /// only system calls on the prepared strings.
+    pub fn run(&self) -> Result<(), Errno> {
+        match self {
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+                ..
+            } => nix::mount::mount(
+                source.as_deref(),
+                target.as_c_str(),
+                fstype.as_deref(),
+                *flags,
+                data.as_deref(),
+            ),
+            Step::Mkdir { path, mode } => {
+                // SAFETY: `path` is a valid NUL-terminated string.
+                let r = unsafe { libc::mkdir(path.as_ptr(), *mode) };
+                match Errno::result(r) {
+                    Ok(_) | Err(Errno::EEXIST) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Step::CharDevice { path, major, minor } => {
+                let dev = libc::makedev(*major, *minor);
+                // SAFETY: `path` is a valid NUL-terminated string.
+                let r = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) };
+                Errno::result(r).map(drop)
+            }
+            Step::Symlink { target, link } => {
+                // SAFETY: both are valid NUL-terminated strings.
+                let r = unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) };
+                match Errno::result(r) {
+                    Ok(_) | Err(Errno::EEXIST) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Step::PivotRoot { new_root } => {
+                nix::unistd::chdir(new_root.as_c_str())?;
+                // pivot_root(".", ".") stacks the old root on top of the new
+                // one; detaching it leaves only the new root, and no folder
+                // for the old root is needed in the (read-only) image.
+                nix::unistd::pivot_root(c".", c".")?;
+                nix::mount::umount2(c".", MntFlags::MNT_DETACH)?;
+                nix::unistd::chdir(c"/")
+            }
+            Step::IfExists { path, step } => {
+                // SAFETY: `path` is a valid NUL-terminated string.
+                let r = unsafe { libc::access(path.as_ptr(), libc::F_OK) };
+                match Errno::result(r) {
+                    Ok(_) => step.run(),
+                    Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| {
+                let (what, path) = s.describe();
+                format!("{what} {}", path.display())
+            })
+            .collect()
+    }
+
+    fn index(steps: &[String], prefix: &str) -> usize {
+        steps
+            .iter()
+            .position(|s| s.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no step {prefix}"))
+    }
+
+    #[test]
+    fn order_private_then_overlay_then_kernel_fs_then_pivot() {
+        let steps = plan(
+            Path::new("/img/busybox"),
+            &UpperSource::Volume(Path::new("/s/web/volume")),
+            Path::new("/s/web/rootfs"),
+        );
+        let n = names(&steps);
+        assert_eq!(n[0], "make mounts private /");
+        assert!(index(&n, "mount overlay root") < index(&n, "mount proc"));
+        assert!(index(&n, "mount /dev") < index(&n, "mknod /s/web/rootfs/dev/null"));
+        assert!(index(&n, "mount proc") < index(&n, "bind /proc entry"));
+        assert!(index(&n, "mknod /s/web/rootfs/dev/null") < index(&n, "hide /proc/kcore"));
+        assert_eq!(n.last().unwrap(), "pivot_root /s/web/rootfs");
+        let Step::Mount { data, .. } = &steps[1] else {
+            panic!()
+        };
+        assert_eq!(
+            data.as_deref().unwrap().to_str().unwrap(),
+            "lowerdir=/img/busybox,upperdir=/s/web/volume/upper,workdir=/s/web/volume/work"
+        );
+    }
+
+    #[test]
+    fn tmpfs_upper_is_mounted_before_the_overlay_that_uses_it() {
+        let scratch = Path::new("/s/run/scratch");
+        let steps = plan(
+            Path::new("/img/b"),
+            &UpperSource::Tmpfs {
+                scratch,
+                bytes: 1 << 20,
+            },
+            Path::new("/s/run/rootfs"),
+        );
+        let n = names(&steps);
+        assert_eq!(n[1], "mount tmpfs upper /s/run/scratch");
+        assert!(index(&n, "mkdir /s/run/scratch/work") < index(&n, "mount overlay root"));
+    }
+
+    #[test]
+    fn proc_knobs_are_read_only_and_dev_is_private() {
+        let steps = plan(
+            Path::new("/i"),
+            &UpperSource::Volume(Path::new("/v")),
+            Path::new("/r"),
+        );
+        let ro: Vec<_> = steps
+            .iter()
+            .map(|s| match s {
+                Step::IfExists { step, .. } => step.as_ref(),
+                s => s,
+            })
+            .filter_map(|s| match s {
+                Step::Mount { target, flags, .. }
+                    if flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY) =>
+                {
+                    Some(target.to_str().unwrap().to_owned())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ro, ["/r/proc/sys", "/r/proc/sysrq-trigger"]);
+        assert!(steps.iter().any(|s| matches!(s, Step::Mount { data: Some(d), .. } if d.to_str().unwrap().contains("newinstance"))));
+    }
+}

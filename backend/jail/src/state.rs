@@ -1,0 +1,159 @@
+//! The state folder: one folder per jail holding its JSON record, its
+//! volume image and mount points. What exists on the node is written here
+//! before it is created, so a crash half-way leaves a record to clean up from.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::JailError;
+use crate::spec::JailSpec;
+
+/// Where a jail's writable layer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Upper {
+    /// On its ext4 volume: survives restarts, holds the disk quota.
+    Volume,
+    /// On a tmpfs of this size inside the jail: gone when the jail ends.
+    Tmpfs {
+        /// Size limit of the tmpfs in bytes.
+        bytes: u64,
+    },
+}
+
+/// The init process of a running jail. The start time (clock ticks since
+/// boot, from `/proc/<pid>/stat`) tells the jail's init from a later process
+/// that got the same pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProcess {
+    /// Host pid.
+    pub pid: i32,
+    /// Field 22 of `/proc/<pid>/stat`.
+    pub start_time: u64,
+}
+
+/// The state record of one jail, `<state>/jails/<name>/jail.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailRecord {
+    /// The spec it was created with (limits as last applied).
+    pub spec: JailSpec,
+    /// Where its writable layer lives.
+    pub upper: Upper,
+    /// The loop device its volume was last attached to.
+    pub loop_device: Option<PathBuf>,
+    /// Its init while it runs.
+    pub init: Option<InitProcess>,
+    /// Made by `run`: removed when its command exits.
+    pub transient: bool,
+}
+
+/// The paths of one jail under the state folder.
+#[derive(Debug, Clone)]
+pub(crate) struct JailPaths {
+    pub dir: PathBuf,
+    pub record: PathBuf,
+    pub volume_image: PathBuf,
+    /// Where the volume is mounted on the host.
+    pub volume: PathBuf,
+    /// Where the jail's root is assembled (inside its mount namespace only).
+    pub rootfs: PathBuf,
+    /// Where a tmpfs upper is mounted (inside its mount namespace only).
+    pub scratch: PathBuf,
+    /// Standard output and error of a started (not run) jail.
+    pub log: PathBuf,
+}
+
+impl JailPaths {
+    pub fn new(state_dir: &Path, name: &str) -> Self {
+        let dir = jails_dir(state_dir).join(name);
+        Self {
+            record: dir.join("jail.json"),
+            volume_image: dir.join("volume.img"),
+            volume: dir.join("volume"),
+            rootfs: dir.join("rootfs"),
+            scratch: dir.join("scratch"),
+            log: dir.join("console.log"),
+            dir,
+        }
+    }
+}
+
+pub(crate) fn jails_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("jails")
+}
+
+/// Reads a record; `None` when the jail has none.
+pub(crate) fn load(paths: &JailPaths) -> Result<Option<JailRecord>, JailError> {
+    match fs::read(&paths.record) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| JailError::State {
+                path: paths.record.clone(),
+                source,
+            }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JailError::io("read", &paths.record)(e)),
+    }
+}
+
+/// Writes a record atomically (temp file + rename), so a crash never leaves
+/// half a record.
+pub(crate) fn save(paths: &JailPaths, record: &JailRecord) -> Result<(), JailError> {
+    fs::create_dir_all(&paths.dir).map_err(JailError::io("create", &paths.dir))?;
+    let tmp = paths.dir.join("jail.json.tmp");
+    let bytes = serde_json::to_vec_pretty(record).map_err(|source| JailError::State {
+        path: tmp.clone(),
+        source,
+    })?;
+    fs::write(&tmp, bytes).map_err(JailError::io("write", &tmp))?;
+    fs::rename(&tmp, &paths.record).map_err(JailError::io("rename", &paths.record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stockade_domain::{JailKind, JailName, Limits};
+
+    #[test]
+    fn records_round_trip_and_missing_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = JailPaths::new(dir.path(), "web");
+        assert!(load(&paths).unwrap().is_none());
+        let rec = JailRecord {
+            spec: JailSpec {
+                name: JailName::parse("web").unwrap(),
+                hostname: JailName::parse("web").unwrap(),
+                image: "busybox".into(),
+                kind: JailKind::System,
+                command: vec![],
+                limits: Limits {
+                    memory_bytes: 1 << 20,
+                    ..Limits::default()
+                },
+            },
+            upper: Upper::Tmpfs { bytes: 4096 },
+            loop_device: Some("/dev/loop3".into()),
+            init: Some(InitProcess {
+                pid: 42,
+                start_time: 7,
+            }),
+            transient: false,
+        };
+        save(&paths, &rec).unwrap();
+        assert_eq!(load(&paths).unwrap(), Some(rec));
+        assert!(paths.record.starts_with(dir.path().join("jails/web")));
+    }
+
+    #[test]
+    fn a_corrupt_record_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = JailPaths::new(dir.path(), "web");
+        fs::create_dir_all(&paths.dir).unwrap();
+        fs::write(&paths.record, "{").unwrap();
+        let err = load(&paths).unwrap_err().to_string();
+        assert!(err.contains("jail.json"), "{err}");
+    }
+}

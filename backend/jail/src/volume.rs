@@ -1,0 +1,272 @@
+//! A jail's volume: a sparse ext4 image file sized to its disk quota,
+//! attached to a loop device and mounted under the jail's state folder,
+//! holding the overlay's upper and work folders.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use crate::error::JailError;
+use crate::host::Host;
+use crate::hostinfo;
+use crate::state::JailPaths;
+
+/// The host folders the volume logic reads the host's state from.
+#[derive(Debug, Clone)]
+pub(crate) struct HostView<'a> {
+    pub proc_root: &'a Path,
+    pub sys_root: &'a Path,
+}
+
+impl HostView<'_> {
+    /// The device mounted on `target`, if any.
+    pub fn mounted_device(&self, target: &Path) -> Option<PathBuf> {
+        hostinfo::mounts(self.proc_root)
+            .into_iter()
+            .rev()
+            .find(|m| m.mount_point == target)
+            .map(|m| PathBuf::from(m.source))
+    }
+
+    /// The loop devices backed by `image`.
+    pub fn loops_of(&self, image: &Path) -> Vec<PathBuf> {
+        hostinfo::loop_devices(self.sys_root)
+            .into_iter()
+            .filter(|l| l.backing_file == image)
+            .map(|l| l.device)
+            .collect()
+    }
+}
+
+/// Creates, attaches and mounts the volume as far as missing; returns the
+/// loop device. Each step is create-if-missing, so a crashed run is redone.
+pub(crate) fn ensure(
+    host: &dyn Host,
+    view: &HostView<'_>,
+    paths: &JailPaths,
+    bytes: u64,
+) -> Result<PathBuf, JailError> {
+    if !paths.volume_image.exists() {
+        // Made under a temporary name: a crash before mkfs completes leaves
+        // no file that looks like a finished volume.
+        let tmp = paths.dir.join("volume.img.new");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(JailError::io("create", &tmp))?;
+        // set_len makes a sparse file: the host disk is used only as the
+        // jail writes.
+        file.set_len(bytes).map_err(JailError::io("resize", &tmp))?;
+        drop(file);
+        host.mkfs(&tmp)?;
+        fs::rename(&tmp, &paths.volume_image)
+            .map_err(JailError::io("rename", &paths.volume_image))?;
+    }
+    let device = match view.mounted_device(&paths.volume) {
+        Some(dev) => dev,
+        None => {
+            fs::create_dir_all(&paths.volume).map_err(JailError::io("create", &paths.volume))?;
+            host.mount_volume(&paths.volume_image, &paths.volume)?
+        }
+    };
+    for sub in ["upper", "work"] {
+        let d = paths.volume.join(sub);
+        fs::create_dir_all(&d).map_err(JailError::io("create", &d))?;
+    }
+    Ok(device)
+}
+
+/// Grows the volume to `bytes`. Online (`device` given, jail running):
+/// the file, the loop device's idea of its size, then the mounted
+/// filesystem. Offline: unmount, grow file and filesystem; `ensure` mounts
+/// it again. Shrinking is refused.
+pub(crate) fn grow(
+    host: &dyn Host,
+    view: &HostView<'_>,
+    paths: &JailPaths,
+    online_device: Option<&Path>,
+    bytes: u64,
+) -> Result<(), JailError> {
+    let current = fs::metadata(&paths.volume_image)
+        .map_err(JailError::io("stat", &paths.volume_image))?
+        .len();
+    if bytes == current {
+        return Ok(());
+    }
+    if bytes < current {
+        return Err(JailError::Shrink {
+            path: paths.volume_image.clone(),
+            current,
+            requested: bytes,
+        });
+    }
+    if online_device.is_none() {
+        teardown(host, view, paths)?;
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&paths.volume_image)
+        .map_err(JailError::io("open", &paths.volume_image))?;
+    file.set_len(bytes)
+        .map_err(JailError::io("resize", &paths.volume_image))?;
+    drop(file);
+    match online_device {
+        Some(device) => {
+            host.refresh_capacity(device)?;
+            host.grow_fs(device)
+        }
+        None => host.grow_fs(&paths.volume_image),
+    }
+}
+
+/// Unmounts the volume and detaches its loop device, as far as present.
+pub(crate) fn teardown(
+    host: &dyn Host,
+    view: &HostView<'_>,
+    paths: &JailPaths,
+) -> Result<(), JailError> {
+    if view.mounted_device(&paths.volume).is_some() {
+        host.unmount(&paths.volume)?;
+    }
+    for dev in view.loops_of(&paths.volume_image) {
+        host.detach_loop(&dev)?;
+    }
+    Ok(())
+}
+
+/// Bytes used on the filesystem holding `path`.
+pub(crate) fn used_bytes(path: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let blocks = s.blocks().saturating_sub(s.blocks_free());
+    Some(blocks.saturating_mul(s.fragment_size()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::RecordingHost;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        proc: PathBuf,
+        sys: PathBuf,
+        paths: JailPaths,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        let sys = dir.path().join("sys");
+        fs::create_dir_all(proc.join("self")).unwrap();
+        fs::create_dir_all(sys.join("block")).unwrap();
+        fs::write(proc.join("self/mountinfo"), "").unwrap();
+        let paths = JailPaths::new(&dir.path().join("state"), "web");
+        fs::create_dir_all(&paths.dir).unwrap();
+        Fixture {
+            proc,
+            sys,
+            paths,
+            _dir: dir,
+        }
+    }
+
+    #[test]
+    fn first_ensure_makes_a_sparse_image_formats_and_mounts_it() {
+        let f = fixture();
+        let host = RecordingHost::default();
+        let view = HostView {
+            proc_root: &f.proc,
+            sys_root: &f.sys,
+        };
+        let dev = ensure(&host, &view, &f.paths, 1 << 30).unwrap();
+        assert_eq!(dev, PathBuf::from("/dev/loop9"));
+        assert_eq!(host.calls(), ["mkfs volume.img.new", "mount volume"]);
+        let meta = fs::metadata(&f.paths.volume_image).unwrap();
+        assert_eq!(meta.len(), 1 << 30);
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() < 16, "the image must be sparse");
+        assert!(f.paths.volume.join("upper").is_dir() && f.paths.volume.join("work").is_dir());
+    }
+
+    #[test]
+    fn ensure_on_a_mounted_volume_does_nothing_new() {
+        let f = fixture();
+        fs::write(&f.paths.volume_image, "").unwrap();
+        fs::write(
+            f.proc.join("self/mountinfo"),
+            format!(
+                "40 22 7:3 / {} rw - ext4 /dev/loop3 rw\n",
+                f.paths.volume.display()
+            ),
+        )
+        .unwrap();
+        let host = RecordingHost::default();
+        let view = HostView {
+            proc_root: &f.proc,
+            sys_root: &f.sys,
+        };
+        assert_eq!(
+            ensure(&host, &view, &f.paths, 1 << 30).unwrap(),
+            PathBuf::from("/dev/loop3")
+        );
+        assert!(host.calls().is_empty());
+    }
+
+    #[test]
+    fn growing_resizes_file_then_device_then_filesystem_and_shrinking_is_refused() {
+        let f = fixture();
+        fs::File::create(&f.paths.volume_image)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let host = RecordingHost::default();
+        let view = HostView {
+            proc_root: &f.proc,
+            sys_root: &f.sys,
+        };
+        let dev = Some(Path::new("/dev/loop3"));
+        grow(&host, &view, &f.paths, dev, 200).unwrap();
+        assert_eq!(host.calls(), ["capacity /dev/loop3", "grow /dev/loop3"]);
+        assert_eq!(fs::metadata(&f.paths.volume_image).unwrap().len(), 200);
+        assert!(matches!(
+            grow(&host, &view, &f.paths, dev, 50),
+            Err(JailError::Shrink { .. })
+        ));
+        grow(&host, &view, &f.paths, dev, 200).unwrap();
+        assert_eq!(host.calls().len(), 2);
+        // Offline the filesystem is grown in the image file itself.
+        grow(&host, &view, &f.paths, None, 300).unwrap();
+        assert_eq!(
+            host.calls()[2],
+            format!("grow {}", f.paths.volume_image.display())
+        );
+    }
+
+    #[test]
+    fn teardown_unmounts_then_detaches_what_is_left() {
+        let f = fixture();
+        fs::write(
+            f.proc.join("self/mountinfo"),
+            format!(
+                "40 22 7:3 / {} rw - ext4 /dev/loop3 rw\n",
+                f.paths.volume.display()
+            ),
+        )
+        .unwrap();
+        let l = f.sys.join("block/loop3/loop");
+        fs::create_dir_all(&l).unwrap();
+        fs::write(
+            l.join("backing_file"),
+            format!("{}\n", f.paths.volume_image.display()),
+        )
+        .unwrap();
+        let host = RecordingHost::default();
+        let view = HostView {
+            proc_root: &f.proc,
+            sys_root: &f.sys,
+        };
+        teardown(&host, &view, &f.paths).unwrap();
+        assert_eq!(host.calls(), ["unmount volume", "detach /dev/loop3"]);
+    }
+}

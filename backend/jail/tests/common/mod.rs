@@ -1,0 +1,160 @@
+//! Shared fixture of the root-only jail tests: temporary state and image
+//! folders, a cgroup parent of its own, and a check that nothing is left.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use stockade_jail::{Engine, EngineConfig, JailKind, JailName, JailSpec, Limits};
+
+/// Whether the tests can run; prints one loud line when they cannot.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: the jail tests need root");
+    false
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique jail name for this test process.
+pub fn unique(prefix: &str) -> JailName {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    JailName::parse(&format!("{prefix}-{}-{n}", std::process::id())).unwrap()
+}
+
+/// An engine on temporary folders; checks on drop that everything it made
+/// is gone.
+pub struct Fixture {
+    pub engine: Engine,
+    pub dir: tempfile::TempDir,
+    pub cgroup_parent: String,
+    names: std::sync::Mutex<Vec<JailName>>,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        // Jails started here outlive their launcher; as subreaper this test
+        // process inherits and reaps their inits (the machine's PID 1 may not).
+        nix::sys::prctl::set_child_subreaper(true).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("stockade-jail-test")
+            .tempdir()
+            .unwrap();
+        let cgroup_parent = format!("stockade-test-{}", unique("p"));
+        let mut cfg = EngineConfig::new(dir.path().join("state"), dir.path().join("images"));
+        cfg.cgroup_parent = cgroup_parent.clone();
+        cfg.tmpfs_upper_bytes = 64 << 20;
+        let engine = Engine::new(cfg).unwrap();
+        engine.ensure_busybox().unwrap();
+        Self {
+            engine,
+            dir,
+            cgroup_parent,
+            names: Default::default(),
+        }
+    }
+
+    /// A spec for the busybox image, remembered for cleanup.
+    pub fn spec(&self, prefix: &str, kind: JailKind, command: &[&str], limits: Limits) -> JailSpec {
+        let name = unique(prefix);
+        self.names.lock().unwrap().push(name.clone());
+        JailSpec {
+            hostname: name.clone(),
+            name,
+            image: "busybox".into(),
+            kind,
+            command: command.iter().map(|s| s.to_string()).collect(),
+            limits,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Every kernel object under this fixture's folders or cgroup parent.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let root = self.dir.path();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for l in mountinfo.lines() {
+            if l.contains(root.to_str().unwrap()) {
+                out.push(format!("mount: {l}"));
+            }
+        }
+        // Loop devices detach asynchronously after the last close: allow a moment.
+        for _ in 0..200 {
+            let busy = loops_under(root);
+            if busy.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        out.extend(loops_under(root).into_iter().map(|l| format!("loop: {l}")));
+        for c in ["cpu", "cpuacct", "memory", "pids", "blkio", ""] {
+            let p = Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(&self.cgroup_parent);
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                for e in rd.flatten() {
+                    if e.file_type().unwrap().is_dir() {
+                        out.push(format!("cgroup: {}", e.path().display()));
+                    }
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.state_dir().join("jails")) {
+            for e in rd.flatten() {
+                out.push(format!("state: {}", e.path().display()));
+            }
+        }
+        out
+    }
+}
+
+fn loops_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && b.contains(root.to_str().unwrap())
+        {
+            out.push(format!("{} {}", e.file_name().to_string_lossy(), b.trim()));
+        }
+    }
+    out
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for name in self.names.lock().unwrap().iter() {
+            if let Err(e) = self.engine.destroy(name) {
+                eprintln!("cleanup of {name} failed: {e}");
+            }
+        }
+        let left = self.leftovers();
+        for c in ["cpu", "cpuacct", "memory", "pids", "blkio", ""] {
+            let _ = std::fs::remove_dir(
+                Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join(&self.cgroup_parent),
+            );
+        }
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "left over: {left:#?}");
+        }
+    }
+}
+
+/// Limits used by most tests.
+pub fn small_limits() -> Limits {
+    Limits {
+        cpu_millicores: 1000,
+        memory_bytes: 128 << 20,
+        pids: 64,
+        ..Limits::default()
+    }
+}

@@ -1,0 +1,685 @@
+//! Root-only tests of real jails: lifecycle, isolation, and each quota
+//! proven by a workload inside a jail. Each test checks on exit (through
+//! the fixture) that no mount, loop device, cgroup or state is left.
+
+mod common;
+
+use std::ffi::CString;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use stockade_jail::{Condition, Engine, EngineConfig, JailKind, JailName, JailStatus, Limits};
+
+fn sh(f: &Fixture, name: &JailName, script: &str) -> i32 {
+    f.engine
+        .exec(name, &["sh".into(), "-c".into(), script.into()])
+        .unwrap()
+}
+
+fn running_pid(f: &Fixture, name: &JailName) -> i32 {
+    match f.engine.status(name).unwrap() {
+        Some(JailStatus::Running { pid }) => pid,
+        other => panic!("{name} not running: {other:?}"),
+    }
+}
+
+const SLEEPER: &[&str] = &["sleep", "600"];
+
+#[test]
+fn run_passes_exit_codes_and_leaves_nothing() {
+    if !root_or_skip("run_passes_exit_codes_and_leaves_nothing") {
+        return;
+    }
+    let f = Fixture::new();
+    let spec = f.spec("run", JailKind::App, &[], small_limits());
+    assert_eq!(f.engine.run(&spec, &["/bin/true".into()]).unwrap(), 0);
+    let spec = f.spec("run", JailKind::App, &[], small_limits());
+    assert_eq!(
+        f.engine
+            .run(&spec, &["sh".into(), "-c".into(), "exit 7".into()])
+            .unwrap(),
+        7
+    );
+    let spec = f.spec("run", JailKind::App, &[], small_limits());
+    assert_eq!(
+        f.engine
+            .run(&spec, &["sh".into(), "-c".into(), "kill -9 $$".into()])
+            .unwrap(),
+        137
+    );
+    let spec = f.spec("run", JailKind::App, &[], small_limits());
+    let err = f
+        .engine
+        .run(&spec, &["/no/such/program".into()])
+        .unwrap_err();
+    assert!(err.to_string().contains("/no/such/program"), "{err}");
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}
+
+/// Run by `run_passes_stdout_through` in a child process.
+#[test]
+#[ignore = "helper, run by run_passes_stdout_through"]
+fn helper_run_echo() {
+    let Ok(state) = std::env::var("STOCKADE_TEST_STATE") else {
+        return;
+    };
+    let mut cfg = EngineConfig::new(format!("{state}/state"), format!("{state}/images"));
+    cfg.cgroup_parent = std::env::var("STOCKADE_TEST_CGROUP").unwrap();
+    let engine = Engine::new(cfg).unwrap();
+    let name = JailName::parse(&std::env::var("STOCKADE_TEST_JAIL").unwrap()).unwrap();
+    let spec = stockade_jail::JailSpec {
+        hostname: name.clone(),
+        name,
+        image: "busybox".into(),
+        kind: JailKind::App,
+        command: vec![],
+        limits: small_limits(),
+    };
+    let code = engine
+        .run(
+            &spec,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo out-marker; echo err-marker >&2; exit 3".into(),
+            ],
+        )
+        .unwrap();
+    std::process::exit(code);
+}
+
+#[test]
+fn run_passes_stdout_through() {
+    if !root_or_skip("run_passes_stdout_through") {
+        return;
+    }
+    let f = Fixture::new();
+    let spec = f.spec("stdio", JailKind::App, &[], small_limits());
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_run_echo",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("STOCKADE_TEST_STATE", f.dir.path())
+        .env("STOCKADE_TEST_CGROUP", &f.cgroup_parent)
+        .env("STOCKADE_TEST_JAIL", spec.name.as_str())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("out-marker"),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("err-marker"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn lifecycle_steps_are_idempotent_and_limits_change_live() {
+    if !root_or_skip("lifecycle_steps_are_idempotent_and_limits_change_live") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut limits = small_limits();
+    limits.disk_bytes = 64 << 20;
+    let spec = f.spec("life", JailKind::System, SLEEPER, limits);
+    let name = spec.name.clone();
+    assert_eq!(f.engine.status(&name).unwrap(), None);
+    f.engine.create(&spec).unwrap();
+    f.engine.create(&spec).unwrap();
+    assert_eq!(f.engine.status(&name).unwrap(), Some(JailStatus::Stopped));
+    f.engine.start(&name).unwrap();
+    let pid = running_pid(&f, &name);
+    f.engine.start(&name).unwrap();
+    assert_eq!(
+        running_pid(&f, &name),
+        pid,
+        "start of a running jail is a no-op"
+    );
+    // Files written survive a restart: they live on the volume.
+    assert_eq!(sh(&f, &name, "echo kept > /root/file"), 0);
+    f.engine.restart(&name, Duration::from_secs(2)).unwrap();
+    assert_ne!(running_pid(&f, &name), pid);
+    assert_eq!(sh(&f, &name, "[ \"$(cat /root/file)\" = kept ]"), 0);
+    // Limits change live: memory and pids in the cgroup, disk grows online.
+    let mut bigger = limits;
+    bigger.memory_bytes = 200 << 20;
+    bigger.pids = 99;
+    bigger.disk_bytes = 128 << 20;
+    // Online growth needs CAP_SYS_RESOURCE (the ext4 resize ioctl); on a
+    // host without it the volume grows while the jail is stopped.
+    let online = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap() & (1 << 24) != 0)
+        .unwrap();
+    if online {
+        f.engine.update_limits(&name, &bigger).unwrap();
+    } else {
+        eprintln!("no CAP_SYS_RESOURCE: growing the volume offline");
+        f.engine.stop(&name, Duration::from_secs(2)).unwrap();
+        f.engine.update_limits(&name, &bigger).unwrap();
+        f.engine.start(&name).unwrap();
+        assert_eq!(
+            sh(&f, &name, "[ \"$(cat /root/file)\" = kept ]"),
+            0,
+            "data survives growth"
+        );
+    }
+    let cg = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/{ctrl}/{}/{name}/{file}",
+            f.cgroup_parent
+        ))
+        .unwrap()
+    };
+    assert_eq!(
+        cg("memory", "memory.limit_in_bytes").trim(),
+        (200u64 << 20).to_string()
+    );
+    assert_eq!(cg("pids", "pids.max").trim(), "99");
+    // df inside the jail sees the grown volume (1K blocks, > 100 MiB).
+    assert_eq!(
+        sh(
+            &f,
+            &name,
+            "[ $(df -k / | tail -1 | awk '{print $2}') -gt 102400 ]"
+        ),
+        0
+    );
+    let mut shrink = bigger;
+    shrink.disk_bytes = 32 << 20;
+    assert!(f.engine.update_limits(&name, &shrink).is_err());
+    f.engine.stop(&name, Duration::from_secs(2)).unwrap();
+    f.engine.stop(&name, Duration::from_secs(2)).unwrap();
+    assert_eq!(f.engine.status(&name).unwrap(), Some(JailStatus::Stopped));
+    assert!(
+        std::fs::metadata(format!("/proc/{pid}")).is_err(),
+        "init gone"
+    );
+    f.engine.destroy(&name).unwrap();
+    f.engine.destroy(&name).unwrap();
+    assert_eq!(f.engine.status(&name).unwrap(), None);
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}
+
+#[test]
+fn jail_sees_only_its_processes_hostname_and_image() {
+    if !root_or_skip("jail_sees_only_its_processes_hostname_and_image") {
+        return;
+    }
+    let f = Fixture::new();
+    let marker = f.dir.path().join("host-only-marker");
+    std::fs::write(&marker, "secret").unwrap();
+    let host_name = nix::unistd::gethostname().unwrap();
+    let spec = f.spec("iso", JailKind::App, &[], small_limits());
+    let script = format!(
+        "[ \"$(hostname)\" = {name} ] || exit 10; \
+         ! hostname changed-inside 2>/dev/null || exit 11; \
+         [ $(ls -d /proc/[0-9]* | wc -l) -le 6 ] || exit 12; \
+         [ -d /proc/1 ] && [ ! -e /proc/1/exe ] || exit 13; \
+         [ ! -e {marker} ] || exit 14; \
+         [ ! -e /home/{marker_name} ] || exit 15; \
+         [ \"$(ls /sys/class/net)\" = lo ] || exit 16; \
+         [ -c /dev/null ] && [ -c /dev/urandom ] && [ -c /dev/pts/ptmx ] || exit 17; \
+         [ ! -e /dev/vda ] && [ ! -e /dev/sda ] || exit 18; \
+         ! mount -t tmpfs none /mnt 2>/dev/null || exit 19; \
+         ! echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || exit 20; \
+         ! mknod /tmp/disk b 8 0 2>/dev/null || exit 21; \
+         echo x > /tmp/w && [ -d /proc/self ] || exit 22",
+        name = spec.name,
+        marker = marker.display(),
+        marker_name = marker.file_name().unwrap().to_string_lossy(),
+    );
+    assert_eq!(
+        f.engine
+            .run(&spec, &["sh".into(), "-c".into(), script])
+            .unwrap(),
+        0
+    );
+    // With full privileges inside the jail's UTS namespace, a new hostname
+    // is the jail's alone.
+    let spec = f.spec("uts", JailKind::System, SLEEPER, small_limits());
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let pid = running_pid(&f, &spec.name);
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/uts")).unwrap();
+    // SAFETY: the child makes only system calls, then _exits.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let ok = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUTS).is_ok()
+                && nix::unistd::sethostname("changed-inside").is_ok();
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            assert_eq!(
+                nix::sys::wait::waitpid(child, None).unwrap(),
+                nix::sys::wait::WaitStatus::Exited(child, 0)
+            );
+        }
+    }
+    assert_eq!(
+        sh(&f, &spec.name, "[ \"$(hostname)\" = changed-inside ]"),
+        0
+    );
+    assert_eq!(
+        nix::unistd::gethostname().unwrap(),
+        host_name,
+        "host hostname untouched"
+    );
+}
+
+#[test]
+fn chroot_escape_does_not_reach_the_host_root() {
+    if !root_or_skip("chroot_escape_does_not_reach_the_host_root") {
+        return;
+    }
+    let f = Fixture::new();
+    let marker = f.dir.path().join("escape-marker");
+    std::fs::write(&marker, "host").unwrap();
+    let spec = f.spec("esc", JailKind::System, SLEEPER, small_limits());
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let pid = running_pid(&f, &spec.name);
+    // The classic escape, done with full root privileges inside the jail's
+    // mount namespace: mkdir x; chroot x; cd ../../..; chroot .
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+    let marker_c = CString::new(marker.to_str().unwrap()).unwrap();
+    // SAFETY: the child makes only system calls on prepared data, then _exits.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let code = (|| -> Result<i32, nix::Error> {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
+                nix::unistd::chdir(c"/")?;
+                let _ =
+                    nix::unistd::mkdir(c"/tmp/x", nix::sys::stat::Mode::from_bits_truncate(0o755));
+                nix::unistd::chroot(c"/tmp/x")?;
+                for _ in 0..64 {
+                    nix::unistd::chdir(c"..")?;
+                }
+                nix::unistd::chroot(c".")?;
+                // SAFETY: access on a valid C string.
+                let seen = unsafe { libc::access(marker_c.as_ptr(), libc::F_OK) } == 0;
+                // SAFETY: as above.
+                let has_busybox =
+                    unsafe { libc::access(c"/bin/busybox".as_ptr(), libc::F_OK) } == 0;
+                Ok(if seen {
+                    1
+                } else if !has_busybox {
+                    2
+                } else {
+                    0
+                })
+            })()
+            .unwrap_or(3);
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(
+                status,
+                nix::sys::wait::WaitStatus::Exited(child, 0),
+                "1: host visible, 2: not in the jail, 3: syscall failed"
+            );
+        }
+    }
+}
+
+/// Run by `jail_survives_its_starter_being_killed` in a child process.
+#[test]
+#[ignore = "helper, run by jail_survives_its_starter_being_killed"]
+fn helper_start_then_hang() {
+    let Ok(state) = std::env::var("STOCKADE_TEST_STATE") else {
+        return;
+    };
+    let mut cfg = EngineConfig::new(format!("{state}/state"), format!("{state}/images"));
+    cfg.cgroup_parent = std::env::var("STOCKADE_TEST_CGROUP").unwrap();
+    let engine = Engine::new(cfg).unwrap();
+    let name = JailName::parse(&std::env::var("STOCKADE_TEST_JAIL").unwrap()).unwrap();
+    engine.start(&name).unwrap();
+    println!("started");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn jail_survives_its_starter_being_killed() {
+    if !root_or_skip("jail_survives_its_starter_being_killed") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut limits = small_limits();
+    limits.disk_bytes = 32 << 20;
+    let spec = f.spec("orphan", JailKind::System, SLEEPER, limits);
+    f.engine.create(&spec).unwrap();
+    let mut starter = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_start_then_hang",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("STOCKADE_TEST_STATE", f.dir.path())
+        .env("STOCKADE_TEST_CGROUP", &f.cgroup_parent)
+        .env("STOCKADE_TEST_JAIL", spec.name.as_str())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(starter.stdout.take().unwrap());
+    let started = std::io::BufRead::lines(out)
+        .map_while(Result::ok)
+        .any(|l| l.contains("started"));
+    assert!(started, "the helper started the jail");
+    let pid = running_pid(&f, &spec.name);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(starter.id()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    starter.wait().unwrap();
+    assert_eq!(
+        running_pid(&f, &spec.name),
+        pid,
+        "the jail outlives its starter"
+    );
+    assert_eq!(sh(&f, &spec.name, "true"), 0);
+    f.engine.destroy(&spec.name).unwrap();
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}
+
+#[test]
+fn system_jail_serves_http_on_its_own_loopback() {
+    if !root_or_skip("system_jail_serves_http_on_its_own_loopback") {
+        return;
+    }
+    let f = Fixture::new();
+    let spec = f.spec("www", JailKind::System, &[], small_limits());
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let script = "for i in $(seq 1 100); do wget -q -O - http://127.0.0.1/ 2>/dev/null | grep -q 'It works' && exit 0; usleep 20000; done; exit 1";
+    assert_eq!(sh(&f, &spec.name, script), 0);
+    // The init forwards SIGTERM to httpd: a graceful stop.
+    let t = Instant::now();
+    f.engine.stop(&spec.name, Duration::from_secs(5)).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "httpd should exit on SIGTERM"
+    );
+}
+
+#[test]
+fn fork_bomb_stays_at_the_pids_limit() {
+    if !root_or_skip("fork_bomb_stays_at_the_pids_limit") {
+        return;
+    }
+    let f = Fixture::new();
+    let limits = Limits {
+        cpu_millicores: 500,
+        memory_bytes: 128 << 20,
+        pids: 32,
+        ..Limits::default()
+    };
+    let spec = f.spec(
+        "bomb",
+        JailKind::System,
+        &["sh", "-c", "b(){ b | b & }; b; sleep 600"],
+        limits,
+    );
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut usage = f.engine.usage(&spec.name).unwrap();
+    while usage.pids_limit_hits == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        usage = f.engine.usage(&spec.name).unwrap();
+    }
+    assert!(usage.pids_limit_hits > 0, "{usage:?}");
+    assert!(usage.pids <= 32, "{usage:?}");
+    assert!(
+        Command::new("true").status().unwrap().success(),
+        "the host can still fork"
+    );
+    f.engine.destroy(&spec.name).unwrap();
+}
+
+#[test]
+fn memory_hog_is_oom_killed_inside_the_jail_and_counted() {
+    if !root_or_skip("memory_hog_is_oom_killed_inside_the_jail_and_counted") {
+        return;
+    }
+    let f = Fixture::new();
+    let limits = Limits {
+        cpu_millicores: 1000,
+        memory_bytes: 32 << 20,
+        pids: 64,
+        ..Limits::default()
+    };
+    let spec = f.spec("oom", JailKind::System, SLEEPER, limits);
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let code = f
+        .engine
+        .exec(
+            &spec.name,
+            &[
+                "dd".into(),
+                "if=/dev/zero".into(),
+                "of=/dev/null".into(),
+                "bs=128M".into(),
+                "count=1".into(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(code, 137, "dd is SIGKILLed by the OOM killer");
+    let usage = f.engine.usage(&spec.name).unwrap();
+    assert!(usage.oom_kills >= 1, "{usage:?}");
+    assert!(usage.memory_limit_hits >= 1, "{usage:?}");
+    assert!(usage.memory_peak_bytes <= 33 << 20, "{usage:?}");
+    assert!(
+        f.engine
+            .status(&spec.name)
+            .unwrap()
+            .is_some_and(|s| matches!(s, JailStatus::Running { .. })),
+        "the jail's init survives"
+    );
+}
+
+#[test]
+fn writing_past_the_disk_quota_fails_with_enospc() {
+    if !root_or_skip("writing_past_the_disk_quota_fails_with_enospc") {
+        return;
+    }
+    let f = Fixture::new();
+    let limits = Limits {
+        disk_bytes: 64 << 20,
+        ..small_limits()
+    };
+    let spec = f.spec("disk", JailKind::System, SLEEPER, limits);
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let script = "dd if=/dev/zero of=/fill bs=1M count=200 2>/tmp/err; grep -q 'No space left' /tmp/err || exit 10; \
+                  s=$(stat -c %s /fill); [ $s -gt 40000000 ] && [ $s -le 67108864 ] || exit 11";
+    assert_eq!(sh(&f, &spec.name, script), 0);
+    let usage = f.engine.usage(&spec.name).unwrap();
+    assert!(
+        usage.disk_used_bytes > 40 << 20 && usage.disk_used_bytes <= 64 << 20,
+        "{usage:?}"
+    );
+    let img = f
+        .state_dir()
+        .join("jails")
+        .join(spec.name.as_str())
+        .join("volume.img");
+    assert_eq!(
+        std::fs::metadata(img).unwrap().len(),
+        64 << 20,
+        "the host file never grows past the quota"
+    );
+}
+
+#[test]
+fn cpu_hog_gets_its_quota() {
+    if !root_or_skip("cpu_hog_gets_its_quota") {
+        return;
+    }
+    let f = Fixture::new();
+    let limits = Limits {
+        cpu_millicores: 500,
+        ..small_limits()
+    };
+    let spec = f.spec(
+        "cpu",
+        JailKind::System,
+        &["sh", "-c", "while :; do :; done & while :; do :; done"],
+        limits,
+    );
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let a = f.engine.usage(&spec.name).unwrap();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let b = f.engine.usage(&spec.name).unwrap();
+    let wall = u64::try_from(t.elapsed().as_micros()).unwrap();
+    let used = b.cpu_usec - a.cpu_usec;
+    let expected = wall / 2;
+    assert!(
+        used.abs_diff(expected) * 10 <= expected,
+        "used {used} µs of CPU in {wall} µs, expected {expected} ±10%"
+    );
+    assert!(b.cpu_throttled_periods > a.cpu_throttled_periods, "{b:?}");
+}
+
+#[test]
+fn io_write_rate_is_throttled_on_the_volume() {
+    if !root_or_skip("io_write_rate_is_throttled_on_the_volume") {
+        return;
+    }
+    let f = Fixture::new();
+    let limits = Limits {
+        disk_bytes: 128 << 20,
+        io_write_bps: 4 << 20,
+        ..small_limits()
+    };
+    let spec = f.spec("io", JailKind::System, SLEEPER, limits);
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let before = f.engine.usage(&spec.name).unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        sh(
+            &f,
+            &spec.name,
+            "dd if=/dev/zero of=/data bs=1M count=8 oflag=direct 2>/dev/null"
+        ),
+        0
+    );
+    let took = t.elapsed().as_secs_f64();
+    let after = f.engine.usage(&spec.name).unwrap();
+    // 8 MiB at 4 MiB/s: 2 s, ±15%.
+    assert!(
+        (1.7..=2.3).contains(&took),
+        "8 MiB took {took:.2}s at 4 MiB/s"
+    );
+    assert!(
+        after.io_write_bytes - before.io_write_bytes >= 8 << 20,
+        "{after:?}"
+    );
+}
+
+#[test]
+fn discover_finds_and_classifies_every_jail_object() {
+    if !root_or_skip("discover_finds_and_classifies_every_jail_object") {
+        return;
+    }
+    let f = Fixture::new();
+    let running = f.spec(
+        "disc",
+        JailKind::System,
+        SLEEPER,
+        Limits {
+            disk_bytes: 32 << 20,
+            ..small_limits()
+        },
+    );
+    let stopped = f.spec("disc", JailKind::System, SLEEPER, small_limits());
+    f.engine.create(&running).unwrap();
+    f.engine.start(&running.name).unwrap();
+    f.engine.create(&stopped).unwrap();
+    // A group nobody recorded, as a crashed agent could leave.
+    let orphan = unique("lost");
+    let orphan_dir = std::path::Path::new("/sys/fs/cgroup/pids")
+        .join(&f.cgroup_parent)
+        .join(orphan.as_str());
+    std::fs::create_dir(&orphan_dir).unwrap();
+    let d = f.engine.discover().unwrap();
+    let r = &d.jails[running.name.as_str()];
+    assert_eq!(r.condition(), Condition::Running);
+    assert_eq!(r.init, Some(running_pid(&f, &running.name)));
+    assert_eq!(r.mounts.len(), 1, "{r:?}");
+    assert_eq!(r.loop_devices.len(), 1, "{r:?}");
+    assert!(r.processes.contains(&r.init.unwrap()), "{r:?}");
+    assert!(r.cgroups.len() >= 3, "{r:?}");
+    assert_eq!(
+        d.jails[stopped.name.as_str()].condition(),
+        Condition::Stopped
+    );
+    assert_eq!(d.jails[orphan.as_str()].condition(), Condition::Orphaned);
+    // destroy works from the name alone.
+    f.engine.destroy(&orphan).unwrap();
+    assert!(!orphan_dir.exists());
+}
+
+#[test]
+fn run_is_fast() {
+    if !root_or_skip("run_is_fast") {
+        return;
+    }
+    let f = Fixture::new();
+    let limits = Limits {
+        cpu_millicores: 500,
+        memory_bytes: 256 << 20,
+        pids: 128,
+        ..Limits::default()
+    };
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let spec = f.spec("fast", JailKind::App, &[], limits);
+        let t = Instant::now();
+        assert_eq!(f.engine.run(&spec, &["/bin/true".into()]).unwrap(), 0);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let mut vol_times = Vec::new();
+    for _ in 0..3 {
+        let spec = f.spec(
+            "fastvol",
+            JailKind::App,
+            &[],
+            Limits {
+                disk_bytes: 1 << 30,
+                ..limits
+            },
+        );
+        let t = Instant::now();
+        assert_eq!(f.engine.run(&spec, &["/bin/true".into()]).unwrap(), 0);
+        vol_times.push(t.elapsed());
+    }
+    vol_times.sort();
+    eprintln!(
+        "run /bin/true: median {:?} (all {times:?}); with a fresh 1 GiB volume: median {:?}",
+        times[2], vol_times[1]
+    );
+    // Generous bounds: this machine is shared and tests may run unoptimised.
+    assert!(times[2] < Duration::from_millis(100), "{times:?}");
+    assert!(vol_times[1] < Duration::from_millis(400), "{vol_times:?}");
+}
