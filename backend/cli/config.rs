@@ -41,6 +41,16 @@ pub struct Config {
     pub session_max_hours: u32,
     /// Web worker threads (0 = one per CPU).
     pub web_workers: usize,
+    /// Time between two full re-reads of the node's jails by the agent.
+    pub resync: Duration,
+    /// Time between two usage samples.
+    pub sample_interval: Duration,
+    /// Hours raw usage samples are kept.
+    pub sample_retention_hours: u32,
+    /// Loopback address of the agent's metrics, or none.
+    pub agent_metrics: Option<SocketAddr>,
+    /// Seconds a stopping jail gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
 }
 
 /// Each key, its meaning and default, for the README and `--help`.
@@ -74,6 +84,23 @@ pub const KEYS: &[(&str, &str)] = &[
     ("session_idle_minutes", "idle session expiry (60)"),
     ("session_max_hours", "absolute session expiry (12)"),
     ("web_workers", "web worker threads, 0 = one per CPU (0)"),
+    (
+        "resync_secs",
+        "seconds between full reconciles of the node's jails (30)",
+    ),
+    ("sample_secs", "seconds between usage samples (10)"),
+    (
+        "sample_retention_hours",
+        "hours raw usage samples are kept (48)",
+    ),
+    (
+        "agent_metrics",
+        "loopback address:port of the agent's metrics, or off (127.0.0.1:9464)",
+    ),
+    (
+        "stop_grace_secs",
+        "seconds between SIGTERM and SIGKILL when a jail stops (10)",
+    ),
 ];
 
 impl Default for Config {
@@ -94,6 +121,11 @@ impl Default for Config {
             session_idle_minutes: 60,
             session_max_hours: 12,
             web_workers: 0,
+            resync: Duration::from_secs(30),
+            sample_interval: Duration::from_secs(10),
+            sample_retention_hours: 48,
+            agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
+            stop_grace: Duration::from_secs(10),
         }
     }
 }
@@ -192,6 +224,30 @@ impl Config {
                 "session_idle_minutes" => self.session_idle_minutes = parse_num(key, value, 1u32)?,
                 "session_max_hours" => self.session_max_hours = parse_num(key, value, 1u32)?,
                 "web_workers" => self.web_workers = parse_num(key, value, 0usize)?,
+                "resync_secs" => self.resync = Duration::from_secs(parse_num(key, value, 1u64)?),
+                "sample_secs" => {
+                    self.sample_interval = Duration::from_secs(parse_num(key, value, 1u64)?)
+                }
+                "sample_retention_hours" => {
+                    self.sample_retention_hours = parse_num(key, value, 1u32)?
+                }
+                "stop_grace_secs" => {
+                    self.stop_grace = Duration::from_secs(parse_num(key, value, 0u64)?)
+                }
+                "agent_metrics" => {
+                    let v = value.trim();
+                    self.agent_metrics = if v == "off" {
+                        None
+                    } else {
+                        let addr: SocketAddr = v.parse().map_err(|_| {
+                            anyhow::anyhow!("{key}: {value:?} is not an address:port like 127.0.0.1:9464, or off")
+                        })?;
+                        if !addr.ip().is_loopback() {
+                            bail!("{key}: must be a loopback address (127.0.0.1 or ::1)");
+                        }
+                        Some(addr)
+                    };
+                }
                 _ => bail!("unknown setting {key:?}; known settings: {}", known_keys()),
             }
             Ok(())

@@ -3,6 +3,7 @@
 mod cluster;
 mod config;
 mod doctor;
+mod jail;
 mod privileges;
 mod up;
 
@@ -53,6 +54,16 @@ enum Command {
     },
     /// Show what this host offers and what is missing.
     Doctor,
+    /// Jails on this host, without the database (root).
+    Jail {
+        #[command(subcommand)]
+        command: jail::JailCommand,
+    },
+    /// Root filesystem images on this host (root).
+    Image {
+        #[command(subcommand)]
+        command: jail::ImageCommand,
+    },
     /// Run a managed PostgreSQL cluster in the foreground, print its URL, and
     /// stop it when standard input closes (for tests and development).
     #[command(hide = true)]
@@ -117,11 +128,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let url = require_database(&cfg)?;
             runtime()?.block_on(async {
                 let pool = stockade_store::connect(&url, 4, Duration::from_secs(10)).await?;
-                let (_tx, rx) = tokio::sync::watch::channel(false);
-                let (tx, rx2) = (_tx, rx);
-                let agent = tokio::spawn(up::agent_task(pool, cfg.clone(), rx2));
-                tokio::signal::ctrl_c().await?;
-                let _ = tx.send(true);
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let mut agent = tokio::spawn(up::agent_task(pool, cfg.clone(), stop_rx));
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                    done = &mut agent => return done?.map(|()| ExitCode::SUCCESS),
+                }
+                let _ = stop_tx.send(true);
                 agent.await??;
                 Ok(ExitCode::SUCCESS)
             })
@@ -166,6 +182,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Doctor => Ok(doctor::run(&cfg)),
+        Command::Jail { command } => jail::run(&cfg, command),
+        Command::Image { command } => jail::image(&cfg, command),
         Command::DbCluster {
             data_dir,
             ephemeral,

@@ -102,8 +102,20 @@ pub async fn agent_task(
     cfg: Config,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let _ = std::fs::create_dir_all(&cfg.state_dir);
-    let (cpus, memory_bytes, disk_bytes) = stockade_agent::host_capacity(&cfg.state_dir);
+    if !nix::unistd::Uid::effective().is_root() {
+        tracing::warn!("not running as root: the agent registers the node but jails cannot start");
+    }
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
+    let state_dir = std::path::absolute(&cfg.state_dir)?;
+    let mut engine_cfg =
+        stockade_jail::EngineConfig::new(state_dir.join("node"), state_dir.join("images"));
+    // Each node's jails live under a cgroup of their own, so several agents
+    // (and jails made by hand with `stockade jail`) never adopt each other's.
+    engine_cfg.cgroup_parent = format!("stockade-{}", cfg.node_name);
+    let engine = std::sync::Arc::new(stockade_jail::Engine::new(engine_cfg)?);
+    stockade_agent::become_subreaper();
+    let (cpus, memory_bytes, disk_bytes) = stockade_agent::host_capacity(&state_dir);
     let info = stockade_store::nodes::NodeInfo {
         name: cfg.node_name.clone(),
         cpus,
@@ -115,8 +127,13 @@ pub async fn agent_task(
     let agent_cfg = stockade_agent::AgentConfig {
         node_name: cfg.node_name.clone(),
         heartbeat: cfg.heartbeat,
+        resync: cfg.resync,
+        sample_interval: cfg.sample_interval,
+        sample_retention_hours: cfg.sample_retention_hours,
+        metrics_listen: cfg.agent_metrics,
+        stop_grace: cfg.stop_grace,
     };
-    stockade_agent::run(pool, agent_cfg, info, stop).await
+    stockade_agent::run(pool, engine, agent_cfg, info, stop).await
 }
 
 /// Starts `stockade serve` as a child with only the settings it needs: the

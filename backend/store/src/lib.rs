@@ -12,6 +12,7 @@ pub mod password;
 pub mod plans;
 pub mod sessions;
 pub mod tenants;
+pub mod usage;
 pub mod users;
 
 use std::time::Duration;

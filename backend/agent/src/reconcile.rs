@@ -1,0 +1,274 @@
+//! Converging each jail of the node to its desired state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stockade_domain::{DesiredState, JailKind, ObservedState};
+use stockade_jail::{Engine, JailSpec, JailStatus};
+use stockade_store::PgPool;
+use stockade_store::jails::{self, Jail};
+use uuid::Uuid;
+
+use crate::AgentConfig;
+use crate::metrics::Metrics;
+
+/// A failing jail waits this long before its first retry, doubling up to the cap.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+struct Backoff {
+    failures: u32,
+    next: Instant,
+}
+
+/// The jails this node runs, and what went wrong with which.
+pub(crate) struct Reconciler {
+    pool: PgPool,
+    engine: Arc<Engine>,
+    node_id: Uuid,
+    cfg: AgentConfig,
+    metrics: Arc<Metrics>,
+    backoff: HashMap<Uuid, Backoff>,
+    running: Vec<(Uuid, Uuid, stockade_domain::JailName)>,
+}
+
+impl Reconciler {
+    pub(crate) fn new(
+        pool: PgPool,
+        engine: Arc<Engine>,
+        node_id: Uuid,
+        cfg: AgentConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            pool,
+            engine,
+            node_id,
+            cfg,
+            metrics,
+            backoff: HashMap::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// (jail id, tenant id, engine name) of the jails last seen running.
+    pub(crate) fn running_jails(&self) -> Vec<(Uuid, Uuid, stockade_domain::JailName)> {
+        self.running.clone()
+    }
+
+    /// Time until the earliest backed-off jail may be retried.
+    pub(crate) fn next_retry_in(&self) -> Duration {
+        let now = Instant::now();
+        self.backoff
+            .values()
+            .map(|b| b.next.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(3600))
+            .max(Duration::from_millis(50))
+    }
+
+    /// One pass over the node's jails. `full` also re-applies limits to
+    /// converged running jails, setting back anything changed by hand.
+    pub(crate) async fn pass(&mut self, full: bool) {
+        let started = Instant::now();
+        let jails = match jails::for_node(&self.pool, self.node_id).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the node's jails failed");
+                self.metrics
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut running = Vec::new();
+        let mut by_state = [0u64; 5];
+        for jail in jails {
+            if self.backoff.get(&jail.id).is_some_and(|b| b.next > now) {
+                count(&mut by_state, jail.observed_state);
+                if jail.observed_state == ObservedState::Running {
+                    running.push((jail.id, jail.tenant_id, jail.host_name()));
+                }
+                continue;
+            }
+            let observed = self
+                .reconcile_one(jail.id, full)
+                .await
+                .unwrap_or(jail.observed_state);
+            count(&mut by_state, observed);
+            if observed == ObservedState::Running {
+                running.push((jail.id, jail.tenant_id, jail.host_name()));
+            }
+        }
+        self.running = running;
+        self.metrics.set_jails_by_state(by_state);
+        self.metrics.observe_pass(started.elapsed());
+    }
+
+    /// Claims one jail, converges it, and records what it saw. Returns the
+    /// observed state, or `None` when another worker holds the jail.
+    async fn reconcile_one(&mut self, jail_id: Uuid, full: bool) -> Option<ObservedState> {
+        let mut tx = match self.pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot begin a transaction");
+                return None;
+            }
+        };
+        let jail = match jails::claim(&mut tx, self.node_id, jail_id).await {
+            Ok(Some(j)) => j,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, %jail_id, "claiming a jail failed");
+                return None;
+            }
+        };
+        let engine = self.engine.clone();
+        let grace = self.cfg.stop_grace;
+        let work = jail.clone();
+        let outcome = tokio::task::spawn_blocking(move || converge(&engine, &work, full, grace))
+            .await
+            .unwrap_or_else(|e| Err(format!("the reconcile step panicked: {e}")));
+        let (observed, error) = match outcome {
+            Ok(Some(observed)) => (observed, None),
+            Ok(None) => {
+                // Already converged and unchanged: nothing to write.
+                self.backoff.remove(&jail.id);
+                let _ = tx.rollback().await;
+                return Some(jail.observed_state);
+            }
+            Err(e) => (ObservedState::Failed, Some(e)),
+        };
+        if let Some(e) = &error {
+            self.metrics
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let b = self.backoff.entry(jail.id).or_insert(Backoff {
+                failures: 0,
+                next: Instant::now(),
+            });
+            b.failures = b.failures.saturating_add(1);
+            let delay = FIRST_RETRY
+                .saturating_mul(1u32 << b.failures.min(10))
+                .min(MAX_RETRY);
+            b.next = Instant::now() + delay;
+            tracing::warn!(jail = %jail.name, tenant = %jail.tenant_id, error = %e, retry_in = ?delay, "jail did not converge");
+        } else {
+            self.backoff.remove(&jail.id);
+        }
+        if let Err(e) = jails::record_observed(
+            &mut tx,
+            jail.id,
+            observed,
+            jail.generation,
+            error.as_deref(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "recording the observed state failed");
+            return None;
+        }
+        if let Err(e) = tx.commit().await {
+            tracing::warn!(error = %e, "committing the observed state failed");
+            return None;
+        }
+        Some(observed)
+    }
+}
+
+fn count(by_state: &mut [u64; 5], s: ObservedState) {
+    let i = ObservedState::ALL.iter().position(|x| *x == s).unwrap_or(0);
+    by_state[i] += 1;
+}
+
+fn spec_of(jail: &Jail) -> JailSpec {
+    JailSpec {
+        name: jail.host_name(),
+        hostname: jail.name.clone(),
+        image: jail.image.clone(),
+        kind: jail.kind,
+        command: jail.command.clone(),
+        limits: jail.limits,
+    }
+}
+
+/// Brings one jail to its desired state with idempotent engine steps.
+/// Returns `Ok(None)` when nothing had to change and nothing is to record.
+fn converge(
+    engine: &Engine,
+    jail: &Jail,
+    full: bool,
+    grace: Duration,
+) -> Result<Option<ObservedState>, String> {
+    let name = jail.host_name();
+    let fail = |step: &str, e: stockade_jail::JailError| format!("{step}: {e}");
+    let converged = jail.generation == jail.observed_generation;
+    match jail.desired_state {
+        DesiredState::Deleted => {
+            if converged && jail.observed_state == ObservedState::Deleted {
+                return Ok(None);
+            }
+            engine.destroy(&name).map_err(|e| fail("destroying", e))?;
+            Ok(Some(ObservedState::Deleted))
+        }
+        DesiredState::Stopped => {
+            let status = engine
+                .status(&name)
+                .map_err(|e| fail("reading status", e))?;
+            if converged
+                && jail.observed_state == ObservedState::Stopped
+                && status == Some(JailStatus::Stopped)
+                && !full
+            {
+                return Ok(None);
+            }
+            engine
+                .create(&spec_of(jail))
+                .map_err(|e| fail("creating", e))?;
+            engine.stop(&name, grace).map_err(|e| fail("stopping", e))?;
+            engine
+                .update_limits(&name, &jail.limits)
+                .map_err(|e| fail("applying limits", e))?;
+            Ok(Some(ObservedState::Stopped))
+        }
+        DesiredState::Running => {
+            let status = engine
+                .status(&name)
+                .map_err(|e| fail("reading status", e))?;
+            let is_running = matches!(status, Some(JailStatus::Running { .. }));
+            if is_running {
+                if converged && jail.observed_state == ObservedState::Running && !full {
+                    return Ok(None);
+                }
+                // Live limits; also sets back a limit changed by hand.
+                engine
+                    .update_limits(&name, &jail.limits)
+                    .map_err(|e| fail("applying limits", e))?;
+                return Ok(Some(ObservedState::Running));
+            }
+            // An app jail whose command ended after running this generation
+            // has done its job: it is stopped, not restarted.
+            if jail.kind == JailKind::App
+                && converged
+                && jail.observed_state != ObservedState::Pending
+                && jail.observed_state != ObservedState::Failed
+            {
+                return Ok(if jail.observed_state == ObservedState::Stopped {
+                    None
+                } else {
+                    Some(ObservedState::Stopped)
+                });
+            }
+            engine
+                .create(&spec_of(jail))
+                .map_err(|e| fail("creating", e))?;
+            engine
+                .update_limits(&name, &jail.limits)
+                .map_err(|e| fail("applying limits", e))?;
+            engine.start(&name).map_err(|e| fail("starting", e))?;
+            Ok(Some(ObservedState::Running))
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Usage sampling: one sweep reads every running jail's counters and stores
+//! them in one batch.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use stockade_domain::JailName;
+use stockade_jail::Engine;
+use stockade_store::PgPool;
+use stockade_store::usage::{self, Sample};
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+pub(crate) struct Sampler {
+    pool: PgPool,
+    engine: Arc<Engine>,
+    node_id: Uuid,
+    metrics: Arc<Metrics>,
+    /// Samples read while the database was unreachable, sent with the next batch.
+    pending: Vec<Sample>,
+}
+
+/// At most this many unsent samples are kept through a database outage.
+const MAX_PENDING: usize = 100_000;
+
+impl Sampler {
+    pub(crate) fn new(
+        pool: PgPool,
+        engine: Arc<Engine>,
+        node_id: Uuid,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            pool,
+            engine,
+            node_id,
+            metrics,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Reads every jail in `jails` and records the batch.
+    pub(crate) async fn sweep(&mut self, jails: Vec<(Uuid, Uuid, JailName)>) {
+        if jails.is_empty() && self.pending.is_empty() {
+            return;
+        }
+        let engine = self.engine.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let now = chrono::Utc::now();
+            let samples: Vec<Sample> = jails
+                .iter()
+                .filter_map(|(jail_id, tenant_id, name)| {
+                    let u = engine.usage(name).ok()?;
+                    Some(Sample {
+                        jail_id: *jail_id,
+                        tenant_id: *tenant_id,
+                        sampled_at: now,
+                        cpu_usec: u.cpu_usec,
+                        memory_bytes: u.memory_bytes,
+                        memory_peak_bytes: u.memory_peak_bytes,
+                        pids: u.pids,
+                        io_read_bytes: u.io_read_bytes,
+                        io_write_bytes: u.io_write_bytes,
+                        disk_used_bytes: u.disk_used_bytes,
+                        oom_kills: u.oom_kills,
+                        memory_limit_hits: u.memory_limit_hits,
+                        pids_limit_hits: u.pids_limit_hits,
+                        cpu_throttled_periods: u.cpu_throttled_periods,
+                        ..Sample::default()
+                    })
+                })
+                .collect();
+            (samples, started.elapsed())
+        })
+        .await;
+        let Ok((samples, took)) = read else { return };
+        self.metrics.observe_sweep(took, samples.len());
+        self.pending.extend(samples);
+        match usage::record(&self.pool, self.node_id, &self.pending).await {
+            Ok(_) => self.pending.clear(),
+            Err(e) => {
+                tracing::warn!(error = %e, kept = self.pending.len(), "storing usage samples failed; keeping them for the next sweep");
+                if self.pending.len() > MAX_PENDING {
+                    let drop = self.pending.len() - MAX_PENDING;
+                    self.pending.drain(..drop);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+-- The last cumulative counters the agent saw of each jail. Rollup deltas are
+-- taken against these in the same transaction that records a sample, so a
+-- sample is counted exactly once even when the agent dies half-way, and a
+-- counter that went down (the jail restarted) counts from zero.
+CREATE TABLE jail_counters (
+    jail_id                 uuid PRIMARY KEY REFERENCES jails (id) ON DELETE CASCADE,
+    sampled_at              timestamptz NOT NULL,
+    cpu_usec                bigint NOT NULL CHECK (cpu_usec >= 0),
+    io_read_bytes           bigint NOT NULL CHECK (io_read_bytes >= 0),
+    io_write_bytes          bigint NOT NULL CHECK (io_write_bytes >= 0),
+    net_rx_bytes            bigint NOT NULL CHECK (net_rx_bytes >= 0),
+    net_tx_bytes            bigint NOT NULL CHECK (net_tx_bytes >= 0),
+    oom_kills               bigint NOT NULL CHECK (oom_kills >= 0),
+    memory_limit_hits       bigint NOT NULL CHECK (memory_limit_hits >= 0),
+    pids_limit_hits         bigint NOT NULL CHECK (pids_limit_hits >= 0),
+    cpu_throttled_periods   bigint NOT NULL CHECK (cpu_throttled_periods >= 0)
+);
+
+
+
+ALTER TABLE usage_rollups DROP COLUMN last_sampled_at;
+ALTER TABLE usage_rollups DROP COLUMN last_counters;
