@@ -1,0 +1,167 @@
+//! Jail start-up against LXC, side by side in one run, and 1,000 idle jails.
+//!
+//! Run as root: `cargo bench --bench jail_start` (needs `lxc-execute` from
+//! Debian's `lxc` for the comparison; without it only Stockade is measured).
+//! Prints medians; the README's Performance section quotes a run of it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stockade_domain::{JailKind, JailName, Limits};
+use stockade_jail::{Engine, EngineConfig, JailSpec};
+
+const RUNS: usize = 60;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn time(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let status = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).status().expect("spawn");
+    let took = t.elapsed();
+    assert!(status.success(), "{cmd:?} failed: {status}");
+    took
+}
+
+fn stockade(state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stockade"));
+    c.env("STOCKADE_STATE_DIR", state).env("STOCKADE_LOG", "warn").env_remove("STOCKADE_CONFIG");
+    c
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("jail_start: needs root; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.path().join("state");
+    assert!(stockade(&state).args(["image", "ls"]).stdout(Stdio::null()).status().unwrap().success());
+    let image = state.join("images/busybox");
+
+    let run_args = ["jail", "run", "--image", "busybox", "--memory", "256M", "--cpu", "500m", "--pids", "128", "--", "/bin/true"];
+    let lxc = which("lxc-execute");
+    let lxc_dir = dir.path().join("lxc");
+    if lxc.is_some() {
+        std::fs::create_dir_all(&lxc_dir).unwrap();
+        let rootfs = lxc_dir.join("rootfs");
+        assert!(Command::new("cp").arg("-a").arg(&image).arg(&rootfs).status().unwrap().success());
+        std::fs::write(
+            lxc_dir.join("bench.conf"),
+            format!(
+                "lxc.uts.name = bench\nlxc.rootfs.path = dir:{}\nlxc.net.0.type = empty\n\
+                 lxc.mount.auto = proc:mixed sys:ro\nlxc.autodev = 1\n\
+                 lxc.cgroup.memory.limit_in_bytes = 268435456\nlxc.cgroup.cpu.cfs_quota_us = 50000\n\
+                 lxc.cgroup.cpu.cfs_period_us = 100000\nlxc.cgroup.pids.max = 128\n\
+                 lxc.apparmor.profile = unconfined\n",
+                rootfs.display()
+            ),
+        )
+        .unwrap();
+    }
+    let lxc_cmd = || {
+        let mut c = Command::new("lxc-execute");
+        c.args(["-n", "bench", "-P"]).arg(&lxc_dir).arg("-f").arg(lxc_dir.join("bench.conf")).args(["--", "/bin/true"]);
+        c
+    };
+
+    // Warm-up, then alternate so both see the same machine state.
+    for _ in 0..5 {
+        time(stockade(&state).args(run_args));
+        if lxc.is_some() {
+            time(&mut lxc_cmd());
+        }
+    }
+    let (mut ours, mut theirs, mut vol) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        ours.push(time(stockade(&state).args(run_args)));
+        if lxc.is_some() {
+            theirs.push(time(&mut lxc_cmd()));
+        }
+        vol.push(time(stockade(&state).args(["jail", "run", "--image", "busybox", "--memory", "256M", "--cpu", "500m", "--pids", "128", "--disk", "1G", "--", "/bin/true"])));
+    }
+    let ours_m = median(ours);
+    println!("stockade jail run /bin/true (256M, 500m, 128 pids): median {} over {RUNS} runs", ms(ours_m));
+    if !theirs.is_empty() {
+        let theirs_m = median(theirs);
+        println!("lxc-execute /bin/true, same limits and namespaces:   median {} over {RUNS} runs", ms(theirs_m));
+        println!("ratio stockade / lxc-execute: {:.2}", ours_m.as_secs_f64() / theirs_m.as_secs_f64());
+    }
+    println!("stockade jail run with a fresh 1 GiB volume:        median {} over {RUNS} runs", ms(median(vol)));
+
+    idle_jails(dir.path(), 1000);
+}
+
+fn which(p: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(p)).find(|p| p.is_file())
+}
+
+/// Starts `n` persistent idle system jails through the engine (as the agent
+/// does), reports time and memory, and removes them.
+fn idle_jails(dir: &Path, n: usize) {
+    let mut cfg = EngineConfig::new(dir.join("idle"), dir.join("state/images"));
+    cfg.cgroup_parent = "stockade-bench".into();
+    let engine = Engine::new(cfg).unwrap();
+    let before = mem_available_kib();
+    let names: Vec<JailName> = (0..n).map(|i| JailName::parse(&format!("idle-{i}")).unwrap()).collect();
+    let t = Instant::now();
+    for name in &names {
+        engine
+            .create(&JailSpec {
+                name: name.clone(),
+                hostname: name.clone(),
+                image: "busybox".into(),
+                kind: JailKind::System,
+                command: vec!["sleep".into(), "1000000".into()],
+                limits: Limits { cpu_millicores: 100, memory_bytes: 32 << 20, pids: 16, ..Limits::default() },
+            })
+            .unwrap();
+        engine.start(name).unwrap();
+    }
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = before.saturating_sub(mem_available_kib());
+    println!(
+        "{n} idle system jails created and started in {:.2} s ({:.2} ms each); host memory used {} MiB ({} KiB per jail); RSS of the managing process {} MiB",
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1000.0 / f64::from(u32::try_from(n).unwrap()),
+        used / 1024,
+        used / u64::try_from(n).unwrap(),
+        rss_kib(std::process::id()) / 1024
+    );
+    let t = Instant::now();
+    for name in &names {
+        engine.destroy(name).unwrap();
+    }
+    println!("{n} jails destroyed in {:.2} s", t.elapsed().as_secs_f64());
+    for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(entry.path().join("stockade-bench"));
+    }
+}
