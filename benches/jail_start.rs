@@ -25,7 +25,11 @@ fn ms(d: Duration) -> String {
 
 fn time(cmd: &mut Command) -> Duration {
     let t = Instant::now();
-    let status = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).status().expect("spawn");
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("spawn");
     let took = t.elapsed();
     assert!(status.success(), "{cmd:?} failed: {status}");
     took
@@ -33,7 +37,9 @@ fn time(cmd: &mut Command) -> Duration {
 
 fn stockade(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stockade"));
-    c.env("STOCKADE_STATE_DIR", state).env("STOCKADE_LOG", "warn").env_remove("STOCKADE_CONFIG");
+    c.env("STOCKADE_STATE_DIR", state)
+        .env("STOCKADE_LOG", "warn")
+        .env_remove("STOCKADE_CONFIG");
     c
 }
 
@@ -63,16 +69,44 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let state = dir.path().join("state");
-    assert!(stockade(&state).args(["image", "ls"]).stdout(Stdio::null()).status().unwrap().success());
+    assert!(
+        stockade(&state)
+            .args(["image", "ls"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
     let image = state.join("images/busybox");
 
-    let run_args = ["jail", "run", "--image", "busybox", "--memory", "256M", "--cpu", "500m", "--pids", "128", "--", "/bin/true"];
+    let run_args = [
+        "jail",
+        "run",
+        "--image",
+        "busybox",
+        "--memory",
+        "256M",
+        "--cpu",
+        "500m",
+        "--pids",
+        "128",
+        "--",
+        "/bin/true",
+    ];
     let lxc = which("lxc-execute");
     let lxc_dir = dir.path().join("lxc");
     if lxc.is_some() {
         std::fs::create_dir_all(&lxc_dir).unwrap();
         let rootfs = lxc_dir.join("rootfs");
-        assert!(Command::new("cp").arg("-a").arg(&image).arg(&rootfs).status().unwrap().success());
+        assert!(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&image)
+                .arg(&rootfs)
+                .status()
+                .unwrap()
+                .success()
+        );
         std::fs::write(
             lxc_dir.join("bench.conf"),
             format!(
@@ -88,7 +122,11 @@ fn main() {
     }
     let lxc_cmd = || {
         let mut c = Command::new("lxc-execute");
-        c.args(["-n", "bench", "-P"]).arg(&lxc_dir).arg("-f").arg(lxc_dir.join("bench.conf")).args(["--", "/bin/true"]);
+        c.args(["-n", "bench", "-P"])
+            .arg(&lxc_dir)
+            .arg("-f")
+            .arg(lxc_dir.join("bench.conf"))
+            .args(["--", "/bin/true"]);
         c
     };
 
@@ -105,22 +143,51 @@ fn main() {
         if lxc.is_some() {
             theirs.push(time(&mut lxc_cmd()));
         }
-        vol.push(time(stockade(&state).args(["jail", "run", "--image", "busybox", "--memory", "256M", "--cpu", "500m", "--pids", "128", "--disk", "1G", "--", "/bin/true"])));
+        vol.push(time(stockade(&state).args([
+            "jail",
+            "run",
+            "--image",
+            "busybox",
+            "--memory",
+            "256M",
+            "--cpu",
+            "500m",
+            "--pids",
+            "128",
+            "--disk",
+            "1G",
+            "--",
+            "/bin/true",
+        ])));
     }
     let ours_m = median(ours);
-    println!("stockade jail run /bin/true (256M, 500m, 128 pids): median {} over {RUNS} runs", ms(ours_m));
+    println!(
+        "stockade jail run /bin/true (256M, 500m, 128 pids): median {} over {RUNS} runs",
+        ms(ours_m)
+    );
     if !theirs.is_empty() {
         let theirs_m = median(theirs);
-        println!("lxc-execute /bin/true, same limits and namespaces:   median {} over {RUNS} runs", ms(theirs_m));
-        println!("ratio stockade / lxc-execute: {:.2}", ours_m.as_secs_f64() / theirs_m.as_secs_f64());
+        println!(
+            "lxc-execute /bin/true, same limits and namespaces:   median {} over {RUNS} runs",
+            ms(theirs_m)
+        );
+        println!(
+            "ratio stockade / lxc-execute: {:.2}",
+            ours_m.as_secs_f64() / theirs_m.as_secs_f64()
+        );
     }
-    println!("stockade jail run with a fresh 1 GiB volume:        median {} over {RUNS} runs", ms(median(vol)));
+    println!(
+        "stockade jail run with a fresh 1 GiB volume:        median {} over {RUNS} runs",
+        ms(median(vol))
+    );
 
     idle_jails(dir.path(), 1000);
 }
 
 fn which(p: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(p)).find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(p))
+        .find(|p| p.is_file())
 }
 
 /// Starts `n` persistent idle system jails through the engine (as the agent
@@ -130,7 +197,9 @@ fn idle_jails(dir: &Path, n: usize) {
     cfg.cgroup_parent = "stockade-bench".into();
     let engine = Engine::new(cfg).unwrap();
     let before = mem_available_kib();
-    let names: Vec<JailName> = (0..n).map(|i| JailName::parse(&format!("idle-{i}")).unwrap()).collect();
+    let names: Vec<JailName> = (0..n)
+        .map(|i| JailName::parse(&format!("idle-{i}")).unwrap())
+        .collect();
     let t = Instant::now();
     for name in &names {
         engine
@@ -140,7 +209,12 @@ fn idle_jails(dir: &Path, n: usize) {
                 image: "busybox".into(),
                 kind: JailKind::System,
                 command: vec!["sleep".into(), "1000000".into()],
-                limits: Limits { cpu_millicores: 100, memory_bytes: 32 << 20, pids: 16, ..Limits::default() },
+                limits: Limits {
+                    cpu_millicores: 100,
+                    memory_bytes: 32 << 20,
+                    pids: 16,
+                    ..Limits::default()
+                },
             })
             .unwrap();
         engine.start(name).unwrap();
@@ -161,7 +235,11 @@ fn idle_jails(dir: &Path, n: usize) {
         engine.destroy(name).unwrap();
     }
     println!("{n} jails destroyed in {:.2} s", t.elapsed().as_secs_f64());
-    for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let _ = std::fs::remove_dir(entry.path().join("stockade-bench"));
     }
 }

@@ -9,4 +9,10 @@ document.addEventListener("DOMContentLoaded", () => {
       el.textContent = d.toLocaleString();
     }
   }
+  // Refresh the page while a jail is changing state, so the badge settles.
+  const busy = [...document.querySelectorAll("[data-jail-state]")]
+    .some((el) => ["starting", "stopping", "deleting", "pending"].includes(el.textContent.trim()));
+  if (busy && !document.querySelector("form.grid2")) {
+    setTimeout(() => window.location.reload(), 2000);
+  }
 });

@@ -20,3 +20,8 @@ CREATE TABLE jail_counters (
 
 ALTER TABLE usage_rollups DROP COLUMN last_sampled_at;
 ALTER TABLE usage_rollups DROP COLUMN last_counters;
+CREATE INDEX audit_log_action_target_idx ON audit_log (action, target, at);
+
+-- A restart asked for at this generation: the agent restarts a running jail
+-- once when it converges a generation at or past it.
+ALTER TABLE jails ADD COLUMN restart_generation bigint NOT NULL DEFAULT 0 CHECK (restart_generation >= 0);

@@ -242,6 +242,15 @@ fn converge(
                 if converged && jail.observed_state == ObservedState::Running && !full {
                     return Ok(None);
                 }
+                if jail.restart_generation > jail.observed_generation {
+                    engine
+                        .update_limits(&name, &jail.limits)
+                        .map_err(|e| fail("applying limits", e))?;
+                    engine
+                        .restart(&name, grace)
+                        .map_err(|e| fail("restarting", e))?;
+                    return Ok(Some(ObservedState::Running));
+                }
                 // Live limits; also sets back a limit changed by hand.
                 engine
                     .update_limits(&name, &jail.limits)

@@ -53,3 +53,103 @@ pub async fn count_action(pool: &PgPool, action: &str) -> Result<i64, StoreError
             .await?,
     )
 }
+
+/// An audit entry as staff read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Logged {
+    /// Sequence number.
+    pub id: i64,
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Who.
+    pub actor: String,
+    /// Tenant slug, if any.
+    pub tenant: Option<String>,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// From where.
+    pub client_addr: Option<String>,
+}
+
+/// Filters of the audit page; empty strings mean "any".
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Tenant slug.
+    pub tenant: Option<String>,
+    /// Actor, as a substring.
+    pub actor: Option<String>,
+    /// Action prefix, e.g. `jail.` or `user.sign_in`.
+    pub action: Option<String>,
+    /// Not before.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Before.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Newest entries first, `limit` per page, entries older than `before_id`.
+pub async fn list(
+    pool: &PgPool,
+    f: &Filter,
+    before_id: Option<i64>,
+    limit: u32,
+) -> Result<Vec<Logged>, StoreError> {
+    let like = |s: &Option<String>, prefix_only: bool| {
+        s.as_deref().filter(|v| !v.trim().is_empty()).map(|v| {
+            let v = v
+                .trim()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            if prefix_only {
+                format!("{v}%")
+            } else {
+                format!("%{v}%")
+            }
+        })
+    };
+    Ok(sqlx::query_as(
+        "SELECT a.id, a.at, a.actor, t.slug AS tenant, a.action, a.target, a.client_addr
+         FROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id
+         WHERE ($1::text IS NULL OR t.slug = $1)
+           AND ($2::text IS NULL OR a.actor ILIKE $2)
+           AND ($3::text IS NULL OR a.action LIKE $3)
+           AND ($4::timestamptz IS NULL OR a.at >= $4)
+           AND ($5::timestamptz IS NULL OR a.at < $5)
+           AND ($6::bigint IS NULL OR a.id < $6)
+         ORDER BY a.id DESC LIMIT $7",
+    )
+    .bind(
+        f.tenant
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .map(str::trim),
+    )
+    .bind(like(&f.actor, false))
+    .bind(like(&f.action, true))
+    .bind(f.since)
+    .bind(f.until)
+    .bind(before_id)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Failed sign-ins for an email and from an address within the last `minutes`.
+pub async fn recent_sign_in_failures(
+    pool: &PgPool,
+    email: &str,
+    addr: Option<&str>,
+    minutes: i32,
+) -> Result<(i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE target = $1), count(*) FILTER (WHERE $2::text IS NOT NULL AND client_addr = $2)
+         FROM audit_log WHERE action = 'user.sign_in_failed' AND at > now() - make_interval(mins => $3)",
+    )
+    .bind(email)
+    .bind(addr)
+    .bind(minutes)
+    .fetch_one(pool)
+    .await?)
+}

@@ -42,6 +42,8 @@ pub struct Jail {
     pub generation: i64,
     /// The generation the agent last converged to.
     pub observed_generation: i64,
+    /// A restart was asked for at this generation (0 = never).
+    pub restart_generation: i64,
     /// Address inside the node's pool.
     pub address: Option<String>,
     /// The last failure of the agent on this jail.
@@ -86,6 +88,7 @@ struct JailRow {
     observed_state: String,
     generation: i64,
     observed_generation: i64,
+    restart_generation: i64,
     address: Option<String>,
     last_error: Option<String>,
     created_at: DateTime<Utc>,
@@ -128,6 +131,7 @@ impl TryFrom<JailRow> for Jail {
                 .map_err(|e| bad("observed_state", e))?,
             generation: r.generation,
             observed_generation: r.observed_generation,
+            restart_generation: r.restart_generation,
             address: r.address,
             last_error: r.last_error,
             created_at: r.created_at,
@@ -140,7 +144,7 @@ macro_rules! jail_columns {
         "id, tenant_id, node_id, name, image, kind, command, cpu_millicores,
     memory_bytes, pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops,
     net_egress_bps, net_ingress_bps, desired_state, observed_state, generation,
-    observed_generation, host(address) AS address, last_error, created_at"
+    observed_generation, restart_generation, host(address) AS address, last_error, created_at"
     };
 }
 
@@ -482,6 +486,27 @@ pub async fn set_desired(
     .bind(jail_id)
     .bind(tenant_id)
     .bind(desired.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let jail: Jail = row.ok_or(StoreError::NotFound)?.try_into()?;
+    notify(&mut tx, jail.node_id).await?;
+    tx.commit().await?;
+    Ok(jail)
+}
+
+/// Asks for a running jail to be restarted (started if it is not running).
+pub async fn restart(pool: &PgPool, tenant_id: Uuid, jail_id: Uuid) -> Result<Jail, StoreError> {
+    let mut tx = pool.begin().await?;
+    lock_active_tenant(&mut tx, tenant_id).await?;
+    let row: Option<JailRow> = sqlx::query_as(concat!(
+        "UPDATE jails SET desired_state = 'running', desired_before_suspend = NULL,
+             generation = generation + 1, restart_generation = generation + 1, updated_at = now()
+         WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted'
+         RETURNING ",
+        jail_columns!()
+    ))
+    .bind(jail_id)
+    .bind(tenant_id)
     .fetch_optional(&mut *tx)
     .await?;
     let jail: Jail = row.ok_or(StoreError::NotFound)?.try_into()?;

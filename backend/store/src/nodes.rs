@@ -85,3 +85,56 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Node>, StoreError> {
     .fetch_all(pool)
     .await?)
 }
+
+/// A node with what is placed on it, for the staff page.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeLoad {
+    /// Stable id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// CPUs.
+    pub cpus: i32,
+    /// Memory, bytes.
+    pub memory_bytes: i64,
+    /// Disk, bytes.
+    pub disk_bytes: i64,
+    /// Most jails it takes.
+    pub max_jails: i32,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_secs: i64,
+    /// Live jails placed on it.
+    pub jails: i64,
+    /// Jails observed running.
+    pub running: i64,
+    /// Sum of CPU limits placed, millicores.
+    pub cpu_allocated: i64,
+    /// Sum of memory limits placed, bytes.
+    pub memory_allocated: i64,
+    /// Sum of volume sizes placed, bytes.
+    pub disk_allocated: i64,
+}
+
+impl NodeLoad {
+    /// Whether the node's agent has been silent too long.
+    pub fn is_down(&self) -> bool {
+        self.heartbeat_age_secs > crate::jails::NODE_DOWN_AFTER_SECS
+    }
+}
+
+/// Every node with its allocation.
+pub async fn loads(pool: &PgPool) -> Result<Vec<NodeLoad>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT n.id, n.name, n.cpus, n.memory_bytes, n.disk_bytes, n.max_jails,
+             extract(epoch FROM now() - n.heartbeat_at)::bigint AS heartbeat_age_secs,
+             count(j.id) AS jails,
+             count(j.id) FILTER (WHERE j.observed_state = 'running') AS running,
+             COALESCE(sum(j.cpu_millicores), 0)::bigint AS cpu_allocated,
+             COALESCE(sum(j.memory_bytes), 0)::bigint AS memory_allocated,
+             COALESCE(sum(j.disk_bytes), 0)::bigint AS disk_allocated
+         FROM nodes n LEFT JOIN jails j ON j.node_id = n.id AND j.desired_state <> 'deleted'
+         GROUP BY n.id ORDER BY n.name",
+    )
+    .fetch_all(pool)
+    .await?)
+}

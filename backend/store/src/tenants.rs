@@ -358,3 +358,101 @@ pub async fn change_plan(pool: &PgPool, id: Uuid, plan_id: Uuid) -> Result<Tenan
     tx.commit().await?;
     get(pool, id).await
 }
+
+/// A row of the staff tenant table: the tenant with what its jails hold.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantSummary {
+    /// Stable id.
+    pub id: Uuid,
+    /// Short name.
+    pub slug: String,
+    /// Display name.
+    pub display_name: String,
+    /// Plan name.
+    pub plan_name: String,
+    /// Status text.
+    pub status: String,
+    /// Live jails.
+    pub jails: i64,
+    /// Sum of live jails' memory limits.
+    pub memory_bytes: i64,
+    /// CPU microseconds used this month.
+    pub cpu_usec_month: i64,
+    /// Network bytes this month.
+    pub transfer_month: i64,
+}
+
+/// How the staff tenant table is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryOrder {
+    /// By slug.
+    Slug,
+    /// Most CPU used this month first.
+    Cpu,
+    /// Most transfer this month first.
+    Transfer,
+    /// Most memory allocated first.
+    Memory,
+}
+
+/// A page of tenants with usage, filtered by a search and status.
+pub async fn summaries(
+    pool: &PgPool,
+    search: Option<&str>,
+    status: Option<TenantStatus>,
+    order: SummaryOrder,
+    offset: u32,
+    limit: u32,
+) -> Result<(Vec<TenantSummary>, i64), StoreError> {
+    let pattern = search.filter(|s| !s.trim().is_empty()).map(|s| {
+        format!(
+            "%{}%",
+            s.trim()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        )
+    });
+    let order_sql = match order {
+        SummaryOrder::Slug => 0,
+        SummaryOrder::Cpu => 1,
+        SummaryOrder::Transfer => 2,
+        SummaryOrder::Memory => 3,
+    };
+    let rows: Vec<TenantSummary> = sqlx::query_as(
+        "WITH month AS (
+             SELECT tenant_id, sum(cpu_usec)::bigint AS cpu, sum(net_rx_bytes + net_tx_bytes)::bigint AS transfer
+             FROM usage_rollups WHERE hour >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+             GROUP BY tenant_id
+         ), alloc AS (
+             SELECT tenant_id, count(*) AS jails, sum(memory_bytes)::bigint AS memory
+             FROM jails WHERE desired_state <> 'deleted' GROUP BY tenant_id
+         )
+         SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
+             COALESCE(a.jails, 0) AS jails, COALESCE(a.memory, 0) AS memory_bytes,
+             COALESCE(m.cpu, 0) AS cpu_usec_month, COALESCE(m.transfer, 0) AS transfer_month
+         FROM tenants t JOIN plans p ON p.id = t.plan_id
+         LEFT JOIN alloc a ON a.tenant_id = t.id LEFT JOIN month m ON m.tenant_id = t.id
+         WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
+           AND ($2::text IS NULL OR t.status = $2)
+         ORDER BY CASE $3 WHEN 1 THEN COALESCE(m.cpu, 0) WHEN 2 THEN COALESCE(m.transfer, 0)
+                          WHEN 3 THEN COALESCE(a.memory, 0) ELSE 0 END DESC, t.slug
+         OFFSET $4 LIMIT $5",
+    )
+    .bind(&pattern)
+    .bind(status.map(|s| s.as_str()))
+    .bind(order_sql)
+    .bind(i64::from(offset))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tenants t WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
+           AND ($2::text IS NULL OR t.status = $2)",
+    )
+    .bind(&pattern)
+    .bind(status.map(|s| s.as_str()))
+    .fetch_one(pool)
+    .await?;
+    Ok((rows, total))
+}

@@ -308,3 +308,122 @@ pub async fn purge(pool: &PgPool, keep_hours: u32) -> Result<(u64, u64), StoreEr
     .rows_affected();
     Ok((samples, rollups))
 }
+
+/// One point of a usage chart: averages over the bucket starting at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Point {
+    /// Bucket start.
+    pub at: DateTime<Utc>,
+    /// Average CPU use over the bucket, millicores.
+    pub cpu_millicores: i64,
+    /// Average memory, bytes.
+    pub memory_bytes: i64,
+    /// Network bytes received + sent in the bucket.
+    pub net_bytes: i64,
+    /// Average disk use, bytes.
+    pub disk_bytes: i64,
+    /// IO bytes read + written in the bucket.
+    pub io_bytes: i64,
+}
+
+/// How wide the buckets of a chart are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// From raw samples, one point per sample.
+    Sample,
+    /// From hourly rollups.
+    Hour,
+    /// Hourly rollups summed per day.
+    Day,
+}
+
+/// A jail's usage over `[from, to)`. Scoped by tenant: another tenant's jail has no points.
+pub async fn jail_series(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket: Bucket,
+) -> Result<Vec<Point>, StoreError> {
+    let rows = match bucket {
+        Bucket::Sample => {
+            sqlx::query_as(
+                "SELECT sampled_at AS at,
+                     CASE WHEN prev_at IS NULL OR cpu_usec < prev_cpu THEN 0
+                          ELSE ((cpu_usec - prev_cpu) * 1000 / GREATEST(1, (extract(epoch FROM sampled_at - prev_at) * 1000000)::bigint))
+                     END AS cpu_millicores,
+                     memory_bytes,
+                     CASE WHEN prev_at IS NULL OR net_rx_bytes + net_tx_bytes < prev_net THEN 0 ELSE net_rx_bytes + net_tx_bytes - prev_net END AS net_bytes,
+                     disk_used_bytes AS disk_bytes,
+                     CASE WHEN prev_at IS NULL OR io_read_bytes + io_write_bytes < prev_io THEN 0 ELSE io_read_bytes + io_write_bytes - prev_io END AS io_bytes
+                 FROM (
+                     SELECT s.*, lag(sampled_at) OVER w AS prev_at, lag(cpu_usec) OVER w AS prev_cpu,
+                         lag(net_rx_bytes + net_tx_bytes) OVER w AS prev_net,
+                         lag(io_read_bytes + io_write_bytes) OVER w AS prev_io
+                     FROM usage_samples s WHERE jail_id = $1 AND tenant_id = $2 AND sampled_at >= $3 AND sampled_at < $4
+                     WINDOW w AS (ORDER BY sampled_at)
+                 ) t ORDER BY sampled_at",
+            )
+            .bind(jail_id)
+            .bind(tenant_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?
+        }
+        Bucket::Hour | Bucket::Day => {
+            let (trunc, seconds): (&str, i64) = if bucket == Bucket::Hour { ("hour", 3600) } else { ("day", 86400) };
+            sqlx::query_as(
+                "SELECT date_trunc($5, hour) AS at,
+                     (sum(cpu_usec) / ($6 * 1000))::bigint AS cpu_millicores,
+                     (sum(memory_bytes_sum) / GREATEST(1, sum(samples)))::bigint AS memory_bytes,
+                     sum(net_rx_bytes + net_tx_bytes)::bigint AS net_bytes,
+                     (sum(disk_bytes_sum) / GREATEST(1, sum(samples)))::bigint AS disk_bytes,
+                     sum(io_read_bytes + io_write_bytes)::bigint AS io_bytes
+                 FROM usage_rollups WHERE jail_id = $1 AND tenant_id = $2 AND hour >= $3 AND hour < $4
+                 GROUP BY 1 ORDER BY 1",
+            )
+            .bind(jail_id)
+            .bind(tenant_id)
+            .bind(from)
+            .bind(to)
+            .bind(trunc)
+            .bind(seconds)
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    Ok(rows)
+}
+
+/// A jail's limit hits since `since`: (OOM kills, memory limit hits, pids limit hits, throttled periods).
+pub async fn jail_limit_hits(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<(i64, i64, i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT COALESCE(sum(oom_kills), 0)::bigint, COALESCE(sum(memory_limit_hits), 0)::bigint,
+             COALESCE(sum(pids_limit_hits), 0)::bigint, COALESCE(sum(cpu_throttled_periods), 0)::bigint
+         FROM usage_rollups WHERE jail_id = $1 AND tenant_id = $2 AND hour >= date_trunc('hour', $3::timestamptz)",
+    )
+    .bind(jail_id)
+    .bind(tenant_id)
+    .bind(since)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// A tenant's network transfer (received + sent) this calendar month (UTC), bytes.
+pub async fn tenant_transfer_this_month(pool: &PgPool, tenant_id: Uuid) -> Result<u64, StoreError> {
+    let v: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(net_rx_bytes + net_tx_bytes), 0)::bigint FROM usage_rollups
+         WHERE tenant_id = $1 AND hour >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    )
+    .bind(tenant_id)
+    .fetch_one(pool)
+    .await?;
+    crate::to_u64("transfer", v)
+}

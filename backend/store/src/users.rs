@@ -118,3 +118,33 @@ pub async fn set_password(
     tx.commit().await?;
     Ok(())
 }
+
+/// One account by id.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<User, StoreError> {
+    let row: Option<UserRow> =
+        sqlx::query_as("SELECT id, email, role, tenant_id FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// A tenant's customer accounts, by email. Scoped by tenant id.
+pub async fn list_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<User>, StoreError> {
+    let rows: Vec<UserRow> = sqlx::query_as(
+        "SELECT id, email, role, tenant_id FROM users WHERE tenant_id = $1 ORDER BY email",
+    )
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(User::try_from).collect()
+}
+
+/// An account's password hash, to check the current password before a change.
+pub async fn password_hash(pool: &PgPool, id: Uuid) -> Result<String, StoreError> {
+    let h: Option<String> = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    h.ok_or(StoreError::NotFound)
+}

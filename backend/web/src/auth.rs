@@ -136,6 +136,14 @@ struct LoginForm {
 }
 
 const WRONG_CREDENTIALS: &str = "Wrong email or password.";
+/// Failed sign-ins for one email within the window before it is locked.
+const LOCK_AFTER_ACCOUNT: i64 = 10;
+/// Failed sign-ins from one address within the window before it is locked.
+const LOCK_AFTER_ADDR: i64 = 30;
+/// The window, and how long a lock lasts.
+const LOCK_MINUTES: i32 = 15;
+/// Extra wait per recent failure.
+const FAILURE_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn login(
     req: HttpRequest,
@@ -152,6 +160,22 @@ async fn login(
     let Ok(email) = Email::parse(&form.email) else {
         return render_login(&state, unauthorized, &form.email, Some(WRONG_CREDENTIALS));
     };
+    // Throttling counts failures per email and per client address, whether
+    // the account exists or not, so it tells nothing about which emails do.
+    let addr = client_addr(&req);
+    let (by_account, by_addr) =
+        audit::recent_sign_in_failures(&state.pool, email.as_str(), addr.as_deref(), LOCK_MINUTES)
+            .await?;
+    if by_account >= LOCK_AFTER_ACCOUNT || by_addr >= LOCK_AFTER_ADDR {
+        return render_login(
+            &state,
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            email.as_str(),
+            Some(&format!(
+                "Too many failed sign-ins. Try again in {LOCK_MINUTES} minutes."
+            )),
+        );
+    }
     let found = users::find_for_sign_in(&state.pool, &email).await?;
     // Unknown accounts are checked against a dummy hash so both answers take
     // the same time and nothing tells which emails exist.
@@ -162,8 +186,11 @@ async fn login(
     let ok = web::block(move || password::verify(&password, &phc))
         .await
         .map_err(anyhow::Error::from)?;
-    let addr = client_addr(&req);
     let Some(user) = user.filter(|_| ok) else {
+        // Each failure in a row answers a little slower.
+        let delay = FAILURE_DELAY
+            .saturating_mul(u32::try_from(by_account.max(by_addr)).unwrap_or(u32::MAX));
+        tokio::time::sleep(delay.min(std::time::Duration::from_secs(3))).await;
         audit::record(
             &state.pool,
             &audit::Entry {
@@ -238,6 +265,11 @@ async fn logout(
         .insert_header((header::LOCATION, "/login"))
         .cookie(gone)
         .finish())
+}
+
+/// The session cookie carrying `token`.
+pub(crate) fn session_cookie(state: &AppState, token: String) -> Cookie<'static> {
+    cookie(state, SESSION_COOKIE, token, "/")
 }
 
 /// A 303 redirect, the answer to a successful form post.

@@ -5,7 +5,10 @@
 
 mod assets;
 mod auth;
+mod charts;
 mod error;
+mod flash;
+mod format;
 mod health;
 mod pages;
 
@@ -84,6 +87,17 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// A random password of 20 letters and digits, for accounts staff create or reset.
+pub(crate) fn random_password() -> secrecy::SecretString {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    let s: String = (0..20)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    secrecy::SecretString::from(s)
 }
 
 /// Headers on every answer: no inline script, no framing, no sniffing.

@@ -1,0 +1,156 @@
+//! Panel pages, server-rendered. Every action is a plain form post with a
+//! CSRF token and works without script.
+
+mod account;
+mod customer;
+mod staff;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use stockade_domain::Role;
+use stockade_store::sessions::Session;
+use uuid::Uuid;
+
+use crate::WebError;
+use crate::auth::SignedIn;
+use crate::flash::{self, Flash};
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(home));
+    customer::routes(cfg);
+    staff::routes(cfg);
+    account::routes(cfg);
+}
+
+/// What every signed-in page shows around its content.
+pub(crate) struct Layout {
+    pub email: String,
+    pub role: &'static str,
+    pub is_staff: bool,
+    pub csrf_token: String,
+    pub flash: Option<Flash>,
+}
+
+impl Layout {
+    pub(crate) fn new(req: &HttpRequest, s: &Session) -> Self {
+        Layout {
+            email: s.user.email.to_string(),
+            role: s.user.role.as_str(),
+            is_staff: s.user.role.is_staff(),
+            csrf_token: s.csrf_token.clone(),
+            flash: flash::take(req),
+        }
+    }
+}
+
+/// Renders a page, clearing a shown flash message.
+pub(crate) fn render(
+    status: actix_web::http::StatusCode,
+    page: &impl Template,
+    had_flash: bool,
+) -> Result<HttpResponse, WebError> {
+    let body = page.render().map_err(anyhow::Error::from)?;
+    let mut resp = HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(body);
+    if had_flash {
+        flash::clear(&mut resp);
+    }
+    Ok(resp)
+}
+
+/// The tenant of a signed-in customer; staff have none here.
+pub(crate) fn customer_tenant(s: &SignedIn) -> Result<Uuid, WebError> {
+    match (s.0.user.role, s.0.user.tenant_id) {
+        (Role::Customer, Some(t)) => Ok(t),
+        _ => Err(WebError::Forbidden),
+    }
+}
+
+/// Refuses anyone but operators and admins.
+pub(crate) fn require_staff(s: &SignedIn) -> Result<(), WebError> {
+    if s.0.user.role.is_staff() {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden)
+    }
+}
+
+/// Refuses anyone but admins.
+pub(crate) fn require_admin(s: &SignedIn) -> Result<(), WebError> {
+    if s.0.user.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden)
+    }
+}
+
+/// A form whose only field is the CSRF token (and an optional confirmation).
+#[derive(serde::Deserialize)]
+pub(crate) struct ActionForm {
+    pub csrf_token: String,
+    #[serde(default)]
+    pub confirm: Option<String>,
+}
+
+async fn home(signed_in: SignedIn) -> Result<HttpResponse, WebError> {
+    if signed_in.0.user.role.is_staff() {
+        return Ok(crate::auth::see_other("/staff/tenants"));
+    }
+    Ok(crate::auth::see_other("/overview"))
+}
+
+/// A quota tile: used vs allocated, with a bar.
+pub(crate) struct QuotaTile {
+    pub label: &'static str,
+    pub used: String,
+    pub total: String,
+    pub percent: u64,
+}
+
+/// The tiles of a tenant's overview.
+pub(crate) async fn quota_tiles(
+    pool: &stockade_store::PgPool,
+    tenant_id: Uuid,
+) -> Result<Vec<QuotaTile>, WebError> {
+    use crate::format::{bytes, cpu, percent};
+    let (q, a) = stockade_store::jails::quota_and_allocation(pool, tenant_id).await?;
+    let transfer = stockade_store::usage::tenant_transfer_this_month(pool, tenant_id).await?;
+    Ok(vec![
+        QuotaTile {
+            label: "CPU",
+            used: cpu(a.cpu_millicores),
+            total: cpu(u64::from(q.cpu_millicores)),
+            percent: percent(a.cpu_millicores, u64::from(q.cpu_millicores)),
+        },
+        QuotaTile {
+            label: "Memory",
+            used: bytes(a.memory_bytes),
+            total: bytes(q.memory_bytes),
+            percent: percent(a.memory_bytes, q.memory_bytes),
+        },
+        QuotaTile {
+            label: "Disk",
+            used: bytes(a.disk_bytes),
+            total: bytes(q.disk_bytes),
+            percent: percent(a.disk_bytes, q.disk_bytes),
+        },
+        QuotaTile {
+            label: "Jails",
+            used: a.jails.to_string(),
+            total: q.max_jails.to_string(),
+            percent: percent(a.jails, u64::from(q.max_jails)),
+        },
+        QuotaTile {
+            label: "Transfer this month",
+            used: bytes(transfer),
+            total: if q.monthly_transfer_bytes == 0 {
+                "unmetered".into()
+            } else {
+                bytes(q.monthly_transfer_bytes)
+            },
+            percent: percent(transfer, q.monthly_transfer_bytes),
+        },
+    ])
+}

@@ -1,0 +1,574 @@
+//! The panel's pages over real HTTP: every route × role × another tenant's ids.
+
+mod common;
+
+use common::{TestApp, hidden_field, new_client};
+use stockade_domain::{JailKind, JailName, Limits, Role, TenantSlug};
+use stockade_store::jails::{self, NewJail};
+use stockade_store::{nodes, plans, tenants};
+use uuid::Uuid;
+
+struct World {
+    app: TestApp,
+    tenant_a: Uuid,
+    tenant_b: Uuid,
+    jail_a: Uuid,
+    jail_b: Uuid,
+    customer_a: reqwest::Client,
+    operator: reqwest::Client,
+    admin: reqwest::Client,
+}
+
+async fn signed_in(
+    app: &TestApp,
+    email: &str,
+    role: Role,
+    tenant: Option<Uuid>,
+) -> reqwest::Client {
+    let password = app.create_user(email, role, tenant).await;
+    let client = new_client();
+    let r = app.sign_in(&client, email, &password).await;
+    assert_eq!(r.status(), 303, "{email} signs in");
+    client
+}
+
+async fn world() -> World {
+    let app = TestApp::spawn().await;
+    nodes::register(
+        &app.pool,
+        &nodes::NodeInfo {
+            name: "n1".into(),
+            cpus: 2,
+            memory_bytes: 1 << 40,
+            disk_bytes: 1 << 40,
+            address_pool: None,
+            agent_version: "t".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    let a = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("alpha").unwrap(),
+        "Alpha Ltd",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let b = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("beta").unwrap(),
+        "Beta Inc",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let jail = |name: &str| NewJail {
+        name: JailName::parse(name).unwrap(),
+        image: "busybox".into(),
+        kind: JailKind::System,
+        command: vec![],
+        limits: Limits {
+            cpu_millicores: 250,
+            memory_bytes: 128 << 20,
+            pids: 32,
+            disk_bytes: 256 << 20,
+            ..Limits::default()
+        },
+    };
+    let jail_a = jails::create(&app.pool, a, &jail("web")).await.unwrap().id;
+    let jail_b = jails::create(&app.pool, b, &jail("secret"))
+        .await
+        .unwrap()
+        .id;
+    let customer_a = signed_in(&app, "a@alpha.test", Role::Customer, Some(a)).await;
+    let operator = signed_in(&app, "op@provider.test", Role::Operator, None).await;
+    let admin = signed_in(&app, "admin@provider.test", Role::Admin, None).await;
+    World {
+        app,
+        tenant_a: a,
+        tenant_b: b,
+        jail_a,
+        jail_b,
+        customer_a,
+        operator,
+        admin,
+    }
+}
+
+async fn csrf(client: &reqwest::Client, url: &str) -> String {
+    let page = client.get(url).send().await.unwrap().text().await.unwrap();
+    hidden_field(&page, "csrf_token").expect("page has a csrf token")
+}
+
+async fn status_of(client: &reqwest::Client, url: &str) -> u16 {
+    client.get(url).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn every_page_answers_each_role_as_it_should() {
+    let w = world().await;
+    let u = |p: String| w.app.url(&p);
+    let anon = new_client();
+    // (path, anonymous, customer of A, operator, admin)
+    let cases: Vec<(String, u16, u16, u16, u16)> = vec![
+        ("/".into(), 303, 303, 303, 303),
+        ("/overview".into(), 303, 200, 403, 403),
+        ("/jails".into(), 303, 200, 403, 403),
+        (format!("/jails/{}", w.jail_a), 303, 200, 403, 403),
+        (
+            format!("/jails/{}?period=day", w.jail_a),
+            303,
+            200,
+            403,
+            403,
+        ),
+        (
+            format!("/jails/{}?period=month", w.jail_a),
+            303,
+            200,
+            403,
+            403,
+        ),
+        (format!("/jails/{}/delete", w.jail_a), 303, 200, 403, 403),
+        (format!("/jails/{}", w.jail_b), 303, 404, 403, 403),
+        (format!("/jails/{}/delete", w.jail_b), 303, 404, 403, 403),
+        ("/jails/not-a-uuid".into(), 303, 404, 403, 403),
+        ("/account".into(), 303, 200, 200, 200),
+        ("/staff/tenants".into(), 303, 403, 200, 200),
+        (
+            "/staff/tenants?q=alp&sort=memory&status=active&page=0".into(),
+            303,
+            403,
+            200,
+            200,
+        ),
+        (format!("/staff/tenants/{}", w.tenant_b), 303, 403, 200, 200),
+        (
+            format!("/staff/tenants/{}/suspend", w.tenant_b),
+            303,
+            403,
+            200,
+            200,
+        ),
+        (
+            format!("/staff/tenants/{}/terminate", w.tenant_b),
+            303,
+            403,
+            403,
+            200,
+        ),
+        ("/staff/plans".into(), 303, 403, 200, 200),
+        ("/staff/nodes".into(), 303, 403, 200, 200),
+        ("/staff/audit?action=user.".into(), 303, 403, 200, 200),
+    ];
+    for (path, anon_s, cust_s, op_s, admin_s) in cases {
+        assert_eq!(
+            status_of(&anon, &u(path.clone())).await,
+            anon_s,
+            "anonymous {path}"
+        );
+        assert_eq!(
+            status_of(&w.customer_a, &u(path.clone())).await,
+            cust_s,
+            "customer {path}"
+        );
+        assert_eq!(
+            status_of(&w.operator, &u(path.clone())).await,
+            op_s,
+            "operator {path}"
+        );
+        assert_eq!(
+            status_of(&w.admin, &u(path.clone())).await,
+            admin_s,
+            "admin {path}"
+        );
+    }
+    // Another tenant's jail is invisible in lists too.
+    let list = w
+        .customer_a
+        .get(u("/jails".into()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("web") && !list.contains("secret"));
+}
+
+#[tokio::test]
+async fn customers_cannot_act_on_another_tenants_jail() {
+    let w = world().await;
+    let token = csrf(&w.customer_a, &w.app.url("/jails")).await;
+    for action in ["start", "stop", "restart", "delete"] {
+        let r = w
+            .customer_a
+            .post(w.app.url(&format!("/jails/{}/{action}", w.jail_b)))
+            .form(&[("csrf_token", token.as_str()), ("confirm", "yes")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{action}");
+    }
+    let j = jails::get(&w.app.pool, w.tenant_b, w.jail_b).await.unwrap();
+    assert_eq!(j.desired_state, stockade_domain::DesiredState::Running);
+    assert_eq!(j.generation, 1, "untouched");
+}
+
+#[tokio::test]
+async fn state_changing_posts_need_the_csrf_token() {
+    let w = world().await;
+    let r = w
+        .customer_a
+        .post(w.app.url(&format!("/jails/{}/stop", w.jail_a)))
+        .form(&[("csrf_token", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = w
+        .admin
+        .post(w.app.url(&format!("/staff/tenants/{}/suspend", w.tenant_a)))
+        .form(&[("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 400 || r.status() == 403, "{}", r.status());
+    assert_eq!(
+        tenants::get(&w.app.pool, w.tenant_a).await.unwrap().status,
+        stockade_domain::TenantStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn a_customer_creates_stops_and_deletes_a_jail() {
+    let w = world().await;
+    let token = csrf(&w.customer_a, &w.app.url("/jails")).await;
+    let form = |name: &str, memory: &str| {
+        vec![
+            ("csrf_token", token.clone()),
+            ("name", name.to_owned()),
+            ("image", "busybox".into()),
+            ("kind", "system".into()),
+            ("command", String::new()),
+            ("cpu", "250m".into()),
+            ("memory", memory.to_owned()),
+            ("pids", "32".into()),
+            ("disk", "256M".into()),
+        ]
+    };
+    let r = w
+        .customer_a
+        .post(w.app.url("/jails"))
+        .form(&form("shop", "128M"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let page = w
+        .customer_a
+        .get(w.app.url(&location))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Jail shop created"), "flash shown");
+    assert!(page.contains("<svg"), "charts are drawn");
+
+    // Over quota: a clear message, the typed values kept, nothing created.
+    let r = w
+        .customer_a
+        .post(w.app.url("/jails"))
+        .form(&form("huge", "64G"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("memory quota exceeded"), "{page}");
+    assert!(page.contains("value=\"huge\""));
+    // Bad input: a clear message.
+    let r = w
+        .customer_a
+        .post(w.app.url("/jails"))
+        .form(&form("Bad_Name", "128M"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("may only contain a-z"));
+    assert_eq!(
+        jails::list_for_tenant(&w.app.pool, w.tenant_a)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let id = location.trim_start_matches("/jails/");
+    let r = w
+        .customer_a
+        .post(w.app.url(&format!("/jails/{id}/stop")))
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    // Delete without confirming goes to the confirmation page.
+    let r = w
+        .customer_a
+        .post(w.app.url(&format!("/jails/{id}/delete")))
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("/jails/{id}/delete")
+    );
+    let r = w
+        .customer_a
+        .post(w.app.url(&format!("/jails/{id}/delete")))
+        .form(&[("csrf_token", token.as_str()), ("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let deleted = jails::get(&w.app.pool, w.tenant_a, Uuid::parse_str(id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted.desired_state,
+        stockade_domain::DesiredState::Deleted
+    );
+    assert!(
+        stockade_store::audit::count_action(&w.app.pool, "jail.create")
+            .await
+            .unwrap()
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn operators_suspend_but_only_admins_change_quotas_or_terminate() {
+    let w = world().await;
+    let detail = w.app.url(&format!("/staff/tenants/{}", w.tenant_b));
+    let op_token = csrf(&w.operator, &detail).await;
+    let r = w
+        .operator
+        .post(
+            w.app
+                .url(&format!("/staff/tenants/{}/overrides", w.tenant_b)),
+        )
+        .form(&[
+            ("csrf_token", op_token.as_str()),
+            ("cpu", ""),
+            ("memory", "64M"),
+            ("pids", ""),
+            ("disk", ""),
+            ("max_jails", ""),
+            ("transfer", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = w
+        .operator
+        .post(
+            w.app
+                .url(&format!("/staff/tenants/{}/terminate", w.tenant_b)),
+        )
+        .form(&[("csrf_token", op_token.as_str()), ("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = w
+        .operator
+        .post(w.app.url(&format!("/staff/tenants/{}/suspend", w.tenant_b)))
+        .form(&[("csrf_token", op_token.as_str()), ("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        tenants::get(&w.app.pool, w.tenant_b).await.unwrap().status,
+        stockade_domain::TenantStatus::Suspended
+    );
+
+    // The admin lowers the memory quota; the tenant's jail follows.
+    let admin_token = csrf(&w.admin, &detail).await;
+    let r = w
+        .admin
+        .post(
+            w.app
+                .url(&format!("/staff/tenants/{}/overrides", w.tenant_b)),
+        )
+        .form(&[
+            ("csrf_token", admin_token.as_str()),
+            ("cpu", ""),
+            ("memory", "64M"),
+            ("pids", ""),
+            ("disk", ""),
+            ("max_jails", ""),
+            ("transfer", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let page = w
+        .admin
+        .get(&detail)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Quota overrides saved"));
+    assert!(page.contains("value=\"64M\""));
+    let j = jails::get(&w.app.pool, w.tenant_b, w.jail_b).await.unwrap();
+    assert_eq!(j.limits.memory_bytes, 64 << 20);
+    let audit = w
+        .admin
+        .get(w.app.url("/staff/audit?tenant=beta"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(audit.contains("tenant.suspend") && audit.contains("tenant.quota_override"));
+}
+
+#[tokio::test]
+async fn admins_manage_plans_and_see_nodes() {
+    let w = world().await;
+    let token = csrf(&w.admin, &w.app.url("/staff/plans")).await;
+    let fields = |name: &str, memory: &str| {
+        vec![
+            ("csrf_token", token.clone()),
+            ("name", name.to_owned()),
+            ("display_name", "Pro".to_owned()),
+            ("cpu", "2".to_owned()),
+            ("memory", memory.to_owned()),
+            ("pids", "512".to_owned()),
+            ("disk", "20G".to_owned()),
+            ("max_jails", "5".to_owned()),
+            ("transfer", "500G".to_owned()),
+        ]
+    };
+    let r = w
+        .admin
+        .post(w.app.url("/staff/plans"))
+        .form(&fields("pro", "2G"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = w
+        .admin
+        .post(w.app.url("/staff/plans"))
+        .form(&fields("pro", "2G"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "a taken name is refused");
+    let r = w
+        .admin
+        .post(w.app.url("/staff/plans"))
+        .form(&fields("cheap", "lots"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("is not a size"));
+    let pro = plans::by_name(&w.app.pool, "pro").await.unwrap();
+    assert_eq!(pro.quota.memory_bytes, 2 << 30);
+    let r = w
+        .operator
+        .post(w.app.url("/staff/plans"))
+        .form(&fields("ops", "2G"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let nodes = w
+        .operator
+        .get(w.app.url("/staff/nodes"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(nodes.contains("n1") && nodes.contains(">up<"));
+}
+
+#[tokio::test]
+async fn password_change_keeps_this_session_and_ends_the_others() {
+    let w = world().await;
+    let second = new_client();
+    w.app
+        .sign_in(&second, "a@alpha.test", "correct horse battery")
+        .await;
+    assert_eq!(status_of(&second, &w.app.url("/overview")).await, 200);
+    let token = csrf(&w.customer_a, &w.app.url("/account")).await;
+    let r = w
+        .customer_a
+        .post(w.app.url("/account/password"))
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("current", "correct horse battery"),
+            ("new", "a brand new secret"),
+            ("again", "a brand new secret"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        status_of(&w.customer_a, &w.app.url("/overview")).await,
+        200,
+        "this browser stays signed in"
+    );
+    assert_eq!(
+        status_of(&second, &w.app.url("/overview")).await,
+        303,
+        "the other session ended"
+    );
+    let r = w
+        .app
+        .sign_in(&new_client(), "a@alpha.test", "a brand new secret")
+        .await;
+    assert_eq!(r.status(), 303);
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_sign_in_for_known_and_unknown_emails_alike() {
+    let app = TestApp::spawn().await;
+    app.create_user("victim@example.com", Role::Admin, None)
+        .await;
+    for email in ["victim@example.com", "ghost@example.com"] {
+        let client = new_client();
+        let mut last = 0;
+        for _ in 0..11 {
+            last = app.sign_in(&client, email, "guess").await.status().as_u16();
+        }
+        assert_eq!(last, 429, "{email} is locked after repeated failures");
+    }
+    // Even the right password is refused while locked.
+    let r = app
+        .sign_in(&new_client(), "victim@example.com", "correct horse battery")
+        .await;
+    assert_eq!(r.status(), 429);
+}
