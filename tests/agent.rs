@@ -3,115 +3,16 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use common::agent::{Node, is_root, wait_node, wait_observed};
+
 use std::time::{Duration, Instant};
 
-use secrecy::{ExposeSecret, SecretString};
 use stockade_domain::{DesiredState, JailKind, JailName, Limits, ObservedState, TenantSlug};
-use stockade_store::jails::{self, Jail, NewJail};
+use stockade_store::jails::{self, NewJail};
 use stockade_store::{PgPool, plans, tenants};
 use uuid::Uuid;
 
 const MIB: u64 = 1 << 20;
-
-fn is_root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    eprintln!("!!! SKIPPED: agent tests need root (they create jails); run the suite as root");
-    false
-}
-
-/// An agent process on a node of its own, cleaned up (with every jail
-/// object it made) when dropped.
-struct Node {
-    name: String,
-    state: tempfile::TempDir,
-    url: SecretString,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn new(url: &SecretString) -> Node {
-        let name = format!("agent-test-{}", &Uuid::new_v4().simple().to_string()[..8]);
-        let state = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut node = Node {
-            name,
-            state,
-            url: url.clone(),
-            child: None,
-        };
-        node.start();
-        node
-    }
-
-    fn start(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_stockade"))
-            .arg("agent")
-            .env_remove("STOCKADE_CONFIG")
-            .env("DATABASE_URL", self.url.expose_secret())
-            .env("STOCKADE_NODE_NAME", &self.name)
-            .env("STOCKADE_STATE_DIR", self.state.path())
-            .env("STOCKADE_AGENT_METRICS", "off")
-            .env("STOCKADE_SAMPLE_SECS", "1")
-            .env("STOCKADE_RESYNC_SECS", "2")
-            .env("STOCKADE_HEARTBEAT_SECS", "1")
-            .env("STOCKADE_STOP_GRACE_SECS", "2")
-            .env("STOCKADE_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self, signal: nix::sys::signal::Signal) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap()),
-                signal,
-            );
-            let _ = c.wait();
-        }
-    }
-
-    fn engine(&self) -> stockade_jail::Engine {
-        let mut cfg = stockade_jail::EngineConfig::new(
-            self.state.path().join("node"),
-            self.state.path().join("images"),
-        );
-        cfg.cgroup_parent = format!("stockade-{}", self.name);
-        stockade_jail::Engine::new(cfg).unwrap()
-    }
-
-    fn cgroup_dir(&self, controller: &str, jail: &Jail) -> PathBuf {
-        Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join(format!("stockade-{}", self.name))
-            .join(jail.host_name().as_str())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill(nix::sys::signal::Signal::SIGKILL);
-        let engine = self.engine();
-        if let Ok(found) = engine.discover() {
-            for name in found.jails.keys() {
-                let _ = engine.destroy(&JailName::parse(name).unwrap());
-            }
-        }
-        for entry in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(entry.path().join(format!("stockade-{}", self.name)));
-        }
-    }
-}
 
 async fn tenant(pool: &PgPool) -> Uuid {
     let plan = plans::by_name(pool, "business").await.unwrap();
@@ -136,38 +37,6 @@ fn system_jail(name: &str, command: &[&str]) -> NewJail {
             disk_bytes: 32 * MIB,
             ..Limits::default()
         },
-    }
-}
-
-async fn wait_node(pool: &PgPool, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if stockade_store::nodes::list(pool)
-            .await
-            .unwrap()
-            .iter()
-            .any(|n| n.name == name)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node {name} never registered");
-}
-
-/// Waits until the agent has converged the jail's current generation to `state`.
-async fn wait_observed(pool: &PgPool, tenant: Uuid, id: Uuid, state: ObservedState) -> Jail {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let j = jails::get(pool, tenant, id).await.unwrap();
-        if j.observed_state == state && j.observed_generation == j.generation {
-            return j;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "jail never became {state}: {j:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

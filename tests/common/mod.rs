@@ -3,6 +3,9 @@
 //! application on port 0.
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -71,12 +74,13 @@ pub async fn fresh_database() -> (PgPool, SecretString) {
 pub struct TestApp {
     pub address: String,
     pub pool: PgPool,
+    pub db_url: SecretString,
     pub client: reqwest::Client,
 }
 
 impl TestApp {
     pub async fn spawn() -> TestApp {
-        let (pool, _) = fresh_database().await;
+        let (pool, db_url) = fresh_database().await;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let settings = stockade_web::Settings {
             public_url: "http://127.0.0.1".into(),
@@ -92,6 +96,7 @@ impl TestApp {
         TestApp {
             address,
             pool,
+            db_url,
             client: new_client(),
         }
     }

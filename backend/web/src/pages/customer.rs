@@ -89,13 +89,14 @@ async fn overview(
 ) -> Result<HttpResponse, WebError> {
     let tenant_id = customer_tenant(&s)?;
     let tenant = stockade_store::tenants::get(&state.pool, tenant_id).await?;
+    let plan = stockade_store::plans::get(&state.pool, tenant.plan_id).await?;
     let jails = jails::list_for_tenant(&state.pool, tenant_id).await?;
     let layout = Layout::new(&req, &s.0);
     let had_flash = layout.flash.is_some();
     let page = OverviewPage {
         layout,
         tenant_name: tenant.display_name,
-        plan_name: tenant.plan_name,
+        plan_name: plan.display_name,
         status: tenant.status.as_str(),
         quotas: quota_tiles(&state.pool, tenant_id).await?,
         jails: jails.iter().map(JailRow::from).collect(),
