@@ -99,11 +99,7 @@ impl Browser {
         if let Some(err) = resp["value"]["error"].as_str() {
             panic!("webdriver {path}: {err}: {}", resp["value"]["message"]);
         }
-        if path == "/session" {
-            resp["value"].clone()
-        } else {
-            resp["value"].clone()
-        }
+        resp["value"].clone()
     }
 
     /// Opens a URL and waits for the page to load.
