@@ -65,6 +65,13 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// Whether the agent process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     pub fn kill(&mut self, signal: nix::sys::signal::Signal) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(
