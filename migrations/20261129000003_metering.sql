@@ -25,3 +25,8 @@ CREATE INDEX audit_log_action_target_idx ON audit_log (action, target, at);
 -- A restart asked for at this generation: the agent restarts a running jail
 -- once when it converges a generation at or past it.
 ALTER TABLE jails ADD COLUMN restart_generation bigint NOT NULL DEFAULT 0 CHECK (restart_generation >= 0);
+
+-- The first day of the month in which the tenant passed its plan's soft
+-- transfer share; its jails' network rates are capped at the plan's throttle
+-- rate for the rest of that month.
+ALTER TABLE tenants ADD COLUMN transfer_throttled_month date;

@@ -293,3 +293,96 @@ async fn lowering_a_quota_scales_running_jails_down() {
     assert_eq!(quota.memory_bytes, 64 * MIB);
     assert!(used.memory_bytes <= quota.memory_bytes);
 }
+
+#[tokio::test]
+async fn monthly_transfer_throttles_at_the_soft_share_and_suspends_at_the_quota() {
+    use stockade_store::transfer::{self, Outcome};
+    let (pool, _) = common::fresh_database().await;
+    let node_id = node(&pool, "n1", 1 << 40).await;
+    let tenant = tenant_with_room_for(&pool, 2).await;
+    tenants::set_overrides(
+        &pool,
+        tenant,
+        &tenants::Overrides {
+            monthly_transfer_bytes: Some(1000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let jail = jails::create(&pool, tenant, &small_jail("web"))
+        .await
+        .unwrap();
+    let add_transfer = |bytes: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO usage_rollups (jail_id, hour, tenant_id, samples, net_rx_bytes, net_tx_bytes)
+                 VALUES ($1, date_trunc('hour', now()), $2, 1, $3, 0)
+                 ON CONFLICT (jail_id, hour) DO UPDATE SET net_rx_bytes = usage_rollups.net_rx_bytes + $3",
+            )
+            .bind(jail.id)
+            .bind(tenant)
+            .bind(bytes)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    add_transfer(500).await;
+    assert_eq!(
+        transfer::check(&pool, tenant, "test").await.unwrap(),
+        Outcome::Nothing
+    );
+    assert!(
+        transfer::throttles_on_node(&pool, node_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    add_transfer(350).await; // 850 of 1000: past the plan's 80 % soft share.
+    let before = jails::get(&pool, tenant, jail.id).await.unwrap().generation;
+    assert_eq!(
+        transfer::check(&pool, tenant, "test").await.unwrap(),
+        Outcome::Throttled
+    );
+    assert_eq!(
+        transfer::check(&pool, tenant, "test").await.unwrap(),
+        Outcome::Nothing,
+        "once a month"
+    );
+    assert!(
+        jails::get(&pool, tenant, jail.id).await.unwrap().generation > before,
+        "agents re-apply limits"
+    );
+    let throttles = transfer::throttles_on_node(&pool, node_id).await.unwrap();
+    assert_eq!(throttles, vec![(tenant, 1_000_000)]);
+    assert_eq!(
+        stockade_store::audit::count_action(&pool, "quota.soft_limit_reached")
+            .await
+            .unwrap(),
+        1
+    );
+    add_transfer(200).await;
+    assert_eq!(
+        transfer::check(&pool, tenant, "test").await.unwrap(),
+        Outcome::Suspended
+    );
+    assert_eq!(
+        tenants::get(&pool, tenant).await.unwrap().status,
+        stockade_domain::TenantStatus::Suspended
+    );
+    assert_eq!(
+        jails::get(&pool, tenant, jail.id)
+            .await
+            .unwrap()
+            .desired_state,
+        DesiredState::Stopped
+    );
+    assert_eq!(
+        stockade_store::audit::count_action(&pool, "quota.hard_limit_reached")
+            .await
+            .unwrap(),
+        1
+    );
+}

@@ -104,7 +104,13 @@ pub async fn run(
     if let Err(e) = adopt::adopt(&pool, &engine, node_id, &cfg.node_name).await {
         tracing::warn!(error = %e, "adopting host objects failed; will retry at the next resync");
     }
-    let mut sampler = sampler::Sampler::new(pool.clone(), engine.clone(), node_id, metrics.clone());
+    let mut sampler = sampler::Sampler::new(
+        pool.clone(),
+        engine.clone(),
+        node_id,
+        metrics.clone(),
+        &cfg.node_name,
+    );
 
     let mut listener = connect_listener(&pool).await;
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);

@@ -82,6 +82,14 @@ impl Reconciler {
                 return;
             }
         };
+        let throttles: HashMap<Uuid, u64> =
+            match stockade_store::transfer::throttles_on_node(&self.pool, self.node_id).await {
+                Ok(t) => t.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading transfer throttles failed");
+                    HashMap::new()
+                }
+            };
         let now = Instant::now();
         let mut running = Vec::new();
         let mut by_state = [0u64; 5];
@@ -93,8 +101,9 @@ impl Reconciler {
                 }
                 continue;
             }
+            let throttle = throttles.get(&jail.tenant_id).copied();
             let observed = self
-                .reconcile_one(jail.id, full)
+                .reconcile_one(jail.id, full, throttle)
                 .await
                 .unwrap_or(jail.observed_state);
             count(&mut by_state, observed);
@@ -109,7 +118,12 @@ impl Reconciler {
 
     /// Claims one jail, converges it, and records what it saw. Returns the
     /// observed state, or `None` when another worker holds the jail.
-    async fn reconcile_one(&mut self, jail_id: Uuid, full: bool) -> Option<ObservedState> {
+    async fn reconcile_one(
+        &mut self,
+        jail_id: Uuid,
+        full: bool,
+        throttle: Option<u64>,
+    ) -> Option<ObservedState> {
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
             Err(e) => {
@@ -127,7 +141,16 @@ impl Reconciler {
         };
         let engine = self.engine.clone();
         let grace = self.cfg.stop_grace;
-        let work = jail.clone();
+        let mut work = jail.clone();
+        if let Some(bps) = throttle {
+            // Past the monthly transfer's soft share: network rates are capped.
+            for rate in [
+                &mut work.limits.net_egress_bps,
+                &mut work.limits.net_ingress_bps,
+            ] {
+                *rate = if *rate == 0 { bps } else { (*rate).min(bps) };
+            }
+        }
         let outcome = tokio::task::spawn_blocking(move || converge(&engine, &work, full, grace))
             .await
             .unwrap_or_else(|e| Err(format!("the reconcile step panicked: {e}")));

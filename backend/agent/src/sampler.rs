@@ -19,7 +19,14 @@ pub(crate) struct Sampler {
     metrics: Arc<Metrics>,
     /// Samples read while the database was unreachable, sent with the next batch.
     pending: Vec<Sample>,
+    /// When each tenant's monthly transfer was last checked.
+    checked: std::collections::HashMap<Uuid, Instant>,
+    /// Name used in audit entries.
+    actor: String,
 }
+
+/// A tenant's monthly transfer is checked at most this often.
+const TRANSFER_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// At most this many unsent samples are kept through a database outage.
 const MAX_PENDING: usize = 100_000;
@@ -30,6 +37,7 @@ impl Sampler {
         engine: Arc<Engine>,
         node_id: Uuid,
         metrics: Arc<Metrics>,
+        node_name: &str,
     ) -> Self {
         Self {
             pool,
@@ -37,6 +45,30 @@ impl Sampler {
             node_id,
             metrics,
             pending: Vec::new(),
+            checked: std::collections::HashMap::new(),
+            actor: format!("agent:{node_name}"),
+        }
+    }
+
+    /// Checks the monthly transfer of the tenants just sampled.
+    async fn check_transfer(&mut self, tenants: impl Iterator<Item = Uuid>) {
+        let now = Instant::now();
+        for tenant in tenants {
+            if self
+                .checked
+                .get(&tenant)
+                .is_some_and(|t| now.duration_since(*t) < TRANSFER_CHECK_EVERY)
+            {
+                continue;
+            }
+            self.checked.insert(tenant, now);
+            match stockade_store::transfer::check(&self.pool, tenant, &self.actor).await {
+                Ok(stockade_store::transfer::Outcome::Nothing) => {}
+                Ok(outcome) => tracing::info!(%tenant, ?outcome, "monthly transfer quota acted on"),
+                Err(e) => {
+                    tracing::warn!(%tenant, error = %e, "checking the monthly transfer failed")
+                }
+            }
         }
     }
 
@@ -77,9 +109,14 @@ impl Sampler {
         .await;
         let Ok((samples, took)) = read else { return };
         self.metrics.observe_sweep(took, samples.len());
+        let tenants: std::collections::HashSet<Uuid> =
+            samples.iter().map(|s| s.tenant_id).collect();
         self.pending.extend(samples);
         match usage::record(&self.pool, self.node_id, &self.pending).await {
-            Ok(_) => self.pending.clear(),
+            Ok(_) => {
+                self.pending.clear();
+                self.check_transfer(tenants.into_iter()).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, kept = self.pending.len(), "storing usage samples failed; keeping them for the next sweep");
                 if self.pending.len() > MAX_PENDING {

@@ -12,6 +12,7 @@ pub mod password;
 pub mod plans;
 pub mod sessions;
 pub mod tenants;
+pub mod transfer;
 pub mod usage;
 pub mod users;
 

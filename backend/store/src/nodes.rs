@@ -138,3 +138,24 @@ pub async fn loads(pool: &PgPool) -> Result<Vec<NodeLoad>, StoreError> {
     .fetch_all(pool)
     .await?)
 }
+
+/// Overrides a node's recorded capacity (benchmarks place more jails than
+/// the host's memory would admit, since idle jails use far less than their limit).
+pub async fn set_capacity_for_tests(
+    pool: &PgPool,
+    name: &str,
+    memory_bytes: i64,
+    disk_bytes: i64,
+    max_jails: i32,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE nodes SET memory_bytes = $2, disk_bytes = $3, max_jails = $4 WHERE name = $1",
+    )
+    .bind(name)
+    .bind(memory_bytes)
+    .bind(disk_bytes)
+    .bind(max_jails)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

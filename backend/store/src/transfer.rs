@@ -1,0 +1,116 @@
+//! The monthly transfer quota: past the plan's soft share a tenant's jails
+//! are throttled for the rest of the month; at the full quota the tenant is
+//! suspended. Both happen once per month, whichever agent notices first.
+
+use uuid::Uuid;
+
+use crate::{PgPool, StoreError, audit};
+
+/// What a check did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Below the soft share, or already handled this month.
+    Nothing,
+    /// The soft share was passed: jails are throttled from now on.
+    Throttled,
+    /// The quota was used up: the tenant was suspended.
+    Suspended,
+}
+
+/// Checks one tenant's transfer this month against its quota.
+pub async fn check(pool: &PgPool, tenant_id: Uuid, actor: &str) -> Result<Outcome, StoreError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, Option<chrono::NaiveDate>, i64, i16, bool)> = sqlx::query_as(
+        "SELECT t.status, t.transfer_throttled_month,
+             COALESCE(o.monthly_transfer_bytes, p.monthly_transfer_bytes), p.transfer_soft_percent,
+             t.transfer_throttled_month IS NOT DISTINCT FROM date_trunc('month', now() AT TIME ZONE 'UTC')::date
+         FROM tenants t JOIN plans p ON p.id = t.plan_id
+         LEFT JOIN tenant_quota_overrides o ON o.tenant_id = t.id
+         WHERE t.id = $1 FOR UPDATE OF t",
+    )
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((status, _, quota, soft_percent, throttled_now)) = row else {
+        return Err(StoreError::NotFound);
+    };
+    if status != "active" || quota <= 0 {
+        return Ok(Outcome::Nothing);
+    }
+    let used: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(net_rx_bytes + net_tx_bytes), 0)::bigint FROM usage_rollups
+         WHERE tenant_id = $1 AND hour >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    )
+    .bind(tenant_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let soft = i64::try_from(i128::from(quota) * i128::from(soft_percent) / 100).unwrap_or(quota);
+    let details =
+        serde_json::json!({ "used_bytes": used, "quota_bytes": quota, "soft_bytes": soft });
+    let outcome = if used >= quota {
+        tx.commit().await?;
+        crate::tenants::suspend(pool, tenant_id).await?;
+        audit::record(
+            pool,
+            &audit::Entry {
+                actor_user_id: None,
+                actor,
+                tenant_id: Some(tenant_id),
+                action: "quota.hard_limit_reached",
+                target: "monthly_transfer",
+                client_addr: None,
+                details,
+            },
+        )
+        .await?;
+        return Ok(Outcome::Suspended);
+    } else if used >= soft && !throttled_now {
+        sqlx::query(
+            "UPDATE tenants SET transfer_throttled_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date WHERE id = $1",
+        )
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE jails SET generation = generation + 1 WHERE tenant_id = $1 AND desired_state <> 'deleted'")
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        audit::record(
+            &mut *tx,
+            &audit::Entry {
+                actor_user_id: None,
+                actor,
+                tenant_id: Some(tenant_id),
+                action: "quota.soft_limit_reached",
+                target: "monthly_transfer",
+                client_addr: None,
+                details,
+            },
+        )
+        .await?;
+        Outcome::Throttled
+    } else {
+        Outcome::Nothing
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// The network rate (bits/s) each tenant with jails on `node_id` is throttled
+/// to this month, for tenants that are throttled.
+pub async fn throttles_on_node(
+    pool: &PgPool,
+    node_id: Uuid,
+) -> Result<Vec<(Uuid, u64)>, StoreError> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT DISTINCT t.id, p.transfer_throttle_bps FROM tenants t
+         JOIN plans p ON p.id = t.plan_id JOIN jails j ON j.tenant_id = t.id
+         WHERE j.node_id = $1 AND t.transfer_throttled_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date",
+    )
+    .bind(node_id)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(t, b)| Ok((t, crate::to_u64("throttle", b)?)))
+        .collect()
+}
