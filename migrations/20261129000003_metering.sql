@@ -30,3 +30,20 @@ ALTER TABLE jails ADD COLUMN restart_generation bigint NOT NULL DEFAULT 0 CHECK 
 -- transfer share; its jails' network rates are capped at the plan's throttle
 -- rate for the rest of that month.
 ALTER TABLE tenants ADD COLUMN transfer_throttled_month date;
+
+-- Files customers upload into a jail's site folder. The web tier never
+-- touches a node: it stores the file here and the jail's agent writes it
+-- into the running jail, where the volume's quota applies.
+CREATE TABLE jail_uploads (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    jail_id     uuid NOT NULL REFERENCES jails (id) ON DELETE CASCADE,
+    tenant_id   uuid NOT NULL REFERENCES tenants (id),
+    file_name   text NOT NULL CHECK (file_name ~ '^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$'),
+    content     bytea,
+    size_bytes  bigint NOT NULL CHECK (size_bytes >= 0),
+    state       text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'written', 'failed')),
+    error       text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    done_at     timestamptz
+);
+CREATE INDEX jail_uploads_pending_idx ON jail_uploads (jail_id) WHERE state = 'pending';

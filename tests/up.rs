@@ -119,8 +119,16 @@ async fn sign_in_as_admin(port: u16) {
         .unwrap();
     assert_eq!(r.status(), 303, "the first admin can sign in");
     let home = client.get(format!("{base}/")).send().await.unwrap();
-    assert_eq!(home.headers()["location"], "/staff/tenants", "staff land on the tenants page");
-    let home = client.get(format!("{base}/staff/tenants")).send().await.unwrap();
+    assert_eq!(
+        home.headers()["location"],
+        "/staff/tenants",
+        "staff land on the tenants page"
+    );
+    let home = client
+        .get(format!("{base}/staff/tenants"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(home.status(), 200);
     assert!(home.text().await.unwrap().contains("admin@localhost"));
 }

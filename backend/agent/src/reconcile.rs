@@ -13,6 +13,9 @@ use uuid::Uuid;
 use crate::AgentConfig;
 use crate::metrics::Metrics;
 
+/// Where uploaded site files go inside a jail.
+const SITE_FOLDER: &str = "srv/www";
+
 /// A failing jail waits this long before its first retry, doubling up to the cap.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(300);
@@ -111,9 +114,52 @@ impl Reconciler {
                 running.push((jail.id, jail.tenant_id, jail.host_name()));
             }
         }
+        self.write_uploads(&running).await;
         self.running = running;
         self.metrics.set_jails_by_state(by_state);
         self.metrics.observe_pass(started.elapsed());
+    }
+
+    /// Writes pending uploads into the running jails they are for.
+    async fn write_uploads(&self, running: &[(Uuid, Uuid, stockade_domain::JailName)]) {
+        let wanted =
+            match stockade_store::uploads::jails_with_pending(&self.pool, self.node_id).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading pending uploads failed");
+                    return;
+                }
+            };
+        for (jail_id, _, name) in running.iter().filter(|(id, _, _)| wanted.contains(id)) {
+            let Ok(files) = stockade_store::uploads::pending(&self.pool, *jail_id).await else {
+                continue;
+            };
+            for (upload_id, file, content) in files {
+                let engine = self.engine.clone();
+                let name = name.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    engine.write_file(&name, SITE_FOLDER, &file, &content)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    r.map_err(|e| match &e {
+                        stockade_jail::JailError::Io { source, .. }
+                            if source.raw_os_error() == Some(libc::ENOSPC) =>
+                        {
+                            "the jail's disk is full".to_owned()
+                        }
+                        _ => e.to_string(),
+                    })
+                });
+                let error = written.err();
+                if let Err(e) =
+                    stockade_store::uploads::finish(&self.pool, upload_id, error.as_deref()).await
+                {
+                    tracing::warn!(error = %e, "recording an upload failed");
+                }
+            }
+        }
     }
 
     /// Claims one jail, converges it, and records what it saw. Returns the

@@ -5,12 +5,14 @@
 //! raw names, sizes or states.
 
 mod email;
+mod file_name;
 mod limits;
 mod name;
 mod quantity;
 mod state;
 
 pub use email::Email;
+pub use file_name::FileName;
 pub use limits::Limits;
 pub use name::{JailName, TenantSlug};
 pub use quantity::{ByteSize, Millicores};

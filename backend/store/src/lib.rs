@@ -13,6 +13,7 @@ pub mod plans;
 pub mod sessions;
 pub mod tenants;
 pub mod transfer;
+pub mod uploads;
 pub mod usage;
 pub mod users;
 

@@ -25,6 +25,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jails", web::post().to(create))
         .route("/jails/{id}", web::get().to(detail))
         .route("/jails/{id}/delete", web::get().to(confirm_delete))
+        .route("/jails/{id}/files", web::post().to(upload))
         .route("/jails/{id}/{action}", web::post().to(action));
 }
 
@@ -342,6 +343,105 @@ struct JailPage {
     hits: Vec<String>,
     period: String,
     charts: Vec<String>,
+    upload_limit: String,
+    uploads: Vec<(String, String, String)>,
+}
+
+/// Largest file accepted by the upload form.
+const UPLOAD_LIMIT: usize = 8 << 20;
+
+/// Reads the upload form: its CSRF token and one file, refusing anything larger than the limit.
+async fn read_upload(
+    mut form: actix_multipart::Multipart,
+) -> Result<(String, String, Vec<u8>), String> {
+    use futures_util::StreamExt;
+    let mut csrf = String::new();
+    let mut file: Option<(String, Vec<u8>)> = None;
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(|e| format!("the upload could not be read: {e}"))?;
+        let name = field.name().unwrap_or_default().to_owned();
+        let file_name = field
+            .content_disposition()
+            .and_then(|d| d.get_filename())
+            .map(str::to_owned);
+        let mut data = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(|e| format!("the upload could not be read: {e}"))?;
+            if data.len() + chunk.len() > UPLOAD_LIMIT {
+                return Err(format!(
+                    "the file is larger than {}",
+                    format::bytes(UPLOAD_LIMIT as u64)
+                ));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        match name.as_str() {
+            "csrf_token" => csrf = String::from_utf8_lossy(&data).into_owned(),
+            "file" => file = Some((file_name.unwrap_or_default(), data)),
+            _ => {}
+        }
+    }
+    let (name, data) = file.ok_or("choose a file to upload")?;
+    Ok((csrf, name, data))
+}
+
+async fn upload(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+    form: actix_multipart::Multipart,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    let id = parse_id(&path)?;
+    let here = format!("/jails/{id}");
+    let (csrf, file_name, data) = match read_upload(form).await {
+        Ok(v) => v,
+        Err(msg) => {
+            return Ok(flash::redirect(
+                &here,
+                "error",
+                &format!("Upload refused: {msg}."),
+            ));
+        }
+    };
+    s.check_csrf(&csrf)?;
+    // Browsers send a bare name; older ones a full client path: keep the last part.
+    let base = file_name
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let base = match stockade_domain::FileName::parse(&base) {
+        Ok(n) => n,
+        Err(e) => {
+            return Ok(flash::redirect(
+                &here,
+                "error",
+                &format!("Upload refused: {e}."),
+            ));
+        }
+    };
+    let jail = jails::get(&state.pool, tenant_id, id).await?;
+    let up = stockade_store::uploads::create(&state.pool, tenant_id, jail.id, base.as_str(), &data)
+        .await?;
+    record(
+        &state,
+        &req,
+        &s,
+        tenant_id,
+        "jail.upload",
+        &format!("{}:/srv/www/{}", jail.name, up.file_name),
+    )
+    .await?;
+    Ok(flash::redirect(
+        &here,
+        "ok",
+        &format!(
+            "{} uploaded; it appears in /srv/www of {} in a moment.",
+            up.file_name, jail.name
+        ),
+    ))
 }
 
 /// Limit hits in plain words.
@@ -467,6 +567,22 @@ async fn detail(
         hits: explain_hits(&jail, hits),
         period: period.into(),
         charts: series.iter().map(|s| line_chart(s, from, now)).collect(),
+        upload_limit: format::bytes(UPLOAD_LIMIT as u64),
+        uploads: stockade_store::uploads::list(&state.pool, tenant_id, jail.id)
+            .await?
+            .into_iter()
+            .map(|u| {
+                let state = match u.error {
+                    Some(e) => format!("failed: {e}"),
+                    None => u.state,
+                };
+                (
+                    u.file_name,
+                    format::bytes(u64::try_from(u.size_bytes).unwrap_or(0)),
+                    state,
+                )
+            })
+            .collect(),
     };
     render(StatusCode::OK, &page, had_flash)
 }

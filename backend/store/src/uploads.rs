@@ -1,0 +1,117 @@
+//! Files waiting to be written into a jail's site folder by its agent.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{JAILS_CHANNEL, PgPool, StoreError};
+
+/// An upload as the jail page lists it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Upload {
+    /// Stable id.
+    pub id: Uuid,
+    /// File name inside the site folder.
+    pub file_name: String,
+    /// Size in bytes.
+    pub size_bytes: i64,
+    /// `pending`, `written` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When it was uploaded.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Stores an upload for a tenant's jail and wakes the agents. The jail must
+/// belong to the tenant: the `tenant_id` predicate is the boundary.
+pub async fn create(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    file_name: &str,
+    content: &[u8],
+) -> Result<Upload, StoreError> {
+    let mut tx = pool.begin().await?;
+    let node: Option<Option<Uuid>> = sqlx::query_scalar(
+        "SELECT node_id FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted'",
+    )
+    .bind(jail_id)
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(node) = node else {
+        return Err(StoreError::NotFound);
+    };
+    let upload: Upload = sqlx::query_as(
+        "INSERT INTO jail_uploads (jail_id, tenant_id, file_name, content, size_bytes)
+         VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, file_name, size_bytes, state, error, created_at",
+    )
+    .bind(jail_id)
+    .bind(tenant_id)
+    .bind(file_name)
+    .bind(content)
+    .bind(i64::try_from(content.len()).unwrap_or(i64::MAX))
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(JAILS_CHANNEL)
+        .bind(node.map(|n| n.to_string()).unwrap_or_default())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(upload)
+}
+
+/// The latest uploads of a tenant's jail.
+pub async fn list(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+) -> Result<Vec<Upload>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, file_name, size_bytes, state, error, created_at FROM jail_uploads
+         WHERE jail_id = $1 AND tenant_id = $2 ORDER BY created_at DESC LIMIT 20",
+    )
+    .bind(jail_id)
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Pending uploads of a jail, oldest first: (id, file name, content).
+pub async fn pending(
+    pool: &PgPool,
+    jail_id: Uuid,
+) -> Result<Vec<(Uuid, String, Vec<u8>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, file_name, content FROM jail_uploads WHERE jail_id = $1 AND state = 'pending' ORDER BY created_at",
+    )
+    .bind(jail_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Jails of a node with pending uploads.
+pub async fn jails_with_pending(pool: &PgPool, node_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT u.jail_id FROM jail_uploads u JOIN jails j ON j.id = u.jail_id
+         WHERE j.node_id = $1 AND u.state = 'pending'",
+    )
+    .bind(node_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Records the outcome of writing an upload; the content is dropped either way.
+pub async fn finish(pool: &PgPool, id: Uuid, error: Option<&str>) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jail_uploads SET state = CASE WHEN $2::text IS NULL THEN 'written' ELSE 'failed' END,
+             error = $2, content = NULL, done_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
