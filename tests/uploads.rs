@@ -41,15 +41,14 @@ async fn upload(
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
-    let page = client
+    client
         .get(app.url(&format!("/jails/{jail}")))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    page
+        .unwrap()
 }
 
 async fn wait_upload(
