@@ -53,13 +53,20 @@ fn wrk(url: &str, cookie: Option<&str>) -> (f64, String) {
     }
     let out = cmd.arg(url).output().expect("wrk runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(!text.contains("Non-2xx"), "every answer was a success:\n{text}");
+    assert!(
+        !text.contains("Non-2xx"),
+        "every answer was a success:\n{text}"
+    );
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
-    let p99 = text.lines().find(|l| l.trim_start().starts_with("99%")).map(|l| l.trim().trim_start_matches("99%").trim().to_owned()).unwrap_or_default();
+    let p99 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))
+        .map(|l| l.trim().trim_start_matches("99%").trim().to_owned())
+        .unwrap_or_default();
     (rps, p99)
 }
 
@@ -78,34 +85,83 @@ fn main() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let _cluster = Cluster(child);
     let server = SecretString::from(line.trim().trim_start_matches("DATABASE_URL=").to_owned());
     let url = SecretString::from(server.expose_secret().replace("/postgres", "/stockade"));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let (pool, customer, staff, jail_id) = rt.block_on(async {
-        stockade_store::ensure_database(&server, "stockade").await.unwrap();
-        let pool = stockade_store::connect(&url, 16, Duration::from_secs(10)).await.unwrap();
+        stockade_store::ensure_database(&server, "stockade")
+            .await
+            .unwrap();
+        let pool = stockade_store::connect(&url, 16, Duration::from_secs(10))
+            .await
+            .unwrap();
         stockade_store::migrate(&pool).await.unwrap();
         let t = Instant::now();
         sqlx::raw_sql(SEED).execute(&pool).await.unwrap();
-        println!("seeded 10,000 tenants, 100,000 jails, 7.2 million hourly rollups in {:.0} s", t.elapsed().as_secs_f64());
-        let tenant = stockade_store::tenants::by_slug(&pool, &stockade_domain::TenantSlug::parse("t10").unwrap()).await.unwrap();
-        let jail_id = stockade_store::jails::list_for_tenant(&pool, tenant.id).await.unwrap()[0].id;
-        let hash = stockade_store::password::hash(&SecretString::from("bench password".to_owned())).unwrap();
-        let c = stockade_store::users::create(&pool, &Email::parse("c@t10.test").unwrap(), &hash, Role::Customer, Some(tenant.id)).await.unwrap();
-        let s = stockade_store::users::create(&pool, &Email::parse("staff@bench.test").unwrap(), &hash, Role::Admin, None).await.unwrap();
-        let expiry = stockade_store::sessions::Expiry { idle: chrono::Duration::hours(1), absolute: chrono::Duration::hours(2) };
-        let customer = stockade_store::sessions::create(&pool, c.id, expiry, None).await.unwrap();
-        let staff = stockade_store::sessions::create(&pool, s.id, expiry, None).await.unwrap();
+        println!(
+            "seeded 10,000 tenants, 100,000 jails, 7.2 million hourly rollups in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+        let tenant = stockade_store::tenants::by_slug(
+            &pool,
+            &stockade_domain::TenantSlug::parse("t10").unwrap(),
+        )
+        .await
+        .unwrap();
+        let jail_id = stockade_store::jails::list_for_tenant(&pool, tenant.id)
+            .await
+            .unwrap()[0]
+            .id;
+        let hash = stockade_store::password::hash(&SecretString::from("bench password".to_owned()))
+            .unwrap();
+        let c = stockade_store::users::create(
+            &pool,
+            &Email::parse("c@t10.test").unwrap(),
+            &hash,
+            Role::Customer,
+            Some(tenant.id),
+        )
+        .await
+        .unwrap();
+        let s = stockade_store::users::create(
+            &pool,
+            &Email::parse("staff@bench.test").unwrap(),
+            &hash,
+            Role::Admin,
+            None,
+        )
+        .await
+        .unwrap();
+        let expiry = stockade_store::sessions::Expiry {
+            idle: chrono::Duration::hours(1),
+            absolute: chrono::Duration::hours(2),
+        };
+        let customer = stockade_store::sessions::create(&pool, c.id, expiry, None)
+            .await
+            .unwrap();
+        let staff = stockade_store::sessions::create(&pool, s.id, expiry, None)
+            .await
+            .unwrap();
         (pool, customer, staff, jail_id)
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let settings = stockade_web::Settings {
         public_url: format!("http://127.0.0.1:{port}"),
-        session_expiry: stockade_store::sessions::Expiry { idle: chrono::Duration::hours(1), absolute: chrono::Duration::hours(2) },
+        session_expiry: stockade_store::sessions::Expiry {
+            idle: chrono::Duration::hours(1),
+            absolute: chrono::Duration::hours(2),
+        },
         workers: 2,
+        signup_plan: None,
     };
     let server_thread = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
@@ -119,13 +175,32 @@ fn main() {
     println!("trivial route /healthz: {trivial:.0} req/s, p99 {trivial_p99}");
     for (name, path, cookie) in [
         ("customer overview", "/overview".to_owned(), &customer),
-        ("jail page, last hour (360 samples, 5 charts)", format!("/jails/{jail_id}"), &customer),
-        ("jail page, last month (720 rollups, 5 charts)", format!("/jails/{jail_id}?period=month"), &customer),
-        ("staff tenant list (10,000 tenants, page 1)", "/staff/tenants".to_owned(), &staff),
-        ("staff tenant list sorted by CPU this month", "/staff/tenants?sort=cpu".to_owned(), &staff),
+        (
+            "jail page, last hour (360 samples, 5 charts)",
+            format!("/jails/{jail_id}"),
+            &customer,
+        ),
+        (
+            "jail page, last month (720 rollups, 5 charts)",
+            format!("/jails/{jail_id}?period=month"),
+            &customer,
+        ),
+        (
+            "staff tenant list (10,000 tenants, page 1)",
+            "/staff/tenants".to_owned(),
+            &staff,
+        ),
+        (
+            "staff tenant list sorted by CPU this month",
+            "/staff/tenants?sort=cpu".to_owned(),
+            &staff,
+        ),
     ] {
         let (rps, p99) = wrk(&format!("{base}{path}"), Some(cookie));
-        println!("{name}: {rps:.0} req/s ({:.0}% of trivial), p99 {p99}", rps * 100.0 / trivial);
+        println!(
+            "{name}: {rps:.0} req/s ({:.0}% of trivial), p99 {p99}",
+            rps * 100.0 / trivial
+        );
     }
     // The server thread serves until the process ends; stop the database
     // and remove its folder first.

@@ -98,7 +98,7 @@ async fn staff_sign_in_and_out() {
         "{set_cookie}"
     );
 
-    let page = app.client.get(app.url("/")).send().await.unwrap();
+    let page = app.client.get(app.url("/account")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("ops@example.com"));
@@ -112,7 +112,7 @@ async fn staff_sign_in_and_out() {
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
-    let r = app.client.get(app.url("/")).send().await.unwrap();
+    let r = app.client.get(app.url("/account")).send().await.unwrap();
     assert_eq!(r.status(), 303, "signed out means signed out");
     assert_eq!(
         stockade_store::audit::count_action(&app.pool, "user.sign_in")
@@ -177,7 +177,7 @@ async fn sign_out_needs_the_session_csrf_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let still = app.client.get(app.url("/")).send().await.unwrap();
+    let still = app.client.get(app.url("/account")).send().await.unwrap();
     assert_eq!(still.status(), 200);
 }
 
@@ -222,7 +222,12 @@ async fn changing_a_password_revokes_every_session() {
     let password = app.create_user("ops@example.com", Role::Admin, None).await;
     app.sign_in(&app.client, "ops@example.com", &password).await;
     assert_eq!(
-        app.client.get(app.url("/")).send().await.unwrap().status(),
+        app.client
+            .get(app.url("/account"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
     let (user, _) = stockade_store::users::find_for_sign_in(
@@ -240,7 +245,106 @@ async fn changing_a_password_revokes_every_session() {
         .await
         .unwrap();
     assert_eq!(
-        app.client.get(app.url("/")).send().await.unwrap().status(),
+        app.client
+            .get(app.url("/account"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         303
+    );
+}
+
+#[tokio::test]
+async fn self_sign_up_is_off_by_default() {
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        app.client
+            .get(app.url("/signup"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn self_sign_up_creates_a_tenant_and_signs_in() {
+    let app = TestApp::spawn_with_signup(Some("starter")).await;
+    let page = app
+        .client
+        .get(app.url("/signup"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = common::hidden_field(&page, "csrf_token").unwrap();
+    let post = |slug: &str, email: &str, password: &str| {
+        app.client.post(app.url("/signup")).form(&[
+            ("csrf_token", csrf.as_str()),
+            ("display_name", "New Shop"),
+            ("slug", slug),
+            ("email", email),
+            ("password", password),
+        ])
+    };
+    let r = post("new-shop", "me@shop.test", "short")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("at least 10 characters"));
+    assert!(page.contains("value=\"new-shop\""), "typed values are kept");
+    let csrf = common::hidden_field(&page, "csrf_token").unwrap();
+    let r = app
+        .client
+        .post(app.url("/signup"))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("display_name", "New Shop"),
+            ("slug", "new-shop"),
+            ("email", "me@shop.test"),
+            ("password", "long enough password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let overview = app.client.get(app.url("/overview")).send().await.unwrap();
+    assert_eq!(overview.status(), 200);
+    assert!(overview.text().await.unwrap().contains("New Shop"));
+    // The same email again: refused, and no second tenant is left behind.
+    let other = new_client();
+    let page = other
+        .get(app.url("/signup"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf2 = common::hidden_field(&page, "csrf_token").unwrap();
+    let r = other
+        .post(app.url("/signup"))
+        .form(&[
+            ("csrf_token", csrf2.as_str()),
+            ("display_name", "Copy"),
+            ("slug", "copy-shop"),
+            ("email", "me@shop.test"),
+            ("password", "long enough password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let slug = stockade_domain::TenantSlug::parse("copy-shop").unwrap();
+    assert!(
+        stockade_store::tenants::by_slug(&app.pool, &slug)
+            .await
+            .is_err()
     );
 }

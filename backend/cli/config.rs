@@ -51,6 +51,8 @@ pub struct Config {
     pub agent_metrics: Option<SocketAddr>,
     /// Seconds a stopping jail gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// The plan self sign-up puts new tenants on; unset = sign-up off.
+    pub signup_plan: Option<String>,
 }
 
 /// Each key, its meaning and default, for the README and `--help`.
@@ -126,6 +128,7 @@ impl Default for Config {
             sample_retention_hours: 48,
             agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
             stop_grace: Duration::from_secs(10),
+            signup_plan: None,
         }
     }
 }
@@ -233,6 +236,18 @@ impl Config {
                 }
                 "stop_grace_secs" => {
                     self.stop_grace = Duration::from_secs(parse_num(key, value, 0u64)?)
+                }
+                "signup_plan" => {
+                    let v = value.trim();
+                    self.signup_plan = if v.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            stockade_domain::TenantSlug::parse(v)
+                                .map_err(|e| anyhow::anyhow!("{key}: {}", e.reason))?
+                                .to_string(),
+                        )
+                    };
                 }
                 "agent_metrics" => {
                     let v = value.trim();

@@ -225,6 +225,7 @@ fn serve(cfg: Config, exit_with_parent: bool) -> anyhow::Result<ExitCode> {
             public_url: cfg.public_url.clone(),
             session_expiry: cfg.session_expiry(),
             workers: cfg.web_workers,
+            signup_plan: cfg.signup_plan.clone(),
         };
         let app = stockade_web::Application::build(listener, pool, settings)?;
         tracing::info!(port = app.port(), "web server listening");

@@ -159,6 +159,10 @@ fn spawn_web(cfg: &Config, url: &SecretString) -> anyhow::Result<tokio::process:
             cfg.session_max_hours.to_string(),
         )
         .env("STOCKADE_WEB_WORKERS", cfg.web_workers.to_string())
+        .env(
+            "STOCKADE_SIGNUP_PLAN",
+            cfg.signup_plan.clone().unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);

@@ -80,6 +80,11 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> TestApp {
+        Self::spawn_with_signup(None).await
+    }
+
+    /// The application with self sign-up onto `plan` (or off).
+    pub async fn spawn_with_signup(plan: Option<&str>) -> TestApp {
         let (pool, db_url) = fresh_database().await;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let settings = stockade_web::Settings {
@@ -89,6 +94,7 @@ impl TestApp {
                 absolute: chrono::Duration::hours(12),
             },
             workers: 2,
+            signup_plan: plan.map(str::to_owned),
         };
         let app = stockade_web::Application::build(listener, pool.clone(), settings).unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());

@@ -456,3 +456,28 @@ pub async fn summaries(
     .await?;
     Ok((rows, total))
 }
+
+/// Creates a tenant and its first customer account in one transaction, so a
+/// taken email leaves no tenant behind. Returns (tenant id, user id).
+pub async fn create_with_owner(
+    pool: &PgPool,
+    slug: &TenantSlug,
+    display_name: &str,
+    plan_id: Uuid,
+    email: &stockade_domain::Email,
+    password_hash: &str,
+) -> Result<(Uuid, Uuid), StoreError> {
+    let mut tx = pool.begin().await?;
+    let tenant_id = create_in(&mut tx, slug, display_name, plan_id).await?;
+    let user_id: Uuid = sqlx::query_scalar(
+        "INSERT INTO users (email, password_hash, role, tenant_id) VALUES ($1, $2, 'customer', $3) RETURNING id",
+    )
+    .bind(email.as_str())
+    .bind(password_hash)
+    .bind(tenant_id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(conflict_as("an account with this email"))?;
+    tx.commit().await?;
+    Ok((tenant_id, user_id))
+}

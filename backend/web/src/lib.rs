@@ -11,6 +11,7 @@ mod flash;
 mod format;
 mod health;
 mod pages;
+mod signup;
 
 use std::net::TcpListener;
 
@@ -31,6 +32,8 @@ pub struct Settings {
     pub session_expiry: Expiry,
     /// Worker threads (0 = one per CPU).
     pub workers: usize,
+    /// The plan self sign-up puts new tenants on; `None` turns sign-up off.
+    pub signup_plan: Option<String>,
 }
 
 impl Settings {
@@ -66,6 +69,7 @@ impl Application {
                 .configure(assets::routes)
                 .configure(auth::routes)
                 .configure(pages::routes)
+                .configure(signup::routes)
                 .default_service(web::to(error::not_found))
         })
         .listen(listener)?;
