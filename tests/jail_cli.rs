@@ -1,0 +1,165 @@
+//! `stockade jail …` as an operator runs it. Needs root; without it the
+//! tests say so loudly and return.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::agent::is_root;
+
+fn stockade(state: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stockade"))
+        .env("STOCKADE_STATE_DIR", state)
+        .env("STOCKADE_LOG", "warn")
+        .env_remove("STOCKADE_CONFIG")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn state_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// Jail folders left in the state folder.
+fn jails_left(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state.join("local/jails"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn run_passes_output_and_exit_code_through_and_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    let state = state_dir();
+    let out = stockade(
+        state.path(),
+        &[
+            "jail",
+            "run",
+            "--name",
+            "cli-run",
+            "--memory",
+            "64M",
+            "--cpu",
+            "500m",
+            "--pids",
+            "32",
+            "--",
+            "sh",
+            "-c",
+            "hostname; echo oops >&2; exit 7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
+    assert!(jails_left(state.path()).is_empty());
+    assert!(!Path::new("/sys/fs/cgroup/memory/stockade/cli-run").exists());
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_creates_nothing() {
+    if !is_root() {
+        return;
+    }
+    let state = state_dir();
+    for (args, says) in [
+        (
+            &["jail", "run", "--name", "Bad_Name", "--", "true"][..],
+            "may only contain a-z",
+        ),
+        (
+            &["jail", "run", "--memory", "lots", "--", "true"][..],
+            "is not a size",
+        ),
+        (
+            &["jail", "run", "--cpu", "lots", "--", "true"][..],
+            "is not a CPU amount",
+        ),
+        (
+            &["jail", "run", "--cpu", "0", "--", "true"][..],
+            "must be more than 0",
+        ),
+        (
+            &["jail", "run", "--image", "no-such-image", "--", "true"][..],
+            "does not exist",
+        ),
+        (
+            &["jail", "create", "app1", "--kind", "app"][..],
+            "needs a command",
+        ),
+        (&["jail", "start", "never-made"][..], "does not exist"),
+    ] {
+        let out = stockade(state.path(), args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    assert!(jails_left(state.path()).is_empty());
+}
+
+#[test]
+fn persistent_jails_run_on_after_the_cli_and_rm_cleans_them() {
+    if !is_root() {
+        return;
+    }
+    let state = state_dir();
+    let ok = |args: &[&str]| {
+        let out = stockade(state.path(), args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&[
+        "jail", "create", "cli-web", "--disk", "32M", "--memory", "64M", "--", "sleep", "3600",
+    ]);
+    ok(&["jail", "start", "cli-web"]);
+    let ls = ok(&["jail", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("cli-web") && l.contains("running")),
+        "{ls}"
+    );
+    let out = stockade(
+        state.path(),
+        &[
+            "jail",
+            "exec",
+            "cli-web",
+            "--",
+            "sh",
+            "-c",
+            "echo inside; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "inside");
+    let stats = ok(&["jail", "stats", "cli-web"]);
+    assert!(
+        stats.contains("running") && stats.contains("memory"),
+        "{stats}"
+    );
+    ok(&["jail", "stop", "cli-web", "--grace", "1"]);
+    ok(&["jail", "rm", "cli-web"]);
+    ok(&["jail", "rm", "cli-web"]); // idempotent
+    assert!(jails_left(state.path()).is_empty());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&state.path().display().to_string()),
+        "no mount left"
+    );
+}
