@@ -309,6 +309,7 @@ async fn jails_outlive_an_agent_crash_and_strays_are_removed_at_start() {
                 disk_bytes: 16 * MIB,
                 ..Limits::default()
             },
+            network: None,
         })
         .unwrap();
     node.start();

@@ -200,6 +200,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 kind: JailKind::App,
                 command: command.clone(),
                 limits,
+                network: None,
             };
             let code = engine.run(&spec, &command)?;
             Ok(ExitCode::from(
@@ -228,6 +229,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 kind,
                 command,
                 limits,
+                network: None,
             })?;
             println!("created {name}");
             Ok(ExitCode::SUCCESS)

@@ -191,6 +191,7 @@ fn spec_of(jail: &Jail) -> JailSpec {
         kind: jail.kind,
         command: jail.command.clone(),
         limits: jail.limits,
+        network: None,
     }
 }
 

@@ -44,6 +44,7 @@ fn main() -> anyhow_free::Result {
                 disk_bytes: disk,
                 ..Limits::default()
             },
+            network: None,
         };
         let t = Instant::now();
         code = engine.run(&spec, command)?;

@@ -165,6 +165,7 @@ mod tests {
                 kind: JailKind::App,
                 command: vec!["true".into()],
                 limits: Limits::default(),
+                network: None,
             },
             upper: Upper::Volume,
             loop_device: None,

@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -21,7 +22,9 @@ use crate::discover::{self, Discovered, Observed};
 use crate::error::JailError;
 use crate::host::{Host, LinuxHost};
 use crate::launch::{self, ExecPlan, JAIL_PATH, Launch, Outcome, Stdio};
+use crate::net::{self, LinuxNet, NetHost, NetSpec, Network, NodeNet};
 use crate::rootfs::{self, UpperSource};
+use crate::seccomp::{self, Filters};
 use crate::spec::{JailSpec, JailStatus, Usage};
 use crate::state::{self, InitProcess, JailPaths, JailRecord, Upper};
 use crate::volume::{self, HostView};
@@ -47,6 +50,16 @@ pub struct EngineConfig {
     pub busybox: PathBuf,
     /// Size of the tmpfs upper layer of jails without a disk quota.
     pub tmpfs_upper_bytes: u64,
+    /// The node's bridge for jail networks (`stk0`), created if missing.
+    pub bridge: String,
+    /// The bridge's gateway address with the prefix of the node's jail
+    /// address pool (`10.77.0.1/16`).
+    pub gateway: ipnet::Ipv4Net,
+    /// Host TCP ports jails may reach on the gateway address (none).
+    pub open_ports: Vec<u16>,
+    /// Whether the engine turns on IPv4 forwarding when a jail publishes
+    /// ports or uses outbound NAT (needed to reach it from other machines).
+    pub forwarding: bool,
 }
 
 impl EngineConfig {
@@ -66,6 +79,10 @@ impl EngineConfig {
             sys_root: "/sys".into(),
             busybox,
             tmpfs_upper_bytes: 256 << 20,
+            bridge: "stk0".into(),
+            gateway: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 77, 0, 1), 16).unwrap_or_default(),
+            open_ports: Vec::new(),
+            forwarding: true,
         }
     }
 }
@@ -78,6 +95,17 @@ pub struct Engine {
     cfg: EngineConfig,
     cgroups: Cgroups,
     host: Box<dyn Host>,
+    net: Box<dyn NetHost>,
+    seccomp: Filters,
+}
+
+/// Whether `name` can name a network interface (the bridge).
+fn valid_link_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn c_path(p: &Path) -> CString {
@@ -146,11 +174,71 @@ impl Engine {
     }
 
     pub(crate) fn with_host(cfg: EngineConfig, host: Box<dyn Host>) -> Result<Self, JailError> {
+        Self::with_hosts(cfg, host, Box::new(LinuxNet))
+    }
+
+    pub(crate) fn with_hosts(
+        cfg: EngineConfig,
+        host: Box<dyn Host>,
+        net: Box<dyn NetHost>,
+    ) -> Result<Self, JailError> {
+        if !valid_link_name(&cfg.bridge) {
+            return Err(JailError::Invalid {
+                what: "bridge name",
+                reason: format!("{:?}: 1 to 15 letters, digits, - or _", cfg.bridge),
+            });
+        }
+        if cfg.gateway.prefix_len() > 30 {
+            return Err(JailError::Invalid {
+                what: "gateway",
+                reason: format!("{}: the pool needs a prefix of at most /30", cfg.gateway),
+            });
+        }
+        let seccomp = seccomp::filters()?;
         let jails = state::jails_dir(&cfg.state_dir);
         fs::create_dir_all(&jails).map_err(JailError::io("create", &jails))?;
         fs::create_dir_all(&cfg.image_dir).map_err(JailError::io("create", &cfg.image_dir))?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent);
-        Ok(Self { cfg, cgroups, host })
+        Ok(Self {
+            cfg,
+            cgroups,
+            host,
+            net,
+            seccomp,
+        })
+    }
+
+    fn network(&self) -> Network<'_> {
+        Network {
+            host: self.net.as_ref(),
+            node: NodeNet {
+                bridge: &self.cfg.bridge,
+                gateway: self.cfg.gateway,
+                open_ports: &self.cfg.open_ports,
+                forwarding: self.cfg.forwarding,
+                proc_root: &self.cfg.proc_root,
+            },
+        }
+    }
+
+    /// The network of every jail on the node with one.
+    fn networks(&self) -> Vec<(String, NetSpec)> {
+        discover::state_dirs(&state::jails_dir(&self.cfg.state_dir))
+            .into_iter()
+            .filter_map(|(name, _, rec)| Some((name, rec?.spec.network?)))
+            .collect()
+    }
+
+    /// A free address of the node's pool for a new jail.
+    pub fn allocate_address(&self) -> Result<Ipv4Addr, JailError> {
+        let used: Vec<Ipv4Addr> = self.networks().iter().map(|(_, n)| n.address).collect();
+        Ok(net::allocate(self.cfg.gateway, &used)?)
+    }
+
+    /// Makes sure the node's bridge and firewall exist (`stockade doctor`,
+    /// the agent at start-up); creating a jail with a network does it too.
+    pub fn ensure_network(&self) -> Result<(), JailError> {
+        self.network().ensure_node()
     }
 
     /// The configuration it was made with.
@@ -201,8 +289,9 @@ impl Engine {
 
     // ---- lifecycle ----
 
-    /// Creates the jail's state record, volume and cgroup as far as
-    /// missing, and applies its limits. Idempotent.
+    /// Creates the jail's state record, volume, cgroup and firewall entries
+    /// as far as missing, and applies its limits. Idempotent. A new jail
+    /// whose creation fails is removed again.
     pub fn create(&self, spec: &JailSpec) -> Result<(), JailError> {
         self.prepare(spec, false).map(drop)
     }
@@ -212,6 +301,27 @@ impl Engine {
         spec: &JailSpec,
         transient: bool,
     ) -> Result<(JailPaths, JailRecord), JailError> {
+        let new = !self.paths(spec.name.as_str()).record.exists();
+        let r = self.prepare_parts(spec, transient);
+        if r.is_err()
+            && new
+            && let Err(e) = self.destroy(&spec.name)
+        {
+            tracing::warn!(jail = %spec.name, error = %e, "removing a half-created jail failed");
+        }
+        r
+    }
+
+    fn prepare_parts(
+        &self,
+        spec: &JailSpec,
+        transient: bool,
+    ) -> Result<(JailPaths, JailRecord), JailError> {
+        if let Some(n) = &spec.network {
+            // Before anything exists: a refused address leaves nothing.
+            self.network()
+                .validate(spec.name.as_str(), n, &self.networks())?;
+        }
         let lower = image::path(&self.cfg.image_dir, &spec.image)?;
         if !lower.is_dir() {
             return Err(JailError::ImageNotFound {
@@ -259,6 +369,15 @@ impl Engine {
         self.cgroups.ensure(spec.name.as_str())?;
         self.cgroups
             .apply(spec.name.as_str(), &spec.limits, device)?;
+        let old_net = existing.and_then(|r| r.spec.network);
+        if let Some(old) = old_net.filter(|o| Some(o) != spec.network.as_ref()) {
+            self.network().unpublish(spec.name.as_str(), &old)?;
+        }
+        if let Some(n) = &spec.network {
+            let network = self.network();
+            network.ensure_node()?;
+            network.publish(spec.name.as_str(), n)?;
+        }
         Ok((paths, rec))
     }
 
@@ -327,10 +446,27 @@ impl Engine {
             hostname: CString::new(spec.hostname.as_str()).unwrap_or_default(),
             steps: &steps,
             command: &command,
+            seccomp: self.seccomp.programs(),
             stdio,
             rootfs: &paths.rootfs,
         };
-        launch::launch(&launch)
+        // The jail's network namespace exists once the init does; its
+        // veth is made meanwhile the init mounts the root.
+        let mut connect = |pid: i32| match &spec.network {
+            None => Ok(()),
+            Some(n) => self
+                .network()
+                .attach(spec.name.as_str(), n, &spec.limits, &self.netns(pid)),
+        };
+        let r = launch::launch(&launch, &mut connect);
+        if r.is_err() && spec.network.is_some() {
+            let _ = self.network().detach(spec.name.as_str());
+        }
+        r
+    }
+
+    fn netns(&self, pid: i32) -> PathBuf {
+        self.cfg.proc_root.join(pid.to_string()).join("ns/net")
     }
 
     /// Starts the jail's init and command if not running. The jail keeps
@@ -410,6 +546,10 @@ impl Engine {
             }
         }
         self.kill_group(name.as_str());
+        // The pair would go with the namespace, but asynchronously.
+        if rec.as_ref().is_none_or(|r| r.spec.network.is_some()) {
+            self.network().detach(name.as_str())?;
+        }
         if let Some(mut rec) = rec
             && rec.init.take().is_some()
         {
@@ -428,8 +568,15 @@ impl Engine {
     /// device, cgroup, state folder. Works from the name alone, with or
     /// without a record. Idempotent.
     pub fn destroy(&self, name: &JailName) -> Result<(), JailError> {
-        self.stop(name, Duration::ZERO)?;
         let paths = self.paths(name.as_str());
+        let network = state::load(&paths)
+            .ok()
+            .flatten()
+            .and_then(|r| r.spec.network);
+        self.stop(name, Duration::ZERO)?;
+        if let Some(n) = &network {
+            self.network().unpublish(name.as_str(), n)?;
+        }
         volume::teardown(self.host.as_ref(), &self.view(), &paths)?;
         // Anything else still mounted under the jail's folder (a crashed
         // agent's half-done work): never delete files through a mount.
@@ -485,6 +632,16 @@ impl Engine {
             }
         }
         self.cgroups.apply(name.as_str(), limits, device)?;
+        if rec.spec.network.is_some()
+            && let Some(init) = self.live_init(&rec)
+        {
+            self.network().set_rates(
+                name.as_str(),
+                limits,
+                Some(&rec.spec.limits),
+                &self.netns(init.pid),
+            )?;
+        }
         rec.spec.limits = *limits;
         state::save(&paths, &rec)
     }
@@ -520,6 +677,11 @@ impl Engine {
             }
             None => None,
         };
+        let net = if rec.spec.network.is_some() {
+            net::counters(&self.cfg.sys_root, &net::host_link(name.as_str()))
+        } else {
+            net::NetCounters::default()
+        };
         Ok(Usage {
             cpu_usec: cg.cpu_usec,
             memory_bytes: cg.memory_bytes,
@@ -532,6 +694,10 @@ impl Engine {
             memory_limit_hits: cg.memory_limit_hits,
             pids_limit_hits: cg.pids_limit_hits,
             cpu_throttled_periods: cg.cpu_throttled_periods,
+            net_rx_bytes: net.rx_bytes,
+            net_tx_bytes: net.tx_bytes,
+            net_rx_packets: net.rx_packets,
+            net_tx_packets: net.tx_packets,
         })
     }
 
@@ -594,6 +760,7 @@ impl Engine {
             namespaces,
             cgroup_procs: &procs,
             command: &command,
+            seccomp: self.seccomp.programs(),
             oom_score_adj,
         })
     }

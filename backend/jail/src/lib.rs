@@ -42,7 +42,10 @@ mod host;
 mod hostinfo;
 mod image;
 mod launch;
+mod net;
+mod netlink;
 mod rootfs;
+mod seccomp;
 mod spec;
 mod state;
 mod volume;
@@ -51,6 +54,10 @@ pub use discover::{Condition, Discovered, DiscoveredJail};
 pub use engine::{Engine, EngineConfig};
 pub use error::JailError;
 pub use image::BUSYBOX;
+pub use ipnet::Ipv4Net;
+pub use net::{
+    FIREWALL_TABLE, MIN_RATE_BPS, NetSpec, PoolExhausted, Publish, allocate, host_link, parse_rate,
+};
 pub use spec::{JailSpec, JailStatus, Usage};
 pub use state::{InitProcess, JailRecord, Upper};
 pub use stockade_domain::{JailKind, JailName, Limits};

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use stockade_domain::{JailKind, JailName, Limits};
 
+use crate::net::NetSpec;
+
 /// Everything needed to create a jail on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JailSpec {
@@ -18,6 +20,9 @@ pub struct JailSpec {
     pub command: Vec<String>,
     /// The quotas.
     pub limits: Limits,
+    /// A network interface on the node's bridge; `None`: loopback only.
+    #[serde(default)]
+    pub network: Option<NetSpec>,
 }
 
 /// What runs, as last seen.
@@ -59,4 +64,16 @@ pub struct Usage {
     pub pids_limit_hits: u64,
     /// CFS periods in which the jail was throttled.
     pub cpu_throttled_periods: u64,
+    /// Bytes the jail received over its network interface.
+    #[serde(default)]
+    pub net_rx_bytes: u64,
+    /// Bytes the jail sent.
+    #[serde(default)]
+    pub net_tx_bytes: u64,
+    /// Packets the jail received.
+    #[serde(default)]
+    pub net_rx_packets: u64,
+    /// Packets the jail sent.
+    #[serde(default)]
+    pub net_tx_packets: u64,
 }

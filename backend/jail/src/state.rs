@@ -133,6 +133,7 @@ mod tests {
                     memory_bytes: 1 << 20,
                     ..Limits::default()
                 },
+                network: None,
             },
             upper: Upper::Tmpfs { bytes: 4096 },
             loop_device: Some("/dev/loop3".into()),

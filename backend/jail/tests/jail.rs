@@ -75,6 +75,7 @@ fn helper_run_echo() {
         kind: JailKind::App,
         command: vec![],
         limits: small_limits(),
+        network: None,
     };
     let code = engine
         .run(

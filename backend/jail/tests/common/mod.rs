@@ -69,6 +69,7 @@ impl Fixture {
             kind,
             command: command.iter().map(|s| s.to_string()).collect(),
             limits,
+            network: None,
         }
     }
 
