@@ -57,6 +57,8 @@ pub struct EngineConfig {
     pub gateway: ipnet::Ipv4Net,
     /// Host TCP ports jails may reach on the gateway address (none).
     pub open_ports: Vec<u16>,
+    /// The nftables table (family `inet`) the engine owns (`stockade`).
+    pub firewall_table: String,
     /// Whether the engine turns on IPv4 forwarding when a jail publishes
     /// ports or uses outbound NAT (needed to reach it from other machines).
     pub forwarding: bool,
@@ -82,6 +84,7 @@ impl EngineConfig {
             bridge: "stk0".into(),
             gateway: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 77, 0, 1), 16).unwrap_or_default(),
             open_ports: Vec::new(),
+            firewall_table: net::FIREWALL_TABLE.into(),
             forwarding: true,
         }
     }
@@ -188,6 +191,12 @@ impl Engine {
                 reason: format!("{:?}: 1 to 15 letters, digits, - or _", cfg.bridge),
             });
         }
+        if !valid_link_name(&cfg.firewall_table) {
+            return Err(JailError::Invalid {
+                what: "firewall table",
+                reason: format!("{:?}: letters, digits, - or _", cfg.firewall_table),
+            });
+        }
         if cfg.gateway.prefix_len() > 30 {
             return Err(JailError::Invalid {
                 what: "gateway",
@@ -213,6 +222,7 @@ impl Engine {
             host: self.net.as_ref(),
             node: NodeNet {
                 bridge: &self.cfg.bridge,
+                table: &self.cfg.firewall_table,
                 gateway: self.cfg.gateway,
                 open_ports: &self.cfg.open_ports,
                 forwarding: self.cfg.forwarding,

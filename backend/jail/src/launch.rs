@@ -375,8 +375,10 @@ fn loopback_up() -> Result<(), Errno> {
 
 /// Reduces every capability set to [`KEEP_CAPS`]: the bounding set (at
 /// exec a root process gets exactly the bounding set), the ambient set
-/// (emptied: nothing passes to non-root programs), and the effective,
-/// permitted and inheritable sets of the process itself.
+/// (emptied: nothing passes to non-root programs), the effective and
+/// permitted sets of the process itself, and the inheritable set (emptied,
+/// as runtimes do since CVE-2022-24769: it could hand capabilities to
+/// programs with inheritable file capabilities).
 fn drop_capabilities() -> Result<(), Errno> {
     for cap in 0..64u32 {
         if KEEP_CAPS.contains(&cap) {
@@ -420,12 +422,12 @@ fn drop_capabilities() -> Result<(), Errno> {
         Data {
             effective: low,
             permitted: low,
-            inheritable: low,
+            inheritable: 0,
         },
         Data {
             effective: high,
             permitted: high,
-            inheritable: high,
+            inheritable: 0,
         },
     ];
     // SAFETY: capset reads a version-3 header and two data records, which

@@ -29,7 +29,7 @@ use stockade_domain::Limits;
 use crate::error::JailError;
 use crate::netlink::{self, Netlink};
 
-/// The nftables table Stockade owns on a node (family `inet`).
+/// The nftables table Stockade owns on a node (family `inet`) by default.
 pub const FIREWALL_TABLE: &str = "stockade";
 /// The name of the jail's end of its veth pair, inside the jail.
 pub const JAIL_LINK: &str = "eth0";
@@ -182,6 +182,7 @@ pub fn host_link(jail: &str) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct NodeNet<'a> {
     pub bridge: &'a str,
+    pub table: &'a str,
     pub gateway: Ipv4Net,
     /// Host TCP ports jails may reach on the gateway address.
     pub open_ports: &'a [u16],
@@ -194,8 +195,8 @@ pub(crate) struct NodeNet<'a> {
 /// The nftables program that (re)creates Stockade's table: idempotent
 /// (`add` keeps what exists, chains are flushed and refilled in the same
 /// transaction) and it keeps the set and map elements of existing jails.
-pub(crate) fn firewall(bridge: &str, open_ports: &[u16]) -> String {
-    let t = format!("inet {FIREWALL_TABLE}");
+pub(crate) fn firewall(table: &str, bridge: &str, open_ports: &[u16]) -> String {
+    let t = format!("inet {table}");
     let b = format!("\"{bridge}\"");
     let mut s = format!(
         "add table {t}\n\
@@ -250,8 +251,8 @@ pub(crate) fn firewall(bridge: &str, open_ports: &[u16]) -> String {
 
 /// The nftables elements of one jail (publish map, NAT set), as `verb`
 /// (`add` or `delete`) commands, one per line.
-pub(crate) fn jail_elements(verb: &str, spec: &NetSpec) -> Vec<String> {
-    let t = format!("inet {FIREWALL_TABLE}");
+pub(crate) fn jail_elements(table: &str, verb: &str, spec: &NetSpec) -> Vec<String> {
+    let t = format!("inet {table}");
     let mut out = Vec::new();
     for p in &spec.publish {
         out.push(if verb == "delete" {
@@ -319,7 +320,7 @@ pub(crate) trait NetHost: Send + Sync + fmt::Debug {
     /// Creates the bridge with the gateway address if missing; brings it up.
     fn ensure_bridge(&self, bridge: &str, gateway: Ipv4Net) -> Result<(), JailError>;
     /// Whether Stockade's nftables table exists.
-    fn firewall_present(&self) -> bool;
+    fn firewall_present(&self, table: &str) -> bool;
     /// Runs an nftables program (`nft -f -`).
     fn nft(&self, object: &str, script: &str) -> Result<(), JailError>;
     /// Creates the veth pair into the jail's namespace, isolates the bridge
@@ -370,9 +371,9 @@ impl NetHost for LinuxNet {
         }
     }
 
-    fn firewall_present(&self) -> bool {
+    fn firewall_present(&self, table: &str) -> bool {
         Netlink::netfilter()
-            .and_then(|mut nl| nl.nft_table_exists(netlink::NFPROTO_INET, FIREWALL_TABLE))
+            .and_then(|mut nl| nl.nft_table_exists(netlink::NFPROTO_INET, table))
             .is_ok()
     }
 
@@ -422,6 +423,7 @@ impl NetHost for LinuxNet {
             netlink::in_netns(&netns, || {
                 let mut nl = Netlink::route()?;
                 let index = netlink::link_index(JAIL_LINK)?;
+                nl.set_up(index)?;
                 nl.add_addr(index, link.address, link.prefix)?;
                 nl.add_default_route(index, link.gateway)
             })
@@ -590,10 +592,10 @@ impl Network<'_> {
             .join(self.node.bridge)
             .join("route_localnet");
         self.host.sysctl(&localnet, "1")?;
-        if !self.host.firewall_present() {
+        if !self.host.firewall_present(self.node.table) {
             self.host.nft(
-                &format!("table inet {FIREWALL_TABLE}"),
-                &firewall(self.node.bridge, self.node.open_ports),
+                &format!("table inet {}", self.node.table),
+                &firewall(self.node.table, self.node.bridge, self.node.open_ports),
             )?;
         }
         Ok(())
@@ -602,7 +604,7 @@ impl Network<'_> {
     /// Registers a jail's published ports and NAT in the firewall. The
     /// bridge and firewall must exist ([`Self::ensure_node`]).
     pub fn publish(&self, jail: &str, spec: &NetSpec) -> Result<(), JailError> {
-        let lines = jail_elements("add", spec);
+        let lines = jail_elements(self.node.table, "add", spec);
         if lines.is_empty() {
             return Ok(());
         }
@@ -624,7 +626,7 @@ impl Network<'_> {
 
     /// Removes a jail's elements from the firewall; missing ones are fine.
     pub fn unpublish(&self, jail: &str, spec: &NetSpec) -> Result<(), JailError> {
-        for line in jail_elements("delete", spec) {
+        for line in jail_elements(self.node.table, "delete", spec) {
             if let Err(e) = self.host.nft(&format!("jail {jail}"), &(line + "\n")) {
                 let missing = matches!(&e, JailError::Program { detail, .. }
                     if detail.contains("No such file or directory"));
@@ -752,7 +754,7 @@ pub(crate) mod fake {
         fn ensure_bridge(&self, bridge: &str, gateway: Ipv4Net) -> Result<(), JailError> {
             self.rec(format!("bridge {bridge} {gateway}"))
         }
-        fn firewall_present(&self) -> bool {
+        fn firewall_present(&self, _table: &str) -> bool {
             *self.firewall.lock().unwrap()
         }
         fn nft(&self, _object: &str, script: &str) -> Result<(), JailError> {
@@ -798,6 +800,7 @@ mod tests {
     fn node<'a>() -> NodeNet<'a> {
         NodeNet {
             bridge: "stk0",
+            table: FIREWALL_TABLE,
             gateway: pool(),
             open_ports: &[],
             forwarding: false,
@@ -866,7 +869,7 @@ mod tests {
 
     #[test]
     fn firewall_drops_jail_traffic_to_the_host_after_open_ports() {
-        let fw = firewall("stk0", &[53]);
+        let fw = firewall(FIREWALL_TABLE, "stk0", &[53]);
         let input: Vec<&str> = fw.lines().filter(|l| l.contains(" input ")).collect();
         let open = input
             .iter()
@@ -888,14 +891,14 @@ mod tests {
         spec.publish.push(Publish::parse("8080:80").unwrap());
         spec.nat = true;
         assert_eq!(
-            jail_elements("add", &spec),
+            jail_elements(FIREWALL_TABLE, "add", &spec),
             [
                 "add element inet stockade publish_tcp { 8080 : 10.77.0.9 . 80 }",
                 "add element inet stockade nat_jails { 10.77.0.9 }"
             ]
         );
         assert_eq!(
-            jail_elements("delete", &spec)[0],
+            jail_elements(FIREWALL_TABLE, "delete", &spec)[0],
             "delete element inet stockade publish_tcp { 8080 }"
         );
     }

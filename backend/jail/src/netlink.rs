@@ -231,8 +231,10 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host` (up, a port of bridge `master`) in this
-    /// namespace and `peer` (up) directly in the namespace `netns`, in one
-    /// request, so the jail end never exists on the host.
+    /// namespace and `peer` (down) directly in the namespace `netns`, in one
+    /// request, so the jail end never exists on the host. (The kernel
+    /// configures the peer before linking the two, so asking for the peer
+    /// up here fails with `ENOTCONN`: it is brought up from inside.)
     pub fn add_veth_into(
         &mut self,
         host: &str,
@@ -249,7 +251,7 @@ impl Netlink {
             .attr_str(IFLA_INFO_KIND, "veth")
             .begin(IFLA_INFO_DATA)
             .begin(VETH_INFO_PEER)
-            .ifinfo(AF_UNSPEC, 0, IFF_UP, IFF_UP)
+            .ifinfo(AF_UNSPEC, 0, 0, 0)
             .attr_str(IFLA_IFNAME, peer)
             .attr(IFLA_NET_NS_FD, &fd.to_ne_bytes())
             .end()
@@ -371,3 +373,4 @@ mod tests {
         assert_eq!(&nest[8..13], b"veth\0");
     }
 }
+

@@ -112,6 +112,35 @@ const DEVICES: [(&str, u32, u32); 6] = [
     ("tty", 5, 0),
 ];
 
+/// Kernel files a jail must not write (runc's read-only paths).
+const READ_ONLY: [&str; 5] = [
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Kernel files hidden behind /dev/null (runc's masked files).
+const MASKED_FILES: [&str; 6] = [
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+];
+
+/// Kernel folders hidden behind an empty read-only tmpfs (runc's masked
+/// folders).
+const MASKED_DIRS: [&str; 5] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
 /// The ordered setup of a jail's root at `rootfs` from the image `lower`.
 pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, rootfs: &Path) -> Vec<Step> {
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
@@ -246,22 +275,39 @@ pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, rootfs: &Path) -> Vec<
         });
     }
     // 6. After proc and /dev exist: host-wide knobs in /proc become
-    //    read-only or hidden (sysctls, sysrq, kernel memory).
+    //    read-only, and entries that show host memory, keys, timers or
+    //    hardware are hidden (the paths runc masks); entries this kernel
+    //    lacks are skipped.
     let if_exists = |p: &str, step: Step| Step::IfExists {
         path: cp(&r(p)),
         step: Box::new(step),
     };
-    for p in ["proc/sys", "proc/sysrq-trigger"] {
+    for p in READ_ONLY {
         steps.push(if_exists(p, bind("bind /proc entry", &r(p), &r(p))));
         steps.push(if_exists(
             p,
             remount_ro("make /proc entry read-only", &r(p)),
         ));
     }
-    steps.push(if_exists(
-        "proc/kcore",
-        bind("hide /proc/kcore", &r("dev/null"), &r("proc/kcore")),
-    ));
+    for p in MASKED_FILES {
+        steps.push(if_exists(
+            p,
+            bind("hide kernel file", &r("dev/null"), &r(p)),
+        ));
+    }
+    for p in MASKED_DIRS {
+        steps.push(if_exists(
+            p,
+            mount(
+                "hide kernel folder",
+                "tmpfs",
+                &r(p),
+                "tmpfs",
+                MsFlags::MS_RDONLY | nosuid_noexec | MsFlags::MS_NODEV,
+                None,
+            ),
+        ));
+    }
     // 7. Last: enter the new root. Everything above was reached through host
     //    paths, which are gone after this.
     steps.push(Step::PivotRoot {
@@ -429,7 +475,21 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(ro, ["/r/proc/sys", "/r/proc/sysrq-trigger"]);
+        assert_eq!(
+            ro,
+            [
+                "/r/proc/bus",
+                "/r/proc/fs",
+                "/r/proc/irq",
+                "/r/proc/sys",
+                "/r/proc/sysrq-trigger"
+            ]
+        );
+        // Masking comes after proc is mounted, and before the pivot.
+        let names = names(&steps);
+        let kcore = names.iter().position(|n| n.contains("proc/kcore")).unwrap();
+        assert!(index(&names, "mount proc") < kcore);
+        assert!(kcore < index(&names, "pivot_root"));
         assert!(steps.iter().any(|s| matches!(s, Step::Mount { data: Some(d), .. } if d.to_str().unwrap().contains("newinstance"))));
     }
 }
