@@ -102,6 +102,22 @@ pub struct Engine {
     seccomp: Filters,
 }
 
+/// Refuses network rates too small to carry TCP (0 is "no limit").
+fn check_rates(limits: &Limits) -> Result<(), JailError> {
+    for (what, bps) in [
+        ("net-egress", limits.net_egress_bps),
+        ("net-ingress", limits.net_ingress_bps),
+    ] {
+        if bps != 0 && bps < net::MIN_RATE_BPS {
+            return Err(JailError::Invalid {
+                what,
+                reason: format!("{bps} bit/s is below the smallest rate, 8kbit"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Whether `name` can name a network interface (the bridge).
 fn valid_link_name(name: &str) -> bool {
     !name.is_empty()
@@ -327,6 +343,7 @@ impl Engine {
         spec: &JailSpec,
         transient: bool,
     ) -> Result<(JailPaths, JailRecord), JailError> {
+        check_rates(&spec.limits)?;
         if let Some(n) = &spec.network {
             // Before anything exists: a refused address leaves nothing.
             self.network()
@@ -610,6 +627,7 @@ impl Engine {
     /// Applies new limits, live on a running jail. A larger disk quota grows
     /// the volume online; a smaller one is refused.
     pub fn update_limits(&self, name: &JailName, limits: &Limits) -> Result<(), JailError> {
+        check_rates(limits)?;
         let (paths, mut rec) = self.record(name)?;
         let mut device = None;
         if rec.upper == Upper::Volume {

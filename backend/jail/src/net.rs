@@ -356,7 +356,7 @@ fn program_error(program: &'static str, object: &str, detail: String) -> JailErr
 impl NetHost for LinuxNet {
     fn ensure_bridge(&self, bridge: &str, gateway: Ipv4Net) -> Result<(), JailError> {
         let mut nl = Netlink::route().map_err(net_err("netlink socket", bridge))?;
-        match nl.add_bridge(bridge) {
+        match nl.add_bridge(bridge, netlink::mac_of(gateway.addr())) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(net_err("create bridge", bridge)(e)),
         }
@@ -413,8 +413,14 @@ impl NetHost for LinuxNet {
         let mut nl = Netlink::route().map_err(net_err("netlink socket", link.host))?;
         let master =
             netlink::link_index(link.bridge).map_err(net_err("find bridge", link.bridge))?;
-        nl.add_veth_into(link.host, master, JAIL_LINK, &netns)
-            .map_err(net_err("create veth pair", link.host))?;
+        nl.add_veth_into(
+            link.host,
+            master,
+            JAIL_LINK,
+            netlink::mac_of(link.address),
+            &netns,
+        )
+        .map_err(net_err("create veth pair", link.host))?;
         let configured = (|| {
             let index = netlink::link_index(link.host).map_err(net_err("find", link.host))?;
             nl.isolate_port(index)

@@ -22,6 +22,7 @@ const RTM_DELLINK: u16 = 17;
 const RTM_SETLINK: u16 = 19;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const IFLA_PROTINFO: u16 = 12;
@@ -212,11 +213,15 @@ impl Netlink {
         self.request(&mut m)
     }
 
-    /// Creates a bridge, up; `EEXIST` if it exists.
-    pub fn add_bridge(&mut self, name: &str) -> Result<(), Errno> {
+    /// Creates a bridge, up, with a fixed MAC address (else a bridge takes
+    /// the lowest of its ports', which changes as jails come and go and
+    /// leaves the jails' neighbour entries for the gateway stale); `EEXIST`
+    /// if it exists.
+    pub fn add_bridge(&mut self, name: &str, mac: [u8; 6]) -> Result<(), Errno> {
         let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
         m.ifinfo(AF_UNSPEC, 0, IFF_UP, IFF_UP)
             .attr_str(IFLA_IFNAME, name)
+            .attr(IFLA_ADDRESS, &mac)
             .begin(IFLA_LINKINFO)
             .attr_str(IFLA_INFO_KIND, "bridge")
             .end();
@@ -240,6 +245,7 @@ impl Netlink {
         host: &str,
         master: u32,
         peer: &str,
+        peer_mac: [u8; 6],
         netns: &File,
     ) -> Result<(), Errno> {
         let fd = u32::try_from(netns.as_fd().as_raw_fd()).map_err(|_| Errno::EBADF)?;
@@ -253,6 +259,7 @@ impl Netlink {
             .begin(VETH_INFO_PEER)
             .ifinfo(AF_UNSPEC, 0, 0, 0)
             .attr_str(IFLA_IFNAME, peer)
+            .attr(IFLA_ADDRESS, &peer_mac)
             .attr(IFLA_NET_NS_FD, &fd.to_ne_bytes())
             .end()
             .end()
@@ -321,6 +328,13 @@ fn signed(index: u32) -> Result<i32, Errno> {
     i32::try_from(index).map_err(|_| Errno::ENODEV)
 }
 
+/// A locally administered MAC address derived from an IPv4 address, so a
+/// restarted jail (a new veth pair) keeps the MAC its neighbours cached.
+pub(crate) fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = addr.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// The index of a link in the calling thread's network namespace.
 pub(crate) fn link_index(name: &str) -> Result<u32, Errno> {
     let c = CString::new(name).map_err(|_| Errno::EINVAL)?;
@@ -373,4 +387,3 @@ mod tests {
         assert_eq!(&nest[8..13], b"veth\0");
     }
 }
-

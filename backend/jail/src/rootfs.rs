@@ -426,7 +426,10 @@ mod tests {
         assert!(index(&n, "mount overlay root") < index(&n, "mount proc"));
         assert!(index(&n, "mount /dev") < index(&n, "mknod /s/web/rootfs/dev/null"));
         assert!(index(&n, "mount proc") < index(&n, "bind /proc entry"));
-        assert!(index(&n, "mknod /s/web/rootfs/dev/null") < index(&n, "hide /proc/kcore"));
+        assert!(
+            index(&n, "mknod /s/web/rootfs/dev/null")
+                < index(&n, "hide kernel file /s/web/rootfs/proc/kcore")
+        );
         assert_eq!(n.last().unwrap(), "pivot_root /s/web/rootfs");
         let Step::Mount { data, .. } = &steps[1] else {
             panic!()
