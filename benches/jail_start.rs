@@ -184,6 +184,7 @@ fn idle_jails(dir: &Path, n: usize) {
                 command: vec!["sleep".into(), "1000000".into()],
                 limits: Limits { cpu_millicores: 100, memory_bytes: 32 << 20, pids: 16, ..Limits::default() },
                 network: None,
+                user_namespace: false,
             })
             .unwrap();
         engine.start(name).unwrap();

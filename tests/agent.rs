@@ -310,6 +310,7 @@ async fn jails_outlive_an_agent_crash_and_strays_are_removed_at_start() {
                 ..Limits::default()
             },
             network: None,
+            user_namespace: false,
         })
         .unwrap();
     node.start();

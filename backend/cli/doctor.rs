@@ -122,12 +122,7 @@ fn program_check(what: &'static str, program: &str, fix: &'static str) -> Check 
 
 /// Runs `script` in a throwaway network namespace (nothing it creates
 /// outlives it); needs root.
-fn probe_in_netns(
-    what: &'static str,
-    script: &str,
-    ok_detail: &str,
-    fix: &'static str,
-) -> Check {
+fn probe_in_netns(what: &'static str, script: &str, ok_detail: &str, fix: &'static str) -> Check {
     if !nix::unistd::Uid::effective().is_root() {
         return Check {
             what,

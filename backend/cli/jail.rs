@@ -147,6 +147,9 @@ pub enum JailCommand {
         net: bool,
         #[command(flatten)]
         network: Box<NetArgs>,
+        /// Root in the jail is an unprivileged host uid (a user namespace).
+        #[arg(long)]
+        userns: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -169,6 +172,9 @@ pub enum JailCommand {
         no_net: bool,
         #[command(flatten)]
         network: Box<NetArgs>,
+        /// Root in the jail is an unprivileged host uid (a user namespace).
+        #[arg(long)]
+        userns: bool,
         /// The command (default: the image's init, or busybox httpd).
         #[arg(last = true)]
         command: Vec<String>,
@@ -262,6 +268,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
             limits,
             net,
             network,
+            userns,
             command,
         } => {
             let name = name_or_random(name)?;
@@ -283,6 +290,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 command: command.clone(),
                 limits,
                 network,
+                user_namespace: userns,
             };
             let code = engine.run(&spec, &command)?;
             Ok(ExitCode::from(
@@ -296,6 +304,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
             limits,
             no_net,
             network,
+            userns,
             command,
         } => {
             let name = JailName::parse(&name)?;
@@ -329,6 +338,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 command,
                 limits,
                 network: net,
+                user_namespace: userns,
             })?;
             match address {
                 Some(a) => println!("created {name} ({a})"),

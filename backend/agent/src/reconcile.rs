@@ -192,6 +192,7 @@ fn spec_of(jail: &Jail) -> JailSpec {
         command: jail.command.clone(),
         limits: jail.limits,
         network: None,
+        user_namespace: false,
     }
 }
 

@@ -45,6 +45,7 @@ fn main() -> anyhow_free::Result {
                 ..Limits::default()
             },
             network: None,
+            user_namespace: false,
         };
         let t = Instant::now();
         code = engine.run(&spec, command)?;

@@ -166,6 +166,7 @@ mod tests {
                 command: vec!["true".into()],
                 limits: Limits::default(),
                 network: None,
+                user_namespace: false,
             },
             upper: Upper::Volume,
             loop_device: None,
@@ -174,6 +175,7 @@ mod tests {
                 start_time: 1,
             }),
             transient,
+            uid_base: None,
         }
     }
 

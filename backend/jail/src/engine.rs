@@ -59,6 +59,11 @@ pub struct EngineConfig {
     pub open_ports: Vec<u16>,
     /// The nftables table (family `inet`) the engine owns (`stockade`).
     pub firewall_table: String,
+    /// First host uid of the ranges given to jails with a user namespace
+    /// (`1000000`); jail `k` maps 0..65536 to base + k * 65536.
+    pub uid_base: u32,
+    /// How many such ranges there are (`4096`).
+    pub uid_ranges: u32,
     /// Whether the engine turns on IPv4 forwarding when a jail publishes
     /// ports or uses outbound NAT (needed to reach it from other machines).
     pub forwarding: bool,
@@ -85,6 +90,8 @@ impl EngineConfig {
             gateway: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 77, 0, 1), 16).unwrap_or_default(),
             open_ports: Vec::new(),
             firewall_table: net::FIREWALL_TABLE.into(),
+            uid_base: 1_000_000,
+            uid_ranges: 4096,
             forwarding: true,
         }
     }
@@ -101,6 +108,9 @@ pub struct Engine {
     net: Box<dyn NetHost>,
     seccomp: Filters,
 }
+
+/// The size of a jail's uid (and gid) range.
+pub const UID_RANGE: u32 = 65_536;
 
 /// Refuses network rates too small to carry TCP (0 is "no limit").
 fn check_rates(limits: &Limits) -> Result<(), JailError> {
@@ -127,7 +137,7 @@ fn valid_link_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn c_path(p: &Path) -> CString {
+pub(crate) fn c_path(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
@@ -255,6 +265,29 @@ impl Engine {
             .collect()
     }
 
+    /// The first uid range no jail on the node uses.
+    fn allocate_uid_range(&self) -> Result<u32, JailError> {
+        let used: std::collections::HashSet<u32> =
+            discover::state_dirs(&state::jails_dir(&self.cfg.state_dir))
+                .into_iter()
+                .filter_map(|(_, _, rec)| rec?.uid_base)
+                .collect();
+        (0..self.cfg.uid_ranges)
+            .filter_map(|k| {
+                k.checked_mul(UID_RANGE)
+                    .and_then(|o| o.checked_add(self.cfg.uid_base))
+            })
+            .filter(|b| b.checked_add(UID_RANGE).is_some())
+            .find(|b| !used.contains(b))
+            .ok_or_else(|| JailError::Invalid {
+                what: "user namespace",
+                reason: format!(
+                    "all {} uid ranges from {} are in use",
+                    self.cfg.uid_ranges, self.cfg.uid_base
+                ),
+            })
+    }
+
     /// A free address of the node's pool for a new jail.
     pub fn allocate_address(&self) -> Result<Ipv4Addr, JailError> {
         let used: Vec<Ipv4Addr> = self.networks().iter().map(|(_, n)| n.address).collect();
@@ -365,12 +398,32 @@ impl Engine {
                 bytes: self.cfg.tmpfs_upper_bytes,
             },
         };
+        let uid_base = match &existing {
+            Some(r) if r.spec.user_namespace != spec.user_namespace => {
+                return Err(JailError::Invalid {
+                    what: "user namespace",
+                    reason: format!(
+                        "jail {} was created {} one; it is chosen at creation",
+                        spec.name,
+                        if r.spec.user_namespace {
+                            "with"
+                        } else {
+                            "without"
+                        }
+                    ),
+                });
+            }
+            Some(r) => r.uid_base,
+            None if spec.user_namespace => Some(self.allocate_uid_range()?),
+            None => None,
+        };
         let mut rec = JailRecord {
             spec: spec.clone(),
             upper,
             loop_device: existing.as_ref().and_then(|r| r.loop_device.clone()),
             init: existing.as_ref().and_then(|r| r.init),
             transient,
+            uid_base,
         };
         // The record first: whatever is created next can be found from it.
         state::save(&paths, &rec)?;
@@ -391,6 +444,13 @@ impl Engine {
             if rec.loop_device.as_ref() != Some(&dev) {
                 rec.loop_device = Some(dev);
                 state::save(&paths, &rec)?;
+            }
+            // The overlay's own folders belong to the jail's root; what the
+            // jail writes lands in the upper layer with its host ids.
+            if let Some(base) = uid_base {
+                for sub in ["upper", "work"] {
+                    self.host.chown(&paths.volume.join(sub), base)?;
+                }
             }
         }
         self.cgroups.ensure(spec.name.as_str())?;
@@ -451,7 +511,16 @@ impl Engine {
                 bytes,
             },
         };
-        let steps = rootfs::plan(&lower, &upper, &paths.rootfs);
+        let userns = rec.uid_base;
+        // In a user namespace the image is seen through an id-mapped mount
+        // (made once the namespace exists), so its root-owned files belong
+        // to the jail's root.
+        let lower_dir = if userns.is_some() {
+            &paths.lower
+        } else {
+            &lower
+        };
+        let steps = rootfs::plan(lower_dir, &upper, &paths.rootfs, userns.is_some());
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         let command = ExecPlan::new(
             argv,
@@ -473,6 +542,7 @@ impl Engine {
             hostname: CString::new(spec.hostname.as_str()).unwrap_or_default(),
             steps: &steps,
             command: &command,
+            user_namespace: userns.is_some(),
             seccomp: self.seccomp.programs(),
             stdio,
             rootfs: &paths.rootfs,
@@ -485,7 +555,22 @@ impl Engine {
                 .network()
                 .attach(spec.name.as_str(), n, &spec.limits, &self.netns(pid)),
         };
-        let r = launch::launch(&launch, &mut connect);
+        let mut map_ids = |launcher: i32| match userns {
+            None => Ok(()),
+            Some(base) => {
+                let pid_dir = self.cfg.proc_root.join(launcher.to_string());
+                self.host.write_id_maps(&pid_dir, base, UID_RANGE)?;
+                self.host
+                    .idmap_mount(&lower, &paths.lower, &pid_dir.join("ns/user"))
+            }
+        };
+        let r = launch::launch(
+            &launch,
+            launch::Hooks {
+                on_userns: &mut map_ids,
+                on_init: &mut connect,
+            },
+        );
         if r.is_err() && spec.network.is_some() {
             let _ = self.network().detach(spec.name.as_str());
         }
@@ -739,14 +824,15 @@ impl Engine {
             .ok_or_else(|| JailError::NotRunning(name.to_string()))?;
         let ns_dir = self.cfg.proc_root.join(init.pid.to_string()).join("ns");
         let mut namespaces = Vec::new();
-        for (file, flag) in [
+        let user = rec.uid_base.map(|_| ("user", CloneFlags::CLONE_NEWUSER));
+        for (file, flag) in user.into_iter().chain([
             ("cgroup", CloneFlags::CLONE_NEWCGROUP),
             ("ipc", CloneFlags::CLONE_NEWIPC),
             ("uts", CloneFlags::CLONE_NEWUTS),
             ("net", CloneFlags::CLONE_NEWNET),
             ("pid", CloneFlags::CLONE_NEWPID),
             ("mnt", CloneFlags::CLONE_NEWNS),
-        ] {
+        ]) {
             let p = ns_dir.join(file);
             let f = File::open(&p).map_err(JailError::io("open", &p))?;
             namespaces.push((OwnedFd::from(f), flag, p));

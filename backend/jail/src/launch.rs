@@ -184,6 +184,7 @@ enum Stage {
     Capabilities = 9,
     Session = 10,
     Seccomp = 11,
+    UserNs = 12,
 }
 
 impl Stage {
@@ -201,6 +202,7 @@ impl Stage {
             Capabilities,
             Session,
             Seccomp,
+            UserNs,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -209,6 +211,7 @@ impl Stage {
 
 const MSG_PID: u32 = 1;
 const MSG_ERROR: u32 = 2;
+const MSG_USERNS: u32 = 3;
 
 /// Writes one 16-byte record; async-signal-safe.
 fn send(fd: RawFd, kind: u32, a: u32, b: u32, c: i32) {
@@ -244,6 +247,8 @@ fn exit(code: i32) -> ! {
 #[derive(Debug, Default)]
 struct Report {
     pid: Option<i32>,
+    /// The launcher is in its new user namespace, waiting for id maps.
+    userns: bool,
     error: Option<(Stage, usize, Errno)>,
 }
 
@@ -264,6 +269,7 @@ fn read_report(r: &OwnedFd, rep: &mut Report, enough: impl Fn(&Report) -> bool) 
                     |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
                 match word(0) {
                     MSG_PID => rep.pid = i32::try_from(word(4)).ok(),
+                    MSG_USERNS => rep.userns = true,
                     MSG_ERROR if rep.error.is_none() => {
                         if let Some(stage) = Stage::from_u32(word(4)) {
                             let errno = Errno::from_raw(i32::from_ne_bytes([
@@ -488,6 +494,28 @@ fn become_command(
 
 extern "C" fn forward_marker(_: libc::c_int) {}
 
+/// Waits for the engine's go-ahead byte; false if the engine gave up.
+fn wait_go(go: RawFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: reads one byte into a live stack buffer.
+        let n = unsafe { libc::read(go, byte.as_mut_ptr().cast(), 1) };
+        if n >= 0 || Errno::last() != Errno::EINTR {
+            return n == 1;
+        }
+    }
+}
+
+/// After entering a user namespace whose ids are mapped: become its root
+/// (uid and gid 0 inside, no supplementary groups).
+fn become_namespace_root() -> Result<(), Errno> {
+    let root_g = nix::unistd::Gid::from_raw(0);
+    let root_u = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_g, root_g, root_g)?;
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setresuid(root_u, root_u, root_u)
+}
+
 /// The jail's PID 1: sets up the root, starts the command, forwards
 /// signals to it and reaps every zombie; exits with the command's status.
 fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
@@ -516,17 +544,10 @@ fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     }
     // The engine connects the jail's network meanwhile; the command starts
     // only once it is done. No byte: the engine failed (and says why).
-    let mut byte = [0u8; 1];
-    let n = loop {
-        // SAFETY: reads one byte into a live stack buffer.
-        let n = unsafe { libc::read(go, byte.as_mut_ptr().cast(), 1) };
-        if n >= 0 || Errno::last() != Errno::EINTR {
-            break n;
-        }
-    };
+    let go_on = wait_go(go);
     // SAFETY: closes the go pipe, once; the command must not inherit it.
     unsafe { libc::close(go) };
-    if n != 1 {
+    if !go_on {
         exit(1);
     }
     // Block the signals we wait for *before* forking, so none is lost. A
@@ -600,6 +621,8 @@ pub(crate) struct Launch<'a> {
     pub hostname: CString,
     pub steps: &'a [Step],
     pub command: &'a ExecPlan,
+    /// Whether the jail gets a user namespace of its own.
+    pub user_namespace: bool,
     /// The system call filters, installed last before exec.
     pub seccomp: &'a [Vec<libc::sock_filter>],
     pub stdio: Stdio,
@@ -683,6 +706,21 @@ fn launcher(launch: &Launch<'_>, report: RawFd, go: RawFd, parent: Pid) -> ! {
     // The cgroup first, then its namespace: the jail's cgroup becomes the
     // root of what the jail sees, and the init inherits the membership.
     join_cgroup(report, launch.cgroup_procs);
+    // The user namespace first, so that it owns every other namespace of
+    // the jail (root inside may then bind port 80 in its own network, set
+    // its hostname, mount its proc). The engine maps its ids meanwhile.
+    if launch.user_namespace {
+        if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
+            fail(report, Stage::UserNs, 0, e);
+        }
+        send(report, MSG_USERNS, 0, 0, 0);
+        if !wait_go(go) {
+            exit(1);
+        }
+        if let Err(e) = become_namespace_root() {
+            fail(report, Stage::UserNs, 1, e);
+        }
+    }
     if let Err(e) = nix::sched::unshare(jail_namespaces()) {
         fail(report, Stage::Unshare, 0, e);
     }
@@ -733,6 +771,7 @@ impl Launch<'_> {
             Stage::Exec => ("exec", self.command.program()),
             Stage::Capabilities => ("drop capabilities", self.command.program()),
             Stage::Seccomp => ("install seccomp filter", self.command.program()),
+            Stage::UserNs => ("enter user namespace", self.rootfs.to_owned()),
             Stage::Hostname => (
                 "sethostname",
                 PathBuf::from(std::ffi::OsStr::from_bytes(self.hostname.as_bytes())),
@@ -749,14 +788,20 @@ impl Launch<'_> {
     }
 }
 
-/// Launches a jail; for [`Stdio::Inherit`] waits for it to end.
-/// `on_init` runs with the init's host pid once the jail's namespaces
-/// exist and before its command starts (to connect its network); if it
-/// fails, the jail ends before running anything and its error is returned.
-pub(crate) fn launch(
-    launch: &Launch<'_>,
-    on_init: &mut dyn FnMut(i32) -> Result<(), JailError>,
-) -> Result<Outcome, JailError> {
+/// What the engine does while a jail starts, from the host side.
+pub(crate) struct Hooks<'h> {
+    /// With the launcher's pid, once it is in its new user namespace:
+    /// map its ids (and id-map the image for it).
+    pub on_userns: &'h mut dyn FnMut(i32) -> Result<(), JailError>,
+    /// With the init's host pid once the jail's namespaces exist and before
+    /// its command starts: connect its network.
+    pub on_init: &'h mut dyn FnMut(i32) -> Result<(), JailError>,
+}
+
+/// Launches a jail; for [`Stdio::Inherit`] waits for it to end. If a hook
+/// fails, the jail ends before running anything and the hook's error is
+/// returned.
+pub(crate) fn launch(launch: &Launch<'_>, hooks: Hooks<'_>) -> Result<Outcome, JailError> {
     let (r, w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(JailError::sys("pipe", launch.rootfs))?;
     let (go_r, go_w) =
@@ -772,12 +817,23 @@ pub(crate) fn launch(
     drop(w);
     drop(go_r);
     let mut rep = Report::default();
-    read_report(&r, &mut rep, |rep| rep.pid.is_some() || rep.error.is_some());
     let mut setup = Ok(());
-    if let (Some(pid), None) = (rep.pid, rep.error) {
-        setup = on_init(pid);
-        if setup.is_ok() {
-            let _ = nix::unistd::write(&go_w, &[1]);
+    if launch.user_namespace {
+        read_report(&r, &mut rep, |rep| rep.userns || rep.error.is_some());
+        if rep.userns && rep.error.is_none() {
+            setup = (hooks.on_userns)(child.as_raw());
+            if setup.is_ok() {
+                let _ = nix::unistd::write(&go_w, &[1]);
+            }
+        }
+    }
+    if setup.is_ok() {
+        read_report(&r, &mut rep, |rep| rep.pid.is_some() || rep.error.is_some());
+        if let (Some(pid), None) = (rep.pid, rep.error) {
+            setup = (hooks.on_init)(pid);
+            if setup.is_ok() {
+                let _ = nix::unistd::write(&go_w, &[1]);
+            }
         }
     }
     // Without the byte the init exits before running anything.
@@ -807,7 +863,8 @@ pub(crate) fn launch(
 /// A running jail's namespaces and cgroup, to run one more command in.
 #[derive(Debug)]
 pub(crate) struct Join<'a> {
-    /// Opened `/proc/<init>/ns/*` files, the mount namespace last.
+    /// Opened `/proc/<init>/ns/*` files, the user namespace (if any) first,
+    /// the mount namespace last.
     pub namespaces: Vec<(OwnedFd, CloneFlags, PathBuf)>,
     pub cgroup_procs: &'a [CString],
     pub command: &'a ExecPlan,
@@ -830,6 +887,12 @@ fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
     for (i, (fd, flag, _)) in join.namespaces.iter().enumerate() {
         if let Err(e) = nix::sched::setns(fd, *flag) {
             fail(report, Stage::Setns, i, e);
+        }
+        // In the jail's user namespace (joined first) become its root.
+        if *flag == CloneFlags::CLONE_NEWUSER
+            && let Err(e) = become_namespace_root()
+        {
+            fail(report, Stage::UserNs, i, e);
         }
     }
     // Entering a PID namespace applies to children only: fork once more.

@@ -39,6 +39,9 @@ pub(crate) enum Step {
         major: u32,
         minor: u32,
     },
+    /// Creates an empty file (a mount point for a device); an existing
+    /// file is fine.
+    File { path: CString },
     /// `symlink(2)`; an existing link is fine.
     Symlink { target: CString, link: CString },
     /// Enter `new_root` with pivot_root and detach the old root.
@@ -142,7 +145,15 @@ const MASKED_DIRS: [&str; 5] = [
 ];
 
 /// The ordered setup of a jail's root at `rootfs` from the image `lower`.
-pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, rootfs: &Path) -> Vec<Step> {
+///
+/// In a user namespace (`userns`) device nodes cannot be made: the host's
+/// are bound instead (the same six harmless devices).
+pub(crate) fn plan(
+    lower: &Path,
+    upper: &UpperSource<'_>,
+    rootfs: &Path,
+    userns: bool,
+) -> Vec<Step> {
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
     let r = |p: &str| rootfs.join(p);
     let mut steps = vec![
@@ -234,11 +245,17 @@ pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, rootfs: &Path) -> Vec<
         Some("mode=755,size=65536".into()),
     ));
     for (name, major, minor) in DEVICES {
-        steps.push(Step::CharDevice {
-            path: cp(&r("dev").join(name)),
-            major,
-            minor,
-        });
+        let path = r("dev").join(name);
+        if userns {
+            steps.push(Step::File { path: cp(&path) });
+            steps.push(bind("bind device", &Path::new("/dev").join(name), &path));
+        } else {
+            steps.push(Step::CharDevice {
+                path: cp(&path),
+                major,
+                minor,
+            });
+        }
     }
     for dir in ["pts", "shm"] {
         steps.push(Step::Mkdir {
@@ -325,6 +342,7 @@ impl Step {
             Step::Mount { what, target, .. } => (what, p(target)),
             Step::Mkdir { path, .. } => ("mkdir", p(path)),
             Step::CharDevice { path, .. } => ("mknod", p(path)),
+            Step::File { path } => ("create file", p(path)),
             Step::Symlink { link, .. } => ("symlink", p(link)),
             Step::PivotRoot { new_root } => ("pivot_root", p(new_root)),
             Step::IfExists { step, .. } => step.describe(),
@@ -362,6 +380,21 @@ impl Step {
                 // SAFETY: `path` is a valid NUL-terminated string.
                 let r = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) };
                 Errno::result(r).map(drop)
+            }
+            Step::File { path } => {
+                // SAFETY: `path` is a valid NUL-terminated string; the fd
+                // is closed at once.
+                let fd = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o666,
+                    )
+                };
+                let fd = Errno::result(fd)?;
+                // SAFETY: closes the fd opened above, once.
+                unsafe { libc::close(fd) };
+                Ok(())
             }
             Step::Symlink { target, link } => {
                 // SAFETY: both are valid NUL-terminated strings.
@@ -420,6 +453,7 @@ mod tests {
             Path::new("/img/busybox"),
             &UpperSource::Volume(Path::new("/s/web/volume")),
             Path::new("/s/web/rootfs"),
+            false,
         );
         let n = names(&steps);
         assert_eq!(n[0], "make mounts private /");
@@ -450,10 +484,24 @@ mod tests {
                 bytes: 1 << 20,
             },
             Path::new("/s/run/rootfs"),
+            false,
         );
         let n = names(&steps);
         assert_eq!(n[1], "mount tmpfs upper /s/run/scratch");
         assert!(index(&n, "mkdir /s/run/scratch/work") < index(&n, "mount overlay root"));
+    }
+
+    #[test]
+    fn in_a_user_namespace_devices_are_bound_not_made() {
+        let steps = plan(
+            Path::new("/i"),
+            &UpperSource::Volume(Path::new("/v")),
+            Path::new("/r"),
+            true,
+        );
+        let n = names(&steps);
+        assert!(!n.iter().any(|s| s.starts_with("mknod")), "{n:?}");
+        assert!(index(&n, "create file /r/dev/null") < index(&n, "bind device /r/dev/null"));
     }
 
     #[test]
@@ -462,6 +510,7 @@ mod tests {
             Path::new("/i"),
             &UpperSource::Volume(Path::new("/v")),
             Path::new("/r"),
+            false,
         );
         let ro: Vec<_> = steps
             .iter()

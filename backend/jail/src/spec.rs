@@ -23,6 +23,10 @@ pub struct JailSpec {
     /// A network interface on the node's bridge; `None`: loopback only.
     #[serde(default)]
     pub network: Option<NetSpec>,
+    /// Root inside the jail is an unprivileged host uid (a range of its
+    /// own, recorded when the jail is created); fixed at creation.
+    #[serde(default)]
+    pub user_namespace: bool,
 }
 
 /// What runs, as last seen.

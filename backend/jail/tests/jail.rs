@@ -76,6 +76,7 @@ fn helper_run_echo() {
         command: vec![],
         limits: small_limits(),
         network: None,
+        user_namespace: false,
     };
     let code = engine
         .run(

@@ -515,3 +515,71 @@ fn run_with_network_leaves_nothing() {
     assert_eq!(code, 3);
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
 }
+
+#[test]
+fn root_in_a_user_namespace_jail_is_not_root_on_the_host() {
+    if !root_or_skip("root_in_a_user_namespace_jail_is_not_root_on_the_host") {
+        return;
+    }
+    let f = Fixture::with_network();
+    let limits = Limits {
+        disk_bytes: 64 << 20,
+        ..small_limits()
+    };
+    let mut spec = f.net_spec("userns", JailKind::System, &[], limits);
+    spec.user_namespace = true;
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    // Inside: root, the image's files owned by root, a writable root home,
+    // and its web server on port 80 of its own network.
+    assert_eq!(
+        sh(
+            &f,
+            &spec.name,
+            "[ $(id -u) = 0 ] && [ $(stat -c %u /bin/busybox) = 0 ] && [ $(stat -c %u /etc/passwd) = 0 ] \
+             && echo made-inside > /root/made && chown 33:33 /root/made \
+             && echo page > /srv/www/index.html"
+        ),
+        0
+    );
+    let web = SocketAddr::from((address(&spec), 80));
+    wait_for_port(web);
+    assert!(http_get(web).unwrap().contains("page"));
+    // On the host: the jail's processes and files belong to its range.
+    let pid = init_pid(&f, &spec.name);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let host_uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(host_uid >= 1_000_000, "init runs as host uid {host_uid}");
+    let made = f
+        .state_dir()
+        .join("jails")
+        .join(spec.name.as_str())
+        .join("volume/upper/root/made");
+    let meta = std::fs::metadata(&made).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.uid(), host_uid + 33, "{}", made.display());
+    // Root in the jail cannot act as host root: the host's files it can
+    // see (through /proc of its own processes) stay out of reach, and
+    // even a capability it kept is bounded by its namespace.
+    assert_ne!(sh(&f, &spec.name, "echo x > /proc/sys/kernel/hostname"), 0);
+    // Restart keeps the range and the owners.
+    f.engine
+        .restart(&spec.name, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(
+        sh(
+            &f,
+            &spec.name,
+            "[ $(stat -c %u /root/made) = 33 ] && [ $(id -u) = 0 ]"
+        ),
+        0
+    );
+    f.engine.destroy(&spec.name).unwrap();
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}

@@ -72,6 +72,13 @@ impl Fixture {
             .prefix("stockade-jail-test")
             .tempdir()
             .unwrap();
+        // Jails with a user namespace reach their layers as an unprivileged
+        // host uid: the folders above must be searchable.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let cgroup_parent = format!("stockade-test-{}", unique("p"));
         let mut cfg = EngineConfig::new(dir.path().join("state"), dir.path().join("images"));
         cfg.cgroup_parent = cgroup_parent.clone();
@@ -106,6 +113,7 @@ impl Fixture {
             command: command.iter().map(|s| s.to_string()).collect(),
             limits,
             network: None,
+            user_namespace: false,
         }
     }
 
