@@ -905,6 +905,22 @@ impl Engine {
         Ok(code)
     }
 
+    /// Removes a port of the node's bridge that [`Engine::discover`] found
+    /// belonging to no jail. Refuses anything else.
+    pub fn remove_stray_link(&self, link: &str) -> Result<(), JailError> {
+        if !net::bridge_ports(&self.cfg.sys_root, &self.cfg.bridge)
+            .iter()
+            .any(|p| p == link)
+            || !link.starts_with("sk")
+        {
+            return Err(JailError::Invalid {
+                what: "link",
+                reason: format!("{link} is not a jail port of bridge {}", self.cfg.bridge),
+            });
+        }
+        self.net.del_link(link)
+    }
+
     /// Every jail-related object on the node, grouped by jail name.
     pub fn discover(&self) -> Result<Discovered, JailError> {
         let jails_dir = state::jails_dir(&self.cfg.state_dir);
@@ -930,6 +946,7 @@ impl Engine {
                 mounts: hostinfo::mounts(&self.cfg.proc_root),
                 loops: hostinfo::loop_devices(&self.cfg.sys_root),
                 live_inits,
+                bridge_ports: net::bridge_ports(&self.cfg.sys_root, &self.cfg.bridge),
             },
         ))
     }

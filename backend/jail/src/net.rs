@@ -355,6 +355,11 @@ fn program_error(program: &'static str, object: &str, detail: String) -> JailErr
 
 impl NetHost for LinuxNet {
     fn ensure_bridge(&self, bridge: &str, gateway: Ipv4Net) -> Result<(), JailError> {
+        // The usual case, without taking the kernel's network lock (which
+        // a jail's namespace being torn down may hold for milliseconds).
+        if bridge_ready(bridge, gateway.addr()) {
+            return Ok(());
+        }
         let mut nl = Netlink::route().map_err(net_err("netlink socket", bridge))?;
         match nl.add_bridge(bridge, netlink::mac_of(gateway.addr())) {
             Ok(()) | Err(Errno::EEXIST) => {}
@@ -442,6 +447,9 @@ impl NetHost for LinuxNet {
     }
 
     fn del_link(&self, name: &str) -> Result<(), JailError> {
+        if !Path::new("/sys/class/net").join(name).exists() {
+            return Ok(());
+        }
         let mut nl = Netlink::route().map_err(net_err("netlink socket", name))?;
         match nl.del_link(name) {
             Ok(()) | Err(Errno::ENODEV) => Ok(()),
@@ -494,8 +502,30 @@ impl NetHost for LinuxNet {
     }
 
     fn sysctl(&self, path: &Path, value: &str) -> Result<(), JailError> {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value) {
+            return Ok(());
+        }
         std::fs::write(path, value).map_err(JailError::io("write", path))
     }
+}
+
+/// Whether `bridge` exists as a bridge, is up and has `gateway`.
+fn bridge_ready(bridge: &str, gateway: Ipv4Addr) -> bool {
+    let dir = Path::new("/sys/class/net").join(bridge);
+    let up = std::fs::read_to_string(dir.join("flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & 1 != 0);
+    up && dir.join("bridge").is_dir()
+        && nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+            addrs.any(|a| {
+                a.interface_name == bridge
+                    && a.address
+                        .as_ref()
+                        .and_then(|s| s.as_sockaddr_in())
+                        .is_some_and(|sin| sin.ip() == gateway)
+            })
+        })
 }
 
 /// Network counters of a jail, from its point of view.
@@ -526,6 +556,17 @@ pub(crate) fn counters(sys_root: &Path, host_link: &str) -> NetCounters {
         rx_packets: read("tx_packets"),
         tx_packets: read("rx_packets"),
     }
+}
+
+/// The ports (interface names) of `bridge`.
+pub(crate) fn bridge_ports(sys_root: &Path, bridge: &str) -> Vec<String> {
+    std::fs::read_dir(sys_root.join("class/net").join(bridge).join("brif"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The network steps of the engine, on one node.
