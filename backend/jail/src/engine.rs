@@ -658,8 +658,12 @@ impl Engine {
             }
         }
         self.kill_group(name.as_str());
-        // The pair would go with the namespace, but asynchronously.
-        if rec.as_ref().is_none_or(|r| r.spec.network.is_some()) {
+        // With its last process gone the jail's network namespace is freed
+        // and the kernel removes the veth pair with it, shortly after, in
+        // the background; deleting it here would make the caller wait for
+        // the kernel's RCU grace periods (about 20 ms). Without a record
+        // (a jail known by name only) the pair is deleted outright.
+        if rec.is_none() {
             self.network().detach(name.as_str())?;
         }
         if let Some(mut rec) = rec

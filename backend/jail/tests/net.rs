@@ -158,7 +158,7 @@ fn jails_reach_neither_each_other_nor_the_host_but_published_ports_reach_them() 
     // Stopping removes the pair; starting again makes a new one.
     f.engine.stop(&a.name, Duration::from_secs(1)).unwrap();
     let link = stockade_jail::host_link(a.name.as_str());
-    assert!(!std::path::Path::new("/sys/class/net").join(&link).exists());
+    assert!(link_gone(&link), "{link} still there");
     f.engine.start(&a.name).unwrap();
     wait_for_port(a_http);
     f.engine.destroy(&a.name).unwrap();

@@ -158,9 +158,11 @@ impl Fixture {
             }
         }
         // Host veths (with their qdiscs), bridge ports, firewall elements.
+        // The kernel removes a stopped jail's pair with its namespace, in
+        // the background: allow it a moment.
         for name in self.names.lock().unwrap().iter() {
             let link = stockade_jail::host_link(name.as_str());
-            if Path::new("/sys/class/net").join(&link).exists() {
+            if !link_gone(&link) {
                 out.push(format!("veth: {link} of {name}"));
             }
         }
@@ -182,6 +184,18 @@ impl Fixture {
         }
         out
     }
+}
+
+/// Waits up to two seconds for a network link to disappear.
+pub fn link_gone(link: &str) -> bool {
+    let path = Path::new("/sys/class/net").join(link);
+    for _ in 0..400 {
+        if !path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
 
 fn loops_under(root: &Path) -> Vec<String> {
