@@ -229,6 +229,14 @@ fn privileged_probes_inside_a_jail_are_contained() {
                 .into(),
         ),
     ];
+    // The jail's own command (not only what exec runs) is filtered too.
+    let init = init_pid(&f, &spec.name);
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    let command = children.split_whitespace().next().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{command}/status")).unwrap();
+    for want in ["NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t00000000a00405fb"] {
+        assert!(status.contains(want), "{want} not in {status}");
+    }
     let mut escaped = Vec::new();
     for (what, probe) in &probes {
         if sh(&f, &spec.name, probe) != 0 {
