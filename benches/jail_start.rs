@@ -129,6 +129,48 @@ fn main() {
             .args(["--", "/bin/true"]);
         c
     };
+    // With networking: a veth pair to the node's bridge and an address.
+    // The node's bridge and firewall table are made by the first run; if
+    // this bench made them, it removes them at the end.
+    let bridge_existed = Path::new("/sys/class/net/stk0").exists();
+    let net_args = [
+        "jail",
+        "run",
+        "--net",
+        "--image",
+        "busybox",
+        "--memory",
+        "256M",
+        "--cpu",
+        "500m",
+        "--pids",
+        "128",
+        "--",
+        "/bin/true",
+    ];
+    time(stockade(&state).args(net_args));
+    if lxc.is_some() {
+        let conf = std::fs::read_to_string(lxc_dir.join("bench.conf")).unwrap();
+        std::fs::write(
+            lxc_dir.join("bench-net.conf"),
+            conf.replace(
+                "lxc.net.0.type = empty\n",
+                "lxc.net.0.type = veth\nlxc.net.0.link = stk0\nlxc.net.0.flags = up\n\
+                 lxc.net.0.name = eth0\nlxc.net.0.ipv4.address = 10.77.255.250/16\n\
+                 lxc.net.0.ipv4.gateway = 10.77.0.1\n",
+            ),
+        )
+        .unwrap();
+    }
+    let lxc_net_cmd = || {
+        let mut c = Command::new("lxc-execute");
+        c.args(["-n", "bench", "-P"])
+            .arg(&lxc_dir)
+            .arg("-f")
+            .arg(lxc_dir.join("bench-net.conf"))
+            .args(["--", "/bin/true"]);
+        c
+    };
 
     // Warm-up, then alternate so both see the same machine state.
     for _ in 0..5 {
@@ -138,10 +180,13 @@ fn main() {
         }
     }
     let (mut ours, mut theirs, mut vol) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_net, mut theirs_net) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         ours.push(time(stockade(&state).args(run_args)));
+        ours_net.push(time(stockade(&state).args(net_args)));
         if lxc.is_some() {
             theirs.push(time(&mut lxc_cmd()));
+            theirs_net.push(time(&mut lxc_net_cmd()));
         }
         vol.push(time(stockade(&state).args([
             "jail",
@@ -180,6 +225,29 @@ fn main() {
         "stockade jail run with a fresh 1 GiB volume:        median {} over {RUNS} runs",
         ms(median(vol))
     );
+    let ours_net_m = median(ours_net);
+    println!(
+        "stockade jail run --net (veth, address, route):    median {} over {RUNS} runs (+{} for the network)",
+        ms(ours_net_m),
+        ms(ours_net_m.saturating_sub(ours_m))
+    );
+    if !theirs_net.is_empty() {
+        let theirs_net_m = median(theirs_net);
+        println!(
+            "lxc-execute with a veth on the same bridge:          median {} over {RUNS} runs",
+            ms(theirs_net_m)
+        );
+        println!(
+            "ratio stockade / lxc-execute, with network: {:.2}",
+            ours_net_m.as_secs_f64() / theirs_net_m.as_secs_f64()
+        );
+    }
+    if !bridge_existed {
+        let _ = Command::new("ip").args(["link", "del", "stk0"]).status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", "stockade"])
+            .status();
+    }
 
     idle_jails(dir.path(), 1000);
 }
@@ -215,6 +283,8 @@ fn idle_jails(dir: &Path, n: usize) {
                     pids: 16,
                     ..Limits::default()
                 },
+                network: None,
+                user_namespace: false,
             })
             .unwrap();
         engine.start(name).unwrap();

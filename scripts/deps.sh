@@ -9,6 +9,7 @@ stockade_missing_packages() {
     have busybox || missing+=(busybox-static)
     have mkfs.ext4 || missing+=(e2fsprogs)
     have ip || missing+=(iproute2)
+    have nft || missing+=(nftables)
     have tar || missing+=(tar)
     have useradd || missing+=(passwd)
     for extra in "$@"; do

@@ -178,6 +178,8 @@ async fn jails_outlive_an_agent_crash_and_strays_are_removed_at_start() {
                 disk_bytes: 16 * MIB,
                 ..Limits::default()
             },
+            network: None,
+            user_namespace: false,
         })
         .unwrap();
     node.start();

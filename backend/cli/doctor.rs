@@ -120,6 +120,46 @@ fn program_check(what: &'static str, program: &str, fix: &'static str) -> Check 
     }
 }
 
+/// Runs `script` in a throwaway network namespace (nothing it creates
+/// outlives it); needs root.
+fn probe_in_netns(what: &'static str, script: &str, ok_detail: &str, fix: &'static str) -> Check {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Check {
+            what,
+            ok: false,
+            detail: "not checked: needs root".into(),
+            fix,
+        };
+    }
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", script])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Check {
+            what,
+            ok: true,
+            detail: ok_detail.into(),
+            fix,
+        },
+        Ok(o) => Check {
+            what,
+            ok: false,
+            detail: String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("failed")
+                .to_string(),
+            fix,
+        },
+        Err(e) => Check {
+            what,
+            ok: false,
+            detail: format!("unshare: {e}"),
+            fix,
+        },
+    }
+}
+
 fn collect(cfg: &Config) -> Vec<Check> {
     let filesystems = read("/proc/filesystems");
     let userns = read("/proc/sys/user/max_user_namespaces")
@@ -166,7 +206,28 @@ fn collect(cfg: &Config) -> Vec<Check> {
             },
             fix: "kernel with CONFIG_VETH; iproute2",
         },
+        probe_in_netns(
+            "bridge",
+            "ip link add stkprobe type bridge && ip link add stkv0 type veth peer name stkv1 \
+             && ip link set stkv0 master stkprobe && bridge link set dev stkv0 isolated on",
+            "bridges with port isolation",
+            "kernel with CONFIG_BRIDGE; iproute2",
+        ),
         program_check("tc", "tc", "iproute2"),
+        probe_in_netns(
+            "tc tbf",
+            "ip link set lo up && tc qdisc add dev lo root tbf rate 1mbit burst 16k latency 50ms",
+            "tbf rate limits",
+            "kernel with CONFIG_NET_SCH_TBF; iproute2",
+        ),
+        program_check("nft", "nft", "nftables"),
+        probe_in_netns(
+            "nftables",
+            "nft 'add table inet probe; add chain inet probe o { type nat hook output priority -100; }; \
+             add rule inet probe o fib daddr type local tcp dport 1 dnat ip to 10.0.0.1'",
+            "filter, NAT and fib",
+            "kernel with CONFIG_NF_TABLES, NFT_NAT, NFT_FIB; nftables",
+        ),
         Check {
             what: "user namespaces",
             ok: userns > 0,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use stockade_domain::{ByteSize, JailKind, JailName, Limits, Millicores};
-use stockade_jail::{Engine, EngineConfig, JailSpec, JailStatus};
+use stockade_jail::{Engine, EngineConfig, JailSpec, JailStatus, NetSpec, Publish, parse_rate};
 
 use crate::config::Config;
 
@@ -33,9 +33,68 @@ pub struct LimitArgs {
     /// Write rate limit on the volume, e.g. 10M (bytes/s).
     #[arg(long)]
     io_write_bps: Option<String>,
+    /// Outbound network rate, e.g. 10mbit (bits/s; kbit, mbit, gbit).
+    #[arg(long)]
+    net_egress: Option<String>,
+    /// Inbound network rate, e.g. 10mbit (bits/s; kbit, mbit, gbit).
+    #[arg(long)]
+    net_ingress: Option<String>,
+}
+
+/// Network options given on the command line.
+#[derive(Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Publish a jail port on a host port, HOST:JAIL (e.g. 8080:80); repeatable.
+    #[arg(long = "publish", value_name = "HOST:JAIL")]
+    publish: Vec<String>,
+    /// The jail's address (default: the next free one of the node's pool).
+    #[arg(long)]
+    address: Option<std::net::Ipv4Addr>,
+    /// Outbound NAT to the world (off: the jail reaches nothing outside).
+    #[arg(long)]
+    nat: bool,
+}
+
+impl NetArgs {
+    /// Whether any option asks for a network.
+    fn any(&self) -> bool {
+        !self.publish.is_empty() || self.address.is_some() || self.nat
+    }
+
+    /// Checks the options without touching the host.
+    fn parse(&self) -> anyhow::Result<Vec<Publish>> {
+        Ok(self
+            .publish
+            .iter()
+            .map(|p| Publish::parse(p))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn spec(&self, engine: &Engine, publish: Vec<Publish>) -> anyhow::Result<NetSpec> {
+        let address = match self.address {
+            Some(a) => a,
+            None => engine.allocate_address()?,
+        };
+        Ok(NetSpec {
+            address,
+            publish,
+            nat: self.nat,
+        })
+    }
+}
+
+fn net_rate(field: &'static str, v: &Option<String>) -> anyhow::Result<u64> {
+    Ok(v.as_deref()
+        .map(|s| parse_rate(field, s))
+        .transpose()?
+        .unwrap_or(0))
 }
 
 impl LimitArgs {
+    fn wants_network(&self) -> bool {
+        self.net_egress.is_some() || self.net_ingress.is_some()
+    }
+
     fn parse(&self, disk_required: bool) -> anyhow::Result<Limits> {
         if self.pids == 0 {
             anyhow::bail!("pids: must be more than 0");
@@ -62,6 +121,8 @@ impl LimitArgs {
             disk_bytes: disk,
             io_read_bps: rate("io-read-bps", &self.io_read_bps)?,
             io_write_bps: rate("io-write-bps", &self.io_write_bps)?,
+            net_egress_bps: net_rate("net-egress", &self.net_egress)?,
+            net_ingress_bps: net_rate("net-ingress", &self.net_ingress)?,
             ..Limits::default()
         })
     }
@@ -79,7 +140,16 @@ pub enum JailCommand {
         #[arg(long, default_value = "busybox")]
         image: String,
         #[command(flatten)]
-        limits: LimitArgs,
+        limits: Box<LimitArgs>,
+        /// Give the jail a network interface on the node's bridge (implied by
+        /// --publish, --address, --nat and the network rates).
+        #[arg(long)]
+        net: bool,
+        #[command(flatten)]
+        network: Box<NetArgs>,
+        /// Root in the jail is an unprivileged host uid (a user namespace).
+        #[arg(long)]
+        userns: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -95,7 +165,16 @@ pub enum JailCommand {
         #[arg(long, default_value = "system")]
         kind: String,
         #[command(flatten)]
-        limits: LimitArgs,
+        limits: Box<LimitArgs>,
+        /// No network interface: loopback only. (By default a jail gets one
+        /// on the node's bridge when the bridge can be set up.)
+        #[arg(long, conflicts_with_all = ["publish", "address", "nat", "net_egress", "net_ingress"])]
+        no_net: bool,
+        #[command(flatten)]
+        network: Box<NetArgs>,
+        /// Root in the jail is an unprivileged host uid (a user namespace).
+        #[arg(long)]
+        userns: bool,
         /// The command (default: the image's init, or busybox httpd).
         #[arg(last = true)]
         command: Vec<String>,
@@ -187,12 +266,22 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
             name,
             image,
             limits,
+            net,
+            network,
+            userns,
             command,
         } => {
             let name = name_or_random(name)?;
+            let wants_net = net || network.any() || limits.wants_network();
             let limits = limits.parse(false)?;
+            let publish = network.parse()?;
             let engine = engine(cfg)?;
             check_image(&engine, &image)?;
+            let network = if wants_net {
+                Some(network.spec(&engine, publish)?)
+            } else {
+                None
+            };
             let spec = JailSpec {
                 name: name.clone(),
                 hostname: name,
@@ -200,6 +289,8 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 kind: JailKind::App,
                 command: command.clone(),
                 limits,
+                network,
+                user_namespace: userns,
             };
             let code = engine.run(&spec, &command)?;
             Ok(ExitCode::from(
@@ -211,6 +302,9 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
             image,
             kind,
             limits,
+            no_net,
+            network,
+            userns,
             command,
         } => {
             let name = JailName::parse(&name)?;
@@ -218,9 +312,24 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
             if kind == JailKind::App && command.is_empty() {
                 anyhow::bail!("an app jail needs a command after --");
             }
+            let asked = network.any() || limits.wants_network();
             let limits = limits.parse(true)?;
+            let publish = network.parse()?;
             let engine = engine(cfg)?;
             check_image(&engine, &image)?;
+            let net = if no_net {
+                None
+            } else {
+                match engine.ensure_network() {
+                    Ok(()) => Some(network.spec(&engine, publish)?),
+                    Err(e) if asked => return Err(e.into()),
+                    Err(e) => {
+                        eprintln!("note: {name} gets no network (loopback only): {e}");
+                        None
+                    }
+                }
+            };
+            let address = net.as_ref().map(|n| n.address);
             engine.create(&JailSpec {
                 name: name.clone(),
                 hostname: name.clone(),
@@ -228,8 +337,13 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 kind,
                 command,
                 limits,
+                network: net,
+                user_namespace: userns,
             })?;
-            println!("created {name}");
+            match address {
+                Some(a) => println!("created {name} ({a})"),
+                None => println!("created {name}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         JailCommand::Start { name } => {
@@ -306,6 +420,13 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
             println!("memory limit hits   {}", u.memory_limit_hits);
             println!("pids limit hits     {}", u.pids_limit_hits);
             println!("cpu throttled       {} periods", u.cpu_throttled_periods);
+            println!(
+                "network rx / tx     {} / {} ({} / {} packets)",
+                ByteSize(u.net_rx_bytes),
+                ByteSize(u.net_tx_bytes),
+                u.net_rx_packets,
+                u.net_tx_packets
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -260,6 +260,8 @@ fn spec_of(jail: &Jail) -> JailSpec {
         kind: jail.kind,
         command: jail.command.clone(),
         limits: jail.limits,
+        network: None,
+        user_namespace: false,
     }
 }
 

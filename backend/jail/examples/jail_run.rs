@@ -44,6 +44,8 @@ fn main() -> anyhow_free::Result {
                 disk_bytes: disk,
                 ..Limits::default()
             },
+            network: None,
+            user_namespace: false,
         };
         let t = Instant::now();
         code = engine.run(&spec, command)?;

@@ -1,5 +1,5 @@
 //! Finding every jail-related object on the node: state records, cgroups,
-//! mounts, loop devices and processes, grouped by jail name, so an agent
+//! mounts, loop devices, processes and veths, grouped by jail name, so an agent
 //! starting up can adopt what it wants and remove the rest.
 
 use std::collections::BTreeMap;
@@ -28,6 +28,8 @@ pub struct DiscoveredJail {
     pub processes: Vec<i32>,
     /// Host pid of its init, if the recorded init is alive.
     pub init: Option<i32>,
+    /// Its host-side veth, if present on the node's bridge.
+    pub links: Vec<String>,
 }
 
 /// What an agent should make of a discovered jail.
@@ -63,6 +65,10 @@ impl DiscoveredJail {
 pub struct Discovered {
     /// Every jail with at least one object, by name.
     pub jails: BTreeMap<String, DiscoveredJail>,
+    /// Ports of the node's bridge that belong to no jail found (a jail
+    /// whose every other trace is gone); remove with
+    /// `Engine::remove_stray_link`.
+    pub stray_links: Vec<String>,
 }
 
 /// The jail a path under `<state>/jails/` belongs to.
@@ -86,6 +92,8 @@ pub(crate) struct Observed {
     pub mounts: Vec<MountEntry>,
     pub loops: Vec<LoopDevice>,
     pub live_inits: Vec<(String, i32)>,
+    /// Ports of the node's bridge.
+    pub bridge_ports: Vec<String>,
 }
 
 /// Groups observed objects by jail; objects outside `jails_dir` are ignored.
@@ -126,6 +134,15 @@ pub(crate) fn group(jails_dir: &Path, seen: Observed) -> Discovered {
     for (name, pid) in seen.live_inits {
         out.jails.entry(name).or_default().init = Some(pid);
     }
+    let mut ports = seen.bridge_ports;
+    for (name, j) in &mut out.jails {
+        let link = crate::net::host_link(name);
+        if let Some(i) = ports.iter().position(|p| *p == link) {
+            j.links.push(ports.swap_remove(i));
+        }
+    }
+    ports.sort();
+    out.stray_links = ports;
     out
 }
 
@@ -165,6 +182,8 @@ mod tests {
                 kind: JailKind::App,
                 command: vec!["true".into()],
                 limits: Limits::default(),
+                network: None,
+                user_namespace: false,
             },
             upper: Upper::Volume,
             loop_device: None,
@@ -173,7 +192,22 @@ mod tests {
                 start_time: 1,
             }),
             transient,
+            uid_base: None,
         }
+    }
+
+    #[test]
+    fn bridge_ports_go_to_their_jails_and_the_rest_are_strays() {
+        let jails = Path::new("/s/jails");
+        let web = crate::net::host_link("web");
+        let seen = Observed {
+            state_dirs: vec![("web".into(), jails.join("web"), Some(record(false)))],
+            bridge_ports: vec!["sk0123456789ab".into(), web.clone()],
+            ..Observed::default()
+        };
+        let d = group(jails, seen);
+        assert_eq!(d.jails["web"].links, [web]);
+        assert_eq!(d.stray_links, ["sk0123456789ab"]);
     }
 
     #[test]
@@ -217,6 +251,7 @@ mod tests {
                 },
             ],
             live_inits: vec![("web".into(), 10)],
+            bridge_ports: vec![],
         };
         let d = group(jails, seen);
         assert_eq!(

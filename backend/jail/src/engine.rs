@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -21,7 +22,9 @@ use crate::discover::{self, Discovered, Observed};
 use crate::error::JailError;
 use crate::host::{Host, LinuxHost};
 use crate::launch::{self, ExecPlan, JAIL_PATH, Launch, Outcome, Stdio};
+use crate::net::{self, LinuxNet, NetHost, NetSpec, Network, NodeNet};
 use crate::rootfs::{self, UpperSource};
+use crate::seccomp::{self, Filters};
 use crate::spec::{JailSpec, JailStatus, Usage};
 use crate::state::{self, InitProcess, JailPaths, JailRecord, Upper};
 use crate::volume::{self, HostView};
@@ -47,6 +50,23 @@ pub struct EngineConfig {
     pub busybox: PathBuf,
     /// Size of the tmpfs upper layer of jails without a disk quota.
     pub tmpfs_upper_bytes: u64,
+    /// The node's bridge for jail networks (`stk0`), created if missing.
+    pub bridge: String,
+    /// The bridge's gateway address with the prefix of the node's jail
+    /// address pool (`10.77.0.1/16`).
+    pub gateway: ipnet::Ipv4Net,
+    /// Host TCP ports jails may reach on the gateway address (none).
+    pub open_ports: Vec<u16>,
+    /// The nftables table (family `inet`) the engine owns (`stockade`).
+    pub firewall_table: String,
+    /// First host uid of the ranges given to jails with a user namespace
+    /// (`1000000`); jail `k` maps 0..65536 to base + k * 65536.
+    pub uid_base: u32,
+    /// How many such ranges there are (`4096`).
+    pub uid_ranges: u32,
+    /// Whether the engine turns on IPv4 forwarding when a jail publishes
+    /// ports or uses outbound NAT (needed to reach it from other machines).
+    pub forwarding: bool,
 }
 
 impl EngineConfig {
@@ -66,6 +86,13 @@ impl EngineConfig {
             sys_root: "/sys".into(),
             busybox,
             tmpfs_upper_bytes: 256 << 20,
+            bridge: "stk0".into(),
+            gateway: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 77, 0, 1), 16).unwrap_or_default(),
+            open_ports: Vec::new(),
+            firewall_table: net::FIREWALL_TABLE.into(),
+            uid_base: 1_000_000,
+            uid_ranges: 4096,
+            forwarding: true,
         }
     }
 }
@@ -78,9 +105,39 @@ pub struct Engine {
     cfg: EngineConfig,
     cgroups: Cgroups,
     host: Box<dyn Host>,
+    net: Box<dyn NetHost>,
+    seccomp: Filters,
 }
 
-fn c_path(p: &Path) -> CString {
+/// The size of a jail's uid (and gid) range.
+pub const UID_RANGE: u32 = 65_536;
+
+/// Refuses network rates too small to carry TCP (0 is "no limit").
+fn check_rates(limits: &Limits) -> Result<(), JailError> {
+    for (what, bps) in [
+        ("net-egress", limits.net_egress_bps),
+        ("net-ingress", limits.net_ingress_bps),
+    ] {
+        if bps != 0 && bps < net::MIN_RATE_BPS {
+            return Err(JailError::Invalid {
+                what,
+                reason: format!("{bps} bit/s is below the smallest rate, 8kbit"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` can name a network interface (the bridge).
+fn valid_link_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub(crate) fn c_path(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
@@ -146,11 +203,101 @@ impl Engine {
     }
 
     pub(crate) fn with_host(cfg: EngineConfig, host: Box<dyn Host>) -> Result<Self, JailError> {
+        Self::with_hosts(cfg, host, Box::new(LinuxNet))
+    }
+
+    pub(crate) fn with_hosts(
+        cfg: EngineConfig,
+        host: Box<dyn Host>,
+        net: Box<dyn NetHost>,
+    ) -> Result<Self, JailError> {
+        if !valid_link_name(&cfg.bridge) {
+            return Err(JailError::Invalid {
+                what: "bridge name",
+                reason: format!("{:?}: 1 to 15 letters, digits, - or _", cfg.bridge),
+            });
+        }
+        if !valid_link_name(&cfg.firewall_table) {
+            return Err(JailError::Invalid {
+                what: "firewall table",
+                reason: format!("{:?}: letters, digits, - or _", cfg.firewall_table),
+            });
+        }
+        if cfg.gateway.prefix_len() > 30 {
+            return Err(JailError::Invalid {
+                what: "gateway",
+                reason: format!("{}: the pool needs a prefix of at most /30", cfg.gateway),
+            });
+        }
+        let seccomp = seccomp::filters()?;
         let jails = state::jails_dir(&cfg.state_dir);
         fs::create_dir_all(&jails).map_err(JailError::io("create", &jails))?;
         fs::create_dir_all(&cfg.image_dir).map_err(JailError::io("create", &cfg.image_dir))?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent);
-        Ok(Self { cfg, cgroups, host })
+        Ok(Self {
+            cfg,
+            cgroups,
+            host,
+            net,
+            seccomp,
+        })
+    }
+
+    fn network(&self) -> Network<'_> {
+        Network {
+            host: self.net.as_ref(),
+            node: NodeNet {
+                bridge: &self.cfg.bridge,
+                table: &self.cfg.firewall_table,
+                gateway: self.cfg.gateway,
+                open_ports: &self.cfg.open_ports,
+                forwarding: self.cfg.forwarding,
+                proc_root: &self.cfg.proc_root,
+            },
+        }
+    }
+
+    /// The network of every jail on the node with one.
+    fn networks(&self) -> Vec<(String, NetSpec)> {
+        discover::state_dirs(&state::jails_dir(&self.cfg.state_dir))
+            .into_iter()
+            .filter_map(|(name, _, rec)| Some((name, rec?.spec.network?)))
+            .collect()
+    }
+
+    /// The first uid range no jail on the node uses.
+    fn allocate_uid_range(&self) -> Result<u32, JailError> {
+        let used: std::collections::HashSet<u32> =
+            discover::state_dirs(&state::jails_dir(&self.cfg.state_dir))
+                .into_iter()
+                .filter_map(|(_, _, rec)| rec?.uid_base)
+                .collect();
+        (0..self.cfg.uid_ranges)
+            .filter_map(|k| {
+                k.checked_mul(UID_RANGE)
+                    .and_then(|o| o.checked_add(self.cfg.uid_base))
+            })
+            .filter(|b| b.checked_add(UID_RANGE).is_some())
+            .find(|b| !used.contains(b))
+            .ok_or_else(|| JailError::Invalid {
+                what: "user namespace",
+                reason: format!(
+                    "all {} uid ranges from {} are in use",
+                    self.cfg.uid_ranges, self.cfg.uid_base
+                ),
+            })
+    }
+
+    /// A free address of the node's pool for a new jail.
+    pub fn allocate_address(&self) -> Result<Ipv4Addr, JailError> {
+        let used: Vec<Ipv4Addr> = self.networks().iter().map(|(_, n)| n.address).collect();
+        Ok(net::allocate(self.cfg.gateway, &used)?)
+    }
+
+    /// Makes sure the node's bridge and firewall exist (`stockade doctor`,
+    /// the agent at start-up); creating a jail with a network does it too.
+    pub fn ensure_network(&self) -> Result<(), JailError> {
+        self.network().ensure_node()
     }
 
     /// The configuration it was made with.
@@ -201,8 +348,9 @@ impl Engine {
 
     // ---- lifecycle ----
 
-    /// Creates the jail's state record, volume and cgroup as far as
-    /// missing, and applies its limits. Idempotent.
+    /// Creates the jail's state record, volume, cgroup and firewall entries
+    /// as far as missing, and applies its limits. Idempotent. A new jail
+    /// whose creation fails is removed again.
     pub fn create(&self, spec: &JailSpec) -> Result<(), JailError> {
         self.prepare(spec, false).map(drop)
     }
@@ -212,6 +360,28 @@ impl Engine {
         spec: &JailSpec,
         transient: bool,
     ) -> Result<(JailPaths, JailRecord), JailError> {
+        let new = !self.paths(spec.name.as_str()).record.exists();
+        let r = self.prepare_parts(spec, transient);
+        if r.is_err()
+            && new
+            && let Err(e) = self.destroy(&spec.name)
+        {
+            tracing::warn!(jail = %spec.name, error = %e, "removing a half-created jail failed");
+        }
+        r
+    }
+
+    fn prepare_parts(
+        &self,
+        spec: &JailSpec,
+        transient: bool,
+    ) -> Result<(JailPaths, JailRecord), JailError> {
+        check_rates(&spec.limits)?;
+        if let Some(n) = &spec.network {
+            // Before anything exists: a refused address leaves nothing.
+            self.network()
+                .validate(spec.name.as_str(), n, &self.networks())?;
+        }
         let lower = image::path(&self.cfg.image_dir, &spec.image)?;
         if !lower.is_dir() {
             return Err(JailError::ImageNotFound {
@@ -228,12 +398,32 @@ impl Engine {
                 bytes: self.cfg.tmpfs_upper_bytes,
             },
         };
+        let uid_base = match &existing {
+            Some(r) if r.spec.user_namespace != spec.user_namespace => {
+                return Err(JailError::Invalid {
+                    what: "user namespace",
+                    reason: format!(
+                        "jail {} was created {} one; it is chosen at creation",
+                        spec.name,
+                        if r.spec.user_namespace {
+                            "with"
+                        } else {
+                            "without"
+                        }
+                    ),
+                });
+            }
+            Some(r) => r.uid_base,
+            None if spec.user_namespace => Some(self.allocate_uid_range()?),
+            None => None,
+        };
         let mut rec = JailRecord {
             spec: spec.clone(),
             upper,
             loop_device: existing.as_ref().and_then(|r| r.loop_device.clone()),
             init: existing.as_ref().and_then(|r| r.init),
             transient,
+            uid_base,
         };
         // The record first: whatever is created next can be found from it.
         state::save(&paths, &rec)?;
@@ -255,10 +445,26 @@ impl Engine {
                 rec.loop_device = Some(dev);
                 state::save(&paths, &rec)?;
             }
+            // The overlay's own folders belong to the jail's root; what the
+            // jail writes lands in the upper layer with its host ids.
+            if let Some(base) = uid_base {
+                for sub in ["upper", "work"] {
+                    self.host.chown(&paths.volume.join(sub), base)?;
+                }
+            }
         }
         self.cgroups.ensure(spec.name.as_str())?;
         self.cgroups
             .apply(spec.name.as_str(), &spec.limits, device)?;
+        let old_net = existing.and_then(|r| r.spec.network);
+        if let Some(old) = old_net.filter(|o| Some(o) != spec.network.as_ref()) {
+            self.network().unpublish(spec.name.as_str(), &old)?;
+        }
+        if let Some(n) = &spec.network {
+            let network = self.network();
+            network.ensure_node()?;
+            network.publish(spec.name.as_str(), n)?;
+        }
         Ok((paths, rec))
     }
 
@@ -305,7 +511,16 @@ impl Engine {
                 bytes,
             },
         };
-        let steps = rootfs::plan(&lower, &upper, &paths.rootfs);
+        let userns = rec.uid_base;
+        // In a user namespace the image is seen through an id-mapped mount
+        // (made once the namespace exists), so its root-owned files belong
+        // to the jail's root.
+        let lower_dir = if userns.is_some() {
+            &paths.lower
+        } else {
+            &lower
+        };
+        let steps = rootfs::plan(lower_dir, &upper, &paths.rootfs, userns.is_some());
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         let command = ExecPlan::new(
             argv,
@@ -327,10 +542,43 @@ impl Engine {
             hostname: CString::new(spec.hostname.as_str()).unwrap_or_default(),
             steps: &steps,
             command: &command,
+            user_namespace: userns.is_some(),
+            seccomp: self.seccomp.programs(),
             stdio,
             rootfs: &paths.rootfs,
         };
-        launch::launch(&launch)
+        // The jail's network namespace exists once the init does; its
+        // veth is made meanwhile the init mounts the root.
+        let mut connect = |pid: i32| match &spec.network {
+            None => Ok(()),
+            Some(n) => self
+                .network()
+                .attach(spec.name.as_str(), n, &spec.limits, &self.netns(pid)),
+        };
+        let mut map_ids = |launcher: i32| match userns {
+            None => Ok(()),
+            Some(base) => {
+                let pid_dir = self.cfg.proc_root.join(launcher.to_string());
+                self.host.write_id_maps(&pid_dir, base, UID_RANGE)?;
+                self.host
+                    .idmap_mount(&lower, &paths.lower, &pid_dir.join("ns/user"))
+            }
+        };
+        let r = launch::launch(
+            &launch,
+            launch::Hooks {
+                on_userns: &mut map_ids,
+                on_init: &mut connect,
+            },
+        );
+        if r.is_err() && spec.network.is_some() {
+            let _ = self.network().detach(spec.name.as_str());
+        }
+        r
+    }
+
+    fn netns(&self, pid: i32) -> PathBuf {
+        self.cfg.proc_root.join(pid.to_string()).join("ns/net")
     }
 
     /// Starts the jail's init and command if not running. The jail keeps
@@ -410,6 +658,14 @@ impl Engine {
             }
         }
         self.kill_group(name.as_str());
+        // With its last process gone the jail's network namespace is freed
+        // and the kernel removes the veth pair with it, shortly after, in
+        // the background; deleting it here would make the caller wait for
+        // the kernel's RCU grace periods (about 20 ms). Without a record
+        // (a jail known by name only) the pair is deleted outright.
+        if rec.is_none() {
+            self.network().detach(name.as_str())?;
+        }
         if let Some(mut rec) = rec
             && rec.init.take().is_some()
         {
@@ -428,8 +684,15 @@ impl Engine {
     /// device, cgroup, state folder. Works from the name alone, with or
     /// without a record. Idempotent.
     pub fn destroy(&self, name: &JailName) -> Result<(), JailError> {
-        self.stop(name, Duration::ZERO)?;
         let paths = self.paths(name.as_str());
+        let network = state::load(&paths)
+            .ok()
+            .flatten()
+            .and_then(|r| r.spec.network);
+        self.stop(name, Duration::ZERO)?;
+        if let Some(n) = &network {
+            self.network().unpublish(name.as_str(), n)?;
+        }
         volume::teardown(self.host.as_ref(), &self.view(), &paths)?;
         // Anything else still mounted under the jail's folder (a crashed
         // agent's half-done work): never delete files through a mount.
@@ -453,6 +716,7 @@ impl Engine {
     /// Applies new limits, live on a running jail. A larger disk quota grows
     /// the volume online; a smaller one is refused.
     pub fn update_limits(&self, name: &JailName, limits: &Limits) -> Result<(), JailError> {
+        check_rates(limits)?;
         let (paths, mut rec) = self.record(name)?;
         let mut device = None;
         if rec.upper == Upper::Volume {
@@ -485,6 +749,16 @@ impl Engine {
             }
         }
         self.cgroups.apply(name.as_str(), limits, device)?;
+        if rec.spec.network.is_some()
+            && let Some(init) = self.live_init(&rec)
+        {
+            self.network().set_rates(
+                name.as_str(),
+                limits,
+                Some(&rec.spec.limits),
+                &self.netns(init.pid),
+            )?;
+        }
         rec.spec.limits = *limits;
         state::save(&paths, &rec)
     }
@@ -520,6 +794,11 @@ impl Engine {
             }
             None => None,
         };
+        let net = if rec.spec.network.is_some() {
+            net::counters(&self.cfg.sys_root, &net::host_link(name.as_str()))
+        } else {
+            net::NetCounters::default()
+        };
         Ok(Usage {
             cpu_usec: cg.cpu_usec,
             memory_bytes: cg.memory_bytes,
@@ -532,6 +811,10 @@ impl Engine {
             memory_limit_hits: cg.memory_limit_hits,
             pids_limit_hits: cg.pids_limit_hits,
             cpu_throttled_periods: cg.cpu_throttled_periods,
+            net_rx_bytes: net.rx_bytes,
+            net_tx_bytes: net.tx_bytes,
+            net_rx_packets: net.rx_packets,
+            net_tx_packets: net.tx_packets,
         })
     }
 
@@ -545,14 +828,15 @@ impl Engine {
             .ok_or_else(|| JailError::NotRunning(name.to_string()))?;
         let ns_dir = self.cfg.proc_root.join(init.pid.to_string()).join("ns");
         let mut namespaces = Vec::new();
-        for (file, flag) in [
+        let user = rec.uid_base.map(|_| ("user", CloneFlags::CLONE_NEWUSER));
+        for (file, flag) in user.into_iter().chain([
             ("cgroup", CloneFlags::CLONE_NEWCGROUP),
             ("ipc", CloneFlags::CLONE_NEWIPC),
             ("uts", CloneFlags::CLONE_NEWUTS),
             ("net", CloneFlags::CLONE_NEWNET),
             ("pid", CloneFlags::CLONE_NEWPID),
             ("mnt", CloneFlags::CLONE_NEWNS),
-        ] {
+        ]) {
             let p = ns_dir.join(file);
             let f = File::open(&p).map_err(JailError::io("open", &p))?;
             namespaces.push((OwnedFd::from(f), flag, p));
@@ -594,6 +878,7 @@ impl Engine {
             namespaces,
             cgroup_procs: &procs,
             command: &command,
+            seccomp: self.seccomp.programs(),
             oom_score_adj,
         })
     }
@@ -624,6 +909,22 @@ impl Engine {
         Ok(code)
     }
 
+    /// Removes a port of the node's bridge that [`Engine::discover`] found
+    /// belonging to no jail. Refuses anything else.
+    pub fn remove_stray_link(&self, link: &str) -> Result<(), JailError> {
+        if !net::bridge_ports(&self.cfg.sys_root, &self.cfg.bridge)
+            .iter()
+            .any(|p| p == link)
+            || !link.starts_with("sk")
+        {
+            return Err(JailError::Invalid {
+                what: "link",
+                reason: format!("{link} is not a jail port of bridge {}", self.cfg.bridge),
+            });
+        }
+        self.net.del_link(link)
+    }
+
     /// Every jail-related object on the node, grouped by jail name.
     pub fn discover(&self) -> Result<Discovered, JailError> {
         let jails_dir = state::jails_dir(&self.cfg.state_dir);
@@ -649,6 +950,7 @@ impl Engine {
                 mounts: hostinfo::mounts(&self.cfg.proc_root),
                 loops: hostinfo::loop_devices(&self.cfg.sys_root),
                 live_inits,
+                bridge_ports: net::bridge_ports(&self.cfg.sys_root, &self.cfg.bridge),
             },
         ))
     }

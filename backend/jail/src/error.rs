@@ -103,6 +103,35 @@ pub enum JailError {
         /// The cgroup folder.
         path: PathBuf,
     },
+    /// A network operation (netlink) on a link, address or bridge failed.
+    #[error("{op} {object}: {source}")]
+    Net {
+        /// The step ("create veth pair", "isolate bridge port", ...).
+        op: &'static str,
+        /// The link, bridge or address it was made on.
+        object: String,
+        /// The errno.
+        source: Errno,
+    },
+    /// A jail address is taken.
+    #[error("address {address} is already used by {by}")]
+    AddressInUse {
+        /// The address.
+        address: std::net::Ipv4Addr,
+        /// Who uses it (a jail, the gateway).
+        by: String,
+    },
+    /// A host port to publish is taken.
+    #[error("port {port} is already used by {by}")]
+    PortInUse {
+        /// The host port.
+        port: u16,
+        /// Who uses it (a jail, a process on the host).
+        by: String,
+    },
+    /// No free address is left in the node's pool.
+    #[error(transparent)]
+    PoolExhausted(#[from] crate::net::PoolExhausted),
     /// Shrinking a volume is not supported (ext4 cannot shrink online).
     #[error("volume {path}: cannot shrink from {current} to {requested} bytes")]
     Shrink {

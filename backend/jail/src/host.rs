@@ -28,6 +28,30 @@ pub(crate) trait Host: Send + Sync + std::fmt::Debug {
     fn unmount(&self, target: &Path) -> Result<(), JailError>;
     /// Detaches a loop device if still attached.
     fn detach_loop(&self, device: &Path) -> Result<(), JailError>;
+    /// Maps ids 0..count of the user namespace of the process whose proc
+    /// folder is `pid_dir` to host ids base..base+count (users and groups).
+    fn write_id_maps(&self, pid_dir: &Path, base: u32, count: u32) -> Result<(), JailError>;
+    /// Mounts `source` on `target` with the id mapping of the user
+    /// namespace `userns` (a `/proc/<pid>/ns/user` file): files owned by
+    /// host root appear owned by the namespace's root. Replaces a mount
+    /// already on `target`.
+    fn idmap_mount(&self, source: &Path, target: &Path, userns: &Path) -> Result<(), JailError>;
+    /// Changes the owner (user and group) of one file.
+    fn chown(&self, path: &Path, id: u32) -> Result<(), JailError>;
+}
+
+// From <linux/mount.h>.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// `struct mount_attr`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
 // Loop device ioctls, from <linux/loop.h> (absent from the libc crate).
@@ -171,6 +195,80 @@ impl LinuxHost {
 }
 
 impl Host for LinuxHost {
+    fn write_id_maps(&self, pid_dir: &Path, base: u32, count: u32) -> Result<(), JailError> {
+        let line = format!("0 {base} {count}\n");
+        for file in ["uid_map", "gid_map"] {
+            let p = pid_dir.join(file);
+            std::fs::write(&p, &line).map_err(JailError::io("write", &p))?;
+        }
+        Ok(())
+    }
+
+    fn idmap_mount(&self, source: &Path, target: &Path, userns: &Path) -> Result<(), JailError> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        std::fs::create_dir_all(target).map_err(JailError::io("create", target))?;
+        self.unmount(target)?;
+        let ns = File::open(userns).map_err(JailError::io("open", userns))?;
+        let src = crate::engine::c_path(source);
+        // SAFETY: open_tree takes a NUL-terminated path and flags; the
+        // returned fd is wrapped at once.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                src.as_ptr(),
+                OPEN_TREE_CLONE | libc::c_uint::try_from(libc::O_CLOEXEC).unwrap_or(0),
+            )
+        };
+        let fd = Errno::result(fd).map_err(JailError::sys("open_tree", source))?;
+        let fd =
+            i32::try_from(fd).map_err(|_| JailError::sys("open_tree", source)(Errno::EBADF))?;
+        // SAFETY: the kernel just returned this fd; nobody else owns it.
+        let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: u64::try_from(ns.as_raw_fd()).unwrap_or(u64::MAX),
+        };
+        // SAFETY: mount_setattr reads a `struct mount_attr` of the given
+        // size, which `MountAttr` mirrors; the path is the empty C string.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &raw const attr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        Errno::result(r).map_err(JailError::sys("idmap", source))?;
+        let dst = crate::engine::c_path(target);
+        // SAFETY: move_mount attaches the detached tree behind the fd at
+        // the NUL-terminated target path.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                dst.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        Errno::result(r)
+            .map(drop)
+            .map_err(|source| JailError::Mount {
+                target: target.to_owned(),
+                source,
+            })
+    }
+
+    fn chown(&self, path: &Path, id: u32) -> Result<(), JailError> {
+        std::os::unix::fs::chown(path, Some(id), Some(id)).map_err(JailError::io("chown", path))
+    }
+
     fn mkfs(&self, image: &Path) -> Result<(), JailError> {
         // No journal and lazy inode tables: a fresh volume costs a few
         // milliseconds. `-m 0`: the quota is the customer's, no root reserve.
@@ -313,6 +411,24 @@ pub(crate) mod fake {
         }
         fn detach_loop(&self, device: &Path) -> Result<(), JailError> {
             self.rec(format!("detach {}", device.display()));
+            Ok(())
+        }
+        fn write_id_maps(&self, _pid_dir: &Path, base: u32, count: u32) -> Result<(), JailError> {
+            self.rec(format!("idmap 0 {base} {count}"));
+            Ok(())
+        }
+        fn idmap_mount(&self, _s: &Path, target: &Path, _u: &Path) -> Result<(), JailError> {
+            self.rec(format!(
+                "idmap mount {}",
+                target.file_name().unwrap().to_string_lossy()
+            ));
+            Ok(())
+        }
+        fn chown(&self, path: &Path, id: u32) -> Result<(), JailError> {
+            self.rec(format!(
+                "chown {} {id}",
+                path.file_name().unwrap().to_string_lossy()
+            ));
             Ok(())
         }
     }

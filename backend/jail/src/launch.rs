@@ -47,9 +47,10 @@ use crate::rootfs::Step;
 pub(crate) const JAIL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Capabilities a jail's processes keep (Docker's default set without
-/// MKNOD): enough for a service to bind port 80, change owners and switch
-/// users; no mounting, no module loading, no raw devices, no host tuning.
-const KEEP_CAPS: [u32; 12] = [
+/// MKNOD and NET_RAW): enough for a service to bind port 80, change owners
+/// and switch users; no mounting, no module loading, no device nodes, no
+/// raw or forged packets, no host tuning.
+pub(crate) const KEEP_CAPS: [u32; 12] = [
     0,  // CHOWN
     1,  // DAC_OVERRIDE
     3,  // FOWNER
@@ -59,13 +60,17 @@ const KEEP_CAPS: [u32; 12] = [
     7,  // SETUID
     8,  // SETPCAP
     10, // NET_BIND_SERVICE
-    13, // NET_RAW
     18, // SYS_CHROOT
+    29, // AUDIT_WRITE
     31, // SETFCAP
 ];
 
 const PR_SET_PDEATHSIG: libc::c_int = 1;
 const PR_CAPBSET_DROP: libc::c_int = 24;
+const PR_SET_NO_NEW_PRIVS: libc::c_int = 38;
+const PR_CAP_AMBIENT: libc::c_int = 47;
+const PR_CAP_AMBIENT_CLEAR_ALL: libc::c_ulong = 4;
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
 const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
 
@@ -178,6 +183,8 @@ enum Stage {
     Setns = 8,
     Capabilities = 9,
     Session = 10,
+    Seccomp = 11,
+    UserNs = 12,
 }
 
 impl Stage {
@@ -194,6 +201,8 @@ impl Stage {
             Setns,
             Capabilities,
             Session,
+            Seccomp,
+            UserNs,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -202,6 +211,7 @@ impl Stage {
 
 const MSG_PID: u32 = 1;
 const MSG_ERROR: u32 = 2;
+const MSG_USERNS: u32 = 3;
 
 /// Writes one 16-byte record; async-signal-safe.
 fn send(fd: RawFd, kind: u32, a: u32, b: u32, c: i32) {
@@ -237,11 +247,13 @@ fn exit(code: i32) -> ! {
 #[derive(Debug, Default)]
 struct Report {
     pid: Option<i32>,
+    /// The launcher is in its new user namespace, waiting for id maps.
+    userns: bool,
     error: Option<(Stage, usize, Errno)>,
 }
 
-fn read_report(r: &OwnedFd) -> Report {
-    let mut rep = Report::default();
+/// Reads records into `rep` until `enough` says so or the pipe ends.
+fn read_report(r: &OwnedFd, rep: &mut Report, enough: impl Fn(&Report) -> bool) {
     let mut buf = [0u8; 16];
     let mut filled = 0;
     loop {
@@ -257,6 +269,7 @@ fn read_report(r: &OwnedFd) -> Report {
                     |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
                 match word(0) {
                     MSG_PID => rep.pid = i32::try_from(word(4)).ok(),
+                    MSG_USERNS => rep.userns = true,
                     MSG_ERROR if rep.error.is_none() => {
                         if let Some(stage) = Stage::from_u32(word(4)) {
                             let errno = Errno::from_raw(i32::from_ne_bytes([
@@ -275,8 +288,10 @@ fn read_report(r: &OwnedFd) -> Report {
             Err(Errno::EINTR) => continue,
             Err(_) => break,
         }
+        if enough(rep) {
+            break;
+        }
     }
-    rep
 }
 
 /// Waits for a child, retrying on EINTR; returns its status as a shell
@@ -364,8 +379,12 @@ fn loopback_up() -> Result<(), Errno> {
     if r < 0 { Err(err) } else { Ok(()) }
 }
 
-/// Drops every capability outside [`KEEP_CAPS`] from the bounding set; at
-/// exec a root process gets exactly the bounding set.
+/// Reduces every capability set to [`KEEP_CAPS`]: the bounding set (at
+/// exec a root process gets exactly the bounding set), the ambient set
+/// (emptied: nothing passes to non-root programs), the effective and
+/// permitted sets of the process itself, and the inheritable set (emptied,
+/// as runtimes do since CVE-2022-24769: it could hand capabilities to
+/// programs with inheritable file capabilities).
 fn drop_capabilities() -> Result<(), Errno> {
     for cap in 0..64u32 {
         if KEEP_CAPS.contains(&cap) {
@@ -380,7 +399,56 @@ fn drop_capabilities() -> Result<(), Errno> {
             }
         }
     }
-    Ok(())
+    // SAFETY: PR_CAP_AMBIENT takes integers only.
+    let r = unsafe { libc::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    // EINVAL: a kernel without ambient capabilities has none to clear.
+    match Errno::result(r) {
+        Ok(_) | Err(Errno::EINVAL) => {}
+        Err(e) => return Err(e),
+    }
+    let keep = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c));
+    let low = u32::try_from(keep & 0xffff_ffff).unwrap_or(0);
+    let high = u32::try_from(keep >> 32).unwrap_or(0);
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: low,
+            permitted: low,
+            inheritable: 0,
+        },
+        Data {
+            effective: high,
+            permitted: high,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset reads a version-3 header and two data records, which
+    // `Header` and `Data` mirror; both are alive for the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
+    Errno::result(r).map(drop)
+}
+
+/// Last steps before exec: no program may gain privileges (setuid bits and
+/// file capabilities are ignored from here on), then the system call filter.
+fn lock_down(seccomp: &[Vec<libc::sock_filter>]) -> Result<(), Errno> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+    let r = unsafe { libc::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    Errno::result(r)?;
+    crate::seccomp::install(seccomp)
 }
 
 /// Writes `value` to a small file such as `/proc/self/oom_score_adj`.
@@ -399,7 +467,12 @@ fn write_file(path: &std::ffi::CStr, value: &[u8]) -> bool {
 
 /// Becomes the jail's command: runs in the child of the init (or of the
 /// exec helper), ends in execve. `oom_score_adj` is written first if given.
-fn become_command(report: RawFd, command: &ExecPlan, oom_score_adj: Option<&[u8]>) -> ! {
+fn become_command(
+    report: RawFd,
+    command: &ExecPlan,
+    seccomp: &[Vec<libc::sock_filter>],
+    oom_score_adj: Option<&[u8]>,
+) -> ! {
     if let Some(adj) = oom_score_adj {
         write_file(c"/proc/self/oom_score_adj", adj);
     }
@@ -412,15 +485,40 @@ fn become_command(report: RawFd, command: &ExecPlan, oom_score_adj: Option<&[u8]
     if let Err(e) = drop_capabilities() {
         fail(report, Stage::Capabilities, 0, e);
     }
+    if let Err(e) = lock_down(seccomp) {
+        fail(report, Stage::Seccomp, 0, e);
+    }
     let e = command.exec();
     fail(report, Stage::Exec, 0, e)
 }
 
 extern "C" fn forward_marker(_: libc::c_int) {}
 
+/// Waits for the engine's go-ahead byte; false if the engine gave up.
+fn wait_go(go: RawFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: reads one byte into a live stack buffer.
+        let n = unsafe { libc::read(go, byte.as_mut_ptr().cast(), 1) };
+        if n >= 0 || Errno::last() != Errno::EINTR {
+            return n == 1;
+        }
+    }
+}
+
+/// After entering a user namespace whose ids are mapped: become its root
+/// (uid and gid 0 inside, no supplementary groups).
+fn become_namespace_root() -> Result<(), Errno> {
+    let root_g = nix::unistd::Gid::from_raw(0);
+    let root_u = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_g, root_g, root_g)?;
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setresuid(root_u, root_u, root_u)
+}
+
 /// The jail's PID 1: sets up the root, starts the command, forwards
 /// signals to it and reaps every zombie; exits with the command's status.
-fn init(launch: &Launch<'_>, report: RawFd) -> ! {
+fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     // Order: hostname and loopback need only the new namespaces; the root
     // setup must come before the fork so the command starts inside it.
     if let Err(e) =
@@ -444,6 +542,14 @@ fn init(launch: &Launch<'_>, report: RawFd) -> ! {
             fail(report, Stage::Root, i, e);
         }
     }
+    // The engine connects the jail's network meanwhile; the command starts
+    // only once it is done. No byte: the engine failed (and says why).
+    let go_on = wait_go(go);
+    // SAFETY: closes the go pipe, once; the command must not inherit it.
+    unsafe { libc::close(go) };
+    if !go_on {
+        exit(1);
+    }
     // Block the signals we wait for *before* forking, so none is lost. A
     // handler (never run, the signals stay blocked) is installed as well:
     // the kernel drops a signal to a namespace's init whose disposition is
@@ -464,7 +570,9 @@ fn init(launch: &Launch<'_>, report: RawFd) -> ! {
         nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&waited), None);
     // SAFETY: the child only makes system calls before exec (see module docs).
     let child = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => become_command(report, launch.command, Some(command_adj)),
+        Ok(ForkResult::Child) => {
+            become_command(report, launch.command, launch.seccomp, Some(command_adj))
+        }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(report, Stage::Fork, 0, e),
     };
@@ -513,6 +621,10 @@ pub(crate) struct Launch<'a> {
     pub hostname: CString,
     pub steps: &'a [Step],
     pub command: &'a ExecPlan,
+    /// Whether the jail gets a user namespace of its own.
+    pub user_namespace: bool,
+    /// The system call filters, installed last before exec.
+    pub seccomp: &'a [Vec<libc::sock_filter>],
     pub stdio: Stdio,
     /// For error messages about namespace setup.
     pub rootfs: &'a Path,
@@ -537,7 +649,17 @@ fn jail_namespaces() -> CloneFlags {
         | CloneFlags::CLONE_NEWCGROUP
 }
 
-fn launcher(launch: &Launch<'_>, report: RawFd, parent: Pid) -> ! {
+/// Moves `fd` to exactly `target` (close-on-exec).
+fn move_fd(fd: RawFd, target: RawFd, report: RawFd) -> RawFd {
+    // SAFETY: dup3 onto `target`, replacing whatever was there.
+    let r = unsafe { libc::dup3(fd, target, libc::O_CLOEXEC) };
+    if r < 0 {
+        fail(report, Stage::Session, 0, Errno::last());
+    }
+    target
+}
+
+fn launcher(launch: &Launch<'_>, report: RawFd, go: RawFd, parent: Pid) -> ! {
     reset_signals();
     let detached = matches!(launch.stdio, Stdio::Detached { .. });
     match &launch.stdio {
@@ -564,23 +686,41 @@ fn launcher(launch: &Launch<'_>, report: RawFd, parent: Pid) -> ! {
         }
     }
     // The init never execs, so it must not keep the caller's descriptors
-    // (an agent's sockets, other jails' files): keep 0-2 and the report
-    // pipe, moved to fd 3, close the rest.
-    let report = if report == 3 {
-        3
-    } else {
-        // SAFETY: dup3 onto fd 3, replacing whatever was there.
-        let r = unsafe { libc::dup3(report, 3, libc::O_CLOEXEC) };
-        if r < 0 {
-            fail(report, Stage::Session, 0, Errno::last());
-        }
-        3
+    // (an agent's sockets, other jails' files): keep 0-2, the report pipe
+    // (moved to fd 3) and the go pipe (fd 4), close the rest. Both are
+    // first lifted above 10 so neither move overwrites the other.
+    // SAFETY: F_DUPFD_CLOEXEC only creates descriptors.
+    let (high_report, high_go) = unsafe {
+        (
+            libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 10),
+            libc::fcntl(go, libc::F_DUPFD_CLOEXEC, 10),
+        )
     };
-    // SAFETY: close_range only closes descriptors; none above 3 is used again.
-    unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    if high_report < 0 || high_go < 0 {
+        fail(report, Stage::Session, 0, Errno::last());
+    }
+    let report = move_fd(high_report, 3, high_report);
+    let go = move_fd(high_go, 4, report);
+    // SAFETY: close_range only closes descriptors; none above 4 is used again.
+    unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
     // The cgroup first, then its namespace: the jail's cgroup becomes the
     // root of what the jail sees, and the init inherits the membership.
     join_cgroup(report, launch.cgroup_procs);
+    // The user namespace first, so that it owns every other namespace of
+    // the jail (root inside may then bind port 80 in its own network, set
+    // its hostname, mount its proc). The engine maps its ids meanwhile.
+    if launch.user_namespace {
+        if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
+            fail(report, Stage::UserNs, 0, e);
+        }
+        send(report, MSG_USERNS, 0, 0, 0);
+        if !wait_go(go) {
+            exit(1);
+        }
+        if let Err(e) = become_namespace_root() {
+            fail(report, Stage::UserNs, 1, e);
+        }
+    }
     if let Err(e) = nix::sched::unshare(jail_namespaces()) {
         fail(report, Stage::Unshare, 0, e);
     }
@@ -591,7 +731,7 @@ fn launcher(launch: &Launch<'_>, report: RawFd, parent: Pid) -> ! {
                 // SAFETY: as above.
                 unsafe { libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
             }
-            init(launch, report)
+            init(launch, report, go)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(report, Stage::Fork, 0, e),
@@ -630,6 +770,8 @@ impl Launch<'_> {
             ),
             Stage::Exec => ("exec", self.command.program()),
             Stage::Capabilities => ("drop capabilities", self.command.program()),
+            Stage::Seccomp => ("install seccomp filter", self.command.program()),
+            Stage::UserNs => ("enter user namespace", self.rootfs.to_owned()),
             Stage::Hostname => (
                 "sethostname",
                 PathBuf::from(std::ffi::OsStr::from_bytes(self.hostname.as_bytes())),
@@ -646,22 +788,60 @@ impl Launch<'_> {
     }
 }
 
-/// Launches a jail; for [`Stdio::Inherit`] waits for it to end.
-pub(crate) fn launch(launch: &Launch<'_>) -> Result<Outcome, JailError> {
+/// What the engine does while a jail starts, from the host side.
+pub(crate) struct Hooks<'h> {
+    /// With the launcher's pid, once it is in its new user namespace:
+    /// map its ids (and id-map the image for it).
+    pub on_userns: &'h mut dyn FnMut(i32) -> Result<(), JailError>,
+    /// With the init's host pid once the jail's namespaces exist and before
+    /// its command starts: connect its network.
+    pub on_init: &'h mut dyn FnMut(i32) -> Result<(), JailError>,
+}
+
+/// Launches a jail; for [`Stdio::Inherit`] waits for it to end. If a hook
+/// fails, the jail ends before running anything and the hook's error is
+/// returned.
+pub(crate) fn launch(launch: &Launch<'_>, hooks: Hooks<'_>) -> Result<Outcome, JailError> {
     let (r, w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(JailError::sys("pipe", launch.rootfs))?;
+    let (go_r, go_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(JailError::sys("pipe", launch.rootfs))?;
     let parent = nix::unistd::getpid();
     // SAFETY: the child runs `launcher`, which only makes system calls on
     // data prepared before the fork and never returns.
     let child = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => launcher(launch, w.as_raw_fd(), parent),
+        Ok(ForkResult::Child) => launcher(launch, w.as_raw_fd(), go_r.as_raw_fd(), parent),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => return Err(JailError::sys("fork", launch.rootfs)(e)),
     };
     drop(w);
-    let rep = read_report(&r);
+    drop(go_r);
+    let mut rep = Report::default();
+    let mut setup = Ok(());
+    if launch.user_namespace {
+        read_report(&r, &mut rep, |rep| rep.userns || rep.error.is_some());
+        if rep.userns && rep.error.is_none() {
+            setup = (hooks.on_userns)(child.as_raw());
+            if setup.is_ok() {
+                let _ = nix::unistd::write(&go_w, &[1]);
+            }
+        }
+    }
+    if setup.is_ok() {
+        read_report(&r, &mut rep, |rep| rep.pid.is_some() || rep.error.is_some());
+        if let (Some(pid), None) = (rep.pid, rep.error) {
+            setup = (hooks.on_init)(pid);
+            if setup.is_ok() {
+                let _ = nix::unistd::write(&go_w, &[1]);
+            }
+        }
+    }
+    // Without the byte the init exits before running anything.
+    drop(go_w);
+    read_report(&r, &mut rep, |_| false);
     let detached = matches!(launch.stdio, Stdio::Detached { .. });
     let status = wait_code(child).map_err(JailError::sys("wait", launch.rootfs));
+    setup?;
     if let Some((stage, index, errno)) = rep.error {
         return Err(launch.error(stage, index, errno));
     }
@@ -683,10 +863,12 @@ pub(crate) fn launch(launch: &Launch<'_>) -> Result<Outcome, JailError> {
 /// A running jail's namespaces and cgroup, to run one more command in.
 #[derive(Debug)]
 pub(crate) struct Join<'a> {
-    /// Opened `/proc/<init>/ns/*` files, the mount namespace last.
+    /// Opened `/proc/<init>/ns/*` files, the user namespace (if any) first,
+    /// the mount namespace last.
     pub namespaces: Vec<(OwnedFd, CloneFlags, PathBuf)>,
     pub cgroup_procs: &'a [CString],
     pub command: &'a ExecPlan,
+    pub seccomp: &'a [Vec<libc::sock_filter>],
     /// The value the command's `oom_score_adj` gets (as the jail's own).
     pub oom_score_adj: &'static [u8],
 }
@@ -706,6 +888,12 @@ fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
         if let Err(e) = nix::sched::setns(fd, *flag) {
             fail(report, Stage::Setns, i, e);
         }
+        // In the jail's user namespace (joined first) become its root.
+        if *flag == CloneFlags::CLONE_NEWUSER
+            && let Err(e) = become_namespace_root()
+        {
+            fail(report, Stage::UserNs, i, e);
+        }
     }
     // Entering a PID namespace applies to children only: fork once more.
     // SAFETY: the child only makes system calls before exec.
@@ -714,7 +902,7 @@ fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
             if let Err(e) = nix::unistd::chdir(c"/") {
                 fail(report, Stage::Setns, join.namespaces.len(), e);
             }
-            become_command(report, join.command, Some(join.oom_score_adj))
+            become_command(report, join.command, join.seccomp, Some(join.oom_score_adj))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(report, Stage::Fork, 0, e),
@@ -741,7 +929,8 @@ pub(crate) fn join(join: &Join<'_>) -> Result<i32, JailError> {
         Err(e) => return Err(JailError::sys("fork", &program)(e)),
     };
     drop(w);
-    let rep = read_report(&r);
+    let mut rep = Report::default();
+    read_report(&r, &mut rep, |_| false);
     let status = wait_code(child).map_err(JailError::sys("wait", &program));
     if let Some((stage, index, errno)) = rep.error {
         let (step, path) = match stage {
@@ -760,6 +949,7 @@ pub(crate) fn join(join: &Join<'_>) -> Result<i32, JailError> {
                     .unwrap_or_default(),
             ),
             Stage::Capabilities => ("drop capabilities", program),
+            Stage::Seccomp => ("install seccomp filter", program),
             _ => ("exec", program),
         };
         return Err(JailError::Setup {

@@ -3,7 +3,8 @@
 //! This crate is the only code in Stockade that makes privileged syscalls.
 //! It needs root, a kernel with overlayfs, loop devices and ext4, and the
 //! host programs `mkfs.ext4` and `resize2fs` (volumes), `tar` (image import)
-//! and a static `busybox` (the built-in image).
+//! and a static `busybox` (the built-in image); for jail networks, bridges,
+//! veth, nftables and tbf, and the programs `nft` and `tc`.
 //!
 //! # API
 //!
@@ -15,13 +16,33 @@
 //! engine.stop(&name, grace)                SIGTERM, grace, SIGKILL; idempotent
 //! engine.restart(&name, grace)
 //! engine.destroy(&name)                    removes every trace; idempotent
-//! engine.update_limits(&name, &Limits)     live; grows the volume online
+//! engine.update_limits(&name, &Limits)     live; grows the volume online,
+//!                                          changes network rates
 //! engine.status(&name) -> Option<JailStatus>
 //! engine.usage(&name)  -> Usage
 //! engine.exec(&name, argv) -> exit code    caller's stdio
 //! engine.run(&JailSpec, argv) -> exit code transient: create, run, destroy
 //! engine.discover() -> Discovered          every jail object on the node
+//! engine.allocate_address() -> Ipv4Addr    next free address of the pool
+//! engine.ensure_network()                  bridge + firewall, if missing
+//! engine.remove_stray_link(&link)          a bridge port of no jail
+//! allocate(pool, &used) -> Ipv4Addr        the same, for the agent's pool
 //! ```
+//!
+//! # A jail's network and privileges
+//!
+//! `JailSpec::network: Some(NetSpec)` gives the jail `eth0` on the node's
+//! bridge (`EngineConfig::bridge`, gateway `EngineConfig::gateway`): a veth
+//! pair made directly in the jail's namespace while its init mounts the
+//! root, its bridge port isolated (no jail reaches another), an nftables
+//! table of the engine's own (`inet stockade`: jails reach no host service
+//! but `open_ports`; published ports; optional outbound NAT), tbf on each
+//! end for `Limits::net_ingress_bps` / `net_egress_bps`. `None`: loopback
+//! only. Every command in a jail runs with capabilities reduced to a short
+//! allow-list (all five sets), `no_new_privs`, a seccomp deny-list and
+//! masked `/proc` entries. `JailSpec::user_namespace` maps the jail's root
+//! to a host uid range of its own (`JailRecord::uid_base`); the image is
+//! seen through an id-mapped mount.
 //!
 //! Exit codes are the command's, or 128 + the signal that killed it, as a
 //! shell reports them.
@@ -31,8 +52,11 @@
 //! `<state>/jails/<name>/` holds `jail.json` (the record), `volume.img`
 //! (sparse ext4), `volume/` (its mount point, with the overlay's `upper/` and
 //! `work/`), `rootfs/` and `scratch/` (mount points used only inside the
-//! jail's own mount namespace) and `console.log` (a started jail's output).
-//! Cgroups are `<cgroup root>[/<controller>]/<parent>/<name>`.
+//! jail's own mount namespace), `lower/` (the id-mapped image of a jail with
+//! a user namespace) and `console.log` (a started jail's output).
+//! Cgroups are `<cgroup root>[/<controller>]/<parent>/<name>`. A jail's
+//! host-side veth is `sk` + 12 hex digits of a hash of its name
+//! ([`host_link`]).
 
 mod cgroup;
 mod discover;
@@ -43,16 +67,23 @@ mod host;
 mod hostinfo;
 mod image;
 mod launch;
+mod net;
+mod netlink;
 mod rootfs;
+mod seccomp;
 mod spec;
 mod state;
 mod volume;
 
 pub use discover::{Condition, Discovered, DiscoveredJail};
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, UID_RANGE};
 pub use error::JailError;
 pub use files::check_file_name;
 pub use image::BUSYBOX;
+pub use ipnet::Ipv4Net;
+pub use net::{
+    FIREWALL_TABLE, MIN_RATE_BPS, NetSpec, PoolExhausted, Publish, allocate, host_link, parse_rate,
+};
 pub use spec::{JailSpec, JailStatus, Usage};
 pub use state::{InitProcess, JailRecord, Upper};
 pub use stockade_domain::{JailKind, JailName, Limits};

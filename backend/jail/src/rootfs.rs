@@ -39,6 +39,9 @@ pub(crate) enum Step {
         major: u32,
         minor: u32,
     },
+    /// Creates an empty file (a mount point for a device); an existing
+    /// file is fine.
+    File { path: CString },
     /// `symlink(2)`; an existing link is fine.
     Symlink { target: CString, link: CString },
     /// Enter `new_root` with pivot_root and detach the old root.
@@ -112,8 +115,45 @@ const DEVICES: [(&str, u32, u32); 6] = [
     ("tty", 5, 0),
 ];
 
+/// Kernel files a jail must not write (runc's read-only paths).
+const READ_ONLY: [&str; 5] = [
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Kernel files hidden behind /dev/null (runc's masked files).
+const MASKED_FILES: [&str; 6] = [
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+];
+
+/// Kernel folders hidden behind an empty read-only tmpfs (runc's masked
+/// folders).
+const MASKED_DIRS: [&str; 5] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
 /// The ordered setup of a jail's root at `rootfs` from the image `lower`.
-pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, rootfs: &Path) -> Vec<Step> {
+///
+/// In a user namespace (`userns`) device nodes cannot be made: the host's
+/// are bound instead (the same six harmless devices).
+pub(crate) fn plan(
+    lower: &Path,
+    upper: &UpperSource<'_>,
+    rootfs: &Path,
+    userns: bool,
+) -> Vec<Step> {
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
     let r = |p: &str| rootfs.join(p);
     let mut steps = vec![
@@ -205,11 +245,17 @@ pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, rootfs: &Path) -> Vec<
         Some("mode=755,size=65536".into()),
     ));
     for (name, major, minor) in DEVICES {
-        steps.push(Step::CharDevice {
-            path: cp(&r("dev").join(name)),
-            major,
-            minor,
-        });
+        let path = r("dev").join(name);
+        if userns {
+            steps.push(Step::File { path: cp(&path) });
+            steps.push(bind("bind device", &Path::new("/dev").join(name), &path));
+        } else {
+            steps.push(Step::CharDevice {
+                path: cp(&path),
+                major,
+                minor,
+            });
+        }
     }
     for dir in ["pts", "shm"] {
         steps.push(Step::Mkdir {
@@ -246,22 +292,39 @@ pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, rootfs: &Path) -> Vec<
         });
     }
     // 6. After proc and /dev exist: host-wide knobs in /proc become
-    //    read-only or hidden (sysctls, sysrq, kernel memory).
+    //    read-only, and entries that show host memory, keys, timers or
+    //    hardware are hidden (the paths runc masks); entries this kernel
+    //    lacks are skipped.
     let if_exists = |p: &str, step: Step| Step::IfExists {
         path: cp(&r(p)),
         step: Box::new(step),
     };
-    for p in ["proc/sys", "proc/sysrq-trigger"] {
+    for p in READ_ONLY {
         steps.push(if_exists(p, bind("bind /proc entry", &r(p), &r(p))));
         steps.push(if_exists(
             p,
             remount_ro("make /proc entry read-only", &r(p)),
         ));
     }
-    steps.push(if_exists(
-        "proc/kcore",
-        bind("hide /proc/kcore", &r("dev/null"), &r("proc/kcore")),
-    ));
+    for p in MASKED_FILES {
+        steps.push(if_exists(
+            p,
+            bind("hide kernel file", &r("dev/null"), &r(p)),
+        ));
+    }
+    for p in MASKED_DIRS {
+        steps.push(if_exists(
+            p,
+            mount(
+                "hide kernel folder",
+                "tmpfs",
+                &r(p),
+                "tmpfs",
+                MsFlags::MS_RDONLY | nosuid_noexec | MsFlags::MS_NODEV,
+                None,
+            ),
+        ));
+    }
     // 7. Last: enter the new root. Everything above was reached through host
     //    paths, which are gone after this.
     steps.push(Step::PivotRoot {
@@ -279,6 +342,7 @@ impl Step {
             Step::Mount { what, target, .. } => (what, p(target)),
             Step::Mkdir { path, .. } => ("mkdir", p(path)),
             Step::CharDevice { path, .. } => ("mknod", p(path)),
+            Step::File { path } => ("create file", p(path)),
             Step::Symlink { link, .. } => ("symlink", p(link)),
             Step::PivotRoot { new_root } => ("pivot_root", p(new_root)),
             Step::IfExists { step, .. } => step.describe(),
@@ -316,6 +380,21 @@ impl Step {
                 // SAFETY: `path` is a valid NUL-terminated string.
                 let r = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) };
                 Errno::result(r).map(drop)
+            }
+            Step::File { path } => {
+                // SAFETY: `path` is a valid NUL-terminated string; the fd
+                // is closed at once.
+                let fd = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o666,
+                    )
+                };
+                let fd = Errno::result(fd)?;
+                // SAFETY: closes the fd opened above, once.
+                unsafe { libc::close(fd) };
+                Ok(())
             }
             Step::Symlink { target, link } => {
                 // SAFETY: both are valid NUL-terminated strings.
@@ -374,13 +453,17 @@ mod tests {
             Path::new("/img/busybox"),
             &UpperSource::Volume(Path::new("/s/web/volume")),
             Path::new("/s/web/rootfs"),
+            false,
         );
         let n = names(&steps);
         assert_eq!(n[0], "make mounts private /");
         assert!(index(&n, "mount overlay root") < index(&n, "mount proc"));
         assert!(index(&n, "mount /dev") < index(&n, "mknod /s/web/rootfs/dev/null"));
         assert!(index(&n, "mount proc") < index(&n, "bind /proc entry"));
-        assert!(index(&n, "mknod /s/web/rootfs/dev/null") < index(&n, "hide /proc/kcore"));
+        assert!(
+            index(&n, "mknod /s/web/rootfs/dev/null")
+                < index(&n, "hide kernel file /s/web/rootfs/proc/kcore")
+        );
         assert_eq!(n.last().unwrap(), "pivot_root /s/web/rootfs");
         let Step::Mount { data, .. } = &steps[1] else {
             panic!()
@@ -401,10 +484,24 @@ mod tests {
                 bytes: 1 << 20,
             },
             Path::new("/s/run/rootfs"),
+            false,
         );
         let n = names(&steps);
         assert_eq!(n[1], "mount tmpfs upper /s/run/scratch");
         assert!(index(&n, "mkdir /s/run/scratch/work") < index(&n, "mount overlay root"));
+    }
+
+    #[test]
+    fn in_a_user_namespace_devices_are_bound_not_made() {
+        let steps = plan(
+            Path::new("/i"),
+            &UpperSource::Volume(Path::new("/v")),
+            Path::new("/r"),
+            true,
+        );
+        let n = names(&steps);
+        assert!(!n.iter().any(|s| s.starts_with("mknod")), "{n:?}");
+        assert!(index(&n, "create file /r/dev/null") < index(&n, "bind device /r/dev/null"));
     }
 
     #[test]
@@ -413,6 +510,7 @@ mod tests {
             Path::new("/i"),
             &UpperSource::Volume(Path::new("/v")),
             Path::new("/r"),
+            false,
         );
         let ro: Vec<_> = steps
             .iter()
@@ -429,7 +527,21 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(ro, ["/r/proc/sys", "/r/proc/sysrq-trigger"]);
+        assert_eq!(
+            ro,
+            [
+                "/r/proc/bus",
+                "/r/proc/fs",
+                "/r/proc/irq",
+                "/r/proc/sys",
+                "/r/proc/sysrq-trigger"
+            ]
+        );
+        // Masking comes after proc is mounted, and before the pivot.
+        let names = names(&steps);
+        let kcore = names.iter().position(|n| n.contains("proc/kcore")).unwrap();
+        assert!(index(&names, "mount proc") < kcore);
+        assert!(kcore < index(&names, "pivot_root"));
         assert!(steps.iter().any(|s| matches!(s, Step::Mount { data: Some(d), .. } if d.to_str().unwrap().contains("newinstance"))));
     }
 }

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use stockade_domain::{JailKind, JailName, Limits};
 
+use crate::net::NetSpec;
+
 /// Everything needed to create a jail on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JailSpec {
@@ -18,6 +20,13 @@ pub struct JailSpec {
     pub command: Vec<String>,
     /// The quotas.
     pub limits: Limits,
+    /// A network interface on the node's bridge; `None`: loopback only.
+    #[serde(default)]
+    pub network: Option<NetSpec>,
+    /// Root inside the jail is an unprivileged host uid (a range of its
+    /// own, recorded when the jail is created); fixed at creation.
+    #[serde(default)]
+    pub user_namespace: bool,
 }
 
 /// What runs, as last seen.
@@ -59,4 +68,16 @@ pub struct Usage {
     pub pids_limit_hits: u64,
     /// CFS periods in which the jail was throttled.
     pub cpu_throttled_periods: u64,
+    /// Bytes the jail received over its network interface.
+    #[serde(default)]
+    pub net_rx_bytes: u64,
+    /// Bytes the jail sent.
+    #[serde(default)]
+    pub net_tx_bytes: u64,
+    /// Packets the jail received.
+    #[serde(default)]
+    pub net_rx_packets: u64,
+    /// Packets the jail sent.
+    #[serde(default)]
+    pub net_tx_packets: u64,
 }

@@ -48,6 +48,10 @@ pub struct JailRecord {
     pub init: Option<InitProcess>,
     /// Made by `run`: removed when its command exits.
     pub transient: bool,
+    /// First host uid (and gid) of the jail's user namespace range; `None`:
+    /// no user namespace, root in the jail is root on the host.
+    #[serde(default)]
+    pub uid_base: Option<u32>,
 }
 
 /// The paths of one jail under the state folder.
@@ -64,6 +68,8 @@ pub(crate) struct JailPaths {
     pub scratch: PathBuf,
     /// Standard output and error of a started (not run) jail.
     pub log: PathBuf,
+    /// The image mounted with the jail's id mapping (user namespaces).
+    pub lower: PathBuf,
 }
 
 impl JailPaths {
@@ -76,6 +82,7 @@ impl JailPaths {
             rootfs: dir.join("rootfs"),
             scratch: dir.join("scratch"),
             log: dir.join("console.log"),
+            lower: dir.join("lower"),
             dir,
         }
     }
@@ -133,6 +140,8 @@ mod tests {
                     memory_bytes: 1 << 20,
                     ..Limits::default()
                 },
+                network: None,
+                user_namespace: false,
             },
             upper: Upper::Tmpfs { bytes: 4096 },
             loop_device: Some("/dev/loop3".into()),
@@ -141,6 +150,7 @@ mod tests {
                 start_time: 7,
             }),
             transient: false,
+            uid_base: None,
         };
         save(&paths, &rec).unwrap();
         assert_eq!(load(&paths).unwrap(), Some(rec));

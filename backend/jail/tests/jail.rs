@@ -75,6 +75,8 @@ fn helper_run_echo() {
         kind: JailKind::App,
         command: vec![],
         limits: small_limits(),
+        network: None,
+        user_namespace: false,
     };
     let code = engine
         .run(

@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use stockade_jail::{Engine, EngineConfig, JailKind, JailName, JailSpec, Limits};
+use stockade_jail::{Engine, EngineConfig, Ipv4Net, JailKind, JailName, JailSpec, Limits};
 
 /// Whether the tests can run; prints one loud line when they cannot.
 pub fn root_or_skip(test: &str) -> bool {
@@ -32,11 +33,38 @@ pub struct Fixture {
     pub engine: Engine,
     pub dir: tempfile::TempDir,
     pub cgroup_parent: String,
+    /// The bridge, gateway and firewall table of a network fixture.
+    pub net: Option<TestNet>,
     names: std::sync::Mutex<Vec<JailName>>,
+}
+
+/// A network of the fixture's own: removed with it.
+#[derive(Debug, Clone)]
+pub struct TestNet {
+    pub bridge: String,
+    pub gateway: Ipv4Net,
+    pub table: String,
 }
 
 impl Fixture {
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A fixture whose jails may have networks: a bridge, address pool and
+    /// firewall table of its own, all removed on drop.
+    pub fn with_network() -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id() % 100_000;
+        let third = u8::try_from((pid + n * 7) % 200 + 20).unwrap();
+        Self::build(Some(TestNet {
+            bridge: format!("skt{pid}x{n}"),
+            gateway: format!("10.213.{third}.1/24").parse().unwrap(),
+            table: format!("stt{pid}x{n}"),
+        }))
+    }
+
+    fn build(net: Option<TestNet>) -> Self {
         // Jails started here outlive their launcher; as subreaper this test
         // process inherits and reaps their inits (the machine's PID 1 may not).
         nix::sys::prctl::set_child_subreaper(true).unwrap();
@@ -44,16 +72,31 @@ impl Fixture {
             .prefix("stockade-jail-test")
             .tempdir()
             .unwrap();
+        // Jails with a user namespace reach their layers as an unprivileged
+        // host uid: the folders above must be searchable.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let cgroup_parent = format!("stockade-test-{}", unique("p"));
         let mut cfg = EngineConfig::new(dir.path().join("state"), dir.path().join("images"));
         cfg.cgroup_parent = cgroup_parent.clone();
         cfg.tmpfs_upper_bytes = 64 << 20;
+        if let Some(n) = &net {
+            cfg.bridge = n.bridge.clone();
+            cfg.gateway = n.gateway;
+            cfg.firewall_table = n.table.clone();
+            // Tests publish to the host itself only: no host-wide switch.
+            cfg.forwarding = false;
+        }
         let engine = Engine::new(cfg).unwrap();
         engine.ensure_busybox().unwrap();
         Self {
             engine,
             dir,
             cgroup_parent,
+            net,
             names: Default::default(),
         }
     }
@@ -69,6 +112,8 @@ impl Fixture {
             kind,
             command: command.iter().map(|s| s.to_string()).collect(),
             limits,
+            network: None,
+            user_namespace: false,
         }
     }
 
@@ -112,8 +157,45 @@ impl Fixture {
                 out.push(format!("state: {}", e.path().display()));
             }
         }
+        // Host veths (with their qdiscs), bridge ports, firewall elements.
+        // The kernel removes a stopped jail's pair with its namespace, in
+        // the background: allow it a moment.
+        for name in self.names.lock().unwrap().iter() {
+            let link = stockade_jail::host_link(name.as_str());
+            if !link_gone(&link) {
+                out.push(format!("veth: {link} of {name}"));
+            }
+        }
+        if let Some(n) = &self.net {
+            let brif = Path::new("/sys/class/net").join(&n.bridge).join("brif");
+            if let Ok(rd) = std::fs::read_dir(&brif) {
+                for e in rd.flatten() {
+                    out.push(format!("bridge port: {}", e.path().display()));
+                }
+            }
+            let list = Command::new("nft")
+                .args(["list", "table", "inet", &n.table])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&list.stdout);
+            if text.contains("elements") {
+                out.push(format!("firewall elements: {text}"));
+            }
+        }
         out
     }
+}
+
+/// Waits up to two seconds for a network link to disappear.
+pub fn link_gone(link: &str) -> bool {
+    let path = Path::new("/sys/class/net").join(link);
+    for _ in 0..400 {
+        if !path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
 
 fn loops_under(root: &Path) -> Vec<String> {
@@ -143,9 +225,36 @@ impl Drop for Fixture {
                     .join(&self.cgroup_parent),
             );
         }
+        if let Some(n) = &self.net {
+            // The node's objects: the bridge and the firewall table.
+            let _ = Command::new("ip")
+                .args(["link", "del", &n.bridge])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", &n.table])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         if !std::thread::panicking() {
             assert!(left.is_empty(), "left over: {left:#?}");
         }
+    }
+}
+
+impl Fixture {
+    /// A spec with a network: the next free address of the fixture's pool.
+    pub fn net_spec(
+        &self,
+        prefix: &str,
+        kind: JailKind,
+        command: &[&str],
+        limits: Limits,
+    ) -> JailSpec {
+        let mut spec = self.spec(prefix, kind, command, limits);
+        let address = self.engine.allocate_address().unwrap();
+        spec.network = Some(stockade_jail::NetSpec::new(address));
+        spec
     }
 }
 
