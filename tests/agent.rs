@@ -284,3 +284,56 @@ async fn metering_rollups_equal_the_sample_deltas_across_restarts() {
     node.start();
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
 }
+
+#[tokio::test]
+async fn jails_get_an_address_from_the_node_pool_and_rate_limits_on_their_link() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let node = Node::with_network(&url, "10.91.0.1/24");
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let mut spec = system_jail("net", &["sleep", "3600"]);
+    spec.limits.net_egress_bps = 8_000_000;
+    let jail = jails::create(&pool, tenant, &spec).await.unwrap();
+    let running = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let address: std::net::Ipv4Addr = running
+        .address
+        .as_deref()
+        .expect("an address")
+        .parse()
+        .unwrap();
+    let pool_net: ipnet::Ipv4Net = "10.91.0.0/24".parse().unwrap();
+    assert!(
+        pool_net.contains(&address)
+            && address != "10.91.0.1".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    let nodes = stockade_store::nodes::loads(&pool).await.unwrap();
+    assert!(nodes.iter().any(|n| n.name == node.name));
+    // The host side of its veth exists, with a rate limit on it.
+    let link = stockade_jail::host_link(jail.host_name().as_str());
+    assert!(
+        std::path::Path::new("/sys/class/net").join(&link).exists(),
+        "{link}"
+    );
+    let qdisc = std::process::Command::new("tc")
+        .args(["qdisc", "show", "dev", &link])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&qdisc.stdout).contains("tbf"),
+        "{}",
+        String::from_utf8_lossy(&qdisc.stdout)
+    );
+    // A second jail gets another address; deleting releases both links.
+    let second = jails::create(&pool, tenant, &system_jail("net2", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    let second = wait_observed(&pool, tenant, second.id, ObservedState::Running).await;
+    assert_ne!(second.address, running.address);
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+    wait_observed(&pool, tenant, second.id, ObservedState::Deleted).await;
+    assert!(!std::path::Path::new("/sys/class/net").join(&link).exists());
+}

@@ -53,6 +53,13 @@ pub struct Config {
     pub stop_grace: Duration,
     /// The plan self sign-up puts new tenants on; unset = sign-up off.
     pub signup_plan: Option<String>,
+    /// The node's jail bridge.
+    pub bridge: String,
+    /// The bridge's gateway address with the prefix of the node's jail
+    /// address pool; `None` = jails of this node get loopback only.
+    pub jail_network: Option<ipnet::Ipv4Net>,
+    /// The nftables table (family inet) the node's firewall lives in.
+    pub firewall_table: String,
 }
 
 /// Each key, its meaning and default, for the README and `--help`.
@@ -129,6 +136,9 @@ impl Default for Config {
             agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
             stop_grace: Duration::from_secs(10),
             signup_plan: None,
+            bridge: "stk0".into(),
+            jail_network: Some("10.77.0.1/16".parse().expect("valid default network")),
+            firewall_table: "stockade".into(),
         }
     }
 }
@@ -247,6 +257,40 @@ impl Config {
                                 .map_err(|e| anyhow::anyhow!("{key}: {}", e.reason))?
                                 .to_string(),
                         )
+                    };
+                }
+                "bridge" | "firewall_table" => {
+                    let v = value.trim();
+                    if v.is_empty()
+                        || v.len() > 15
+                        || !v
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        bail!("{key}: {value:?} must be 1-15 letters, digits, '-' or '_'");
+                    }
+                    if key == "bridge" {
+                        self.bridge = v.to_owned();
+                    } else {
+                        self.firewall_table = v.to_owned();
+                    }
+                }
+                "jail_network" => {
+                    let v = value.trim();
+                    self.jail_network = if v == "off" {
+                        None
+                    } else {
+                        let net: ipnet::Ipv4Net = v.parse().map_err(|_| {
+                            anyhow::anyhow!(
+                                "{key}: {value:?} is not a gateway/prefix like 10.77.0.1/16, or off"
+                            )
+                        })?;
+                        if net.prefix_len() > 30 || net.addr() == net.network() {
+                            bail!(
+                                "{key}: {value:?} must be the gateway's address inside a network of at least 4 addresses"
+                            );
+                        }
+                        Some(net)
                     };
                 }
                 "agent_metrics" => {

@@ -113,6 +113,11 @@ pub async fn agent_task(
     // Each node's jails live under a cgroup of their own, so several agents
     // (and jails made by hand with `stockade jail`) never adopt each other's.
     engine_cfg.cgroup_parent = format!("stockade-{}", cfg.node_name);
+    engine_cfg.bridge = cfg.bridge.clone();
+    engine_cfg.firewall_table = cfg.firewall_table.clone();
+    if let Some(net) = cfg.jail_network {
+        engine_cfg.gateway = net;
+    }
     let engine = std::sync::Arc::new(stockade_jail::Engine::new(engine_cfg)?);
     stockade_agent::become_subreaper();
     let (cpus, memory_bytes, disk_bytes) = stockade_agent::host_capacity(&state_dir);
@@ -121,7 +126,7 @@ pub async fn agent_task(
         cpus,
         memory_bytes,
         disk_bytes,
-        address_pool: None,
+        address_pool: cfg.jail_network.map(|n| n.trunc().to_string()),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let agent_cfg = stockade_agent::AgentConfig {
@@ -132,6 +137,7 @@ pub async fn agent_task(
         sample_retention_hours: cfg.sample_retention_hours,
         metrics_listen: cfg.agent_metrics,
         stop_grace: cfg.stop_grace,
+        network: cfg.jail_network,
     };
     stockade_agent::run(pool, engine, agent_cfg, info, stop).await
 }

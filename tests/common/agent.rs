@@ -26,6 +26,8 @@ pub fn is_root() -> bool {
 pub struct Node {
     /// The node's name.
     pub name: String,
+    /// The node's bridge, gateway/prefix and firewall table, when its jails have networks.
+    pub network: Option<(String, String)>,
     state: tempfile::TempDir,
     url: SecretString,
     child: Option<Child>,
@@ -41,14 +43,40 @@ impl Node {
             state,
             url: url.clone(),
             child: None,
+            network: None,
+        };
+        node.start();
+        node
+    }
+
+    /// An agent whose jails get addresses from `gateway` (like `10.91.0.1/24`)
+    /// on a bridge and firewall table of this test's own.
+    pub fn with_network(url: &SecretString, gateway: &str) -> Node {
+        let name = format!("agent-test-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let state = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bridge = format!("stkt{}", &Uuid::new_v4().simple().to_string()[..6]);
+        let mut node = Node {
+            name,
+            state,
+            url: url.clone(),
+            child: None,
+            network: Some((bridge, gateway.to_owned())),
         };
         node.start();
         node
     }
 
     pub fn start(&mut self) {
+        let (bridge, network) = self
+            .network
+            .clone()
+            .unwrap_or_else(|| ("stkunused".into(), "off".into()));
         let child = Command::new(env!("CARGO_BIN_EXE_stockade"))
             .arg("agent")
+            .env("STOCKADE_BRIDGE", &bridge)
+            .env("STOCKADE_FIREWALL_TABLE", &bridge)
+            .env("STOCKADE_JAIL_NETWORK", &network)
             .env_remove("STOCKADE_CONFIG")
             .env("DATABASE_URL", self.url.expose_secret())
             .env("STOCKADE_NODE_NAME", &self.name)
@@ -88,6 +116,12 @@ impl Node {
             self.state.path().join("images"),
         );
         cfg.cgroup_parent = format!("stockade-{}", self.name);
+        if let Some((bridge, gateway)) = &self.network {
+            cfg.bridge = bridge.clone();
+            cfg.firewall_table = bridge.clone();
+            cfg.gateway = gateway.parse().unwrap();
+            cfg.forwarding = false;
+        }
         stockade_jail::Engine::new(cfg).unwrap()
     }
 
@@ -114,6 +148,13 @@ impl Drop for Node {
             .flatten()
         {
             let _ = std::fs::remove_dir(entry.path().join(format!("stockade-{}", self.name)));
+        }
+        if let Some((bridge, _)) = &self.network {
+            let _ = Command::new("ip").args(["link", "del", bridge]).status();
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", bridge])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

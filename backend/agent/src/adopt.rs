@@ -24,6 +24,14 @@ pub(crate) async fn adopt(
         .collect();
     let e = engine.clone();
     let found = tokio::task::spawn_blocking(move || e.discover()).await??;
+    for link in found.stray_links.clone() {
+        let e = engine.clone();
+        let l = link.clone();
+        match tokio::task::spawn_blocking(move || e.remove_stray_link(&l)).await? {
+            Ok(()) => tracing::info!(%link, "removed a network link no jail owns"),
+            Err(err) => tracing::warn!(%link, error = %err, "removing a stray link failed"),
+        }
+    }
     for (name, objects) in found.jails {
         if wanted.contains(&name) {
             continue;

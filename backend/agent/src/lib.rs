@@ -40,6 +40,9 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Time a stopping jail gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// The node's jail address pool (the bridge's gateway and prefix), or
+    /// `None` when jails get loopback only.
+    pub network: Option<ipnet::Ipv4Net>,
 }
 
 /// Reads this host's capacity: CPUs, memory and the disk under `disk_path`.
@@ -92,7 +95,15 @@ pub async fn run(
     }
     {
         let engine = engine.clone();
-        tokio::task::spawn_blocking(move || engine.ensure_busybox()).await??;
+        let network = cfg.network.is_some();
+        tokio::task::spawn_blocking(move || {
+            engine.ensure_busybox()?;
+            if network {
+                engine.ensure_network()?;
+            }
+            Ok::<_, stockade_jail::JailError>(())
+        })
+        .await??;
     }
     let mut reconciler = reconcile::Reconciler::new(
         pool.clone(),

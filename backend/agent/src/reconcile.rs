@@ -120,6 +120,26 @@ impl Reconciler {
         self.metrics.observe_pass(started.elapsed());
     }
 
+    /// A free address of the node's pool: not held by any jail row of the
+    /// node nor by any jail on the host.
+    async fn allocate(&self, pool_net: ipnet::Ipv4Net) -> Result<std::net::Ipv4Addr, String> {
+        let mut used = jails::addresses_on_node(&self.pool, self.node_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let engine = self.engine.clone();
+        let on_host = tokio::task::spawn_blocking(move || {
+            engine
+                .networks()
+                .into_iter()
+                .map(|(_, n)| n.address)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        used.extend(on_host);
+        stockade_jail::allocate(pool_net, &used).map_err(|e| e.to_string())
+    }
+
     /// Writes pending uploads into the running jails they are for.
     async fn write_uploads(&self, running: &[(Uuid, Uuid, stockade_domain::JailName)]) {
         let wanted =
@@ -188,6 +208,32 @@ impl Reconciler {
         let engine = self.engine.clone();
         let grace = self.cfg.stop_grace;
         let mut work = jail.clone();
+        if let (Some(pool_net), None, true) = (
+            self.cfg.network,
+            &jail.address,
+            jail.desired_state != DesiredState::Deleted,
+        ) {
+            // A jail gets its address once, from the node's pool, and keeps it.
+            match self.allocate(pool_net).await {
+                Ok(addr) => match jails::set_address(&mut tx, jail.id, addr).await {
+                    Ok(()) => work.address = Some(addr.to_string()),
+                    Err(e) => tracing::warn!(error = %e, "recording a jail address failed"),
+                },
+                Err(e) => {
+                    let msg = format!("no address for the jail: {e}");
+                    let _ = jails::record_observed(
+                        &mut tx,
+                        jail.id,
+                        ObservedState::Failed,
+                        jail.generation,
+                        Some(&msg),
+                    )
+                    .await;
+                    let _ = tx.commit().await;
+                    return Some(ObservedState::Failed);
+                }
+            }
+        }
         if let Some(bps) = throttle {
             // Past the monthly transfer's soft share: network rates are capped.
             for rate in [
@@ -260,7 +306,11 @@ fn spec_of(jail: &Jail) -> JailSpec {
         kind: jail.kind,
         command: jail.command.clone(),
         limits: jail.limits,
-        network: None,
+        network: jail
+            .address
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .map(stockade_jail::NetSpec::new),
         user_namespace: false,
     }
 }

@@ -100,6 +100,10 @@ impl Sampler {
                         memory_limit_hits: u.memory_limit_hits,
                         pids_limit_hits: u.pids_limit_hits,
                         cpu_throttled_periods: u.cpu_throttled_periods,
+                        net_rx_bytes: u.net_rx_bytes,
+                        net_tx_bytes: u.net_tx_bytes,
+                        net_rx_packets: u.net_rx_packets,
+                        net_tx_packets: u.net_tx_packets,
                         ..Sample::default()
                     })
                 })

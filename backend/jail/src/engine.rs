@@ -258,7 +258,7 @@ impl Engine {
     }
 
     /// The network of every jail on the node with one.
-    fn networks(&self) -> Vec<(String, NetSpec)> {
+    pub fn networks(&self) -> Vec<(String, NetSpec)> {
         discover::state_dirs(&state::jails_dir(&self.cfg.state_dir))
             .into_iter()
             .filter_map(|(name, _, rec)| Some((name, rec?.spec.network?)))

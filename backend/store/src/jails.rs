@@ -720,3 +720,32 @@ pub async fn record_observed(
     .await?;
     Ok(())
 }
+
+/// Addresses held by the jails of a node (deleted jails release theirs).
+pub async fn addresses_on_node(
+    pool: &PgPool,
+    node_id: Uuid,
+) -> Result<Vec<std::net::Ipv4Addr>, StoreError> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT host(address) FROM jails WHERE node_id = $1 AND address IS NOT NULL AND observed_state <> 'deleted'",
+    )
+    .bind(node_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().filter_map(|a| a.parse().ok()).collect())
+}
+
+/// Gives a jail its address on its node, inside the claiming transaction.
+pub async fn set_address(
+    tx: &mut Transaction<'_, Postgres>,
+    jail_id: Uuid,
+    address: std::net::Ipv4Addr,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jails SET address = $2::inet WHERE id = $1")
+        .bind(jail_id)
+        .bind(address.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(crate::conflict_as("a jail with this address on the node"))?;
+    Ok(())
+}
