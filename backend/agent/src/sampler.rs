@@ -104,7 +104,6 @@ impl Sampler {
                         net_tx_bytes: u.net_tx_bytes,
                         net_rx_packets: u.net_rx_packets,
                         net_tx_packets: u.net_tx_packets,
-                        ..Sample::default()
                     })
                 })
                 .collect();
