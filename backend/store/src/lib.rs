@@ -6,12 +6,16 @@
 //! is the security boundary between tenants.
 
 pub mod audit;
+pub mod billing;
+pub mod events;
+pub mod idempotency;
 pub mod jails;
 pub mod nodes;
 pub mod password;
 pub mod plans;
 pub mod sessions;
 pub mod tenants;
+pub mod tokens;
 pub mod users;
 
 use std::time::Duration;
