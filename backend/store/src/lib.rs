@@ -14,6 +14,7 @@ pub mod nodes;
 pub mod password;
 pub mod plans;
 pub mod sessions;
+pub mod stats;
 pub mod tenants;
 pub mod tokens;
 pub mod users;
