@@ -4,6 +4,7 @@ mod cluster;
 mod config;
 mod doctor;
 mod privileges;
+mod token;
 mod up;
 
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ enum Command {
     Staff {
         #[command(subcommand)]
         command: StaffCommand,
+    },
+    /// Manage API tokens for billing systems.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Show what this host offers and what is missing.
     Doctor,
@@ -165,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Token { command } => token::run(&cfg, command),
         Command::Doctor => Ok(doctor::run(&cfg)),
         Command::DbCluster {
             data_dir,

@@ -377,10 +377,10 @@ macro_rules! jail_action {
     ($name:ident, $method:ident, $path:literal, $desired:expr, $action:literal, $doc:literal) => {
         #[doc = $doc]
         #[utoipa::path($method, path = $path, tag = "jails",
-                    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
-                           ("jail_id" = Uuid, Path, description = "Jail id")),
-                    responses((status = 200, description = "The jail", body = JailOut)),
-                    security(("bearer" = ["jails:write"])))]
+                            params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+                                   ("jail_id" = Uuid, Path, description = "Jail id")),
+                            responses((status = 200, description = "The jail", body = JailOut)),
+                            security(("bearer" = ["jails:write"])))]
         pub(crate) async fn $name(
             Authorized(caller, _): Authorized<JailsWrite>,
             path: web::Path<(Uuid, Uuid)>,

@@ -435,9 +435,9 @@ macro_rules! lifecycle {
     ($name:ident, $store:ident, $method:ident, $path:literal, $action:literal, $doc:literal) => {
         #[doc = $doc]
         #[utoipa::path($method, path = $path, tag = "tenants",
-                    params(("tenant_id" = Uuid, Path, description = "Tenant id")),
-                    responses((status = 200, description = "The tenant", body = TenantOut)),
-                    security(("bearer" = ["tenants:write"])))]
+                            params(("tenant_id" = Uuid, Path, description = "Tenant id")),
+                            responses((status = 200, description = "The tenant", body = TenantOut)),
+                            security(("bearer" = ["tenants:write"])))]
         pub(crate) async fn $name(
             Authorized(caller, _): Authorized<TenantsWrite>,
             path: web::Path<Uuid>,
