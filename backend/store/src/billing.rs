@@ -244,16 +244,17 @@ macro_rules! month_totals_sql {
             aggregate_sums!(),
             " FROM tenants t
               LEFT JOIN usage_jail_months a ON a.tenant_id = t.id AND a.month = $1
-              WHERE t.created_at < ($1::date + interval '1 month') AT TIME ZONE 'UTC'
-                AND (t.terminated_at IS NULL OR t.terminated_at >= $1::date AT TIME ZONE 'UTC')
+              WHERE ((t.created_at < ($1::date + interval '1 month') AT TIME ZONE 'UTC'
+                      AND (t.terminated_at IS NULL OR t.terminated_at >= $1::date AT TIME ZONE 'UTC'))
+                     OR a.tenant_id IS NOT NULL)
                 AND ($2::uuid IS NULL OR t.id = $2)
               GROUP BY t.id, t.slug ORDER BY t.slug"
         )
     };
 }
 
-/// Every tenant that existed during `month` (its first day) with its totals
-/// (zero when it used nothing); only `tenant_id` when given.
+/// Every tenant that existed or used anything during `month` (its first day)
+/// with its totals (zero when it used nothing); only `tenant_id` when given.
 pub async fn month_totals(
     pool: &PgPool,
     month: NaiveDate,
