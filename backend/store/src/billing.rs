@@ -240,15 +240,29 @@ pub struct TenantMonth {
 macro_rules! month_totals_sql {
     () => {
         concat!(
-            "SELECT t.id AS tenant_id, t.slug, ",
+            "WITH a AS (
+                 SELECT a.tenant_id, ",
             aggregate_sums!(),
-            " FROM tenants t
-              LEFT JOIN usage_jail_months a ON a.tenant_id = t.id AND a.month = $1
-              WHERE ((t.created_at < ($1::date + interval '1 month') AT TIME ZONE 'UTC'
-                      AND (t.terminated_at IS NULL OR t.terminated_at >= $1::date AT TIME ZONE 'UTC'))
-                     OR a.tenant_id IS NOT NULL)
-                AND ($2::uuid IS NULL OR t.id = $2)
-              GROUP BY t.id, t.slug ORDER BY t.slug"
+            " FROM usage_jail_months a WHERE a.month = $1 AND ($2::uuid IS NULL OR a.tenant_id = $2)
+                 GROUP BY a.tenant_id
+             )
+             SELECT t.id AS tenant_id, t.slug,
+                 COALESCE(a.samples, 0) AS samples, COALESCE(a.cpu_usec, 0) AS cpu_usec,
+                 COALESCE(a.memory_byte_hours, 0) AS memory_byte_hours,
+                 COALESCE(a.memory_peak_bytes, 0) AS memory_peak_bytes,
+                 COALESCE(a.io_read_bytes, 0) AS io_read_bytes, COALESCE(a.io_write_bytes, 0) AS io_write_bytes,
+                 COALESCE(a.net_rx_bytes, 0) AS net_rx_bytes, COALESCE(a.net_tx_bytes, 0) AS net_tx_bytes,
+                 COALESCE(a.disk_byte_hours, 0) AS disk_byte_hours,
+                 COALESCE(a.disk_peak_bytes, 0) AS disk_peak_bytes, COALESCE(a.oom_kills, 0) AS oom_kills,
+                 COALESCE(a.memory_limit_hits, 0) AS memory_limit_hits,
+                 COALESCE(a.pids_limit_hits, 0) AS pids_limit_hits,
+                 COALESCE(a.cpu_throttled_periods, 0) AS cpu_throttled_periods
+             FROM tenants t LEFT JOIN a ON a.tenant_id = t.id
+             WHERE ((t.created_at < ($1::date + interval '1 month') AT TIME ZONE 'UTC'
+                     AND (t.terminated_at IS NULL OR t.terminated_at >= $1::date AT TIME ZONE 'UTC'))
+                    OR a.tenant_id IS NOT NULL)
+               AND ($2::uuid IS NULL OR t.id = $2)
+             ORDER BY t.slug"
         )
     };
 }
