@@ -34,7 +34,10 @@ async fn the_served_spec_holds_under_schemathesis() {
         );
         return;
     };
-    let api = Api::spawn().await;
+    // Generated webhook URLs must never be called: this app sends no webhooks.
+    let mut settings = api_support::fast_settings();
+    settings.delivery.enabled = false;
+    let api = Api::spawn_with(settings).await;
     api.node().await;
     // Something to find: a tenant with a jail, a webhook endpoint.
     let tenant = api.tenant("seeded").await;

@@ -24,6 +24,9 @@ pub enum Begin {
     InProgress,
 }
 
+/// A stored key: request hash, answer status, body and content type.
+type StoredRow = (Vec<u8>, Option<i16>, Option<Vec<u8>>, Option<String>);
+
 /// Reserves `key` for `token_id` or tells how it was used before.
 /// Keys older than a day are forgotten.
 pub async fn begin(
@@ -48,7 +51,7 @@ pub async fn begin(
     if inserted == 1 {
         return Ok(Begin::Fresh);
     }
-    let row: Option<(Vec<u8>, Option<i16>, Option<Vec<u8>>, Option<String>)> = sqlx::query_as(
+    let row: Option<StoredRow> = sqlx::query_as(
         "SELECT request_hash, status, response_body, content_type FROM idempotency_keys
          WHERE token_id = $1 AND key = $2",
     )

@@ -18,6 +18,8 @@ use tokio::task::JoinSet;
 /// The delivery schedule.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
+    /// Whether this process sends webhooks at all.
+    pub enabled: bool,
     /// How often to look for due deliveries.
     pub poll: Duration,
     /// Wait before the first retry; doubled for each further one.
@@ -37,6 +39,7 @@ pub struct DeliverySettings {
 impl Default for DeliverySettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             poll: Duration::from_secs(1),
             first_retry: Duration::from_secs(30),
             max_retry: Duration::from_secs(3600),
@@ -146,6 +149,9 @@ async fn deliver(
 
 /// Runs the worker until the task is dropped.
 pub async fn run(pool: PgPool, settings: DeliverySettings) {
+    if !settings.enabled {
+        return;
+    }
     let client = match reqwest::Client::builder()
         .timeout(settings.timeout)
         .redirect(reqwest::redirect::Policy::none())

@@ -104,10 +104,10 @@ pub struct JailList {
 #[serde(deny_unknown_fields)]
 pub struct CreateJail {
     /// Name within the tenant: a-z, 0-9 and inner '-'.
-    #[schema(example = "web-1")]
+    #[schema(example = "web-1", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// Root filesystem image.
-    #[schema(example = "busybox")]
+    #[schema(example = "busybox", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub image: String,
     /// `app` (one command) or `system` (long-running; the default).
     #[serde(default)]

@@ -93,7 +93,7 @@ pub(crate) async fn get(
 #[serde(deny_unknown_fields)]
 pub struct CreatePlan {
     /// Unique short name: a-z, 0-9 and inner '-'.
-    #[schema(example = "pro")]
+    #[schema(example = "pro", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// Name shown to customers.
     #[schema(example = "Pro")]

@@ -134,10 +134,10 @@ impl From<Overrides> for OverridesBody {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// Unique short name: a-z, 0-9 and inner '-', at most 63 characters.
-    #[schema(example = "acme")]
+    #[schema(example = "acme", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub slug: String,
     /// Name shown in the panel.
-    #[schema(example = "Acme Ltd")]
+    #[schema(example = "Acme Ltd", min_length = 1, max_length = 200)]
     pub display_name: String,
     /// The plan, by name or id.
     #[schema(example = "starter")]

@@ -116,12 +116,16 @@ impl From<Quota> for QuotaBody {
 #[serde(deny_unknown_fields)]
 pub struct LimitsBody {
     /// CPU, millicores (> 0).
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub cpu_millicores: u32,
     /// Memory, bytes (> 0).
+    #[schema(minimum = 1, maximum = 9223372036854775807_u64)]
     pub memory_bytes: u64,
     /// Processes (> 0).
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub pids: u32,
     /// Volume size, bytes (> 0).
+    #[schema(minimum = 1, maximum = 9223372036854775807_u64)]
     pub disk_bytes: u64,
     /// Read rate, bytes/s.
     #[serde(default)]
