@@ -592,3 +592,93 @@ async fn the_spec_reference_page_and_metrics_are_served() {
     ));
     assert!(metrics.contains("stockade_tenants{status=\"active\"} 1"));
 }
+
+fn cli(api: &Api, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stockade"))
+        .args(args)
+        .env("DATABASE_URL", &api.database_url)
+        .env_remove("STOCKADE_CONFIG")
+        .env("STOCKADE_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn tokens_are_created_listed_and_revoked_on_the_command_line() {
+    let api = Api::spawn().await;
+    let t = api.tenant("cli-tenant").await;
+    let (ok, out) = cli(
+        &api,
+        &[
+            "token",
+            "create",
+            "--name",
+            "billing",
+            "--scope",
+            "tenants:read",
+            "--scope",
+            "usage:read",
+            "--tenant",
+            "cli-tenant",
+        ],
+    );
+    assert!(ok, "{out}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("the token is printed once")
+        .to_owned();
+    let res = api
+        .get(&format!("/api/v1/tenants/{t}"), &secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = api.get("/api/v1/plans", &secret).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let res = api
+        .post(&format!("/api/v1/tenants/{t}/suspend"), &secret, &json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 403, "forbidden").await;
+
+    let (ok, listing) = cli(&api, &["token", "ls"]);
+    assert!(ok, "{listing}");
+    assert!(!listing.contains(&secret), "secrets are never listed");
+    let prefix = &secret[..12];
+    let line = listing
+        .lines()
+        .find(|l| l.contains(prefix))
+        .expect("listed by prefix");
+    assert!(
+        line.contains("active") && line.contains("usage:read"),
+        "{line}"
+    );
+
+    let (ok, out) = cli(&api, &["token", "revoke", prefix]);
+    assert!(ok, "{out}");
+    let res = api.get("/api/v1/plans", &secret).send().await.unwrap();
+    expect_error(res, 401, "unauthorized").await;
+    let (_, listing) = cli(&api, &["token", "ls"]);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains(prefix) && l.contains("revoked")),
+        "{listing}"
+    );
+
+    let (ok, out) = cli(
+        &api,
+        &["token", "create", "--name", "x", "--scope", "root:all"],
+    );
+    assert!(!ok && out.contains("scope"), "{out}");
+    let (ok, out) = cli(&api, &["token", "revoke", "stk_nothing"]);
+    assert!(!ok, "{out}");
+}

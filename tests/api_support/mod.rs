@@ -24,6 +24,8 @@ pub struct Api {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub admin: String,
+    /// The database's URL, for the command line.
+    pub database_url: String,
 }
 
 /// Delivery retries in fractions of a second, so tests run in seconds.
@@ -48,7 +50,7 @@ impl Api {
     }
 
     pub async fn spawn_with(api: ApiSettings) -> Api {
-        let (pool, _) = common::fresh_database().await;
+        let (pool, url) = common::fresh_database().await;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let settings = stockade_web::Settings {
             public_url: "http://127.0.0.1".into(),
@@ -71,6 +73,7 @@ impl Api {
                 .build()
                 .unwrap(),
             admin,
+            database_url: url.expose_secret().to_owned(),
         }
     }
 
