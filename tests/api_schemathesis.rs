@@ -64,9 +64,9 @@ async fn the_served_spec_holds_under_schemathesis() {
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_headers_conformance,response_schema_conformance",
             "--phases",
-            "examples,coverage,fuzzing",
+            "examples,coverage,fuzzing,stateful",
             "--max-examples",
-            "25",
+            "40",
             "--workers",
             "2",
             "--seed",

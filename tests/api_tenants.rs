@@ -565,6 +565,25 @@ async fn the_spec_reference_page_and_metrics_are_served() {
         .unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     assert!(spec["paths"]["/api/v1/tenants/{tenant_id}/usage"]["get"].is_object());
+    let mut ids = std::collections::BTreeSet::new();
+    for item in spec["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            let id = op["operationId"]
+                .as_str()
+                .expect("every operation has an id");
+            assert!(ids.insert(id.to_owned()), "operation id {id} is unique");
+            assert!(op["responses"]["401"].is_object(), "{id} documents 401");
+        }
+    }
+    let links = &spec["paths"]["/api/v1/tenants"]["post"]["responses"]["201"]["links"];
+    assert_eq!(
+        links["get_tenants_tenant_id"]["operationId"],
+        "get_tenants_tenant_id"
+    );
+    assert_eq!(
+        links["get_tenants_tenant_id"]["parameters"]["tenant_id"],
+        "$response.body#/tenant/id"
+    );
     let page = api.client.get(api.url("/api/docs")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();

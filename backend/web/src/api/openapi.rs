@@ -85,6 +85,27 @@ impl Modify for Common {
                     .build(),
             )
         };
+        // Unique operation ids from method and path (handlers of different
+        // resources share names like `create`).
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let slug: String = path
+                .trim_start_matches("/api/v1/")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let slug = slug.replace("__", "_");
+            let slug = slug.trim_end_matches('_');
+            for (method, op) in [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("patch", &mut item.patch),
+                ("delete", &mut item.delete),
+            ] {
+                if let Some(op) = op {
+                    op.operation_id = Some(format!("{method}_{slug}"));
+                }
+            }
+        }
         for item in openapi.paths.paths.values_mut() {
             for op in [
                 &mut item.get,
@@ -115,6 +136,66 @@ impl Modify for Common {
     }
 }
 
+/// OpenAPI links from each creating POST to the operations on what it
+/// created, so clients and generated tests can follow real ids. Written into
+/// the JSON directly: the generator's link model names its fields in snake case.
+fn add_links(spec: &mut serde_json::Value) {
+    const CREATORS: [(&str, &str, &str); 4] = [
+        ("/api/v1/tenants", "tenant_id", "$response.body#/tenant/id"),
+        ("/api/v1/plans", "plan_id", "$response.body#/id"),
+        (
+            "/api/v1/tenants/{tenant_id}/jails",
+            "jail_id",
+            "$response.body#/id",
+        ),
+        (
+            "/api/v1/webhooks",
+            "webhook_id",
+            "$response.body#/webhook/id",
+        ),
+    ];
+    let Some(paths) = spec.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for (collection, param, expr) in CREATORS {
+        let item_prefix = format!("{collection}/{{{param}}}");
+        let mut links = serde_json::Map::new();
+        for (path, item) in paths.iter() {
+            let tail = match path.strip_prefix(&item_prefix) {
+                Some(t) if t.is_empty() || t.starts_with('/') => t,
+                _ => continue,
+            };
+            // Only operations that need nothing but what the creator knows.
+            if tail.contains('{') {
+                continue;
+            }
+            for method in ["get", "post", "patch", "delete"] {
+                let Some(id) = item
+                    .pointer(&format!("/{method}/operationId"))
+                    .and_then(|v| v.as_str())
+                else {
+                    continue;
+                };
+                let mut parameters = serde_json::json!({ param: expr });
+                if param != "tenant_id" && path.contains("{tenant_id}") {
+                    parameters["tenant_id"] = "$request.path.tenant_id".into();
+                }
+                links.insert(
+                    id.to_owned(),
+                    serde_json::json!({ "operationId": id, "parameters": parameters }),
+                );
+            }
+        }
+        if let Some(created) = paths
+            .get_mut(collection)
+            .and_then(|item| item.pointer_mut("/post/responses/201"))
+            .and_then(|r| r.as_object_mut())
+        {
+            created.insert("links".into(), serde_json::Value::Object(links));
+        }
+    }
+}
+
 /// The description as a value (for the reference page and tests).
 pub(crate) fn spec() -> &'static utoipa::openapi::OpenApi {
     static SPEC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
@@ -124,7 +205,11 @@ pub(crate) fn spec() -> &'static utoipa::openapi::OpenApi {
 /// The description as JSON.
 pub fn spec_json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| spec().to_pretty_json().unwrap_or_default())
+    JSON.get_or_init(|| {
+        let mut value = serde_json::to_value(spec()).unwrap_or_default();
+        add_links(&mut value);
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    })
 }
 
 /// `GET /api/v1/openapi.json`.
