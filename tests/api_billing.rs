@@ -577,3 +577,114 @@ async fn a_month_is_closed_once_with_its_totals() {
     );
     assert!(events.iter().any(|e| e.event_type == "tenant.created"));
 }
+
+#[tokio::test]
+async fn an_endpoint_of_a_tenant_bound_token_gets_only_that_tenants_events() {
+    let api = Api::spawn().await;
+    let a = api.tenant("hook-a").await;
+    let b = api.tenant("hook-b").await;
+    let bound = api_support::token(
+        &api.pool,
+        &[stockade_store::tokens::Scope::WebhooksWrite],
+        Some(a),
+    )
+    .await;
+    let receiver = Receiver::start(vec![200]).await;
+    let res = api
+        .post(
+            "/api/v1/webhooks",
+            &bound,
+            &json!({"url": receiver.url, "event_types": ["tenant.suspended"], "tenant_id": b}),
+        )
+        .send()
+        .await
+        .unwrap();
+    api_support::expect_error(res, 404, "not_found").await;
+    let res = api
+        .post(
+            "/api/v1/webhooks",
+            &bound,
+            &json!({"url": receiver.url, "event_types": ["tenant.suspended"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let hook: Value = res.json().await.unwrap();
+    assert_eq!(hook["webhook"]["tenant_id"], a.to_string());
+    let res = api
+        .post(
+            "/api/v1/webhooks",
+            &bound,
+            &json!({"url": "ftp://x", "event_types": ["tenant.suspended"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    api_support::expect_error(res, 422, "validation_failed").await;
+    let res = api
+        .post(
+            "/api/v1/webhooks",
+            &bound,
+            &json!({"url": receiver.url, "event_types": ["tenant.exploded"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    api_support::expect_error(res, 422, "validation_failed").await;
+
+    api.post(
+        &format!("/api/v1/tenants/{b}/suspend"),
+        &api.admin,
+        &json!({}),
+    )
+    .send()
+    .await
+    .unwrap();
+    api.post(
+        &format!("/api/v1/tenants/{a}/suspend"),
+        &api.admin,
+        &json!({}),
+    )
+    .send()
+    .await
+    .unwrap();
+    let got = receiver.wait_for(1, 10).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let got_now = receiver.got.lock().unwrap().clone();
+    assert_eq!(got_now.len(), 1, "only tenant A's event");
+    let event: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(event["tenant_id"], a.to_string());
+    // The unbound admin token sees the endpoint; the bound token does not see others'.
+    let list: Value = api
+        .get("/api/v1/webhooks", &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let other = api_support::token(
+        &api.pool,
+        &[stockade_store::tokens::Scope::WebhooksWrite],
+        Some(b),
+    )
+    .await;
+    let list: Value = api
+        .get("/api/v1/webhooks", &other)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+    let id = hook["webhook"]["id"].as_str().unwrap();
+    let res = api
+        .get(&format!("/api/v1/webhooks/{id}"), &other)
+        .send()
+        .await
+        .unwrap();
+    api_support::expect_error(res, 404, "not_found").await;
+}
