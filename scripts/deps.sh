@@ -41,3 +41,16 @@ stockade_install_deps() {
         return 1
     fi
 }
+
+# Schemathesis checks the API against its own OpenAPI description in the tests.
+stockade_install_schemathesis() {
+    command -v schemathesis >/dev/null 2>&1 && return 0
+    if command -v python3 >/dev/null 2>&1; then
+        echo "installing: schemathesis (pip)"
+        python3 -m pip install --quiet --disable-pip-version-check schemathesis
+        hash -r
+    else
+        echo "python3 is needed for the API's Schemathesis test" >&2
+        return 1
+    fi
+}

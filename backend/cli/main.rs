@@ -5,6 +5,7 @@ mod config;
 mod doctor;
 mod jail;
 mod privileges;
+mod token;
 mod up;
 
 use std::path::PathBuf;
@@ -51,6 +52,11 @@ enum Command {
     Staff {
         #[command(subcommand)]
         command: StaffCommand,
+    },
+    /// Manage API tokens for billing systems.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Show what this host offers and what is missing.
     Doctor,
@@ -181,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Token { command } => token::run(&cfg, command),
         Command::Doctor => Ok(doctor::run(&cfg)),
         Command::Jail { command } => jail::run(&cfg, command),
         Command::Image { command } => jail::image(&cfg, command),

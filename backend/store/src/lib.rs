@@ -6,12 +6,17 @@
 //! is the security boundary between tenants.
 
 pub mod audit;
+pub mod billing;
+pub mod events;
+pub mod idempotency;
 pub mod jails;
 pub mod nodes;
 pub mod password;
 pub mod plans;
 pub mod sessions;
+pub mod stats;
 pub mod tenants;
+pub mod tokens;
 pub mod transfer;
 pub mod uploads;
 pub mod usage;

@@ -89,7 +89,7 @@ pub async fn create_in(
     if !plan_exists {
         return Err(StoreError::InvalidState("the plan does not exist".into()));
     }
-    sqlx::query_scalar(
+    let id: Uuid = sqlx::query_scalar(
         "INSERT INTO tenants (slug, display_name, plan_id) VALUES ($1, $2, $3) RETURNING id",
     )
     .bind(slug.as_str())
@@ -97,7 +97,10 @@ pub async fn create_in(
     .bind(plan_id)
     .fetch_one(&mut **tx)
     .await
-    .map_err(conflict_as("a tenant with this slug"))
+    .map_err(conflict_as("a tenant with this slug"))?;
+    let data = serde_json::json!({ "tenant_id": id, "slug": slug, "plan_id": plan_id });
+    crate::events::emit(tx, Some(id), "tenant.created", data).await?;
+    Ok(id)
 }
 
 /// One tenant.
@@ -194,6 +197,13 @@ pub async fn suspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    crate::events::emit(
+        &mut tx,
+        Some(id),
+        "tenant.suspended",
+        serde_json::json!({ "tenant_id": id }),
+    )
+    .await?;
     notify(&mut tx).await?;
     tx.commit().await?;
     get(pool, id).await
@@ -221,6 +231,13 @@ pub async fn unsuspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
     )
     .bind(id)
     .execute(&mut *tx)
+    .await?;
+    crate::events::emit(
+        &mut tx,
+        Some(id),
+        "tenant.unsuspended",
+        serde_json::json!({ "tenant_id": id }),
+    )
     .await?;
     notify(&mut tx).await?;
     tx.commit().await?;
@@ -254,6 +271,13 @@ pub async fn terminate(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
     )
     .bind(id)
     .execute(&mut *tx)
+    .await?;
+    crate::events::emit(
+        &mut tx,
+        Some(id),
+        "tenant.terminated",
+        serde_json::json!({ "tenant_id": id }),
+    )
     .await?;
     notify(&mut tx).await?;
     tx.commit().await?;

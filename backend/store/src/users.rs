@@ -63,6 +63,28 @@ pub async fn create(
     row.try_into()
 }
 
+/// Creates an account inside a caller's transaction (a tenant and its owner together).
+pub async fn create_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    email: &Email,
+    password_hash: &str,
+    role: Role,
+    tenant_id: Option<Uuid>,
+) -> Result<User, StoreError> {
+    let row: UserRow = sqlx::query_as(
+        "INSERT INTO users (email, password_hash, role, tenant_id) VALUES ($1, $2, $3, $4)
+         RETURNING id, email, role, tenant_id",
+    )
+    .bind(email.as_str())
+    .bind(password_hash)
+    .bind(role.as_str())
+    .bind(tenant_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(conflict_as("an account with this email"))?;
+    row.try_into()
+}
+
 /// Finds an account and its password hash by email, for sign-in.
 pub async fn find_for_sign_in(
     pool: &PgPool,

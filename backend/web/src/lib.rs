@@ -1,8 +1,9 @@
-//! The web tier: panel pages and (later) the JSON API.
+//! The web tier: panel pages and the JSON API.
 //!
 //! It runs unprivileged, holds no state of its own and never touches the
 //! kernel: everything it knows and changes is in PostgreSQL.
 
+pub mod api;
 mod assets;
 mod auth;
 mod charts;
@@ -16,11 +17,12 @@ mod signup;
 use std::net::TcpListener;
 
 use actix_web::dev::Server;
-use actix_web::middleware::DefaultHeaders;
+use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpServer, web};
 use stockade_store::PgPool;
 use stockade_store::sessions::Expiry;
 
+pub use api::ApiSettings;
 pub use error::WebError;
 
 /// How the web tier behaves; built from the configuration.
@@ -52,19 +54,38 @@ pub(crate) struct AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    pool: PgPool,
+    delivery: api::DeliverySettings,
 }
 
 impl Application {
     /// Builds the server on an already bound listener (bind port 0 in tests).
     pub fn build(listener: TcpListener, pool: PgPool, settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(listener, pool, settings, ApiSettings::default())
+    }
+
+    /// [`Application::build`] with the API's rate limit and webhook schedule.
+    pub fn build_with(
+        listener: TcpListener,
+        pool: PgPool,
+        settings: Settings,
+        api: ApiSettings,
+    ) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
         let workers = settings.workers;
-        let state = web::Data::new(AppState { pool, settings });
+        let state = web::Data::new(AppState {
+            pool: pool.clone(),
+            settings,
+        });
+        let api_state = web::Data::new(api::ApiState::new(&api));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(api_state.clone())
                 .app_data(web::FormConfig::default().limit(64 * 1024))
+                .wrap(from_fn(api::metrics::middleware))
                 .wrap(security_headers())
+                .configure(api::routes)
                 .configure(health::routes)
                 .configure(assets::routes)
                 .configure(auth::routes)
@@ -79,6 +100,8 @@ impl Application {
         Ok(Self {
             port,
             server: server.run(),
+            pool,
+            delivery: api.delivery,
         })
     }
 
@@ -87,9 +110,13 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server is stopped (SIGINT/SIGTERM stop it gracefully).
+    /// Serves until the server is stopped (SIGINT/SIGTERM stop it gracefully),
+    /// delivering webhooks meanwhile.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let delivery = tokio::spawn(api::delivery::run(self.pool, self.delivery));
+        let served = self.server.await;
+        delivery.abort();
+        served
     }
 }
 

@@ -1,0 +1,149 @@
+//! `Idempotency-Key` on POST: the first answer is stored with a hash of the
+//! request and replayed for a retry with the same key and body; the same key
+//! with another body is refused (422). Keys live a day, per token.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::middleware::Next;
+use actix_web::web::{Bytes, BytesMut};
+use actix_web::{HttpMessage, HttpResponse, ResponseError, web};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use stockade_store::idempotency::{self, Begin};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::AppState;
+
+/// The largest body the API reads.
+pub(crate) const BODY_LIMIT: usize = 64 * 1024;
+const HEADER: &str = "Idempotency-Key";
+
+fn valid_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Wraps the API's POST handlers.
+pub(crate) async fn middleware(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let key = req
+        .headers()
+        .get(HEADER)
+        .map(|v| v.to_str().map(str::to_owned));
+    let caller = req.extensions().get::<Caller>().cloned();
+    let app = req.app_data::<web::Data<AppState>>().cloned();
+    let (true, Some(key), Some(caller), Some(app)) =
+        (req.method() == Method::POST, key, caller, app)
+    else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    };
+    let refuse = |req: ServiceRequest, e: ApiError| Ok(req.into_response(e.error_response()));
+    let key = match key {
+        Ok(k) if valid_key(&k) => k,
+        _ => {
+            return refuse(
+                req,
+                ApiError::BadRequest(format!(
+                    "{HEADER} must be 1 to 255 visible ASCII characters"
+                )),
+            );
+        }
+    };
+    // Read the body (within the API's limit) to hash it, then hand it on.
+    let mut payload = req.take_payload();
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                return refuse(
+                    req,
+                    ApiError::BadRequest(format!("cannot read the body: {e}")),
+                );
+            }
+        };
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return refuse(req, ApiError::PayloadTooLarge(BODY_LIMIT));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    let mut hasher = Sha256::new();
+    hasher.update(req.method().as_str());
+    hasher.update(b" ");
+    hasher.update(req.uri().to_string());
+    hasher.update(b"\n");
+    hasher.update(&body);
+    let hash: [u8; 32] = hasher.finalize().into();
+    let token_id = caller.0.id;
+    match idempotency::begin(&app.pool, token_id, &key, &hash).await {
+        Err(e) => refuse(req, e.into()),
+        Ok(Begin::Mismatch) => refuse(req, ApiError::IdempotencyMismatch),
+        Ok(Begin::InProgress) => refuse(
+            req,
+            ApiError::Conflict {
+                code: "idempotency_key_in_use",
+                message: "a request with this Idempotency-Key is still being served".into(),
+            },
+        ),
+        Ok(Begin::Replay {
+            status,
+            body,
+            content_type,
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let res = HttpResponse::build(status)
+                .content_type(content_type)
+                .insert_header(("Idempotent-Replayed", "true"))
+                .body(body);
+            Ok(req.into_response(res))
+        }
+        Ok(Begin::Fresh) => {
+            req.set_payload(Bytes::clone(&body).into());
+            let res = match next.call(req).await {
+                Ok(res) => res,
+                Err(e) => {
+                    idempotency::release(&app.pool, token_id, &key).await.ok();
+                    return Err(e);
+                }
+            };
+            let status = res.status();
+            let (http_req, res) = res.into_parts();
+            let (head, res_body) = res.into_parts();
+            let bytes = actix_web::body::to_bytes(res_body)
+                .await
+                .map_err(|_| ApiError::Unexpected(anyhow::anyhow!("cannot buffer the answer")))?;
+            // Failures on our side, and rate limits, are not remembered: a retry runs again.
+            let outcome = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                idempotency::release(&app.pool, token_id, &key).await
+            } else {
+                let content_type = head
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json")
+                    .to_owned();
+                idempotency::finish(
+                    &app.pool,
+                    token_id,
+                    &key,
+                    status.as_u16(),
+                    &bytes,
+                    &content_type,
+                )
+                .await
+            };
+            if let Err(e) = outcome {
+                tracing::error!(error = ?e, "storing the idempotent answer failed");
+            }
+            let res = head.set_body(bytes).map_into_boxed_body();
+            Ok(ServiceResponse::new(http_req, res))
+        }
+    }
+}

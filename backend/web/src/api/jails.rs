@@ -1,0 +1,426 @@
+//! `/api/v1/tenants/{tenant_id}/jails`: a tenant's jails, their limits and state.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use stockade_domain::{DesiredState, JailKind, JailName, Limits};
+use stockade_store::jails::{self, Jail, NewJail};
+use stockade_store::tenants;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::{Authorized, JailsRead, JailsWrite};
+use super::error::ApiError;
+use super::resource;
+use super::tenants::record;
+use super::types::{LimitsBody, check_u32, check_u64};
+use crate::AppState;
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/tenants/{tenant_id}/jails")
+            .route(web::get().to(list))
+            .route(web::post().to(create)),
+    )
+    .service(
+        resource("/tenants/{tenant_id}/jails/{jail_id}")
+            .route(web::get().to(get))
+            .route(web::patch().to(update))
+            .route(web::delete().to(delete)),
+    )
+    .service(resource("/tenants/{tenant_id}/jails/{jail_id}/start").route(web::post().to(start)))
+    .service(resource("/tenants/{tenant_id}/jails/{jail_id}/stop").route(web::post().to(stop)))
+    .service(
+        resource("/tenants/{tenant_id}/jails/{jail_id}/restart").route(web::post().to(restart)),
+    );
+}
+
+/// A jail, with what users want and what its node last saw.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JailOut {
+    /// Stable id.
+    pub id: Uuid,
+    /// Owning tenant.
+    pub tenant_id: Uuid,
+    /// The node it is placed on.
+    pub node_id: Option<Uuid>,
+    /// Name within the tenant; also its hostname.
+    pub name: String,
+    /// Root filesystem image.
+    pub image: String,
+    /// `app` or `system`.
+    pub kind: String,
+    /// Command (empty = the image's default).
+    pub command: Vec<String>,
+    /// Resource limits.
+    pub limits: LimitsBody,
+    /// What users want: `running`, `stopped` or `deleted`.
+    pub desired_state: String,
+    /// What the node last saw: `pending`, `running`, `stopped`, `failed` or `deleted`.
+    pub observed_state: String,
+    /// Bumped on every change of desired state or limits.
+    pub generation: i64,
+    /// The generation the node last converged to.
+    pub observed_generation: i64,
+    /// Address in the node's network.
+    pub address: Option<String>,
+    /// The node's last error on this jail.
+    pub last_error: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Jail> for JailOut {
+    fn from(j: Jail) -> Self {
+        JailOut {
+            id: j.id,
+            tenant_id: j.tenant_id,
+            node_id: j.node_id,
+            name: j.name.to_string(),
+            image: j.image,
+            kind: j.kind.as_str().to_owned(),
+            command: j.command,
+            limits: j.limits.into(),
+            desired_state: j.desired_state.as_str().to_owned(),
+            observed_state: j.observed_state.as_str().to_owned(),
+            generation: j.generation,
+            observed_generation: j.observed_generation,
+            address: j.address,
+            last_error: j.last_error,
+            created_at: j.created_at,
+        }
+    }
+}
+
+/// A tenant's jails.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JailList {
+    /// The jails that are not deleted, by name.
+    pub data: Vec<JailOut>,
+}
+
+/// A new jail.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJail {
+    /// Name within the tenant: a-z, 0-9 and inner '-'.
+    #[schema(example = "web-1", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub name: String,
+    /// Root filesystem image.
+    #[schema(example = "busybox", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub image: String,
+    /// `app` (one command) or `system` (long-running; the default).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Command to run (empty = the image's default).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Resource limits, within the tenant's quota.
+    pub limits: LimitsBody,
+}
+
+fn image(raw: &str) -> Result<String, ApiError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 63
+        && raw
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !ok {
+        return Err(ApiError::field(
+            "image",
+            "must be 1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+impl TryFrom<CreateJail> for NewJail {
+    type Error = ApiError;
+    fn try_from(b: CreateJail) -> Result<Self, ApiError> {
+        if b.command.len() > 64 || b.command.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
+            return Err(ApiError::field(
+                "command",
+                "at most 64 arguments of at most 4096 bytes, without NUL",
+            ));
+        }
+        Ok(NewJail {
+            name: JailName::parse(&b.name)?,
+            image: image(&b.image)?,
+            kind: b.kind.as_deref().unwrap_or("system").parse::<JailKind>()?,
+            command: b.command,
+            limits: b.limits.try_into()?,
+        })
+    }
+}
+
+async fn visible_tenant(
+    state: &AppState,
+    caller: &super::auth::Caller,
+    tenant_id: Uuid,
+) -> Result<(), ApiError> {
+    caller.see_tenant(tenant_id)?;
+    tenants::get(&state.pool, tenant_id).await?;
+    Ok(())
+}
+
+/// Lists a tenant's jails.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/jails", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id")),
+    responses((status = 200, description = "The tenant's jails", body = JailList)),
+    security(("bearer" = ["jails:read"])))]
+pub(crate) async fn list(
+    Authorized(caller, _): Authorized<JailsRead>,
+    path: web::Path<Uuid>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant_id = path.into_inner();
+    visible_tenant(&state, &caller, tenant_id).await?;
+    let data = jails::list_for_tenant(&state.pool, tenant_id)
+        .await?
+        .into_iter()
+        .map(JailOut::from)
+        .collect();
+    Ok(HttpResponse::Ok().json(JailList { data }))
+}
+
+/// Creates a jail within the tenant's quota and places it on a node.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/jails", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry")),
+    request_body = CreateJail,
+    responses((status = 201, description = "Created", body = JailOut)),
+    security(("bearer" = ["jails:write"])))]
+pub(crate) async fn create(
+    Authorized(caller, _): Authorized<JailsWrite>,
+    path: web::Path<Uuid>,
+    body: web::Json<CreateJail>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let new = NewJail::try_from(body.into_inner())?;
+    let tenant_id = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let jail = jails::create(&state.pool, tenant_id, &new).await?;
+    record(
+        &state,
+        &req,
+        &caller,
+        Some(tenant_id),
+        "jail.create",
+        jail.name.as_str(),
+    )
+    .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((
+            "Location",
+            format!("/api/v1/tenants/{tenant_id}/jails/{}", jail.id),
+        ))
+        .json(JailOut::from(jail)))
+}
+
+/// One jail.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/jails/{jail_id}", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("jail_id" = Uuid, Path, description = "Jail id")),
+    responses((status = 200, description = "The jail", body = JailOut)),
+    security(("bearer" = ["jails:read"])))]
+pub(crate) async fn get(
+    Authorized(caller, _): Authorized<JailsRead>,
+    path: web::Path<(Uuid, Uuid)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant_id, jail_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let jail = jails::get(&state.pool, tenant_id, jail_id).await?;
+    Ok(HttpResponse::Ok().json(JailOut::from(jail)))
+}
+
+/// Changes to a jail's limits; absent fields stay as they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateJail {
+    /// New limits (each field optional).
+    pub limits: Option<LimitsPatch>,
+}
+
+/// Limits to change.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    /// CPU, millicores.
+    pub cpu_millicores: Option<u32>,
+    /// Memory, bytes.
+    pub memory_bytes: Option<u64>,
+    /// Processes.
+    pub pids: Option<u32>,
+    /// Volume size, bytes (it only grows).
+    pub disk_bytes: Option<u64>,
+    /// Read rate, bytes/s.
+    pub io_read_bps: Option<u64>,
+    /// Write rate, bytes/s.
+    pub io_write_bps: Option<u64>,
+    /// Read operations/s.
+    pub io_read_iops: Option<u64>,
+    /// Write operations/s.
+    pub io_write_iops: Option<u64>,
+    /// Outbound rate, bits/s.
+    pub net_egress_bps: Option<u64>,
+    /// Inbound rate, bits/s.
+    pub net_ingress_bps: Option<u64>,
+}
+
+impl LimitsPatch {
+    fn check(&self) -> Result<(), ApiError> {
+        for (field, v) in [("cpu_millicores", self.cpu_millicores), ("pids", self.pids)] {
+            if let Some(v) = v {
+                check_u32(field, v)?;
+            }
+        }
+        for (field, v) in [
+            ("memory_bytes", self.memory_bytes),
+            ("disk_bytes", self.disk_bytes),
+            ("io_read_bps", self.io_read_bps),
+            ("io_write_bps", self.io_write_bps),
+            ("io_read_iops", self.io_read_iops),
+            ("io_write_iops", self.io_write_iops),
+            ("net_egress_bps", self.net_egress_bps),
+            ("net_ingress_bps", self.net_ingress_bps),
+        ] {
+            if let Some(v) = v {
+                check_u64(field, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, l: Limits) -> Result<Limits, ApiError> {
+        let merged = LimitsBody {
+            cpu_millicores: self.cpu_millicores.unwrap_or(l.cpu_millicores),
+            memory_bytes: self.memory_bytes.unwrap_or(l.memory_bytes),
+            pids: self.pids.unwrap_or(l.pids),
+            disk_bytes: self.disk_bytes.unwrap_or(l.disk_bytes),
+            io_read_bps: self.io_read_bps.unwrap_or(l.io_read_bps),
+            io_write_bps: self.io_write_bps.unwrap_or(l.io_write_bps),
+            io_read_iops: self.io_read_iops.unwrap_or(l.io_read_iops),
+            io_write_iops: self.io_write_iops.unwrap_or(l.io_write_iops),
+            net_egress_bps: self.net_egress_bps.unwrap_or(l.net_egress_bps),
+            net_ingress_bps: self.net_ingress_bps.unwrap_or(l.net_ingress_bps),
+        };
+        merged.try_into()
+    }
+}
+
+/// Changes a jail's limits within the tenant's quota.
+#[utoipa::path(patch, path = "/api/v1/tenants/{tenant_id}/jails/{jail_id}", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("jail_id" = Uuid, Path, description = "Jail id")),
+    request_body = UpdateJail,
+    responses((status = 200, description = "The changed jail", body = JailOut)),
+    security(("bearer" = ["jails:write"])))]
+pub(crate) async fn update(
+    Authorized(caller, _): Authorized<JailsWrite>,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Json<UpdateJail>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let patch = body.into_inner().limits.unwrap_or_default();
+    patch.check()?;
+    let (tenant_id, jail_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let current = jails::get(&state.pool, tenant_id, jail_id).await?;
+    if current.desired_state == DesiredState::Deleted {
+        return Err(ApiError::NotFound);
+    }
+    let limits = patch.apply(current.limits)?;
+    let jail = jails::update_limits(&state.pool, tenant_id, jail_id, &limits).await?;
+    record(
+        &state,
+        &req,
+        &caller,
+        Some(tenant_id),
+        "jail.update",
+        jail.name.as_str(),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(JailOut::from(jail)))
+}
+
+async fn set(
+    caller: super::auth::Caller,
+    path: web::Path<(Uuid, Uuid)>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    desired: DesiredState,
+    action: &str,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant_id, jail_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let jail = jails::set_desired(&state.pool, tenant_id, jail_id, desired).await?;
+    record(
+        &state,
+        &req,
+        &caller,
+        Some(tenant_id),
+        action,
+        jail.name.as_str(),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(JailOut::from(jail)))
+}
+
+macro_rules! jail_action {
+    ($name:ident, $method:ident, $path:literal, $desired:expr, $action:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path($method, path = $path, tag = "jails",
+                            params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+                                   ("jail_id" = Uuid, Path, description = "Jail id")),
+                            responses((status = 200, description = "The jail", body = JailOut)),
+                            security(("bearer" = ["jails:write"])))]
+        pub(crate) async fn $name(
+            Authorized(caller, _): Authorized<JailsWrite>,
+            path: web::Path<(Uuid, Uuid)>,
+            state: web::Data<AppState>,
+            req: HttpRequest,
+        ) -> Result<HttpResponse, ApiError> {
+            set(caller, path, state, req, $desired, $action).await
+        }
+    };
+}
+
+jail_action!(
+    start,
+    post,
+    "/api/v1/tenants/{tenant_id}/jails/{jail_id}/start",
+    DesiredState::Running,
+    "jail.start",
+    "Starts a jail (the tenant must be active)."
+);
+jail_action!(
+    stop,
+    post,
+    "/api/v1/tenants/{tenant_id}/jails/{jail_id}/stop",
+    DesiredState::Stopped,
+    "jail.stop",
+    "Stops a jail; its volume is kept."
+);
+jail_action!(
+    restart,
+    post,
+    "/api/v1/tenants/{tenant_id}/jails/{jail_id}/restart",
+    DesiredState::Running,
+    "jail.restart",
+    "Restarts a jail: its generation is bumped with the desired state running, so its node starts it afresh."
+);
+jail_action!(
+    delete,
+    delete,
+    "/api/v1/tenants/{tenant_id}/jails/{jail_id}",
+    DesiredState::Deleted,
+    "jail.delete",
+    "Deletes a jail: its node destroys it; its usage stays for billing."
+);

@@ -1,0 +1,179 @@
+//! `/api/v1/plans`: list, create, change.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use stockade_domain::TenantSlug;
+use stockade_store::plans::{self, Plan, PlanInput, Quota};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::{Authorized, TenantsRead, TenantsWrite};
+use super::error::ApiError;
+use super::resource;
+use super::tenants::record;
+use super::types::{QuotaBody, text};
+use crate::AppState;
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/plans")
+            .route(web::get().to(list))
+            .route(web::post().to(create)),
+    )
+    .service(
+        resource("/plans/{plan_id}")
+            .route(web::get().to(get))
+            .route(web::patch().to(update)),
+    );
+}
+
+/// A plan: a named quota that tenants subscribe to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanOut {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique short name.
+    pub name: String,
+    /// Name shown to customers.
+    pub display_name: String,
+    /// What a tenant on this plan may use.
+    pub quota: QuotaBody,
+}
+
+impl From<Plan> for PlanOut {
+    fn from(p: Plan) -> Self {
+        PlanOut {
+            id: p.id,
+            name: p.name,
+            display_name: p.display_name,
+            quota: p.quota.into(),
+        }
+    }
+}
+
+/// Every plan.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanList {
+    /// The plans, by name.
+    pub data: Vec<PlanOut>,
+}
+
+/// Lists every plan.
+#[utoipa::path(get, path = "/api/v1/plans", tag = "plans",
+    responses((status = 200, description = "Every plan", body = PlanList)),
+    security(("bearer" = ["tenants:read"])))]
+pub(crate) async fn list(
+    _: Authorized<TenantsRead>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let data = plans::list(&state.pool)
+        .await?
+        .into_iter()
+        .map(PlanOut::from)
+        .collect();
+    Ok(HttpResponse::Ok().json(PlanList { data }))
+}
+
+/// One plan.
+#[utoipa::path(get, path = "/api/v1/plans/{plan_id}", tag = "plans",
+    params(("plan_id" = Uuid, Path, description = "Plan id")),
+    responses((status = 200, description = "The plan", body = PlanOut)),
+    security(("bearer" = ["tenants:read"])))]
+pub(crate) async fn get(
+    _: Authorized<TenantsRead>,
+    path: web::Path<Uuid>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let plan = plans::get(&state.pool, path.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(PlanOut::from(plan)))
+}
+
+/// A new plan.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePlan {
+    /// Unique short name: a-z, 0-9 and inner '-'.
+    #[schema(example = "pro", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub name: String,
+    /// Name shown to customers.
+    #[schema(example = "Pro")]
+    pub display_name: String,
+    /// What a tenant on it may use.
+    pub quota: QuotaBody,
+}
+
+impl TryFrom<CreatePlan> for PlanInput {
+    type Error = ApiError;
+    fn try_from(b: CreatePlan) -> Result<Self, ApiError> {
+        let name = TenantSlug::parse(&b.name).map_err(|e| ApiError::field("name", e.reason))?;
+        Ok(PlanInput {
+            name,
+            display_name: text("display_name", &b.display_name, 200)?,
+            quota: b.quota.try_into()?,
+        })
+    }
+}
+
+/// Creates a plan.
+#[utoipa::path(post, path = "/api/v1/plans", tag = "plans",
+    request_body = CreatePlan,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry")),
+    responses((status = 201, description = "Created", body = PlanOut)),
+    security(("bearer" = ["tenants:write"])))]
+pub(crate) async fn create(
+    Authorized(caller, _): Authorized<TenantsWrite>,
+    body: web::Json<CreatePlan>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let input = PlanInput::try_from(body.into_inner())?;
+    caller.unbound()?;
+    let plan = plans::create(&state.pool, &input).await?;
+    record(&state, &req, &caller, None, "plan.create", &plan.name).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/api/v1/plans/{}", plan.id)))
+        .json(PlanOut::from(plan)))
+}
+
+/// Changes to a plan; absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePlan {
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New quota (whole); tenants' jails are brought within it.
+    pub quota: Option<QuotaBody>,
+}
+
+/// Changes a plan's name shown to customers or its quota.
+#[utoipa::path(patch, path = "/api/v1/plans/{plan_id}", tag = "plans",
+    params(("plan_id" = Uuid, Path, description = "Plan id")),
+    request_body = UpdatePlan,
+    responses((status = 200, description = "The changed plan", body = PlanOut)),
+    security(("bearer" = ["tenants:write"])))]
+pub(crate) async fn update(
+    Authorized(caller, _): Authorized<TenantsWrite>,
+    path: web::Path<Uuid>,
+    body: web::Json<UpdatePlan>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let display_name = body
+        .display_name
+        .as_deref()
+        .map(|d| text("display_name", d, 200))
+        .transpose()?;
+    let quota: Option<Quota> = body.quota.map(TryInto::try_into).transpose()?;
+    caller.unbound()?;
+    let current = plans::get(&state.pool, path.into_inner()).await?;
+    let plan = plans::update(
+        &state.pool,
+        current.id,
+        display_name.as_deref().unwrap_or(&current.display_name),
+        &quota.unwrap_or(current.quota),
+    )
+    .await?;
+    record(&state, &req, &caller, None, "plan.update", &plan.name).await?;
+    Ok(HttpResponse::Ok().json(PlanOut::from(plan)))
+}

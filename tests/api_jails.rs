@@ -1,0 +1,269 @@
+//! The jail resource of the JSON API: quota-checked creation, limits,
+//! desired and observed state, scopes and tenant binding.
+
+mod api_support;
+mod common;
+
+use api_support::{Api, expect_error, token};
+use serde_json::{Value, json};
+use stockade_store::tokens::Scope;
+
+const MIB: u64 = 1 << 20;
+
+fn jail(name: &str, memory_mib: u64) -> Value {
+    json!({"name": name, "image": "busybox",
+           "limits": {"cpu_millicores": 250, "memory_bytes": memory_mib * MIB, "pids": 64, "disk_bytes": 256 * MIB}})
+}
+
+#[tokio::test]
+async fn jails_are_created_within_quota_and_driven_through_their_states() {
+    let api = Api::spawn().await;
+    api.node().await;
+    let t = api.tenant("jt").await;
+    let base = format!("/api/v1/tenants/{t}/jails");
+    let res = api
+        .post(&base, &api.admin, &jail("web-1", 256))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let j: Value = res.json().await.unwrap();
+    assert_eq!(j["name"], "web-1");
+    assert_eq!(j["kind"], "system");
+    assert_eq!(j["desired_state"], "running");
+    assert_eq!(j["observed_state"], "pending");
+    assert_eq!(j["generation"], 1);
+    // The starter plan's per-jail ceilings fill unset rates.
+    assert_eq!(j["limits"]["io_read_bps"], 52428800);
+    let id = j["id"].as_str().unwrap().to_owned();
+    let path = format!("{base}/{id}");
+
+    // Starter allows 1 GiB of memory in all: 1 GiB more does not fit.
+    let res = api
+        .post(&base, &api.admin, &jail("web-2", 1024))
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(res, 422, "quota_exceeded").await;
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("memory"),
+        "{err}"
+    );
+    let res = api
+        .post(&base, &api.admin, &jail("web-1", 64))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 409, "conflict").await;
+    let res = api
+        .post(&base, &api.admin, &json!({"name": "x", "image": "../etc", "limits": {"cpu_millicores": 1, "memory_bytes": 1, "pids": 1, "disk_bytes": 1}}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 422, "validation_failed").await;
+    let res = api
+        .post(&base, &api.admin, &json!({"name": "x", "image": "busybox", "limits": {"cpu_millicores": 0, "memory_bytes": 1, "pids": 1, "disk_bytes": 1}}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 422, "validation_failed").await;
+
+    let res = api
+        .patch(
+            &path,
+            &api.admin,
+            &json!({"limits": {"memory_bytes": 512 * MIB}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let changed: Value = res.json().await.unwrap();
+    assert_eq!(changed["limits"]["memory_bytes"], 512 * MIB);
+    assert_eq!(changed["limits"]["cpu_millicores"], 250);
+    assert_eq!(changed["generation"], 2);
+    let res = api
+        .patch(&path, &api.admin, &json!({"limits": {"disk_bytes": MIB}}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 422, "quota_exceeded").await;
+
+    let stop: Value = api
+        .post(&format!("{path}/stop"), &api.admin, &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stop["desired_state"], "stopped");
+    let start: Value = api
+        .post(&format!("{path}/start"), &api.admin, &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(start["desired_state"], "running");
+    let restart: Value = api
+        .post(&format!("{path}/restart"), &api.admin, &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(restart["desired_state"], "running");
+    assert!(restart["generation"].as_i64() > start["generation"].as_i64());
+
+    let list: Value = api
+        .get(&base, &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let got: Value = api
+        .get(&path, &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["id"], id.as_str());
+
+    // Suspending the tenant: starting is refused until it is unsuspended.
+    api.post(
+        &format!("/api/v1/tenants/{t}/suspend"),
+        &api.admin,
+        &json!({}),
+    )
+    .send()
+    .await
+    .unwrap();
+    let got: Value = api
+        .get(&path, &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["desired_state"], "stopped");
+    let res = api
+        .post(&format!("{path}/start"), &api.admin, &json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 409, "invalid_state").await;
+    api.post(
+        &format!("/api/v1/tenants/{t}/unsuspend"),
+        &api.admin,
+        &json!({}),
+    )
+    .send()
+    .await
+    .unwrap();
+
+    let deleted: Value = api
+        .delete(&path, &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(deleted["desired_state"], "deleted");
+    let res = api
+        .post(&format!("{path}/start"), &api.admin, &json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn jail_scopes_and_tenant_binding_are_enforced() {
+    let api = Api::spawn().await;
+    api.node().await;
+    let a = api.tenant("ja").await;
+    let b = api.tenant("jb").await;
+    let res = api
+        .post(
+            &format!("/api/v1/tenants/{b}/jails"),
+            &api.admin,
+            &jail("secret", 64),
+        )
+        .send()
+        .await
+        .unwrap();
+    let b_jail: Value = res.json().await.unwrap();
+    let b_path = format!(
+        "/api/v1/tenants/{b}/jails/{}",
+        b_jail["id"].as_str().unwrap()
+    );
+
+    let reader = token(&api.pool, &[Scope::JailsRead], Some(a)).await;
+    let res = api
+        .post(
+            &format!("/api/v1/tenants/{a}/jails"),
+            &reader,
+            &jail("w", 64),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 403, "forbidden").await;
+    let res = api
+        .get(&format!("/api/v1/tenants/{a}/jails"), &reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for res in [
+        api.get(&b_path, &reader).send().await.unwrap(),
+        api.get(&format!("/api/v1/tenants/{b}/jails"), &reader)
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        expect_error(res, 404, "not_found").await;
+    }
+    let writer = token(&api.pool, &[Scope::JailsWrite], Some(a)).await;
+    let res = api
+        .post(&format!("{b_path}/stop"), &writer, &json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 404, "not_found").await;
+    // A jail id of tenant B under tenant A's path is not found either.
+    let wrong = format!(
+        "/api/v1/tenants/{a}/jails/{}",
+        b_jail["id"].as_str().unwrap()
+    );
+    let res = api.get(&wrong, &api.admin).send().await.unwrap();
+    expect_error(res, 404, "not_found").await;
+    let res = api
+        .post(
+            &format!("/api/v1/tenants/{a}/jails"),
+            &writer,
+            &jail("mine", 64),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = api
+        .get(
+            &format!("/api/v1/tenants/{}/jails", uuid::Uuid::new_v4()),
+            &api.admin,
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 404, "not_found").await;
+}
