@@ -118,6 +118,15 @@ async fn rows_become_jails_and_follow_every_change() {
         engine.discover().unwrap().jails.is_empty(),
         "nothing of the jail is left"
     );
+    // Every observed change was announced to billing systems, in order.
+    let states: Vec<String> = sqlx::query_scalar(
+        "SELECT data->>'state' FROM events WHERE event_type = 'jail.state_changed' AND data->>'jail_id' = $1 ORDER BY seq",
+    )
+    .bind(jail.id.to_string())
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(states, ["running", "stopped", "running", "deleted"]);
 }
 
 #[tokio::test]

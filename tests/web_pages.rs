@@ -572,3 +572,100 @@ async fn repeated_failures_lock_sign_in_for_known_and_unknown_emails_alike() {
         .await;
     assert_eq!(r.status(), 429);
 }
+
+#[tokio::test]
+async fn admins_create_and_revoke_api_tokens_shown_once() {
+    let w = world().await;
+    let token = csrf(&w.admin, &w.app.url("/staff/tokens")).await;
+    let r = w
+        .admin
+        .post(w.app.url("/staff/tokens"))
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("name", "billing"),
+            ("scope", "usage:read"),
+            ("scope", "tenants:write"),
+            ("tenant", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    let start = page
+        .find("<code class=\"secret\">")
+        .expect("the new token is shown")
+        + "<code class=\"secret\">".len();
+    let secret = &page[start..start + page[start..].find('<').unwrap()];
+    assert!(secret.starts_with("stk_"), "{secret}");
+    // It works on the API, and the list never shows it again.
+    let api = new_client()
+        .get(w.app.url("/api/v1/tenants"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 200);
+    let list = w
+        .admin
+        .get(w.app.url("/staff/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("billing") && !list.contains(secret));
+    // Bad input: an unknown tenant is refused and creates nothing.
+    let r = w
+        .admin
+        .post(w.app.url("/staff/tokens"))
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("name", "x"),
+            ("scope", "usage:read"),
+            ("tenant", "nobody"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    // Operators read the list but cannot create or revoke.
+    assert_eq!(
+        status_of(&w.operator, &w.app.url("/staff/tokens")).await,
+        200
+    );
+    assert_eq!(
+        status_of(&w.operator, &w.app.url("/staff/webhooks")).await,
+        200
+    );
+    assert_eq!(
+        status_of(&w.customer_a, &w.app.url("/staff/tokens")).await,
+        403
+    );
+    let id = stockade_store::tokens::list(&w.app.pool).await.unwrap()[0].id;
+    let op_token = csrf(&w.operator, &w.app.url("/staff/tokens")).await;
+    let r = w
+        .operator
+        .post(w.app.url(&format!("/staff/tokens/{id}/revoke")))
+        .form(&[("csrf_token", op_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = w
+        .admin
+        .post(w.app.url(&format!("/staff/tokens/{id}/revoke")))
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let api = new_client()
+        .get(w.app.url("/api/v1/tenants"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401, "a revoked token is refused");
+}

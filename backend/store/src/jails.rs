@@ -699,7 +699,8 @@ pub async fn claim(
     row.map(Jail::try_from).transpose()
 }
 
-/// Records what the agent sees of a jail after working on `generation`.
+/// Records what the agent sees of a jail after working on `generation`, and
+/// a `jail.state_changed` event when the observed state changed.
 pub async fn record_observed(
     tx: &mut Transaction<'_, Postgres>,
     jail_id: Uuid,
@@ -707,6 +708,12 @@ pub async fn record_observed(
     generation: i64,
     last_error: Option<&str>,
 ) -> Result<(), StoreError> {
+    let before: Option<(String, Uuid, String, String)> = sqlx::query_as(
+        "SELECT observed_state, tenant_id, name, desired_state FROM jails WHERE id = $1",
+    )
+    .bind(jail_id)
+    .fetch_optional(&mut **tx)
+    .await?;
     sqlx::query(
         "UPDATE jails SET observed_state = $2, observed_generation = GREATEST(observed_generation, $3),
              last_error = $4, observed_at = now()
@@ -718,6 +725,25 @@ pub async fn record_observed(
     .bind(last_error)
     .execute(&mut **tx)
     .await?;
+    if let Some((previous, tenant_id, name, desired)) = before
+        && previous != observed.as_str()
+    {
+        crate::events::emit(
+            tx,
+            Some(tenant_id),
+            "jail.state_changed",
+            serde_json::json!({
+                "jail_id": jail_id,
+                "tenant_id": tenant_id,
+                "name": name,
+                "previous_state": previous,
+                "state": observed.as_str(),
+                "desired_state": desired,
+                "error": last_error,
+            }),
+        )
+        .await?;
+    }
     Ok(())
 }
 

@@ -50,6 +50,15 @@ pub async fn check(pool: &PgPool, tenant_id: Uuid, actor: &str) -> Result<Outcom
     let outcome = if used >= quota {
         tx.commit().await?;
         crate::tenants::suspend(pool, tenant_id).await?;
+        let mut tx = pool.begin().await?;
+        crate::events::emit(
+            &mut tx,
+            Some(tenant_id),
+            "quota.hard_limit_reached",
+            details.clone(),
+        )
+        .await?;
+        tx.commit().await?;
         audit::record(
             pool,
             &audit::Entry {
@@ -75,6 +84,13 @@ pub async fn check(pool: &PgPool, tenant_id: Uuid, actor: &str) -> Result<Outcom
             .bind(tenant_id)
             .execute(&mut *tx)
             .await?;
+        crate::events::emit(
+            &mut tx,
+            Some(tenant_id),
+            "quota.soft_limit_reached",
+            details.clone(),
+        )
+        .await?;
         audit::record(
             &mut *tx,
             &audit::Entry {

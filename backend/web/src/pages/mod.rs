@@ -4,6 +4,7 @@
 mod account;
 mod customer;
 mod staff;
+mod staff_api;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
@@ -19,6 +20,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(home));
     customer::routes(cfg);
     staff::routes(cfg);
+    staff_api::routes(cfg);
     account::routes(cfg);
 }
 
