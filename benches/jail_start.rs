@@ -38,6 +38,7 @@ fn time(cmd: &mut Command) -> Duration {
 fn stockade(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stockade"));
     c.env("STOCKADE_STATE_DIR", state)
+        .env("STOCKADE_CGROUP_PARENT", "stockade-bench-cli")
         .env("STOCKADE_LOG", "warn")
         .env_remove("STOCKADE_CONFIG");
     c
@@ -250,6 +251,13 @@ fn main() {
     }
 
     idle_jails(dir.path(), 1000);
+    for entry in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = std::fs::remove_dir(entry.path().join("stockade-bench-cli"));
+    }
 }
 
 fn which(p: &str) -> Option<std::path::PathBuf> {

@@ -9,14 +9,35 @@ use std::process::{Command, Output};
 
 use common::agent::is_root;
 
+/// The cgroup parent of this test process's jails, removed when the tests end.
+fn parent() -> String {
+    format!("stockade-cli-test-{}", std::process::id())
+}
+
 fn stockade(state: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stockade"))
         .env("STOCKADE_STATE_DIR", state)
+        .env("STOCKADE_CGROUP_PARENT", parent())
+        .env("STOCKADE_JAIL_NETWORK", "off")
         .env("STOCKADE_LOG", "warn")
         .env_remove("STOCKADE_CONFIG")
         .args(args)
         .output()
         .unwrap()
+}
+
+/// Removes this process's (empty) cgroup parents when a test ends.
+struct Parents;
+impl Drop for Parents {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(entry.path().join(parent()));
+        }
+    }
 }
 
 fn state_dir() -> tempfile::TempDir {
@@ -40,6 +61,7 @@ fn run_passes_output_and_exit_code_through_and_leaves_nothing() {
     if !is_root() {
         return;
     }
+    let _parents = Parents;
     let state = state_dir();
     let out = stockade(
         state.path(),
@@ -64,7 +86,12 @@ fn run_passes_output_and_exit_code_through_and_leaves_nothing() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-run");
     assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
     assert!(jails_left(state.path()).is_empty());
-    assert!(!Path::new("/sys/fs/cgroup/memory/stockade/cli-run").exists());
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(parent())
+            .join("cli-run")
+            .exists()
+    );
 }
 
 #[test]
@@ -72,6 +99,7 @@ fn bad_input_is_one_clear_line_and_creates_nothing() {
     if !is_root() {
         return;
     }
+    let _parents = Parents;
     let state = state_dir();
     for (args, says) in [
         (
@@ -114,6 +142,7 @@ fn persistent_jails_run_on_after_the_cli_and_rm_cleans_them() {
     if !is_root() {
         return;
     }
+    let _parents = Parents;
     let state = state_dir();
     let ok = |args: &[&str]| {
         let out = stockade(state.path(), args);

@@ -60,6 +60,8 @@ pub struct Config {
     pub jail_network: Option<ipnet::Ipv4Net>,
     /// The nftables table (family inet) the node's firewall lives in.
     pub firewall_table: String,
+    /// The cgroup holding the groups of jails made with `stockade jail`.
+    pub cgroup_parent: String,
 }
 
 /// Each key, its meaning and default, for the README and `--help`.
@@ -139,6 +141,7 @@ impl Default for Config {
             bridge: "stk0".into(),
             jail_network: Some("10.77.0.1/16".parse().expect("valid default network")),
             firewall_table: "stockade".into(),
+            cgroup_parent: "stockade".into(),
         }
     }
 }
@@ -258,6 +261,19 @@ impl Config {
                                 .to_string(),
                         )
                     };
+                }
+                "cgroup_parent" => {
+                    let v = value.trim();
+                    if v.is_empty()
+                        || v.len() > 63
+                        || !v
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                        || v.starts_with('.')
+                    {
+                        bail!("{key}: {value:?} must be 1-63 letters, digits, '-', '_' or '.'");
+                    }
+                    self.cgroup_parent = v.to_owned();
                 }
                 "bridge" | "firewall_table" => {
                     let v = value.trim();

@@ -231,7 +231,14 @@ fn engine(cfg: &Config) -> anyhow::Result<Engine> {
     }
     let state = std::path::absolute(cfg.state_dir.join("local"))?;
     let images = std::path::absolute(cfg.state_dir.join("images"))?;
-    Ok(Engine::new(EngineConfig::new(state, images))?)
+    let mut engine_cfg = EngineConfig::new(state, images);
+    engine_cfg.cgroup_parent = cfg.cgroup_parent.clone();
+    engine_cfg.bridge = cfg.bridge.clone();
+    engine_cfg.firewall_table = cfg.firewall_table.clone();
+    if let Some(net) = cfg.jail_network {
+        engine_cfg.gateway = net;
+    }
+    Ok(Engine::new(engine_cfg)?)
 }
 
 fn name_or_random(name: Option<String>) -> anyhow::Result<JailName> {
@@ -317,7 +324,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
             let publish = network.parse()?;
             let engine = engine(cfg)?;
             check_image(&engine, &image)?;
-            let net = if no_net {
+            let net = if no_net || (cfg.jail_network.is_none() && !asked) {
                 None
             } else {
                 match engine.ensure_network() {

@@ -97,7 +97,10 @@ impl Reconciler {
         let mut running = Vec::new();
         let mut by_state = [0u64; 5];
         for jail in jails {
-            if self.backoff.get(&jail.id).is_some_and(|b| b.next > now) {
+            // A notification pass only touches jails with something to do;
+            // the periodic full pass looks at every jail (drift, crashes).
+            let waiting = self.backoff.get(&jail.id).is_some_and(|b| b.next > now);
+            if waiting || (!full && settled(&jail)) {
                 count(&mut by_state, jail.observed_state);
                 if jail.observed_state == ObservedState::Running {
                     running.push((jail.id, jail.tenant_id, jail.host_name()));
@@ -291,6 +294,19 @@ impl Reconciler {
         }
         Some(observed)
     }
+}
+
+/// Whether the agent has converged the jail's current generation to what is wanted.
+fn settled(j: &Jail) -> bool {
+    j.observed_generation >= j.generation
+        && match (j.desired_state, j.observed_state) {
+            (DesiredState::Running, ObservedState::Running)
+            | (DesiredState::Stopped, ObservedState::Stopped)
+            | (DesiredState::Deleted, ObservedState::Deleted) => true,
+            // An app jail whose command has ended stays stopped.
+            (DesiredState::Running, ObservedState::Stopped) => j.kind == JailKind::App,
+            _ => false,
+        }
 }
 
 fn count(by_state: &mut [u64; 5], s: ObservedState) {
