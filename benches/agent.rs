@@ -46,7 +46,7 @@ async fn wait_running(pool: &PgPool, tenant: Uuid, id: Uuid) {
         if j.observed_state == ObservedState::Failed {
             panic!("jail failed: {:?}", j.last_error);
         }
-        tokio::time::sleep(Duration::from_micros(500)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -119,7 +119,10 @@ async fn main() {
         .env("STOCKADE_BRIDGE", "stkbench")
         .env("STOCKADE_FIREWALL_TABLE", "stkbench")
         .env("STOCKADE_JAIL_NETWORK", "10.78.0.1/16")
-        .env("STOCKADE_LOG", "warn")
+        .env(
+            "STOCKADE_LOG",
+            std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -162,7 +165,7 @@ async fn main() {
         kind: JailKind::System,
         command: vec!["sleep".into(), "1000000".into()],
         limits: Limits {
-            cpu_millicores: 10,
+            cpu_millicores: 250,
             memory_bytes: 16 * MIB,
             pids: 8,
             disk_bytes: 16 * MIB,
@@ -170,39 +173,64 @@ async fn main() {
         },
     };
 
-    // 1. Insertion to observed running, one at a time.
+    // 1. Insertion to observed running, one at a time. Two clocks: the
+    // database's own (row created → observed running, as the agent wrote
+    // it), and this process's (call → seen running by polling).
     let mut times = Vec::new();
+    let mut db_times = Vec::new();
     for i in 0..200 {
         let t = Instant::now();
         let j = jails::create(&pool, tenant, &new(i)).await.unwrap();
         wait_running(&pool, tenant, j.id).await;
         times.push(t.elapsed());
+        let secs: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM observed_at - created_at)::float8 FROM jails WHERE id = $1",
+        )
+        .bind(j.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        db_times.push(Duration::from_secs_f64(secs.max(0.0)));
     }
     times.sort();
+    db_times.sort();
     println!(
-        "insert to observed running over 200 creations: p50 {:.1} ms, p99 {:.1} ms",
+        "row inserted to observed running over 200 creations (database clock): p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&db_times, 50).as_secs_f64() * 1000.0,
+        percentile(&db_times, 99).as_secs_f64() * 1000.0
+    );
+    println!(
+        "create call to seen running by polling every 2 ms (client clock): p50 {:.1} ms, p99 {:.1} ms",
         percentile(&times, 50).as_secs_f64() * 1000.0,
         percentile(&times, 99).as_secs_f64() * 1000.0
     );
 
-    // 2. Up to 1,000 running jails: sampling sweep and agent memory.
+    // 2. Up to 1,000 running jails (BENCH_RUNNING): sampling sweep and agent memory.
+    let running: usize = std::env::var("BENCH_RUNNING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .max(200);
     let t = Instant::now();
     let mut ids = Vec::new();
-    for i in 200..1000 {
+    for i in 200..running {
         ids.push(jails::create(&pool, tenant, &new(i)).await.unwrap().id);
     }
     for id in &ids {
         wait_running(&pool, tenant, *id).await;
     }
     println!(
-        "800 more jails created and running in {:.1} s",
+        "{} more jails created and running in {:.1} s",
+        running - 200,
         t.elapsed().as_secs_f64()
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let jails_read = metric(&metrics_addr, "stockade_agent_sample_sweep_jails ");
-        if jails_read >= 1000.0 || Instant::now() > deadline {
+        if jails_read >= f64::from(u32::try_from(running).unwrap_or(u32::MAX))
+            || Instant::now() > deadline
+        {
             let sweep = metric(&metrics_addr, "stockade_agent_sample_sweep_seconds ");
             println!(
                 "sampling sweep over {jails_read} jails: {:.1} ms, {:.3} ms per jail; agent RSS {} MiB",
@@ -225,7 +253,10 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("1000 jails destroyed in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "{running} jails destroyed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     drop(agent);
     for entry in std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
@@ -234,6 +265,12 @@ async fn main() {
     {
         let _ = std::fs::remove_dir(entry.path().join("stockade-bench-node"));
     }
+    let _ = Command::new("ip")
+        .args(["link", "del", "stkbench"])
+        .status();
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", "stkbench"])
+        .status();
 }
 
 async fn sqlx_update_capacity(pool: &PgPool) {

@@ -246,9 +246,13 @@ impl Reconciler {
                 *rate = if *rate == 0 { bps } else { (*rate).min(bps) };
             }
         }
+        let step_started = Instant::now();
         let outcome = tokio::task::spawn_blocking(move || converge(&engine, &work, full, grace))
             .await
             .unwrap_or_else(|e| Err(format!("the reconcile step panicked: {e}")));
+        if let Ok(Some(observed)) = &outcome {
+            tracing::debug!(jail = %jail.name, tenant = %jail.tenant_id, state = %observed, took = ?step_started.elapsed(), "jail converged");
+        }
         let (observed, error) = match outcome {
             Ok(Some(observed)) => (observed, None),
             Ok(None) => {

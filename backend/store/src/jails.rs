@@ -716,7 +716,7 @@ pub async fn record_observed(
     .await?;
     sqlx::query(
         "UPDATE jails SET observed_state = $2, observed_generation = GREATEST(observed_generation, $3),
-             last_error = $4, observed_at = now()
+             last_error = $4, observed_at = clock_timestamp()
          WHERE id = $1",
     )
     .bind(jail_id)

@@ -83,12 +83,19 @@ pub async fn touch(
         tenant_id: Option<Uuid>,
     }
     let hash = digest(token);
+    // Reads the session and marks it used, writing the row at most once a
+    // minute (one round trip; no write on every page view).
     let row: Option<Row> = sqlx::query_as(
-        "UPDATE sessions s SET last_seen_at = now()
-         FROM users u
-         WHERE s.token_hash = $1 AND u.id = s.user_id
-           AND s.expires_at > now() AND s.last_seen_at > now() - $2
-         RETURNING u.id, u.email, u.role, u.tenant_id, s.csrf_token, s.expires_at",
+        "WITH live AS (
+             SELECT s.token_hash, s.last_seen_at, u.id, u.email, u.role, u.tenant_id, s.csrf_token, s.expires_at
+             FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = $1 AND s.expires_at > now() AND s.last_seen_at > now() - $2
+         ), seen AS (
+             UPDATE sessions SET last_seen_at = now()
+             FROM live WHERE sessions.token_hash = live.token_hash
+               AND live.last_seen_at < now() - interval '1 minute'
+         )
+         SELECT id, email, role, tenant_id, csrf_token, expires_at FROM live",
     )
     .bind(&hash)
     .bind(expiry.idle)

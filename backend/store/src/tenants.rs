@@ -443,33 +443,56 @@ pub async fn summaries(
         SummaryOrder::Transfer => 2,
         SummaryOrder::Memory => 3,
     };
-    let rows: Vec<TenantSummary> = sqlx::query_as(
-        "WITH month AS (
-             SELECT tenant_id, sum(cpu_usec)::bigint AS cpu, sum(net_rx_bytes + net_tx_bytes)::bigint AS transfer
-             FROM usage_rollups WHERE hour >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-             GROUP BY tenant_id
-         ), alloc AS (
-             SELECT tenant_id, count(*) AS jails, sum(memory_bytes)::bigint AS memory
-             FROM jails WHERE desired_state <> 'deleted' GROUP BY tenant_id
-         )
-         SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
-             COALESCE(a.jails, 0) AS jails, COALESCE(a.memory, 0) AS memory_bytes,
-             COALESCE(m.cpu, 0) AS cpu_usec_month, COALESCE(m.transfer, 0) AS transfer_month
-         FROM tenants t JOIN plans p ON p.id = t.plan_id
-         LEFT JOIN alloc a ON a.tenant_id = t.id LEFT JOIN month m ON m.tenant_id = t.id
-         WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
-           AND ($2::text IS NULL OR t.status = $2)
-         ORDER BY CASE $3 WHEN 1 THEN COALESCE(m.cpu, 0) WHEN 2 THEN COALESCE(m.transfer, 0)
-                          WHEN 3 THEN COALESCE(a.memory, 0) ELSE 0 END DESC, t.slug
-         OFFSET $4 LIMIT $5",
-    )
-    .bind(&pattern)
-    .bind(status.map(|s| s.as_str()))
-    .bind(order_sql)
-    .bind(i64::from(offset))
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
+    // Page by name: pick the page first, then sum only its tenants' jails and
+    // month. By usage: sum every tenant, from the per-jail month aggregates.
+    let query = if order == SummaryOrder::Slug {
+        sqlx::query_as::<_, TenantSummary>(
+            "SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
+                 COALESCE(a.jails, 0) AS jails, COALESCE(a.memory, 0) AS memory_bytes,
+                 COALESCE(m.cpu, 0) AS cpu_usec_month, COALESCE(m.transfer, 0) AS transfer_month
+             FROM (SELECT * FROM tenants t
+                   WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
+                     AND ($2::text IS NULL OR t.status = $2)
+                   ORDER BY t.slug OFFSET $4 LIMIT $5) t
+             JOIN plans p ON p.id = t.plan_id
+             LEFT JOIN LATERAL (SELECT count(*) AS jails, sum(memory_bytes)::bigint AS memory FROM jails
+                                WHERE tenant_id = t.id AND desired_state <> 'deleted') a ON true
+             LEFT JOIN LATERAL (SELECT sum(cpu_usec)::bigint AS cpu, sum(net_rx_bytes + net_tx_bytes)::bigint AS transfer
+                                FROM usage_jail_months
+                                WHERE tenant_id = t.id AND month = date_trunc('month', now() AT TIME ZONE 'UTC')::date) m ON true
+             WHERE $3::int >= 0
+             ORDER BY t.slug",
+        )
+    } else {
+        sqlx::query_as::<_, TenantSummary>(
+            "WITH month AS (
+                 SELECT tenant_id, sum(cpu_usec)::bigint AS cpu, sum(net_rx_bytes + net_tx_bytes)::bigint AS transfer
+                 FROM usage_jail_months WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+                 GROUP BY tenant_id
+             ), alloc AS (
+                 SELECT tenant_id, count(*) AS jails, sum(memory_bytes)::bigint AS memory
+                 FROM jails WHERE desired_state <> 'deleted' GROUP BY tenant_id
+             )
+             SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
+                 COALESCE(a.jails, 0) AS jails, COALESCE(a.memory, 0) AS memory_bytes,
+                 COALESCE(m.cpu, 0) AS cpu_usec_month, COALESCE(m.transfer, 0) AS transfer_month
+             FROM tenants t JOIN plans p ON p.id = t.plan_id
+             LEFT JOIN alloc a ON a.tenant_id = t.id LEFT JOIN month m ON m.tenant_id = t.id
+             WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
+               AND ($2::text IS NULL OR t.status = $2)
+             ORDER BY CASE $3 WHEN 1 THEN COALESCE(m.cpu, 0) WHEN 2 THEN COALESCE(m.transfer, 0)
+                              ELSE COALESCE(a.memory, 0) END DESC, t.slug
+             OFFSET $4 LIMIT $5",
+        )
+    };
+    let rows: Vec<TenantSummary> = query
+        .bind(&pattern)
+        .bind(status.map(|s| s.as_str()))
+        .bind(order_sql)
+        .bind(i64::from(offset))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
     let total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM tenants t WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
            AND ($2::text IS NULL OR t.status = $2)",
