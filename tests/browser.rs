@@ -24,6 +24,7 @@ async fn sign_in(b: &Browser, app: &TestApp, email: &str, password: &str) {
 
 async fn sign_out(b: &Browser) {
     b.click("nav form button[type=submit]").await;
+    b.wait_url("/login", Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -62,7 +63,7 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
 
     // The customer signs in and creates a jail.
     sign_in(&b, &app, "owner@acme.test", PASSWORD).await;
-    assert!(b.url().await.ends_with("/overview"), "{}", b.url().await);
+    b.wait_url("/overview", Duration::from_secs(10)).await;
     assert!(b.source().await.contains("Starter"));
     b.screenshot("customer-overview").await;
     b.goto(&app.url("/jails")).await;
@@ -73,6 +74,7 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
     b.fill("input[name=disk]", "64M").await;
     b.screenshot("customer-jails").await;
     b.click("form.grid2 button[type=submit]").await;
+    b.wait_for(".flash.ok", Duration::from_secs(10)).await;
     let jail_page = b.url().await;
     assert!(jail_page.contains("/jails/"), "{jail_page}");
     assert!(b.text(".flash.ok").await.contains("Jail site created"));
@@ -97,6 +99,7 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
     )
     .await;
     b.click("form[action$='/stop'] button").await;
+    b.wait_for(".error-page", Duration::from_secs(10)).await;
     assert!(b.source().await.contains("this form has expired"));
     let id = jail_page.rsplit('/').next().unwrap().parse().unwrap();
     let jail = jails::get(&app.pool, tenant.id, id).await.unwrap();
@@ -110,13 +113,14 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
     b.goto(&jail_page).await;
     sign_out(&b).await;
     sign_in(&b, &app, "admin@provider.test", PASSWORD).await;
-    assert!(b.url().await.ends_with("/staff/tenants"));
+    b.wait_url("/staff/tenants", Duration::from_secs(10)).await;
     b.screenshot("staff-tenants").await;
     b.goto(&app.url(&format!("/staff/tenants/{}", tenant.id)))
         .await;
     b.fill("form[action$='/overrides'] input[name=memory]", "32M")
         .await;
     b.click("form[action$='/overrides'] button").await;
+    b.wait_for(".flash.ok", Duration::from_secs(10)).await;
     assert!(b.text(".flash.ok").await.contains("Quota overrides saved"));
     b.screenshot("staff-tenant").await;
     let limit_file = node

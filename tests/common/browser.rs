@@ -234,6 +234,36 @@ impl Browser {
         }
     }
 
+    /// Waits until the current URL ends with `suffix` (a form post's
+    /// navigation may finish after the click returns).
+    pub async fn wait_url(&self, suffix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let url = self.url().await;
+            if url.ends_with(suffix) {
+                return url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page never reached {suffix}; it is at {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until an element matching `css` exists.
+    pub async fn wait_for(&self, css: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.exists(css).await {
+            assert!(
+                Instant::now() < deadline,
+                "{css} never appeared on {}",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Ends the session and the driver.
     pub async fn close(mut self) {
         let _ = self

@@ -337,7 +337,7 @@ async fn lock_active_tenant(
     tenant_id: Uuid,
 ) -> Result<(), StoreError> {
     let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR UPDATE")
+        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
             .bind(tenant_id)
             .fetch_optional(&mut **tx)
             .await?;
@@ -355,7 +355,7 @@ async fn place(tx: &mut Transaction<'_, Postgres>, limits: &Limits) -> Result<Uu
         "WITH live AS (
              SELECT id, name, memory_bytes, disk_bytes, max_jails FROM nodes
              WHERE heartbeat_at > now() - make_interval(secs => $1)
-             ORDER BY id FOR UPDATE)
+             ORDER BY id FOR NO KEY UPDATE)
          SELECT l.id, l.name,
                 l.memory_bytes - COALESCE(sum(j.memory_bytes), 0)::bigint AS free_memory,
                 l.disk_bytes - COALESCE(sum(j.disk_bytes), 0)::bigint AS free_disk,
@@ -527,7 +527,7 @@ pub async fn update_limits(
     let current = sqlx::query_as::<_, JailRow>(concat!(
         "SELECT ",
         jail_columns!(),
-        " FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted' FOR UPDATE"
+        " FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted' FOR NO KEY UPDATE"
     ))
     .bind(jail_id)
     .bind(tenant_id)
@@ -636,7 +636,7 @@ pub(crate) async fn clamp_to_quota_for_plan(
     tx: &mut Transaction<'_, Postgres>,
     plan_id: Uuid,
 ) -> Result<(), StoreError> {
-    let tenants: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE plan_id = $1 AND status <> 'terminated' ORDER BY id FOR UPDATE")
+    let tenants: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE plan_id = $1 AND status <> 'terminated' ORDER BY id FOR NO KEY UPDATE")
         .bind(plan_id)
         .fetch_all(&mut **tx)
         .await?;
@@ -690,7 +690,7 @@ pub async fn claim(
     let row: Option<JailRow> = sqlx::query_as(concat!(
         "SELECT ",
         jail_columns!(),
-        " FROM jails WHERE id = $1 AND node_id = $2 FOR UPDATE SKIP LOCKED"
+        " FROM jails WHERE id = $1 AND node_id = $2 FOR NO KEY UPDATE SKIP LOCKED"
     ))
     .bind(jail_id)
     .bind(node_id)

@@ -164,7 +164,7 @@ async fn notify(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
 
 async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<TenantStatus, StoreError> {
     let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR UPDATE")
+        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
             .bind(id)
             .fetch_optional(&mut **tx)
             .await?;

@@ -26,7 +26,7 @@ pub async fn check(pool: &PgPool, tenant_id: Uuid, actor: &str) -> Result<Outcom
              t.transfer_throttled_month IS NOT DISTINCT FROM date_trunc('month', now() AT TIME ZONE 'UTC')::date
          FROM tenants t JOIN plans p ON p.id = t.plan_id
          LEFT JOIN tenant_quota_overrides o ON o.tenant_id = t.id
-         WHERE t.id = $1 FOR UPDATE OF t",
+         WHERE t.id = $1 FOR NO KEY UPDATE OF t",
     )
     .bind(tenant_id)
     .fetch_optional(&mut *tx)
