@@ -36,6 +36,9 @@ fn stockade(dir: &Path, port: u16) -> Command {
         .env("STOCKADE_LISTEN", format!("127.0.0.1:{port}"))
         .env("STOCKADE_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("STOCKADE_NODE_NAME", format!("up-test-{port}"))
+        // No jails here: leave the host's bridge, firewall and metrics port alone.
+        .env("STOCKADE_JAIL_NETWORK", "off")
+        .env("STOCKADE_AGENT_METRICS", "off")
         .env("STOCKADE_LOG", "warn");
     cmd
 }
