@@ -258,7 +258,6 @@ async fn metering_rollups_equal_the_sample_deltas_across_restarts() {
     let mut expected_cpu = 0i64;
     let mut expected_write = 0i64;
     let mut last: Option<(i64, i64)> = None;
-    let mut resets = 0;
     for (_, cpu, write, _) in &samples {
         match last {
             Some((c, w)) if *cpu >= c => {
@@ -266,7 +265,6 @@ async fn metering_rollups_equal_the_sample_deltas_across_restarts() {
                 expected_write += if *write >= w { write - w } else { *write };
             }
             Some(_) => {
-                resets += 1;
                 expected_cpu += cpu;
                 expected_write += write;
             }
@@ -286,7 +284,6 @@ async fn metering_rollups_equal_the_sample_deltas_across_restarts() {
     assert_eq!(totals.cpu_usec, expected_cpu);
     assert_eq!(totals.io_write_bytes, expected_write);
     assert!(totals.cpu_usec > 0);
-    let _ = resets;
     jails::set_desired(&pool, tenant, jail.id, DesiredState::Deleted)
         .await
         .unwrap();

@@ -174,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     stockade_store::password::check_strength(&p)?;
                     (p, false)
                 }
-                Err(_) => (up::generate_password(), true),
+                Err(_) => (stockade_store::password::generate(), true),
             };
             runtime()?.block_on(async {
                 let pool = stockade_store::connect(&url, 1, Duration::from_secs(10)).await?;

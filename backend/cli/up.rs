@@ -9,7 +9,6 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use stockade_domain::Role;
 use stockade_store::PgPool;
@@ -21,16 +20,6 @@ use crate::cluster::{self, Cluster, Tuning};
 use crate::config::Config;
 
 const DATABASE: &str = "stockade";
-
-/// A random password of 20 letters and digits (about 119 bits).
-pub fn generate_password() -> SecretString {
-    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut rng = rand::rng();
-    let s: String = (0..20)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect();
-    SecretString::from(s)
-}
 
 pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let (url, cluster) = match &cfg.database_url {
@@ -83,7 +72,7 @@ async fn ensure_admin(pool: &PgPool, cfg: &Config) -> anyhow::Result<()> {
     }
     let (password, generated) = match &cfg.admin_password {
         Some(p) => (p.clone(), false),
-        None => (generate_password(), true),
+        None => (stockade_store::password::generate(), true),
     };
     let to_hash = password.clone();
     let hash =

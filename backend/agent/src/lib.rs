@@ -167,6 +167,9 @@ pub async fn run(
                 if let Err(e) = stockade_store::usage::purge(&pool, cfg.sample_retention_hours).await {
                     tracing::warn!(error = %e, "purging old samples failed");
                 }
+                if let Err(e) = stockade_store::sessions::purge_expired(&pool).await {
+                    tracing::warn!(error = %e, "purging expired sessions failed");
+                }
             }
         }
         if full && let Err(e) = adopt::adopt(&pool, &engine, node_id, &cfg.node_name).await {

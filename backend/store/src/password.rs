@@ -41,6 +41,18 @@ pub fn dummy_hash() -> &'static str {
     })
 }
 
+/// A random password of 20 letters and digits (about 119 bits), for accounts
+/// made by `stockade up`, staff or the API; shown once.
+pub fn generate() -> SecretString {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    let s: String = (0..20)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    SecretString::from(s)
+}
+
 /// The shortest password accepted for an account.
 pub const MIN_PASSWORD_LEN: usize = 10;
 

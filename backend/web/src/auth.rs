@@ -7,7 +7,6 @@ use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use askama::Template;
-use rand::RngCore;
 use secrecy::SecretString;
 use serde::Deserialize;
 use stockade_domain::Email;
@@ -64,19 +63,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn random_hex() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
 /// The client's address as seen by this server (forwarding headers are not
 /// trusted: they are set by whoever sends the request).
 pub(crate) fn client_addr(req: &HttpRequest) -> Option<String> {
     req.peer_addr().map(|a| a.ip().to_string())
 }
 
-fn cookie<'a>(state: &AppState, name: &'a str, value: String, path: &'a str) -> Cookie<'a> {
+pub(crate) fn cookie<'a>(
+    state: &AppState,
+    name: &'a str,
+    value: String,
+    path: &'a str,
+) -> Cookie<'a> {
     Cookie::build(name, value)
         .path(path)
         .http_only(true)
@@ -99,7 +97,7 @@ fn render_login(
     email: &str,
     error: Option<&str>,
 ) -> Result<HttpResponse, WebError> {
-    let csrf = random_hex();
+    let csrf = sessions::random_token();
     let body = LoginPage {
         csrf_token: &csrf,
         email,

@@ -28,7 +28,7 @@ pub fn take(req: &HttpRequest) -> Option<Flash> {
 
 /// A 303 redirect that shows `message` on the next page.
 pub fn redirect(location: &str, kind: &'static str, message: &str) -> HttpResponse {
-    let value = format!("{kind}:{}", percent_encode(message));
+    let value = format!("{kind}:{}", crate::format::url_encode(message));
     HttpResponse::SeeOther()
         .insert_header((actix_web::http::header::LOCATION, location))
         .cookie(
@@ -46,18 +46,6 @@ pub fn clear(resp: &mut HttpResponse) {
     let mut gone = Cookie::build(COOKIE, "").path("/").finish();
     gone.make_removal();
     let _ = resp.add_cookie(&gone);
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b" .,-_()'".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -88,7 +76,7 @@ mod tests {
             "quota exceeded: 512M requested; 0 left",
             "é <b>&",
         ] {
-            assert_eq!(super::percent_decode(&super::percent_encode(s)), s);
+            assert_eq!(super::percent_decode(&crate::format::url_encode(s)), s);
         }
     }
 }

@@ -64,6 +64,20 @@ pub fn percent(used: u64, total: u64) -> u64 {
         .unwrap_or(100)
 }
 
+/// Percent-encodes everything but letters, digits and `-_.~`, for URL
+/// query values and cookie values.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,17 +120,6 @@ impl Application {
     }
 }
 
-/// A random password of 20 letters and digits, for accounts staff create or reset.
-pub(crate) fn random_password() -> secrecy::SecretString {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut rng = rand::rng();
-    let s: String = (0..20)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect();
-    secrecy::SecretString::from(s)
-}
-
 /// Headers on every answer: no inline script, no framing, no sniffing.
 fn security_headers() -> DefaultHeaders {
     DefaultHeaders::new()

@@ -1,7 +1,6 @@
 //! Self sign-up: a new tenant on the configured plan with its first
 //! customer account. A setting, off by default; when off the pages do not exist.
 
-use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
@@ -36,9 +35,7 @@ fn page(
     f: &SignupForm,
     error: Option<&str>,
 ) -> Result<HttpResponse, WebError> {
-    let csrf = crate::random_password();
-    use secrecy::ExposeSecret;
-    let token = csrf.expose_secret().to_owned();
+    let token = sessions::random_token();
     let body = SignupPage {
         csrf_token: &token,
         display_name: &f.display_name,
@@ -49,14 +46,12 @@ fn page(
     .render()
     .map_err(anyhow::Error::from)?;
     Ok(HttpResponse::build(status)
-        .cookie(
-            Cookie::build(CSRF_COOKIE, token.clone())
-                .path("/signup")
-                .http_only(true)
-                .same_site(SameSite::Lax)
-                .secure(state.settings.public_url.starts_with("https://"))
-                .finish(),
-        )
+        .cookie(crate::auth::cookie(
+            state,
+            CSRF_COOKIE,
+            token.clone(),
+            "/signup",
+        ))
         .content_type("text/html; charset=utf-8")
         .body(body))
 }

@@ -2,8 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use rand::Rng;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use stockade_domain::{Email, Role, TenantSlug, TenantStatus};
 use stockade_store::tenants::{self, Overrides, Tenant};
@@ -187,15 +186,6 @@ pub struct CreatedTenant {
     pub owner: Option<OwnerOut>,
 }
 
-fn generate_password() -> SecretString {
-    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut rng = rand::rng();
-    let s: String = (0..20)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect();
-    SecretString::from(s)
-}
-
 pub(crate) async fn record(
     state: &AppState,
     req: &HttpRequest,
@@ -238,7 +228,7 @@ pub(crate) async fn create(
     let plan = new.plan.resolve(&state.pool).await?;
     let owner_secret = match new.owner {
         Some(ref email) => {
-            let password = generate_password();
+            let password = stockade_store::password::generate();
             let to_hash = password.clone();
             let hash = web::block(move || password::hash(&to_hash))
                 .await

@@ -5,10 +5,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use stockade_store::{audit, password, sessions, users};
+use stockade_store::{password, sessions, users};
 
-use super::{Layout, render};
-use crate::auth::{SESSION_COOKIE, SignedIn, client_addr};
+use super::{Layout, record, render};
+use crate::auth::{SignedIn, client_addr};
 use crate::{AppState, WebError, flash};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -82,20 +82,17 @@ async fn change(
         .map_err(anyhow::Error::from)??;
     // Revokes every session of the account, this one included...
     users::set_password(&state.pool, s.0.user.id, &hash).await?;
-    let addr = client_addr(&req);
-    audit::record(
-        &state.pool,
-        &audit::Entry {
-            actor_user_id: Some(s.0.user.id),
-            actor: s.0.user.email.as_str(),
-            tenant_id: s.0.user.tenant_id,
-            action: "user.password_change",
-            target: s.0.user.email.as_str(),
-            client_addr: addr.as_deref(),
-            details: serde_json::json!({}),
-        },
+    record(
+        &state,
+        &req,
+        &s,
+        s.0.user.tenant_id,
+        "user.password_change",
+        s.0.user.email.as_str(),
+        serde_json::json!({}),
     )
     .await?;
+    let addr = client_addr(&req);
     // ...and this browser gets a fresh one, so the user stays signed in here.
     let token = sessions::create(
         &state.pool,
@@ -110,6 +107,5 @@ async fn change(
         "Password changed; every other session was signed out.",
     );
     let _ = resp.add_cookie(&crate::auth::session_cookie(&state, token));
-    let _ = SESSION_COOKIE;
     Ok(resp)
 }

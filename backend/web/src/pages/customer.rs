@@ -8,13 +8,13 @@ use serde::Deserialize;
 use stockade_domain::{
     ByteSize, DesiredState, JailKind, JailName, Limits, Millicores, ObservedState,
 };
+use stockade_store::StoreError;
 use stockade_store::jails::{self, Jail, NewJail};
 use stockade_store::usage::{self, Bucket};
-use stockade_store::{StoreError, audit};
 use uuid::Uuid;
 
-use super::{ActionForm, Layout, QuotaTile, customer_tenant, quota_tiles, render};
-use crate::auth::{SignedIn, client_addr};
+use super::{ActionForm, Layout, QuotaTile, customer_tenant, quota_tiles, record, render};
+use crate::auth::SignedIn;
 use crate::charts::{Series, line_chart};
 use crate::format;
 use crate::{AppState, WebError, flash};
@@ -265,9 +265,10 @@ async fn create(
                 &state,
                 &req,
                 &s,
-                tenant_id,
+                Some(tenant_id),
                 "jail.create",
                 jail.name.as_str(),
+                serde_json::json!({}),
             )
             .await?;
             Ok(flash::redirect(
@@ -284,31 +285,6 @@ async fn create(
         ) => jails_page(&req, &state, &s, tenant_id, typed, Some(e.to_string())).await,
         Err(e) => Err(e.into()),
     }
-}
-
-async fn record(
-    state: &AppState,
-    req: &HttpRequest,
-    s: &SignedIn,
-    tenant_id: Uuid,
-    action: &str,
-    target: &str,
-) -> Result<(), WebError> {
-    let addr = client_addr(req);
-    audit::record(
-        &state.pool,
-        &audit::Entry {
-            actor_user_id: Some(s.0.user.id),
-            actor: s.0.user.email.as_str(),
-            tenant_id: Some(tenant_id),
-            action,
-            target,
-            client_addr: addr.as_deref(),
-            details: serde_json::json!({}),
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, WebError> {
@@ -429,9 +405,10 @@ async fn upload(
         &state,
         &req,
         &s,
-        tenant_id,
+        Some(tenant_id),
         "jail.upload",
         &format!("{}:/srv/www/{}", jail.name, up.file_name),
+        serde_json::json!({}),
     )
     .await?;
     Ok(flash::redirect(
@@ -650,9 +627,10 @@ async fn action(
                 &state,
                 &req,
                 &s,
-                tenant_id,
+                Some(tenant_id),
                 &format!("jail.{verb}"),
                 jail.name.as_str(),
+                serde_json::json!({}),
             )
             .await?;
             let (to, msg) = if verb == "delete" {

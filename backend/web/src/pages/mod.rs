@@ -12,9 +12,9 @@ use stockade_domain::Role;
 use stockade_store::sessions::Session;
 use uuid::Uuid;
 
-use crate::WebError;
 use crate::auth::SignedIn;
 use crate::flash::{self, Flash};
+use crate::{AppState, WebError};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(home));
@@ -101,6 +101,33 @@ async fn home(signed_in: SignedIn) -> Result<HttpResponse, WebError> {
         return Ok(crate::auth::see_other("/staff/tenants"));
     }
     Ok(crate::auth::see_other("/overview"))
+}
+
+/// Appends an audit entry for an action of the signed-in user.
+pub(crate) async fn record(
+    state: &AppState,
+    req: &HttpRequest,
+    s: &SignedIn,
+    tenant_id: Option<Uuid>,
+    action: &str,
+    target: &str,
+    details: serde_json::Value,
+) -> Result<(), WebError> {
+    let addr = crate::auth::client_addr(req);
+    stockade_store::audit::record(
+        &state.pool,
+        &stockade_store::audit::Entry {
+            actor_user_id: Some(s.0.user.id),
+            actor: s.0.user.email.as_str(),
+            tenant_id,
+            action,
+            target,
+            client_addr: addr.as_deref(),
+            details,
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// A quota tile: used vs allocated, with a bar.

@@ -12,8 +12,10 @@ use stockade_store::{StoreError, audit, jails, nodes, users};
 use uuid::Uuid;
 
 use super::customer::{ConfirmPage, JailRow};
-use super::{ActionForm, Layout, QuotaTile, quota_tiles, render, require_admin, require_staff};
-use crate::auth::{SignedIn, client_addr};
+use super::{
+    ActionForm, Layout, QuotaTile, quota_tiles, record, render, require_admin, require_staff,
+};
+use crate::auth::SignedIn;
 use crate::format;
 use crate::{AppState, WebError, flash};
 
@@ -51,32 +53,6 @@ const PAGE: u32 = 50;
 
 fn parse_id(raw: &str) -> Result<Uuid, WebError> {
     Uuid::parse_str(raw).map_err(|_| WebError::NotFound)
-}
-
-async fn record(
-    state: &AppState,
-    req: &HttpRequest,
-    s: &SignedIn,
-    tenant_id: Option<Uuid>,
-    action: &str,
-    target: &str,
-    details: serde_json::Value,
-) -> Result<(), WebError> {
-    let addr = client_addr(req);
-    audit::record(
-        &state.pool,
-        &audit::Entry {
-            actor_user_id: Some(s.0.user.id),
-            actor: s.0.user.email.as_str(),
-            tenant_id,
-            action,
-            target,
-            client_addr: addr.as_deref(),
-            details,
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 // ---- tenants ----------------------------------------------------------------
@@ -117,17 +93,7 @@ struct TenantsQuery {
 }
 
 fn query_string(q: &str, status: &str, sort: &str, page: u32) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect::<String>()
-    };
+    let enc = format::url_encode;
     format!(
         "/staff/tenants?q={}&status={}&sort={}&page={page}",
         enc(q),
@@ -482,7 +448,7 @@ async fn create_user(
         Err(e) => return Ok(flash::redirect(&here, "error", &e.to_string())),
     };
     tenants::get(&state.pool, id).await?;
-    let password = crate::random_password();
+    let password = stockade_store::password::generate();
     let hash = {
         let p = password.clone();
         web::block(move || stockade_store::password::hash(&p))
@@ -528,7 +494,7 @@ async fn reset_password(
     s.check_csrf(&form.csrf_token)?;
     let id = parse_id(&path)?;
     let user = users::get(&state.pool, id).await?;
-    let password = crate::random_password();
+    let password = stockade_store::password::generate();
     let hash = {
         let p = password.clone();
         web::block(move || stockade_store::password::hash(&p))
@@ -995,19 +961,7 @@ async fn audit_page(
         until: None,
     };
     let entries = audit::list(&state.pool, &filter, q.before, PAGE).await?;
-    let enc = |s: &Option<String>| {
-        s.clone()
-            .unwrap_or_default()
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect::<String>()
-    };
+    let enc = |s: &Option<String>| format::url_encode(s.as_deref().unwrap_or_default());
     let next = (entries.len() == usize::try_from(PAGE).unwrap_or(50)).then(|| {
         format!(
             "/staff/audit?tenant={}&actor={}&action={}&since={}&before={}",

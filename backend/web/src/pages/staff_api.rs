@@ -6,11 +6,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use stockade_domain::{Role, TenantSlug};
 use stockade_store::tokens::{self, Scope};
-use stockade_store::{StoreError, audit, events, tenants};
+use stockade_store::{StoreError, events, tenants};
 use uuid::Uuid;
 
-use super::{ActionForm, Layout, render, require_admin, require_staff};
-use crate::auth::{SignedIn, client_addr};
+use super::{ActionForm, Layout, record, render, require_admin, require_staff};
+use crate::auth::SignedIn;
 use crate::{AppState, WebError, flash};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -159,18 +159,15 @@ async fn create(
             Err(StoreError::InvalidState(msg)) => return refuse(msg).await,
             Err(e) => return Err(e.into()),
         };
-    let addr = client_addr(&req);
-    audit::record(
-        &state.pool,
-        &audit::Entry {
-            actor_user_id: Some(s.0.user.id),
-            actor: s.0.user.email.as_str(),
-            tenant_id,
-            action: "token.create",
-            target: &token.prefix,
-            client_addr: addr.as_deref(),
-            details: serde_json::json!({ "name": token.name, "scopes": token.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>() }),
-        },
+    let scopes: Vec<&str> = token.scopes.iter().map(|s| s.as_str()).collect();
+    record(
+        &state,
+        &req,
+        &s,
+        tenant_id,
+        "token.create",
+        &token.prefix,
+        serde_json::json!({ "name": token.name, "scopes": scopes }),
     )
     .await?;
     use secrecy::ExposeSecret;
@@ -196,18 +193,14 @@ async fn revoke(
     s.check_csrf(&form.csrf_token)?;
     let id = Uuid::parse_str(&path).map_err(|_| WebError::NotFound)?;
     let t = tokens::revoke(&state.pool, &id.to_string()).await?;
-    let addr = client_addr(&req);
-    audit::record(
-        &state.pool,
-        &audit::Entry {
-            actor_user_id: Some(s.0.user.id),
-            actor: s.0.user.email.as_str(),
-            tenant_id: t.tenant_id,
-            action: "token.revoke",
-            target: &t.prefix,
-            client_addr: addr.as_deref(),
-            details: serde_json::json!({ "name": t.name }),
-        },
+    record(
+        &state,
+        &req,
+        &s,
+        t.tenant_id,
+        "token.revoke",
+        &t.prefix,
+        serde_json::json!({ "name": t.name }),
     )
     .await?;
     Ok(flash::redirect(
