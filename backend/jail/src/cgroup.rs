@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use stockade_domain::Limits;
 
 use crate::error::JailError;
+use crate::hostinfo::read_small;
 
 /// CFS period for CPU quotas: 100 ms, as Kubernetes and Docker use.
 pub(crate) const CPU_PERIOD_US: u64 = 100_000;
@@ -218,6 +219,9 @@ pub(crate) struct Cgroups {
     root: PathBuf,
     parent: String,
     version: Version,
+    /// The v1 controllers mounted on the host (read once: hierarchies are
+    /// mounted at boot).
+    controllers: Vec<&'static str>,
 }
 
 impl Cgroups {
@@ -229,10 +233,18 @@ impl Cgroups {
         } else {
             Version::V1
         };
+        let controllers = match version {
+            Version::V2 => Vec::new(),
+            Version::V1 => V1_CONTROLLERS
+                .into_iter()
+                .filter(|c| root.join(c).is_dir())
+                .collect(),
+        };
         Self {
             root: root.to_owned(),
             parent: parent.to_owned(),
             version,
+            controllers,
         }
     }
 
@@ -246,9 +258,9 @@ impl Cgroups {
     fn parents(&self) -> Vec<(&'static str, PathBuf)> {
         match self.version {
             Version::V2 => vec![("", self.root.join(&self.parent))],
-            Version::V1 => V1_CONTROLLERS
+            Version::V1 => self
+                .controllers
                 .iter()
-                .filter(|c| self.root.join(c).is_dir())
                 .map(|c| (*c, self.root.join(c).join(&self.parent)))
                 .collect(),
         }
@@ -294,6 +306,15 @@ impl Cgroups {
         }
         for dir in self.dirs(jail) {
             fs::create_dir_all(&dir).map_err(JailError::io("create cgroup", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` (and its threads) into the jail's group.
+    pub fn attach(&self, jail: &str, pid: i32) -> Result<(), JailError> {
+        let pid = pid.to_string();
+        for file in self.procs_files(jail) {
+            fs::write(&file, &pid).map_err(JailError::io("join cgroup", &file))?;
         }
         Ok(())
     }
@@ -344,7 +365,7 @@ impl Cgroups {
         let mut pids: Vec<i32> = self
             .procs_files(jail)
             .iter()
-            .filter_map(|f| fs::read_to_string(f).ok())
+            .filter_map(|f| read_small(f).ok())
             .flat_map(|t| {
                 t.lines()
                     .filter_map(|l| l.trim().parse().ok())
@@ -398,8 +419,7 @@ impl Cgroups {
 
     /// Reads the jail's counters; missing files read as zero.
     pub fn usage(&self, jail: &str) -> CgroupUsage {
-        let read =
-            |c: &str, f: &str| fs::read_to_string(self.dir(c, jail).join(f)).unwrap_or_default();
+        let read = |c: &str, f: &str| read_small(&self.dir(c, jail).join(f)).unwrap_or_default();
         parse_usage(self.version, &read)
     }
 }

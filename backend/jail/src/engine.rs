@@ -352,16 +352,27 @@ impl Engine {
     /// as far as missing, and applies its limits. Idempotent. A new jail
     /// whose creation fails is removed again.
     pub fn create(&self, spec: &JailSpec) -> Result<(), JailError> {
-        self.prepare(spec, false).map(drop)
+        self.prepare(spec, false, true).map(drop)
     }
 
+    /// Makes what the jail needs on the node, as far as missing. The cgroup
+    /// is made here only with `cgroup`: a launch makes it while the jail's
+    /// init sets up its root, in parallel.
     fn prepare(
         &self,
         spec: &JailSpec,
         transient: bool,
+        cgroup: bool,
     ) -> Result<(JailPaths, JailRecord), JailError> {
         let new = !self.paths(spec.name.as_str()).record.exists();
-        let r = self.prepare_parts(spec, transient);
+        let r = self
+            .prepare_parts(spec, transient)
+            .and_then(|(paths, rec)| {
+                if cgroup {
+                    self.setup_cgroup(&rec)?;
+                }
+                Ok((paths, rec))
+            });
         if r.is_err()
             && new
             && let Err(e) = self.destroy(&spec.name)
@@ -430,7 +441,6 @@ impl Engine {
         for d in [&paths.rootfs, &paths.scratch] {
             fs::create_dir_all(d).map_err(JailError::io("create", d))?;
         }
-        let mut device = None;
         if upper == Upper::Volume {
             let dev = volume::ensure(
                 self.host.as_ref(),
@@ -438,9 +448,6 @@ impl Engine {
                 &paths,
                 spec.limits.disk_bytes,
             )?;
-            let meta = fs::metadata(&dev).map_err(JailError::io("stat", &dev))?;
-            let rdev = meta.rdev();
-            device = Some((u64::from(libc::major(rdev)), u64::from(libc::minor(rdev))));
             if rec.loop_device.as_ref() != Some(&dev) {
                 rec.loop_device = Some(dev);
                 state::save(&paths, &rec)?;
@@ -453,9 +460,6 @@ impl Engine {
                 }
             }
         }
-        self.cgroups.ensure(spec.name.as_str())?;
-        self.cgroups
-            .apply(spec.name.as_str(), &spec.limits, device)?;
         let old_net = existing.and_then(|r| r.spec.network);
         if let Some(old) = old_net.filter(|o| Some(o) != spec.network.as_ref()) {
             self.network().unpublish(spec.name.as_str(), &old)?;
@@ -466,6 +470,32 @@ impl Engine {
             network.publish(spec.name.as_str(), n)?;
         }
         Ok((paths, rec))
+    }
+
+    /// The jail's volume device as (major, minor), for IO limits.
+    fn volume_device(rec: &JailRecord) -> Result<Option<(u64, u64)>, JailError> {
+        let Some(dev) = rec
+            .loop_device
+            .as_ref()
+            .filter(|_| rec.upper == Upper::Volume)
+        else {
+            return Ok(None);
+        };
+        let rdev = fs::metadata(dev)
+            .map_err(JailError::io("stat", dev))?
+            .rdev();
+        Ok(Some((
+            u64::from(libc::major(rdev)),
+            u64::from(libc::minor(rdev)),
+        )))
+    }
+
+    /// Creates the jail's cgroup if missing and writes its limits.
+    fn setup_cgroup(&self, rec: &JailRecord) -> Result<(), JailError> {
+        let name = rec.spec.name.as_str();
+        self.cgroups.ensure(name)?;
+        self.cgroups
+            .apply(name, &rec.spec.limits, Self::volume_device(rec)?)
     }
 
     fn command_of(&self, spec: &JailSpec) -> Result<Vec<String>, JailError> {
@@ -531,14 +561,7 @@ impl Engine {
                 ("TERM", &term),
             ],
         )?;
-        let procs: Vec<CString> = self
-            .cgroups
-            .procs_files(spec.name.as_str())
-            .iter()
-            .map(|p| c_path(p))
-            .collect();
         let launch = Launch {
-            cgroup_procs: &procs,
             hostname: CString::new(spec.hostname.as_str()).unwrap_or_default(),
             steps: &steps,
             command: &command,
@@ -547,13 +570,18 @@ impl Engine {
             stdio,
             rootfs: &paths.rootfs,
         };
-        // The jail's network namespace exists once the init does; its
-        // veth is made meanwhile the init mounts the root.
-        let mut connect = |pid: i32| match &spec.network {
-            None => Ok(()),
-            Some(n) => self
-                .network()
-                .attach(spec.name.as_str(), n, &spec.limits, &self.netns(pid)),
+        // The jail's namespaces exist once the init does; its cgroup and
+        // veth are made meanwhile the init mounts the root.
+        let mut connect = |pid: i32| {
+            self.setup_cgroup(rec)?;
+            self.cgroups.attach(spec.name.as_str(), pid)?;
+            match &spec.network {
+                None => Ok(()),
+                Some(n) => {
+                    self.network()
+                        .attach(spec.name.as_str(), n, &spec.limits, &self.netns(pid))
+                }
+            }
         };
         let mut map_ids = |launcher: i32| match userns {
             None => Ok(()),
@@ -589,7 +617,7 @@ impl Engine {
             return Ok(());
         }
         // After a host reboot the volume and cgroup are gone: recreate them.
-        let (paths, mut rec) = self.prepare(&rec.spec, rec.transient)?;
+        let (paths, mut rec) = self.prepare(&rec.spec, rec.transient, false)?;
         // Leftovers of a crashed init (exec'd helpers) would hold the cgroup.
         self.kill_group(name.as_str());
         let argv = self.command_of(&rec.spec)?;
@@ -898,7 +926,7 @@ impl Engine {
             argv.to_vec()
         };
         let result = self
-            .prepare(spec, true)
+            .prepare(spec, true, false)
             .and_then(|(paths, rec)| self.launch(&paths, &rec, &argv, Stdio::Inherit));
         let cleanup = self.destroy(&spec.name);
         let code = match result? {

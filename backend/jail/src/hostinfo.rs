@@ -36,6 +36,16 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads a small kernel file (procfs, sysfs, cgroupfs) in one or two
+/// reads: these report a size of 0, so `fs::read_to_string` would start
+/// from a tiny buffer and make a system call for every doubling of it.
+pub(crate) fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(8192);
+    fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Parses the text of a mountinfo file; malformed lines are skipped.
 pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
@@ -56,7 +66,7 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 
 /// The mounts of the calling process's mount namespace.
 pub(crate) fn mounts(proc_root: &Path) -> Vec<MountEntry> {
-    fs::read_to_string(proc_root.join("self/mountinfo"))
+    read_small(&proc_root.join("self/mountinfo"))
         .map(|t| parse_mountinfo(&t))
         .unwrap_or_default()
 }
@@ -81,7 +91,7 @@ pub(crate) fn loop_devices(sys_root: &Path) -> Vec<LoopDevice> {
             if !name.starts_with("loop") {
                 return None;
             }
-            let backing = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let backing = read_small(&e.path().join("loop/backing_file")).ok()?;
             let backing = backing.trim_end_matches('\n');
             let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
             Some(LoopDevice {
@@ -95,7 +105,7 @@ pub(crate) fn loop_devices(sys_root: &Path) -> Vec<LoopDevice> {
 /// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks
 /// since boot. `None` when the process is gone or a zombie.
 pub(crate) fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let stat = read_small(&proc_root.join(pid.to_string()).join("stat")).ok()?;
     // The command name may hold spaces and parentheses: parse after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut fields = rest.split(' ');

@@ -18,10 +18,17 @@
 //!
 //! ```text
 //! engine ──fork──▶ launcher ──fork──▶ init (PID 1 in the jail) ──fork──▶ command
-//!                  joins the cgroup,  mounts the root,              drops capabilities,
-//!                  unshares the       pivots, reaps zombies,        execs
-//!                  namespaces         forwards signals
+//!                  unshares the       mounts the root, pivots,      drops capabilities,
+//!                  namespaces         enters its cgroup namespace,  execs
+//!                                     reaps zombies, forwards signals
 //! ```
+//!
+//! Meanwhile the engine creates the jail's cgroup, writes its limits and
+//! moves the init into it (and connects its network): the host side and the
+//! jail side of the start-up run at the same time, on different cores. The
+//! init waits for the engine's go-ahead before it starts the command, so the
+//! command and everything it forks are inside the cgroup from their first
+//! instruction.
 //!
 //! A started jail's launcher calls `setsid` and exits at once, so the init is
 //! reparented away from the caller: the jail outlives the agent or CLI that
@@ -185,6 +192,7 @@ enum Stage {
     Session = 10,
     Seccomp = 11,
     UserNs = 12,
+    CgroupNs = 13,
 }
 
 impl Stage {
@@ -203,6 +211,7 @@ impl Stage {
             Session,
             Seccomp,
             UserNs,
+            CgroupNs,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -550,6 +559,11 @@ fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     if !go_on {
         exit(1);
     }
+    // The engine has moved us into the jail's cgroup: it becomes the root
+    // of what the jail sees of cgroups.
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP) {
+        fail(report, Stage::CgroupNs, 0, e);
+    }
     // Block the signals we wait for *before* forking, so none is lost. A
     // handler (never run, the signals stay blocked) is installed as well:
     // the kernel drops a signal to a namespace's init whose disposition is
@@ -617,7 +631,6 @@ pub(crate) enum Stdio {
 /// Everything the launcher and the init need, prepared before forking.
 #[derive(Debug)]
 pub(crate) struct Launch<'a> {
-    pub cgroup_procs: &'a [CString],
     pub hostname: CString,
     pub steps: &'a [Step],
     pub command: &'a ExecPlan,
@@ -639,14 +652,14 @@ pub(crate) enum Outcome {
     Exited { code: i32 },
 }
 
-/// The namespaces every jail gets.
+/// The namespaces the launcher makes for the jail; its cgroup namespace
+/// is made by the init once the engine has moved it into its cgroup.
 fn jail_namespaces() -> CloneFlags {
     CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWCGROUP
 }
 
 /// Moves `fd` to exactly `target` (close-on-exec).
@@ -703,9 +716,6 @@ fn launcher(launch: &Launch<'_>, report: RawFd, go: RawFd, parent: Pid) -> ! {
     let go = move_fd(high_go, 4, report);
     // SAFETY: close_range only closes descriptors; none above 4 is used again.
     unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
-    // The cgroup first, then its namespace: the jail's cgroup becomes the
-    // root of what the jail sees, and the init inherits the membership.
-    join_cgroup(report, launch.cgroup_procs);
     // The user namespace first, so that it owns every other namespace of
     // the jail (root inside may then bind port 80 in its own network, set
     // its hostname, mount its proc). The engine maps its ids meanwhile.
@@ -761,13 +771,6 @@ impl Launch<'_> {
                 .steps
                 .get(index)
                 .map_or(("root setup", PathBuf::new()), Step::describe),
-            Stage::Cgroup => (
-                "join cgroup",
-                self.cgroup_procs
-                    .get(index)
-                    .map(|c| PathBuf::from(std::ffi::OsStr::from_bytes(c.as_bytes())))
-                    .unwrap_or_default(),
-            ),
             Stage::Exec => ("exec", self.command.program()),
             Stage::Capabilities => ("drop capabilities", self.command.program()),
             Stage::Seccomp => ("install seccomp filter", self.command.program()),
@@ -777,8 +780,11 @@ impl Launch<'_> {
                 PathBuf::from(std::ffi::OsStr::from_bytes(self.hostname.as_bytes())),
             ),
             Stage::Unshare => ("unshare namespaces", self.rootfs.to_owned()),
+            Stage::CgroupNs => ("unshare cgroup namespace", self.rootfs.to_owned()),
             Stage::Loopback => ("loopback up", PathBuf::from("lo")),
-            Stage::Fork | Stage::Setns | Stage::Session => ("fork", self.rootfs.to_owned()),
+            Stage::Fork | Stage::Setns | Stage::Session | Stage::Cgroup => {
+                ("fork", self.rootfs.to_owned())
+            }
         };
         JailError::Setup {
             step,
@@ -793,8 +799,9 @@ pub(crate) struct Hooks<'h> {
     /// With the launcher's pid, once it is in its new user namespace:
     /// map its ids (and id-map the image for it).
     pub on_userns: &'h mut dyn FnMut(i32) -> Result<(), JailError>,
-    /// With the init's host pid once the jail's namespaces exist and before
-    /// its command starts: connect its network.
+    /// With the init's host pid once the jail's namespaces exist, while the
+    /// init mounts the root and before its command starts: move the init
+    /// into the jail's cgroup and connect its network.
     pub on_init: &'h mut dyn FnMut(i32) -> Result<(), JailError>,
 }
 
