@@ -5,6 +5,9 @@
 //!
 //! Run as root or not: `cargo bench --bench panel` (needs `wrk`, Debian's
 //! package of that name). It starts its own throw-away PostgreSQL cluster.
+//! `BENCH_TENANTS=N` seeds N tenants instead of 10,000 (ten jails each);
+//! `BENCH_PAGES=text` measures only the pages whose name contains it;
+//! `BENCH_HOLD=S` keeps the servers up S seconds afterwards (for profiling).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -22,13 +25,14 @@ impl Drop for Cluster {
     }
 }
 
+/// The seed, for `{tenants}` tenants.
 const SEED: &str = "
 -- The day/month aggregates kept by a trigger serve the API, not these pages;
 -- seeding 7.2 million rows through it would take many minutes.
 ALTER TABLE usage_rollups DISABLE TRIGGER USER;
 INSERT INTO nodes (name, cpus, memory_bytes, disk_bytes, max_jails) VALUES ('bench', 64, 1125899906842624, 1125899906842624, 1000000);
 INSERT INTO tenants (slug, display_name, plan_id)
-    SELECT 't' || g, 'Tenant ' || g, (SELECT id FROM plans WHERE name = 'business') FROM generate_series(1, 10000) g;
+    SELECT 't' || g, 'Tenant ' || g, (SELECT id FROM plans WHERE name = 'business') FROM generate_series(1, {tenants}) g;
 INSERT INTO jails (tenant_id, node_id, name, image, kind, cpu_millicores, memory_bytes, pids, disk_bytes, observed_state, observed_generation)
     SELECT t.id, n.id, 'j' || g, 'busybox', 'system', 100, 67108864, 32, 268435456, 'running', 1
     FROM tenants t CROSS JOIN generate_series(1, 10) g CROSS JOIN nodes n;
@@ -82,6 +86,12 @@ fn main() {
         eprintln!("panel bench: needs wrk (apt-get install wrk); skipped");
         return;
     }
+    let tenants: u32 = std::env::var("BENCH_TENANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+        .max(10);
+    let only = std::env::var("BENCH_PAGES").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stockade"))
@@ -112,9 +122,16 @@ fn main() {
             .unwrap();
         stockade_store::migrate(&pool).await.unwrap();
         let t = Instant::now();
-        sqlx::raw_sql(SEED).execute(&pool).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(
+            SEED.replace("{tenants}", &tenants.to_string()),
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
         println!(
-            "seeded 10,000 tenants, 100,000 jails, 7.2 million hourly rollups in {:.0} s",
+            "seeded {tenants} tenants, {} jails, {} hourly rollups in {:.0} s",
+            tenants * 10,
+            tenants * 720,
             t.elapsed().as_secs_f64()
         );
         let tenant = stockade_store::tenants::by_slug(
@@ -159,26 +176,36 @@ fn main() {
             .unwrap();
         (pool, customer, staff, jail_id)
     });
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let settings = stockade_web::Settings {
-        public_url: format!("http://127.0.0.1:{port}"),
-        session_expiry: stockade_store::sessions::Expiry {
-            idle: chrono::Duration::hours(1),
-            absolute: chrono::Duration::hours(2),
-        },
-        workers: 2,
-        signup_plan: None,
-    };
-    let server_thread = std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let app = stockade_web::Application::build(listener, pool, settings).unwrap();
-            app.run_until_stopped().await.unwrap();
+    // Two servers on the same database: as configured by default (page data
+    // kept 5 s between changes) and with no page cache at all, to show what
+    // a page costs when its data must be read.
+    let serve = |page_cache: Duration| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let settings = stockade_web::Settings {
+            public_url: format!("http://127.0.0.1:{port}"),
+            session_expiry: stockade_store::sessions::Expiry {
+                idle: chrono::Duration::hours(1),
+                absolute: chrono::Duration::hours(2),
+            },
+            workers: 2,
+            signup_plan: None,
+            page_cache,
+        };
+        let pool = pool.clone();
+        // Serves until the process ends.
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let app = stockade_web::Application::build(listener, pool, settings).unwrap();
+                app.run_until_stopped().await.unwrap();
+            });
         });
-    });
+        format!("http://127.0.0.1:{port}")
+    };
+    let cached = serve(Duration::from_secs(5));
+    let uncached = serve(Duration::ZERO);
     std::thread::sleep(Duration::from_millis(500));
-    let base = format!("http://127.0.0.1:{port}");
-    let (trivial, trivial_p99) = wrk(&format!("{base}/healthz"), None);
+    let (trivial, trivial_p99) = wrk(&format!("{cached}/healthz"), None);
     println!("trivial route /healthz: {trivial:.0} req/s, p99 {trivial_p99}");
     for (name, path, cookie) in [
         ("customer overview", "/overview".to_owned(), &customer),
@@ -203,15 +230,29 @@ fn main() {
             &staff,
         ),
     ] {
-        let (rps, p99) = wrk(&format!("{base}{path}"), Some(cookie));
-        println!(
-            "{name}: {rps:.0} req/s ({:.0}% of trivial), p99 {p99}",
-            rps * 100.0 / trivial
-        );
+        if !name.contains(only.as_str()) {
+            continue;
+        }
+        for (how, base) in [("page cache on", &cached), ("no page cache", &uncached)] {
+            let (rps, p99) = wrk(&format!("{base}{path}"), Some(cookie));
+            println!(
+                "{name}, {how}: {rps:.0} req/s ({:.0}% of trivial), p99 {p99}",
+                rps * 100.0 / trivial
+            );
+        }
     }
-    // The server thread serves until the process ends; stop the database
+    if let Some(secs) = std::env::var("BENCH_HOLD")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        println!(
+            "serving {cached} (uncached: {uncached}) for {secs} s; customer cookie stockade_session={}, staff cookie stockade_session={}, jail {jail_id}",
+            customer, staff
+        );
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+    // The server threads serve until the process ends; stop the database
     // and remove its folder first.
-    drop(server_thread);
     drop(_cluster);
     drop(dir);
     std::process::exit(0);

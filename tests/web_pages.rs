@@ -669,3 +669,217 @@ async fn admins_create_and_revoke_api_tokens_shown_once() {
         .unwrap();
     assert_eq!(api.status(), 401, "a revoked token is refused");
 }
+
+/// The panel keeps sessions and page data in memory; what changes elsewhere
+/// (the agent reporting a jail's state, a session ended by another web
+/// process) shows at once, long before that data would expire.
+#[tokio::test]
+async fn pages_show_changes_made_elsewhere_at_once() {
+    let app = TestApp::spawn_with(None, std::time::Duration::from_secs(3600)).await;
+    nodes::register(
+        &app.pool,
+        &nodes::NodeInfo {
+            name: "n1".into(),
+            cpus: 2,
+            memory_bytes: 1 << 40,
+            disk_bytes: 1 << 40,
+            address_pool: None,
+            agent_version: "t".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    let t = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("gamma").unwrap(),
+        "Gamma GmbH",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let jail = jails::create(
+        &app.pool,
+        t,
+        &NewJail {
+            name: JailName::parse("shop").unwrap(),
+            image: "busybox".into(),
+            kind: JailKind::System,
+            command: vec![],
+            limits: Limits {
+                cpu_millicores: 250,
+                memory_bytes: 128 << 20,
+                pids: 32,
+                disk_bytes: 256 << 20,
+                ..Limits::default()
+            },
+        },
+    )
+    .await
+    .unwrap();
+    let customer = signed_in(&app, "c@gamma.test", Role::Customer, Some(t)).await;
+    let page = |path: &str| {
+        let url = app.url(path);
+        let customer = customer.clone();
+        async move {
+            let r = customer.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let overview = page("/overview").await.1;
+    assert!(overview.contains(">starting</span>"), "{overview}");
+    let detail_path = format!("/jails/{}", jail.id);
+    assert!(page(&detail_path).await.1.contains(">starting</span>"));
+    // A change no notification announces (made here with triggers off) is
+    // not seen: the page comes from memory.
+    let mut conn = app.pool.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tenants SET display_name = 'Gamma AG' WHERE id = $1")
+        .bind(t)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("RESET session_replication_role")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert!(page("/overview").await.1.contains("Gamma GmbH"));
+    // The agent, another process, reports the jail running.
+    sqlx::query(
+        "UPDATE jails SET observed_state = 'running', observed_generation = generation WHERE id = $1",
+    )
+    .bind(jail.id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (o, d) = (page("/overview").await.1, page(&detail_path).await.1);
+        if o.contains(">running</span>") && d.contains(">running</span>") {
+            assert!(
+                o.contains("Gamma AG"),
+                "the tenant's page was re-read whole"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new state never showed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Another web process signs the customer out: the session row goes.
+    sqlx::query(
+        "DELETE FROM sessions WHERE user_id = (SELECT id FROM users WHERE email = 'c@gamma.test')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, _) = page("/overview").await;
+        if status == 303 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended session was still served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Staff sort tenants by this month's CPU time and transfer; the order
+/// follows usage as the agent records it, hour by hour.
+#[tokio::test]
+async fn staff_sort_tenants_by_this_months_usage() {
+    let w = world().await;
+    let plan = plans::by_name(&w.app.pool, "starter").await.unwrap();
+    let c = tenants::create(
+        &w.app.pool,
+        &TenantSlug::parse("carbon").unwrap(),
+        "Carbon Co",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let jail_c = jails::create(
+        &w.app.pool,
+        c,
+        &NewJail {
+            name: JailName::parse("api").unwrap(),
+            image: "busybox".into(),
+            kind: JailKind::System,
+            command: vec![],
+            limits: Limits {
+                cpu_millicores: 250,
+                memory_bytes: 128 << 20,
+                pids: 32,
+                disk_bytes: 256 << 20,
+                ..Limits::default()
+            },
+        },
+    )
+    .await
+    .unwrap()
+    .id;
+    // Hourly rollups as the agent writes them: alpha uses the most CPU,
+    // carbon the most transfer, beta little of both.
+    let rollup = |jail: Uuid, tenant: Uuid, hours_ago: i32, cpu: i64, rx: i64| {
+        let pool = w.app.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO usage_rollups (jail_id, hour, tenant_id, samples, cpu_usec, net_rx_bytes)
+                 VALUES ($1, date_trunc('hour', now()) - make_interval(hours => $3), $2, 360, $4, $5)
+                 ON CONFLICT (jail_id, hour) DO UPDATE
+                 SET cpu_usec = usage_rollups.cpu_usec + EXCLUDED.cpu_usec,
+                     net_rx_bytes = usage_rollups.net_rx_bytes + EXCLUDED.net_rx_bytes",
+            )
+            .bind(jail)
+            .bind(tenant)
+            .bind(hours_ago)
+            .bind(cpu)
+            .bind(rx)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    rollup(w.jail_a, w.tenant_a, 0, 9_000_000_000, 1_000).await;
+    rollup(w.jail_b, w.tenant_b, 0, 1_000_000, 2_000).await;
+    rollup(jail_c, c, 0, 5_000_000_000, 7_000_000).await;
+    let order = |sort: &'static str| {
+        let url = w.app.url(&format!("/staff/tenants?sort={sort}"));
+        let client = w.operator.clone();
+        async move {
+            let page = client.get(url).send().await.unwrap().text().await.unwrap();
+            let mut found: Vec<(usize, &str)> = ["alpha", "beta", "carbon"]
+                .into_iter()
+                .map(|slug| (page.find(&format!(">{slug}<")).expect(slug), slug))
+                .collect();
+            found.sort();
+            found.into_iter().map(|(_, s)| s).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(order("cpu").await, ["alpha", "carbon", "beta"]);
+    assert_eq!(order("transfer").await, ["carbon", "beta", "alpha"]);
+    // More CPU for carbon as the hour goes on: it moves to the top (usage
+    // figures on staff pages are at most a few seconds old).
+    rollup(jail_c, c, 0, 3_000_000_000, 0).await;
+    rollup(jail_c, c, 0, 2_000_000_000, 0).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while order("cpu").await != ["carbon", "alpha", "beta"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the order never followed the usage"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -41,6 +41,8 @@ pub struct Config {
     pub session_max_hours: u32,
     /// Web worker threads (0 = one per CPU).
     pub web_workers: usize,
+    /// How long the web tier keeps page data between changes (0 = none).
+    pub page_cache: Duration,
     /// Time between two full re-reads of the node's jails by the agent.
     pub resync: Duration,
     /// Time between two usage samples.
@@ -96,6 +98,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("session_max_hours", "absolute session expiry (12)"),
     ("web_workers", "web worker threads, 0 = one per CPU (0)"),
     (
+        "page_cache_secs",
+        "seconds the panel keeps page data between changes, 0 = none (5)",
+    ),
+    (
         "resync_secs",
         "seconds between full reconciles of the node's jails (30)",
     ),
@@ -132,6 +138,7 @@ impl Default for Config {
             session_idle_minutes: 60,
             session_max_hours: 12,
             web_workers: 0,
+            page_cache: Duration::from_secs(5),
             resync: Duration::from_secs(30),
             sample_interval: Duration::from_secs(10),
             sample_retention_hours: 48,
@@ -240,6 +247,9 @@ impl Config {
                 "session_idle_minutes" => self.session_idle_minutes = parse_num(key, value, 1u32)?,
                 "session_max_hours" => self.session_max_hours = parse_num(key, value, 1u32)?,
                 "web_workers" => self.web_workers = parse_num(key, value, 0usize)?,
+                "page_cache_secs" => {
+                    self.page_cache = Duration::from_secs(parse_num(key, value, 0u64)?)
+                }
                 "resync_secs" => self.resync = Duration::from_secs(parse_num(key, value, 1u64)?),
                 "sample_secs" => {
                     self.sample_interval = Duration::from_secs(parse_num(key, value, 1u64)?)

@@ -233,6 +233,7 @@ fn serve(cfg: Config, exit_with_parent: bool) -> anyhow::Result<ExitCode> {
             session_expiry: cfg.session_expiry(),
             workers: cfg.web_workers,
             signup_plan: cfg.signup_plan.clone(),
+            page_cache: cfg.page_cache,
         };
         let app = stockade_web::Application::build(listener, pool, settings)?;
         tracing::info!(port = app.port(), "web server listening");

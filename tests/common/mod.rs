@@ -85,6 +85,12 @@ impl TestApp {
 
     /// The application with self sign-up onto `plan` (or off).
     pub async fn spawn_with_signup(plan: Option<&str>) -> TestApp {
+        Self::spawn_with(plan, std::time::Duration::from_secs(5)).await
+    }
+
+    /// The application with self sign-up onto `plan` (or off), keeping
+    /// page data for `page_cache` between changes.
+    pub async fn spawn_with(plan: Option<&str>, page_cache: std::time::Duration) -> TestApp {
         let (pool, db_url) = fresh_database().await;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let settings = stockade_web::Settings {
@@ -95,6 +101,7 @@ impl TestApp {
             },
             workers: 2,
             signup_plan: plan.map(str::to_owned),
+            page_cache,
         };
         let app = stockade_web::Application::build(listener, pool.clone(), settings).unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod billing;
+pub mod changes;
 pub mod events;
 pub mod idempotency;
 pub mod jails;

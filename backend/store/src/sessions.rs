@@ -29,7 +29,8 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
 }
 
-fn digest(token: &str) -> Vec<u8> {
+/// The SHA-256 of a session token: how the session is stored and named.
+pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
@@ -52,7 +53,7 @@ pub async fn create(
         "INSERT INTO sessions (token_hash, user_id, csrf_token, expires_at, client_addr)
          VALUES ($1, $2, $3, now() + $4, $5)",
     )
-    .bind(digest(&token))
+    .bind(token_hash(&token))
     .bind(user_id)
     .bind(random_token())
     .bind(expiry.absolute)
@@ -83,7 +84,7 @@ pub async fn touch(
         role: String,
         tenant_id: Option<Uuid>,
     }
-    let hash = digest(token);
+    let hash = token_hash(token);
     // Reads the session and marks it used, writing the row at most once a
     // minute (one round trip; no write on every page view).
     let row: Option<Row> = sqlx::query_as(
@@ -130,7 +131,7 @@ pub async fn touch(
 /// Ends one session (sign-out).
 pub async fn delete(pool: &PgPool, token: &str) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-        .bind(digest(token))
+        .bind(token_hash(token))
         .execute(pool)
         .await?;
     Ok(())

@@ -444,8 +444,30 @@ pub async fn summaries(
         SummaryOrder::Memory => 3,
     };
     // Page by name: pick the page first, then sum only its tenants' jails and
-    // month. By usage: sum every tenant, from the per-jail month aggregates.
-    let query = if order == SummaryOrder::Slug {
+    // month. By this month's usage: pick the page from the per-tenant month
+    // totals, then sum its tenants' jails. By memory: sum every tenant's jails.
+    let query = if matches!(order, SummaryOrder::Cpu | SummaryOrder::Transfer) {
+        sqlx::query_as::<_, TenantSummary>(
+            "SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
+                 COALESCE(a.jails, 0) AS jails, COALESCE(a.memory, 0) AS memory_bytes,
+                 t.cpu AS cpu_usec_month, t.transfer AS transfer_month
+             FROM (SELECT t.id, t.slug, t.display_name, t.status, t.plan_id,
+                          COALESCE(m.cpu_usec, 0) AS cpu,
+                          COALESCE(m.net_rx_bytes + m.net_tx_bytes, 0) AS transfer
+                   FROM tenants t
+                   LEFT JOIN usage_tenant_months m
+                       ON m.tenant_id = t.id AND m.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+                   WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
+                     AND ($2::text IS NULL OR t.status = $2)
+                   ORDER BY CASE $3 WHEN 1 THEN COALESCE(m.cpu_usec, 0)
+                                    ELSE COALESCE(m.net_rx_bytes + m.net_tx_bytes, 0) END DESC, t.slug
+                   OFFSET $4 LIMIT $5) t
+             JOIN plans p ON p.id = t.plan_id
+             LEFT JOIN LATERAL (SELECT count(*) AS jails, sum(memory_bytes)::bigint AS memory FROM jails
+                                WHERE tenant_id = t.id AND desired_state <> 'deleted') a ON true
+             ORDER BY CASE $3 WHEN 1 THEN t.cpu ELSE t.transfer END DESC, t.slug",
+        )
+    } else if order == SummaryOrder::Slug {
         sqlx::query_as::<_, TenantSummary>(
             "SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
                  COALESCE(a.jails, 0) AS jails, COALESCE(a.memory, 0) AS memory_bytes,

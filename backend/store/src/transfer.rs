@@ -37,13 +37,10 @@ pub async fn check(pool: &PgPool, tenant_id: Uuid, actor: &str) -> Result<Outcom
     if status != "active" || quota <= 0 {
         return Ok(Outcome::Nothing);
     }
-    let used: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(sum(net_rx_bytes + net_tx_bytes), 0)::bigint FROM usage_rollups
-         WHERE tenant_id = $1 AND hour >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
-    )
-    .bind(tenant_id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let used: i64 = sqlx::query_scalar(crate::usage::TRANSFER_THIS_MONTH)
+        .bind(tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
     let soft = i64::try_from(i128::from(quota) * i128::from(soft_percent) / 100).unwrap_or(quota);
     let details =
         serde_json::json!({ "used_bytes": used, "quota_bytes": quota, "soft_bytes": soft });

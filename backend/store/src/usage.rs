@@ -416,14 +416,18 @@ pub async fn jail_limit_hits(
     .await?)
 }
 
+/// A tenant's transfer (received + sent) this calendar month (UTC), from the
+/// per-tenant month totals the rollup triggers keep: one row, however many
+/// jails and hours.
+pub(crate) const TRANSFER_THIS_MONTH: &str = "SELECT COALESCE((SELECT net_rx_bytes + net_tx_bytes
+     FROM usage_tenant_months
+     WHERE tenant_id = $1 AND month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0)::bigint";
+
 /// A tenant's network transfer (received + sent) this calendar month (UTC), bytes.
 pub async fn tenant_transfer_this_month(pool: &PgPool, tenant_id: Uuid) -> Result<u64, StoreError> {
-    let v: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(sum(net_rx_bytes + net_tx_bytes), 0)::bigint FROM usage_rollups
-         WHERE tenant_id = $1 AND hour >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
-    )
-    .bind(tenant_id)
-    .fetch_one(pool)
-    .await?;
+    let v: i64 = sqlx::query_scalar(TRANSFER_THIS_MONTH)
+        .bind(tenant_id)
+        .fetch_one(pool)
+        .await?;
     crate::to_u64("transfer", v)
 }

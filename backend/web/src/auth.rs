@@ -40,10 +40,16 @@ impl FromRequest for SignedIn {
             let (Some(token), Some(state)) = (token, state) else {
                 return Err(WebError::SignInRequired);
             };
-            sessions::touch(&state.pool, &token, state.settings.session_expiry)
+            let hash = sessions::token_hash(&token);
+            if let Some(session) = state.caches.session(&hash) {
+                return Ok(SignedIn(session));
+            }
+            let epoch = state.caches.epoch();
+            let session = sessions::touch(&state.pool, &token, state.settings.session_expiry)
                 .await?
-                .map(SignedIn)
-                .ok_or(WebError::SignInRequired)
+                .ok_or(WebError::SignInRequired)?;
+            state.caches.keep_session(hash, &session, epoch);
+            Ok(SignedIn(session))
         })
     }
 }

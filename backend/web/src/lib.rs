@@ -1,11 +1,14 @@
 //! The web tier: panel pages and the JSON API.
 //!
-//! It runs unprivileged, holds no state of its own and never touches the
-//! kernel: everything it knows and changes is in PostgreSQL.
+//! It runs unprivileged and never touches the kernel: everything it knows
+//! and changes is in PostgreSQL. What it keeps in memory is a read cache of
+//! sessions and page data that PostgreSQL's change notifications keep
+//! current (see [`cache`]).
 
 pub mod api;
 mod assets;
 mod auth;
+mod cache;
 mod charts;
 mod error;
 mod flash;
@@ -15,6 +18,8 @@ mod pages;
 mod signup;
 
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::{DefaultHeaders, from_fn};
@@ -36,6 +41,9 @@ pub struct Settings {
     pub workers: usize,
     /// The plan self sign-up puts new tenants on; `None` turns sign-up off.
     pub signup_plan: Option<String>,
+    /// How long the data of the busiest pages is kept between changes
+    /// (usage figures are at most this old); zero keeps none.
+    pub page_cache: Duration,
 }
 
 impl Settings {
@@ -48,6 +56,7 @@ impl Settings {
 pub(crate) struct AppState {
     pub pool: PgPool,
     pub settings: Settings,
+    pub caches: Arc<cache::Caches>,
 }
 
 /// A built, not yet running web server.
@@ -56,6 +65,7 @@ pub struct Application {
     server: Server,
     pool: PgPool,
     delivery: api::DeliverySettings,
+    caches: Arc<cache::Caches>,
 }
 
 impl Application {
@@ -73,9 +83,16 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
         let workers = settings.workers;
+        let idle = settings
+            .session_expiry
+            .idle
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        let caches = Arc::new(cache::Caches::new(settings.page_cache, idle));
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             settings,
+            caches: caches.clone(),
         });
         let api_state = web::Data::new(api::ApiState::new(&api));
         let mut server = HttpServer::new(move || {
@@ -83,6 +100,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(api_state.clone())
                 .app_data(web::FormConfig::default().limit(64 * 1024))
+                .wrap(from_fn(cache::forget_after_changes))
                 .wrap(from_fn(api::metrics::middleware))
                 .wrap(security_headers())
                 .configure(api::routes)
@@ -102,6 +120,7 @@ impl Application {
             server: server.run(),
             pool,
             delivery: api.delivery,
+            caches,
         })
     }
 
@@ -113,9 +132,11 @@ impl Application {
     /// Serves until the server is stopped (SIGINT/SIGTERM stop it gracefully),
     /// delivering webhooks meanwhile.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let changes = tokio::spawn(cache::follow_changes(self.pool.clone(), self.caches));
         let delivery = tokio::spawn(api::delivery::run(self.pool, self.delivery));
         let served = self.server.await;
         delivery.abort();
+        changes.abort();
         served
     }
 }

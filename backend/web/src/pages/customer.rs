@@ -5,6 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use chrono::{Duration, Utc};
 use serde::Deserialize;
+use std::sync::Arc;
 use stockade_domain::{
     ByteSize, DesiredState, JailKind, JailName, Limits, Millicores, ObservedState,
 };
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use super::{ActionForm, Layout, QuotaTile, customer_tenant, quota_tiles, record, render};
 use crate::auth::SignedIn;
+use crate::cache::PageKey;
 use crate::charts::{Series, line_chart};
 use crate::format;
 use crate::{AppState, WebError, flash};
@@ -72,15 +74,43 @@ impl From<&Jail> for JailRow {
     }
 }
 
-#[derive(Template)]
-#[template(path = "dashboard.html")]
-struct OverviewPage {
-    layout: Layout,
+/// What the overview shows of a tenant (cached, see [`crate::cache`]).
+struct OverviewData {
     tenant_name: String,
     plan_name: String,
     status: &'static str,
     quotas: Vec<QuotaTile>,
     jails: Vec<JailRow>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct OverviewPage {
+    layout: Layout,
+    data: Arc<OverviewData>,
+}
+
+impl std::ops::Deref for OverviewPage {
+    type Target = OverviewData;
+    fn deref(&self) -> &OverviewData {
+        &self.data
+    }
+}
+
+async fn overview_data(
+    pool: &stockade_store::PgPool,
+    tenant_id: Uuid,
+) -> Result<OverviewData, WebError> {
+    let tenant = stockade_store::tenants::get(pool, tenant_id).await?;
+    let plan = stockade_store::plans::get(pool, tenant.plan_id).await?;
+    let jails = jails::list_for_tenant(pool, tenant_id).await?;
+    Ok(OverviewData {
+        tenant_name: tenant.display_name,
+        plan_name: plan.display_name,
+        status: tenant.status.as_str(),
+        quotas: quota_tiles(pool, tenant_id).await?,
+        jails: jails.iter().map(JailRow::from).collect(),
+    })
 }
 
 async fn overview(
@@ -89,20 +119,15 @@ async fn overview(
     s: SignedIn,
 ) -> Result<HttpResponse, WebError> {
     let tenant_id = customer_tenant(&s)?;
-    let tenant = stockade_store::tenants::get(&state.pool, tenant_id).await?;
-    let plan = stockade_store::plans::get(&state.pool, tenant.plan_id).await?;
-    let jails = jails::list_for_tenant(&state.pool, tenant_id).await?;
+    let data = state
+        .caches
+        .page(PageKey::Overview(tenant_id), || {
+            overview_data(&state.pool, tenant_id)
+        })
+        .await?;
     let layout = Layout::new(&req, &s.0);
     let had_flash = layout.flash.is_some();
-    let page = OverviewPage {
-        layout,
-        tenant_name: tenant.display_name,
-        plan_name: plan.display_name,
-        status: tenant.status.as_str(),
-        quotas: quota_tiles(&state.pool, tenant_id).await?,
-        jails: jails.iter().map(JailRow::from).collect(),
-    };
-    render(StatusCode::OK, &page, had_flash)
+    render(StatusCode::OK, &OverviewPage { layout, data }, had_flash)
 }
 
 /// The create form as typed, kept to show it again with an error.
@@ -296,10 +321,8 @@ struct PeriodQuery {
     period: Option<String>,
 }
 
-#[derive(Template)]
-#[template(path = "jail.html")]
-struct JailPage {
-    layout: Layout,
+/// What a jail's page shows for one period (cached, see [`crate::cache`]).
+struct JailData {
     id: Uuid,
     name: String,
     state: String,
@@ -321,6 +344,20 @@ struct JailPage {
     charts: Vec<String>,
     upload_limit: String,
     uploads: Vec<(String, String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "jail.html")]
+struct JailPage {
+    layout: Layout,
+    data: Arc<JailData>,
+}
+
+impl std::ops::Deref for JailPage {
+    type Target = JailData;
+    fn deref(&self) -> &JailData {
+        &self.data
+    }
 }
 
 /// Largest file accepted by the upload form.
@@ -469,14 +506,40 @@ async fn detail(
     q: web::Query<PeriodQuery>,
 ) -> Result<HttpResponse, WebError> {
     let tenant_id = customer_tenant(&s)?;
-    let jail = jails::get(&state.pool, tenant_id, parse_id(&path)?).await?;
-    let now = Utc::now();
-    let (period, from, bucket) = match q.period.as_deref() {
-        Some("day") => ("day", now - Duration::days(1), Bucket::Hour),
-        Some("month") => ("month", now - Duration::days(30), Bucket::Day),
-        _ => ("hour", now - Duration::hours(1), Bucket::Sample),
+    let jail_id = parse_id(&path)?;
+    let period = match q.period.as_deref() {
+        Some("day") => "day",
+        Some("month") => "month",
+        _ => "hour",
     };
-    let points = usage::jail_series(&state.pool, tenant_id, jail.id, from, now, bucket).await?;
+    let key = PageKey::Jail {
+        tenant: tenant_id,
+        jail: jail_id,
+        period,
+    };
+    let data = state
+        .caches
+        .page(key, || jail_data(&state.pool, tenant_id, jail_id, period))
+        .await?;
+    let layout = Layout::new(&req, &s.0);
+    let had_flash = layout.flash.is_some();
+    render(StatusCode::OK, &JailPage { layout, data }, had_flash)
+}
+
+async fn jail_data(
+    pool: &stockade_store::PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    period: &'static str,
+) -> Result<JailData, WebError> {
+    let jail = jails::get(pool, tenant_id, jail_id).await?;
+    let now = Utc::now();
+    let (from, bucket) = match period {
+        "day" => (now - Duration::days(1), Bucket::Hour),
+        "month" => (now - Duration::days(30), Bucket::Day),
+        _ => (now - Duration::hours(1), Bucket::Sample),
+    };
+    let points = usage::jail_series(pool, tenant_id, jail.id, from, now, bucket).await?;
     let to_u = |v: i64| u64::try_from(v).unwrap_or(0);
     let series = [
         Series {
@@ -520,11 +583,8 @@ async fn detail(
         .date_naive()
         .and_hms_opt(0, 0, 0)
         .map_or(now, |d| d.and_utc());
-    let hits = usage::jail_limit_hits(&state.pool, tenant_id, jail.id, midnight).await?;
-    let layout = Layout::new(&req, &s.0);
-    let had_flash = layout.flash.is_some();
-    let page = JailPage {
-        layout,
+    let hits = usage::jail_limit_hits(pool, tenant_id, jail.id, midnight).await?;
+    Ok(JailData {
         id: jail.id,
         name: jail.name.to_string(),
         state: shown_state(&jail),
@@ -545,7 +605,7 @@ async fn detail(
         period: period.into(),
         charts: series.iter().map(|s| line_chart(s, from, now)).collect(),
         upload_limit: format::bytes(UPLOAD_LIMIT as u64),
-        uploads: stockade_store::uploads::list(&state.pool, tenant_id, jail.id)
+        uploads: stockade_store::uploads::list(pool, tenant_id, jail.id)
             .await?
             .into_iter()
             .map(|u| {
@@ -560,8 +620,7 @@ async fn detail(
                 )
             })
             .collect(),
-    };
-    render(StatusCode::OK, &page, had_flash)
+    })
 }
 
 #[derive(Template)]

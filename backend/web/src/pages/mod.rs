@@ -62,6 +62,12 @@ pub(crate) fn render(
     Ok(resp)
 }
 
+/// Renders the part of a page that is the same for every viewer, once, to
+/// be kept with the page's data and inserted as is.
+pub(crate) fn fragment(part: &impl Template) -> Result<String, WebError> {
+    Ok(part.render().map_err(anyhow::Error::from)?)
+}
+
 /// The tenant of a signed-in customer; staff have none here.
 pub(crate) fn customer_tenant(s: &SignedIn) -> Result<Uuid, WebError> {
     match (s.0.user.role, s.0.user.tenant_id) {

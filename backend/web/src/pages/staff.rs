@@ -16,6 +16,7 @@ use super::{
     ActionForm, Layout, QuotaTile, quota_tiles, record, render, require_admin, require_staff,
 };
 use crate::auth::SignedIn;
+use crate::cache::PageKey;
 use crate::format;
 use crate::{AppState, WebError, flash};
 
@@ -69,10 +70,10 @@ struct TenantLine {
     transfer: String,
 }
 
+/// The filters, a page of tenants and the pager.
 #[derive(Template)]
-#[template(path = "staff_tenants.html")]
-struct TenantsPage {
-    layout: Layout,
+#[template(path = "staff_tenants_table.html")]
+struct TenantsTable {
     rows: Vec<TenantLine>,
     q: String,
     status: String,
@@ -80,8 +81,28 @@ struct TenantsPage {
     total: i64,
     prev: Option<String>,
     next: Option<String>,
-    can_admin: bool,
+}
+
+/// A page of the tenant list (cached, see [`crate::cache`]), its table
+/// rendered once: it is the same for every viewer.
+struct TenantsData {
+    table: String,
     plans: Vec<(Uuid, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "staff_tenants.html")]
+struct TenantsPage {
+    layout: Layout,
+    can_admin: bool,
+    data: std::sync::Arc<TenantsData>,
+}
+
+impl std::ops::Deref for TenantsPage {
+    type Target = TenantsData;
+    fn deref(&self) -> &TenantsData {
+        &self.data
+    }
 }
 
 #[derive(Deserialize)]
@@ -123,19 +144,42 @@ async fn tenants_page(
         _ => SummaryOrder::Slug,
     };
     let page = q.page.unwrap_or(0).min(100_000);
-    let (rows, total) =
-        tenants::summaries(&state.pool, Some(&search), status, order, page * PAGE, PAGE).await?;
     let status_text = status.map(|s| s.as_str().to_owned()).unwrap_or_default();
-    let shown = i64::from((page + 1) * PAGE);
+    let key = PageKey::StaffTenants(query_string(&search, &status_text, &sort, page));
+    let data = state
+        .caches
+        .page(key, || {
+            tenants_data(&state.pool, search, status, status_text, sort, order, page)
+        })
+        .await?;
     let layout = Layout::new(&req, &s.0);
     let had_flash = layout.flash.is_some();
-    let plans = plans::list(&state.pool)
+    let out = TenantsPage {
+        layout,
+        can_admin: s.0.user.role == Role::Admin,
+        data,
+    };
+    render(StatusCode::OK, &out, had_flash)
+}
+
+async fn tenants_data(
+    pool: &stockade_store::PgPool,
+    search: String,
+    status: Option<TenantStatus>,
+    status_text: String,
+    sort: String,
+    order: SummaryOrder,
+    page: u32,
+) -> Result<TenantsData, WebError> {
+    let (rows, total) =
+        tenants::summaries(pool, Some(&search), status, order, page * PAGE, PAGE).await?;
+    let shown = i64::from((page + 1) * PAGE);
+    let plans = plans::list(pool)
         .await?
         .into_iter()
         .map(|p| (p.id, p.name))
         .collect();
-    let out = TenantsPage {
-        layout,
+    let table = TenantsTable {
         rows: rows
             .into_iter()
             .map(|t| TenantLine {
@@ -159,10 +203,11 @@ async fn tenants_page(
         status: status_text,
         sort,
         total,
-        can_admin: s.0.user.role == Role::Admin,
-        plans,
     };
-    render(StatusCode::OK, &out, had_flash)
+    Ok(TenantsData {
+        table: super::fragment(&table)?,
+        plans,
+    })
 }
 
 #[derive(Deserialize)]

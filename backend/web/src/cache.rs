@@ -1,0 +1,408 @@
+//! Read caches of one web process: signed-in sessions and the data of the
+//! busiest pages, kept in memory for a short time and dropped the moment
+//! PostgreSQL announces a change of what they hold (see
+//! [`stockade_store::changes`]).
+//!
+//! Correctness comes from the notifications, not from the time limit: a
+//! cache is used only while this process is listening, and everything is
+//! dropped whenever the listening connection is lost or comes back, since
+//! notifications sent meanwhile are gone. The time limit bounds what no
+//! notification announces (usage figures, sampled every few seconds) and
+//! how long a session goes without its database check (idle expiry).
+//!
+//! A page's data is loaded once however many requests ask for it at the same
+//! time. A change drops the entry itself, so a load that started before the
+//! change can answer the requests that were waiting for it but is never
+//! served to a later one.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use stockade_store::PgPool;
+use stockade_store::changes::{self, Change};
+use stockade_store::sessions::Session;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::WebError;
+
+/// Entries kept at most per cache; past it, expired ones go, then all.
+const CAPACITY: usize = 10_000;
+
+/// The longest a session is trusted without asking the database.
+const SESSION_RECHECK: Duration = Duration::from_secs(30);
+
+/// What a cached page's data is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum PageKey {
+    /// A tenant's overview.
+    Overview(Uuid),
+    /// A tenant's jail page for one period.
+    Jail {
+        tenant: Uuid,
+        jail: Uuid,
+        period: &'static str,
+    },
+    /// A page of the staff tenant list, by its query.
+    StaffTenants(String),
+}
+
+impl PageKey {
+    /// Whether a change of `tenant` can change this page.
+    fn shows(&self, tenant: Uuid) -> bool {
+        match self {
+            PageKey::Overview(t) | PageKey::Jail { tenant: t, .. } => *t == tenant,
+            PageKey::StaffTenants(_) => true,
+        }
+    }
+}
+
+type Value = Arc<dyn Any + Send + Sync>;
+
+struct Slot {
+    cell: Arc<OnceCell<Value>>,
+    born: Instant,
+}
+
+struct CachedSession {
+    session: Session,
+    checked: Instant,
+}
+
+/// The read caches of one web process.
+pub(crate) struct Caches {
+    page_ttl: Duration,
+    session_ttl: Duration,
+    /// Listening for changes: only then are the caches used.
+    live: AtomicBool,
+    /// Bumped by every drop of sessions: a session read from the database
+    /// before one is not kept after it.
+    epoch: AtomicU64,
+    pages: Mutex<HashMap<PageKey, Slot>>,
+    sessions: Mutex<HashMap<Vec<u8>, CachedSession>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Caches {
+    /// Page data lives `page_ttl` (zero turns page caching off); sessions
+    /// are re-checked at least every 30 s and well within `session_idle`.
+    pub(crate) fn new(page_ttl: Duration, session_idle: Duration) -> Self {
+        Caches {
+            page_ttl,
+            session_ttl: SESSION_RECHECK.min(session_idle / 4),
+            live: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            pages: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Starts or stops using the caches; both drop what is held.
+    fn set_live(&self, live: bool) {
+        self.clear();
+        self.live.store(live, Ordering::Release);
+        self.clear();
+    }
+
+    /// Drops everything held.
+    pub(crate) fn clear(&self) {
+        lock(&self.pages).clear();
+        self.forget_sessions(|_| true);
+    }
+
+    fn forget_sessions(&self, which: impl Fn(&CachedSession) -> bool) {
+        let mut sessions = lock(&self.sessions);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        sessions.retain(|_, s| !which(s));
+    }
+
+    /// Drops what `change` may have made stale.
+    pub(crate) fn apply(&self, change: &Change) {
+        match change {
+            Change::Tenant(t) => lock(&self.pages).retain(|k, _| !k.shows(*t)),
+            Change::User(u) => self.forget_sessions(|s| s.session.user.id == *u),
+            Change::SessionEnded(hash) => {
+                let mut sessions = lock(&self.sessions);
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                sessions.remove(hash);
+            }
+            Change::Everything => self.clear(),
+        }
+    }
+
+    /// The session of `token_hash`, if held and still fresh.
+    pub(crate) fn session(&self, token_hash: &[u8]) -> Option<Session> {
+        if !self.is_live() {
+            return None;
+        }
+        let sessions = lock(&self.sessions);
+        let held = sessions.get(token_hash)?;
+        (held.checked.elapsed() < self.session_ttl && held.session.expires_at > chrono::Utc::now())
+            .then(|| held.session.clone())
+    }
+
+    /// Where the session cache stands: taken before reading a session from
+    /// the database, given back to [`Caches::keep_session`].
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Keeps a session read from the database at `epoch`, unless sessions
+    /// were dropped since (the read may predate the change that dropped them).
+    pub(crate) fn keep_session(&self, token_hash: Vec<u8>, session: &Session, epoch: u64) {
+        if !self.is_live() {
+            return;
+        }
+        let mut sessions = lock(&self.sessions);
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if sessions.len() >= CAPACITY {
+            let ttl = self.session_ttl;
+            sessions.retain(|_, s| s.checked.elapsed() < ttl);
+            if sessions.len() >= CAPACITY {
+                sessions.clear();
+            }
+        }
+        sessions.insert(
+            token_hash,
+            CachedSession {
+                session: session.clone(),
+                checked: Instant::now(),
+            },
+        );
+    }
+
+    /// The data of page `key`: held, or loaded by `load` once for every
+    /// request asking meanwhile.
+    pub(crate) async fn page<T, F, Fut>(&self, key: PageKey, load: F) -> Result<Arc<T>, WebError>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, WebError>>,
+    {
+        if !self.is_live() || self.page_ttl.is_zero() {
+            return load().await.map(Arc::new);
+        }
+        let cell = {
+            let mut pages = lock(&self.pages);
+            let ttl = self.page_ttl;
+            match pages.get(&key) {
+                Some(slot) if slot.born.elapsed() < ttl => slot.cell.clone(),
+                _ => {
+                    if pages.len() >= CAPACITY {
+                        pages.retain(|_, s| s.born.elapsed() < ttl);
+                        if pages.len() >= CAPACITY {
+                            pages.clear();
+                        }
+                    }
+                    let cell = Arc::new(OnceCell::new());
+                    pages.insert(
+                        key,
+                        Slot {
+                            cell: cell.clone(),
+                            born: Instant::now(),
+                        },
+                    );
+                    cell
+                }
+            }
+        };
+        let value = cell
+            .get_or_try_init(|| async { load().await.map(|v| Arc::new(v) as Value) })
+            .await?
+            .clone();
+        value
+            .downcast::<T>()
+            .map_err(|_| WebError::from(anyhow::anyhow!("a cached page held another type")))
+    }
+}
+
+/// Drops everything cached after every request that may have changed
+/// something (anything but GET and HEAD), before its answer leaves: the
+/// page a form redirects to is never older than the change it made, and a
+/// session it ended (sign-out, new password) is not served from memory.
+pub(crate) async fn forget_after_changes(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    let caches = req
+        .app_data::<actix_web::web::Data<crate::AppState>>()
+        .map(|s| s.caches.clone());
+    let res = next.call(req).await;
+    if !reads && let Some(caches) = caches {
+        caches.clear();
+    }
+    res
+}
+
+/// Listens for changes and applies them to `caches` until the process
+/// ends; while not listening the caches stand aside.
+pub(crate) async fn follow_changes(pool: PgPool, caches: Arc<Caches>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match changes::listen(&pool).await {
+            Ok(mut listener) => {
+                backoff = Duration::from_millis(100);
+                caches.set_live(true);
+                // Ends when the connection is lost: what was sent meanwhile is gone.
+                while let Ok(Some(n)) = listener.try_recv().await {
+                    caches.apply(&Change::parse(n.payload()));
+                }
+                caches.set_live(false);
+                tracing::warn!("lost the change notifications; read caches off until back");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for changes; read caches off");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stockade_domain::{Email, Role};
+    use stockade_store::users::User;
+
+    fn session(user: Uuid) -> Session {
+        Session {
+            user: User {
+                id: user,
+                email: Email::parse("a@b.test").unwrap(),
+                role: Role::Customer,
+                tenant_id: Some(Uuid::new_v4()),
+            },
+            csrf_token: "t".into(),
+            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+        }
+    }
+
+    #[test]
+    fn nothing_is_held_while_not_listening() {
+        let c = Caches::new(Duration::from_secs(5), Duration::from_secs(3600));
+        let user = Uuid::new_v4();
+        c.keep_session(vec![1], &session(user), c.epoch());
+        assert!(c.session(&[1]).is_none());
+        c.set_live(true);
+        c.keep_session(vec![1], &session(user), c.epoch());
+        assert!(c.session(&[1]).is_some());
+        c.set_live(false);
+        c.set_live(true);
+        assert!(
+            c.session(&[1]).is_none(),
+            "a lost connection drops everything"
+        );
+    }
+
+    #[test]
+    fn ended_sessions_and_changed_users_are_dropped() {
+        let c = Caches::new(Duration::from_secs(5), Duration::from_secs(3600));
+        c.set_live(true);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        c.keep_session(vec![1], &session(a), c.epoch());
+        c.keep_session(vec![2], &session(a), c.epoch());
+        c.keep_session(vec![3], &session(b), c.epoch());
+        c.apply(&Change::SessionEnded(vec![3]));
+        assert!(c.session(&[3]).is_none());
+        assert!(c.session(&[1]).is_some());
+        c.apply(&Change::User(a));
+        assert!(c.session(&[1]).is_none() && c.session(&[2]).is_none());
+        // Read before a drop, offered after it: not kept.
+        let before = c.epoch();
+        c.apply(&Change::SessionEnded(vec![9]));
+        c.keep_session(vec![4], &session(b), before);
+        assert!(c.session(&[4]).is_none());
+    }
+
+    #[test]
+    fn a_session_past_its_expiry_is_not_served() {
+        let c = Caches::new(Duration::from_secs(5), Duration::from_secs(3600));
+        c.set_live(true);
+        let mut s = session(Uuid::new_v4());
+        s.expires_at = chrono::Utc::now() - chrono::Duration::seconds(1);
+        c.keep_session(vec![1], &s, c.epoch());
+        assert!(c.session(&[1]).is_none());
+        // A short idle expiry means a short trust.
+        let c = Caches::new(Duration::from_secs(5), Duration::from_millis(40));
+        c.set_live(true);
+        c.keep_session(vec![1], &session(Uuid::new_v4()), c.epoch());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(c.session(&[1]).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_page_loads_once_until_its_tenant_changes() {
+        let c = Caches::new(Duration::from_secs(60), Duration::from_secs(3600));
+        c.set_live(true);
+        let (t, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let loads = std::sync::atomic::AtomicU32::new(0);
+        let get = |key: PageKey| {
+            let loads = &loads;
+            let c = &c;
+            async move {
+                c.page(key, || async {
+                    Ok::<u32, WebError>(loads.fetch_add(1, Ordering::SeqCst) + 1)
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let (x, y) = tokio::join!(get(PageKey::Overview(t)), get(PageKey::Overview(t)));
+        assert_eq!((*x, *y), (1, 1), "concurrent requests share one load");
+        assert_eq!(*get(PageKey::Overview(t)).await, 1);
+        c.apply(&Change::Tenant(other));
+        assert_eq!(
+            *get(PageKey::Overview(t)).await,
+            1,
+            "another tenant's change"
+        );
+        c.apply(&Change::Tenant(t));
+        assert_eq!(*get(PageKey::Overview(t)).await, 2);
+        c.clear();
+        assert_eq!(*get(PageKey::Overview(t)).await, 3);
+        c.set_live(false);
+        assert_eq!(*get(PageKey::Overview(t)).await, 4);
+        assert_eq!(
+            *get(PageKey::Overview(t)).await,
+            5,
+            "not held while not listening"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_not_kept() {
+        let c = Caches::new(Duration::from_secs(60), Duration::from_secs(3600));
+        c.set_live(true);
+        let key = PageKey::StaffTenants("q".into());
+        let r: Result<Arc<u32>, WebError> = c
+            .page(key.clone(), || async {
+                Err(WebError::from(anyhow::anyhow!("database down")))
+            })
+            .await;
+        assert!(r.is_err());
+        let v = c
+            .page(key, || async { Ok::<u32, WebError>(7) })
+            .await
+            .unwrap();
+        assert_eq!(*v, 7);
+    }
+}
