@@ -114,19 +114,33 @@ pub fn line_chart(series: &Series<'_>, from: DateTime<Utc>, to: DateTime<Utc>) -
             TOP + plot_h / 2
         );
     } else {
-        let path: Vec<String> = series
-            .points
-            .iter()
-            .map(|(t, v)| format!("{},{}", x(*t), y(*v)))
-            .collect();
-        let _ = write!(
-            svg,
-            r#"<polyline class="series" points="{}"/>"#,
-            path.join(" ")
-        );
+        let points: Vec<(i64, i64)> = series.points.iter().map(|(t, v)| (x(*t), y(*v))).collect();
+        svg.push_str(r#"<polyline class="series" points=""#);
+        for (i, (px, py)) in drawn(&points).into_iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            let _ = write!(svg, "{sep}{px},{py}");
+        }
+        svg.push_str(r#""/>"#);
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// The points of a line that change what is drawn: a point repeating the
+/// one before it, or inside a horizontal run (the same height before and
+/// after), adds nothing to the picture. Idle jails draw long flat runs.
+fn drawn(points: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut distinct = points.to_vec();
+    distinct.dedup();
+    let keep = |i: usize| {
+        let flat_before = i > 0 && distinct[i - 1].1 == distinct[i].1;
+        let flat_after = distinct.get(i + 1).is_some_and(|a| a.1 == distinct[i].1);
+        !(flat_before && flat_after)
+    };
+    (0..distinct.len())
+        .filter(|&i| keep(i))
+        .map(|i| distinct[i])
+        .collect()
 }
 
 /// The smallest 1/2/5 × 10^n at or above `v`.
@@ -181,6 +195,23 @@ mod tests {
             limit: None,
         };
         assert!(line_chart(&s, now - chrono::Duration::hours(1), now).contains("no data yet"));
+    }
+
+    #[test]
+    fn flat_runs_and_repeats_draw_only_their_ends() {
+        let pts = [
+            (0, 5),
+            (1, 5),
+            (2, 5),
+            (2, 5),
+            (3, 9),
+            (4, 9),
+            (5, 9),
+            (6, 1),
+        ];
+        assert_eq!(drawn(&pts), [(0, 5), (2, 5), (3, 9), (5, 9), (6, 1)]);
+        assert_eq!(drawn(&[(0, 1)]), [(0, 1)]);
+        assert!(drawn(&[]).is_empty());
     }
 
     #[test]

@@ -333,6 +333,17 @@ struct JailData {
     created: String,
     created_iso: String,
     last_error: Option<String>,
+    /// Limits, limit hits and charts, rendered once.
+    usage: String,
+    upload_limit: String,
+    uploads: Vec<(String, String, String)>,
+}
+
+/// A jail's limits, limit hits and usage charts for one period.
+#[derive(Template)]
+#[template(path = "jail_usage.html")]
+struct JailUsage {
+    id: Uuid,
     cpu: String,
     memory: String,
     pids: u32,
@@ -340,10 +351,8 @@ struct JailData {
     egress: String,
     ingress: String,
     hits: Vec<String>,
-    period: String,
+    period: &'static str,
     charts: Vec<String>,
-    upload_limit: String,
-    uploads: Vec<(String, String, String)>,
 }
 
 #[derive(Template)]
@@ -584,6 +593,18 @@ async fn jail_data(
         .and_hms_opt(0, 0, 0)
         .map_or(now, |d| d.and_utc());
     let hits = usage::jail_limit_hits(pool, tenant_id, jail.id, midnight).await?;
+    let usage = JailUsage {
+        id: jail.id,
+        cpu: format::cpu(u64::from(jail.limits.cpu_millicores)),
+        memory: format::bytes(jail.limits.memory_bytes),
+        pids: jail.limits.pids,
+        disk: format::bytes(jail.limits.disk_bytes),
+        egress: format::bits_per_sec(jail.limits.net_egress_bps),
+        ingress: format::bits_per_sec(jail.limits.net_ingress_bps),
+        hits: explain_hits(&jail, hits),
+        period,
+        charts: series.iter().map(|s| line_chart(s, from, now)).collect(),
+    };
     Ok(JailData {
         id: jail.id,
         name: jail.name.to_string(),
@@ -595,15 +616,7 @@ async fn jail_data(
         created: jail.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
         created_iso: jail.created_at.to_rfc3339(),
         last_error: jail.last_error.clone(),
-        cpu: format::cpu(u64::from(jail.limits.cpu_millicores)),
-        memory: format::bytes(jail.limits.memory_bytes),
-        pids: jail.limits.pids,
-        disk: format::bytes(jail.limits.disk_bytes),
-        egress: format::bits_per_sec(jail.limits.net_egress_bps),
-        ingress: format::bits_per_sec(jail.limits.net_ingress_bps),
-        hits: explain_hits(&jail, hits),
-        period: period.into(),
-        charts: series.iter().map(|s| line_chart(s, from, now)).collect(),
+        usage: super::fragment(&usage)?,
         upload_limit: format::bytes(UPLOAD_LIMIT as u64),
         uploads: stockade_store::uploads::list(pool, tenant_id, jail.id)
             .await?
