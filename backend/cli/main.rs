@@ -102,19 +102,40 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("stockade: {e:#}");
+            eprintln!("stockade: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes on one line, each cause once: errors that name
+/// their cause in their own message are not followed by it again.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.ends_with(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
 fn init_tracing(filter: &str) {
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // A bare level needs no directive parsing (a short-lived `jail run`
+    // notices the difference).
+    if let Ok(level) = filter
+        .trim()
+        .parse::<tracing_subscriber::filter::LevelFilter>()
+    {
+        let _ = builder.with_max_level(level).try_init();
+        return;
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = builder.with_env_filter(filter).try_init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -266,4 +287,30 @@ fn db_cluster(
         let _ = std::fs::remove_file(lock);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        /// An error that names its cause in its own message.
+        #[derive(Debug)]
+        struct Named(std::io::Error);
+        impl std::fmt::Display for Named {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "mount /x: {}", self.0)
+            }
+        }
+        impl std::error::Error for Named {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::new(Named(std::io::Error::other("busy")));
+        assert_eq!(describe(&e), "mount /x: busy");
+        let e = anyhow::Error::new(std::io::Error::other("busy")).context("cannot start");
+        assert_eq!(describe(&e), "cannot start: busy");
+    }
 }

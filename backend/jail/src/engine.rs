@@ -925,16 +925,31 @@ impl Engine {
         } else {
             argv.to_vec()
         };
-        let result = self
-            .prepare(spec, true, false)
-            .and_then(|(paths, rec)| self.launch(&paths, &rec, &argv, Stdio::Inherit));
-        let cleanup = self.destroy(&spec.name);
+        let mut simple = false;
+        let result = self.prepare(spec, true, false).and_then(|(paths, rec)| {
+            simple = rec.upper != Upper::Volume && rec.spec.network.is_none();
+            self.launch(&paths, &rec, &argv, Stdio::Inherit)
+        });
+        let cleanup = match result {
+            // The init has been reaped, and with it went every process of
+            // its PID namespace and every mount of its mount namespace: of a
+            // jail without volume or network, only its cgroup and folder are
+            // left on the node.
+            Ok(Outcome::Exited { .. }) if simple => self.remove_leftovers(&spec.name, &paths),
+            _ => self.destroy(&spec.name),
+        };
         let code = match result? {
             Outcome::Exited { code } => code,
             Outcome::Started { .. } => 0,
         };
         cleanup?;
         Ok(code)
+    }
+
+    /// Removes the cgroup and folder of a jail that has nothing else left.
+    fn remove_leftovers(&self, name: &JailName, paths: &JailPaths) -> Result<(), JailError> {
+        self.cgroups.remove(name.as_str())?;
+        fs::remove_dir_all(&paths.dir).map_err(JailError::io("remove", &paths.dir))
     }
 
     /// Removes a port of the node's bridge that [`Engine::discover`] found

@@ -266,6 +266,9 @@ fn read_report(r: &OwnedFd, rep: &mut Report, enough: impl Fn(&Report) -> bool) 
     let mut buf = [0u8; 16];
     let mut filled = 0;
     loop {
+        if filled == 0 && enough(rep) {
+            break;
+        }
         match nix::unistd::read(r, &mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => {
@@ -296,9 +299,6 @@ fn read_report(r: &OwnedFd, rep: &mut Report, enough: impl Fn(&Report) -> bool) 
             }
             Err(Errno::EINTR) => continue,
             Err(_) => break,
-        }
-        if enough(rep) {
-            break;
         }
     }
 }
@@ -501,6 +501,64 @@ fn become_command(
     fail(report, Stage::Exec, 0, e)
 }
 
+/// What the command's process needs, on the stack of the init that waits.
+struct CommandArgs<'a> {
+    report: RawFd,
+    command: &'a ExecPlan,
+    seccomp: &'a [Vec<libc::sock_filter>],
+    oom_score_adj: Option<&'a [u8]>,
+}
+
+extern "C" fn command_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `CommandArgs` of `spawn_command`'s caller, which
+    // is suspended (CLONE_VFORK) and keeps it alive until this process execs
+    // or exits, neither of which returns here.
+    let a = unsafe { &*arg.cast::<CommandArgs<'_>>() };
+    become_command(a.report, a.command, a.seccomp, a.oom_score_adj)
+}
+
+/// Starts the jail's command as `posix_spawn` does: the new process shares
+/// the init's memory, on a stack of its own, until it execs, and the init
+/// waits meanwhile. Unlike a fork, nothing of the init's address space (a
+/// copy of the engine's) is copied for the command, or torn down by its
+/// exec. The child makes only system calls (see module docs).
+fn spawn_command(args: &CommandArgs<'_>) -> Result<Pid, Errno> {
+    const STACK: usize = 256 << 10;
+    // SAFETY: an anonymous private mapping; no allocator involved.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    // SAFETY: the stack grows down from the end of the mapping made above;
+    // `args` outlives the child's use of it (see `command_entry`). With
+    // CLONE_VFORK this call returns once the child has exec'd or exited.
+    let pid = unsafe {
+        libc::clone(
+            command_entry,
+            stack.cast::<u8>().add(STACK).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::from_ref(args).cast_mut().cast(),
+        )
+    };
+    let err = Errno::last();
+    // SAFETY: unmaps the mapping made above; the child no longer runs on it.
+    unsafe { libc::munmap(stack, STACK) };
+    if pid < 0 {
+        Err(err)
+    } else {
+        Ok(Pid::from_raw(pid))
+    }
+}
+
 extern "C" fn forward_marker(_: libc::c_int) {}
 
 /// Waits for the engine's go-ahead byte; false if the engine gave up.
@@ -582,12 +640,14 @@ fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     }
     let _ =
         nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&waited), None);
-    // SAFETY: the child only makes system calls before exec (see module docs).
-    let child = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => {
-            become_command(report, launch.command, launch.seccomp, Some(command_adj))
-        }
-        Ok(ForkResult::Parent { child }) => child,
+    let command = CommandArgs {
+        report,
+        command: launch.command,
+        seccomp: launch.seccomp,
+        oom_score_adj: Some(command_adj),
+    };
+    let child = match spawn_command(&command) {
+        Ok(child) => child,
         Err(e) => fail(report, Stage::Fork, 0, e),
     };
     // SAFETY: closes our copy of the report pipe; the command's copy closes
@@ -662,6 +722,64 @@ fn jail_namespaces() -> CloneFlags {
         | CloneFlags::CLONE_NEWPID
 }
 
+/// `struct clone_args` of clone3(2), up to `cgroup` (version 2, 88 bytes).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// What [`clone_into`] made.
+enum Cloned {
+    /// In the child.
+    Child,
+    /// In the caller, with the child's pid.
+    Parent(Pid),
+}
+
+/// Forks straight into new namespaces (`clone3` without a stack behaves as
+/// `fork`): the child needs no process in between to unshare them.
+/// `ENOSYS` on kernels before 5.3.
+fn clone_into(namespaces: CloneFlags) -> Result<Cloned, Errno> {
+    let args = CloneArgs {
+        flags: u64::try_from(namespaces.bits()).unwrap_or(0),
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: 0,
+    };
+    // SAFETY: clone3 reads `args` (alive for the call, its size given). With
+    // neither CLONE_VM nor a stack the child runs on a copy of this stack,
+    // as after fork; it then only makes system calls (see module docs).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        0 => Ok(Cloned::Child),
+        r if r > 0 => Ok(Cloned::Parent(Pid::from_raw(i32::try_from(r).unwrap_or(0)))),
+        _ => Err(Errno::last()),
+    }
+}
+
 /// Moves `fd` to exactly `target` (close-on-exec).
 fn move_fd(fd: RawFd, target: RawFd, report: RawFd) -> RawFd {
     // SAFETY: dup3 onto `target`, replacing whatever was there.
@@ -672,9 +790,18 @@ fn move_fd(fd: RawFd, target: RawFd, report: RawFd) -> RawFd {
     target
 }
 
-fn launcher(launch: &Launch<'_>, report: RawFd, go: RawFd, parent: Pid) -> ! {
+/// The first steps of the jail's first process: default signals, its
+/// standard streams, and only the report (fd 3) and go (fd 4) pipes kept of
+/// the caller's descriptors. `parent` is checked after asking to die with
+/// it, unless the process is already in the jail's PID namespace (where its
+/// parent has no pid; its go pipe then ends if the caller is gone).
+fn first_steps(
+    launch: &Launch<'_>,
+    report: RawFd,
+    go: RawFd,
+    parent: Option<Pid>,
+) -> (RawFd, RawFd) {
     reset_signals();
-    let detached = matches!(launch.stdio, Stdio::Detached { .. });
     match &launch.stdio {
         Stdio::Detached { stdin, log } => {
             // A session of its own: the caller's terminal and process group
@@ -693,7 +820,7 @@ fn launcher(launch: &Launch<'_>, report: RawFd, go: RawFd, parent: Pid) -> ! {
             // A `run` jail dies with its caller.
             // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
             unsafe { libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-            if nix::unistd::getppid() != parent {
+            if parent.is_some_and(|p| nix::unistd::getppid() != p) {
                 exit(1);
             }
         }
@@ -716,6 +843,31 @@ fn launcher(launch: &Launch<'_>, report: RawFd, go: RawFd, parent: Pid) -> ! {
     let go = move_fd(high_go, 4, report);
     // SAFETY: close_range only closes descriptors; none above 4 is used again.
     unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
+    (report, go)
+}
+
+/// In a new user namespace: waits for the engine to map its ids, then
+/// becomes its root.
+fn enter_user_namespace(report: RawFd, go: RawFd) {
+    send(report, MSG_USERNS, 0, 0, 0);
+    if !wait_go(go) {
+        exit(1);
+    }
+    if let Err(e) = become_namespace_root() {
+        fail(report, Stage::UserNs, 1, e);
+    }
+}
+
+/// A `run` jail's init made straight into the jail's namespaces by
+/// `clone3`: no launcher in between.
+fn direct_init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
+    let (report, go) = first_steps(launch, report, go, None);
+    init(launch, report, go)
+}
+
+fn launcher(launch: &Launch<'_>, report: RawFd, go: RawFd, parent: Pid) -> ! {
+    let detached = matches!(launch.stdio, Stdio::Detached { .. });
+    let (report, go) = first_steps(launch, report, go, Some(parent));
     // The user namespace first, so that it owns every other namespace of
     // the jail (root inside may then bind port 80 in its own network, set
     // its hostname, mount its proc). The engine maps its ids meanwhile.
@@ -723,13 +875,7 @@ fn launcher(launch: &Launch<'_>, report: RawFd, go: RawFd, parent: Pid) -> ! {
         if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
             fail(report, Stage::UserNs, 0, e);
         }
-        send(report, MSG_USERNS, 0, 0, 0);
-        if !wait_go(go) {
-            exit(1);
-        }
-        if let Err(e) = become_namespace_root() {
-            fail(report, Stage::UserNs, 1, e);
-        }
+        enter_user_namespace(report, go);
     }
     if let Err(e) = nix::sched::unshare(jail_namespaces()) {
         fail(report, Stage::Unshare, 0, e);
@@ -814,16 +960,35 @@ pub(crate) fn launch(launch: &Launch<'_>, hooks: Hooks<'_>) -> Result<Outcome, J
     let (go_r, go_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(JailError::sys("pipe", launch.rootfs))?;
     let parent = nix::unistd::getpid();
-    // SAFETY: the child runs `launcher`, which only makes system calls on
-    // data prepared before the fork and never returns.
-    let child = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => launcher(launch, w.as_raw_fd(), go_r.as_raw_fd(), parent),
-        Ok(ForkResult::Parent { child }) => child,
-        Err(e) => return Err(JailError::sys("fork", launch.rootfs)(e)),
+    let mut rep = Report::default();
+    // A `run` jail's init is made straight in its namespaces. A started
+    // jail's goes through a launcher that exits, so that the init is not
+    // the caller's child and outlives it; so does one with a user namespace,
+    // whose mount namespace must be made after the engine id-maps the image.
+    let mut direct = None;
+    if matches!(launch.stdio, Stdio::Inherit) && !launch.user_namespace {
+        match clone_into(jail_namespaces()) {
+            Ok(Cloned::Child) => direct_init(launch, w.as_raw_fd(), go_r.as_raw_fd()),
+            Ok(Cloned::Parent(child)) => direct = Some(child),
+            Err(Errno::ENOSYS) => {}
+            Err(e) => return Err(JailError::sys("clone3", launch.rootfs)(e)),
+        }
+    }
+    let child = match direct {
+        Some(child) => {
+            rep.pid = Some(child.as_raw());
+            child
+        }
+        // SAFETY: the child runs `launcher`, which only makes system calls
+        // on data prepared before the fork and never returns.
+        None => match unsafe { nix::unistd::fork() } {
+            Ok(ForkResult::Child) => launcher(launch, w.as_raw_fd(), go_r.as_raw_fd(), parent),
+            Ok(ForkResult::Parent { child }) => child,
+            Err(e) => return Err(JailError::sys("fork", launch.rootfs)(e)),
+        },
     };
     drop(w);
     drop(go_r);
-    let mut rep = Report::default();
     let mut setup = Ok(());
     if launch.user_namespace {
         read_report(&r, &mut rep, |rep| rep.userns || rep.error.is_some());
