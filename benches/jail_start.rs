@@ -24,6 +24,10 @@ fn ms(d: Duration) -> String {
 }
 
 fn time(cmd: &mut Command) -> Duration {
+    // Each run starts on a quiet machine: the kernel finishes tearing down
+    // the previous run's namespaces in the background, and that work would
+    // otherwise land on whichever run comes next.
+    std::thread::sleep(Duration::from_millis(30));
     let t = Instant::now();
     let status = cmd
         .stdout(Stdio::null())
@@ -173,7 +177,11 @@ fn main() {
         c
     };
 
-    // Warm-up, then alternate so both see the same machine state.
+    // Each comparison alternates Stockade and LXC so both see the same
+    // machine state, in a phase of its own: the kernel finishes tearing down
+    // network namespaces, loop devices and volume files in the background,
+    // and that work must not land on whichever case happens to run next.
+    let settle = || std::thread::sleep(Duration::from_secs(2));
     for _ in 0..5 {
         time(stockade(&state).args(run_args));
         if lxc.is_some() {
@@ -184,11 +192,19 @@ fn main() {
     let (mut ours_net, mut theirs_net) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         ours.push(time(stockade(&state).args(run_args)));
-        ours_net.push(time(stockade(&state).args(net_args)));
         if lxc.is_some() {
             theirs.push(time(&mut lxc_cmd()));
+        }
+    }
+    settle();
+    for _ in 0..RUNS {
+        ours_net.push(time(stockade(&state).args(net_args)));
+        if lxc.is_some() {
             theirs_net.push(time(&mut lxc_net_cmd()));
         }
+    }
+    settle();
+    for _ in 0..RUNS {
         vol.push(time(stockade(&state).args([
             "jail",
             "run",

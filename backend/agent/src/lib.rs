@@ -89,6 +89,9 @@ pub async fn run(
         return Ok(());
     };
     tracing::info!(node = %cfg.node_name, %node_id, "node registered");
+    // The sampler keeps about a dozen files open per running jail.
+    let open_files = stockade_jail::raise_open_file_limit();
+    tracing::debug!(open_files, "open-file limit");
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = cfg.metrics_listen {
         metrics::serve(addr, metrics.clone(), shutdown.clone()).await?;

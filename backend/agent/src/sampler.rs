@@ -1,11 +1,11 @@
 //! Usage sampling: one sweep reads every running jail's counters and stores
 //! them in one batch.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use stockade_domain::JailName;
-use stockade_jail::Engine;
+use stockade_jail::{Engine, UsageReader};
 use stockade_store::PgPool;
 use stockade_store::usage::{self, Sample};
 use uuid::Uuid;
@@ -14,7 +14,8 @@ use crate::metrics::Metrics;
 
 pub(crate) struct Sampler {
     pool: PgPool,
-    engine: Arc<Engine>,
+    /// Keeps the jails' counter files open from one sweep to the next.
+    reader: Arc<Mutex<UsageReader>>,
     node_id: Uuid,
     metrics: Arc<Metrics>,
     /// Samples read while the database was unreachable, sent with the next batch.
@@ -41,7 +42,7 @@ impl Sampler {
     ) -> Self {
         Self {
             pool,
-            engine,
+            reader: Arc::new(Mutex::new(engine.usage_reader())),
             node_id,
             metrics,
             pending: Vec::new(),
@@ -77,14 +78,16 @@ impl Sampler {
         if jails.is_empty() && self.pending.is_empty() {
             return;
         }
-        let engine = self.engine.clone();
+        let reader = self.reader.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
             let now = chrono::Utc::now();
+            let mut reader = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            let sweep = reader.sweep(jails.iter().map(|(_, _, name)| name));
             let samples: Vec<Sample> = jails
                 .iter()
-                .filter_map(|(jail_id, tenant_id, name)| {
-                    let u = engine.usage(name).ok()?;
+                .zip(sweep.usage)
+                .filter_map(|((jail_id, tenant_id, _), u)| {
+                    let u = u.ok()?;
                     Some(Sample {
                         jail_id: *jail_id,
                         tenant_id: *tenant_id,
@@ -107,11 +110,13 @@ impl Sampler {
                     })
                 })
                 .collect();
-            (samples, started.elapsed())
+            (samples, sweep.wall, sweep.cpu)
         })
         .await;
-        let Ok((samples, took)) = read else { return };
-        self.metrics.observe_sweep(took, samples.len());
+        let Ok((samples, wall, cpu)) = read else {
+            return;
+        };
+        self.metrics.observe_sweep(wall, cpu, samples.len());
         let tenants: std::collections::HashSet<Uuid> =
             samples.iter().map(|s| s.tenant_id).collect();
         self.pending.extend(samples);

@@ -248,7 +248,6 @@ impl Cgroups {
         }
     }
 
-    #[cfg(test)]
     pub fn version(&self) -> Version {
         self.version
     }
@@ -274,7 +273,8 @@ impl Cgroups {
             .collect()
     }
 
-    fn dir(&self, controller: &str, jail: &str) -> PathBuf {
+    /// The jail's group folder of `controller` (ignored on v2).
+    pub fn dir(&self, controller: &str, jail: &str) -> PathBuf {
         match self.version {
             Version::V2 => self.root.join(&self.parent).join(jail),
             Version::V1 => self.root.join(controller).join(&self.parent).join(jail),
@@ -416,11 +416,32 @@ impl Cgroups {
         }
         out
     }
+}
 
-    /// Reads the jail's counters; missing files read as zero.
-    pub fn usage(&self, jail: &str) -> CgroupUsage {
-        let read = |c: &str, f: &str| read_small(&self.dir(c, jail).join(f)).unwrap_or_default();
-        parse_usage(self.version, &read)
+/// The files [`parse_usage`] reads, as (controller, file).
+pub(crate) fn usage_files(version: Version) -> &'static [(&'static str, &'static str)] {
+    match version {
+        Version::V1 => &[
+            ("cpuacct", "cpuacct.usage"),
+            ("memory", "memory.usage_in_bytes"),
+            ("memory", "memory.max_usage_in_bytes"),
+            ("memory", "memory.failcnt"),
+            ("memory", "memory.memsw.failcnt"),
+            ("memory", "memory.oom_control"),
+            ("pids", "pids.current"),
+            ("pids", "pids.events"),
+            ("cpu", "cpu.stat"),
+            ("blkio", "blkio.throttle.io_service_bytes_recursive"),
+        ],
+        Version::V2 => &[
+            ("", "cpu.stat"),
+            ("", "memory.current"),
+            ("", "memory.peak"),
+            ("", "memory.events"),
+            ("", "pids.current"),
+            ("", "pids.events"),
+            ("", "io.stat"),
+        ],
     }
 }
 
@@ -595,6 +616,26 @@ mod tests {
             (77, 6, 9, 1)
         );
         assert_eq!((u.io_read_bytes, u.io_write_bytes), (11, 22));
+    }
+
+    #[test]
+    fn usage_reads_exactly_the_listed_files() {
+        for version in [Version::V1, Version::V2] {
+            let asked = std::cell::RefCell::new(Vec::new());
+            parse_usage(version, &|c: &str, f: &str| {
+                asked.borrow_mut().push((c.to_owned(), f.to_owned()));
+                String::new()
+            });
+            let mut asked = asked.into_inner();
+            asked.sort();
+            asked.dedup();
+            let mut listed: Vec<(String, String)> = usage_files(version)
+                .iter()
+                .map(|(c, f)| ((*c).to_owned(), (*f).to_owned()))
+                .collect();
+            listed.sort();
+            assert_eq!(asked, listed, "{version:?}");
+        }
     }
 
     #[test]

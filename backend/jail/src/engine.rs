@@ -27,6 +27,7 @@ use crate::rootfs::{self, UpperSource};
 use crate::seccomp::{self, Filters};
 use crate::spec::{JailSpec, JailStatus, Usage};
 use crate::state::{self, InitProcess, JailPaths, JailRecord, Upper};
+use crate::usage::{Reader, ReaderConfig, UsageReader};
 use crate::volume::{self, HostView};
 use crate::{hostinfo, image};
 
@@ -141,7 +142,7 @@ pub(crate) fn c_path(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     let fd = Errno::result(fd)?;
@@ -809,41 +810,26 @@ impl Engine {
 
     /// The jail's resource usage and limit hits.
     pub fn usage(&self, name: &JailName) -> Result<Usage, JailError> {
-        let (paths, rec) = self.record(name)?;
-        let cg = self.cgroups.usage(name.as_str());
-        // The overlay reports its upper layer's filesystem: the volume, or
-        // the tmpfs of a jail without one.
-        let disk = match self.live_init(&rec) {
-            Some(init) => {
-                volume::used_bytes(&self.cfg.proc_root.join(init.pid.to_string()).join("root"))
-            }
-            None if self.view().mounted_device(&paths.volume).is_some() => {
-                volume::used_bytes(&paths.volume)
-            }
-            None => None,
-        };
-        let net = if rec.spec.network.is_some() {
-            net::counters(&self.cfg.sys_root, &net::host_link(name.as_str()))
-        } else {
-            net::NetCounters::default()
-        };
-        Ok(Usage {
-            cpu_usec: cg.cpu_usec,
-            memory_bytes: cg.memory_bytes,
-            memory_peak_bytes: cg.memory_peak_bytes,
-            pids: cg.pids,
-            io_read_bytes: cg.io_read_bytes,
-            io_write_bytes: cg.io_write_bytes,
-            disk_used_bytes: disk.unwrap_or(0),
-            oom_kills: cg.oom_kills,
-            memory_limit_hits: cg.memory_limit_hits,
-            pids_limit_hits: cg.pids_limit_hits,
-            cpu_throttled_periods: cg.cpu_throttled_periods,
-            net_rx_bytes: net.rx_bytes,
-            net_tx_bytes: net.tx_bytes,
-            net_rx_packets: net.rx_packets,
-            net_tx_packets: net.tx_packets,
-        })
+        Reader::new(self.reader_config())
+            .sweep([name])
+            .usage
+            .pop()
+            .unwrap_or_else(|| Err(JailError::NotFound(name.to_string())))
+    }
+
+    /// A reader of many jails' usage that keeps their counter files open
+    /// from one sweep to the next (the agent's sampler).
+    pub fn usage_reader(&self) -> UsageReader {
+        UsageReader::new(self.reader_config())
+    }
+
+    fn reader_config(&self) -> ReaderConfig {
+        ReaderConfig {
+            state_dir: self.cfg.state_dir.clone(),
+            proc_root: self.cfg.proc_root.clone(),
+            sys_root: self.cfg.sys_root.clone(),
+            cgroups: self.cgroups.clone(),
+        }
     }
 
     /// Runs `argv` inside the running jail (its namespaces, cgroup, root

@@ -491,6 +491,9 @@ fn become_command(
         None,
     );
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    // The engine's process may have raised its open-file limit for the
+    // usage reader; the jail's command gets the limit it would have had.
+    crate::usage::restore_open_file_limit();
     if let Err(e) = drop_capabilities() {
         fail(report, Stage::Capabilities, 0, e);
     }

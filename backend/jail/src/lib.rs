@@ -20,6 +20,8 @@
 //!                                          changes network rates
 //! engine.status(&name) -> Option<JailStatus>
 //! engine.usage(&name)  -> Usage
+//! engine.usage_reader() -> UsageReader     .sweep(&names) -> Sweep: usage of
+//!                                          many jails, files kept open
 //! engine.exec(&name, argv) -> exit code    caller's stdio
 //! engine.run(&JailSpec, argv) -> exit code transient: create, run, destroy
 //! engine.discover() -> Discovered          every jail object on the node
@@ -73,6 +75,7 @@ mod rootfs;
 mod seccomp;
 mod spec;
 mod state;
+mod usage;
 mod volume;
 
 pub use discover::{Condition, Discovered, DiscoveredJail};
@@ -87,3 +90,4 @@ pub use net::{
 pub use spec::{JailSpec, JailStatus, Usage};
 pub use state::{InitProcess, JailRecord, Upper};
 pub use stockade_domain::{JailKind, JailName, Limits};
+pub use usage::{Sweep, UsageReader, raise_open_file_limit};

@@ -530,6 +530,67 @@ fn writing_past_the_disk_quota_fails_with_enospc() {
 }
 
 #[test]
+fn the_usage_reader_follows_a_jail_through_restart_and_re_creation() {
+    if !root_or_skip("the_usage_reader_follows_a_jail_through_restart_and_re_creation") {
+        return;
+    }
+    let f = Fixture::new();
+    let spec = f.spec("meter", JailKind::System, SLEEPER, small_limits());
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let mut reader = f.engine.usage_reader();
+    let mut read = || {
+        let mut s = reader.sweep([&spec.name]);
+        (s.usage.pop().unwrap(), s.open_files)
+    };
+    let (first, kept) = read();
+    let first = first.unwrap();
+    assert!(first.pids >= 1 && first.memory_bytes > 0, "{first:?}");
+    assert!(
+        kept >= 9,
+        "counter files and the init's pidfd are kept: {kept}"
+    );
+    // CPU time and a file written in the jail show on the next sweep.
+    let work = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; \
+                dd if=/dev/zero of=/data bs=1M count=4 2>/dev/null";
+    assert_eq!(sh(&f, &spec.name, work), 0);
+    let (busy, open) = read();
+    let busy = busy.unwrap();
+    assert!(
+        busy.cpu_usec >= first.cpu_usec + 100_000,
+        "{first:?} {busy:?}"
+    );
+    assert!(busy.disk_used_bytes >= 4 << 20, "{busy:?}");
+    assert_eq!(open, kept);
+
+    f.engine.restart(&spec.name, Duration::ZERO).unwrap();
+    let (restarted, open) = read();
+    let restarted = restarted.unwrap();
+    assert!(restarted.pids >= 1, "{restarted:?}");
+    assert!(
+        restarted.cpu_usec >= busy.cpu_usec,
+        "the group and its counters stay"
+    );
+    assert_eq!(open, kept);
+
+    // Destroyed and made again under the same name: a new group.
+    f.engine.destroy(&spec.name).unwrap();
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let (again, open) = read();
+    let again = again.unwrap();
+    assert!(again.cpu_usec < busy.cpu_usec, "{busy:?} {again:?}");
+    assert!(again.pids >= 1, "{again:?}");
+    assert_eq!(open, kept);
+
+    f.engine.destroy(&spec.name).unwrap();
+    let (gone, open) = read();
+    assert!(gone.is_err(), "{gone:?}");
+    assert_eq!(open, 0);
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}
+
+#[test]
 fn cpu_hog_gets_its_quota() {
     if !root_or_skip("cpu_hog_gets_its_quota") {
         return;
