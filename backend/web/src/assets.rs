@@ -3,8 +3,6 @@
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 
-use crate::WebError;
-
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "style.css",
@@ -19,16 +17,18 @@ const ASSETS: &[(&str, &str, &str)] = &[
 ];
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/static/{file}", web::get().to(asset));
+    // One fixed path per file: the router matches them without a pattern.
+    for (name, mime, body) in ASSETS {
+        cfg.route(
+            &format!("/static/{name}"),
+            web::get().to(move || async move { asset(mime, body) }),
+        );
+    }
 }
 
-async fn asset(file: web::Path<String>) -> Result<HttpResponse, WebError> {
-    let (_, mime, body) = ASSETS
-        .iter()
-        .find(|(name, _, _)| *name == file.as_str())
-        .ok_or(WebError::NotFound)?;
-    Ok(HttpResponse::Ok()
-        .content_type(*mime)
+fn asset(mime: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(mime)
         .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(*body))
+        .body(body)
 }

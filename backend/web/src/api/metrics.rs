@@ -78,12 +78,31 @@ pub(crate) async fn middleware(
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
     let res = next.call(req).await?;
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = route_of(res.request());
     observe(&method, &route, res.status().as_u16(), started);
     Ok(res)
+}
+
+/// The route pattern a request matched. Finding it walks the route table
+/// and runs the pattern of every dynamic route before the matching one;
+/// the answer for a path never changes, so recent paths are remembered.
+fn route_of(req: &actix_web::HttpRequest) -> String {
+    const REMEMBERED: usize = 4096;
+    static SEEN: OnceLock<Mutex<std::collections::HashMap<String, String>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Mutex::default);
+    let path = req.path();
+    if let Some(route) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+        return route.clone();
+    }
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.len() >= REMEMBERED {
+        seen.clear();
+    }
+    seen.insert(path.to_owned(), route.clone());
+    route
 }
 
 fn label(v: &str) -> String {
