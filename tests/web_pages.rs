@@ -32,8 +32,8 @@ async fn signed_in(
     client
 }
 
-async fn world() -> World {
-    let app = TestApp::spawn().await;
+/// A node with room for everything, as a running agent registers it.
+async fn register_node(app: &TestApp) {
     nodes::register(
         &app.pool,
         &nodes::NodeInfo {
@@ -47,6 +47,28 @@ async fn world() -> World {
     )
     .await
     .unwrap();
+}
+
+/// A small system jail named `name`.
+fn small_jail(name: &str) -> NewJail {
+    NewJail {
+        name: JailName::parse(name).unwrap(),
+        image: "busybox".into(),
+        kind: JailKind::System,
+        command: vec![],
+        limits: Limits {
+            cpu_millicores: 250,
+            memory_bytes: 128 << 20,
+            pids: 32,
+            disk_bytes: 256 << 20,
+            ..Limits::default()
+        },
+    }
+}
+
+async fn world() -> World {
+    let app = TestApp::spawn().await;
+    register_node(&app).await;
     let plan = plans::by_name(&app.pool, "starter").await.unwrap();
     let a = tenants::create(
         &app.pool,
@@ -66,19 +88,7 @@ async fn world() -> World {
     .await
     .unwrap()
     .id;
-    let jail = |name: &str| NewJail {
-        name: JailName::parse(name).unwrap(),
-        image: "busybox".into(),
-        kind: JailKind::System,
-        command: vec![],
-        limits: Limits {
-            cpu_millicores: 250,
-            memory_bytes: 128 << 20,
-            pids: 32,
-            disk_bytes: 256 << 20,
-            ..Limits::default()
-        },
-    };
+    let jail = small_jail;
     let jail_a = jails::create(&app.pool, a, &jail("web")).await.unwrap().id;
     let jail_b = jails::create(&app.pool, b, &jail("secret"))
         .await
@@ -676,19 +686,7 @@ async fn admins_create_and_revoke_api_tokens_shown_once() {
 #[tokio::test]
 async fn pages_show_changes_made_elsewhere_at_once() {
     let app = TestApp::spawn_with(None, std::time::Duration::from_secs(3600)).await;
-    nodes::register(
-        &app.pool,
-        &nodes::NodeInfo {
-            name: "n1".into(),
-            cpus: 2,
-            memory_bytes: 1 << 40,
-            disk_bytes: 1 << 40,
-            address_pool: None,
-            agent_version: "t".into(),
-        },
-    )
-    .await
-    .unwrap();
+    register_node(&app).await;
     let plan = plans::by_name(&app.pool, "starter").await.unwrap();
     let t = tenants::create(
         &app.pool,
@@ -699,25 +697,9 @@ async fn pages_show_changes_made_elsewhere_at_once() {
     .await
     .unwrap()
     .id;
-    let jail = jails::create(
-        &app.pool,
-        t,
-        &NewJail {
-            name: JailName::parse("shop").unwrap(),
-            image: "busybox".into(),
-            kind: JailKind::System,
-            command: vec![],
-            limits: Limits {
-                cpu_millicores: 250,
-                memory_bytes: 128 << 20,
-                pids: 32,
-                disk_bytes: 256 << 20,
-                ..Limits::default()
-            },
-        },
-    )
-    .await
-    .unwrap();
+    let jail = jails::create(&app.pool, t, &small_jail("shop"))
+        .await
+        .unwrap();
     let customer = signed_in(&app, "c@gamma.test", Role::Customer, Some(t)).await;
     let page = |path: &str| {
         let url = app.url(path);
@@ -810,26 +792,10 @@ async fn staff_sort_tenants_by_this_months_usage() {
     .await
     .unwrap()
     .id;
-    let jail_c = jails::create(
-        &w.app.pool,
-        c,
-        &NewJail {
-            name: JailName::parse("api").unwrap(),
-            image: "busybox".into(),
-            kind: JailKind::System,
-            command: vec![],
-            limits: Limits {
-                cpu_millicores: 250,
-                memory_bytes: 128 << 20,
-                pids: 32,
-                disk_bytes: 256 << 20,
-                ..Limits::default()
-            },
-        },
-    )
-    .await
-    .unwrap()
-    .id;
+    let jail_c = jails::create(&w.app.pool, c, &small_jail("api"))
+        .await
+        .unwrap()
+        .id;
     // Hourly rollups as the agent writes them: alpha uses the most CPU,
     // carbon the most transfer, beta little of both.
     let rollup = |jail: Uuid, tenant: Uuid, hours_ago: i32, cpu: i64, rx: i64| {
