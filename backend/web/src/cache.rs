@@ -34,8 +34,13 @@ use uuid::Uuid;
 
 use crate::WebError;
 
-/// Entries kept at most per cache; past it, expired ones go, then all.
-const CAPACITY: usize = 10_000;
+/// Sessions kept at most; past it, stale ones go, then all.
+const SESSIONS: usize = 10_000;
+
+/// Pages kept at most (a jail page with its charts is some 10 KB): a page
+/// lives a few seconds, so this is every page viewed in that time on a busy
+/// node; past it, expired ones go, then all.
+const PAGES: usize = 1_000;
 
 /// The longest a session is trusted without asking the database.
 const SESSION_RECHECK: Duration = Duration::from_secs(30);
@@ -172,10 +177,10 @@ impl Caches {
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        if sessions.len() >= CAPACITY {
+        if sessions.len() >= SESSIONS {
             let ttl = self.session_ttl;
             sessions.retain(|_, s| s.checked.elapsed() < ttl);
-            if sessions.len() >= CAPACITY {
+            if sessions.len() >= SESSIONS {
                 sessions.clear();
             }
         }
@@ -205,9 +210,9 @@ impl Caches {
             match pages.get(&key) {
                 Some(slot) if slot.born.elapsed() < ttl => slot.cell.clone(),
                 _ => {
-                    if pages.len() >= CAPACITY {
+                    if pages.len() >= PAGES {
                         pages.retain(|_, s| s.born.elapsed() < ttl);
-                        if pages.len() >= CAPACITY {
+                        if pages.len() >= PAGES {
                             pages.clear();
                         }
                     }
