@@ -142,6 +142,14 @@ pub(crate) fn c_path(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
+/// A block device's (major, minor) numbers.
+fn device_numbers(dev: &Path) -> Result<(u64, u64), JailError> {
+    let rdev = fs::metadata(dev)
+        .map_err(JailError::io("stat", dev))?
+        .rdev();
+    Ok((u64::from(libc::major(rdev)), u64::from(libc::minor(rdev))))
+}
+
 pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -475,20 +483,11 @@ impl Engine {
 
     /// The jail's volume device as (major, minor), for IO limits.
     fn volume_device(rec: &JailRecord) -> Result<Option<(u64, u64)>, JailError> {
-        let Some(dev) = rec
-            .loop_device
-            .as_ref()
+        rec.loop_device
+            .as_deref()
             .filter(|_| rec.upper == Upper::Volume)
-        else {
-            return Ok(None);
-        };
-        let rdev = fs::metadata(dev)
-            .map_err(JailError::io("stat", dev))?
-            .rdev();
-        Ok(Some((
-            u64::from(libc::major(rdev)),
-            u64::from(libc::minor(rdev)),
-        )))
+            .map(device_numbers)
+            .transpose()
     }
 
     /// Creates the jail's cgroup if missing and writes its limits.
@@ -770,10 +769,7 @@ impl Engine {
                 }
             }
             if let Some(dev) = dev {
-                let rdev = fs::metadata(&dev)
-                    .map_err(JailError::io("stat", &dev))?
-                    .rdev();
-                device = Some((u64::from(libc::major(rdev)), u64::from(libc::minor(rdev))));
+                device = Some(device_numbers(&dev)?);
                 rec.loop_device = Some(dev);
             }
         }

@@ -246,12 +246,13 @@ pub(crate) async fn forget_after_changes(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
-    let caches = req
-        .app_data::<actix_web::web::Data<crate::AppState>>()
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let caches = changes
+        .then(|| req.app_data::<actix_web::web::Data<crate::AppState>>())
+        .flatten()
         .map(|s| s.caches.clone());
     let res = next.call(req).await;
-    if !reads && let Some(caches) = caches {
+    if let Some(caches) = caches {
         caches.clear();
     }
     res
