@@ -849,3 +849,69 @@ async fn staff_sort_tenants_by_this_months_usage() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// One customer in two browsers, pages kept in memory: each page carries
+/// its own session's form token (a form from either works), and a message
+/// after an action shows once, then the page is as before.
+#[tokio::test]
+async fn kept_pages_carry_each_sessions_form_token_and_show_a_message_once() {
+    let app = TestApp::spawn_with(None, std::time::Duration::from_secs(3600)).await;
+    register_node(&app).await;
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    let t = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("delta").unwrap(),
+        "Delta BV",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let jail = jails::create(&app.pool, t, &small_jail("shop"))
+        .await
+        .unwrap();
+    let password = app
+        .create_user("c@delta.test", Role::Customer, Some(t))
+        .await;
+    let (a, b) = (new_client(), new_client());
+    for c in [&a, &b] {
+        let r = app.sign_in(c, "c@delta.test", &password).await;
+        assert_eq!(r.status(), 303);
+    }
+    let detail = format!("/jails/{}", jail.id);
+    let page = |c: &reqwest::Client| {
+        let req = c.get(app.url(&detail));
+        async move { req.send().await.unwrap().text().await.unwrap() }
+    };
+    let (a1, b1, a2, b2) = (
+        page(&a).await,
+        page(&b).await,
+        page(&a).await,
+        page(&b).await,
+    );
+    let token = |html: &str| hidden_field(html, "csrf_token").expect("a form token");
+    assert_eq!(token(&a1), token(&a2));
+    assert_eq!(token(&b1), token(&b2));
+    assert_ne!(
+        token(&a1),
+        token(&b1),
+        "each session has a token of its own"
+    );
+    for (c, html) in [(&a, &a2), (&b, &b2)] {
+        let r = c
+            .post(app.url(&format!("/jails/{}/stop", jail.id)))
+            .form(&[("csrf_token", token(html))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "a form from a kept page is accepted");
+        let shown = page(c).await;
+        assert!(
+            shown.contains("class=\"flash ok\"") && shown.contains("stop requested"),
+            "{shown}"
+        );
+        let again = page(c).await;
+        assert!(!again.contains("class=\"flash"), "{again}");
+        assert!(again.contains(">stopping</span>"), "{again}");
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header;
@@ -27,7 +28,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The signed-in session of a request; extracting it refuses anonymous requests.
-pub(crate) struct SignedIn(pub Session);
+pub(crate) struct SignedIn(pub Arc<Session>);
 
 impl FromRequest for SignedIn {
     type Error = WebError;
@@ -47,6 +48,7 @@ impl FromRequest for SignedIn {
             let epoch = state.caches.epoch();
             let session = sessions::touch(&state.pool, &token, state.settings.session_expiry)
                 .await?
+                .map(Arc::new)
                 .ok_or(WebError::SignInRequired)?;
             state.caches.keep_session(hash, &session, epoch);
             Ok(SignedIn(session))

@@ -13,7 +13,8 @@
 //! A page's data is loaded once however many requests ask for it at the same
 //! time. A change drops the entry itself, so a load that started before the
 //! change can answer the requests that were waiting for it but is never
-//! served to a later one.
+//! served to a later one. The HTML rendered from that data for each viewer
+//! is kept with it, so it goes with the data and is never older.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
+use actix_web::web::Bytes;
 use stockade_store::PgPool;
 use stockade_store::changes::{self, Change};
 use stockade_store::sessions::Session;
@@ -41,6 +43,10 @@ const SESSIONS: usize = 10_000;
 /// lives a few seconds, so this is every page viewed in that time on a busy
 /// node; past it, expired ones go, then all.
 const PAGES: usize = 1_000;
+
+/// Viewers whose rendering of one page is kept (a page is mostly seen by
+/// one person; staff pages by a few).
+const VIEWS: usize = 8;
 
 /// The longest a session is trusted without asking the database.
 const SESSION_RECHECK: Duration = Duration::from_secs(30);
@@ -72,14 +78,31 @@ impl PageKey {
 
 type Value = Arc<dyn Any + Send + Sync>;
 
+/// A page's data and its renderings.
+#[derive(Default)]
+struct Entry {
+    data: OnceCell<Value>,
+    views: Mutex<Vec<(Arc<Session>, Bytes)>>,
+}
+
 struct Slot {
-    cell: Arc<OnceCell<Value>>,
+    entry: Arc<Entry>,
     born: Instant,
 }
 
 struct CachedSession {
-    session: Session,
+    session: Arc<Session>,
     checked: Instant,
+}
+
+/// Whether a page rendered for `a` shows `b` the same (who is signed in,
+/// and the form token every form on it carries).
+fn same_viewer(a: &Session, b: &Session) -> bool {
+    a.csrf_token == b.csrf_token
+        && a.user.id == b.user.id
+        && a.user.role == b.user.role
+        && a.user.email == b.user.email
+        && a.user.tenant_id == b.user.tenant_id
 }
 
 /// The read caches of one web process.
@@ -151,7 +174,7 @@ impl Caches {
     }
 
     /// The session of `token_hash`, if held and still fresh.
-    pub(crate) fn session(&self, token_hash: &[u8]) -> Option<Session> {
+    pub(crate) fn session(&self, token_hash: &[u8]) -> Option<Arc<Session>> {
         if !self.is_live() {
             return None;
         }
@@ -169,7 +192,7 @@ impl Caches {
 
     /// Keeps a session read from the database at `epoch`, unless sessions
     /// were dropped since (the read may predate the change that dropped them).
-    pub(crate) fn keep_session(&self, token_hash: Vec<u8>, session: &Session, epoch: u64) {
+    pub(crate) fn keep_session(&self, token_hash: Vec<u8>, session: &Arc<Session>, epoch: u64) {
         if !self.is_live() {
             return;
         }
@@ -193,22 +216,61 @@ impl Caches {
         );
     }
 
-    /// The data of page `key`: held, or loaded by `load` once for every
-    /// request asking meanwhile.
-    pub(crate) async fn page<T, F, Fut>(&self, key: PageKey, load: F) -> Result<Arc<T>, WebError>
+    /// The HTML of page `key` for `viewer`: as rendered last for the same
+    /// viewer from the same data, or rendered now by `render` from the data
+    /// (held, or loaded by `load`). Without a viewer (a page showing a
+    /// one-time message) nothing rendered is kept.
+    pub(crate) async fn page_html<T, F, Fut>(
+        &self,
+        key: PageKey,
+        viewer: Option<&Arc<Session>>,
+        load: F,
+        render: impl FnOnce(Arc<T>) -> Result<String, WebError>,
+    ) -> Result<Bytes, WebError>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, WebError>>,
+    {
+        let (data, entry) = self.entry(key, load).await?;
+        let (Some(viewer), Some(entry)) = (viewer, entry) else {
+            return render(data).map(Bytes::from);
+        };
+        if let Some((_, html)) = lock(&entry.views)
+            .iter()
+            .find(|(v, _)| same_viewer(v, viewer))
+        {
+            return Ok(html.clone());
+        }
+        let html = Bytes::from(render(data)?);
+        let mut views = lock(&entry.views);
+        if views.len() >= VIEWS {
+            views.remove(0);
+        }
+        views.push((viewer.clone(), html.clone()));
+        Ok(html)
+    }
+
+    /// The data of page `key` (held, or loaded by `load` once for every
+    /// request asking meanwhile) and, while caching, the entry holding it.
+    async fn entry<T, F, Fut>(
+        &self,
+        key: PageKey,
+        load: F,
+    ) -> Result<(Arc<T>, Option<Arc<Entry>>), WebError>
     where
         T: Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, WebError>>,
     {
         if !self.is_live() || self.page_ttl.is_zero() {
-            return load().await.map(Arc::new);
+            return Ok((Arc::new(load().await?), None));
         }
-        let cell = {
+        let entry = {
             let mut pages = lock(&self.pages);
             let ttl = self.page_ttl;
             match pages.get(&key) {
-                Some(slot) if slot.born.elapsed() < ttl => slot.cell.clone(),
+                Some(slot) if slot.born.elapsed() < ttl => slot.entry.clone(),
                 _ => {
                     if pages.len() >= PAGES {
                         pages.retain(|_, s| s.born.elapsed() < ttl);
@@ -216,25 +278,27 @@ impl Caches {
                             pages.clear();
                         }
                     }
-                    let cell = Arc::new(OnceCell::new());
+                    let entry = Arc::new(Entry::default());
                     pages.insert(
                         key,
                         Slot {
-                            cell: cell.clone(),
+                            entry: entry.clone(),
                             born: Instant::now(),
                         },
                     );
-                    cell
+                    entry
                 }
             }
         };
-        let value = cell
+        let value = entry
+            .data
             .get_or_try_init(|| async { load().await.map(|v| Arc::new(v) as Value) })
             .await?
             .clone();
-        value
+        let data = value
             .downcast::<T>()
-            .map_err(|_| WebError::from(anyhow::anyhow!("a cached page held another type")))
+            .map_err(|_| WebError::from(anyhow::anyhow!("a cached page held another type")))?;
+        Ok((data, Some(entry)))
     }
 }
 
@@ -289,8 +353,8 @@ mod tests {
     use stockade_domain::{Email, Role};
     use stockade_store::users::User;
 
-    fn session(user: Uuid) -> Session {
-        Session {
+    fn session(user: Uuid) -> Arc<Session> {
+        Arc::new(Session {
             user: User {
                 id: user,
                 email: Email::parse("a@b.test").unwrap(),
@@ -299,7 +363,7 @@ mod tests {
             },
             csrf_token: "t".into(),
             expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
-        }
+        })
     }
 
     #[test]
@@ -344,7 +408,7 @@ mod tests {
         let c = Caches::new(Duration::from_secs(5), Duration::from_secs(3600));
         c.set_live(true);
         let mut s = session(Uuid::new_v4());
-        s.expires_at = chrono::Utc::now() - chrono::Duration::seconds(1);
+        Arc::make_mut(&mut s).expires_at = chrono::Utc::now() - chrono::Duration::seconds(1);
         c.keep_session(vec![1], &s, c.epoch());
         assert!(c.session(&[1]).is_none());
         // A short idle expiry means a short trust.
@@ -365,11 +429,12 @@ mod tests {
             let loads = &loads;
             let c = &c;
             async move {
-                c.page(key, || async {
+                c.entry(key, || async {
                     Ok::<u32, WebError>(loads.fetch_add(1, Ordering::SeqCst) + 1)
                 })
                 .await
                 .unwrap()
+                .0
             }
         };
         let (x, y) = tokio::join!(get(PageKey::Overview(t)), get(PageKey::Overview(t)));
@@ -399,16 +464,63 @@ mod tests {
         let c = Caches::new(Duration::from_secs(60), Duration::from_secs(3600));
         c.set_live(true);
         let key = PageKey::StaffTenants("q".into());
-        let r: Result<Arc<u32>, WebError> = c
-            .page(key.clone(), || async {
-                Err(WebError::from(anyhow::anyhow!("database down")))
+        let r = c
+            .entry(key.clone(), || async {
+                Err::<u32, _>(WebError::from(anyhow::anyhow!("database down")))
             })
             .await;
         assert!(r.is_err());
-        let v = c
-            .page(key, || async { Ok::<u32, WebError>(7) })
+        let (v, _) = c
+            .entry(key, || async { Ok::<u32, WebError>(7) })
             .await
             .unwrap();
         assert_eq!(*v, 7);
+    }
+
+    #[tokio::test]
+    async fn a_page_is_rendered_once_per_viewer_until_its_data_changes() {
+        let c = Caches::new(Duration::from_secs(60), Duration::from_secs(3600));
+        c.set_live(true);
+        let t = Uuid::new_v4();
+        let (alice, bob) = (session(Uuid::new_v4()), session(Uuid::new_v4()));
+        let mut alice_again = alice.clone();
+        Arc::make_mut(&mut alice_again).csrf_token = "another sign-in".into();
+        let renders = std::sync::atomic::AtomicU32::new(0);
+        let html = |viewer: Option<Arc<Session>>| {
+            let (c, renders) = (&c, &renders);
+            let who = viewer
+                .as_ref()
+                .map(|v| v.csrf_token.clone())
+                .unwrap_or_default();
+            async move {
+                c.page_html(
+                    PageKey::Overview(t),
+                    viewer.as_ref(),
+                    || async { Ok::<u32, WebError>(1) },
+                    |data| {
+                        let n = renders.fetch_add(1, Ordering::SeqCst) + 1;
+                        Ok(format!("{who} data {data} render {n}"))
+                    },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(html(Some(alice.clone())).await, "t data 1 render 1");
+        assert_eq!(html(Some(alice.clone())).await, "t data 1 render 1");
+        assert_eq!(html(Some(bob.clone())).await, "t data 1 render 2");
+        assert_eq!(
+            html(Some(alice_again.clone())).await,
+            "another sign-in data 1 render 3",
+            "another session of the same user has a form token of its own"
+        );
+        assert_eq!(html(None).await, " data 1 render 4");
+        assert_eq!(
+            html(None).await,
+            " data 1 render 5",
+            "none kept without a viewer"
+        );
+        c.apply(&Change::Tenant(t));
+        assert_eq!(html(Some(alice.clone())).await, "t data 1 render 6");
     }
 }

@@ -14,7 +14,9 @@ use stockade_store::jails::{self, Jail, NewJail};
 use stockade_store::usage::{self, Bucket};
 use uuid::Uuid;
 
-use super::{ActionForm, Layout, QuotaTile, customer_tenant, quota_tiles, record, render};
+use super::{
+    ActionForm, Layout, QuotaTile, cached_page, customer_tenant, quota_tiles, record, render,
+};
 use crate::auth::SignedIn;
 use crate::cache::PageKey;
 use crate::charts::{Series, line_chart};
@@ -119,15 +121,15 @@ async fn overview(
     s: SignedIn,
 ) -> Result<HttpResponse, WebError> {
     let tenant_id = customer_tenant(&s)?;
-    let data = state
-        .caches
-        .page(PageKey::Overview(tenant_id), || {
-            overview_data(&state.pool, tenant_id)
-        })
-        .await?;
-    let layout = Layout::new(&req, &s.0);
-    let had_flash = layout.flash.is_some();
-    render(StatusCode::OK, &OverviewPage { layout, data }, had_flash)
+    cached_page(
+        &state,
+        &req,
+        &s,
+        PageKey::Overview(tenant_id),
+        || overview_data(&state.pool, tenant_id),
+        |layout, data| OverviewPage { layout, data },
+    )
+    .await
 }
 
 /// The create form as typed, kept to show it again with an error.
@@ -526,13 +528,15 @@ async fn detail(
         jail: jail_id,
         period,
     };
-    let data = state
-        .caches
-        .page(key, || jail_data(&state.pool, tenant_id, jail_id, period))
-        .await?;
-    let layout = Layout::new(&req, &s.0);
-    let had_flash = layout.flash.is_some();
-    render(StatusCode::OK, &JailPage { layout, data }, had_flash)
+    cached_page(
+        &state,
+        &req,
+        &s,
+        key,
+        || jail_data(&state.pool, tenant_id, jail_id, period),
+        |layout, data| JailPage { layout, data },
+    )
+    .await
 }
 
 async fn jail_data(

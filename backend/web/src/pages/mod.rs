@@ -6,6 +6,9 @@ mod customer;
 mod staff;
 mod staff_api;
 
+use std::future::Future;
+use std::sync::Arc;
+
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use stockade_domain::Role;
@@ -13,6 +16,7 @@ use stockade_store::sessions::Session;
 use uuid::Uuid;
 
 use crate::auth::SignedIn;
+use crate::cache::PageKey;
 use crate::flash::{self, Flash};
 use crate::{AppState, WebError};
 
@@ -35,12 +39,16 @@ pub(crate) struct Layout {
 
 impl Layout {
     pub(crate) fn new(req: &HttpRequest, s: &Session) -> Self {
+        Self::with_flash(s, flash::take(req))
+    }
+
+    fn with_flash(s: &Session, flash: Option<Flash>) -> Self {
         Layout {
             email: s.user.email.to_string(),
             role: s.user.role.as_str(),
             is_staff: s.user.role.is_staff(),
             csrf_token: s.csrf_token.clone(),
-            flash: flash::take(req),
+            flash,
         }
     }
 }
@@ -52,6 +60,14 @@ pub(crate) fn render(
     had_flash: bool,
 ) -> Result<HttpResponse, WebError> {
     let body = page.render().map_err(anyhow::Error::from)?;
+    Ok(html_response(status, body, had_flash))
+}
+
+fn html_response(
+    status: actix_web::http::StatusCode,
+    body: impl actix_web::body::MessageBody + 'static,
+    had_flash: bool,
+) -> HttpResponse {
     let mut resp = HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header(("Cache-Control", "no-store"))
@@ -59,7 +75,40 @@ pub(crate) fn render(
     if had_flash {
         flash::clear(&mut resp);
     }
-    Ok(resp)
+    resp
+}
+
+/// Answers page `key` through the read cache: its data loaded once for
+/// everyone, its HTML rendered once for each viewer (see [`crate::cache`]).
+/// A page showing a one-time message is rendered for this request only.
+pub(crate) async fn cached_page<T, P, F, Fut>(
+    state: &AppState,
+    req: &HttpRequest,
+    s: &SignedIn,
+    key: PageKey,
+    load: F,
+    page: impl FnOnce(Layout, Arc<T>) -> P,
+) -> Result<HttpResponse, WebError>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, WebError>>,
+    P: Template,
+{
+    let flash = flash::take(req);
+    let had_flash = flash.is_some();
+    let viewer = (!had_flash).then_some(&s.0);
+    let html = state
+        .caches
+        .page_html(key, viewer, load, |data| {
+            fragment(&page(Layout::with_flash(&s.0, flash), data))
+        })
+        .await?;
+    Ok(html_response(
+        actix_web::http::StatusCode::OK,
+        html,
+        had_flash,
+    ))
 }
 
 /// Renders the part of a page that is the same for every viewer, once, to

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::customer::{ConfirmPage, JailRow};
 use super::{
-    ActionForm, Layout, QuotaTile, quota_tiles, record, render, require_admin, require_staff,
+    ActionForm, Layout, QuotaTile, cached_page, quota_tiles, record, render, require_admin,
+    require_staff,
 };
 use crate::auth::SignedIn;
 use crate::cache::PageKey;
@@ -146,20 +147,20 @@ async fn tenants_page(
     let page = q.page.unwrap_or(0).min(100_000);
     let status_text = status.map(|s| s.as_str().to_owned()).unwrap_or_default();
     let key = PageKey::StaffTenants(query_string(&search, &status_text, &sort, page));
-    let data = state
-        .caches
-        .page(key, || {
-            tenants_data(&state.pool, search, status, status_text, sort, order, page)
-        })
-        .await?;
-    let layout = Layout::new(&req, &s.0);
-    let had_flash = layout.flash.is_some();
-    let out = TenantsPage {
-        layout,
-        can_admin: s.0.user.role == Role::Admin,
-        data,
-    };
-    render(StatusCode::OK, &out, had_flash)
+    let can_admin = s.0.user.role == Role::Admin;
+    cached_page(
+        &state,
+        &req,
+        &s,
+        key,
+        || tenants_data(&state.pool, search, status, status_text, sort, order, page),
+        |layout, data| TenantsPage {
+            layout,
+            can_admin,
+            data,
+        },
+    )
+    .await
 }
 
 async fn tenants_data(
