@@ -239,8 +239,12 @@ impl Engine {
             });
         }
         let seccomp = seccomp::filters()?;
-        let jails = state::jails_dir(&cfg.state_dir);
-        fs::create_dir_all(&jails).map_err(JailError::io("create", &jails))?;
+        for dir in [
+            state::jails_dir(&cfg.state_dir),
+            state::mount_dir(&cfg.state_dir),
+        ] {
+            fs::create_dir_all(&dir).map_err(JailError::io("create", &dir))?;
+        }
         fs::create_dir_all(&cfg.image_dir).map_err(JailError::io("create", &cfg.image_dir))?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent);
         Ok(Self {
@@ -447,9 +451,6 @@ impl Engine {
         };
         // The record first: whatever is created next can be found from it.
         state::save(&paths, &rec)?;
-        for d in [&paths.rootfs, &paths.scratch] {
-            fs::create_dir_all(d).map_err(JailError::io("create", d))?;
-        }
         if upper == Upper::Volume {
             let dev = volume::ensure(
                 self.host.as_ref(),
@@ -536,10 +537,7 @@ impl Engine {
         let lower = image::path(&self.cfg.image_dir, &spec.image)?;
         let upper = match rec.upper {
             Upper::Volume => UpperSource::Volume(&paths.volume),
-            Upper::Tmpfs { bytes } => UpperSource::Tmpfs {
-                scratch: &paths.scratch,
-                bytes,
-            },
+            Upper::Tmpfs { bytes } => UpperSource::Tmpfs { bytes },
         };
         let userns = rec.uid_base;
         // In a user namespace the image is seen through an id-mapped mount
@@ -550,7 +548,9 @@ impl Engine {
         } else {
             &lower
         };
-        let steps = rootfs::plan(lower_dir, &upper, &paths.rootfs, userns.is_some());
+        let mnt = state::mount_dir(&self.cfg.state_dir);
+        let steps = rootfs::plan(lower_dir, &upper, &mnt, userns.is_some());
+        let root = rootfs::root_in(&mnt);
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         let command = ExecPlan::new(
             argv,
@@ -568,7 +568,7 @@ impl Engine {
             user_namespace: userns.is_some(),
             seccomp: self.seccomp.programs(),
             stdio,
-            rootfs: &paths.rootfs,
+            rootfs: &root,
         };
         // The jail's namespaces exist once the init does; its cgroup and
         // veth are made meanwhile the init mounts the root.

@@ -53,9 +53,10 @@
 //!
 //! `<state>/jails/<name>/` holds `jail.json` (the record), `volume.img`
 //! (sparse ext4), `volume/` (its mount point, with the overlay's `upper/` and
-//! `work/`), `rootfs/` and `scratch/` (mount points used only inside the
-//! jail's own mount namespace), `lower/` (the id-mapped image of a jail with
-//! a user namespace) and `console.log` (a started jail's output).
+//! `work/`), `lower/` (the id-mapped image of a jail with a user namespace)
+//! and `console.log` (a started jail's output). `<state>/mnt/` stays empty on
+//! the node: each jail mounts a tmpfs of its own over it, inside its own
+//! mount namespace, and assembles its root there.
 //! Cgroups are `<cgroup root>[/<controller>]/<parent>/<name>`. A jail's
 //! host-side veth is `sk` + 12 hex digits of a hash of its name
 //! ([`host_link`]).

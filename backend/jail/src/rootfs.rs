@@ -15,8 +15,16 @@ use nix::mount::{MntFlags, MsFlags};
 pub(crate) enum UpperSource<'a> {
     /// A mounted volume holding `upper/` and `work/`.
     Volume(&'a Path),
-    /// A tmpfs of `bytes`, mounted on `scratch` inside the jail only.
-    Tmpfs { scratch: &'a Path, bytes: u64 },
+    /// A tmpfs of `bytes`, inside the jail only.
+    Tmpfs { bytes: u64 },
+}
+
+/// Size of the jail's own tmpfs when it holds only the root's mount point.
+const MOUNT_POINT_TMPFS_BYTES: u64 = 64 << 10;
+
+/// Where the root is assembled: inside the jail's own tmpfs over `mnt`.
+pub(crate) fn root_in(mnt: &Path) -> PathBuf {
+    mnt.join("root")
 }
 
 /// One step of the root filesystem setup.
@@ -144,17 +152,17 @@ const MASKED_DIRS: [&str; 5] = [
     "sys/devices/virtual/powercap",
 ];
 
-/// The ordered setup of a jail's root at `rootfs` from the image `lower`.
+/// The ordered setup of a jail's root from the image `lower`, assembled at
+/// [`root_in`]`(mnt)`: `mnt` is a folder of the node that every jail covers
+/// with a tmpfs of its own, in its own mount namespace, so the root's mount
+/// point (and a tmpfs upper layer) are made in memory and go with the jail;
+/// nothing is created or removed on the node's disk for them.
 ///
 /// In a user namespace (`userns`) device nodes cannot be made: the host's
 /// are bound instead (the same six harmless devices).
-pub(crate) fn plan(
-    lower: &Path,
-    upper: &UpperSource<'_>,
-    rootfs: &Path,
-    userns: bool,
-) -> Vec<Step> {
+pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, mnt: &Path, userns: bool) -> Vec<Step> {
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let rootfs = &root_in(mnt);
     let r = |p: &str| rootfs.join(p);
     let mut steps = vec![
         // 1. Before any mount: nothing done below may propagate back to the
@@ -168,27 +176,36 @@ pub(crate) fn plan(
             data: None,
         },
     ];
-    // 2. The writable layer, then the overlay root on top of the image.
+    // 2. The jail's own tmpfs with the root's mount point, the writable
+    //    layer, then the overlay root on top of the image.
+    let bytes = match upper {
+        UpperSource::Tmpfs { bytes } => *bytes,
+        UpperSource::Volume(_) => MOUNT_POINT_TMPFS_BYTES,
+    };
+    steps.push(mount(
+        "mount the jail's tmpfs",
+        "tmpfs",
+        mnt,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("size={bytes},mode=0700")),
+    ));
+    steps.push(Step::Mkdir {
+        path: cp(rootfs),
+        mode: 0o755,
+    });
     let (upper_dir, work_dir) = match upper {
         UpperSource::Volume(dir) => (dir.join("upper"), dir.join("work")),
-        UpperSource::Tmpfs { scratch, bytes } => {
-            steps.push(mount(
-                "mount tmpfs upper",
-                "tmpfs",
-                scratch,
-                "tmpfs",
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some(format!("size={bytes},mode=0700")),
-            ));
+        UpperSource::Tmpfs { .. } => {
             steps.push(Step::Mkdir {
-                path: cp(&scratch.join("upper")),
+                path: cp(&mnt.join("upper")),
                 mode: 0o755,
             });
             steps.push(Step::Mkdir {
-                path: cp(&scratch.join("work")),
+                path: cp(&mnt.join("work")),
                 mode: 0o700,
             });
-            (scratch.join("upper"), scratch.join("work"))
+            (mnt.join("upper"), mnt.join("work"))
         }
     };
     steps.push(mount(
@@ -452,20 +469,22 @@ mod tests {
         let steps = plan(
             Path::new("/img/busybox"),
             &UpperSource::Volume(Path::new("/s/web/volume")),
-            Path::new("/s/web/rootfs"),
+            Path::new("/s/mnt"),
             false,
         );
         let n = names(&steps);
         assert_eq!(n[0], "make mounts private /");
+        assert_eq!(n[1], "mount the jail's tmpfs /s/mnt");
+        assert!(index(&n, "mkdir /s/mnt/root") < index(&n, "mount overlay root"));
         assert!(index(&n, "mount overlay root") < index(&n, "mount proc"));
-        assert!(index(&n, "mount /dev") < index(&n, "mknod /s/web/rootfs/dev/null"));
+        assert!(index(&n, "mount /dev") < index(&n, "mknod /s/mnt/root/dev/null"));
         assert!(index(&n, "mount proc") < index(&n, "bind /proc entry"));
         assert!(
-            index(&n, "mknod /s/web/rootfs/dev/null")
-                < index(&n, "hide kernel file /s/web/rootfs/proc/kcore")
+            index(&n, "mknod /s/mnt/root/dev/null")
+                < index(&n, "hide kernel file /s/mnt/root/proc/kcore")
         );
-        assert_eq!(n.last().unwrap(), "pivot_root /s/web/rootfs");
-        let Step::Mount { data, .. } = &steps[1] else {
+        assert_eq!(n.last().unwrap(), "pivot_root /s/mnt/root");
+        let Step::Mount { data, .. } = &steps[index(&n, "mount overlay root")] else {
             panic!()
         };
         assert_eq!(
@@ -476,19 +495,22 @@ mod tests {
 
     #[test]
     fn tmpfs_upper_is_mounted_before_the_overlay_that_uses_it() {
-        let scratch = Path::new("/s/run/scratch");
         let steps = plan(
             Path::new("/img/b"),
-            &UpperSource::Tmpfs {
-                scratch,
-                bytes: 1 << 20,
-            },
-            Path::new("/s/run/rootfs"),
+            &UpperSource::Tmpfs { bytes: 1 << 20 },
+            Path::new("/s/mnt"),
             false,
         );
         let n = names(&steps);
-        assert_eq!(n[1], "mount tmpfs upper /s/run/scratch");
-        assert!(index(&n, "mkdir /s/run/scratch/work") < index(&n, "mount overlay root"));
+        assert_eq!(n[1], "mount the jail's tmpfs /s/mnt");
+        let Step::Mount { data, .. } = &steps[1] else {
+            panic!()
+        };
+        assert_eq!(
+            data.as_deref().unwrap().to_str().unwrap(),
+            "size=1048576,mode=0700"
+        );
+        assert!(index(&n, "mkdir /s/mnt/work") < index(&n, "mount overlay root"));
     }
 
     #[test]
@@ -501,7 +523,9 @@ mod tests {
         );
         let n = names(&steps);
         assert!(!n.iter().any(|s| s.starts_with("mknod")), "{n:?}");
-        assert!(index(&n, "create file /r/dev/null") < index(&n, "bind device /r/dev/null"));
+        assert!(
+            index(&n, "create file /r/root/dev/null") < index(&n, "bind device /r/root/dev/null")
+        );
     }
 
     #[test]
@@ -530,11 +554,11 @@ mod tests {
         assert_eq!(
             ro,
             [
-                "/r/proc/bus",
-                "/r/proc/fs",
-                "/r/proc/irq",
-                "/r/proc/sys",
-                "/r/proc/sysrq-trigger"
+                "/r/root/proc/bus",
+                "/r/root/proc/fs",
+                "/r/root/proc/irq",
+                "/r/root/proc/sys",
+                "/r/root/proc/sysrq-trigger"
             ]
         );
         // Masking comes after proc is mounted, and before the pivot.

@@ -209,8 +209,13 @@ fn rules() -> Result<Vec<(u32, Rule)>, JailError> {
                 .map_err(|_| compile_error(format!("call number {nr}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    rules.sort_unstable_by_key(|(nr, _)| *nr);
-    rules.dedup_by_key(|(nr, _)| *nr);
+    rules.sort_by_key(|(nr, _)| *nr);
+    if let Some(w) = rules.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(compile_error(format!(
+            "call number {} listed twice",
+            w[0].0
+        )));
+    }
     Ok(rules)
 }
 

@@ -62,10 +62,6 @@ pub(crate) struct JailPaths {
     pub volume_image: PathBuf,
     /// Where the volume is mounted on the host.
     pub volume: PathBuf,
-    /// Where the jail's root is assembled (inside its mount namespace only).
-    pub rootfs: PathBuf,
-    /// Where a tmpfs upper is mounted (inside its mount namespace only).
-    pub scratch: PathBuf,
     /// Standard output and error of a started (not run) jail.
     pub log: PathBuf,
     /// The image mounted with the jail's id mapping (user namespaces).
@@ -79,8 +75,6 @@ impl JailPaths {
             record: dir.join("jail.json"),
             volume_image: dir.join("volume.img"),
             volume: dir.join("volume"),
-            rootfs: dir.join("rootfs"),
-            scratch: dir.join("scratch"),
             log: dir.join("console.log"),
             lower: dir.join("lower"),
             dir,
@@ -90,6 +84,12 @@ impl JailPaths {
 
 pub(crate) fn jails_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("jails")
+}
+
+/// The folder every jail covers with a tmpfs of its own, in its own mount
+/// namespace, to assemble its root in (see [`crate::rootfs::plan`]).
+pub(crate) fn mount_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("mnt")
 }
 
 /// Reads a record; `None` when the jail has none.

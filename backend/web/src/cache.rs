@@ -19,7 +19,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,10 @@ const PAGES: usize = 1_000;
 /// Viewers whose rendering of one page is kept (a page is mostly seen by
 /// one person; staff pages by a few).
 const VIEWS: usize = 8;
+
+/// Bytes of rendered HTML kept at most, over all pages: past it a page is
+/// rendered for each request until some are dropped.
+const HTML_BUDGET: usize = 16 << 20;
 
 /// The longest a session is trusted without asking the database.
 const SESSION_RECHECK: Duration = Duration::from_secs(30);
@@ -79,10 +83,36 @@ impl PageKey {
 type Value = Arc<dyn Any + Send + Sync>;
 
 /// A page's data and its renderings.
-#[derive(Default)]
 struct Entry {
     data: OnceCell<Value>,
     views: Mutex<Vec<(Arc<Session>, Bytes)>>,
+    /// The bytes of HTML held by every entry, this one's included.
+    html_bytes: Arc<AtomicUsize>,
+}
+
+impl Entry {
+    fn new(html_bytes: Arc<AtomicUsize>) -> Self {
+        Entry {
+            data: OnceCell::new(),
+            views: Mutex::new(Vec::new()),
+            html_bytes,
+        }
+    }
+
+    fn held(views: &[(Arc<Session>, Bytes)]) -> usize {
+        views.iter().map(|(_, html)| html.len()).sum()
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let views = self
+            .views
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.html_bytes
+            .fetch_sub(Self::held(views), Ordering::AcqRel);
+    }
 }
 
 struct Slot {
@@ -116,6 +146,8 @@ pub(crate) struct Caches {
     epoch: AtomicU64,
     pages: Mutex<HashMap<PageKey, Slot>>,
     sessions: Mutex<HashMap<Vec<u8>, CachedSession>>,
+    /// Bytes of rendered HTML held (see [`HTML_BUDGET`]).
+    html_bytes: Arc<AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -133,6 +165,7 @@ impl Caches {
             epoch: AtomicU64::new(0),
             pages: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            html_bytes: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -244,10 +277,18 @@ impl Caches {
         }
         let html = Bytes::from(render(data)?);
         let mut views = lock(&entry.views);
-        if views.len() >= VIEWS {
-            views.remove(0);
+        // Another request of the same viewer may have rendered it meanwhile.
+        if let Some((_, kept)) = views.iter().find(|(v, _)| same_viewer(v, viewer)) {
+            return Ok(kept.clone());
         }
-        views.push((viewer.clone(), html.clone()));
+        if views.len() >= VIEWS {
+            let (_, gone) = views.remove(0);
+            self.html_bytes.fetch_sub(gone.len(), Ordering::AcqRel);
+        }
+        if self.html_bytes.load(Ordering::Acquire) + html.len() <= HTML_BUDGET {
+            self.html_bytes.fetch_add(html.len(), Ordering::AcqRel);
+            views.push((viewer.clone(), html.clone()));
+        }
         Ok(html)
     }
 
@@ -278,7 +319,7 @@ impl Caches {
                             pages.clear();
                         }
                     }
-                    let entry = Arc::new(Entry::default());
+                    let entry = Arc::new(Entry::new(self.html_bytes.clone()));
                     pages.insert(
                         key,
                         Slot {
@@ -522,5 +563,44 @@ mod tests {
         );
         c.apply(&Change::Tenant(t));
         assert_eq!(html(Some(alice.clone())).await, "t data 1 render 6");
+    }
+
+    #[tokio::test]
+    async fn rendered_pages_stay_within_the_budget() {
+        let c = Caches::new(Duration::from_secs(60), Duration::from_secs(3600));
+        c.set_live(true);
+        let (t, u) = (Uuid::new_v4(), Uuid::new_v4());
+        let renders = std::sync::atomic::AtomicU32::new(0);
+        let big = HTML_BUDGET * 3 / 5;
+        let html = |key: PageKey, viewer: Arc<Session>| {
+            let (c, renders) = (&c, &renders);
+            async move {
+                c.page_html(
+                    key,
+                    Some(&viewer),
+                    || async { Ok::<u32, WebError>(1) },
+                    |_| {
+                        renders.fetch_add(1, Ordering::SeqCst);
+                        Ok("x".repeat(big))
+                    },
+                )
+                .await
+                .unwrap();
+                renders.load(Ordering::SeqCst)
+            }
+        };
+        let (a, b) = (session(Uuid::new_v4()), session(Uuid::new_v4()));
+        assert_eq!(html(PageKey::Overview(t), a.clone()).await, 1);
+        assert_eq!(html(PageKey::Overview(t), a.clone()).await, 1, "kept");
+        assert_eq!(html(PageKey::Overview(u), b.clone()).await, 2);
+        assert_eq!(
+            html(PageKey::Overview(u), b.clone()).await,
+            3,
+            "over budget"
+        );
+        // Dropping the first page gives its bytes back.
+        c.apply(&Change::Tenant(t));
+        assert_eq!(html(PageKey::Overview(u), b.clone()).await, 4);
+        assert_eq!(html(PageKey::Overview(u), b).await, 4, "kept now");
     }
 }
