@@ -680,26 +680,28 @@ async fn admins_create_and_revoke_api_tokens_shown_once() {
     assert_eq!(api.status(), 401, "a revoked token is refused");
 }
 
+/// A panel that keeps page data an hour, with a node and a tenant on the
+/// starter plan that has one small jail.
+async fn kept_pages_world(slug: &str, name: &str) -> (TestApp, Uuid, jails::Jail) {
+    let app = TestApp::spawn_with(None, std::time::Duration::from_secs(3600)).await;
+    register_node(&app).await;
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    let t = tenants::create(&app.pool, &TenantSlug::parse(slug).unwrap(), name, plan.id)
+        .await
+        .unwrap()
+        .id;
+    let jail = jails::create(&app.pool, t, &small_jail("shop"))
+        .await
+        .unwrap();
+    (app, t, jail)
+}
+
 /// The panel keeps sessions and page data in memory; what changes elsewhere
 /// (the agent reporting a jail's state, a session ended by another web
 /// process) shows at once, long before that data would expire.
 #[tokio::test]
 async fn pages_show_changes_made_elsewhere_at_once() {
-    let app = TestApp::spawn_with(None, std::time::Duration::from_secs(3600)).await;
-    register_node(&app).await;
-    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
-    let t = tenants::create(
-        &app.pool,
-        &TenantSlug::parse("gamma").unwrap(),
-        "Gamma GmbH",
-        plan.id,
-    )
-    .await
-    .unwrap()
-    .id;
-    let jail = jails::create(&app.pool, t, &small_jail("shop"))
-        .await
-        .unwrap();
+    let (app, t, jail) = kept_pages_world("gamma", "Gamma GmbH").await;
     let customer = signed_in(&app, "c@gamma.test", Role::Customer, Some(t)).await;
     let page = |path: &str| {
         let url = app.url(path);
@@ -855,21 +857,7 @@ async fn staff_sort_tenants_by_this_months_usage() {
 /// after an action shows once, then the page is as before.
 #[tokio::test]
 async fn kept_pages_carry_each_sessions_form_token_and_show_a_message_once() {
-    let app = TestApp::spawn_with(None, std::time::Duration::from_secs(3600)).await;
-    register_node(&app).await;
-    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
-    let t = tenants::create(
-        &app.pool,
-        &TenantSlug::parse("delta").unwrap(),
-        "Delta BV",
-        plan.id,
-    )
-    .await
-    .unwrap()
-    .id;
-    let jail = jails::create(&app.pool, t, &small_jail("shop"))
-        .await
-        .unwrap();
+    let (app, t, jail) = kept_pages_world("delta", "Delta BV").await;
     let password = app
         .create_user("c@delta.test", Role::Customer, Some(t))
         .await;
