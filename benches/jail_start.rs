@@ -9,8 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stockade_domain::{JailKind, JailName, Limits};
-use stockade_jail::{Engine, EngineConfig, JailSpec};
+mod common;
+
+use stockade_domain::JailName;
+use stockade_jail::{Engine, EngineConfig};
 
 const RUNS: usize = 60;
 
@@ -294,23 +296,7 @@ fn idle_jails(dir: &Path, n: usize) {
         .collect();
     let t = Instant::now();
     for name in &names {
-        engine
-            .create(&JailSpec {
-                name: name.clone(),
-                hostname: name.clone(),
-                image: "busybox".into(),
-                kind: JailKind::System,
-                command: vec!["sleep".into(), "1000000".into()],
-                limits: Limits {
-                    cpu_millicores: 100,
-                    memory_bytes: 32 << 20,
-                    pids: 16,
-                    ..Limits::default()
-                },
-                network: None,
-                user_namespace: false,
-            })
-            .unwrap();
+        engine.create(&common::idle_jail(name, None)).unwrap();
         engine.start(name).unwrap();
     }
     let took = t.elapsed();

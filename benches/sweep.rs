@@ -15,8 +15,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use stockade_domain::{JailKind, JailName, Limits};
-use stockade_jail::{Engine, EngineConfig, JailSpec, NetSpec};
+mod common;
+
+use stockade_domain::JailName;
+use stockade_jail::{Engine, EngineConfig, NetSpec};
 
 const CGROUP_PARENT: &str = "stockade-bench-sweep";
 const BRIDGE: &str = "stkbsweep";
@@ -89,24 +91,6 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn spec(name: &JailName, network: Option<NetSpec>) -> JailSpec {
-    JailSpec {
-        name: name.clone(),
-        hostname: name.clone(),
-        image: "busybox".into(),
-        kind: JailKind::System,
-        command: vec!["sleep".into(), "1000000".into()],
-        limits: Limits {
-            cpu_millicores: 100,
-            memory_bytes: 32 << 20,
-            pids: 16,
-            ..Limits::default()
-        },
-        network,
-        user_namespace: false,
-    }
-}
-
 fn main() {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("sweep bench: needs root; skipped");
@@ -149,7 +133,7 @@ fn main() {
             let base = u32::from(Ipv4Addr::new(10, 79, 0, 2));
             NetSpec::new(Ipv4Addr::from(base + u32::try_from(i).unwrap()))
         });
-        engine.create(&spec(&name, network)).unwrap();
+        engine.create(&common::idle_jail(&name, network)).unwrap();
         engine.start(&name).unwrap();
     }
     println!(
@@ -209,7 +193,7 @@ fn main() {
     let start_one = |cleanup: &mut Cleanup<'_>, i: usize| {
         let name = JailName::parse(&format!("sweep-extra-{i}")).unwrap();
         cleanup.names.push(name.clone());
-        engine.create(&spec(&name, None)).unwrap();
+        engine.create(&common::idle_jail(&name, None)).unwrap();
         let t = Instant::now();
         engine.start(&name).unwrap();
         let took = t.elapsed();

@@ -200,17 +200,7 @@ impl Netlink {
                     return Err(Errno::EIO);
                 }
                 if kind == NLMSG_ERROR && got_seq == seq && off + 20 <= n {
-                    let code = i32::from_ne_bytes([
-                        buf[off + 16],
-                        buf[off + 17],
-                        buf[off + 18],
-                        buf[off + 19],
-                    ]);
-                    return if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(Errno::from_raw(-code))
-                    };
+                    return error_message(&buf, off);
                 }
                 off += align(len);
             }
@@ -386,6 +376,17 @@ pub(crate) struct LinkStats {
     pub tx_bytes: u64,
 }
 
+/// The outcome an `NLMSG_ERROR` message at `off` carries: code 0 is an
+/// acknowledgement, anything else the negated errno.
+fn error_message(buf: &[u8], off: usize) -> Result<(), Errno> {
+    let code = i32::from_ne_bytes([buf[off + 16], buf[off + 17], buf[off + 18], buf[off + 19]]);
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw(-code))
+    }
+}
+
 /// Adds the links of one batch of an `RTM_GETSTATS` dump answering
 /// request `seq` to `out`; true once the dump is complete.
 fn parse_stats(buf: &[u8], seq: u32, out: &mut HashMap<u32, LinkStats>) -> Result<bool, Errno> {
@@ -406,20 +407,8 @@ fn parse_stats(buf: &[u8], seq: u32, out: &mut HashMap<u32, LinkStats>) -> Resul
         if u32_at(off + 8) == seq {
             match kind {
                 NLMSG_DONE => return Ok(true),
-                NLMSG_ERROR if len >= 20 => {
-                    let code = i32::from_ne_bytes([
-                        buf[off + 16],
-                        buf[off + 17],
-                        buf[off + 18],
-                        buf[off + 19],
-                    ]);
-                    // An acknowledgement (code 0) also ends the answer.
-                    return if code == 0 {
-                        Ok(true)
-                    } else {
-                        Err(Errno::from_raw(-code))
-                    };
-                }
+                // An acknowledgement (code 0) also ends the answer.
+                NLMSG_ERROR if len >= 20 => return error_message(buf, off).map(|()| true),
                 // struct if_stats_msg (12 bytes), then attributes.
                 RTM_NEWSTATS if len >= 28 => {
                     let index = u32_at(off + 20);

@@ -1,0 +1,24 @@
+//! What the jail benches share.
+
+use stockade_domain::{JailKind, JailName, Limits};
+use stockade_jail::{JailSpec, NetSpec};
+
+/// An idle system jail (`sleep`, 100m CPU, 32 MiB, 16 pids), with a
+/// network or without.
+pub fn idle_jail(name: &JailName, network: Option<NetSpec>) -> JailSpec {
+    JailSpec {
+        name: name.clone(),
+        hostname: name.clone(),
+        image: "busybox".into(),
+        kind: JailKind::System,
+        command: vec!["sleep".into(), "1000000".into()],
+        limits: Limits {
+            cpu_millicores: 100,
+            memory_bytes: 32 << 20,
+            pids: 16,
+            ..Limits::default()
+        },
+        network,
+        user_namespace: false,
+    }
+}
