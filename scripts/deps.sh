@@ -54,10 +54,3 @@ stockade_install_schemathesis() {
         return 1
     fi
 }
-
-# The triple of this machine: builds name it explicitly, so the static
-# linking flags of .cargo/config.toml reach the binaries but never the build
-# scripts and procedural macros, on any architecture.
-stockade_host_target() {
-    rustc -vV | sed -n 's/^host: //p'
-}
