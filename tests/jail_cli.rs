@@ -192,3 +192,61 @@ fn persistent_jails_run_on_after_the_cli_and_rm_cleans_them() {
         "no mount left"
     );
 }
+
+/// `tty_nr` as `/proc/<pid>/stat` shows it, for a terminal device number.
+fn tty_nr(rdev: u64) -> u64 {
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+#[test]
+fn an_interactive_run_gets_a_terminal_of_its_own_not_the_operators() {
+    if !is_root() {
+        eprintln!("SKIPPED: jail commands need root");
+        return;
+    }
+    let _parents = Parents;
+    let state = state_dir();
+    // The operator's terminal, as the test holds it.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let operator = nix::sys::stat::fstat(&pty.slave).unwrap().st_rdev;
+    let slave = std::fs::File::from(pty.slave);
+    let child = Command::new(env!("CARGO_BIN_EXE_stockade"))
+        .env("STOCKADE_STATE_DIR", state.path())
+        .env("STOCKADE_CGROUP_PARENT", parent())
+        .env("STOCKADE_JAIL_NETWORK", "off")
+        .env("STOCKADE_LOG", "warn")
+        .env_remove("STOCKADE_CONFIG")
+        .args(["jail", "run", "--image", "busybox", "--", "sh", "-c"])
+        .arg("echo stat: $(cat /proc/$$/stat)")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    drop(slave);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Everything the jail printed reached the operator's terminal.
+    let mut master = std::fs::File::from(pty.master);
+    let mut text = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut master, &mut text);
+    let text = String::from_utf8_lossy(&text);
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("stat: "))
+        .unwrap_or_else(|| panic!("no stat line in {text:?}"));
+    let fields: Vec<&str> = line.split(' ').collect();
+    let (pid, session, tty): (u64, u64, u64) = (
+        fields[0].parse().unwrap(),
+        fields[5].parse().unwrap(),
+        fields[6].parse().unwrap(),
+    );
+    assert_eq!(
+        session, pid,
+        "the jail's command leads a session of its own"
+    );
+    assert_ne!(tty, 0, "it has a terminal");
+    assert_ne!(tty, tty_nr(operator), "and it is not the operator's");
+    assert!(jails_left(state.path()).is_empty());
+}

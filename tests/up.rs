@@ -182,6 +182,64 @@ async fn up_runs_the_panel_on_a_managed_cluster_and_stops_cleanly() {
     assert!(!dir.path().join("var/pg/postmaster.pid").exists());
 }
 
+/// An account made for one test, removed again whatever happens.
+struct FreshUser(String);
+impl Drop for FreshUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+    }
+}
+
+/// The README's first command on a new node: the `run_as` account does not
+/// exist yet and accounts are looked up through the host's own name-service
+/// configuration (modules such as systemd's included), which `up` must load
+/// without crashing before it has printed anything.
+#[tokio::test]
+async fn up_creates_a_missing_run_as_user_through_the_hosts_name_services() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED: creating a run_as account needs root");
+        return;
+    }
+    let port = free_port();
+    let user = FreshUser(format!("stk-up-{port}"));
+    let lookup = |name: &str| {
+        Command::new("getent")
+            .args(["passwd", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!lookup(&user.0), "the account is new");
+    let dir = workdir();
+    let mut child = stockade(dir.path(), port)
+        .env("STOCKADE_RUN_AS", &user.0)
+        .arg("up")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("Stockade is up:");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let mut running = Running(child);
+    if !lines.iter().any(|l| l.starts_with("Stockade is up:")) {
+        let status = running.0.wait().unwrap();
+        panic!("up did not start ({status}): {lines:?}");
+    }
+    assert!(lookup(&user.0), "up created the run_as account");
+    sign_in_as_admin(port).await;
+    terminate(&running.0);
+    assert!(wait_exit(&mut running, Duration::from_secs(40)).success());
+}
+
 #[test]
 fn a_port_in_use_is_one_clear_line_and_leaves_nothing_running() {
     let dir = workdir();

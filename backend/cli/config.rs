@@ -53,6 +53,8 @@ pub struct Config {
     pub agent_metrics: Option<SocketAddr>,
     /// Seconds a stopping jail gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// KiB of a started jail's newest output kept on the node.
+    pub console_kib: u64,
     /// The plan self sign-up puts new tenants on; unset = sign-up off.
     pub signup_plan: Option<String>,
     /// The node's jail bridge.
@@ -118,6 +120,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "stop_grace_secs",
         "seconds between SIGTERM and SIGKILL when a jail stops (10)",
     ),
+    (
+        "console_kib",
+        "KiB of each jail's newest output kept on the node, at least 16 (4096)",
+    ),
 ];
 
 impl Default for Config {
@@ -144,6 +150,7 @@ impl Default for Config {
             sample_retention_hours: 48,
             agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
             stop_grace: Duration::from_secs(10),
+            console_kib: 4096,
             signup_plan: None,
             bridge: "stk0".into(),
             jail_network: Some("10.77.0.1/16".parse().expect("valid default network")),
@@ -260,6 +267,7 @@ impl Config {
                 "stop_grace_secs" => {
                     self.stop_grace = Duration::from_secs(parse_num(key, value, 0u64)?)
                 }
+                "console_kib" => self.console_kib = parse_num(key, value, 16u64)?,
                 "signup_plan" => {
                     let v = value.trim();
                     self.signup_plan = if v.is_empty() {

@@ -235,6 +235,7 @@ fn engine(cfg: &Config) -> anyhow::Result<Engine> {
     engine_cfg.cgroup_parent = cfg.cgroup_parent.clone();
     engine_cfg.bridge = cfg.bridge.clone();
     engine_cfg.firewall_table = cfg.firewall_table.clone();
+    engine_cfg.console_bytes = cfg.console_kib << 10;
     if let Some(net) = cfg.jail_network {
         engine_cfg.gateway = net;
     }

@@ -104,6 +104,7 @@ pub async fn agent_task(
     engine_cfg.cgroup_parent = format!("stockade-{}", cfg.node_name);
     engine_cfg.bridge = cfg.bridge.clone();
     engine_cfg.firewall_table = cfg.firewall_table.clone();
+    engine_cfg.console_bytes = cfg.console_kib << 10;
     if let Some(net) = cfg.jail_network {
         engine_cfg.gateway = net;
     }

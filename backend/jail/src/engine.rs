@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use crate::rootfs::{self, UpperSource};
 use crate::seccomp::{self, Filters};
 use crate::spec::{JailSpec, JailStatus, Usage};
 use crate::state::{self, InitProcess, JailPaths, JailRecord, Upper};
+use crate::terminal::Terminal;
 use crate::usage::{Reader, ReaderConfig, UsageReader};
 use crate::volume::{self, HostView};
 use crate::{hostinfo, image};
@@ -68,6 +69,9 @@ pub struct EngineConfig {
     /// Whether the engine turns on IPv4 forwarding when a jail publishes
     /// ports or uses outbound NAT (needed to reach it from other machines).
     pub forwarding: bool,
+    /// Most bytes of a started jail's output kept on the node (`console.log`,
+    /// the newest output; 4 MiB).
+    pub console_bytes: u64,
 }
 
 impl EngineConfig {
@@ -94,6 +98,7 @@ impl EngineConfig {
             uid_base: 1_000_000,
             uid_ranges: 4096,
             forwarding: true,
+            console_bytes: 4 << 20,
         }
     }
 }
@@ -239,11 +244,17 @@ impl Engine {
             });
         }
         let seccomp = seccomp::filters()?;
+        // The node's state is root's: its folders can be passed through
+        // (a jail with a user namespace reaches its own layers as its
+        // unprivileged host uid) but not listed by anyone else.
         for dir in [
+            cfg.state_dir.clone(),
             state::jails_dir(&cfg.state_dir),
             state::mount_dir(&cfg.state_dir),
         ] {
             fs::create_dir_all(&dir).map_err(JailError::io("create", &dir))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o711))
+                .map_err(JailError::io("chmod", &dir))?;
         }
         fs::create_dir_all(&cfg.image_dir).map_err(JailError::io("create", &cfg.image_dir))?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent);
@@ -451,6 +462,14 @@ impl Engine {
         };
         // The record first: whatever is created next can be found from it.
         state::save(&paths, &rec)?;
+        // A jail's folder (record, volume image, output) is for root only,
+        // and for a jail with a user namespace its own root, which mounts
+        // the layers inside it.
+        if let Some(base) = uid_base {
+            self.host.chown(&paths.dir, base)?;
+        }
+        fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700))
+            .map_err(JailError::io("chmod", &paths.dir))?;
         if upper == Upper::Volume {
             let dev = volume::ensure(
                 self.host.as_ref(),
@@ -624,12 +643,16 @@ impl Engine {
         let null = File::open("/dev/null").map_err(JailError::io("open", "/dev/null"))?;
         let log = OpenOptions::new()
             .create(true)
-            .append(true)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&paths.log)
             .map_err(JailError::io("open", &paths.log))?;
         let stdio = Stdio::Detached {
             stdin: null.into(),
             log: log.into(),
+            log_limit: self.cfg.console_bytes,
         };
         let Outcome::Started { pid } = self.launch(&paths, &rec, &argv, stdio)? else {
             return Err(JailError::NotRunning(name.to_string()));
@@ -884,13 +907,19 @@ impl Engine {
         } else {
             b"500"
         };
-        launch::join(&launch::Join {
+        let mut terminal = Terminal::for_caller()?;
+        let code = launch::join(&launch::Join {
             namespaces,
             cgroup_procs: &procs,
             command: &command,
             seccomp: self.seccomp.programs(),
             oom_score_adj,
-        })
+            tty: terminal.as_mut().and_then(Terminal::slave),
+        });
+        if let Some(t) = terminal {
+            t.finish();
+        }
+        code
     }
 
     /// Runs a transient app jail: creates it, runs `argv` (or the spec's
@@ -908,10 +937,15 @@ impl Engine {
             argv.to_vec()
         };
         let mut simple = false;
+        let mut terminal = Terminal::for_caller()?;
+        let tty = terminal.as_mut().and_then(Terminal::slave);
         let result = self.prepare(spec, true, false).and_then(|(paths, rec)| {
             simple = rec.upper != Upper::Volume && rec.spec.network.is_none();
-            self.launch(&paths, &rec, &argv, Stdio::Inherit)
+            self.launch(&paths, &rec, &argv, Stdio::Inherit { tty })
         });
+        if let Some(t) = terminal {
+            t.finish();
+        }
         let cleanup = match result {
             // The init has been reaped, and with it went every process of
             // its PID namespace and every mount of its mount namespace: of a

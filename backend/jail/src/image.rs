@@ -85,8 +85,32 @@ pub(crate) fn import(image_dir: &Path, name: &str, tarball: &Path) -> Result<(),
                 detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
+        let dropped = drop_devices(tmp)?;
+        if dropped > 0 {
+            tracing::info!(image = name, dropped, "device nodes left out of the image");
+        }
         Ok(())
     })
+}
+
+/// Removes every block and character device node below `dir` (symlinks
+/// are not followed); returns how many. A jail's devices are the few its
+/// /dev gets, never ones an image brings.
+fn drop_devices(dir: &Path) -> Result<usize, JailError> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut dropped = 0;
+    for entry in fs::read_dir(dir).map_err(JailError::io("list", dir))? {
+        let entry = entry.map_err(JailError::io("list", dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(JailError::io("stat", &path))?;
+        if kind.is_dir() {
+            dropped += drop_devices(&path)?;
+        } else if kind.is_block_device() || kind.is_char_device() {
+            fs::remove_file(&path).map_err(JailError::io("remove", &path))?;
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
 }
 
 /// Assembles the `busybox` image from a static busybox binary if missing:
@@ -227,5 +251,55 @@ mod tests {
         let err = import(&images, "bad", &d.path().join("nope.tar")).unwrap_err();
         assert!(err.to_string().contains("nope.tar"), "{err}");
         assert_eq!(list(&images).unwrap(), ["test"]);
+    }
+
+    #[test]
+    fn import_leaves_device_nodes_out() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED import_leaves_device_nodes_out: making device nodes needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("dev/sub")).unwrap();
+        fs::write(src.join("dev/keep"), "file\n").unwrap();
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o666);
+        // /dev/mem and a disk, as a hostile image would bring them.
+        for (p, kind, dev) in [
+            (
+                "dev/mem",
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::makedev(1, 1),
+            ),
+            (
+                "dev/sub/sda",
+                nix::sys::stat::SFlag::S_IFBLK,
+                nix::sys::stat::makedev(8, 0),
+            ),
+        ] {
+            nix::sys::stat::mknod(&src.join(p), kind, mode, dev).unwrap();
+        }
+        let tarball = d.path().join("root.tar");
+        let ok = Command::new("tar")
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let images = d.path().join("images");
+        fs::create_dir(&images).unwrap();
+        import(&images, "devs", &tarball).unwrap();
+        let root = images.join("devs");
+        assert!(root.join("dev/keep").exists(), "ordinary files stay");
+        assert!(root.join("dev/sub").is_dir(), "folders stay");
+        for p in ["dev/mem", "dev/sub/sda"] {
+            assert!(
+                fs::symlink_metadata(root.join(p)).is_err(),
+                "{p} was left out"
+            );
+        }
     }
 }

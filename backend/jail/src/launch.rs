@@ -481,7 +481,19 @@ fn become_command(
     command: &ExecPlan,
     seccomp: &[Vec<libc::sock_filter>],
     oom_score_adj: Option<&[u8]>,
+    tty: bool,
 ) -> ! {
+    // A session of its own: no terminal of the caller's is the command's
+    // controlling terminal (whose input it could fake with TIOCSTI, or
+    // whose other processes it could signal). A terminal made for the jail
+    // (on fd 0) becomes its controlling terminal instead.
+    if let Err(e) = nix::unistd::setsid() {
+        fail(report, Stage::Session, 1, e);
+    }
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    if tty && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        fail(report, Stage::Session, 2, Errno::last());
+    }
     if let Some(adj) = oom_score_adj {
         write_file(c"/proc/self/oom_score_adj", adj);
     }
@@ -510,6 +522,7 @@ struct CommandArgs<'a> {
     command: &'a ExecPlan,
     seccomp: &'a [Vec<libc::sock_filter>],
     oom_score_adj: Option<&'a [u8]>,
+    tty: bool,
 }
 
 extern "C" fn command_entry(arg: *mut libc::c_void) -> libc::c_int {
@@ -517,7 +530,7 @@ extern "C" fn command_entry(arg: *mut libc::c_void) -> libc::c_int {
     // is suspended (CLONE_VFORK) and keeps it alive until this process execs
     // or exits, neither of which returns here.
     let a = unsafe { &*arg.cast::<CommandArgs<'_>>() };
-    become_command(a.report, a.command, a.seccomp, a.oom_score_adj)
+    become_command(a.report, a.command, a.seccomp, a.oom_score_adj, a.tty)
 }
 
 /// Starts the jail's command as `posix_spawn` does: the new process shares
@@ -648,6 +661,14 @@ fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
         command: launch.command,
         seccomp: launch.seccomp,
         oom_score_adj: Some(command_adj),
+        tty: launch.stdio.tty(),
+    };
+    // A started jail's command writes into a pipe the init reads; only the
+    // init writes the log, so the log never outgrows its limit whatever
+    // the command prints.
+    let mut console = match &launch.stdio {
+        Stdio::Detached { log_limit, .. } => Some(console_pipe(report, *log_limit)),
+        Stdio::Inherit { .. } => None,
     };
     let child = match spawn_command(&command) {
         Ok(child) => child,
@@ -656,39 +677,274 @@ fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     // SAFETY: closes our copy of the report pipe; the command's copy closes
     // at exec, which tells the engine the jail is up.
     unsafe { libc::close(report) };
+    if let Some(ring) = &console {
+        ring.after_spawn();
+    }
+    // SAFETY: signalfd reads the set; the mask is blocked above.
+    let signals =
+        unsafe { libc::signalfd(-1, waited.as_ref(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    let mut chunk = [0u8; 16 << 10];
     loop {
-        let Ok(sig) = waited.wait() else { continue };
-        if sig != Signal::SIGCHLD {
-            let _ = nix::sys::signal::kill(child, sig);
+        let pipe = console.as_ref().map_or(-1, |c| c.pipe);
+        let mut fds = [
+            libc::pollfd {
+                fd: signals,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pipe,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        if signals < 0 {
+            // No signalfd (a very old kernel): wait for signals alone.
+            if let Ok(sig) = waited.wait() {
+                on_signal(sig, child, console.as_mut(), &mut chunk);
+            }
             continue;
         }
-        loop {
-            match waitpid(
-                Pid::from_raw(-1),
-                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
-            ) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => exit(code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => exit(128 + sig as i32),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                Ok(_) | Err(Errno::EINTR) => continue,
-                Err(_) => break,
+        // SAFETY: polls two live pollfd records; a negative fd is skipped.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            continue;
+        }
+        if fds[1].revents != 0
+            && let Some(ring) = console.as_mut()
+            && !ring.pump(&mut chunk)
+        {
+            console = None;
+        }
+        if fds[0].revents != 0 {
+            let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reads at most one record into a buffer of its size.
+            while unsafe { libc::read(signals, info.as_mut_ptr().cast(), size) }
+                == isize::try_from(size).unwrap_or(0)
+            {
+                // SAFETY: the kernel filled the whole record.
+                let signo = unsafe { info.assume_init_ref() }.ssi_signo;
+                if let Ok(sig) = Signal::try_from(i32::try_from(signo).unwrap_or(0)) {
+                    on_signal(sig, child, console.as_mut(), &mut chunk);
+                }
             }
         }
+    }
+}
+
+/// Forwards `sig` to the command; on SIGCHLD reaps every zombie and, once
+/// the command has ended, keeps what it printed last and exits with its
+/// status.
+fn on_signal(sig: Signal, child: Pid, console: Option<&mut Console>, chunk: &mut [u8]) {
+    if sig != Signal::SIGCHLD {
+        let _ = nix::sys::signal::kill(child, sig);
+        return;
+    }
+    let mut status = None;
+    loop {
+        match waitpid(
+            Pid::from_raw(-1),
+            Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+        ) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => status = Some(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                status = Some(128 + sig as i32);
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    if let Some(code) = status {
+        if let Some(ring) = console {
+            ring.drain(chunk);
+        }
+        exit(code);
+    }
+}
+
+/// The descriptor a started jail's init keeps its log on.
+const LOG_FD: RawFd = 5;
+
+/// A started jail's output, as its init keeps it: the command's stdout and
+/// stderr are a pipe, and the log file holds at most `limit` bytes, the
+/// newest ones. When a write would pass the limit, the newest half of the
+/// file is moved to its start and the rest cut off, so the log stays an
+/// ordinary file in order, and copying costs at most what was written.
+struct Console {
+    /// The pipe's read end.
+    pipe: RawFd,
+    /// The log's current size.
+    size: u64,
+    limit: u64,
+}
+
+/// Makes the console pipe and connects the init's fds 1 and 2 to its write
+/// end, for the command to inherit.
+fn console_pipe(report: RawFd, limit: u64) -> Console {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        fail(report, Stage::Session, 3, Errno::last());
+    }
+    // SAFETY: dup2 onto the standard streams (without close-on-exec), then
+    // closes the original write end, once.
+    unsafe {
+        libc::dup2(fds[1], 1);
+        libc::dup2(fds[1], 2);
+        libc::close(fds[1]);
+    }
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the record on success.
+    let size = if unsafe { libc::fstat(LOG_FD, st.as_mut_ptr()) } == 0 {
+        // SAFETY: filled by the successful fstat above.
+        u64::try_from(unsafe { st.assume_init_ref() }.st_size).unwrap_or(0)
+    } else {
+        0
+    };
+    Console {
+        pipe: fds[0],
+        size,
+        limit: limit.max(2 * 4096),
+    }
+}
+
+impl Console {
+    /// Once the command holds the write end: the init lets go of its own
+    /// copies (so the pipe ends when the command's processes are gone),
+    /// and caps the files it may write, so even a subverted init cannot
+    /// fill the host's disk through the log.
+    fn after_spawn(&self) {
+        // SAFETY: duplicates fd 0 (/dev/null) onto 1 and 2; sets a flag.
+        unsafe {
+            libc::dup2(0, 1);
+            libc::dup2(0, 2);
+            libc::fcntl(self.pipe, libc::F_SETFL, libc::O_NONBLOCK);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
+        let cap = self.limit + (64 << 10);
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, cap, cap);
+    }
+
+    /// Copies what is waiting in the pipe into the log; false once the
+    /// pipe has ended.
+    fn pump(&mut self, chunk: &mut [u8]) -> bool {
+        loop {
+            // SAFETY: reads into a live buffer of its length.
+            let n = unsafe { libc::read(self.pipe, chunk.as_mut_ptr().cast(), chunk.len()) };
+            match usize::try_from(n) {
+                Ok(0) => {
+                    // SAFETY: closes the pipe's read end, once.
+                    unsafe { libc::close(self.pipe) };
+                    return false;
+                }
+                Ok(n) => self.append(&chunk[..n]),
+                Err(_) => return Errno::last() != Errno::EBADF,
+            }
+        }
+    }
+
+    /// What is left in the pipe when the command has ended.
+    fn drain(&mut self, chunk: &mut [u8]) {
+        let _ = self.pump(chunk);
+    }
+
+    fn append(&mut self, data: &[u8]) {
+        let len = data.len() as u64;
+        let half = self.limit / 2;
+        let mut shrunk = false;
+        let data = if len > half {
+            // Only the newest half of a large write can be kept anyway.
+            self.size = 0;
+            shrunk = true;
+            &data[usize::try_from(len - half).unwrap_or(0)..]
+        } else {
+            if self.size + len > self.limit {
+                self.keep_newest(half - len);
+                shrunk = true;
+            }
+            data
+        };
+        // SAFETY: writes from a live slice at the log's end; a failed
+        // write (a full disk) only loses output.
+        let n = unsafe {
+            libc::pwrite(
+                LOG_FD,
+                data.as_ptr().cast(),
+                data.len(),
+                i64::try_from(self.size).unwrap_or(0),
+            )
+        };
+        if let Ok(n) = u64::try_from(n) {
+            self.size += n;
+        }
+        if shrunk {
+            // SAFETY: cuts the file at what it holds; shrinking is valid.
+            unsafe { libc::ftruncate(LOG_FD, i64::try_from(self.size).unwrap_or(0)) };
+        }
+    }
+
+    /// Moves the newest `keep` bytes of the log to its start.
+    fn keep_newest(&mut self, keep: u64) {
+        let keep = keep.min(self.size);
+        let mut from = self.size - keep;
+        let mut to = 0u64;
+        let mut buf = [0u8; 16 << 10];
+        while from < self.size {
+            // SAFETY: reads into and writes from a live stack buffer.
+            let n = unsafe {
+                libc::pread(
+                    LOG_FD,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    i64::try_from(from).unwrap_or(0),
+                )
+            };
+            let Ok(n) = usize::try_from(n) else { break };
+            if n == 0 {
+                break;
+            }
+            // SAFETY: as above.
+            unsafe {
+                libc::pwrite(
+                    LOG_FD,
+                    buf.as_ptr().cast(),
+                    n,
+                    i64::try_from(to).unwrap_or(0),
+                )
+            };
+            from += n as u64;
+            to += n as u64;
+        }
+        self.size = to;
     }
 }
 
 /// How the jail's standard streams are connected.
 #[derive(Debug)]
 pub(crate) enum Stdio {
-    /// The caller's own: `run` passes the command's output through.
-    Inherit,
-    /// A started jail: stdin from /dev/null, stdout and stderr to its log.
+    /// The caller's own: `run` passes the command's output through. With
+    /// `tty`, the slave end of a terminal made for the jail replaces them
+    /// and becomes the command's controlling terminal; the caller's own
+    /// terminal is never one inside the jail.
+    Inherit { tty: Option<OwnedFd> },
+    /// A started jail: stdin from /dev/null, stdout and stderr through a
+    /// pipe to its init, which keeps the newest output in the log.
     Detached {
         /// Opened /dev/null.
         stdin: OwnedFd,
-        /// Opened log file (append).
+        /// Opened log file (read-write, not appending: the ring rewrites it).
         log: OwnedFd,
+        /// Most bytes the log may hold.
+        log_limit: u64,
     },
+}
+
+impl Stdio {
+    fn tty(&self) -> bool {
+        matches!(self, Stdio::Inherit { tty: Some(_) })
+    }
 }
 
 /// Everything the launcher and the init need, prepared before forking.
@@ -805,21 +1061,40 @@ fn first_steps(
     parent: Option<Pid>,
 ) -> (RawFd, RawFd) {
     reset_signals();
+    // Nothing in the jail may read this process's memory (a copy of the
+    // engine's) or trace it; the command becomes dumpable again at exec,
+    // once its filter is installed.
+    // SAFETY: PR_SET_DUMPABLE takes integers only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let mut log = -1;
     match &launch.stdio {
-        Stdio::Detached { stdin, log } => {
+        Stdio::Detached {
+            stdin, log: file, ..
+        } => {
             // A session of its own: the caller's terminal and process group
             // signals never reach a started jail.
             if let Err(e) = nix::unistd::setsid() {
                 fail(report, Stage::Session, 0, e);
             }
-            // SAFETY: duplicates fds owned by `launch` onto 0, 1 and 2.
+            // The caller's streams are not the jail's: 0-2 read and write
+            // /dev/null until the init connects the command to its log.
+            // SAFETY: duplicates an fd owned by `launch` onto 0, 1 and 2.
             unsafe {
                 libc::dup2(stdin.as_raw_fd(), 0);
-                libc::dup2(log.as_raw_fd(), 1);
-                libc::dup2(log.as_raw_fd(), 2);
+                libc::dup2(stdin.as_raw_fd(), 1);
+                libc::dup2(stdin.as_raw_fd(), 2);
             }
+            log = file.as_raw_fd();
         }
-        Stdio::Inherit => {
+        Stdio::Inherit { tty } => {
+            if let Some(tty) = tty {
+                // SAFETY: duplicates an fd owned by `launch` onto 0, 1 and 2.
+                unsafe {
+                    libc::dup2(tty.as_raw_fd(), 0);
+                    libc::dup2(tty.as_raw_fd(), 1);
+                    libc::dup2(tty.as_raw_fd(), 2);
+                }
+            }
             // A `run` jail dies with its caller.
             // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
             unsafe { libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -830,22 +1105,36 @@ fn first_steps(
     }
     // The init never execs, so it must not keep the caller's descriptors
     // (an agent's sockets, other jails' files): keep 0-2, the report pipe
-    // (moved to fd 3) and the go pipe (fd 4), close the rest. Both are
-    // first lifted above 10 so neither move overwrites the other.
+    // (moved to fd 3), the go pipe (fd 4) and a started jail's log (fd
+    // [`LOG_FD`]), close the rest. All are first lifted above 10 so no move
+    // overwrites another.
     // SAFETY: F_DUPFD_CLOEXEC only creates descriptors.
-    let (high_report, high_go) = unsafe {
+    let (high_report, high_go, high_log) = unsafe {
         (
             libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 10),
             libc::fcntl(go, libc::F_DUPFD_CLOEXEC, 10),
+            if log < 0 {
+                0
+            } else {
+                libc::fcntl(log, libc::F_DUPFD_CLOEXEC, 10)
+            },
         )
     };
-    if high_report < 0 || high_go < 0 {
+    if high_report < 0 || high_go < 0 || high_log < 0 {
         fail(report, Stage::Session, 0, Errno::last());
     }
     let report = move_fd(high_report, 3, high_report);
     let go = move_fd(high_go, 4, report);
-    // SAFETY: close_range only closes descriptors; none above 4 is used again.
-    unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
+    if log >= 0 {
+        move_fd(high_log, LOG_FD, report);
+    }
+    // SAFETY: close_range only closes descriptors; none above the log's is
+    // used again.
+    unsafe { libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32) };
+    if log < 0 {
+        // SAFETY: closes what may be at the log's number; it is unused.
+        unsafe { libc::close(LOG_FD) };
+    }
     (report, go)
 }
 
@@ -969,7 +1258,7 @@ pub(crate) fn launch(launch: &Launch<'_>, hooks: Hooks<'_>) -> Result<Outcome, J
     // the caller's child and outlives it; so does one with a user namespace,
     // whose mount namespace must be made after the engine id-maps the image.
     let mut direct = None;
-    if matches!(launch.stdio, Stdio::Inherit) && !launch.user_namespace {
+    if matches!(launch.stdio, Stdio::Inherit { .. }) && !launch.user_namespace {
         match clone_into(jail_namespaces()) {
             Ok(Cloned::Child) => direct_init(launch, w.as_raw_fd(), go_r.as_raw_fd()),
             Ok(Cloned::Parent(child)) => direct = Some(child),
@@ -1046,14 +1335,30 @@ pub(crate) struct Join<'a> {
     pub seccomp: &'a [Vec<libc::sock_filter>],
     /// The value the command's `oom_score_adj` gets (as the jail's own).
     pub oom_score_adj: &'static [u8],
+    /// A terminal made for the command (its slave end), instead of the
+    /// caller's streams.
+    pub tty: Option<OwnedFd>,
 }
 
 fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
     reset_signals();
-    // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
-    unsafe { libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // Not traceable from inside the jail until the command's exec (see
+    // `first_steps`).
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    }
     if nix::unistd::getppid() != parent {
         exit(1);
+    }
+    if let Some(tty) = &join.tty {
+        // SAFETY: duplicates an fd owned by `join` onto 0, 1 and 2.
+        unsafe {
+            libc::dup2(tty.as_raw_fd(), 0);
+            libc::dup2(tty.as_raw_fd(), 1);
+            libc::dup2(tty.as_raw_fd(), 2);
+        }
     }
     // The cgroup is joined through the host's cgroupfs, so before entering
     // the jail's mount namespace; the mount namespace goes last because
@@ -1070,6 +1375,17 @@ fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
             fail(report, Stage::UserNs, i, e);
         }
     }
+    // Nothing of the caller's but the standard streams and the report
+    // pipe (moved to fd 3) reaches the jail: its other descriptors (the
+    // namespace files included, used above) are closed.
+    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor.
+    let high = unsafe { libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 10) };
+    if high < 0 {
+        fail(report, Stage::Session, 0, Errno::last());
+    }
+    let report = move_fd(high, 3, high);
+    // SAFETY: close_range only closes descriptors; none above 3 is used again.
+    unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
     // Entering a PID namespace applies to children only: fork once more.
     // SAFETY: the child only makes system calls before exec.
     let child = match unsafe { nix::unistd::fork() } {
@@ -1077,7 +1393,13 @@ fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
             if let Err(e) = nix::unistd::chdir(c"/") {
                 fail(report, Stage::Setns, join.namespaces.len(), e);
             }
-            become_command(report, join.command, join.seccomp, Some(join.oom_score_adj))
+            become_command(
+                report,
+                join.command,
+                join.seccomp,
+                Some(join.oom_score_adj),
+                join.tty.is_some(),
+            )
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(report, Stage::Fork, 0, e),

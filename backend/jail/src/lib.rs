@@ -76,6 +76,7 @@ mod rootfs;
 mod seccomp;
 mod spec;
 mod state;
+mod terminal;
 mod usage;
 mod volume;
 

@@ -132,24 +132,31 @@ const READ_ONLY: [&str; 5] = [
     "proc/sysrq-trigger",
 ];
 
-/// Kernel files hidden behind /dev/null (runc's masked files).
-const MASKED_FILES: [&str; 6] = [
+/// Kernel files hidden behind /dev/null: runc's masked files, and the
+/// kernel's allocator statistics (a side channel on other tenants' work).
+const MASKED_FILES: [&str; 7] = [
     "proc/kcore",
     "proc/keys",
     "proc/latency_stats",
     "proc/timer_list",
     "proc/timer_stats",
     "proc/sched_debug",
+    "proc/slabinfo",
 ];
 
-/// Kernel folders hidden behind an empty read-only tmpfs (runc's masked
-/// folders).
-const MASKED_DIRS: [&str; 5] = [
+/// Kernel folders hidden behind an empty read-only tmpfs: runc's masked
+/// folders, and the node's block devices, whose loop devices name the
+/// volume files (and so the jails) of other tenants (`backing_file`).
+const MASKED_DIRS: [&str; 9] = [
     "proc/acpi",
     "proc/asound",
     "proc/scsi",
     "sys/firmware",
     "sys/devices/virtual/powercap",
+    "sys/block",
+    "sys/class/block",
+    "sys/dev/block",
+    "sys/devices/virtual/block",
 ];
 
 /// The ordered setup of a jail's root from the image `lower`, assembled at
@@ -208,12 +215,14 @@ pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, mnt: &Path, userns: bo
             (mnt.join("upper"), mnt.join("work"))
         }
     };
+    // No device node on the root works (one planted in a volume or an
+    // image included): the jail's devices are the few bound below, on /dev.
     steps.push(mount(
         "mount overlay root",
         "overlay",
         rootfs,
         "overlay",
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(format!(
             "lowerdir={},upperdir={},workdir={}",
             lower.display(),

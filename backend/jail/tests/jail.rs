@@ -702,3 +702,173 @@ fn discover_finds_and_classifies_every_jail_object() {
     f.engine.destroy(&orphan).unwrap();
     assert!(!orphan_dir.exists());
 }
+
+#[test]
+fn console_output_is_bounded_and_keeps_the_newest() {
+    if !root_or_skip("console_output_is_bounded_and_keeps_the_newest") {
+        return;
+    }
+    const LIMIT: u64 = 64 << 10;
+    let f = Fixture::with_config(|cfg| cfg.console_bytes = LIMIT);
+    // About 4 MiB of output, far past the limit, then a last line.
+    let script = "yes 0123456789abcdef0123456789abcdef | head -c 4000000; \
+                  echo; echo last-line; exec sleep 600";
+    let spec = f.spec(
+        "noisy",
+        JailKind::System,
+        &["sh", "-c", script],
+        small_limits(),
+    );
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let log = f
+        .state_dir()
+        .join("jails")
+        .join(spec.name.as_str())
+        .join("console.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.ends_with("last-line\n") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.ends_with("last-line\n"), "the newest output is kept");
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        size <= LIMIT,
+        "console.log holds {size} bytes, limit {LIMIT}"
+    );
+    assert!(
+        size >= LIMIT / 4,
+        "recent output is kept, not only the last line"
+    );
+    assert!(text.contains("0123456789abcdef\n"));
+    // The log is the node's, not the jail's: only root reads it.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&log).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "console.log mode {mode:o}");
+    // A restart writes on into the same log, within the same limit.
+    let before = std::fs::metadata(&log).unwrap().modified().unwrap();
+    f.engine.restart(&spec.name, Duration::ZERO).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let meta = std::fs::metadata(&log).unwrap();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if meta.modified().unwrap() > before && text.ends_with("last-line\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted jail's output is kept"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::metadata(&log).unwrap().len() <= LIMIT);
+    f.engine.destroy(&spec.name).unwrap();
+}
+
+#[test]
+fn exec_gets_a_session_of_its_own_and_no_inherited_descriptors() {
+    if !root_or_skip("exec_gets_a_session_of_its_own_and_no_inherited_descriptors") {
+        return;
+    }
+    let f = Fixture::new();
+    let spec = f.spec("sess", JailKind::System, SLEEPER, small_limits());
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    // A descriptor this process would pass on to a child it execs.
+    let leaked = std::fs::File::open("/dev/null").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&leaked);
+    nix::fcntl::fcntl(
+        &leaked,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    // Field 6 of stat is the session, 7 the controlling terminal.
+    let session = if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        // An interactive caller's command gets a terminal of its own.
+        "set -- $(cat /proc/$$/stat); [ \"$6\" = \"$$\" ] && [ \"$7\" != 0 ]"
+    } else {
+        "set -- $(cat /proc/$$/stat); [ \"$6\" = \"$$\" ] && [ \"$7\" = 0 ]"
+    };
+    assert_eq!(
+        sh(&f, &spec.name, session),
+        0,
+        "a session without a terminal"
+    );
+    let fds = format!("[ ! -e /proc/$$/fd/{fd} ] && [ $(ls /proc/$$/fd | wc -l) -le 4 ]");
+    assert_eq!(sh(&f, &spec.name, &fds), 0, "only stdio reaches the jail");
+    // Run jails too.
+    let spec = f.spec("sess-run", JailKind::App, &[], small_limits());
+    assert_eq!(
+        f.engine
+            .run(
+                &spec,
+                &["sh".into(), "-c".into(), format!("{session} && {fds}")]
+            )
+            .unwrap(),
+        0
+    );
+    drop(leaked);
+}
+
+#[test]
+fn jails_see_no_device_nodes_block_devices_or_allocator_statistics() {
+    if !root_or_skip("jails_see_no_device_nodes_block_devices_or_allocator_statistics") {
+        return;
+    }
+    let f = Fixture::new();
+    let limits = Limits {
+        disk_bytes: 32 << 20,
+        ..small_limits()
+    };
+    let spec = f.spec("masked", JailKind::System, SLEEPER, limits);
+    f.engine.create(&spec).unwrap();
+    let dir = f.state_dir().join("jails").join(spec.name.as_str());
+    // A device node in the jail's volume, as a restored backup or an old
+    // image could bring one (a harmless one, so that only `nodev` stops it).
+    nix::sys::stat::mknod(
+        &dir.join("volume/upper/zero-node"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 5),
+    )
+    .unwrap();
+    f.engine.start(&spec.name).unwrap();
+    assert_ne!(
+        sh(&f, &spec.name, "head -c 1 /zero-node >/dev/null"),
+        0,
+        "a device node on the jail's root does not work"
+    );
+    assert_eq!(sh(&f, &spec.name, "head -c 1 /dev/zero >/dev/null"), 0);
+    // The node has block devices (this jail's volume is a loop device),
+    // whose backing files would name other tenants' jails.
+    assert!(std::fs::read_dir("/sys/block").unwrap().next().is_some());
+    for hidden in [
+        "/sys/block",
+        "/sys/class/block",
+        "/sys/devices/virtual/block",
+    ] {
+        assert_eq!(
+            sh(&f, &spec.name, &format!("[ -z \"$(ls {hidden})\" ]")),
+            0,
+            "{hidden} is empty in a jail"
+        );
+    }
+    assert_eq!(
+        sh(&f, &spec.name, "[ ! -s /proc/slabinfo ]"),
+        0,
+        "/proc/slabinfo shows nothing"
+    );
+    // The node's state is root's.
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&f.state_dir()), 0o711);
+    assert_eq!(mode(&f.state_dir().join("jails")), 0o711);
+    assert_eq!(mode(&dir), 0o700);
+    f.engine.destroy(&spec.name).unwrap();
+}

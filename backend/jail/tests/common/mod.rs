@@ -51,6 +51,11 @@ impl Fixture {
         Self::build(None)
     }
 
+    /// A fixture whose engine settings are first changed by `tweak`.
+    pub fn with_config(tweak: impl FnOnce(&mut EngineConfig)) -> Self {
+        Self::build_with(None, tweak)
+    }
+
     /// A fixture whose jails may have networks: a bridge, address pool and
     /// firewall table of its own, all removed on drop.
     pub fn with_network() -> Self {
@@ -65,6 +70,10 @@ impl Fixture {
     }
 
     fn build(net: Option<TestNet>) -> Self {
+        Self::build_with(net, |_| {})
+    }
+
+    fn build_with(net: Option<TestNet>, tweak: impl FnOnce(&mut EngineConfig)) -> Self {
         // Jails started here outlive their launcher; as subreaper this test
         // process inherits and reaps their inits (the machine's PID 1 may not).
         nix::sys::prctl::set_child_subreaper(true).unwrap();
@@ -90,6 +99,7 @@ impl Fixture {
             // Tests publish to the host itself only: no host-wide switch.
             cfg.forwarding = false;
         }
+        tweak(&mut cfg);
         let engine = Engine::new(cfg).unwrap();
         engine.ensure_busybox().unwrap();
         Self {
