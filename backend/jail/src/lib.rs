@@ -41,7 +41,7 @@
 //! but `open_ports`; published ports; optional outbound NAT), tbf on each
 //! end for `Limits::net_ingress_bps` / `net_egress_bps`. `None`: loopback
 //! only. Every command in a jail runs with capabilities reduced to a short
-//! allow-list (all five sets), `no_new_privs`, a seccomp deny-list and
+//! allow-list (all five sets), `no_new_privs`, a seccomp allow-list and
 //! masked `/proc` entries. `JailSpec::user_namespace` maps the jail's root
 //! to a host uid range of its own (`JailRecord::uid_base`); the image is
 //! seen through an id-mapped mount.
