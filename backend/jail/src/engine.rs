@@ -27,6 +27,7 @@ use crate::rootfs::{self, UpperSource};
 use crate::seccomp::{self, Filters};
 use crate::spec::{JailSpec, JailStatus, Usage};
 use crate::state::{self, InitProcess, JailPaths, JailRecord, Upper};
+use crate::teardown;
 use crate::usage::{Reader, ReaderConfig, UsageReader};
 use crate::volume::{self, HostView};
 use crate::{hostinfo, image};
@@ -694,6 +695,12 @@ impl Engine {
         if rec.is_none() {
             self.network().detach(name.as_str())?;
         }
+        // The id-mapped image of a jail with a user namespace is needed
+        // only while its root is assembled; it would keep the stopped
+        // jail's user namespace alive.
+        if rec.as_ref().is_none_or(|r| r.uid_base.is_some()) {
+            teardown::unmount_all(self.host.as_ref(), &self.cfg.proc_root, &paths.lower)?;
+        }
         if let Some(mut rec) = rec
             && rec.init.take().is_some()
         {
@@ -722,23 +729,12 @@ impl Engine {
             self.network().unpublish(name.as_str(), n)?;
         }
         volume::teardown(self.host.as_ref(), &self.view(), &paths)?;
-        // Anything else still mounted under the jail's folder (a crashed
-        // agent's half-done work): never delete files through a mount.
-        let stray: Vec<PathBuf> = hostinfo::mounts(&self.cfg.proc_root)
-            .into_iter()
-            .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(&paths.dir))
-            .collect();
-        for p in stray.iter().rev() {
-            self.host.unmount(p)?;
-        }
         self.cgroups.remove(name.as_str())?;
-        match fs::remove_dir_all(&paths.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(JailError::io("remove", &paths.dir)(e)),
-        }
-        Ok(())
+        // Whatever else is still mounted under the jail's folder (the
+        // id-mapped image of a jail killed while it started or ran, a
+        // crashed agent's half-done work) is unmounted first: files are
+        // never deleted through a mount.
+        teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)
     }
 
     /// Applies new limits, live on a running jail. A larger disk quota grows
@@ -929,9 +925,11 @@ impl Engine {
     }
 
     /// Removes the cgroup and folder of a jail that has nothing else left.
+    /// A jail with a user namespace still has its id-mapped image mounted
+    /// in the folder: it is unmounted before anything is removed.
     fn remove_leftovers(&self, name: &JailName, paths: &JailPaths) -> Result<(), JailError> {
         self.cgroups.remove(name.as_str())?;
-        fs::remove_dir_all(&paths.dir).map_err(JailError::io("remove", &paths.dir))
+        teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)
     }
 
     /// Removes a port of the node's bridge that [`Engine::discover`] found

@@ -76,6 +76,7 @@ mod rootfs;
 mod seccomp;
 mod spec;
 mod state;
+mod teardown;
 mod usage;
 mod volume;
 
