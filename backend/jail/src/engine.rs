@@ -964,8 +964,11 @@ impl Engine {
             .into_iter()
             .map(|n| (n.clone(), self.cgroups.pids(n)))
             .collect();
+        // The kernel names mount points and loop backing files by their
+        // real path: a state folder reached through a symlink must match.
+        let host_jails_dir = fs::canonicalize(&jails_dir).unwrap_or(jails_dir);
         Ok(discover::group(
-            &jails_dir,
+            &host_jails_dir,
             Observed {
                 state_dirs,
                 cgroups,
