@@ -27,6 +27,7 @@ use crate::rootfs::{self, UpperSource};
 use crate::seccomp::{self, Filters};
 use crate::spec::{JailSpec, JailStatus, Usage};
 use crate::state::{self, InitProcess, JailPaths, JailRecord, Upper};
+use crate::teardown;
 use crate::terminal::Terminal;
 use crate::usage::{Reader, ReaderConfig, UsageReader};
 use crate::volume::{self, HostView};
@@ -717,6 +718,12 @@ impl Engine {
         if rec.is_none() {
             self.network().detach(name.as_str())?;
         }
+        // The id-mapped image of a jail with a user namespace is needed
+        // only while its root is assembled; it would keep the stopped
+        // jail's user namespace alive.
+        if rec.as_ref().is_none_or(|r| r.uid_base.is_some()) {
+            teardown::unmount_all(self.host.as_ref(), &self.cfg.proc_root, &paths.lower)?;
+        }
         if let Some(mut rec) = rec
             && rec.init.take().is_some()
         {
@@ -745,23 +752,12 @@ impl Engine {
             self.network().unpublish(name.as_str(), n)?;
         }
         volume::teardown(self.host.as_ref(), &self.view(), &paths)?;
-        // Anything else still mounted under the jail's folder (a crashed
-        // agent's half-done work): never delete files through a mount.
-        let stray: Vec<PathBuf> = hostinfo::mounts(&self.cfg.proc_root)
-            .into_iter()
-            .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(&paths.dir))
-            .collect();
-        for p in stray.iter().rev() {
-            self.host.unmount(p)?;
-        }
         self.cgroups.remove(name.as_str())?;
-        match fs::remove_dir_all(&paths.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(JailError::io("remove", &paths.dir)(e)),
-        }
-        Ok(())
+        // Whatever else is still mounted under the jail's folder (the
+        // id-mapped image of a jail killed while it started or ran, a
+        // crashed agent's half-done work) is unmounted first: files are
+        // never deleted through a mount.
+        teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)
     }
 
     /// Applies new limits, live on a running jail. A larger disk quota grows
@@ -963,9 +959,11 @@ impl Engine {
     }
 
     /// Removes the cgroup and folder of a jail that has nothing else left.
+    /// A jail with a user namespace still has its id-mapped image mounted
+    /// in the folder: it is unmounted before anything is removed.
     fn remove_leftovers(&self, name: &JailName, paths: &JailPaths) -> Result<(), JailError> {
         self.cgroups.remove(name.as_str())?;
-        fs::remove_dir_all(&paths.dir).map_err(JailError::io("remove", &paths.dir))
+        teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)
     }
 
     /// Removes a port of the node's bridge that [`Engine::discover`] found
@@ -1000,8 +998,11 @@ impl Engine {
             .into_iter()
             .map(|n| (n.clone(), self.cgroups.pids(n)))
             .collect();
+        // The kernel names mount points and loop backing files by their
+        // real path: a state folder reached through a symlink must match.
+        let host_jails_dir = fs::canonicalize(&jails_dir).unwrap_or(jails_dir);
         Ok(discover::group(
-            &jails_dir,
+            &host_jails_dir,
             Observed {
                 state_dirs,
                 cgroups,

@@ -132,6 +132,23 @@ pub enum JailError {
     /// No free address is left in the node's pool.
     #[error(transparent)]
     PoolExhausted(#[from] crate::net::PoolExhausted),
+    /// Something is still mounted at or below a folder that was to be
+    /// removed: nothing was removed.
+    #[error("refusing to remove {dir}: {mount_point} is still mounted")]
+    StillMounted {
+        /// The folder that was to be removed.
+        dir: PathBuf,
+        /// The mount point still there.
+        mount_point: PathBuf,
+    },
+    /// Removing a folder would have entered another filesystem or mount.
+    #[error("refusing to remove {path}: it is on another mount than {top}")]
+    CrossesMount {
+        /// The folder on another mount.
+        path: PathBuf,
+        /// The folder it was found in.
+        top: PathBuf,
+    },
     /// Shrinking a volume is not supported (ext4 cannot shrink online).
     #[error("volume {path}: cannot shrink from {current} to {requested} bytes")]
     Shrink {

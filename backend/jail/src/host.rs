@@ -33,8 +33,8 @@ pub(crate) trait Host: Send + Sync + std::fmt::Debug {
     fn write_id_maps(&self, pid_dir: &Path, base: u32, count: u32) -> Result<(), JailError>;
     /// Mounts `source` on `target` with the id mapping of the user
     /// namespace `userns` (a `/proc/<pid>/ns/user` file): files owned by
-    /// host root appear owned by the namespace's root. Replaces a mount
-    /// already on `target`.
+    /// host root appear owned by the namespace's root. Read-only; replaces
+    /// a mount already on `target`.
     fn idmap_mount(&self, source: &Path, target: &Path, userns: &Path) -> Result<(), JailError>;
     /// Changes the owner (user and group) of one file.
     fn chown(&self, path: &Path, id: u32) -> Result<(), JailError>;
@@ -42,6 +42,7 @@ pub(crate) trait Host: Send + Sync + std::fmt::Debug {
 
 // From <linux/mount.h>.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
@@ -225,8 +226,10 @@ impl Host for LinuxHost {
             i32::try_from(fd).map_err(|_| JailError::sys("open_tree", source)(Errno::EBADF))?;
         // SAFETY: the kernel just returned this fd; nobody else owns it.
         let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Read-only: the image is shared by every jail on it, and the
+        // overlay never writes to its lower layer.
         let attr = MountAttr {
-            attr_set: MOUNT_ATTR_IDMAP,
+            attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
             attr_clr: 0,
             propagation: 0,
             userns_fd: u64::try_from(ns.as_raw_fd()).unwrap_or(u64::MAX),

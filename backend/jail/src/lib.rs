@@ -76,6 +76,7 @@ mod rootfs;
 mod seccomp;
 mod spec;
 mod state;
+mod teardown;
 mod terminal;
 mod usage;
 mod volume;

@@ -48,12 +48,12 @@ pub struct TestNet {
 
 impl Fixture {
     pub fn new() -> Self {
-        Self::build(None)
+        Self::build(None, |_| {})
     }
 
-    /// A fixture whose engine settings are first changed by `tweak`.
-    pub fn with_config(tweak: impl FnOnce(&mut EngineConfig)) -> Self {
-        Self::build_with(None, tweak)
+    /// A fixture whose engine configuration `edit` changes first.
+    pub fn with_config(edit: impl FnOnce(&mut EngineConfig)) -> Self {
+        Self::build(None, edit)
     }
 
     /// A fixture whose jails may have networks: a bridge, address pool and
@@ -62,18 +62,17 @@ impl Fixture {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id() % 100_000;
         let third = u8::try_from((pid + n * 7) % 200 + 20).unwrap();
-        Self::build(Some(TestNet {
-            bridge: format!("skt{pid}x{n}"),
-            gateway: format!("10.213.{third}.1/24").parse().unwrap(),
-            table: format!("stt{pid}x{n}"),
-        }))
+        Self::build(
+            Some(TestNet {
+                bridge: format!("skt{pid}x{n}"),
+                gateway: format!("10.213.{third}.1/24").parse().unwrap(),
+                table: format!("stt{pid}x{n}"),
+            }),
+            |_| {},
+        )
     }
 
-    fn build(net: Option<TestNet>) -> Self {
-        Self::build_with(net, |_| {})
-    }
-
-    fn build_with(net: Option<TestNet>, tweak: impl FnOnce(&mut EngineConfig)) -> Self {
+    fn build(net: Option<TestNet>, edit: impl FnOnce(&mut EngineConfig)) -> Self {
         // Jails started here outlive their launcher; as subreaper this test
         // process inherits and reaps their inits (the machine's PID 1 may not).
         nix::sys::prctl::set_child_subreaper(true).unwrap();
@@ -99,7 +98,7 @@ impl Fixture {
             // Tests publish to the host itself only: no host-wide switch.
             cfg.forwarding = false;
         }
-        tweak(&mut cfg);
+        edit(&mut cfg);
         let engine = Engine::new(cfg).unwrap();
         engine.ensure_busybox().unwrap();
         Self {
