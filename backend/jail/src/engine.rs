@@ -114,6 +114,9 @@ pub struct Engine {
     host: Box<dyn Host>,
     net: Box<dyn NetHost>,
     seccomp: Filters,
+    /// The jail init program and the filter, as sealed in-memory files.
+    init_program: OwnedFd,
+    filter_file: OwnedFd,
 }
 
 /// The size of a jail's uid (and gid) range.
@@ -245,6 +248,8 @@ impl Engine {
             });
         }
         let seccomp = seccomp::filters()?;
+        let init_program = launch::init_program()?;
+        let filter_file = launch::filter_file(seccomp.program())?;
         // The node's state is root's: its folders can be passed through
         // (a jail with a user namespace reaches its own layers as its
         // unprivileged host uid) but not listed by anyone else.
@@ -265,6 +270,8 @@ impl Engine {
             host,
             net,
             seccomp,
+            init_program,
+            filter_file,
         })
     }
 
@@ -581,12 +588,19 @@ impl Engine {
                 ("TERM", &term),
             ],
         )?;
+        let log_limit = match &stdio {
+            Stdio::Detached { log_limit, .. } => Some(*log_limit),
+            Stdio::Inherit { .. } => None,
+        };
+        let init = command.for_init(log_limit, stdio.tty());
         let launch = Launch {
             hostname: CString::new(spec.hostname.as_str()).unwrap_or_default(),
             steps: &steps,
             command: &command,
+            init: &init,
+            program: self.init_program.as_raw_fd(),
+            filter: self.filter_file.as_raw_fd(),
             user_namespace: userns.is_some(),
-            seccomp: self.seccomp.programs(),
             stdio,
             rootfs: &root,
         };
@@ -908,7 +922,7 @@ impl Engine {
             namespaces,
             cgroup_procs: &procs,
             command: &command,
-            seccomp: self.seccomp.programs(),
+            seccomp: self.seccomp.program(),
             oom_score_adj,
             tty: terminal.as_mut().and_then(Terminal::slave),
         });

@@ -1,5 +1,6 @@
-//! Starting processes inside jails: the launcher, the jail's init (PID 1)
-//! and the command it runs, and joining a running jail for `exec`.
+//! Starting processes inside jails: the launcher, the jail's first process
+//! (which becomes its init, PID 1, by exec'ing the `stockade-init`
+//! program), and joining a running jail for `exec`.
 //!
 //! # Forking a possibly multi-threaded caller
 //!
@@ -17,11 +18,16 @@
 //! # Processes
 //!
 //! ```text
-//! engine ──fork──▶ launcher ──fork──▶ init (PID 1 in the jail) ──fork──▶ command
-//!                  unshares the       mounts the root, pivots,      drops capabilities,
-//!                  namespaces         enters its cgroup namespace,  execs
-//!                                     reaps zombies, forwards signals
+//! engine ──fork──▶ launcher ──fork──▶ PID 1 in the jail ──exec──▶ stockade-init ──spawn──▶ command
+//!                  unshares the       mounts the root, pivots,     starts the command,    drops capabilities,
+//!                  namespaces         enters its cgroup namespace  reaps, forwards         filter, execs
+//!                                                                  signals, keeps the log
 //! ```
+//!
+//! The init program is embedded in the engine and exec'd from a sealed
+//! in-memory file opened before the jail's root was entered, so nothing of
+//! the engine's memory or descriptors stays in a jail, and a jail's
+//! `/proc/1/exe` is never a file of the node.
 //!
 //! Meanwhile the engine creates the jail's cgroup, writes its limits and
 //! moves the init into it (and connects its network): the host side and the
@@ -43,54 +49,23 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
-use nix::sys::signal::{SigHandler, SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
+
+pub(crate) use stockade_init::JAIL_PATH;
+use stockade_init::{
+    FILTER_FD, LOG_FD, MSG_ERROR, MSG_PID, MSG_USERNS, REPORT_FD, Stage, exit, send,
+};
 
 use crate::error::JailError;
 use crate::rootfs::Step;
 
-/// The search path inside jails.
-pub(crate) const JAIL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Capabilities a jail's processes keep (Docker's default set without
-/// MKNOD and NET_RAW): enough for a service to bind port 80, change owners
-/// and switch users; no mounting, no module loading, no device nodes, no
-/// raw or forged packets, no host tuning.
-pub(crate) const KEEP_CAPS: [u32; 12] = [
-    0,  // CHOWN
-    1,  // DAC_OVERRIDE
-    3,  // FOWNER
-    4,  // FSETID
-    5,  // KILL
-    6,  // SETGID
-    7,  // SETUID
-    8,  // SETPCAP
-    10, // NET_BIND_SERVICE
-    18, // SYS_CHROOT
-    29, // AUDIT_WRITE
-    31, // SETFCAP
-];
+/// Where the init program's descriptor is put before it is exec'd.
+const PROGRAM_FD: RawFd = 6;
 
 const PR_SET_PDEATHSIG: libc::c_int = 1;
-const PR_CAPBSET_DROP: libc::c_int = 24;
-const PR_SET_NO_NEW_PRIVS: libc::c_int = 38;
-const PR_CAP_AMBIENT: libc::c_int = 47;
-const PR_CAP_AMBIENT_CLEAR_ALL: libc::c_ulong = 4;
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
 const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
-
-/// Signals the init passes on to the command.
-const FORWARDED: [Signal; 7] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
 
 /// A command ready to exec: candidates from the jail's PATH, argv and envp
 /// as NUL-terminated arrays, all allocated before any fork.
@@ -101,6 +76,7 @@ pub(crate) struct ExecPlan {
     envp: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     envp_ptrs: Vec<*const libc::c_char>,
+    candidate_ptrs: Vec<*const libc::c_char>,
 }
 
 fn cstring(what: &'static str, s: &str) -> Result<CString, JailError> {
@@ -145,12 +121,39 @@ impl ExecPlan {
             .chain([std::ptr::null()])
             .collect();
         Ok(Self {
+            candidate_ptrs: candidates.iter().map(|c| c.as_ptr()).collect(),
             candidates,
             argv,
             envp,
             argv_ptrs,
             envp_ptrs,
         })
+    }
+
+    /// The init program's arguments and environment for this command: a
+    /// started jail's log limit, whether the command gets a terminal, then
+    /// the command itself; its environment is the command's.
+    pub fn for_init(&self, log_limit: Option<u64>, tty: bool) -> InitPlan {
+        let mut argv = vec![c"stockade-init".to_owned()];
+        if let Some(limit) = log_limit {
+            argv.push(c"--log".to_owned());
+            argv.push(CString::new(limit.to_string()).unwrap_or_default());
+        }
+        if tty {
+            argv.push(c"--tty".to_owned());
+        }
+        argv.push(c"--".to_owned());
+        argv.extend(self.argv.iter().cloned());
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        InitPlan {
+            argv,
+            argv_ptrs,
+            envp_ptrs: self.envp_ptrs.clone(),
+        }
     }
 
     /// The program as the user gave it, for error messages.
@@ -161,95 +164,31 @@ impl ExecPlan {
     /// Tries each candidate; returns only on failure, with the most telling
     /// errno (a permission problem beats "not found" on another PATH entry).
     fn exec(&self) -> Errno {
-        let _ = &self.envp;
-        let mut err = Errno::ENOENT;
-        for c in &self.candidates {
-            // SAFETY: the path and both arrays are NUL-terminated and live
-            // for the call; on success execve does not return.
-            unsafe { libc::execve(c.as_ptr(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr()) };
-            let e = Errno::last();
-            if e != Errno::ENOENT && e != Errno::ENOTDIR {
-                err = e;
-            }
-        }
-        err
+        let _ = (&self.candidates, &self.envp);
+        // SAFETY: the plan holds NUL-terminated strings and NULL-terminated
+        // arrays of them, alive for the call.
+        Errno::from_raw(unsafe {
+            stockade_init::exec_first(
+                &self.candidate_ptrs,
+                self.argv_ptrs.as_ptr(),
+                self.envp_ptrs.as_ptr(),
+            )
+        })
     }
-}
-
-/// Where a child failed, as carried on the report pipe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-enum Stage {
-    Cgroup = 1,
-    Unshare = 2,
-    Fork = 3,
-    Hostname = 4,
-    Loopback = 5,
-    Root = 6,
-    Exec = 7,
-    Setns = 8,
-    Capabilities = 9,
-    Session = 10,
-    Seccomp = 11,
-    UserNs = 12,
-    CgroupNs = 13,
-}
-
-impl Stage {
-    fn from_u32(v: u32) -> Option<Self> {
-        use Stage::*;
-        [
-            Cgroup,
-            Unshare,
-            Fork,
-            Hostname,
-            Loopback,
-            Root,
-            Exec,
-            Setns,
-            Capabilities,
-            Session,
-            Seccomp,
-            UserNs,
-            CgroupNs,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
-    }
-}
-
-const MSG_PID: u32 = 1;
-const MSG_ERROR: u32 = 2;
-const MSG_USERNS: u32 = 3;
-
-/// Writes one 16-byte record; async-signal-safe.
-fn send(fd: RawFd, kind: u32, a: u32, b: u32, c: i32) {
-    let mut buf = [0u8; 16];
-    buf[0..4].copy_from_slice(&kind.to_ne_bytes());
-    buf[4..8].copy_from_slice(&a.to_ne_bytes());
-    buf[8..12].copy_from_slice(&b.to_ne_bytes());
-    buf[12..16].copy_from_slice(&c.to_ne_bytes());
-    // SAFETY: writes from a live stack buffer; a short or failed write only
-    // loses the report, and the parent still sees the process fail.
-    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
 }
 
 /// Reports a failure and ends the child without running any exit handlers.
 fn fail(fd: RawFd, stage: Stage, index: usize, errno: Errno) -> ! {
-    send(
-        fd,
-        MSG_ERROR,
-        stage as u32,
-        u32::try_from(index).unwrap_or(u32::MAX),
-        errno as i32,
-    );
-    // SAFETY: _exit is async-signal-safe and ends the process at once.
-    unsafe { libc::_exit(1) }
+    stockade_init::fail(fd, stage, index, errno as i32)
 }
 
-fn exit(code: i32) -> ! {
-    // SAFETY: as in `fail`.
-    unsafe { libc::_exit(code) }
+/// The init program's argv (NUL-terminated) and the command's environment,
+/// prepared before any fork.
+#[derive(Debug)]
+pub(crate) struct InitPlan {
+    argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
 }
 
 /// What the children reported.
@@ -317,23 +256,6 @@ fn wait_code(pid: Pid) -> Result<i32, Errno> {
     }
 }
 
-/// Restores default signal dispositions and an empty mask: the caller's
-/// handlers (an async runtime's) mean nothing in a jail, and an ignored
-/// SIGPIPE would be inherited across exec.
-fn reset_signals() {
-    for sig in 1..32 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // SAFETY: installing SIG_DFL is always valid and async-signal-safe.
-            unsafe { libc::signal(sig, libc::SIG_DFL) };
-        }
-    }
-    let _ = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::empty()),
-        None,
-    );
-}
-
 /// Writes "0" (the writer itself) into each `cgroup.procs` file.
 fn join_cgroup(report: RawFd, procs: &[CString]) {
     for (i, file) in procs.iter().enumerate() {
@@ -388,194 +310,47 @@ fn loopback_up() -> Result<(), Errno> {
     if r < 0 { Err(err) } else { Ok(()) }
 }
 
-/// Reduces every capability set to [`KEEP_CAPS`]: the bounding set (at
-/// exec a root process gets exactly the bounding set), the ambient set
-/// (emptied: nothing passes to non-root programs), the effective and
-/// permitted sets of the process itself, and the inheritable set (emptied,
-/// as runtimes do since CVE-2022-24769: it could hand capabilities to
-/// programs with inheritable file capabilities).
-fn drop_capabilities() -> Result<(), Errno> {
-    for cap in 0..64u32 {
-        if KEEP_CAPS.contains(&cap) {
-            continue;
-        }
-        // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointers.
-        let r = unsafe { libc::prctl(PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
-        if r < 0 {
-            match Errno::last() {
-                Errno::EINVAL => break, // past the kernel's last capability
-                e => return Err(e),
-            }
-        }
-    }
-    // SAFETY: PR_CAP_AMBIENT takes integers only.
-    let r = unsafe { libc::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
-    // EINVAL: a kernel without ambient capabilities has none to clear.
-    match Errno::result(r) {
-        Ok(_) | Err(Errno::EINVAL) => {}
-        Err(e) => return Err(e),
-    }
-    let keep = KEEP_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c));
-    let low = u32::try_from(keep & 0xffff_ffff).unwrap_or(0);
-    let high = u32::try_from(keep >> 32).unwrap_or(0);
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let header = Header {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        Data {
-            effective: low,
-            permitted: low,
-            inheritable: 0,
-        },
-        Data {
-            effective: high,
-            permitted: high,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: capset reads a version-3 header and two data records, which
-    // `Header` and `Data` mirror; both are alive for the call.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
-    Errno::result(r).map(drop)
-}
-
-/// Last steps before exec: no program may gain privileges (setuid bits and
-/// file capabilities are ignored from here on), then the system call filter.
-fn lock_down(seccomp: &[Vec<libc::sock_filter>]) -> Result<(), Errno> {
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
-    let r = unsafe { libc::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    Errno::result(r)?;
-    crate::seccomp::install(seccomp)
-}
-
-/// Writes `value` to a small file such as `/proc/self/oom_score_adj`.
-fn write_file(path: &std::ffi::CStr, value: &[u8]) -> bool {
-    // SAFETY: `path` is NUL-terminated; the fd is closed below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: writes from a live slice to the fd opened above.
-    let n = unsafe { libc::write(fd, value.as_ptr().cast(), value.len()) };
-    // SAFETY: closes the fd opened above, once.
-    unsafe { libc::close(fd) };
-    usize::try_from(n).is_ok_and(|n| n == value.len())
-}
-
-/// Becomes the jail's command: runs in the child of the init (or of the
-/// exec helper), ends in execve. `oom_score_adj` is written first if given.
+/// Becomes a command run in a running jail (`exec`): ends in execve with
+/// the jail's capability limits and filter, in a session of its own.
 fn become_command(
     report: RawFd,
     command: &ExecPlan,
-    seccomp: &[Vec<libc::sock_filter>],
-    oom_score_adj: Option<&[u8]>,
+    seccomp: &[libc::sock_filter],
+    oom_score_adj: &[u8],
     tty: bool,
 ) -> ! {
-    // A session of its own: no terminal of the caller's is the command's
-    // controlling terminal (whose input it could fake with TIOCSTI, or
-    // whose other processes it could signal). A terminal made for the jail
-    // (on fd 0) becomes its controlling terminal instead.
-    if let Err(e) = nix::unistd::setsid() {
-        fail(report, Stage::Session, 1, e);
+    stockade_init::reset_signals();
+    if let Err((i, e)) = stockade_init::new_session(tty) {
+        fail(report, Stage::Session, i, Errno::from_raw(e));
     }
-    // SAFETY: TIOCSCTTY takes an integer argument.
-    if tty && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-        fail(report, Stage::Session, 2, Errno::last());
-    }
-    if let Some(adj) = oom_score_adj {
-        write_file(c"/proc/self/oom_score_adj", adj);
-    }
-    let _ = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::empty()),
-        None,
-    );
+    write_proc_file(c"/proc/self/oom_score_adj", oom_score_adj);
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     // The engine's process may have raised its open-file limit for the
     // usage reader; the jail's command gets the limit it would have had.
     crate::usage::restore_open_file_limit();
-    if let Err(e) = drop_capabilities() {
-        fail(report, Stage::Capabilities, 0, e);
+    if let Err(e) = stockade_init::drop_capabilities() {
+        fail(report, Stage::Capabilities, 0, Errno::from_raw(e));
     }
-    if let Err(e) = lock_down(seccomp) {
-        fail(report, Stage::Seccomp, 0, e);
+    if let Err((i, e)) = stockade_init::lock_down(seccomp) {
+        fail(report, Stage::Seccomp, i, Errno::from_raw(e));
     }
     let e = command.exec();
     fail(report, Stage::Exec, 0, e)
 }
 
-/// What the command's process needs, on the stack of the init that waits.
-struct CommandArgs<'a> {
-    report: RawFd,
-    command: &'a ExecPlan,
-    seccomp: &'a [Vec<libc::sock_filter>],
-    oom_score_adj: Option<&'a [u8]>,
-    tty: bool,
-}
-
-extern "C" fn command_entry(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `CommandArgs` of `spawn_command`'s caller, which
-    // is suspended (CLONE_VFORK) and keeps it alive until this process execs
-    // or exits, neither of which returns here.
-    let a = unsafe { &*arg.cast::<CommandArgs<'_>>() };
-    become_command(a.report, a.command, a.seccomp, a.oom_score_adj, a.tty)
-}
-
-/// Starts the jail's command as `posix_spawn` does: the new process shares
-/// the init's memory, on a stack of its own, until it execs, and the init
-/// waits meanwhile. Unlike a fork, nothing of the init's address space (a
-/// copy of the engine's) is copied for the command, or torn down by its
-/// exec. The child makes only system calls (see module docs).
-fn spawn_command(args: &CommandArgs<'_>) -> Result<Pid, Errno> {
-    const STACK: usize = 256 << 10;
-    // SAFETY: an anonymous private mapping; no allocator involved.
-    let stack = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            STACK,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
-        return Err(Errno::last());
-    }
-    // SAFETY: the stack grows down from the end of the mapping made above;
-    // `args` outlives the child's use of it (see `command_entry`). With
-    // CLONE_VFORK this call returns once the child has exec'd or exited.
-    let pid = unsafe {
-        libc::clone(
-            command_entry,
-            stack.cast::<u8>().add(STACK).cast(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            std::ptr::from_ref(args).cast_mut().cast(),
-        )
-    };
-    let err = Errno::last();
-    // SAFETY: unmaps the mapping made above; the child no longer runs on it.
-    unsafe { libc::munmap(stack, STACK) };
-    if pid < 0 {
-        Err(err)
-    } else {
-        Ok(Pid::from_raw(pid))
+/// Writes `value` to a small file such as `/proc/self/oom_score_adj`.
+fn write_proc_file(path: &std::ffi::CStr, value: &[u8]) {
+    // SAFETY: `path` is NUL-terminated; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd >= 0 {
+        // SAFETY: writes from a live slice to the fd opened above, then
+        // closes it, once.
+        unsafe {
+            libc::write(fd, value.as_ptr().cast(), value.len());
+            libc::close(fd);
+        }
     }
 }
-
-extern "C" fn forward_marker(_: libc::c_int) {}
 
 /// Waits for the engine's go-ahead byte; false if the engine gave up.
 fn wait_go(go: RawFd) -> bool {
@@ -599,11 +374,12 @@ fn become_namespace_root() -> Result<(), Errno> {
     nix::unistd::setresuid(root_u, root_u, root_u)
 }
 
-/// The jail's PID 1: sets up the root, starts the command, forwards
-/// signals to it and reaps every zombie; exits with the command's status.
+/// The jail's first process (PID 1 of its PID namespace): sets up the
+/// root, waits for the engine's go-ahead, then execs the init program,
+/// which starts the command.
 fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     // Order: hostname and loopback need only the new namespaces; the root
-    // setup must come before the fork so the command starts inside it.
+    // setup comes before the command starts, so it starts inside it.
     if let Err(e) =
         nix::unistd::sethostname(std::ffi::OsStr::from_bytes(launch.hostname.as_bytes()))
     {
@@ -612,12 +388,6 @@ fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     if let Err(e) = loopback_up() {
         fail(report, Stage::Loopback, 0, e);
     }
-    // The init is a fork of the engine's (possibly large) process, so its
-    // RSS can exceed the command's: keep the OOM killer off it, or an OOM
-    // in the jail would end the whole jail. Lowering needs CAP_SYS_RESOURCE;
-    // without it the command is made the likelier victim instead.
-    let init_protected = write_file(c"/proc/self/oom_score_adj", b"-1000");
-    let command_adj: &[u8] = if init_protected { b"0" } else { b"500" };
     // Exact modes for /dev nodes and /tmp; the command gets 022 back.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     for (i, step) in launch.steps.iter().enumerate() {
@@ -628,7 +398,7 @@ fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     // The engine connects the jail's network meanwhile; the command starts
     // only once it is done. No byte: the engine failed (and says why).
     let go_on = wait_go(go);
-    // SAFETY: closes the go pipe, once; the command must not inherit it.
+    // SAFETY: closes the go pipe, once; the init must not inherit it.
     unsafe { libc::close(go) };
     if !go_on {
         exit(1);
@@ -638,287 +408,35 @@ fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP) {
         fail(report, Stage::CgroupNs, 0, e);
     }
-    // Block the signals we wait for *before* forking, so none is lost. A
-    // handler (never run, the signals stay blocked) is installed as well:
-    // the kernel drops a signal to a namespace's init whose disposition is
-    // SIG_DFL, so without one `stop`'s SIGTERM could not reach the command.
-    let mut waited = SigSet::empty();
-    waited.add(Signal::SIGCHLD);
-    for s in FORWARDED {
-        waited.add(s);
-        let action = nix::sys::signal::SigAction::new(
-            SigHandler::Handler(forward_marker),
-            nix::sys::signal::SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        // SAFETY: the handler does nothing, so it is trivially async-signal-safe.
-        let _ = unsafe { nix::sys::signal::sigaction(s, &action) };
-    }
-    let _ =
-        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&waited), None);
-    let command = CommandArgs {
-        report,
-        command: launch.command,
-        seccomp: launch.seccomp,
-        oom_score_adj: Some(command_adj),
-        tty: launch.stdio.tty(),
-    };
-    // A started jail's command writes into a pipe the init reads; only the
-    // init writes the log, so the log never outgrows its limit whatever
-    // the command prints.
-    let mut console = match &launch.stdio {
-        Stdio::Detached { log_limit, .. } => Some(console_pipe(report, *log_limit)),
-        Stdio::Inherit { .. } => None,
-    };
-    let child = match spawn_command(&command) {
-        Ok(child) => child,
-        Err(e) => fail(report, Stage::Fork, 0, e),
-    };
-    // SAFETY: closes our copy of the report pipe; the command's copy closes
-    // at exec, which tells the engine the jail is up.
-    unsafe { libc::close(report) };
-    if let Some(ring) = &console {
-        ring.after_spawn();
-    }
-    // SAFETY: signalfd reads the set; the mask is blocked above.
-    let signals =
-        unsafe { libc::signalfd(-1, waited.as_ref(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-    let mut chunk = [0u8; 16 << 10];
-    loop {
-        let pipe = console.as_ref().map_or(-1, |c| c.pipe);
-        let mut fds = [
-            libc::pollfd {
-                fd: signals,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: pipe,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        if signals < 0 {
-            // No signalfd (a very old kernel): wait for signals alone.
-            if let Ok(sig) = waited.wait() {
-                on_signal(sig, child, console.as_mut(), &mut chunk);
-            }
-            continue;
-        }
-        // SAFETY: polls two live pollfd records; a negative fd is skipped.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            continue;
-        }
-        if fds[1].revents != 0
-            && let Some(ring) = console.as_mut()
-            && !ring.pump(&mut chunk)
-        {
-            console = None;
-        }
-        if fds[0].revents != 0 {
-            let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reads at most one record into a buffer of its size.
-            while unsafe { libc::read(signals, info.as_mut_ptr().cast(), size) }
-                == isize::try_from(size).unwrap_or(0)
-            {
-                // SAFETY: the kernel filled the whole record.
-                let signo = unsafe { info.assume_init_ref() }.ssi_signo;
-                if let Ok(sig) = Signal::try_from(i32::try_from(signo).unwrap_or(0)) {
-                    on_signal(sig, child, console.as_mut(), &mut chunk);
-                }
-            }
-        }
-    }
-}
-
-/// Forwards `sig` to the command; on SIGCHLD reaps every zombie and, once
-/// the command has ended, keeps what it printed last and exits with its
-/// status.
-fn on_signal(sig: Signal, child: Pid, console: Option<&mut Console>, chunk: &mut [u8]) {
-    if sig != Signal::SIGCHLD {
-        let _ = nix::sys::signal::kill(child, sig);
-        return;
-    }
-    let mut status = None;
-    loop {
-        match waitpid(
-            Pid::from_raw(-1),
-            Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
-        ) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == child => status = Some(code),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
-                status = Some(128 + sig as i32);
-            }
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-    }
-    if let Some(code) = status {
-        if let Some(ring) = console {
-            ring.drain(chunk);
-        }
-        exit(code);
-    }
-}
-
-/// The descriptor a started jail's init keeps its log on.
-const LOG_FD: RawFd = 5;
-
-/// A started jail's output, as its init keeps it: the command's stdout and
-/// stderr are a pipe, and the log file holds at most `limit` bytes, the
-/// newest ones. When a write would pass the limit, the newest half of the
-/// file is moved to its start and the rest cut off, so the log stays an
-/// ordinary file in order, and copying costs at most what was written.
-struct Console {
-    /// The pipe's read end.
-    pipe: RawFd,
-    /// The log's current size.
-    size: u64,
-    limit: u64,
-}
-
-/// Makes the console pipe and connects the init's fds 1 and 2 to its write
-/// end, for the command to inherit.
-fn console_pipe(report: RawFd, limit: u64) -> Console {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        fail(report, Stage::Session, 3, Errno::last());
-    }
-    // SAFETY: dup2 onto the standard streams (without close-on-exec), then
-    // closes the original write end, once.
+    // The engine's process may have raised its open-file limit for the
+    // usage reader; the jail gets the limit it would have had.
+    crate::usage::restore_open_file_limit();
+    // The init program keeps the report pipe, the filter and a started
+    // jail's log across the exec; nothing else of ours reaches it.
+    // SAFETY: fcntl only changes descriptor flags.
     unsafe {
-        libc::dup2(fds[1], 1);
-        libc::dup2(fds[1], 2);
-        libc::close(fds[1]);
+        libc::fcntl(REPORT_FD, libc::F_SETFD, 0);
+        libc::fcntl(FILTER_FD, libc::F_SETFD, 0);
+        if matches!(launch.stdio, Stdio::Detached { .. }) {
+            libc::fcntl(LOG_FD, libc::F_SETFD, 0);
+        }
     }
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills the record on success.
-    let size = if unsafe { libc::fstat(LOG_FD, st.as_mut_ptr()) } == 0 {
-        // SAFETY: filled by the successful fstat above.
-        u64::try_from(unsafe { st.assume_init_ref() }.st_size).unwrap_or(0)
-    } else {
-        0
+    let plan = launch.init;
+    let _ = &plan.argv;
+    // SAFETY: execveat with an empty path runs the program behind
+    // PROGRAM_FD (AT_EMPTY_PATH), with NULL-terminated arrays alive for the
+    // call; on success it does not return.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            PROGRAM_FD,
+            c"".as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp_ptrs.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
     };
-    Console {
-        pipe: fds[0],
-        size,
-        limit: limit.max(2 * 4096),
-    }
-}
-
-impl Console {
-    /// Once the command holds the write end: the init lets go of its own
-    /// copies (so the pipe ends when the command's processes are gone),
-    /// and caps the files it may write, so even a subverted init cannot
-    /// fill the host's disk through the log.
-    fn after_spawn(&self) {
-        // SAFETY: duplicates fd 0 (/dev/null) onto 1 and 2; sets a flag.
-        unsafe {
-            libc::dup2(0, 1);
-            libc::dup2(0, 2);
-            libc::fcntl(self.pipe, libc::F_SETFL, libc::O_NONBLOCK);
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        }
-        let cap = self.limit + (64 << 10);
-        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, cap, cap);
-    }
-
-    /// Copies what is waiting in the pipe into the log; false once the
-    /// pipe has ended.
-    fn pump(&mut self, chunk: &mut [u8]) -> bool {
-        loop {
-            // SAFETY: reads into a live buffer of its length.
-            let n = unsafe { libc::read(self.pipe, chunk.as_mut_ptr().cast(), chunk.len()) };
-            match usize::try_from(n) {
-                Ok(0) => {
-                    // SAFETY: closes the pipe's read end, once.
-                    unsafe { libc::close(self.pipe) };
-                    return false;
-                }
-                Ok(n) => self.append(&chunk[..n]),
-                Err(_) => return Errno::last() != Errno::EBADF,
-            }
-        }
-    }
-
-    /// What is left in the pipe when the command has ended.
-    fn drain(&mut self, chunk: &mut [u8]) {
-        let _ = self.pump(chunk);
-    }
-
-    fn append(&mut self, data: &[u8]) {
-        let len = data.len() as u64;
-        let half = self.limit / 2;
-        let mut shrunk = false;
-        let data = if len > half {
-            // Only the newest half of a large write can be kept anyway.
-            self.size = 0;
-            shrunk = true;
-            &data[usize::try_from(len - half).unwrap_or(0)..]
-        } else {
-            if self.size + len > self.limit {
-                self.keep_newest(half - len);
-                shrunk = true;
-            }
-            data
-        };
-        // SAFETY: writes from a live slice at the log's end; a failed
-        // write (a full disk) only loses output.
-        let n = unsafe {
-            libc::pwrite(
-                LOG_FD,
-                data.as_ptr().cast(),
-                data.len(),
-                i64::try_from(self.size).unwrap_or(0),
-            )
-        };
-        if let Ok(n) = u64::try_from(n) {
-            self.size += n;
-        }
-        if shrunk {
-            // SAFETY: cuts the file at what it holds; shrinking is valid.
-            unsafe { libc::ftruncate(LOG_FD, i64::try_from(self.size).unwrap_or(0)) };
-        }
-    }
-
-    /// Moves the newest `keep` bytes of the log to its start.
-    fn keep_newest(&mut self, keep: u64) {
-        let keep = keep.min(self.size);
-        let mut from = self.size - keep;
-        let mut to = 0u64;
-        let mut buf = [0u8; 16 << 10];
-        while from < self.size {
-            // SAFETY: reads into and writes from a live stack buffer.
-            let n = unsafe {
-                libc::pread(
-                    LOG_FD,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    i64::try_from(from).unwrap_or(0),
-                )
-            };
-            let Ok(n) = usize::try_from(n) else { break };
-            if n == 0 {
-                break;
-            }
-            // SAFETY: as above.
-            unsafe {
-                libc::pwrite(
-                    LOG_FD,
-                    buf.as_ptr().cast(),
-                    n,
-                    i64::try_from(to).unwrap_or(0),
-                )
-            };
-            from += n as u64;
-            to += n as u64;
-        }
-        self.size = to;
-    }
+    fail(report, Stage::Init, 0, Errno::last())
 }
 
 /// How the jail's standard streams are connected.
@@ -942,7 +460,7 @@ pub(crate) enum Stdio {
 }
 
 impl Stdio {
-    fn tty(&self) -> bool {
+    pub fn tty(&self) -> bool {
         matches!(self, Stdio::Inherit { tty: Some(_) })
     }
 }
@@ -953,10 +471,14 @@ pub(crate) struct Launch<'a> {
     pub hostname: CString,
     pub steps: &'a [Step],
     pub command: &'a ExecPlan,
+    /// The init program's arguments and the command's environment.
+    pub init: &'a InitPlan,
+    /// The init program (a sealed in-memory file) and the system call
+    /// filter for the command (raw instructions), both owned by the engine.
+    pub program: RawFd,
+    pub filter: RawFd,
     /// Whether the jail gets a user namespace of its own.
     pub user_namespace: bool,
-    /// The system call filters, installed last before exec.
-    pub seccomp: &'a [Vec<libc::sock_filter>],
     pub stdio: Stdio,
     /// For error messages about namespace setup.
     pub rootfs: &'a Path,
@@ -1060,7 +582,7 @@ fn first_steps(
     go: RawFd,
     parent: Option<Pid>,
 ) -> (RawFd, RawFd) {
-    reset_signals();
+    stockade_init::reset_signals();
     // Nothing in the jail may read this process's memory (a copy of the
     // engine's) or trace it; the command becomes dumpable again at exec,
     // once its filter is installed.
@@ -1103,39 +625,44 @@ fn first_steps(
             }
         }
     }
-    // The init never execs, so it must not keep the caller's descriptors
-    // (an agent's sockets, other jails' files): keep 0-2, the report pipe
-    // (moved to fd 3), the go pipe (fd 4) and a started jail's log (fd
-    // [`LOG_FD`]), close the rest. All are first lifted above 10 so no move
-    // overwrites another.
-    // SAFETY: F_DUPFD_CLOEXEC only creates descriptors.
-    let (high_report, high_go, high_log) = unsafe {
-        (
-            libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 10),
-            libc::fcntl(go, libc::F_DUPFD_CLOEXEC, 10),
-            if log < 0 {
-                0
-            } else {
-                libc::fcntl(log, libc::F_DUPFD_CLOEXEC, 10)
-            },
-        )
-    };
-    if high_report < 0 || high_go < 0 || high_log < 0 {
-        fail(report, Stage::Session, 0, Errno::last());
+    // The caller's descriptors (an agent's sockets, other jails' files)
+    // must not reach the jail: keep 0-2, the report pipe (fd 3), the go
+    // pipe (fd 4), a started jail's log (fd 5), the init program (fd 6) and
+    // the system call filter (fd 7), close the rest. All are first lifted
+    // above 10 so no move overwrites another.
+    let keep = [
+        (report, REPORT_FD),
+        (go, 4),
+        (log, LOG_FD),
+        (launch.program, PROGRAM_FD),
+        (launch.filter, FILTER_FD),
+    ];
+    let mut high = [-1; 5];
+    for (i, (fd, _)) in keep.iter().enumerate() {
+        if *fd >= 0 {
+            // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor.
+            high[i] = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10) };
+            if high[i] < 0 {
+                fail(report, Stage::Session, 0, Errno::last());
+            }
+        }
     }
-    let report = move_fd(high_report, 3, high_report);
-    let go = move_fd(high_go, 4, report);
-    if log >= 0 {
-        move_fd(high_log, LOG_FD, report);
+    let mut report = report;
+    for (i, (_, target)) in keep.iter().enumerate() {
+        if high[i] >= 0 {
+            move_fd(high[i], *target, report);
+            if i == 0 {
+                report = REPORT_FD;
+            }
+        } else {
+            // SAFETY: closes what may be at an unused number.
+            unsafe { libc::close(*target) };
+        }
     }
-    // SAFETY: close_range only closes descriptors; none above the log's is
-    // used again.
-    unsafe { libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32) };
-    if log < 0 {
-        // SAFETY: closes what may be at the log's number; it is unused.
-        unsafe { libc::close(LOG_FD) };
-    }
-    (report, go)
+    // SAFETY: close_range only closes descriptors; none above the filter's
+    // is used again.
+    unsafe { libc::syscall(libc::SYS_close_range, 8u32, u32::MAX, 0u32) };
+    (REPORT_FD, 4)
 }
 
 /// In a new user namespace: waits for the engine to map its ids, then
@@ -1219,6 +746,7 @@ impl Launch<'_> {
             ),
             Stage::Unshare => ("unshare namespaces", self.rootfs.to_owned()),
             Stage::CgroupNs => ("unshare cgroup namespace", self.rootfs.to_owned()),
+            Stage::Init => ("start the jail's init", self.command.program()),
             Stage::Loopback => ("loopback up", PathBuf::from("lo")),
             Stage::Fork | Stage::Setns | Stage::Session | Stage::Cgroup => {
                 ("fork", self.rootfs.to_owned())
@@ -1332,7 +860,7 @@ pub(crate) struct Join<'a> {
     pub namespaces: Vec<(OwnedFd, CloneFlags, PathBuf)>,
     pub cgroup_procs: &'a [CString],
     pub command: &'a ExecPlan,
-    pub seccomp: &'a [Vec<libc::sock_filter>],
+    pub seccomp: &'a [libc::sock_filter],
     /// The value the command's `oom_score_adj` gets (as the jail's own).
     pub oom_score_adj: &'static [u8],
     /// A terminal made for the command (its slave end), instead of the
@@ -1341,7 +869,7 @@ pub(crate) struct Join<'a> {
 }
 
 fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
-    reset_signals();
+    stockade_init::reset_signals();
     // Not traceable from inside the jail until the command's exec (see
     // `first_steps`).
     // SAFETY: prctl with integer arguments only.
@@ -1397,7 +925,7 @@ fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
                 report,
                 join.command,
                 join.seccomp,
-                Some(join.oom_score_adj),
+                join.oom_score_adj,
                 join.tty.is_some(),
             )
         }
@@ -1456,6 +984,65 @@ pub(crate) fn join(join: &Join<'_>) -> Result<i32, JailError> {
         });
     }
     status
+}
+
+/// The jail's init program, built for this node's architecture and
+/// linked statically (see the crate's build script).
+static INIT_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stockade-init"));
+
+/// The init program as a sealed in-memory file, opened once per engine and
+/// exec'd by every jail's first process.
+pub(crate) fn init_program() -> Result<OwnedFd, JailError> {
+    sealed_file(c"stockade-init", INIT_PROGRAM, true)
+}
+
+/// The system call filter as a sealed in-memory file of raw instructions,
+/// which every jail's init reads.
+pub(crate) fn filter_file(program: &[libc::sock_filter]) -> Result<OwnedFd, JailError> {
+    let bytes: Vec<u8> = program
+        .iter()
+        .flat_map(|i| {
+            let mut r = [0u8; 8];
+            r[0..2].copy_from_slice(&i.code.to_ne_bytes());
+            r[2] = i.jt;
+            r[3] = i.jf;
+            r[4..8].copy_from_slice(&i.k.to_ne_bytes());
+            r
+        })
+        .collect();
+    sealed_file(c"stockade-filter", &bytes, false)
+}
+
+/// An in-memory file holding `bytes` that nobody can change any more
+/// (write, grow, shrink and further seals refused).
+fn sealed_file(name: &std::ffi::CStr, bytes: &[u8], exec: bool) -> Result<OwnedFd, JailError> {
+    const MFD_NOEXEC_SEAL: libc::c_uint = 0x8;
+    const MFD_EXEC: libc::c_uint = 0x10;
+    let shown = || PathBuf::from(format!("memfd:{}", name.to_string_lossy()));
+    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    let mode = if exec { MFD_EXEC } else { MFD_NOEXEC_SEAL };
+    // SAFETY: memfd_create reads a NUL-terminated name; the result is owned
+    // at once. Kernels before 6.3 know neither mode flag (EINVAL): retry
+    // without, as every memfd was executable there.
+    let mut fd = unsafe { libc::memfd_create(name.as_ptr(), base | mode) };
+    if fd < 0 && Errno::last() == Errno::EINVAL {
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(name.as_ptr(), base) };
+    }
+    if fd < 0 {
+        return Err(JailError::sys("memfd_create", shown())(Errno::last()));
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, bytes).map_err(JailError::io("write", shown()))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::from_bits_truncate(seals)),
+    )
+    .map_err(JailError::sys("seal", shown()))?;
+    Ok(file.into())
 }
 
 #[cfg(test)]

@@ -217,16 +217,17 @@ const NEW_NAMESPACES: u32 = {
     flags.cast_unsigned()
 };
 
-/// The compiled filter, as `sock_fprog`-ready instruction arrays.
+/// The compiled filter, as a `sock_fprog`-ready instruction array; the
+/// jail's init installs it in each command (see `stockade_init::lock_down`).
 #[derive(Debug, Clone)]
 pub(crate) struct Filters {
-    programs: Vec<Vec<libc::sock_filter>>,
+    program: Vec<libc::sock_filter>,
 }
 
 impl Filters {
-    /// The programs in installation order (one).
-    pub fn programs(&self) -> &[Vec<libc::sock_filter>] {
-        &self.programs
+    /// The program.
+    pub fn program(&self) -> &[libc::sock_filter] {
+        &self.program
     }
 }
 
@@ -434,30 +435,7 @@ pub(crate) fn filters() -> Result<Filters, JailError> {
         p.push(ret(errno(nix::errno::Errno::ENOSYS)));
     }
     p.extend(search(&ranges(&rules()?))?);
-    Ok(Filters { programs: vec![p] })
-}
-
-/// Installs `filters` on the calling thread; needs `no_new_privs` (or
-/// CAP_SYS_ADMIN). Runs in a forked jail process: no allocation.
-pub(crate) fn install(filters: &[Vec<libc::sock_filter>]) -> Result<(), nix::errno::Errno> {
-    for p in filters {
-        let prog = libc::sock_fprog {
-            len: u16::try_from(p.len()).map_err(|_| nix::errno::Errno::E2BIG)?,
-            filter: p.as_ptr().cast_mut(),
-        };
-        // SAFETY: SECCOMP_SET_MODE_FILTER reads a `struct sock_fprog`
-        // pointing at `p`'s instructions, both alive for the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                &raw const prog,
-            )
-        };
-        nix::errno::Errno::result(r)?;
-    }
-    Ok(())
+    Ok(Filters { program: p })
 }
 
 #[cfg(test)]
@@ -495,10 +473,7 @@ mod tests {
 
     fn program() -> Vec<libc::sock_filter> {
         let f = filters().unwrap();
-        let [p] = f.programs() else {
-            panic!("one program")
-        };
-        p.clone()
+        f.program().to_vec()
     }
 
     fn nr(n: libc::c_long) -> u32 {
@@ -746,7 +721,7 @@ mod tests {
 
     /// Runs [`CHECKS`] in order; the index of the first that fails. Makes
     /// system calls only (it runs in a forked child).
-    fn run_checks(programs: &[Vec<libc::sock_filter>]) -> Option<usize> {
+    fn run_checks(program: &[libc::sock_filter]) -> Option<usize> {
         // Known to the kernel, absent from the list: sysfs (count the
         // filesystem types) on x86_64, migrate_pages elsewhere.
         let (unlisted, unlisted_args) = if cfg!(target_arch = "x86_64") {
@@ -758,7 +733,7 @@ mod tests {
             &|| {
                 // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
                 let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-                r == 0 && install(programs).is_ok()
+                r == 0 && stockade_init::lock_down(program).is_ok()
             },
             &|| raw(libc::SYS_getpid, [0; 3]).is_ok_and(|pid| pid > 0),
             &|| raw(1000, [0; 3]) == Err(Errno::ENOSYS),
@@ -805,7 +780,7 @@ mod tests {
         // SAFETY: the child only makes system calls and exits with _exit.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
-                let failed = run_checks(f.programs()).map_or(0, |i| i + 1);
+                let failed = run_checks(f.program()).map_or(0, |i| i + 1);
                 // SAFETY: ends the child at once.
                 unsafe { libc::_exit(i32::try_from(failed).unwrap_or(255)) }
             }

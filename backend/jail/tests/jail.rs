@@ -872,3 +872,55 @@ fn jails_see_no_device_nodes_block_devices_or_allocator_statistics() {
     assert_eq!(mode(&dir), 0o700);
     f.engine.destroy(&spec.name).unwrap();
 }
+
+#[test]
+fn a_jails_init_is_a_program_of_its_own_not_a_copy_of_the_engine() {
+    if !root_or_skip("a_jails_init_is_a_program_of_its_own_not_a_copy_of_the_engine") {
+        return;
+    }
+    let f = Fixture::new();
+    let spec = f.spec("init", JailKind::System, SLEEPER, small_limits());
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    let pid = running_pid(&f, &spec.name);
+    // PID 1 runs the sealed in-memory init program, never a file of the
+    // node a jail could reach or rewrite.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().contains("memfd:stockade-init"),
+        "{exe:?}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.starts_with(b"stockade-init\0"), "{cmdline:?}");
+    // Nothing of the engine's: no socket or file of the test process, only
+    // its stdio, the log, the console pipe and its signal descriptor.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_link(e.unwrap().path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(fds.len() <= 6, "{fds:?}");
+    assert!(!fds.iter().any(|l| l.starts_with("socket:")), "{fds:?}");
+    // The engine's memory is not there: the init is a small program.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kib < 4096, "the init holds {rss_kib} KiB");
+    // Inside the jail, PID 1 can be neither read nor replaced.
+    assert_eq!(
+        sh(
+            &f,
+            &spec.name,
+            "! cat /proc/1/maps >/dev/null 2>&1 && ! (echo x >/proc/1/exe) 2>/dev/null"
+        ),
+        0
+    );
+    f.engine.destroy(&spec.name).unwrap();
+}

@@ -1,0 +1,48 @@
+//! Builds `stockade-init`, the jail's PID 1, as a statically linked program
+//! (it runs inside jails whose images carry no C library of the node's) and
+//! hands it to the engine, which embeds it. Only this one program is linked
+//! statically; every other binary of the workspace stays dynamic.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let init = dir.join("../init");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    let target = std::env::var("TARGET").expect("set by cargo");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for f in ["Cargo.toml", "src/lib.rs", "src/main.rs"] {
+        println!("cargo:rerun-if-changed={}", init.join(f).display());
+    }
+    // A target folder of its own: the outer build holds the lock on the
+    // workspace's. The C library is linked in (crt-static) for this one
+    // program only, which is why it is built by `cargo rustc`.
+    let status = Command::new(cargo)
+        .args(["rustc", "--release", "--locked", "--bin", "stockade-init"])
+        .arg("--manifest-path")
+        .arg(init.join("Cargo.toml"))
+        .args(["--target", &target])
+        .arg("--target-dir")
+        .arg(out.join("init-build"))
+        .args([
+            "--",
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "strip=debuginfo",
+        ])
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building stockade-init failed");
+    let built = out
+        .join("init-build")
+        .join(&target)
+        .join("release/stockade-init");
+    std::fs::copy(&built, out.join("stockade-init")).expect("stockade-init was built");
+}
