@@ -60,7 +60,12 @@ fn terminate(child: &Child) {
 }
 
 fn start_up(dir: &Path, port: u16) -> (Running, Vec<String>) {
-    let mut child = stockade(dir, port)
+    spawn_up(stockade(dir, port), port)
+}
+
+/// Runs `cmd up` and reads its output until it announces the panel.
+fn spawn_up(mut cmd: Command, port: u16) -> (Running, Vec<String>) {
+    let mut child = cmd
         .arg("up")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -76,13 +81,18 @@ fn start_up(dir: &Path, port: u16) -> (Running, Vec<String>) {
             break;
         }
     }
+    let mut running = Running(child);
+    if !lines.iter().any(|l| l.starts_with("Stockade is up:")) {
+        let status = running.0.wait().unwrap();
+        panic!("up did not start ({status}): {lines:?}");
+    }
     assert!(
         lines
             .last()
             .is_some_and(|l| l == &format!("Stockade is up: http://127.0.0.1:{port}")),
         "up did not announce the panel: {lines:?}"
     );
-    (Running(child), lines)
+    (running, lines)
 }
 
 fn wait_exit(running: &mut Running, limit: Duration) -> std::process::ExitStatus {
@@ -212,28 +222,9 @@ async fn up_creates_a_missing_run_as_user_through_the_hosts_name_services() {
     };
     assert!(!lookup(&user.0), "the account is new");
     let dir = workdir();
-    let mut child = stockade(dir.path(), port)
-        .env("STOCKADE_RUN_AS", &user.0)
-        .arg("up")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        let done = line.starts_with("Stockade is up:");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    let mut running = Running(child);
-    if !lines.iter().any(|l| l.starts_with("Stockade is up:")) {
-        let status = running.0.wait().unwrap();
-        panic!("up did not start ({status}): {lines:?}");
-    }
+    let mut cmd = stockade(dir.path(), port);
+    cmd.env("STOCKADE_RUN_AS", &user.0);
+    let (mut running, _) = spawn_up(cmd, port);
     assert!(lookup(&user.0), "up created the run_as account");
     sign_in_as_admin(port).await;
     terminate(&running.0);

@@ -221,24 +221,30 @@ mod tests {
         assert!(list(&d.path().join("missing")).unwrap().is_empty());
     }
 
+    /// Packs `src` as `<dir>/root.tar`; returns it and an empty image folder.
+    fn pack(dir: &Path, src: &Path) -> (PathBuf, PathBuf) {
+        let tarball = dir.join("root.tar");
+        let ok = Command::new("tar")
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let images = dir.join("images");
+        fs::create_dir(&images).unwrap();
+        (tarball, images)
+    }
+
     #[test]
     fn import_unpacks_a_tarball_and_refuses_to_overwrite() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
         fs::create_dir_all(src.join("etc")).unwrap();
         fs::write(src.join("etc/os-release"), "ID=test\n").unwrap();
-        let tarball = d.path().join("root.tar");
-        let ok = Command::new("tar")
-            .arg("-cf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&src)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let images = d.path().join("images");
-        fs::create_dir(&images).unwrap();
+        let (tarball, images) = pack(d.path(), &src);
         import(&images, "test", &tarball).unwrap();
         assert_eq!(
             fs::read_to_string(images.join("test/etc/os-release")).unwrap(),
@@ -279,18 +285,7 @@ mod tests {
         ] {
             nix::sys::stat::mknod(&src.join(p), kind, mode, dev).unwrap();
         }
-        let tarball = d.path().join("root.tar");
-        let ok = Command::new("tar")
-            .arg("-cf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&src)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let images = d.path().join("images");
-        fs::create_dir(&images).unwrap();
+        let (tarball, images) = pack(d.path(), &src);
         import(&images, "devs", &tarball).unwrap();
         let root = images.join("devs");
         assert!(root.join("dev/keep").exists(), "ordinary files stay");
