@@ -4,10 +4,12 @@
 //! through cgroups-rs: cgroups-rs 0.5 decides v1 versus v2 by looking at the
 //! fixed path `/sys/fs/cgroup` (so the cgroup root cannot be a parameter and
 //! the logic cannot be tested on a temporary folder), and on v1 it creates the
-//! jail's group in every mounted hierarchy (cpuset, devices, freezer, ...),
-//! which costs time on the start path and needs cpuset values copied in. A jail
-//! needs five files per controller at most; writing them directly keeps the
-//! host paths parameters and the start path short.
+//! jail's group in every mounted hierarchy (cpuset, freezer, ...), which costs
+//! time on the start path and needs cpuset values copied in. A jail needs five
+//! files per controller at most; writing them directly keeps the host paths
+//! parameters and the start path short. Its devices are limited to a short
+//! allow-list ([`crate::devices`]): the v1 `devices` controller's rules, or a
+//! device program on v2.
 //!
 //! What is written is computed by pure functions ([`limit_writes`],
 //! [`parse_usage`]) that the unit tests cover; the file operations are thin.
@@ -26,7 +28,7 @@ use crate::hostinfo::read_small;
 pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 
 /// The v1 controllers a jail uses; each is its own hierarchy on v1 hosts.
-const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "blkio"];
+const V1_CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "memory", "pids", "blkio", "devices"];
 
 /// Which cgroup interface the host offers for the controllers a jail needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,8 +292,32 @@ impl Cgroups {
     }
 
     /// Creates the jail's group if missing (and on v2 delegates the
-    /// controllers down to it).
+    /// controllers down to it), with the device allow-list on it. Called
+    /// before the jail's first process joins the group.
     pub fn ensure(&self, jail: &str) -> Result<(), JailError> {
+        self.ensure_group(jail)?;
+        match self.version {
+            Version::V2 => crate::devices::attach_v2(&self.dir("", jail)),
+            Version::V1 if self.controllers.contains(&"devices") => {
+                let dir = self.dir("devices", jail);
+                // Rules go on once, before anything runs in the group: a
+                // group keeps them, and rewriting them under a running jail
+                // would refuse its devices for a moment.
+                let list = fs::read_to_string(dir.join("devices.list")).unwrap_or_default();
+                if !list.is_empty() && !list.contains("a *:* rwm") {
+                    return Ok(());
+                }
+                for (file, rule) in crate::devices::v1_rules() {
+                    let path = dir.join(file);
+                    fs::write(&path, rule).map_err(JailError::io("write", &path))?;
+                }
+                Ok(())
+            }
+            Version::V1 => Ok(()),
+        }
+    }
+
+    fn ensure_group(&self, jail: &str) -> Result<(), JailError> {
         if self.version == Version::V2 {
             let parent = self.root.join(&self.parent);
             fs::create_dir_all(&parent).map_err(JailError::io("create cgroup", &parent))?;
@@ -658,7 +684,11 @@ mod tests {
                 .join("memory/stockade/web/memory.memsw.limit_in_bytes")
                 .exists()
         );
-        assert_eq!(cg.list().len(), 5);
+        assert_eq!(cg.list().len(), V1_CONTROLLERS.len());
+        // Devices: everything denied, then the allow-list.
+        let allowed =
+            fs::read_to_string(root.path().join("devices/stockade/web/devices.allow")).unwrap();
+        assert!(allowed.contains("c 136:* rwm"), "{allowed}");
         // A real cgroupfs removes its files itself; a temp folder does not.
         for d in cg.dirs("web") {
             for e in fs::read_dir(&d).unwrap() {

@@ -62,6 +62,7 @@
 //! ([`host_link`]).
 
 mod cgroup;
+mod devices;
 mod discover;
 mod engine;
 mod error;

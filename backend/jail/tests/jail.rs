@@ -843,6 +843,24 @@ fn jails_see_no_device_nodes_block_devices_or_allocator_statistics() {
         "a device node on the jail's root does not work"
     );
     assert_eq!(sh(&f, &spec.name, "head -c 1 /dev/zero >/dev/null"), 0);
+    // A device node on the jail's /dev (not `nodev`), made from the host:
+    // the jail's own volume, a block device. The device allow-list of the
+    // jail's cgroup refuses it.
+    let pid = running_pid(&f, &spec.name);
+    let volume = std::fs::metadata(dir.join("volume")).unwrap();
+    let dev = std::os::unix::fs::MetadataExt::dev(&volume);
+    nix::sys::stat::mknod(
+        std::path::Path::new(&format!("/proc/{pid}/root/dev/disk")),
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        dev,
+    )
+    .unwrap();
+    assert_ne!(
+        sh(&f, &spec.name, "head -c 1 /dev/disk >/dev/null"),
+        0,
+        "the jail cannot read a block device, its own volume included"
+    );
     // The node has block devices (this jail's volume is a loop device),
     // whose backing files would name other tenants' jails.
     assert!(std::fs::read_dir("/sys/block").unwrap().next().is_some());
