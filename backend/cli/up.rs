@@ -128,6 +128,8 @@ pub async fn agent_task(
         metrics_listen: cfg.agent_metrics,
         stop_grace: cfg.stop_grace,
         network: cfg.jail_network,
+        step_deadline: cfg.step_deadline,
+        jail_parallelism: cfg.jail_parallelism,
     };
     stockade_agent::run(pool, engine, agent_cfg, info, stop).await
 }
