@@ -31,6 +31,8 @@ pub struct Node {
     state: tempfile::TempDir,
     url: SecretString,
     child: Option<Child>,
+    /// Settings of this agent that differ from the tests' usual ones.
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -44,7 +46,27 @@ impl Node {
             url: url.clone(),
             child: None,
             network: None,
+            env: Vec::new(),
         };
+        node.start();
+        node
+    }
+
+    /// An agent with some settings (`STOCKADE_*` variables) of its own.
+    pub fn with_env(url: &SecretString, env: &[(&str, &str)]) -> Node {
+        let mut node = Node {
+            name: format!("agent-test-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            state: tempfile::tempdir().unwrap(),
+            url: url.clone(),
+            child: None,
+            network: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        std::fs::set_permissions(node.state.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         node.start();
         node
     }
@@ -62,6 +84,7 @@ impl Node {
             url: url.clone(),
             child: None,
             network: Some((bridge, gateway.to_owned())),
+            env: Vec::new(),
         };
         node.start();
         node
@@ -87,6 +110,7 @@ impl Node {
             .env("STOCKADE_HEARTBEAT_SECS", "1")
             .env("STOCKADE_STOP_GRACE_SECS", "2")
             .env("STOCKADE_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
