@@ -621,10 +621,12 @@ async fn two_agents_on_one_host_never_touch_each_others_jails() {
         0,
         "neither agent removed anything"
     );
+    let mut addresses = std::collections::HashSet::new();
     for j in &made {
         let j = jails::get(&pool, tenant, j.id).await.unwrap();
         assert_eq!(j.observed_state, ObservedState::Running);
         assert!(j.last_error.is_none(), "{j:?}");
+        assert!(addresses.insert(j.address.clone().expect("an address")));
     }
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_all_converged(&pool, tenant, Duration::from_secs(60)).await;

@@ -154,7 +154,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent => {
             let url = require_database(&cfg)?;
             runtime()?.block_on(async {
-                let pool = stockade_store::connect(&url, 4, Duration::from_secs(10)).await?;
+                // Heartbeat, jail tasks, sampler and upload writer each use one.
+                let pool = stockade_store::connect(&url, 8, Duration::from_secs(10)).await?;
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let mut agent = tokio::spawn(up::agent_task(pool, cfg.clone(), stop_rx));
                 let mut term =

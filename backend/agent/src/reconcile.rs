@@ -84,6 +84,10 @@ struct Inner {
     again: Notify,
     /// Rung when a jail starts running: its waiting uploads can be written.
     uploads: Arc<Notify>,
+    /// Held while a jail's address is chosen and recorded.
+    allocating: tokio::sync::Mutex<()>,
+    /// Bounds the jail tasks at work at once (database connections too).
+    tasks: tokio::sync::Semaphore,
 }
 
 impl Reconciler {
@@ -96,6 +100,7 @@ impl Reconciler {
         running: Arc<RunningJails>,
         uploads: Arc<Notify>,
     ) -> Self {
+        let cfg_parallelism = cfg.jail_parallelism.max(1);
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -107,6 +112,8 @@ impl Reconciler {
                 running,
                 again: Notify::new(),
                 uploads,
+                allocating: tokio::sync::Mutex::new(()),
+                tasks: tokio::sync::Semaphore::new(cfg_parallelism),
             }),
         }
     }
@@ -192,8 +199,12 @@ impl Reconciler {
             book.in_flight.insert(jail.id);
             drop(book);
             let throttle = throttles.get(&jail.tenant_id).copied();
+            let needs_address = jail.address.is_none();
             let task = inner.clone();
-            tokio::spawn(async move { task.reconcile_one(jail.id, full, throttle).await });
+            tokio::spawn(async move {
+                task.reconcile_one(jail.id, full, throttle, needs_address)
+                    .await
+            });
         }
         inner.running.retain(|id| on_node.contains(id));
         inner.book().backoff.retain(|id, _| on_node.contains(id));
@@ -249,8 +260,17 @@ impl Inner {
 
     /// The task of one jail: converges it, records what it saw, and lets
     /// the next pass and the upload writer know.
-    async fn reconcile_one(self: Arc<Self>, jail_id: Uuid, full: bool, throttle: Option<u64>) {
-        let seen = self.step(jail_id, full, throttle).await;
+    async fn reconcile_one(
+        self: Arc<Self>,
+        jail_id: Uuid,
+        full: bool,
+        throttle: Option<u64>,
+        needs_address: bool,
+    ) {
+        let seen = match self.tasks.acquire().await {
+            Ok(_permit) => self.step(jail_id, full, throttle, needs_address).await,
+            Err(_) => None,
+        };
         self.book().in_flight.remove(&jail_id);
         match seen {
             Some((observed, tenant, name)) => {
@@ -277,7 +297,16 @@ impl Inner {
         jail_id: Uuid,
         full: bool,
         throttle: Option<u64>,
+        needs_address: bool,
     ) -> Option<(ObservedState, Uuid, JailName)> {
+        // One address allocation at a time on the node, each committed
+        // before the next reads which addresses are taken; taken before a
+        // connection is, so the allocation always gets the one it needs.
+        let allocating = if self.cfg.network.is_some() && needs_address {
+            Some(self.allocating.lock().await)
+        } else {
+            None
+        };
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
             Err(e) => {
@@ -297,17 +326,22 @@ impl Inner {
         let seen = |observed| Some((observed, jail.tenant_id, name.clone()));
         let grace = self.cfg.stop_grace;
         let mut work = jail.clone();
-        if let (Some(pool_net), None, true) = (
+        if let (Some(pool_net), Some(_), None, true) = (
             self.cfg.network,
+            &allocating,
             &jail.address,
             jail.desired_state != DesiredState::Deleted,
         ) {
             // A jail gets its address once, from the node's pool, and keeps it.
-            match self.allocate(pool_net).await {
-                Ok(addr) => match jails::set_address(&mut tx, jail.id, addr).await {
-                    Ok(()) => work.address = Some(addr.to_string()),
-                    Err(e) => tracing::warn!(error = %e, "recording a jail address failed"),
-                },
+            let allocated = match self.allocate(pool_net).await {
+                Ok(addr) => jails::set_address(&mut tx, jail.id, addr)
+                    .await
+                    .map(|()| addr)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match allocated {
+                Ok(addr) => work.address = Some(addr.to_string()),
                 Err(e) => {
                     let msg = format!("no address for the jail: {e}");
                     let _ = jails::record_observed(
@@ -328,6 +362,7 @@ impl Inner {
             tracing::warn!(error = %e, "committing a jail claim failed");
             return None;
         }
+        drop(allocating);
         if let Some(bps) = throttle {
             // Past the monthly transfer's soft share: network rates are capped.
             for rate in [
