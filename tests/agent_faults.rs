@@ -631,3 +631,39 @@ async fn two_agents_on_one_host_never_touch_each_others_jails() {
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_all_converged(&pool, tenant, Duration::from_secs(60)).await;
 }
+
+#[tokio::test]
+async fn a_second_agent_with_the_same_node_name_stops_instead_of_removing_jails() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let one = Node::new(&url);
+    wait_node(&pool, &one.name).await;
+    let tenant = tenant(&pool).await;
+    let j = jails::create(&pool, tenant, &jail("prod")).await.unwrap();
+    wait_observed(&pool, tenant, j.id, ObservedState::Running).await;
+    let engine = one.engine();
+    let before = engine.status(&j.host_name()).unwrap();
+    assert!(matches!(
+        before,
+        Some(stockade_jail::JailStatus::Running { .. })
+    ));
+    // Staging beside production: another database and state folder, the
+    // same node name (so the same cgroup group).
+    let (_, staging_url) = common::fresh_database().await;
+    let mut two = Node::with_name_and_env(&staging_url, &one.name, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while two.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the second agent kept running on the first one's names"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several resync periods of the first agent later, its jail is untouched.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(engine.status(&j.host_name()).unwrap(), before);
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_all_converged(&pool, tenant, Duration::from_secs(60)).await;
+}

@@ -85,6 +85,9 @@ async fn ensure_admin(pool: &PgPool, cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the agents of this host note which host names each uses.
+const AGENT_CLAIMS: &str = "/run/stockade/agents";
+
 /// The agent of this node; it runs in this (root) process.
 pub async fn agent_task(
     pool: PgPool,
@@ -107,6 +110,21 @@ pub async fn agent_task(
     engine_cfg.console_bytes = cfg.console_kib << 10;
     if let Some(net) = cfg.jail_network {
         engine_cfg.gateway = net;
+    }
+    // Before anything is touched: no other agent on this host uses the
+    // same cgroup group, bridge or firewall table.
+    let mut names = vec![("cgroup", engine_cfg.cgroup_parent.as_str())];
+    if cfg.jail_network.is_some() {
+        names.push(("bridge", engine_cfg.bridge.as_str()));
+        names.push(("firewall", engine_cfg.firewall_table.as_str()));
+    }
+    if nix::unistd::Uid::effective().is_root() {
+        stockade_agent::claim_host_names(
+            std::path::Path::new(AGENT_CLAIMS),
+            &engine_cfg.proc_root,
+            &state_dir,
+            &names,
+        )?;
     }
     let engine = std::sync::Arc::new(stockade_jail::Engine::new(engine_cfg)?);
     stockade_agent::become_subreaper();

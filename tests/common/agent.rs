@@ -54,8 +54,17 @@ impl Node {
 
     /// An agent with some settings (`STOCKADE_*` variables) of its own.
     pub fn with_env(url: &SecretString, env: &[(&str, &str)]) -> Node {
+        Self::with_name_and_env(
+            url,
+            &format!("agent-test-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            env,
+        )
+    }
+
+    /// An agent with the node name `name` (and a state folder of its own).
+    pub fn with_name_and_env(url: &SecretString, name: &str, env: &[(&str, &str)]) -> Node {
         let mut node = Node {
-            name: format!("agent-test-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            name: name.to_owned(),
             state: tempfile::tempdir().unwrap(),
             url: url.clone(),
             child: None,
@@ -173,7 +182,12 @@ impl Drop for Node {
         {
             let _ = std::fs::remove_dir(entry.path().join(format!("stockade-{}", self.name)));
         }
+        // The agent's claims on its host names.
+        let claims = Path::new("/run/stockade/agents");
+        let _ = std::fs::remove_file(claims.join(format!("cgroup-stockade-{}", self.name)));
         if let Some((bridge, _)) = &self.network {
+            let _ = std::fs::remove_file(claims.join(format!("bridge-{bridge}")));
+            let _ = std::fs::remove_file(claims.join(format!("firewall-{bridge}")));
             let _ = Command::new("ip").args(["link", "del", bridge]).status();
             let _ = Command::new("nft")
                 .args(["delete", "table", "inet", bridge])

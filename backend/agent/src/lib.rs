@@ -11,6 +11,7 @@
 //! for no longer than a deadline (see `slots`).
 
 mod adopt;
+mod claim;
 mod metrics;
 mod reconcile;
 mod sampler;
@@ -28,6 +29,7 @@ use stockade_store::nodes::{self, NodeInfo};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use claim::claim_host_names;
 pub use metrics::Metrics;
 
 /// How the agent is set up on this node.
