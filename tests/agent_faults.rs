@@ -425,7 +425,7 @@ async fn a_stuck_jail_never_stalls_heartbeats_other_jails_uploads_or_metering() 
     }
     let (pool, url) = common::fresh_database().await;
     // Stopping a jail whose processes are frozen waits the whole grace.
-    let node = Node::with_env(
+    let mut node = Node::with_env(
         &url,
         &[
             ("STOCKADE_STEP_DEADLINE_SECS", "3"),
@@ -539,6 +539,12 @@ async fn a_stuck_jail_never_stalls_heartbeats_other_jails_uploads_or_metering() 
         engine.status(&stuck.host_name()).unwrap(),
         Some(stockade_jail::JailStatus::Running { .. })
     ));
+    // The agent stops when told, stuck step or not, and comes back.
+    assert!(
+        node.terminate_within(Duration::from_secs(10)),
+        "the agent waited for the stuck step on its way out"
+    );
+    node.start();
     // Thawed, its step ends and the jail converges.
     drop(frozen);
     let deadline = Instant::now() + Duration::from_secs(60);

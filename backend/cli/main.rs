@@ -153,7 +153,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { exit_with_parent } => serve(cfg, exit_with_parent),
         Command::Agent => {
             let url = require_database(&cfg)?;
-            runtime()?.block_on(async {
+            let rt = runtime()?;
+            let done = rt.block_on(async {
                 // Heartbeat, jail tasks, sampler and upload writer each use one.
                 let pool = stockade_store::connect(&url, 8, Duration::from_secs(10)).await?;
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -168,7 +169,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _ = stop_tx.send(true);
                 agent.await??;
                 Ok(ExitCode::SUCCESS)
-            })
+            });
+            // An engine step stuck past its deadline still holds a blocking
+            // thread; the agent exits without waiting for it.
+            rt.shutdown_background();
+            done
         }
         Command::Migrate => {
             let url = require_database(&cfg)?;

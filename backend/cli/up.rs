@@ -31,8 +31,13 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
             (cluster.url(DATABASE), Some(cluster))
         }
     };
-    let result =
-        crate::runtime().and_then(|rt| rt.block_on(run_services(&cfg, &url, cluster.is_some())));
+    let result = crate::runtime().and_then(|rt| {
+        let done = rt.block_on(run_services(&cfg, &url, cluster.is_some()));
+        // An engine step stuck past its deadline still holds a blocking
+        // thread; nothing waits for it on the way out.
+        rt.shutdown_background();
+        done
+    });
     if let Some(cluster) = cluster
         && let Err(e) = cluster.stop()
     {

@@ -133,6 +133,26 @@ impl Node {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// Sends SIGTERM and waits at most `limit` for the agent to exit;
+    /// whether it did. One that did not is killed.
+    pub fn terminate_within(&mut self, limit: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
     pub fn kill(&mut self, signal: nix::sys::signal::Signal) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(
