@@ -123,14 +123,16 @@ pub async fn agent_task(
         names.push(("bridge", engine_cfg.bridge.as_str()));
         names.push(("firewall", engine_cfg.firewall_table.as_str()));
     }
-    if nix::unistd::Uid::effective().is_root() {
-        stockade_agent::claim_host_names(
+    let _claims = if nix::unistd::Uid::effective().is_root() {
+        Some(stockade_agent::claim_host_names(
             std::path::Path::new(AGENT_CLAIMS),
             &engine_cfg.proc_root,
             &state_dir,
             &names,
-        )?;
-    }
+        )?)
+    } else {
+        None
+    };
     let engine = std::sync::Arc::new(stockade_jail::Engine::new(engine_cfg)?);
     stockade_agent::become_subreaper();
     let (cpus, memory_bytes, disk_bytes) = stockade_agent::host_capacity(&state_dir);

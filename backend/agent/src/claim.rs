@@ -25,6 +25,24 @@ fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The host names this agent holds; given back (their files removed) when dropped.
+#[derive(Debug)]
+#[must_use = "the names are given back when this is dropped"]
+pub struct Claims {
+    files: Vec<std::path::PathBuf>,
+}
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        let mine = format!("{} ", std::process::id());
+        for f in &self.files {
+            if fs::read_to_string(f).is_ok_and(|held| held.starts_with(&mine)) {
+                let _ = fs::remove_file(f);
+            }
+        }
+    }
+}
+
 /// Claims each (kind, name) for this process, whose state folder is
 /// `state_dir`. Fails, naming the holder, when a live process of another
 /// state folder holds one; a claim of a process that has ended is taken over.
@@ -33,7 +51,7 @@ pub fn claim_host_names(
     proc_root: &Path,
     state_dir: &Path,
     names: &[(&str, &str)],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Claims> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -41,6 +59,7 @@ pub fn claim_host_names(
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
     let me = std::process::id();
     let my_start = start_time(proc_root, me).unwrap_or(0);
+    let mut claims = Claims { files: Vec::new() };
     for (kind, name) in names {
         let path = run_dir.join(format!("{kind}-{name}"));
         let file = OpenOptions::new()
@@ -78,59 +97,44 @@ pub fn claim_host_names(
         file.rewind()?;
         write!(file, "{me} {my_start} {}", state_dir.display())
             .with_context(|| format!("cannot write {}", path.display()))?;
+        claims.files.push(path);
     }
-    Ok(())
+    Ok(claims)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn claim(run: &Path, state: &str) -> anyhow::Result<Claims> {
+        claim_host_names(
+            run,
+            Path::new("/proc"),
+            Path::new(state),
+            &[("cgroup", "stockade-x")],
+        )
+    }
+
     #[test]
     fn a_live_holder_of_another_state_folder_keeps_its_names() {
         let run = std::env::temp_dir().join(format!("stockade-claim-{}", std::process::id()));
-        let proc_root = Path::new("/proc");
-        claim_host_names(
-            &run,
-            proc_root,
-            Path::new("/a"),
-            &[("cgroup", "stockade-x")],
-        )
-        .unwrap();
-        // This process holds it for /a: a claim for /b is refused, naming /a.
         let path = run.join("cgroup-stockade-x");
-        let held = fs::read_to_string(&path).unwrap();
+        let mine = claim(&run, "/a").unwrap();
+        assert!(fs::read_to_string(&path).unwrap().ends_with(" /a"));
         // Pretend the holder is another live process: our parent.
         let parent = nix::unistd::getppid().as_raw().unsigned_abs();
-        let start = start_time(proc_root, parent).unwrap();
+        let start = start_time(Path::new("/proc"), parent).unwrap();
         fs::write(&path, format!("{parent} {start} /a")).unwrap();
-        let e = claim_host_names(
-            &run,
-            proc_root,
-            Path::new("/b"),
-            &[("cgroup", "stockade-x")],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = claim(&run, "/b").unwrap_err().to_string();
         assert!(e.contains("in use by the agent of state folder /a"), "{e}");
-        // The same state folder, or a holder that has ended, is taken over.
-        claim_host_names(
-            &run,
-            proc_root,
-            Path::new("/a"),
-            &[("cgroup", "stockade-x")],
-        )
-        .unwrap();
+        // A holder that has ended (another start time) is taken over.
         fs::write(&path, format!("{parent} {} /a", start + 1)).unwrap();
-        claim_host_names(
-            &run,
-            proc_root,
-            Path::new("/b"),
-            &[("cgroup", "stockade-x")],
-        )
-        .unwrap();
+        let taken = claim(&run, "/b").unwrap();
         assert!(fs::read_to_string(&path).unwrap().ends_with(" /b"));
-        assert!(held.ends_with(" /a"));
+        // Given back when dropped.
+        drop(mine);
+        drop(taken);
+        assert!(!path.exists());
         fs::remove_dir_all(&run).unwrap();
     }
 }

@@ -29,7 +29,7 @@ use stockade_store::nodes::{self, NodeInfo};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub use claim::claim_host_names;
+pub use claim::{Claims, claim_host_names};
 pub use metrics::Metrics;
 
 /// How the agent is set up on this node.
