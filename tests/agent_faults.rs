@@ -341,3 +341,335 @@ async fn the_agent_rides_out_a_database_restart_without_losing_samples() {
     pool.close().await;
     drop(cluster);
 }
+
+/// One jail's processes frozen (a freezer group of the test's own on v1,
+/// the jail's own `cgroup.freeze` on v2), so every engine step that waits
+/// for them hangs. Thawed (and the group removed) when dropped.
+struct Frozen {
+    /// v1: the test's freezer group; v2: the jail's group.
+    dir: std::path::PathBuf,
+    v1: bool,
+}
+
+impl Frozen {
+    fn jail(node: &Node, jail: &jails::Jail) -> Frozen {
+        let v1_root = std::path::Path::new("/sys/fs/cgroup/freezer");
+        let pids_dir = node.cgroup_dir("pids", jail);
+        if v1_root.join("cgroup.procs").exists() && pids_dir.exists() {
+            let dir = v1_root.join(format!("stockade-test-{}", Uuid::new_v4().simple()));
+            std::fs::create_dir(&dir).unwrap();
+            let frozen = Frozen { dir, v1: true };
+            for pid in std::fs::read_to_string(pids_dir.join("cgroup.procs"))
+                .unwrap()
+                .lines()
+            {
+                std::fs::write(frozen.dir.join("cgroup.procs"), pid).unwrap();
+            }
+            std::fs::write(frozen.dir.join("freezer.state"), "FROZEN").unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::fs::read_to_string(frozen.dir.join("freezer.state"))
+                .unwrap()
+                .trim()
+                != "FROZEN"
+            {
+                assert!(Instant::now() < deadline, "the jail did not freeze");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            frozen
+        } else {
+            let dir = node.cgroup_dir("", jail);
+            std::fs::write(dir.join("cgroup.freeze"), "1").unwrap();
+            Frozen { dir, v1: false }
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.v1 {
+            let _ = std::fs::write(self.dir.join("cgroup.freeze"), "0");
+            return;
+        }
+        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+        // Back to the root group (where they were), then the group goes.
+        for pid in std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = std::fs::write("/sys/fs/cgroup/freezer/cgroup.procs", pid);
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("!!! could not remove {}", self.dir.display());
+    }
+}
+
+async fn heartbeat_of(pool: &PgPool, node: &str) -> chrono::DateTime<chrono::Utc> {
+    stockade_store::nodes::list(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.name == node)
+        .unwrap()
+        .heartbeat_at
+}
+
+#[tokio::test]
+async fn a_stuck_jail_never_stalls_heartbeats_other_jails_uploads_or_metering() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    // Stopping a jail whose processes are frozen waits the whole grace.
+    let mut node = Node::with_env(
+        &url,
+        &[
+            ("STOCKADE_STEP_DEADLINE_SECS", "3"),
+            ("STOCKADE_STOP_GRACE_SECS", "600"),
+        ],
+    );
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let site = jails::create(&pool, tenant, &jail("site")).await.unwrap();
+    let stuck = jails::create(&pool, tenant, &jail("stuck")).await.unwrap();
+    let site = wait_observed(&pool, tenant, site.id, ObservedState::Running).await;
+    let stuck = wait_observed(&pool, tenant, stuck.id, ObservedState::Running).await;
+    let engine = node.engine();
+    let frozen = Frozen::jail(&node, &stuck);
+    jails::set_desired(&pool, tenant, stuck.id, DesiredState::Stopped)
+        .await
+        .unwrap();
+
+    // A FIFO in another jail's site folder, and an upload onto it.
+    let Some(stockade_jail::JailStatus::Running { pid }) =
+        engine.status(&site.host_name()).unwrap()
+    else {
+        panic!("site does not run")
+    };
+    let www = std::path::PathBuf::from(format!("/proc/{pid}/root/srv/www"));
+    std::fs::create_dir_all(&www).unwrap();
+    nix::unistd::mkfifo(
+        &www.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    stockade_store::uploads::create(&pool, tenant, site.id, "pipe", b"data")
+        .await
+        .unwrap();
+    let beat = heartbeat_of(&pool, &node.name).await;
+    let sampled = stockade_store::usage::jail_samples(&pool, site.id)
+        .await
+        .unwrap()
+        .len();
+
+    // The stuck jail's step is abandoned at its deadline and the jail says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = jails::get(&pool, tenant, stuck.id).await.unwrap();
+        if j.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not finish within 3 s"))
+        {
+            assert_eq!(j.observed_state, ObservedState::Failed);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stuck step was never given up: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Meanwhile a new jail converges, the upload is refused and the next one written.
+    let late = jails::create(&pool, tenant, &jail("late")).await.unwrap();
+    wait_observed(&pool, tenant, late.id, ObservedState::Running).await;
+    stockade_store::uploads::create(&pool, tenant, site.id, "index.html", b"<p>up</p>")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = stockade_store::uploads::list(&pool, tenant, site.id)
+            .await
+            .unwrap();
+        let state = |name: &str| {
+            list.iter()
+                .find(|u| u.file_name == name)
+                .map(|u| (u.state.clone(), u.error.clone()))
+                .unwrap()
+        };
+        if state("pipe").0 != "pending" && state("index.html").0 != "pending" {
+            assert_eq!(
+                state("pipe"),
+                (
+                    "failed".into(),
+                    Some("pipe is not a regular file (a FIFO); nothing was written".into())
+                )
+            );
+            assert_eq!(state("index.html"), ("written".into(), None));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uploads were never written: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Heartbeats and metering go on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now_beat = heartbeat_of(&pool, &node.name).await;
+        let now_sampled = stockade_store::usage::jail_samples(&pool, site.id)
+            .await
+            .unwrap()
+            .len();
+        if now_beat > beat && now_sampled >= sampled + 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heartbeat {beat} -> {now_beat}, samples {sampled} -> {now_sampled}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // All of that while the stuck jail's stop was still under way.
+    assert!(matches!(
+        engine.status(&stuck.host_name()).unwrap(),
+        Some(stockade_jail::JailStatus::Running { .. })
+    ));
+    // The agent stops when told, stuck step or not, and comes back.
+    assert!(
+        node.terminate_within(Duration::from_secs(10)),
+        "the agent waited for the stuck step on its way out"
+    );
+    node.start();
+    // Thawed, its step ends and the jail converges.
+    drop(frozen);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = jails::get(&pool, tenant, stuck.id).await.unwrap();
+        if j.observed_state == ObservedState::Stopped && j.observed_generation == j.generation {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the thawed jail never stopped: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_all_converged(&pool, tenant, Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn two_agents_on_one_host_never_touch_each_others_jails() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    // Separate state folders, node names, cgroup parents, bridges,
+    // networks and firewall tables.
+    let mut one = Node::with_network(&url, "10.93.0.1/24");
+    let mut two = Node::with_network(&url, "10.94.0.1/24");
+    wait_node(&pool, &one.name).await;
+    wait_node(&pool, &two.name).await;
+    let tenant = tenant(&pool).await;
+    let mut made = Vec::new();
+    for i in 0..4 {
+        made.push(
+            jails::create(&pool, tenant, &jail(&format!("n{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let loads = stockade_store::nodes::loads(&pool).await.unwrap();
+    let one_id = loads.iter().find(|n| n.name == one.name).unwrap().id;
+    let two_id = loads.iter().find(|n| n.name == two.name).unwrap().id;
+    assert!(made.iter().any(|j| j.node_id == Some(one_id)));
+    assert!(made.iter().any(|j| j.node_id == Some(two_id)));
+    for j in &made {
+        wait_observed(&pool, tenant, j.id, ObservedState::Running).await;
+    }
+    let (e1, e2) = (one.engine(), two.engine());
+    let pids = |e1: &stockade_jail::Engine, e2: &stockade_jail::Engine| {
+        made.iter()
+            .map(|j| {
+                let (own, other) = if j.node_id == Some(one_id) {
+                    (e1, e2)
+                } else {
+                    (e2, e1)
+                };
+                assert_eq!(other.status(&j.host_name()).unwrap(), None);
+                match own.status(&j.host_name()).unwrap() {
+                    Some(stockade_jail::JailStatus::Running { pid }) => pid,
+                    s => panic!("{} is {s:?}", j.name),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = pids(&e1, &e2);
+    // Several resync periods (2 s), then each agent restarted (adoption
+    // runs at start), then several periods again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    one.kill(nix::sys::signal::Signal::SIGKILL);
+    one.start();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    two.kill(nix::sys::signal::Signal::SIGTERM);
+    two.start();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(pids(&e1, &e2), before, "every jail still runs, same init");
+    assert_eq!(
+        stockade_store::audit::count_action(&pool, "jail.stray_removed")
+            .await
+            .unwrap(),
+        0,
+        "neither agent removed anything"
+    );
+    let mut addresses = std::collections::HashSet::new();
+    for j in &made {
+        let j = jails::get(&pool, tenant, j.id).await.unwrap();
+        assert_eq!(j.observed_state, ObservedState::Running);
+        assert!(j.last_error.is_none(), "{j:?}");
+        assert!(addresses.insert(j.address.clone().expect("an address")));
+    }
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_all_converged(&pool, tenant, Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn a_second_agent_with_the_same_node_name_stops_instead_of_removing_jails() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let one = Node::new(&url);
+    wait_node(&pool, &one.name).await;
+    let tenant = tenant(&pool).await;
+    let j = jails::create(&pool, tenant, &jail("prod")).await.unwrap();
+    wait_observed(&pool, tenant, j.id, ObservedState::Running).await;
+    let engine = one.engine();
+    let before = engine.status(&j.host_name()).unwrap();
+    assert!(matches!(
+        before,
+        Some(stockade_jail::JailStatus::Running { .. })
+    ));
+    // Staging beside production: another database and state folder, the
+    // same node name (so the same cgroup group).
+    let (_, staging_url) = common::fresh_database().await;
+    let mut two = Node::with_name_and_env(&staging_url, &one.name, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while two.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the second agent kept running on the first one's names"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several resync periods of the first agent later, its jail is untouched.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(engine.status(&j.host_name()).unwrap(), before);
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_all_converged(&pool, tenant, Duration::from_secs(60)).await;
+}

@@ -55,6 +55,10 @@ pub struct Config {
     pub stop_grace: Duration,
     /// KiB of a started jail's newest output kept on the node.
     pub console_kib: u64,
+    /// Longest the agent waits for one engine step of a jail.
+    pub step_deadline: Duration,
+    /// Jails the agent works on at the same time.
+    pub jail_parallelism: usize,
     /// The plan self sign-up puts new tenants on; unset = sign-up off.
     pub signup_plan: Option<String>,
     /// The node's jail bridge.
@@ -124,6 +128,14 @@ pub const KEYS: &[(&str, &str)] = &[
         "console_kib",
         "KiB of each jail's newest output kept on the node, at least 16 (4096)",
     ),
+    (
+        "step_deadline_secs",
+        "seconds the agent waits for one step of a jail before giving up on it (120)",
+    ),
+    (
+        "jail_parallelism",
+        "jails the agent works on at the same time, at least 1 (8)",
+    ),
 ];
 
 impl Default for Config {
@@ -151,6 +163,8 @@ impl Default for Config {
             agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
             stop_grace: Duration::from_secs(10),
             console_kib: 4096,
+            step_deadline: Duration::from_secs(120),
+            jail_parallelism: 8,
             signup_plan: None,
             bridge: "stk0".into(),
             jail_network: Some("10.77.0.1/16".parse().expect("valid default network")),
@@ -268,6 +282,10 @@ impl Config {
                     self.stop_grace = Duration::from_secs(parse_num(key, value, 0u64)?)
                 }
                 "console_kib" => self.console_kib = parse_num(key, value, 16u64)?,
+                "step_deadline_secs" => {
+                    self.step_deadline = Duration::from_secs(parse_num(key, value, 1u64)?)
+                }
+                "jail_parallelism" => self.jail_parallelism = parse_num(key, value, 1usize)?,
                 "signup_plan" => {
                     let v = value.trim();
                     self.signup_plan = if v.is_empty() {

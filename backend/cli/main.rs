@@ -153,8 +153,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { exit_with_parent } => serve(cfg, exit_with_parent),
         Command::Agent => {
             let url = require_database(&cfg)?;
-            runtime()?.block_on(async {
-                let pool = stockade_store::connect(&url, 4, Duration::from_secs(10)).await?;
+            let rt = runtime()?;
+            let done = rt.block_on(async {
+                // Heartbeat, jail tasks, sampler and upload writer each use one.
+                let pool = stockade_store::connect(&url, 8, Duration::from_secs(10)).await?;
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let mut agent = tokio::spawn(up::agent_task(pool, cfg.clone(), stop_rx));
                 let mut term =
@@ -167,7 +169,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _ = stop_tx.send(true);
                 agent.await??;
                 Ok(ExitCode::SUCCESS)
-            })
+            });
+            // An engine step stuck past its deadline still holds a blocking
+            // thread; the agent exits without waiting for it.
+            rt.shutdown_background();
+            done
         }
         Command::Migrate => {
             let url = require_database(&cfg)?;

@@ -31,8 +31,13 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
             (cluster.url(DATABASE), Some(cluster))
         }
     };
-    let result =
-        crate::runtime().and_then(|rt| rt.block_on(run_services(&cfg, &url, cluster.is_some())));
+    let result = crate::runtime().and_then(|rt| {
+        let done = rt.block_on(run_services(&cfg, &url, cluster.is_some()));
+        // An engine step stuck past its deadline still holds a blocking
+        // thread; nothing waits for it on the way out.
+        rt.shutdown_background();
+        done
+    });
     if let Some(cluster) = cluster
         && let Err(e) = cluster.stop()
     {
@@ -85,6 +90,9 @@ async fn ensure_admin(pool: &PgPool, cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the agents of this host note which host names each uses.
+const AGENT_CLAIMS: &str = "/run/stockade/agents";
+
 /// The agent of this node; it runs in this (root) process.
 pub async fn agent_task(
     pool: PgPool,
@@ -108,6 +116,23 @@ pub async fn agent_task(
     if let Some(net) = cfg.jail_network {
         engine_cfg.gateway = net;
     }
+    // Before anything is touched: no other agent on this host uses the
+    // same cgroup group, bridge or firewall table.
+    let mut names = vec![("cgroup", engine_cfg.cgroup_parent.as_str())];
+    if cfg.jail_network.is_some() {
+        names.push(("bridge", engine_cfg.bridge.as_str()));
+        names.push(("firewall", engine_cfg.firewall_table.as_str()));
+    }
+    let _claims = if nix::unistd::Uid::effective().is_root() {
+        Some(stockade_agent::claim_host_names(
+            std::path::Path::new(AGENT_CLAIMS),
+            &engine_cfg.proc_root,
+            &state_dir,
+            &names,
+        )?)
+    } else {
+        None
+    };
     let engine = std::sync::Arc::new(stockade_jail::Engine::new(engine_cfg)?);
     stockade_agent::become_subreaper();
     let (cpus, memory_bytes, disk_bytes) = stockade_agent::host_capacity(&state_dir);
@@ -128,6 +153,8 @@ pub async fn agent_task(
         metrics_listen: cfg.agent_metrics,
         stop_grace: cfg.stop_grace,
         network: cfg.jail_network,
+        step_deadline: cfg.step_deadline,
+        jail_parallelism: cfg.jail_parallelism,
     };
     stockade_agent::run(pool, engine, agent_cfg, info, stop).await
 }

@@ -31,6 +31,8 @@ pub struct Node {
     state: tempfile::TempDir,
     url: SecretString,
     child: Option<Child>,
+    /// Settings of this agent that differ from the tests' usual ones.
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -44,7 +46,36 @@ impl Node {
             url: url.clone(),
             child: None,
             network: None,
+            env: Vec::new(),
         };
+        node.start();
+        node
+    }
+
+    /// An agent with some settings (`STOCKADE_*` variables) of its own.
+    pub fn with_env(url: &SecretString, env: &[(&str, &str)]) -> Node {
+        Self::with_name_and_env(
+            url,
+            &format!("agent-test-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            env,
+        )
+    }
+
+    /// An agent with the node name `name` (and a state folder of its own).
+    pub fn with_name_and_env(url: &SecretString, name: &str, env: &[(&str, &str)]) -> Node {
+        let mut node = Node {
+            name: name.to_owned(),
+            state: tempfile::tempdir().unwrap(),
+            url: url.clone(),
+            child: None,
+            network: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        std::fs::set_permissions(node.state.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         node.start();
         node
     }
@@ -62,6 +93,7 @@ impl Node {
             url: url.clone(),
             child: None,
             network: Some((bridge, gateway.to_owned())),
+            env: Vec::new(),
         };
         node.start();
         node
@@ -87,6 +119,7 @@ impl Node {
             .env("STOCKADE_HEARTBEAT_SECS", "1")
             .env("STOCKADE_STOP_GRACE_SECS", "2")
             .env("STOCKADE_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -98,6 +131,26 @@ impl Node {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Sends SIGTERM and waits at most `limit` for the agent to exit;
+    /// whether it did. One that did not is killed.
+    pub fn terminate_within(&mut self, limit: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
     }
 
     pub fn kill(&mut self, signal: nix::sys::signal::Signal) {
@@ -149,7 +202,12 @@ impl Drop for Node {
         {
             let _ = std::fs::remove_dir(entry.path().join(format!("stockade-{}", self.name)));
         }
+        // The agent's claims on its host names.
+        let claims = Path::new("/run/stockade/agents");
+        let _ = std::fs::remove_file(claims.join(format!("cgroup-stockade-{}", self.name)));
         if let Some((bridge, _)) = &self.network {
+            let _ = std::fs::remove_file(claims.join(format!("bridge-{bridge}")));
+            let _ = std::fs::remove_file(claims.join(format!("firewall-{bridge}")));
             let _ = Command::new("ip").args(["link", "del", bridge]).status();
             let _ = Command::new("nft")
                 .args(["delete", "table", "inet", bridge])

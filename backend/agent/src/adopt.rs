@@ -1,18 +1,24 @@
 //! Adoption: every jail object on the host either belongs to a jail row of
 //! this node that still wants it, or is removed (with an audit entry).
+//!
+//! Only this node's objects are ever looked at: its engine lists the jails
+//! of its own state folder, cgroups under its own parent group, mounts and
+//! loop devices below its own state folder and ports of its own bridge, so
+//! another agent on the same host (another state folder and node name) is
+//! never touched.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use stockade_domain::DesiredState;
-use stockade_jail::Engine;
 use stockade_store::{PgPool, audit, jails};
 use uuid::Uuid;
+
+use crate::slots::Slots;
 
 /// Removes host objects no row wants; leaves the rest for the reconciler.
 pub(crate) async fn adopt(
     pool: &PgPool,
-    engine: &Arc<Engine>,
+    slots: &Slots,
     node_id: Uuid,
     node_name: &str,
 ) -> anyhow::Result<()> {
@@ -22,12 +28,17 @@ pub(crate) async fn adopt(
         .filter(|(_, desired)| *desired != DesiredState::Deleted)
         .map(|(id, _)| jails::host_name(id).to_string())
         .collect();
-    let e = engine.clone();
-    let found = tokio::task::spawn_blocking(move || e.discover()).await??;
+    let found = slots
+        .node_call("discovering host objects", |e| e.discover())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))??;
     for link in found.stray_links.clone() {
-        let e = engine.clone();
         let l = link.clone();
-        match tokio::task::spawn_blocking(move || e.remove_stray_link(&l)).await? {
+        match slots
+            .node_call("removing a stray link", move |e| e.remove_stray_link(&l))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
             Ok(()) => tracing::info!(%link, "removed a network link no jail owns"),
             Err(err) => tracing::warn!(%link, error = %err, "removing a stray link failed"),
         }
@@ -39,9 +50,12 @@ pub(crate) async fn adopt(
         let Ok(jail_name) = stockade_domain::JailName::parse(&name) else {
             continue;
         };
-        let e = engine.clone();
         let n = jail_name.clone();
-        match tokio::task::spawn_blocking(move || e.destroy(&n)).await? {
+        let removed = slots
+            .call(&name, "removing a stray jail", move |e| e.destroy(&n))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"));
+        match removed.and_then(|r| r.map_err(anyhow::Error::from)) {
             Ok(()) => {
                 tracing::info!(jail = %name, "removed host objects no jail wants");
                 audit::record(

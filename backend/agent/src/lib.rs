@@ -4,11 +4,19 @@
 //! Level-triggered: it wakes on NOTIFY and also re-reads everything on a
 //! fixed period, so a lost notification, an agent crash or a host reboot only
 //! delays convergence. Every engine step is idempotent.
+//!
+//! No jail can stall it: heartbeat, reconcile, sampling, upload writing and
+//! purging are separate tasks; every engine call runs on a blocking thread,
+//! one at a time per jail and a bounded number across jails, and is waited
+//! for no longer than a deadline (see `slots`).
 
 mod adopt;
+mod claim;
 mod metrics;
 mod reconcile;
 mod sampler;
+mod slots;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +29,7 @@ use stockade_store::nodes::{self, NodeInfo};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use claim::{Claims, claim_host_names};
 pub use metrics::Metrics;
 
 /// How the agent is set up on this node.
@@ -43,6 +52,11 @@ pub struct AgentConfig {
     /// The node's jail address pool (the bridge's gateway and prefix), or
     /// `None` when jails get loopback only.
     pub network: Option<ipnet::Ipv4Net>,
+    /// Longest the agent waits for one engine step of a jail; a step that
+    /// takes longer is abandoned and the jail marked with an error.
+    pub step_deadline: Duration,
+    /// Jails worked on at the same time.
+    pub jail_parallelism: usize,
 }
 
 /// Reads this host's capacity: CPUs, memory and the disk under `disk_path`.
@@ -108,42 +122,160 @@ pub async fn run(
         })
         .await??;
     }
-    let mut reconciler = reconcile::Reconciler::new(
-        pool.clone(),
+    let slots = Arc::new(slots::Slots::new(
         engine.clone(),
+        cfg.jail_parallelism,
+        cfg.step_deadline,
+    ));
+    let running = Arc::new(reconcile::RunningJails::default());
+    let uploads_wake = Arc::new(tokio::sync::Notify::new());
+    let reconciler = reconcile::Reconciler::new(
+        pool.clone(),
+        slots.clone(),
         node_id,
         cfg.clone(),
         metrics.clone(),
+        running.clone(),
+        uploads_wake.clone(),
     );
-    if let Err(e) = adopt::adopt(&pool, &engine, node_id, &cfg.node_name).await {
+    if let Err(e) = adopt::adopt(&pool, &slots, node_id, &cfg.node_name).await {
         tracing::warn!(error = %e, "adopting host objects failed; will retry at the next resync");
     }
-    let mut sampler = sampler::Sampler::new(
-        pool.clone(),
-        engine.clone(),
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(heartbeat_task(pool.clone(), node_id, info, cfg.heartbeat));
+    tasks.spawn(purge_task(pool.clone(), cfg.sample_retention_hours));
+    tasks.spawn(sample_task(
+        sampler::Sampler::new(
+            pool.clone(),
+            engine.clone(),
+            node_id,
+            metrics.clone(),
+            &cfg.node_name,
+            cfg.step_deadline,
+        ),
+        running.clone(),
+        cfg.sample_interval,
+    ));
+    tasks.spawn(upload_task(
+        Arc::new(uploads::Uploads::new(
+            pool.clone(),
+            slots.clone(),
+            node_id,
+            running,
+        )),
+        uploads_wake.clone(),
+        cfg.resync,
+    ));
+    tasks.spawn(reconcile_task(
+        pool,
+        reconciler,
+        slots,
         node_id,
-        metrics.clone(),
-        &cfg.node_name,
-    );
-
-    let mut listener = connect_listener(&pool).await;
-    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
-    let mut resync = tokio::time::interval(cfg.resync);
-    let mut sample = tokio::time::interval(cfg.sample_interval);
-    let mut purge = tokio::time::interval(Duration::from_secs(3600));
-    for t in [&mut heartbeat, &mut resync, &mut sample, &mut purge] {
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
+        cfg,
+        uploads_wake,
+    ));
     loop {
-        let mut full = false;
-        let mut wake = false;
         tokio::select! {
             _ = shutdown.changed() => {
-                if *shutdown.borrow() { return Ok(()); }
+                if *shutdown.borrow() { break; }
             }
+            Some(done) = tasks.join_next() => {
+                // The tasks loop for ever; one that ends has panicked.
+                tasks.abort_all();
+                return Err(anyhow::anyhow!("an agent task ended: {done:?}"));
+            }
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Keeps the node's heartbeat, whatever the jails do.
+async fn heartbeat_task(pool: PgPool, node_id: Uuid, info: NodeInfo, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match nodes::heartbeat(&pool, node_id).await {
+            Ok(()) => {}
+            Err(stockade_store::StoreError::NotFound) => {
+                if let Err(e) = nodes::register(&pool, &info).await {
+                    tracing::warn!(error = %e, "re-registering the node failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+        }
+    }
+}
+
+/// Drops old raw samples and expired sessions, hourly.
+async fn purge_task(pool: PgPool, retention_hours: u32) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = stockade_store::usage::purge(&pool, retention_hours).await {
+            tracing::warn!(error = %e, "purging old samples failed");
+        }
+        if let Err(e) = stockade_store::sessions::purge_expired(&pool).await {
+            tracing::warn!(error = %e, "purging expired sessions failed");
+        }
+    }
+}
+
+/// Samples the running jails' usage on a fixed period.
+async fn sample_task(
+    mut sampler: sampler::Sampler,
+    running: Arc<reconcile::RunningJails>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sampler.sweep(running.snapshot()).await;
+    }
+}
+
+/// Writes waiting uploads when woken (a new upload, a jail that started)
+/// and on the resync period.
+async fn upload_task(
+    uploads: Arc<uploads::Uploads>,
+    wake: Arc<tokio::sync::Notify>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake.notified() => {}
+        }
+        uploads.sweep().await;
+    }
+}
+
+/// Converges the node's jails on every notification, every ended step and
+/// every resync period; adopts host objects on each resync.
+async fn reconcile_task(
+    pool: PgPool,
+    reconciler: reconcile::Reconciler,
+    slots: Arc<slots::Slots>,
+    node_id: Uuid,
+    cfg: AgentConfig,
+    uploads: Arc<tokio::sync::Notify>,
+) {
+    let adopting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut listener = connect_listener(&pool).await;
+    let mut resync = tokio::time::interval(cfg.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut full = false;
+        tokio::select! {
             n = recv(&mut listener) => {
                 match n {
-                    Wake::Notified => wake = true,
+                    // An upload may have arrived: the writer looks too.
+                    Wake::Notified => uploads.notify_one(),
                     Wake::Lost => {
                         // Notifications may have been missed: re-read everything.
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -153,34 +285,26 @@ pub async fn run(
                 }
             }
             _ = resync.tick() => full = true,
-            _ = tokio::time::sleep(reconciler.next_retry_in()) => wake = true,
-            _ = heartbeat.tick() => {
-                match nodes::heartbeat(&pool, node_id).await {
-                    Ok(()) => {}
-                    Err(stockade_store::StoreError::NotFound) => {
-                        if let Err(e) = nodes::register(&pool, &info).await {
-                            tracing::warn!(error = %e, "re-registering the node failed");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
-                }
-            }
-            _ = sample.tick() => sampler.sweep(reconciler.running_jails()).await,
-            _ = purge.tick() => {
-                if let Err(e) = stockade_store::usage::purge(&pool, cfg.sample_retention_hours).await {
-                    tracing::warn!(error = %e, "purging old samples failed");
-                }
-                if let Err(e) = stockade_store::sessions::purge_expired(&pool).await {
-                    tracing::warn!(error = %e, "purging expired sessions failed");
-                }
-            }
+            () = tokio::time::sleep(reconciler.next_retry_in()) => {}
+            () = reconciler.step_ended() => {}
+            () = slots.freed() => reconciler.retry_now(&slots.take_freed()),
         }
-        if full && let Err(e) = adopt::adopt(&pool, &engine, node_id, &cfg.node_name).await {
-            tracing::warn!(error = %e, "adopting host objects failed");
+        if full && !adopting.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // Adoption may remove strays (slow); it runs beside the passes.
+            let (pool, slots, adopting, node) = (
+                pool.clone(),
+                slots.clone(),
+                adopting.clone(),
+                cfg.node_name.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = adopt::adopt(&pool, &slots, node_id, &node).await {
+                    tracing::warn!(error = %e, "adopting host objects failed");
+                }
+                adopting.store(false, std::sync::atomic::Ordering::Release);
+            });
         }
-        if full || wake {
-            reconciler.pass(full).await;
-        }
+        reconciler.pass(full).await;
     }
 }
 

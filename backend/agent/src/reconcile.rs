@@ -1,20 +1,20 @@
 //! Converging each jail of the node to its desired state.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use stockade_domain::{DesiredState, JailKind, ObservedState};
+use stockade_domain::{DesiredState, JailKind, JailName, ObservedState};
 use stockade_jail::{Engine, JailSpec, JailStatus};
 use stockade_store::PgPool;
 use stockade_store::jails::{self, Jail};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::AgentConfig;
 use crate::metrics::Metrics;
-
-/// Where uploaded site files go inside a jail.
-const SITE_FOLDER: &str = "srv/www";
+use crate::slots::Slots;
 
 /// A failing jail waits this long before its first retry, doubling up to the cap.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -25,45 +25,105 @@ struct Backoff {
     next: Instant,
 }
 
-/// The jails this node runs, and what went wrong with which.
+/// The node's jails last seen running: (tenant id, engine name) by jail id.
+/// Read by the sampler and the upload writer, kept by the reconciler.
+#[derive(Default)]
+pub(crate) struct RunningJails(Mutex<HashMap<Uuid, (Uuid, JailName)>>);
+
+impl RunningJails {
+    /// (jail id, tenant id, engine name) of every running jail.
+    pub(crate) fn snapshot(&self) -> Vec<(Uuid, Uuid, JailName)> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, (tenant, name))| (*id, *tenant, name.clone()))
+            .collect()
+    }
+
+    fn set(&self, jail: Uuid, tenant: Uuid, name: JailName, running: bool) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if running {
+            map.insert(jail, (tenant, name));
+        } else {
+            map.remove(&jail);
+        }
+    }
+
+    fn retain(&self, keep: impl Fn(&Uuid) -> bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|id, _| keep(id));
+    }
+}
+
+/// What the reconciler remembers between passes.
+#[derive(Default)]
+struct Book {
+    backoff: HashMap<Uuid, Backoff>,
+    /// Jails with a step under way; a pass leaves them to it.
+    in_flight: HashSet<Uuid>,
+}
+
+/// Converges the node's jails: each pass starts a task per jail with work
+/// to do, so a slow or stuck jail never holds up the others.
 pub(crate) struct Reconciler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     pool: PgPool,
-    engine: Arc<Engine>,
+    slots: Arc<Slots>,
     node_id: Uuid,
     cfg: AgentConfig,
     metrics: Arc<Metrics>,
-    backoff: HashMap<Uuid, Backoff>,
-    running: Vec<(Uuid, Uuid, stockade_domain::JailName)>,
+    book: Mutex<Book>,
+    running: Arc<RunningJails>,
+    /// Rung when a jail's step ends, so what changed meanwhile is seen.
+    again: Notify,
+    /// Rung when a jail starts running: its waiting uploads can be written.
+    uploads: Arc<Notify>,
+    /// Held while a jail's address is chosen and recorded.
+    allocating: tokio::sync::Mutex<()>,
+    /// Bounds the jail tasks at work at once (database connections too).
+    tasks: tokio::sync::Semaphore,
 }
 
 impl Reconciler {
     pub(crate) fn new(
         pool: PgPool,
-        engine: Arc<Engine>,
+        slots: Arc<Slots>,
         node_id: Uuid,
         cfg: AgentConfig,
         metrics: Arc<Metrics>,
+        running: Arc<RunningJails>,
+        uploads: Arc<Notify>,
     ) -> Self {
+        let cfg_parallelism = cfg.jail_parallelism.max(1);
         Self {
-            pool,
-            engine,
-            node_id,
-            cfg,
-            metrics,
-            backoff: HashMap::new(),
-            running: Vec::new(),
+            inner: Arc::new(Inner {
+                pool,
+                slots,
+                node_id,
+                cfg,
+                metrics,
+                book: Mutex::new(Book::default()),
+                running,
+                again: Notify::new(),
+                uploads,
+                allocating: tokio::sync::Mutex::new(()),
+                tasks: tokio::sync::Semaphore::new(cfg_parallelism),
+            }),
         }
-    }
-
-    /// (jail id, tenant id, engine name) of the jails last seen running.
-    pub(crate) fn running_jails(&self) -> Vec<(Uuid, Uuid, stockade_domain::JailName)> {
-        self.running.clone()
     }
 
     /// Time until the earliest backed-off jail may be retried.
     pub(crate) fn next_retry_in(&self) -> Duration {
         let now = Instant::now();
-        self.backoff
+        self.inner
+            .book()
+            .backoff
             .values()
             .map(|b| b.next.saturating_duration_since(now))
             .min()
@@ -71,22 +131,40 @@ impl Reconciler {
             .max(Duration::from_millis(50))
     }
 
+    /// Lets the jails named (engine names) be worked on at the next pass,
+    /// whatever their backoff: an abandoned step of theirs has ended.
+    pub(crate) fn retry_now(&self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        self.inner.book().backoff.retain(|id, _| {
+            !names
+                .iter()
+                .any(|n| *n == stockade_store::jails::host_name(*id).as_str())
+        });
+    }
+
+    /// Resolves when a jail's step has ended since the last call.
+    pub(crate) async fn step_ended(&self) {
+        self.inner.again.notified().await;
+    }
+
     /// One pass over the node's jails. `full` also re-applies limits to
     /// converged running jails, setting back anything changed by hand.
-    pub(crate) async fn pass(&mut self, full: bool) {
+    /// Starts the work and returns; it does not wait for any jail.
+    pub(crate) async fn pass(&self, full: bool) {
+        let inner = &self.inner;
         let started = Instant::now();
-        let jails = match jails::for_node(&self.pool, self.node_id).await {
+        let jails = match jails::for_node(&inner.pool, inner.node_id).await {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the node's jails failed");
-                self.metrics
-                    .errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                inner.metrics.errors.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
         let throttles: HashMap<Uuid, u64> =
-            match stockade_store::transfer::throttles_on_node(&self.pool, self.node_id).await {
+            match stockade_store::transfer::throttles_on_node(&inner.pool, inner.node_id).await {
                 Ok(t) => t.into_iter().collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading transfer throttles failed");
@@ -94,33 +172,69 @@ impl Reconciler {
                 }
             };
         let now = Instant::now();
-        let mut running = Vec::new();
         let mut by_state = [0u64; 5];
+        let mut on_node = HashSet::new();
+        let mut names = HashSet::new();
         for jail in jails {
-            // A notification pass only touches jails with something to do;
-            // the periodic full pass looks at every jail (drift, crashes).
-            let waiting = self.backoff.get(&jail.id).is_some_and(|b| b.next > now);
-            if waiting || (!full && settled(&jail)) {
-                count(&mut by_state, jail.observed_state);
-                if jail.observed_state == ObservedState::Running {
-                    running.push((jail.id, jail.tenant_id, jail.host_name()));
-                }
+            count(&mut by_state, jail.observed_state);
+            on_node.insert(jail.id);
+            names.insert(jail.host_name().to_string());
+            let mut book = inner.book();
+            if book.in_flight.contains(&jail.id) {
+                // Its task records what it sees when it ends.
                 continue;
             }
-            let throttle = throttles.get(&jail.tenant_id).copied();
-            let observed = self
-                .reconcile_one(jail.id, full, throttle)
-                .await
-                .unwrap_or(jail.observed_state);
-            count(&mut by_state, observed);
-            if observed == ObservedState::Running {
-                running.push((jail.id, jail.tenant_id, jail.host_name()));
+            inner.running.set(
+                jail.id,
+                jail.tenant_id,
+                jail.host_name(),
+                jail.observed_state == ObservedState::Running,
+            );
+            // A notification pass only touches jails with something to do;
+            // the periodic full pass looks at every jail (drift, crashes).
+            let waiting = book.backoff.get(&jail.id).is_some_and(|b| b.next > now);
+            if waiting || (!full && settled(&jail)) {
+                continue;
             }
+            book.in_flight.insert(jail.id);
+            drop(book);
+            let throttle = throttles.get(&jail.tenant_id).copied();
+            let needs_address = jail.address.is_none();
+            let task = inner.clone();
+            tokio::spawn(async move {
+                task.reconcile_one(jail.id, full, throttle, needs_address)
+                    .await
+            });
         }
-        self.write_uploads(&running).await;
-        self.running = running;
-        self.metrics.set_jails_by_state(by_state);
-        self.metrics.observe_pass(started.elapsed());
+        inner.running.retain(|id| on_node.contains(id));
+        inner.book().backoff.retain(|id, _| on_node.contains(id));
+        inner.slots.prune(|name| names.contains(name));
+        inner.metrics.set_jails_by_state(by_state);
+        inner.metrics.observe_pass(started.elapsed());
+    }
+}
+
+impl Inner {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits `delay` (doubling with each failure when `failed`) before the
+    /// jail is worked on again.
+    fn back_off(&self, jail_id: Uuid, failed: bool) -> Duration {
+        let mut book = self.book();
+        let b = book.backoff.entry(jail_id).or_insert(Backoff {
+            failures: 0,
+            next: Instant::now(),
+        });
+        if failed {
+            b.failures = b.failures.saturating_add(1);
+        }
+        let delay = FIRST_RETRY
+            .saturating_mul(1u32 << b.failures.min(10))
+            .min(MAX_RETRY);
+        b.next = Instant::now() + delay;
+        delay
     }
 
     /// A free address of the node's pool: not held by any jail row of the
@@ -129,70 +243,70 @@ impl Reconciler {
         let mut used = jails::addresses_on_node(&self.pool, self.node_id)
             .await
             .map_err(|e| e.to_string())?;
-        let engine = self.engine.clone();
-        let on_host = tokio::task::spawn_blocking(move || {
-            engine
-                .networks()
-                .into_iter()
-                .map(|(_, n)| n.address)
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let on_host = self
+            .slots
+            .node_call("listing jail addresses", |engine| {
+                engine
+                    .networks()
+                    .into_iter()
+                    .map(|(_, n)| n.address)
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         used.extend(on_host);
         stockade_jail::allocate(pool_net, &used).map_err(|e| e.to_string())
     }
 
-    /// Writes pending uploads into the running jails they are for.
-    async fn write_uploads(&self, running: &[(Uuid, Uuid, stockade_domain::JailName)]) {
-        let wanted =
-            match stockade_store::uploads::jails_with_pending(&self.pool, self.node_id).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading pending uploads failed");
-                    return;
-                }
-            };
-        for (jail_id, _, name) in running.iter().filter(|(id, _, _)| wanted.contains(id)) {
-            let Ok(files) = stockade_store::uploads::pending(&self.pool, *jail_id).await else {
-                continue;
-            };
-            for (upload_id, file, content) in files {
-                let engine = self.engine.clone();
-                let name = name.clone();
-                let written = tokio::task::spawn_blocking(move || {
-                    engine.write_file(&name, SITE_FOLDER, &file, &content)
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| {
-                    r.map_err(|e| match &e {
-                        stockade_jail::JailError::Io { source, .. }
-                            if source.raw_os_error() == Some(libc::ENOSPC) =>
-                        {
-                            "the jail's disk is full".to_owned()
-                        }
-                        _ => e.to_string(),
-                    })
-                });
-                let error = written.err();
-                if let Err(e) =
-                    stockade_store::uploads::finish(&self.pool, upload_id, error.as_deref()).await
-                {
-                    tracing::warn!(error = %e, "recording an upload failed");
-                }
-            }
-        }
-    }
-
-    /// Claims one jail, converges it, and records what it saw. Returns the
-    /// observed state, or `None` when another worker holds the jail.
+    /// The task of one jail: converges it, records what it saw, and lets
+    /// the next pass and the upload writer know.
     async fn reconcile_one(
-        &mut self,
+        self: Arc<Self>,
         jail_id: Uuid,
         full: bool,
         throttle: Option<u64>,
-    ) -> Option<ObservedState> {
+        needs_address: bool,
+    ) {
+        let seen = match self.tasks.acquire().await {
+            Ok(_permit) => self.step(jail_id, full, throttle, needs_address).await,
+            Err(_) => None,
+        };
+        self.book().in_flight.remove(&jail_id);
+        match seen {
+            Some((observed, tenant, name)) => {
+                let running = observed == ObservedState::Running;
+                self.running.set(jail_id, tenant, name, running);
+                if running {
+                    self.uploads.notify_one();
+                }
+            }
+            None => {
+                // Claimed elsewhere or unreadable: not again at once.
+                self.back_off(jail_id, false);
+            }
+        }
+        self.again.notify_one();
+    }
+
+    /// Claims one jail, converges it, and records what it saw. Returns the
+    /// observed state, or `None` when another worker holds the jail or the
+    /// database failed. The row is not kept locked while the engine works,
+    /// so a stuck step never holds a connection or blocks the web tier.
+    async fn step(
+        &self,
+        jail_id: Uuid,
+        full: bool,
+        throttle: Option<u64>,
+        needs_address: bool,
+    ) -> Option<(ObservedState, Uuid, JailName)> {
+        // One address allocation at a time on the node, each committed
+        // before the next reads which addresses are taken; taken before a
+        // connection is, so the allocation always gets the one it needs.
+        let allocating = if self.cfg.network.is_some() && needs_address {
+            Some(self.allocating.lock().await)
+        } else {
+            None
+        };
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
             Err(e) => {
@@ -208,20 +322,26 @@ impl Reconciler {
                 return None;
             }
         };
-        let engine = self.engine.clone();
+        let name = jail.host_name();
+        let seen = |observed| Some((observed, jail.tenant_id, name.clone()));
         let grace = self.cfg.stop_grace;
         let mut work = jail.clone();
-        if let (Some(pool_net), None, true) = (
+        if let (Some(pool_net), Some(_), None, true) = (
             self.cfg.network,
+            &allocating,
             &jail.address,
             jail.desired_state != DesiredState::Deleted,
         ) {
             // A jail gets its address once, from the node's pool, and keeps it.
-            match self.allocate(pool_net).await {
-                Ok(addr) => match jails::set_address(&mut tx, jail.id, addr).await {
-                    Ok(()) => work.address = Some(addr.to_string()),
-                    Err(e) => tracing::warn!(error = %e, "recording a jail address failed"),
-                },
+            let allocated = match self.allocate(pool_net).await {
+                Ok(addr) => jails::set_address(&mut tx, jail.id, addr)
+                    .await
+                    .map(|()| addr)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match allocated {
+                Ok(addr) => work.address = Some(addr.to_string()),
                 Err(e) => {
                     let msg = format!("no address for the jail: {e}");
                     let _ = jails::record_observed(
@@ -233,10 +353,16 @@ impl Reconciler {
                     )
                     .await;
                     let _ = tx.commit().await;
-                    return Some(ObservedState::Failed);
+                    self.back_off(jail.id, true);
+                    return seen(ObservedState::Failed);
                 }
             }
         }
+        if let Err(e) = tx.commit().await {
+            tracing::warn!(error = %e, "committing a jail claim failed");
+            return None;
+        }
+        drop(allocating);
         if let Some(bps) = throttle {
             // Past the monthly transfer's soft share: network rates are capped.
             for rate in [
@@ -247,9 +373,13 @@ impl Reconciler {
             }
         }
         let step_started = Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || converge(&engine, &work, full, grace))
+        let outcome = self
+            .slots
+            .call(name.as_str(), "converging", move |engine| {
+                converge(engine, &work, full, grace)
+            })
             .await
-            .unwrap_or_else(|e| Err(format!("the reconcile step panicked: {e}")));
+            .unwrap_or_else(|e| Err(e.to_string()));
         if let Ok(Some(observed)) = &outcome {
             tracing::debug!(jail = %jail.name, tenant = %jail.tenant_id, state = %observed, took = ?step_started.elapsed(), "jail converged");
         }
@@ -257,46 +387,36 @@ impl Reconciler {
             Ok(Some(observed)) => (observed, None),
             Ok(None) => {
                 // Already converged and unchanged: nothing to write.
-                self.backoff.remove(&jail.id);
-                let _ = tx.rollback().await;
-                return Some(jail.observed_state);
+                self.book().backoff.remove(&jail.id);
+                return seen(jail.observed_state);
             }
             Err(e) => (ObservedState::Failed, Some(e)),
         };
         if let Some(e) = &error {
-            self.metrics
-                .errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let b = self.backoff.entry(jail.id).or_insert(Backoff {
-                failures: 0,
-                next: Instant::now(),
-            });
-            b.failures = b.failures.saturating_add(1);
-            let delay = FIRST_RETRY
-                .saturating_mul(1u32 << b.failures.min(10))
-                .min(MAX_RETRY);
-            b.next = Instant::now() + delay;
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            let delay = self.back_off(jail.id, true);
             tracing::warn!(jail = %jail.name, tenant = %jail.tenant_id, error = %e, retry_in = ?delay, "jail did not converge");
         } else {
-            self.backoff.remove(&jail.id);
+            self.book().backoff.remove(&jail.id);
         }
-        if let Err(e) = jails::record_observed(
-            &mut tx,
-            jail.id,
-            observed,
-            jail.generation,
-            error.as_deref(),
-        )
-        .await
-        {
+        let recorded = async {
+            let mut tx = self.pool.begin().await?;
+            jails::record_observed(
+                &mut tx,
+                jail.id,
+                observed,
+                jail.generation,
+                error.as_deref(),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, stockade_store::StoreError>(())
+        };
+        if let Err(e) = recorded.await {
             tracing::warn!(error = %e, "recording the observed state failed");
             return None;
         }
-        if let Err(e) = tx.commit().await {
-            tracing::warn!(error = %e, "committing the observed state failed");
-            return None;
-        }
-        Some(observed)
+        seen(observed)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Usage sampling: one sweep reads every running jail's counters and stores
 //! them in one batch.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Instant;
 
 use stockade_domain::JailName;
@@ -24,6 +24,8 @@ pub(crate) struct Sampler {
     checked: std::collections::HashMap<Uuid, Instant>,
     /// Name used in audit entries.
     actor: String,
+    /// Longest a sweep's reads are waited for.
+    deadline: std::time::Duration,
 }
 
 /// A tenant's monthly transfer is checked at most this often.
@@ -39,6 +41,7 @@ impl Sampler {
         node_id: Uuid,
         metrics: Arc<Metrics>,
         node_name: &str,
+        deadline: std::time::Duration,
     ) -> Self {
         Self {
             pool,
@@ -48,6 +51,7 @@ impl Sampler {
             pending: Vec::new(),
             checked: std::collections::HashMap::new(),
             actor: format!("agent:{node_name}"),
+            deadline,
         }
     }
 
@@ -81,7 +85,13 @@ impl Sampler {
         let reader = self.reader.clone();
         let read = tokio::task::spawn_blocking(move || {
             let now = chrono::Utc::now();
-            let mut reader = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            // A sweep abandoned past its deadline may still hold the reader:
+            // this one is skipped rather than queued behind it.
+            let mut reader = match reader.try_lock() {
+                Ok(r) => r,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return None,
+            };
             let sweep = reader.sweep(jails.iter().map(|(_, _, name)| name));
             let samples: Vec<Sample> = jails
                 .iter()
@@ -110,11 +120,22 @@ impl Sampler {
                     })
                 })
                 .collect();
-            (samples, sweep.wall, sweep.cpu)
-        })
-        .await;
-        let Ok((samples, wall, cpu)) = read else {
-            return;
+            Some((samples, sweep.wall, sweep.cpu))
+        });
+        let (samples, wall, cpu) = match tokio::time::timeout(self.deadline, read).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => {
+                tracing::warn!("an earlier usage sweep is still reading; this one is skipped");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a usage sweep panicked");
+                return;
+            }
+            Err(_) => {
+                tracing::error!(deadline = ?self.deadline, "a usage sweep did not finish in time; abandoned");
+                return;
+            }
         };
         self.metrics.observe_sweep(wall, cpu, samples.len());
         let tenants: std::collections::HashSet<Uuid> =

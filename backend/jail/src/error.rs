@@ -16,6 +16,15 @@ pub enum JailError {
         /// Why.
         reason: String,
     },
+    /// A file write found something other than a regular file at its name
+    /// (a FIFO, socket, device, symbolic link or folder) and left it alone.
+    #[error("{file} is not a regular file ({kind}); nothing was written")]
+    NotRegularFile {
+        /// The file name in its folder.
+        file: String,
+        /// What is there instead, in words ("a FIFO").
+        kind: &'static str,
+    },
     /// The jail has no state record on this node.
     #[error("jail {0} does not exist")]
     NotFound(String),

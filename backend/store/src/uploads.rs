@@ -22,8 +22,19 @@ pub struct Upload {
     pub created_at: DateTime<Utc>,
 }
 
+/// Most bytes of a tenant's uploads waiting to be written (64 MiB).
+pub const MAX_PENDING_BYTES: i64 = 64 << 20;
+
+/// Most uploads of a tenant waiting to be written.
+pub const MAX_PENDING_UPLOADS: i64 = 100;
+
 /// Stores an upload for a tenant's jail and wakes the agents. The jail must
 /// belong to the tenant: the `tenant_id` predicate is the boundary.
+///
+/// Uploads wait in the database until their jail runs, so a tenant's
+/// waiting uploads are bounded ([`MAX_PENDING_BYTES`], [`MAX_PENDING_UPLOADS`]);
+/// one past either is refused with [`StoreError::QuotaExceeded`] and nothing
+/// already accepted changes.
 pub async fn create(
     pool: &PgPool,
     tenant_id: Uuid,
@@ -42,6 +53,28 @@ pub async fn create(
     let Some(node) = node else {
         return Err(StoreError::NotFound);
     };
+    // Serialises a tenant's concurrent uploads so the limits hold.
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    let size = i64::try_from(content.len()).unwrap_or(i64::MAX);
+    let (count, bytes) = pending_totals(&mut tx, tenant_id).await?;
+    if count >= MAX_PENDING_UPLOADS {
+        return Err(StoreError::QuotaExceeded(format!(
+            "{count} uploads are still waiting to be written (at most {MAX_PENDING_UPLOADS}); \
+             they are written while their jails run"
+        )));
+    }
+    if bytes.saturating_add(size) > MAX_PENDING_BYTES {
+        return Err(StoreError::QuotaExceeded(format!(
+            "uploads waiting to be written would come to {} MiB, over the {} MiB allowed \
+             ({} MiB are waiting); they are written while their jails run",
+            mib(bytes.saturating_add(size)),
+            MAX_PENDING_BYTES >> 20,
+            mib(bytes),
+        )));
+    }
     let upload: Upload = sqlx::query_as(
         "INSERT INTO jail_uploads (jail_id, tenant_id, file_name, content, size_bytes)
          VALUES ($1, $2, $3, $4, $5)
@@ -51,7 +84,7 @@ pub async fn create(
     .bind(tenant_id)
     .bind(file_name)
     .bind(content)
-    .bind(i64::try_from(content.len()).unwrap_or(i64::MAX))
+    .bind(size)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
@@ -61,6 +94,27 @@ pub async fn create(
         .await?;
     tx.commit().await?;
     Ok(upload)
+}
+
+/// Whole MiB, rounded up, for messages.
+fn mib(bytes: i64) -> i64 {
+    bytes.saturating_add((1 << 20) - 1) >> 20
+}
+
+/// (count, bytes) of a tenant's uploads waiting to be written into jails
+/// that are not being deleted. The `tenant_id` predicate is the boundary.
+async fn pending_totals(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: Uuid,
+) -> Result<(i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), coalesce(sum(u.size_bytes), 0)::bigint
+         FROM jail_uploads u JOIN jails j ON j.id = u.jail_id
+         WHERE u.tenant_id = $1 AND u.state = 'pending' AND j.desired_state <> 'deleted'",
+    )
+    .bind(tenant_id)
+    .fetch_one(&mut **tx)
+    .await?)
 }
 
 /// The latest uploads of a tenant's jail.

@@ -338,6 +338,8 @@ struct JailData {
     /// Limits, limit hits and charts, rendered once.
     usage: String,
     upload_limit: String,
+    /// What a tenant may have waiting to be written, in words.
+    pending_limit: String,
     uploads: Vec<(String, String, String)>,
 }
 
@@ -447,8 +449,25 @@ async fn upload(
         }
     };
     let jail = jails::get(&state.pool, tenant_id, id).await?;
-    let up = stockade_store::uploads::create(&state.pool, tenant_id, jail.id, base.as_str(), &data)
-        .await?;
+    let up = match stockade_store::uploads::create(
+        &state.pool,
+        tenant_id,
+        jail.id,
+        base.as_str(),
+        &data,
+    )
+    .await
+    {
+        Ok(up) => up,
+        Err(StoreError::QuotaExceeded(msg)) => {
+            return Ok(flash::redirect(
+                &here,
+                "error",
+                &format!("Upload of {base} refused: {msg}. Nothing was stored."),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     record(
         &state,
         &req,
@@ -459,11 +478,16 @@ async fn upload(
         serde_json::json!({}),
     )
     .await?;
+    let when = if jail.observed_state == stockade_domain::ObservedState::Running {
+        "in a moment"
+    } else {
+        "once the jail runs"
+    };
     Ok(flash::redirect(
         &here,
         "ok",
         &format!(
-            "{} uploaded; it appears in /srv/www of {} in a moment.",
+            "{} uploaded; it appears in /srv/www of {} {when}.",
             up.file_name, jail.name
         ),
     ))
@@ -622,6 +646,11 @@ async fn jail_data(
         last_error: jail.last_error.clone(),
         usage: super::fragment(&usage)?,
         upload_limit: format::bytes(UPLOAD_LIMIT as u64),
+        pending_limit: format!(
+            "{} files or {}",
+            stockade_store::uploads::MAX_PENDING_UPLOADS,
+            format::bytes(stockade_store::uploads::MAX_PENDING_BYTES.unsigned_abs())
+        ),
         uploads: stockade_store::uploads::list(pool, tenant_id, jail.id)
             .await?
             .into_iter()
