@@ -123,6 +123,19 @@ fn a_jail_made_without_a_user_namespace_is_moved_into_a_range_and_back() {
         0
     );
     assert_eq!(owner(&upper(&f, &spec.name, "srv/data/g")).0, base);
+    // A file the node writes into the jail (an upload) is the jail root's too.
+    f.engine
+        .write_file(&spec.name, "/srv/data", "up", b"uploaded")
+        .unwrap();
+    assert_eq!(owner(&upper(&f, &spec.name, "srv/data/up")).0, base);
+    assert_eq!(
+        sh(
+            &f,
+            &spec.name,
+            "[ $(stat -c %u /srv/data/up) = 0 ] && echo more >> /srv/data/up"
+        ),
+        0
+    );
 
     // Turned off again (a plan without user namespaces): back to host ids,
     // and the range is free.
