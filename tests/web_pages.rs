@@ -565,7 +565,12 @@ async fn staff_turn_off_user_namespaces_per_plan_audited_and_customers_see_it() 
     fields.push(("host_root_ids", "on".to_owned()));
     let r = w.admin.post(&edit).form(&fields).send().await.unwrap();
     assert_eq!(r.status(), 303);
-    assert!(!plans::get(&w.app.pool, starter.id).await.unwrap().user_namespace);
+    assert!(
+        !plans::get(&w.app.pool, starter.id)
+            .await
+            .unwrap()
+            .user_namespace
+    );
     let count = |action: &'static str| {
         let pool = w.app.pool.clone();
         async move {
