@@ -431,7 +431,11 @@ mod tests {
         });
         let distinct: BTreeSet<u32> = got.iter().copied().collect();
         assert_eq!(distinct.len(), 4, "{got:?}");
-        assert!(distinct.iter().all(|b| (b - POOL.base).is_multiple_of(UID_RANGE)));
+        assert!(
+            distinct
+                .iter()
+                .all(|b| (b - POOL.base).is_multiple_of(UID_RANGE))
+        );
         let err = claim(&uids, POOL, &HostIds::default(), "j5").unwrap_err();
         assert!(
             err.to_string().contains("no free uid range: 4 of 4 in use"),
