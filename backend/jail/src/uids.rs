@@ -132,27 +132,37 @@ pub(crate) fn held(uids: &Path) -> Result<Vec<(u32, String)>, JailError> {
 }
 
 /// Makes the range file `start` for `jail`; `false` if it exists already.
+/// The file is written in full under a name of its own first and then
+/// linked into place, which fails if the range file exists: a range file
+/// is never seen empty, even after a crash.
 fn take(uids: &Path, start: u32, jail: &str) -> Result<bool, JailError> {
     let path = file_of(uids, start);
-    let mut f = match OpenOptions::new()
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = uids.join(format!(
+        ".{jail}.{}.{:?}.{nanos}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let written = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-        Err(e) => return Err(JailError::io("create", &path)(e)),
-    };
-    // A range file that exists names its jail once it is durable: written
-    // and synced before the jail's record mentions the range.
-    let written = f.write_all(jail.as_bytes()).and_then(|()| f.sync_all());
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(jail.as_bytes()).and_then(|()| f.sync_all()));
     if let Err(e) = written {
-        let _ = fs::remove_file(&path);
-        return Err(JailError::io("write", &path)(e));
+        let _ = fs::remove_file(&tmp);
+        return Err(JailError::io("write", &tmp)(e));
     }
-    Ok(true)
+    let linked = fs::hard_link(&tmp, &path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(JailError::io("link", &path)(e)),
+    }
 }
 
 /// Gives `jail` the first range of `pool` that no jail holds and no host
@@ -216,8 +226,15 @@ pub(crate) fn adopt(uids: &Path, start: u32, jail: &str) -> Result<(), JailError
     }
 }
 
-/// Releases every range `jail` holds. Idempotent.
+/// Releases every range `jail` holds, and what a claim cut short by a
+/// crash left of it. Idempotent.
 pub(crate) fn release(uids: &Path, jail: &str) -> Result<(), JailError> {
+    let partial = format!(".{jail}.");
+    for entry in fs::read_dir(uids).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&partial) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
     for (start, owner) in held(uids)? {
         if owner == jail {
             let path = file_of(uids, start);
