@@ -144,6 +144,7 @@ async fn main() {
                 max_jails: 2000,
                 ..Quota::default()
             },
+            user_namespace: true,
         },
     )
     .await

@@ -250,3 +250,42 @@ fn an_interactive_run_gets_a_terminal_of_its_own_not_the_operators() {
     assert_ne!(tty, tty_nr(operator), "and it is not the operator's");
     assert!(jails_left(state.path()).is_empty());
 }
+
+#[test]
+fn jails_get_a_user_namespace_unless_asked_not_to() {
+    if !is_root() {
+        return;
+    }
+    let _parents = Parents;
+    let state = state_dir();
+    let uid_map = |extra: &[&str]| {
+        let mut args = vec!["jail", "run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "cat", "/proc/self/uid_map"]);
+        let out = stockade(state.path(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    // By default root in the jail is the first id of a range of 65536 host
+    // ids far from host root's.
+    let map = uid_map(&[]);
+    assert_eq!(map.len(), 3, "{map:?}");
+    assert_eq!((map[0], map[2]), (0, 65_536), "{map:?}");
+    assert!(map[1] >= 65_536, "{map:?}");
+    // The old flag still works and means the same.
+    assert_eq!(uid_map(&["--userns"])[2], 65_536);
+    // Opting out: the whole host id space, root is host root.
+    assert_eq!(uid_map(&["--no-userns"]), vec![0, 0, 4_294_967_295]);
+    assert!(jails_left(state.path()).is_empty());
+    let ranges = std::fs::read_dir(state.path().join("local/uids"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(ranges, 0, "every range is released with its jail");
+}

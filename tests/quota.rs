@@ -42,6 +42,7 @@ async fn tenant_with_room_for(pool: &PgPool, jails: u32) -> Uuid {
                 max_jails: 1000,
                 ..Quota::default()
             },
+            user_namespace: true,
         },
     )
     .await

@@ -146,7 +146,26 @@ async fn uploads_land_in_the_jail_never_on_the_host_and_respect_the_disk() {
     let marker =
         std::env::temp_dir().join(format!("stockade-upload-marker-{}", std::process::id()));
     std::fs::write(&marker, "host file").unwrap();
-    std::os::unix::fs::symlink(&marker, jail_root.join("srv/www/evil")).unwrap();
+    // Planted by the tenant, from inside: in a jail with a user namespace
+    // host root has no id to make files with.
+    let code = engine
+        .exec(
+            &jail.host_name(),
+            &[
+                "ln".into(),
+                "-s".into(),
+                marker.display().to_string(),
+                "/srv/www/evil".into(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        std::fs::symlink_metadata(jail_root.join("srv/www/evil"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     upload(&app, &client, jail.id, "evil", b"jail data".to_vec()).await;
     assert_eq!(
         wait_upload(&app, tenant, jail.id, "evil").await.0,

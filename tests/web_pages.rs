@@ -524,6 +524,85 @@ async fn admins_manage_plans_and_see_nodes() {
     assert!(nodes.contains("n1") && nodes.contains(">up<"));
 }
 
+/// Polls `url` until its page contains `text` (pages may be cached briefly).
+async fn page_with(client: &reqwest::Client, url: &str, text: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = client.get(url).send().await.unwrap().text().await.unwrap();
+        if page.contains(text) {
+            return page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} never showed {text:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn staff_turn_off_user_namespaces_per_plan_audited_and_customers_see_it() {
+    use stockade_domain::{ByteSize, Millicores};
+    let w = world().await;
+    let jail_page = w.app.url(&format!("/jails/{}", w.jail_a));
+    page_with(&w.customer_a, &jail_page, "Isolated user ids: on").await;
+    let starter = plans::by_name(&w.app.pool, "starter").await.unwrap();
+    assert!(starter.user_namespace, "on by default");
+    let edit = w.app.url(&format!("/staff/plans/{}", starter.id));
+    let token = csrf(&w.admin, &edit).await;
+    let q = starter.quota;
+    let mut fields = vec![
+        ("csrf_token", token.clone()),
+        ("name", starter.name.clone()),
+        ("display_name", starter.display_name.clone()),
+        ("cpu", Millicores(q.cpu_millicores).to_string()),
+        ("memory", ByteSize(q.memory_bytes).to_string()),
+        ("pids", q.pids.to_string()),
+        ("disk", ByteSize(q.disk_bytes).to_string()),
+        ("max_jails", q.max_jails.to_string()),
+        ("transfer", ByteSize(q.monthly_transfer_bytes).to_string()),
+    ];
+    fields.push(("host_root_ids", "on".to_owned()));
+    let r = w.admin.post(&edit).form(&fields).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        !plans::get(&w.app.pool, starter.id)
+            .await
+            .unwrap()
+            .user_namespace
+    );
+    let count = |action: &'static str| {
+        let pool = w.app.pool.clone();
+        async move {
+            stockade_store::audit::count_action(&pool, action)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("plan.user_namespace_off").await, 1);
+    // The tenant's jails follow: those that run are restarted with host ids.
+    let j = jails::get(&w.app.pool, w.tenant_a, w.jail_a).await.unwrap();
+    assert!(!j.user_namespace);
+    assert_eq!(j.restart_generation, j.generation);
+    page_with(
+        &w.customer_a,
+        &jail_page,
+        "Isolated user ids: off (host root ids",
+    )
+    .await;
+    page_with(&w.admin, &w.app.url("/staff/plans"), "host root").await;
+    page_with(&w.admin, &edit, "name=\"host_root_ids\" checked").await;
+    // Saving the form unchanged logs nothing more; unticked turns it back on.
+    let r = w.admin.post(&edit).form(&fields).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(count("plan.user_namespace_off").await, 1);
+    fields.pop();
+    let r = w.admin.post(&edit).form(&fields).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(count("plan.user_namespace_on").await, 1);
+    page_with(&w.customer_a, &jail_page, "Isolated user ids: on").await;
+}
+
 #[tokio::test]
 async fn password_change_keeps_this_session_and_ends_the_others() {
     let w = world().await;

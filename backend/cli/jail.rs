@@ -147,9 +147,14 @@ pub enum JailCommand {
         net: bool,
         #[command(flatten)]
         network: Box<NetArgs>,
-        /// Root in the jail is an unprivileged host uid (a user namespace).
-        #[arg(long)]
+        /// Accepted for compatibility: a user namespace is the default.
+        #[arg(long, hide = true, conflicts_with = "no_userns")]
         userns: bool,
+        /// No user namespace: root in the jail is root on the host. By
+        /// default root in a jail is an unprivileged host uid of a range of
+        /// its own.
+        #[arg(long)]
+        no_userns: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -172,9 +177,14 @@ pub enum JailCommand {
         no_net: bool,
         #[command(flatten)]
         network: Box<NetArgs>,
-        /// Root in the jail is an unprivileged host uid (a user namespace).
-        #[arg(long)]
+        /// Accepted for compatibility: a user namespace is the default.
+        #[arg(long, hide = true, conflicts_with = "no_userns")]
         userns: bool,
+        /// No user namespace: root in the jail is root on the host. By
+        /// default root in a jail is an unprivileged host uid of a range of
+        /// its own.
+        #[arg(long)]
+        no_userns: bool,
         /// The command (default: the image's init, or busybox httpd).
         #[arg(last = true)]
         command: Vec<String>,
@@ -276,7 +286,8 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
             limits,
             net,
             network,
-            userns,
+            userns: _,
+            no_userns,
             command,
         } => {
             let name = name_or_random(name)?;
@@ -298,7 +309,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 command: command.clone(),
                 limits,
                 network,
-                user_namespace: userns,
+                user_namespace: !no_userns,
             };
             let code = engine.run(&spec, &command)?;
             Ok(ExitCode::from(
@@ -312,7 +323,8 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
             limits,
             no_net,
             network,
-            userns,
+            userns: _,
+            no_userns,
             command,
         } => {
             let name = JailName::parse(&name)?;
@@ -346,7 +358,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 command,
                 limits,
                 network: net,
-                user_namespace: userns,
+                user_namespace: !no_userns,
             })?;
             match address {
                 Some(a) => println!("created {name} ({a})"),

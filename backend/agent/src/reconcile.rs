@@ -451,7 +451,7 @@ fn spec_of(jail: &Jail) -> JailSpec {
             .as_deref()
             .and_then(|a| a.parse().ok())
             .map(stockade_jail::NetSpec::new),
-        user_namespace: false,
+        user_namespace: jail.user_namespace,
     }
 }
 
@@ -504,6 +504,10 @@ fn converge(
                     return Ok(None);
                 }
                 if jail.restart_generation > jail.observed_generation {
+                    // What applies only at a start (a plan's user namespace).
+                    engine
+                        .create(&spec_of(jail))
+                        .map_err(|e| fail("creating", e))?;
                     engine
                         .update_limits(&name, &jail.limits)
                         .map_err(|e| fail("applying limits", e))?;

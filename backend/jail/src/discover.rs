@@ -193,6 +193,7 @@ mod tests {
             }),
             transient,
             uid_base: None,
+            id_shift: None,
         }
     }
 

@@ -26,12 +26,12 @@ use crate::net::{self, LinuxNet, NetHost, NetSpec, Network, NodeNet};
 use crate::rootfs::{self, UpperSource};
 use crate::seccomp::{self, Filters};
 use crate::spec::{JailSpec, JailStatus, Usage};
-use crate::state::{self, InitProcess, JailPaths, JailRecord, Upper};
+use crate::state::{self, IdShift, InitProcess, JailPaths, JailRecord, Upper};
 use crate::teardown;
 use crate::terminal::Terminal;
 use crate::usage::{Reader, ReaderConfig, UsageReader};
 use crate::volume::{self, HostView};
-use crate::{hostinfo, image};
+use crate::{hostinfo, image, uids};
 
 /// Host paths and defaults of an engine. Every host path is a parameter so
 /// tests can point the engine at temporary folders.
@@ -67,6 +67,9 @@ pub struct EngineConfig {
     pub uid_base: u32,
     /// How many such ranges there are (`4096`).
     pub uid_ranges: u32,
+    /// The host's account files (`/etc`): ranges overlapping an id of
+    /// `passwd`, `group`, `subuid` or `subgid` are never given to a jail.
+    pub etc_dir: PathBuf,
     /// Whether the engine turns on IPv4 forwarding when a jail publishes
     /// ports or uses outbound NAT (needed to reach it from other machines).
     pub forwarding: bool,
@@ -98,6 +101,7 @@ impl EngineConfig {
             firewall_table: net::FIREWALL_TABLE.into(),
             uid_base: 1_000_000,
             uid_ranges: 4096,
+            etc_dir: "/etc".into(),
             forwarding: true,
             console_bytes: 4 << 20,
         }
@@ -247,6 +251,15 @@ impl Engine {
                 reason: format!("{}: the pool needs a prefix of at most /30", cfg.gateway),
             });
         }
+        if cfg.uid_base < UID_RANGE {
+            return Err(JailError::Invalid {
+                what: "uid base",
+                reason: format!(
+                    "{}: jail ranges start at {UID_RANGE} or above, apart from the ids a volume holds before it is shifted",
+                    cfg.uid_base
+                ),
+            });
+        }
         let seccomp = seccomp::filters()?;
         let init_program = launch::init_program()?;
         let filter_file = launch::filter_file(seccomp.program())?;
@@ -263,6 +276,10 @@ impl Engine {
                 .map_err(JailError::io("chmod", &dir))?;
         }
         fs::create_dir_all(&cfg.image_dir).map_err(JailError::io("create", &cfg.image_dir))?;
+        uids::ensure_dir(&cfg.state_dir)?;
+        let uids_dir = uids::dir(&cfg.state_dir);
+        fs::set_permissions(&uids_dir, fs::Permissions::from_mode(0o700))
+            .map_err(JailError::io("chmod", &uids_dir))?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent);
         Ok(Self {
             cfg,
@@ -297,27 +314,20 @@ impl Engine {
             .collect()
     }
 
-    /// The first uid range no jail on the node uses.
-    fn allocate_uid_range(&self) -> Result<u32, JailError> {
-        let used: std::collections::HashSet<u32> =
-            discover::state_dirs(&state::jails_dir(&self.cfg.state_dir))
-                .into_iter()
-                .filter_map(|(_, _, rec)| rec?.uid_base)
-                .collect();
-        (0..self.cfg.uid_ranges)
-            .filter_map(|k| {
-                k.checked_mul(UID_RANGE)
-                    .and_then(|o| o.checked_add(self.cfg.uid_base))
-            })
-            .filter(|b| b.checked_add(UID_RANGE).is_some())
-            .find(|b| !used.contains(b))
-            .ok_or_else(|| JailError::Invalid {
-                what: "user namespace",
-                reason: format!(
-                    "all {} uid ranges from {} are in use",
-                    self.cfg.uid_ranges, self.cfg.uid_base
-                ),
-            })
+    /// Gives the jail a uid range no other jail on the node holds and no
+    /// host account uses (see [`uids`]).
+    fn claim_uid_range(&self, name: &JailName) -> Result<u32, JailError> {
+        let host = uids::HostIds::read(&self.cfg.etc_dir)?;
+        let pool = uids::Pool {
+            base: self.cfg.uid_base,
+            count: self.cfg.uid_ranges,
+        };
+        uids::claim(&uids::dir(&self.cfg.state_dir), pool, &host, name.as_str())
+    }
+
+    /// The uid ranges held on the node, by first host id, with their jails.
+    pub fn uid_ranges(&self) -> Result<Vec<(u32, String)>, JailError> {
+        uids::held(&uids::dir(&self.cfg.state_dir))
     }
 
     /// A free address of the node's pool for a new jail.
@@ -441,25 +451,7 @@ impl Engine {
                 bytes: self.cfg.tmpfs_upper_bytes,
             },
         };
-        let uid_base = match &existing {
-            Some(r) if r.spec.user_namespace != spec.user_namespace => {
-                return Err(JailError::Invalid {
-                    what: "user namespace",
-                    reason: format!(
-                        "jail {} was created {} one; it is chosen at creation",
-                        spec.name,
-                        if r.spec.user_namespace {
-                            "with"
-                        } else {
-                            "without"
-                        }
-                    ),
-                });
-            }
-            Some(r) => r.uid_base,
-            None if spec.user_namespace => Some(self.allocate_uid_range()?),
-            None => None,
-        };
+        let (uid_base, id_shift) = self.user_ids(spec, existing.as_ref())?;
         let mut rec = JailRecord {
             spec: spec.clone(),
             upper,
@@ -467,14 +459,17 @@ impl Engine {
             init: existing.as_ref().and_then(|r| r.init),
             transient,
             uid_base,
+            id_shift,
         };
-        // The record first: whatever is created next can be found from it.
+        // The record first: whatever is created next can be found from it
+        // (a range is claimed before, and a shift is recorded before it starts).
         state::save(&paths, &rec)?;
         // A jail's folder (record, volume image, output) is for root only,
         // and for a jail with a user namespace its own root, which mounts
         // the layers inside it.
-        if let Some(base) = uid_base {
-            self.host.chown(&paths.dir, base)?;
+        let target = id_shift.map_or(uid_base, IdShift::target);
+        if target.is_some() || id_shift.is_some() {
+            self.host.chown(&paths.dir, target.unwrap_or(0))?;
         }
         fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o700))
             .map_err(JailError::io("chmod", &paths.dir))?;
@@ -489,6 +484,11 @@ impl Engine {
                 rec.loop_device = Some(dev);
                 state::save(&paths, &rec)?;
             }
+            if let Some(shift) = id_shift {
+                for sub in ["upper", "work"] {
+                    uids::shift_tree(&paths.volume.join(sub), shift.from, shift.to)?;
+                }
+            }
             // The overlay's own folders belong to the jail's root; what the
             // jail writes lands in the upper layer with its host ids.
             if let Some(base) = uid_base {
@@ -496,6 +496,15 @@ impl Engine {
                     self.host.chown(&paths.volume.join(sub), base)?;
                 }
             }
+        }
+        if let Some(shift) = id_shift {
+            rec.uid_base = shift.target();
+            rec.id_shift = None;
+            state::save(&paths, &rec)?;
+            if rec.uid_base.is_none() {
+                uids::release(&uids::dir(&self.cfg.state_dir), spec.name.as_str())?;
+            }
+            tracing::info!(jail = %spec.name, from = shift.from, to = shift.to, "volume's owners shifted");
         }
         let old_net = existing.and_then(|r| r.spec.network);
         if let Some(old) = old_net.filter(|o| Some(o) != spec.network.as_ref()) {
@@ -507,6 +516,46 @@ impl Engine {
             network.publish(spec.name.as_str(), n)?;
         }
         Ok((paths, rec))
+    }
+
+    /// The uid range the jail's record holds, and the shift of its volume's
+    /// owners still to do, for `spec`. A new jail with a user namespace
+    /// claims a range. An existing, stopped jail whose spec turns its user
+    /// namespace on (or off) is shifted into a newly claimed range (or back
+    /// to host ids); a running one keeps its ids until it is next started.
+    /// A shift recorded by a run that stopped half-way is finished first.
+    fn user_ids(
+        &self,
+        spec: &JailSpec,
+        existing: Option<&JailRecord>,
+    ) -> Result<(Option<u32>, Option<IdShift>), JailError> {
+        let Some(r) = existing else {
+            let base = if spec.user_namespace {
+                Some(self.claim_uid_range(&spec.name)?)
+            } else {
+                None
+            };
+            return Ok((base, None));
+        };
+        let uids_dir = uids::dir(&self.cfg.state_dir);
+        if let Some(base) = r.uid_base {
+            // A record from before ranges were held in files.
+            uids::adopt(&uids_dir, base, spec.name.as_str())?;
+        }
+        if r.id_shift.is_some() {
+            return Ok((r.uid_base, r.id_shift));
+        }
+        if spec.user_namespace == r.uid_base.is_some() || self.live_init(r).is_some() {
+            return Ok((r.uid_base, None));
+        }
+        let shift = match r.uid_base {
+            None => IdShift {
+                from: 0,
+                to: self.claim_uid_range(&spec.name)?,
+            },
+            Some(base) => IdShift { from: base, to: 0 },
+        };
+        Ok((r.uid_base, Some(shift)))
     }
 
     /// The jail's volume device as (major, minor), for IO limits.
@@ -771,7 +820,9 @@ impl Engine {
         // id-mapped image of a jail killed while it started or ran, a
         // crashed agent's half-done work) is unmounted first: files are
         // never deleted through a mount.
-        teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)
+        teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)?;
+        // Only now that no file of the jail is left is its range free.
+        uids::release(&uids::dir(&self.cfg.state_dir), name.as_str())
     }
 
     /// Applies new limits, live on a running jail. A larger disk quota grows
@@ -977,7 +1028,8 @@ impl Engine {
     /// in the folder: it is unmounted before anything is removed.
     fn remove_leftovers(&self, name: &JailName, paths: &JailPaths) -> Result<(), JailError> {
         self.cgroups.remove(name.as_str())?;
-        teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)
+        teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)?;
+        uids::release(&uids::dir(&self.cfg.state_dir), name.as_str())
     }
 
     /// Removes a port of the node's bridge that [`Engine::discover`] found
@@ -1027,5 +1079,151 @@ impl Engine {
                 bridge_ports: net::bridge_ports(&self.cfg.sys_root, &self.cfg.bridge),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::RecordingHost;
+
+    fn engine(dir: &Path, ranges: u32) -> Engine {
+        let mut cfg = EngineConfig::new(dir.join("state"), dir.join("images"));
+        cfg.cgroup_root = dir.join("cgroup");
+        cfg.uid_ranges = ranges;
+        cfg.etc_dir = dir.join("etc");
+        fs::create_dir_all(dir.join("images/busybox")).unwrap();
+        fs::create_dir_all(dir.join("etc")).unwrap();
+        Engine::with_host(cfg, Box::<RecordingHost>::default()).unwrap()
+    }
+
+    fn spec(name: &str, user_namespace: bool) -> JailSpec {
+        JailSpec {
+            name: JailName::parse(name).unwrap(),
+            hostname: JailName::parse(name).unwrap(),
+            image: "busybox".into(),
+            kind: JailKind::System,
+            command: vec![],
+            limits: Limits::default(),
+            network: None,
+            user_namespace,
+        }
+    }
+
+    fn base_of(e: &Engine, name: &str) -> Option<u32> {
+        state::load(&e.paths(name)).unwrap().unwrap().uid_base
+    }
+
+    #[test]
+    fn ranges_are_disjoint_kept_by_a_new_engine_and_freed_by_destroy() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path(), 3);
+        e.prepare(&spec("a", true), false, false).unwrap();
+        e.prepare(&spec("b", true), false, false).unwrap();
+        e.prepare(&spec("plain", false), false, false).unwrap();
+        let (a, b) = (base_of(&e, "a").unwrap(), base_of(&e, "b").unwrap());
+        assert_ne!(a, b);
+        assert_eq!(base_of(&e, "plain"), None);
+        // Another engine of the node (the agent after a restart) sees them.
+        let e2 = engine(dir.path(), 3);
+        e2.prepare(&spec("c", true), false, false).unwrap();
+        let c = base_of(&e2, "c").unwrap();
+        assert!(c != a && c != b, "{a} {b} {c}");
+        let err = e2.prepare(&spec("d", true), false, false).unwrap_err();
+        assert!(
+            err.to_string().contains("no free uid range: 3 of 3 in use"),
+            "{err}"
+        );
+        assert!(!e2.paths("d").dir.exists(), "a refused jail leaves nothing");
+        // Creating again keeps the range.
+        e2.prepare(&spec("a", true), false, false).unwrap();
+        assert_eq!(base_of(&e2, "a"), Some(a));
+        e2.destroy(&JailName::parse("a").unwrap()).unwrap();
+        e2.prepare(&spec("d", true), false, false).unwrap();
+        assert_eq!(base_of(&e2, "d"), Some(a));
+        let held: Vec<String> = e2
+            .uid_ranges()
+            .unwrap()
+            .into_iter()
+            .map(|(_, j)| j)
+            .collect();
+        let mut held = held;
+        held.sort();
+        assert_eq!(held, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn ranges_of_host_accounts_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path(), 2);
+        // The first range overlaps a host account, the second a subordinate range.
+        fs::write(
+            dir.path().join("etc/passwd"),
+            "svc:x:1000005:1000005::/:/bin/false\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("etc/subgid"), "alice:1100000:65536\n").unwrap();
+        let err = e
+            .prepare(&spec("a", true), false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no free uid range: 0 of 2 in use"), "{err}");
+        assert!(err.contains("2 more overlap"), "{err}");
+        fs::write(dir.path().join("etc/subgid"), "").unwrap();
+        e.prepare(&spec("a", true), false, false).unwrap();
+        assert_eq!(base_of(&e, "a"), Some(1_000_000 + UID_RANGE));
+    }
+
+    #[test]
+    fn records_from_before_range_files_keep_their_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path(), 2);
+        e.prepare(&spec("old", true), false, false).unwrap();
+        let old = base_of(&e, "old").unwrap();
+        fs::remove_dir_all(uids::dir(&e.cfg.state_dir)).unwrap();
+        let e = engine(dir.path(), 2);
+        e.prepare(&spec("new", true), false, false).unwrap();
+        assert_ne!(base_of(&e, "new"), Some(old));
+        assert_eq!(e.uid_ranges().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_stopped_jail_switches_its_user_namespace_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path(), 1);
+        e.prepare(&spec("a", false), false, false).unwrap();
+        e.prepare(&spec("a", true), false, false).unwrap();
+        assert_eq!(base_of(&e, "a"), Some(1_000_000));
+        assert!(
+            state::load(&e.paths("a"))
+                .unwrap()
+                .unwrap()
+                .id_shift
+                .is_none()
+        );
+        e.prepare(&spec("a", false), false, false).unwrap();
+        assert_eq!(base_of(&e, "a"), None);
+        assert!(
+            e.uid_ranges().unwrap().is_empty(),
+            "turned off, the range is free"
+        );
+    }
+
+    #[test]
+    fn a_shift_recorded_half_way_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path(), 1);
+        e.prepare(&spec("a", true), false, false).unwrap();
+        let paths = e.paths("a");
+        let mut rec = state::load(&paths).unwrap().unwrap();
+        rec.id_shift = Some(IdShift {
+            from: 1_000_000,
+            to: 0,
+        });
+        state::save(&paths, &rec).unwrap();
+        // Whatever the spec says now, the recorded shift is done first.
+        e.prepare(&spec("a", true), false, false).unwrap();
+        let rec = state::load(&paths).unwrap().unwrap();
+        assert_eq!((rec.uid_base, rec.id_shift), (None, None));
     }
 }

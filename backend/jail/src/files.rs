@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::{Mode, SFlag, fstatat};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use crate::error::JailError;
 use crate::spec::JailStatus;
@@ -42,22 +42,8 @@ fn resolve() -> ResolveFlag {
     ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS
 }
 
-/// Who owns what the engine writes into a jail: the root of its user
-/// namespace (the first id of its range), or host root without one.
-#[derive(Debug, Clone, Copy)]
-struct Owner(Option<u32>);
-
-impl Owner {
-    fn ids(self) -> (Option<Uid>, Option<Gid>) {
-        match self.0 {
-            Some(base) => (Some(Uid::from_raw(base)), Some(Gid::from_raw(base))),
-            None => (Some(Uid::from_raw(0)), Some(Gid::from_raw(0))),
-        }
-    }
-}
-
 /// Opens (creating as needed) the folder `dir` (relative, `/`-separated) inside the jail root.
-fn open_dir(root: &OwnedFd, dir: &str, shown: &Path, owner: Owner) -> Result<OwnedFd, JailError> {
+fn open_dir(root: &OwnedFd, dir: &str, shown: &Path) -> Result<OwnedFd, JailError> {
     let how = || {
         OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
@@ -72,13 +58,7 @@ fn open_dir(root: &OwnedFd, dir: &str, shown: &Path, owner: Owner) -> Result<Own
             });
         }
         match nix::sys::stat::mkdirat(&current, part, Mode::from_bits_truncate(0o755)) {
-            Ok(()) => {
-                // A folder made here belongs to the jail's root, like its files.
-                let (uid, gid) = owner.ids();
-                fchownat(&current, part, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(|e| sys("chown", shown, e))?;
-            }
-            Err(Errno::EEXIST) => {}
+            Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(sys("mkdir", shown, e)),
         }
         current = openat2(&current, part, how()).map_err(|e| sys("open", shown, e))?;
@@ -163,28 +143,23 @@ fn create_temp(folder: &OwnedFd, file: &str, shown: &Path) -> Result<(String, Fi
     Err(sys("create", shown, Errno::EEXIST))
 }
 
-/// Writes `data` into a new temporary file of `folder` owned by `owner`,
-/// then renames it over `file`. Any failure removes the temporary file.
+/// Writes `data` into a new temporary file of `folder`, then renames it
+/// over `file`. Any failure removes the temporary file.
 fn write_replacing(
     folder: &OwnedFd,
     file: &str,
     data: &[u8],
-    owner: Owner,
     shown: &Path,
 ) -> Result<(), JailError> {
     check_target(folder, file, shown)?;
     let (temp, mut out) = create_temp(folder, file, shown)?;
-    let (uid, gid) = owner.ids();
-    let written = fchown(&out, uid, gid)
-        .map_err(|e| sys("chown", shown, e))
-        .and_then(|()| {
-            out.write_all(data)
-                .and_then(|()| out.sync_all())
-                .map_err(|source| JailError::Io {
-                    op: "write",
-                    path: shown.to_owned(),
-                    source,
-                })
+    let written = out
+        .write_all(data)
+        .and_then(|()| out.sync_all())
+        .map_err(|source| JailError::Io {
+            op: "write",
+            path: shown.to_owned(),
+            source,
         })
         // The check is repeated just before the rename: a FIFO or folder
         // the tenant made meanwhile is refused rather than replaced.
@@ -226,9 +201,15 @@ impl Engine {
             OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC),
         )
         .map_err(|e| sys("open", &root_path, e))?;
-        let owner = Owner(uid_base);
-        let folder = open_dir(&root, dir, &shown, owner)?;
-        write_replacing(&folder, file, data, owner, &shown)
+        // In a jail with a user namespace, folders and files are made as
+        // the jail's root (host root has no id in the jail's mounts), so
+        // they belong to the jail's range like everything else on its
+        // volume; without one, as host root, which is the jail's root.
+        let _as_jail_root = uid_base
+            .and_then(|_| jail_root_ids(&self.config().proc_root, pid))
+            .map(FsIds::set);
+        let folder = open_dir(&root, dir, &shown)?;
+        write_replacing(&folder, file, data, &shown)
     }
 }
 
@@ -254,18 +235,12 @@ mod tests {
         v
     }
 
-    fn owner() -> Owner {
-        // Unprivileged test runs may only give files to themselves.
-        let me = nix::unistd::Uid::effective().as_raw();
-        Owner((me != 0).then_some(me))
-    }
-
     #[test]
     fn a_regular_file_is_replaced_whole() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("index.html"), "old").unwrap();
         let fd = folder(dir.path());
-        write_replacing(&fd, "index.html", b"new", owner(), Path::new("x")).unwrap();
+        write_replacing(&fd, "index.html", b"new", Path::new("x")).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("index.html")).unwrap(),
             "new"
@@ -297,7 +272,7 @@ mod tests {
             ("sub", "a folder"),
             ("sock", "a socket"),
         ] {
-            let e = write_replacing(&fd, name, b"data", owner(), Path::new("x")).unwrap_err();
+            let e = write_replacing(&fd, name, b"data", Path::new("x")).unwrap_err();
             assert_eq!(
                 e.to_string(),
                 format!("{name} is not a regular file ({kind}); nothing was written")
@@ -311,5 +286,53 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+}
+
+/// The host uid and gid of root in the user namespace of process `pid`;
+/// `None` when root there is host root.
+fn jail_root_ids(proc_root: &std::path::Path, pid: i32) -> Option<(u32, u32)> {
+    let root_of = |file: &str| -> Option<u32> {
+        let map = std::fs::read_to_string(proc_root.join(pid.to_string()).join(file)).ok()?;
+        map.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "0").then_some(())?;
+            f.next()?.parse().ok()
+        })
+    };
+    let (uid, gid) = (root_of("uid_map")?, root_of("gid_map")?);
+    (uid != 0 || gid != 0).then_some((uid, gid))
+}
+
+/// The calling thread's filesystem user and group ids, set for a while and
+/// put back when dropped. They are the thread's own: other threads are
+/// unaffected.
+struct FsIds {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+}
+
+impl FsIds {
+    fn set((uid, gid): (u32, u32)) -> Self {
+        // SAFETY: setfsgid and setfsuid change only the calling thread's
+        // filesystem ids and return the previous ones; they cannot fail in
+        // a way that harms memory. The group goes first, while the thread
+        // still has the capability to change it.
+        let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+        Self {
+            uid: libc::uid_t::try_from(old_uid).unwrap_or(0),
+            gid: libc::gid_t::try_from(old_gid).unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        // SAFETY: as in `set`; the user id goes back first, which restores
+        // the capability to set the group id back.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
     }
 }

@@ -79,6 +79,7 @@ mod spec;
 mod state;
 mod teardown;
 mod terminal;
+mod uids;
 mod usage;
 mod volume;
 
@@ -92,6 +93,6 @@ pub use net::{
     FIREWALL_TABLE, MIN_RATE_BPS, NetSpec, PoolExhausted, Publish, allocate, host_link, parse_rate,
 };
 pub use spec::{JailSpec, JailStatus, Usage};
-pub use state::{InitProcess, JailRecord, Upper};
+pub use state::{IdShift, InitProcess, JailRecord, Upper};
 pub use stockade_domain::{JailKind, JailName, Limits};
 pub use usage::{Sweep, UsageReader, raise_open_file_limit};

@@ -52,6 +52,29 @@ pub struct JailRecord {
     /// no user namespace, root in the jail is root on the host.
     #[serde(default)]
     pub uid_base: Option<u32>,
+    /// A change of the owners of the volume's files between host ids and
+    /// a uid range, recorded before it starts and cleared once done; a
+    /// jail found with one is shifted again before anything else (the
+    /// shift moves only ids still in its source range).
+    #[serde(default)]
+    pub id_shift: Option<IdShift>,
+}
+
+/// Owners of a volume's files in `[from, from + 65536)` move to the same
+/// offset from `to`; 0 is host ids (no user namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdShift {
+    /// First id of the range the owners are in.
+    pub from: u32,
+    /// First id of the range they move to.
+    pub to: u32,
+}
+
+impl IdShift {
+    /// The jail's uid range once the shift is done.
+    pub fn target(self) -> Option<u32> {
+        (self.to != 0).then_some(self.to)
+    }
 }
 
 /// The paths of one jail under the state folder.
@@ -151,6 +174,7 @@ mod tests {
             }),
             transient: false,
             uid_base: None,
+            id_shift: None,
         };
         save(&paths, &rec).unwrap();
         assert_eq!(load(&paths).unwrap(), Some(rec));

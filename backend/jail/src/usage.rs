@@ -755,6 +755,7 @@ mod tests {
                     init,
                     transient: false,
                     uid_base: None,
+                    id_shift: None,
                 },
             )
             .unwrap();

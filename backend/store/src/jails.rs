@@ -50,6 +50,8 @@ pub struct Jail {
     pub last_error: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Runs in a user namespace of its own (its tenant's plan says).
+    pub user_namespace: bool,
 }
 
 impl Jail {
@@ -92,6 +94,7 @@ struct JailRow {
     address: Option<String>,
     last_error: Option<String>,
     created_at: DateTime<Utc>,
+    user_namespace: bool,
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -135,6 +138,7 @@ impl TryFrom<JailRow> for Jail {
             address: r.address,
             last_error: r.last_error,
             created_at: r.created_at,
+            user_namespace: r.user_namespace,
         })
     }
 }
@@ -144,7 +148,9 @@ macro_rules! jail_columns {
         "id, tenant_id, node_id, name, image, kind, command, cpu_millicores,
     memory_bytes, pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops,
     net_egress_bps, net_ingress_bps, desired_state, observed_state, generation,
-    observed_generation, restart_generation, host(address) AS address, last_error, created_at"
+    observed_generation, restart_generation, host(address) AS address, last_error, created_at,
+    COALESCE((SELECT p.user_namespace FROM tenants t JOIN plans p ON p.id = t.plan_id
+              WHERE t.id = jails.tenant_id), true) AS user_namespace"
     };
 }
 
@@ -644,6 +650,24 @@ pub(crate) async fn clamp_to_quota_for_plan(
         clamp_to_quota(tx, t).await?;
     }
     Ok(())
+}
+
+/// Asks for every jail of a plan's tenants that should run to be restarted
+/// (a change of the plan that applies only at a jail's start).
+pub(crate) async fn restart_for_plan(
+    tx: &mut Transaction<'_, Postgres>,
+    plan_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jails SET generation = generation + 1, restart_generation = generation + 1,
+             updated_at = now()
+         WHERE desired_state = 'running'
+           AND tenant_id IN (SELECT id FROM tenants WHERE plan_id = $1)",
+    )
+    .bind(plan_id)
+    .execute(&mut **tx)
+    .await?;
+    notify(tx, None).await
 }
 
 // ---- the agent's side -------------------------------------------------------

@@ -49,6 +49,9 @@ pub struct Plan {
     pub transfer_soft_percent: u32,
     /// Rate jails are throttled to past the soft share, bits/s.
     pub transfer_throttle_bps: u64,
+    /// Jails of its tenants run in a user namespace of their own: root in
+    /// a jail is an unprivileged host uid. Off, root in a jail is host root.
+    pub user_namespace: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -94,6 +97,7 @@ struct PlanRow {
     display_name: String,
     transfer_soft_percent: i16,
     transfer_throttle_bps: i64,
+    user_namespace: bool,
     #[sqlx(flatten)]
     quota: QuotaRow,
 }
@@ -108,13 +112,14 @@ impl TryFrom<PlanRow> for Plan {
             quota: r.quota.try_into()?,
             transfer_soft_percent: u32::try_from(r.transfer_soft_percent).unwrap_or(80),
             transfer_throttle_bps: to_u64("transfer_throttle_bps", r.transfer_throttle_bps)?,
+            user_namespace: r.user_namespace,
         })
     }
 }
 
 macro_rules! plan_columns {
     () => {
-        "id, name, display_name, transfer_soft_percent, transfer_throttle_bps,
+        "id, name, display_name, transfer_soft_percent, transfer_throttle_bps, user_namespace,
     cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, io_read_bps, io_write_bps,
     io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps, monthly_transfer_bytes"
     };
@@ -167,6 +172,8 @@ pub struct PlanInput {
     pub display_name: String,
     /// Quota.
     pub quota: Quota,
+    /// Jails of its tenants get a user namespace of their own.
+    pub user_namespace: bool,
 }
 
 /// Creates a plan.
@@ -175,8 +182,8 @@ pub async fn create(pool: &PgPool, input: &PlanInput) -> Result<Plan, StoreError
     let row: PlanRow = sqlx::query_as(concat!(
         "INSERT INTO plans (name, display_name, cpu_millicores, memory_bytes, pids, disk_bytes, max_jails,
             io_read_bps, io_write_bps, io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps,
-            monthly_transfer_bytes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            monthly_transfer_bytes, user_namespace)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          RETURNING ", plan_columns!(), ""
     ))
     .bind(input.name.as_str())
@@ -193,6 +200,7 @@ pub async fn create(pool: &PgPool, input: &PlanInput) -> Result<Plan, StoreError
     .bind(to_i64("net_egress_bps", q.net_egress_bps)?)
     .bind(to_i64("net_ingress_bps", q.net_ingress_bps)?)
     .bind(to_i64("monthly_transfer_bytes", q.monthly_transfer_bytes)?)
+    .bind(input.user_namespace)
     .fetch_one(pool)
     .await
     .map_err(conflict_as("a plan with this name"))?;
@@ -235,4 +243,32 @@ pub async fn update(
     crate::jails::clamp_to_quota_for_plan(&mut tx, id).await?;
     tx.commit().await?;
     Ok(plan)
+}
+
+/// Turns user namespaces on or off for the jails of a plan's tenants, and
+/// asks for each of those jails that should run to be restarted: a jail's
+/// ids change only while it is stopped. Returns the plan and whether the
+/// setting changed.
+pub async fn set_user_namespace(
+    pool: &PgPool,
+    id: Uuid,
+    on: bool,
+) -> Result<(Plan, bool), StoreError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<PlanRow> = sqlx::query_as(concat!(
+        "UPDATE plans SET user_namespace = $2, updated_at = now()
+         WHERE id = $1 AND user_namespace <> $2 RETURNING ",
+        plan_columns!()
+    ))
+    .bind(id)
+    .bind(on)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok((get(pool, id).await?, false));
+    };
+    crate::jails::restart_for_plan(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok((row.try_into()?, true))
 }

@@ -166,6 +166,9 @@ impl Fixture {
                 out.push(format!("state: {}", e.path().display()));
             }
         }
+        for (base, jail) in self.engine.uid_ranges().unwrap() {
+            out.push(format!("uid range: {base} of {jail}"));
+        }
         // Host veths (with their qdiscs), bridge ports, firewall elements.
         // The kernel removes a stopped jail's pair with its namespace, in
         // the background: allow it a moment.

@@ -38,6 +38,9 @@ pub struct PlanOut {
     pub display_name: String,
     /// What a tenant on this plan may use.
     pub quota: QuotaBody,
+    /// Jails of its tenants run in a user namespace of their own: root in a
+    /// jail is an unprivileged host uid. Off, root in a jail is host root.
+    pub user_namespace: bool,
 }
 
 impl From<Plan> for PlanOut {
@@ -47,6 +50,7 @@ impl From<Plan> for PlanOut {
             name: p.name,
             display_name: p.display_name,
             quota: p.quota.into(),
+            user_namespace: p.user_namespace,
         }
     }
 }
@@ -100,6 +104,9 @@ pub struct CreatePlan {
     pub display_name: String,
     /// What a tenant on it may use.
     pub quota: QuotaBody,
+    /// Jails of its tenants get a user namespace of their own (default true).
+    #[serde(default)]
+    pub user_namespace: Option<bool>,
 }
 
 impl TryFrom<CreatePlan> for PlanInput {
@@ -110,6 +117,7 @@ impl TryFrom<CreatePlan> for PlanInput {
             name,
             display_name: text("display_name", &b.display_name, 200)?,
             quota: b.quota.try_into()?,
+            user_namespace: b.user_namespace.unwrap_or(true),
         })
     }
 }
@@ -130,6 +138,9 @@ pub(crate) async fn create(
     caller.unbound()?;
     let plan = plans::create(&state.pool, &input).await?;
     record(&state, &req, &caller, None, "plan.create", &plan.name).await?;
+    if !plan.user_namespace {
+        record(&state, &req, &caller, None, USER_NAMESPACE_OFF, &plan.name).await?;
+    }
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/plans/{}", plan.id)))
         .json(PlanOut::from(plan)))
@@ -143,9 +154,17 @@ pub struct UpdatePlan {
     pub display_name: Option<String>,
     /// New quota (whole); tenants' jails are brought within it.
     pub quota: Option<QuotaBody>,
+    /// Turns user namespaces on or off for the jails of its tenants; their
+    /// running jails are restarted to apply it. Recorded in the audit log.
+    pub user_namespace: Option<bool>,
 }
 
-/// Changes a plan's name shown to customers or its quota.
+/// The audit actions of a plan's user namespace setting.
+pub(crate) const USER_NAMESPACE_OFF: &str = "plan.user_namespace_off";
+pub(crate) const USER_NAMESPACE_ON: &str = "plan.user_namespace_on";
+
+/// Changes a plan's name shown to customers, its quota or whether its
+/// tenants' jails get user namespaces.
 #[utoipa::path(patch, path = "/api/v1/plans/{plan_id}", tag = "plans",
     params(("plan_id" = Uuid, Path, description = "Plan id")),
     request_body = UpdatePlan,
@@ -175,5 +194,20 @@ pub(crate) async fn update(
     )
     .await?;
     record(&state, &req, &caller, None, "plan.update", &plan.name).await?;
+    let plan = match body.user_namespace {
+        Some(on) => {
+            let (plan, changed) = plans::set_user_namespace(&state.pool, plan.id, on).await?;
+            if changed {
+                let action = if on {
+                    USER_NAMESPACE_ON
+                } else {
+                    USER_NAMESPACE_OFF
+                };
+                record(&state, &req, &caller, None, action, &plan.name).await?;
+            }
+            plan
+        }
+        None => plan,
+    };
     Ok(HttpResponse::Ok().json(PlanOut::from(plan)))
 }

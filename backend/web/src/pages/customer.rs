@@ -335,6 +335,8 @@ struct JailData {
     created: String,
     created_iso: String,
     last_error: Option<String>,
+    /// Whether root in the jail is an unprivileged host uid (its plan says).
+    user_ids: &'static str,
     /// Limits, limit hits and charts, rendered once.
     usage: String,
     upload_limit: String,
@@ -644,6 +646,11 @@ async fn jail_data(
         created: jail.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
         created_iso: jail.created_at.to_rfc3339(),
         last_error: jail.last_error.clone(),
+        user_ids: if jail.user_namespace {
+            "on"
+        } else {
+            "off (host root ids; set by your provider's plan)"
+        },
         usage: super::fragment(&usage)?,
         upload_limit: format::bytes(UPLOAD_LIMIT as u64),
         pending_limit: format!(

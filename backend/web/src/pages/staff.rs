@@ -676,6 +676,7 @@ struct PlanLine {
     disk: String,
     jails: u32,
     transfer: String,
+    user_namespace: bool,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -690,6 +691,10 @@ struct PlanForm {
     disk: String,
     max_jails: String,
     transfer: String,
+    /// Ticked: the plan's jails run without a user namespace (root in a jail
+    /// is host root). Unticked, the default, is the safe choice.
+    #[serde(default)]
+    host_root_ids: Option<String>,
 }
 
 impl TryFrom<&PlanForm> for PlanInput {
@@ -725,6 +730,7 @@ impl TryFrom<&PlanForm> for PlanInput {
                 monthly_transfer_bytes: size("monthly transfer", &f.transfer)?,
                 ..Quota::default()
             },
+            user_namespace: f.host_root_ids.is_none(),
         })
     }
 }
@@ -771,6 +777,7 @@ async fn plans_view(
                 disk: format::bytes(p.quota.disk_bytes),
                 jails: p.quota.max_jails,
                 transfer: format::bytes(p.quota.monthly_transfer_bytes),
+                user_namespace: p.user_namespace,
             })
             .collect(),
         can_admin: s.0.user.role == Role::Admin,
@@ -809,6 +816,7 @@ async fn edit_plan_page(
         disk: ByteSize(p.quota.disk_bytes).to_string(),
         max_jails: p.quota.max_jails.to_string(),
         transfer: ByteSize(p.quota.monthly_transfer_bytes).to_string(),
+        host_root_ids: (!p.user_namespace).then(|| "on".to_owned()),
     };
     plans_view(&req, &state, &s, Some(p.id), form, None).await
 }
@@ -838,6 +846,9 @@ async fn create_plan(
                 serde_json::to_value(p.quota).unwrap_or_default(),
             )
             .await?;
+            if !p.user_namespace {
+                record_user_namespace(&state, &req, &s, &p.name, false).await?;
+            }
             Ok(flash::redirect(
                 "/staff/plans",
                 "ok",
@@ -886,6 +897,10 @@ async fn update_plan(
         serde_json::to_value(p.quota).unwrap_or_default(),
     )
     .await?;
+    let (p, changed) = plans::set_user_namespace(&state.pool, id, input.user_namespace).await?;
+    if changed {
+        record_user_namespace(&state, &req, &s, &p.name, p.user_namespace).await?;
+    }
     Ok(flash::redirect(
         "/staff/plans",
         "ok",
@@ -894,6 +909,31 @@ async fn update_plan(
             p.name
         ),
     ))
+}
+
+/// The audit entry of a change of a plan's user namespace setting.
+async fn record_user_namespace(
+    state: &AppState,
+    req: &HttpRequest,
+    s: &SignedIn,
+    plan: &str,
+    on: bool,
+) -> Result<(), WebError> {
+    let action = if on {
+        "plan.user_namespace_on"
+    } else {
+        "plan.user_namespace_off"
+    };
+    record(
+        state,
+        req,
+        s,
+        None,
+        action,
+        plan,
+        serde_json::json!({ "user_namespace": on }),
+    )
+    .await
 }
 
 // ---- nodes and audit ---------------------------------------------------------
