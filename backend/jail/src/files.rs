@@ -213,6 +213,54 @@ impl Engine {
     }
 }
 
+/// The host uid and gid of root in the user namespace of process `pid`;
+/// `None` when root there is host root.
+fn jail_root_ids(proc_root: &std::path::Path, pid: i32) -> Option<(u32, u32)> {
+    let root_of = |file: &str| -> Option<u32> {
+        let map = std::fs::read_to_string(proc_root.join(pid.to_string()).join(file)).ok()?;
+        map.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "0").then_some(())?;
+            f.next()?.parse().ok()
+        })
+    };
+    let (uid, gid) = (root_of("uid_map")?, root_of("gid_map")?);
+    (uid != 0 || gid != 0).then_some((uid, gid))
+}
+
+/// The calling thread's filesystem user and group ids, set for a while and
+/// put back when dropped. They are the thread's own: other threads are
+/// unaffected.
+struct FsIds {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+}
+
+impl FsIds {
+    fn set((uid, gid): (u32, u32)) -> Self {
+        // SAFETY: setfsgid and setfsuid change only the calling thread's
+        // filesystem ids and return the previous ones; they cannot fail in
+        // a way that harms memory. The group goes first, while the thread
+        // still has the capability to change it.
+        let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+        Self {
+            uid: libc::uid_t::try_from(old_uid).unwrap_or(0),
+            gid: libc::gid_t::try_from(old_gid).unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        // SAFETY: as in `set`; the user id goes back first, which restores
+        // the capability to set the group id back.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,53 +334,5 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
-    }
-}
-
-/// The host uid and gid of root in the user namespace of process `pid`;
-/// `None` when root there is host root.
-fn jail_root_ids(proc_root: &std::path::Path, pid: i32) -> Option<(u32, u32)> {
-    let root_of = |file: &str| -> Option<u32> {
-        let map = std::fs::read_to_string(proc_root.join(pid.to_string()).join(file)).ok()?;
-        map.lines().find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next()? == "0").then_some(())?;
-            f.next()?.parse().ok()
-        })
-    };
-    let (uid, gid) = (root_of("uid_map")?, root_of("gid_map")?);
-    (uid != 0 || gid != 0).then_some((uid, gid))
-}
-
-/// The calling thread's filesystem user and group ids, set for a while and
-/// put back when dropped. They are the thread's own: other threads are
-/// unaffected.
-struct FsIds {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-}
-
-impl FsIds {
-    fn set((uid, gid): (u32, u32)) -> Self {
-        // SAFETY: setfsgid and setfsuid change only the calling thread's
-        // filesystem ids and return the previous ones; they cannot fail in
-        // a way that harms memory. The group goes first, while the thread
-        // still has the capability to change it.
-        let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
-        Self {
-            uid: libc::uid_t::try_from(old_uid).unwrap_or(0),
-            gid: libc::gid_t::try_from(old_gid).unwrap_or(0),
-        }
-    }
-}
-
-impl Drop for FsIds {
-    fn drop(&mut self) {
-        // SAFETY: as in `set`; the user id goes back first, which restores
-        // the capability to set the group id back.
-        unsafe {
-            libc::setfsuid(self.uid);
-            libc::setfsgid(self.gid);
-        }
     }
 }
