@@ -100,6 +100,22 @@ fn main() {
         "--",
         "/bin/true",
     ];
+    // The same jail with host root ids: what the user namespace costs.
+    let plain_args = [
+        "jail",
+        "run",
+        "--no-userns",
+        "--image",
+        "busybox",
+        "--memory",
+        "256M",
+        "--cpu",
+        "500m",
+        "--pids",
+        "128",
+        "--",
+        "/bin/true",
+    ];
     let lxc = which("lxc-execute");
     let lxc_dir = dir.path().join("lxc");
     if lxc.is_some() {
@@ -206,6 +222,12 @@ fn main() {
         }
     }
     settle();
+    let (mut with_ns, mut without_ns) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        with_ns.push(time(stockade(&state).args(run_args)));
+        without_ns.push(time(stockade(&state).args(plain_args)));
+    }
+    settle();
     for _ in 0..RUNS {
         vol.push(time(stockade(&state).args([
             "jail",
@@ -226,8 +248,15 @@ fn main() {
     }
     let ours_m = median(ours);
     println!(
-        "stockade jail run /bin/true (256M, 500m, 128 pids): median {} over {RUNS} runs",
+        "stockade jail run /bin/true (256M, 500m, 128 pids, user namespace): median {} over {RUNS} runs",
         ms(ours_m)
+    );
+    let (with_m, without_m) = (median(with_ns), median(without_ns));
+    println!(
+        "user namespace: {} with, {} without (--no-userns), alternating, {RUNS} runs each: {:+.2} ms",
+        ms(with_m),
+        ms(without_m),
+        (with_m.as_secs_f64() - without_m.as_secs_f64()) * 1000.0
     );
     if !theirs.is_empty() {
         let theirs_m = median(theirs);
@@ -285,7 +314,8 @@ fn which(p: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Starts `n` persistent idle system jails through the engine (as the agent
-/// does), reports time and memory, and removes them.
+/// does: each with a user namespace), reports time and memory, and removes
+/// them.
 fn idle_jails(dir: &Path, n: usize) {
     let mut cfg = EngineConfig::new(dir.join("idle"), dir.join("state/images"));
     cfg.cgroup_parent = "stockade-bench".into();

@@ -4,7 +4,7 @@ use stockade_domain::{JailKind, JailName, Limits};
 use stockade_jail::{JailSpec, NetSpec};
 
 /// An idle system jail (`sleep`, 100m CPU, 32 MiB, 16 pids), with a
-/// network or without.
+/// network or without, unprivileged (a user namespace) as the agent runs it.
 pub fn idle_jail(name: &JailName, network: Option<NetSpec>) -> JailSpec {
     JailSpec {
         name: name.clone(),
@@ -19,6 +19,6 @@ pub fn idle_jail(name: &JailName, network: Option<NetSpec>) -> JailSpec {
             ..Limits::default()
         },
         network,
-        user_namespace: false,
+        user_namespace: true,
     }
 }
