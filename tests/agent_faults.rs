@@ -445,18 +445,18 @@ async fn a_stuck_jail_never_stalls_heartbeats_other_jails_uploads_or_metering() 
         .unwrap();
 
     // A FIFO in another jail's site folder, and an upload onto it.
-    let Some(stockade_jail::JailStatus::Running { pid }) =
-        engine.status(&site.host_name()).unwrap()
-    else {
-        panic!("site does not run")
-    };
-    let www = std::path::PathBuf::from(format!("/proc/{pid}/root/srv/www"));
-    std::fs::create_dir_all(&www).unwrap();
-    nix::unistd::mkfifo(
-        &www.join("pipe"),
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )
-    .unwrap();
+    // Made by the tenant, from inside the jail.
+    let code = engine
+        .exec(
+            &site.host_name(),
+            &[
+                "sh".into(),
+                "-c".into(),
+                "mkdir -p /srv/www && mkfifo /srv/www/pipe".into(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(code, 0);
     stockade_store::uploads::create(&pool, tenant, site.id, "pipe", b"data")
         .await
         .unwrap();

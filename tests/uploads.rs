@@ -271,15 +271,21 @@ async fn a_fifo_or_link_at_the_upload_name_is_refused_and_the_agent_keeps_workin
         .unwrap();
     wait_observed(&app.pool, tenant, jail.id, ObservedState::Running).await;
     let www = jail_root(&node, &jail).join("srv/www");
-    std::fs::create_dir_all(&www).unwrap();
-    // What a tenant can make in its own site folder: a FIFO nobody reads
-    // (opening it for writing would wait for ever) and a link.
-    nix::unistd::mkfifo(
-        &www.join("pipe"),
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("index.html", www.join("link")).unwrap();
+    // What a tenant can make in its own site folder, from inside: a FIFO
+    // nobody reads (opening it for writing would wait for ever) and a link.
+    let code = node
+        .engine()
+        .exec(
+            &jail.host_name(),
+            &[
+                "sh".into(),
+                "-c".into(),
+                "mkdir -p /srv/www && mkfifo /srv/www/pipe && ln -s index.html /srv/www/link"
+                    .into(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(code, 0);
 
     upload(&app, &client, jail.id, "pipe", b"data".to_vec()).await;
     assert_eq!(
