@@ -810,7 +810,11 @@ fn exec_gets_a_session_of_its_own_and_no_inherited_descriptors() {
         f.engine
             .run(
                 &spec,
-                &["sh".into(), "-c".into(), format!("{session} && {fds}")]
+                &[
+                    "sh".into(),
+                    "-c".into(),
+                    format!("{session} || exit 2; {fds}")
+                ]
             )
             .unwrap(),
         0
