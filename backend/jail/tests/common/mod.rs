@@ -149,7 +149,7 @@ impl Fixture {
             std::thread::sleep(Duration::from_millis(5));
         }
         out.extend(loops_under(root).into_iter().map(|l| format!("loop: {l}")));
-        for c in ["cpu", "cpuacct", "memory", "pids", "blkio", ""] {
+        for c in ["cpu", "cpuacct", "memory", "pids", "blkio", "devices", ""] {
             let p = Path::new("/sys/fs/cgroup")
                 .join(c)
                 .join(&self.cgroup_parent);
@@ -230,7 +230,7 @@ impl Drop for Fixture {
             }
         }
         let left = self.leftovers();
-        for c in ["cpu", "cpuacct", "memory", "pids", "blkio", ""] {
+        for c in ["cpu", "cpuacct", "memory", "pids", "blkio", "devices", ""] {
             let _ = std::fs::remove_dir(
                 Path::new("/sys/fs/cgroup")
                     .join(c)
