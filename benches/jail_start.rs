@@ -101,21 +101,12 @@ fn main() {
         "/bin/true",
     ];
     // The same jail with host root ids: what the user namespace costs.
-    let plain_args = [
-        "jail",
-        "run",
-        "--no-userns",
-        "--image",
-        "busybox",
-        "--memory",
-        "256M",
-        "--cpu",
-        "500m",
-        "--pids",
-        "128",
-        "--",
-        "/bin/true",
-    ];
+    let plain_args: Vec<&str> = run_args[..2]
+        .iter()
+        .copied()
+        .chain(["--no-userns"])
+        .chain(run_args[2..].iter().copied())
+        .collect();
     let lxc = which("lxc-execute");
     let lxc_dir = dir.path().join("lxc");
     if lxc.is_some() {
@@ -225,7 +216,7 @@ fn main() {
     let (mut with_ns, mut without_ns) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         with_ns.push(time(stockade(&state).args(run_args)));
-        without_ns.push(time(stockade(&state).args(plain_args)));
+        without_ns.push(time(stockade(&state).args(&plain_args)));
     }
     settle();
     for _ in 0..RUNS {

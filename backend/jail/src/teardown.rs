@@ -249,11 +249,9 @@ fn c_path(p: &Path) -> CString {
     c_name(p.as_os_str())
 }
 
-/// Removes everything in the open directory `fd` (named `path` in errors),
-/// which is on the mount `top`.
-fn empty_dir(fd: OwnedFd, path: &Path, top: &Place) -> Result<(), JailError> {
-    let mut dir = Dir::from_fd(fd).map_err(JailError::sys("read", path))?;
-    // Names first, then removal: entries are not removed while read.
+/// The names in an open directory (named `path` in errors), without `.`
+/// and `..`, read in full before the caller changes anything in it.
+pub(crate) fn entry_names(dir: &mut Dir, path: &Path) -> Result<Vec<CString>, JailError> {
     let mut names = Vec::new();
     for entry in dir.iter() {
         let entry = entry.map_err(JailError::sys("read", path))?;
@@ -262,6 +260,15 @@ fn empty_dir(fd: OwnedFd, path: &Path, top: &Place) -> Result<(), JailError> {
             names.push(name.to_owned());
         }
     }
+    Ok(names)
+}
+
+/// Removes everything in the open directory `fd` (named `path` in errors),
+/// which is on the mount `top`.
+fn empty_dir(fd: OwnedFd, path: &Path, top: &Place) -> Result<(), JailError> {
+    let mut dir = Dir::from_fd(fd).map_err(JailError::sys("read", path))?;
+    // Names first, then removal: entries are not removed while read.
+    let names = entry_names(&mut dir, path)?;
     for name in names {
         let child = path.join(OsStr::from_bytes(name.to_bytes()));
         let place = match place_at(&dir, &name) {

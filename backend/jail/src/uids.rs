@@ -375,14 +375,7 @@ impl Shift {
         // The stream reads the names; calls are made relative to `fd`.
         let stream = fd.try_clone().map_err(JailError::io("read", path))?;
         let mut stream = Dir::from_fd(stream).map_err(JailError::sys("read", path))?;
-        let mut names = Vec::new();
-        for entry in stream.iter() {
-            let entry = entry.map_err(JailError::sys("read", path))?;
-            let name = entry.file_name();
-            if name != c"." && name != c".." {
-                names.push(name.to_owned());
-            }
-        }
+        let names = crate::teardown::entry_names(&mut stream, path)?;
         drop(stream);
         for name in names {
             let child = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
