@@ -102,15 +102,15 @@ async fn api_jails_run_unprivileged_unless_their_plan_turns_it_off() {
         .find(|p| p["name"] == "starter")
         .unwrap();
     assert_eq!(starter["user_namespace"], true);
-    let res = api
-        .patch(
+    let turn_off = || {
+        api.patch(
             &format!("/api/v1/plans/{}", starter["id"].as_str().unwrap()),
             &api.admin,
             &json!({"user_namespace": false}),
         )
         .send()
-        .await
-        .unwrap();
+    };
+    let res = turn_off().await.unwrap();
     assert_eq!(res.status(), 200);
     let changed: Value = res.json().await.unwrap();
     assert_eq!(changed["user_namespace"], false);
@@ -132,15 +132,7 @@ async fn api_jails_run_unprivileged_unless_their_plan_turns_it_off() {
     );
 
     // Sent again, nothing changes and nothing more is logged.
-    let res = api
-        .patch(
-            &format!("/api/v1/plans/{}", starter["id"].as_str().unwrap()),
-            &api.admin,
-            &json!({"user_namespace": false}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let res = turn_off().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(
         audit::count_action(&api.pool, "plan.user_namespace_off")

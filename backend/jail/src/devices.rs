@@ -298,14 +298,12 @@ mod tests {
                             Errno::last() as i32
                         }
                     };
-                    let joined = open(&procs, libc::O_WRONLY) == 0 && {
-                        // SAFETY: opens, writes "0" (this process) and closes.
-                        unsafe {
-                            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                            let n = libc::write(fd, c"0".as_ptr().cast(), 1);
-                            libc::close(fd);
-                            n == 1
-                        }
+                    // SAFETY: opens, writes "0" (this process) and closes.
+                    let joined = unsafe {
+                        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                        let n = libc::write(fd, c"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                        fd >= 0 && n == 1
                     };
                     let code = if !joined {
                         10
