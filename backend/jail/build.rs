@@ -45,4 +45,10 @@ fn main() {
         .join(&target)
         .join("release/stockade-init");
     std::fs::copy(&built, out.join("stockade-init")).expect("stockade-init was built");
+    // Names the node's copy of this version (FNV-1a, 64 bits).
+    let bytes = std::fs::read(&built).expect("stockade-init was built");
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    println!("cargo:rustc-env=STOCKADE_INIT_HASH={hash:016x}");
 }

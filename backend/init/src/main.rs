@@ -1,10 +1,11 @@
 //! `stockade-init`: PID 1 of every started or run jail.
 //!
 //! The engine sets up the jail's namespaces, root and cgroup, then execs
-//! this small static program from a sealed in-memory copy it opened before
-//! entering the jail, so the jail's PID 1 carries nothing of the engine (no
-//! memory, no descriptors but the ones below) and `/proc/1/exe` is never a
-//! host binary a jail could write to (the runc CVE-2019-5736 class).
+//! this small static program from a descriptor it opened before entering
+//! the jail (the node's read-only copy of it), so the jail's PID 1 carries
+//! nothing of the engine (no memory, no descriptors but the ones below) and
+//! `/proc/1/exe` is never a host binary a jail could write to (the runc
+//! CVE-2019-5736 class).
 //!
 //! It starts the command, forwards signals to it, reaps every zombie of
 //! the jail, keeps a started jail's output in its bounded log, and exits
@@ -304,7 +305,8 @@ fn main() {
     if signals < 0 {
         fail(REPORT_FD, Stage::Init, 2, errno());
     }
-    let mut chunk = vec![0u8; 64 << 10];
+    // Made at the first output: an idle jail's init keeps no buffer.
+    let mut chunk = Vec::new();
     loop {
         let mut fds = [
             libc::pollfd {
@@ -324,7 +326,7 @@ fn main() {
         }
         if fds[1].revents != 0
             && let Some(ring) = console.as_mut()
-            && !ring.pump(&mut chunk)
+            && !ring.pump(chunk_of(&mut chunk))
         {
             console = None;
         }
@@ -351,6 +353,14 @@ fn main() {
             }
         }
     }
+}
+
+/// The buffer console output is copied through, made on first use.
+fn chunk_of(chunk: &mut Vec<u8>) -> &mut [u8] {
+    if chunk.is_empty() {
+        chunk.resize(64 << 10, 0);
+    }
+    chunk
 }
 
 /// Reaps every zombie of the jail; the command's status once it has ended.

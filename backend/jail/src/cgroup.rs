@@ -14,8 +14,9 @@
 //! What is written is computed by pure functions ([`limit_writes`],
 //! [`parse_usage`]) that the unit tests cover; the file operations are thin.
 
-use std::fs;
+use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -283,11 +284,39 @@ impl Cgroups {
         }
     }
 
-    /// The `cgroup.procs` files a process writes itself into to join the jail.
+    /// The `cgroup.procs` files, which list the group's processes.
     pub fn procs_files(&self, jail: &str) -> Vec<PathBuf> {
         self.dirs(jail)
             .into_iter()
             .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// The files a process writes "0" into to join the jail's group: on v1
+    /// each hierarchy's `tasks`, which moves the writing thread alone and so
+    /// takes no whole-system lock (the process must be one thread); on v2
+    /// `cgroup.procs`.
+    pub fn join_files(&self, jail: &str) -> Vec<PathBuf> {
+        let file = match self.version {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.procs",
+        };
+        self.dirs(jail).into_iter().map(|d| d.join(file)).collect()
+    }
+
+    /// [`Self::join_files`], opened for writing by this (host root)
+    /// process: the kernel checks the opener's credentials, so a process
+    /// given them may join from inside its user namespace.
+    pub fn open_join_files(&self, jail: &str) -> Result<Vec<OwnedFd>, JailError> {
+        self.join_files(jail)
+            .into_iter()
+            .map(|f| {
+                OpenOptions::new()
+                    .write(true)
+                    .open(&f)
+                    .map(OwnedFd::from)
+                    .map_err(JailError::io("join cgroup", &f))
+            })
             .collect()
     }
 
@@ -332,15 +361,6 @@ impl Cgroups {
         }
         for dir in self.dirs(jail) {
             fs::create_dir_all(&dir).map_err(JailError::io("create cgroup", &dir))?;
-        }
-        Ok(())
-    }
-
-    /// Moves process `pid` (and its threads) into the jail's group.
-    pub fn attach(&self, jail: &str, pid: i32) -> Result<(), JailError> {
-        let pid = pid.to_string();
-        for file in self.procs_files(jail) {
-            fs::write(&file, &pid).map_err(JailError::io("join cgroup", &file))?;
         }
         Ok(())
     }

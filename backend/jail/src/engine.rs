@@ -118,7 +118,8 @@ pub struct Engine {
     host: Box<dyn Host>,
     net: Box<dyn NetHost>,
     seccomp: Filters,
-    /// The jail init program and the filter, as sealed in-memory files.
+    /// The jail init program (see [`launch::init_program`]) and the filter (a
+    /// sealed in-memory file).
     init_program: OwnedFd,
     filter_file: OwnedFd,
 }
@@ -261,7 +262,6 @@ impl Engine {
             });
         }
         let seccomp = seccomp::filters()?;
-        let init_program = launch::init_program()?;
         let filter_file = launch::filter_file(seccomp.program())?;
         // The node's state is root's: its folders can be passed through
         // (a jail with a user namespace reaches its own layers as its
@@ -280,6 +280,7 @@ impl Engine {
         let uids_dir = uids::dir(&cfg.state_dir);
         fs::set_permissions(&uids_dir, fs::Permissions::from_mode(0o700))
             .map_err(JailError::io("chmod", &uids_dir))?;
+        let init_program = launch::init_program(&cfg.state_dir)?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent);
         Ok(Self {
             cfg,
@@ -617,15 +618,16 @@ impl Engine {
         };
         let userns = rec.uid_base;
         // In a user namespace the image is seen through an id-mapped mount
-        // (made once the namespace exists), so its root-owned files belong
-        // to the jail's root.
-        let lower_dir = if userns.is_some() {
-            &paths.lower
-        } else {
-            &lower
+        // (made once the namespace exists and handed to the jail), so its
+        // root-owned files belong to the jail's root.
+        let lower_layer = match userns {
+            Some(_) => rootfs::Lower::IdMapped {
+                fd: launch::LOWER_FD,
+            },
+            None => rootfs::Lower::Image(&lower),
         };
         let mnt = state::mount_dir(&self.cfg.state_dir);
-        let steps = rootfs::plan(lower_dir, &upper, &mnt, userns.is_some());
+        let steps = rootfs::plan(lower_layer, &upper, &mnt);
         let root = rootfs::root_in(&mnt);
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         let command = ExecPlan::new(
@@ -657,22 +659,20 @@ impl Engine {
         // veth are made meanwhile the init mounts the root.
         let mut connect = |pid: i32| {
             self.setup_cgroup(rec)?;
-            self.cgroups.attach(spec.name.as_str(), pid)?;
-            match &spec.network {
-                None => Ok(()),
-                Some(n) => {
-                    self.network()
-                        .attach(spec.name.as_str(), n, &spec.limits, &self.netns(pid))
-                }
+            let join = self.cgroups.open_join_files(spec.name.as_str())?;
+            if let Some(n) = &spec.network {
+                self.network()
+                    .attach(spec.name.as_str(), n, &spec.limits, &self.netns(pid))?;
             }
+            Ok(join)
         };
         let mut map_ids = |launcher: i32| match userns {
-            None => Ok(()),
+            None => Ok(Vec::new()),
             Some(base) => {
                 let pid_dir = self.cfg.proc_root.join(launcher.to_string());
                 self.host.write_id_maps(&pid_dir, base, UID_RANGE)?;
-                self.host
-                    .idmap_mount(&lower, &paths.lower, &pid_dir.join("ns/user"))
+                let tree = self.host.idmap_tree(&lower, &pid_dir.join("ns/user"))?;
+                Ok(vec![tree])
             }
         };
         let r = launch::launch(
@@ -950,9 +950,9 @@ impl Engine {
                 ("TERM", &term),
             ],
         )?;
-        let procs: Vec<CString> = self
+        let join_files: Vec<CString> = self
             .cgroups
-            .procs_files(name.as_str())
+            .join_files(name.as_str())
             .iter()
             .map(|p| c_path(p))
             .collect();
@@ -971,7 +971,7 @@ impl Engine {
         let mut terminal = Terminal::for_caller()?;
         let code = launch::join(&launch::Join {
             namespaces,
-            cgroup_procs: &procs,
+            cgroup_files: &join_files,
             command: &command,
             seccomp: self.seccomp.program(),
             oom_score_adj,

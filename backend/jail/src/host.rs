@@ -2,7 +2,7 @@
 //! trait: [`LinuxHost`] makes the real calls, tests use a recording fake.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,11 +31,12 @@ pub(crate) trait Host: Send + Sync + std::fmt::Debug {
     /// Maps ids 0..count of the user namespace of the process whose proc
     /// folder is `pid_dir` to host ids base..base+count (users and groups).
     fn write_id_maps(&self, pid_dir: &Path, base: u32, count: u32) -> Result<(), JailError>;
-    /// Mounts `source` on `target` with the id mapping of the user
-    /// namespace `userns` (a `/proc/<pid>/ns/user` file): files owned by
-    /// host root appear owned by the namespace's root. Read-only; replaces
-    /// a mount already on `target`.
-    fn idmap_mount(&self, source: &Path, target: &Path, userns: &Path) -> Result<(), JailError>;
+    /// A detached, read-only copy of the mount of `source` with the id
+    /// mapping of the user namespace `userns` (a `/proc/<pid>/ns/user`
+    /// file): files owned by host root appear owned by the namespace's
+    /// root. Mounted nowhere; the jail attaches it inside its own mount
+    /// namespace, and it dissolves when its last descriptor closes.
+    fn idmap_tree(&self, source: &Path, userns: &Path) -> Result<OwnedFd, JailError>;
     /// Changes the owner (user and group) of one file.
     fn chown(&self, path: &Path, id: u32) -> Result<(), JailError>;
 }
@@ -44,7 +45,6 @@ pub(crate) trait Host: Send + Sync + std::fmt::Debug {
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
 /// `struct mount_attr`.
 #[repr(C)]
@@ -205,10 +205,8 @@ impl Host for LinuxHost {
         Ok(())
     }
 
-    fn idmap_mount(&self, source: &Path, target: &Path, userns: &Path) -> Result<(), JailError> {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        std::fs::create_dir_all(target).map_err(JailError::io("create", target))?;
-        self.unmount(target)?;
+    fn idmap_tree(&self, source: &Path, userns: &Path) -> Result<OwnedFd, JailError> {
+        use std::os::fd::FromRawFd;
         let ns = File::open(userns).map_err(JailError::io("open", userns))?;
         let src = crate::engine::c_path(source);
         // SAFETY: open_tree takes a NUL-terminated path and flags; the
@@ -247,25 +245,7 @@ impl Host for LinuxHost {
             )
         };
         Errno::result(r).map_err(JailError::sys("idmap", source))?;
-        let dst = crate::engine::c_path(target);
-        // SAFETY: move_mount attaches the detached tree behind the fd at
-        // the NUL-terminated target path.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                tree.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                dst.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        Errno::result(r)
-            .map(drop)
-            .map_err(|source| JailError::Mount {
-                target: target.to_owned(),
-                source,
-            })
+        Ok(tree)
     }
 
     fn chown(&self, path: &Path, id: u32) -> Result<(), JailError> {
@@ -420,12 +400,12 @@ pub(crate) mod fake {
             self.rec(format!("idmap 0 {base} {count}"));
             Ok(())
         }
-        fn idmap_mount(&self, _s: &Path, target: &Path, _u: &Path) -> Result<(), JailError> {
+        fn idmap_tree(&self, source: &Path, _u: &Path) -> Result<OwnedFd, JailError> {
             self.rec(format!(
-                "idmap mount {}",
-                target.file_name().unwrap().to_string_lossy()
+                "idmap tree {}",
+                source.file_name().unwrap().to_string_lossy()
             ));
-            Ok(())
+            Ok(File::open("/dev/null").unwrap().into())
         }
         fn chown(&self, path: &Path, id: u32) -> Result<(), JailError> {
             self.rec(format!(

@@ -24,17 +24,27 @@
 //!                                                                  signals, keeps the log
 //! ```
 //!
-//! The init program is embedded in the engine and exec'd from a sealed
-//! in-memory file opened before the jail's root was entered, so nothing of
-//! the engine's memory or descriptors stays in a jail, and a jail's
-//! `/proc/1/exe` is never a file of the node.
+//! The init program is embedded in the engine, written once per node (see
+//! [`init_program`]) and exec'd from a descriptor opened before the jail's
+//! root was entered, so nothing of the engine's memory or descriptors stays
+//! in a jail, and a jail's `/proc/1/exe` is never the node's `stockade`
+//! binary nor a file the jail could change.
 //!
-//! Meanwhile the engine creates the jail's cgroup, writes its limits and
-//! moves the init into it (and connects its network): the host side and the
-//! jail side of the start-up run at the same time, on different cores. The
-//! init waits for the engine's go-ahead before it starts the command, so the
-//! command and everything it forks are inside the cgroup from their first
-//! instruction.
+//! Meanwhile the engine creates the jail's cgroup and writes its limits
+//! (and connects its network): the host side and the jail side of the
+//! start-up run at the same time, on different cores. The engine's go-ahead
+//! carries descriptors of the group's membership files, opened by the
+//! engine; the init writes itself into them before it starts the command,
+//! so the command and everything it forks are inside the cgroup from their
+//! first instruction.
+//!
+//! A process that moves itself alone (`0` into a v1 hierarchy's `tasks`)
+//! spares the kernel a whole-system lock that moving a process by pid takes
+//! (`cgroup.procs`): that lock waits for an RCU grace period, measured at
+//! 7 to 11 ms here, the largest single cost of a start. The init is one
+//! thread then, so moving the thread moves the process. The kernel checks
+//! the opener's credentials (the engine's), so the init may write them from
+//! inside its user namespace.
 //!
 //! A started jail's launcher calls `setsid` and exits at once, so the init is
 //! reparented away from the caller: the jail outlives the agent or CLI that
@@ -62,6 +72,10 @@ use crate::rootfs::Step;
 
 /// Where the init program's descriptor is put before it is exec'd.
 const PROGRAM_FD: RawFd = 6;
+
+/// Where a jail with a user namespace keeps the id-mapped image the engine
+/// sends it, until its root is assembled (see [`crate::rootfs::Lower`]).
+pub(crate) const LOWER_FD: RawFd = 8;
 
 const PR_SET_PDEATHSIG: libc::c_int = 1;
 const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
@@ -256,22 +270,29 @@ fn wait_code(pid: Pid) -> Result<i32, Errno> {
     }
 }
 
-/// Writes "0" (the writer itself) into each `cgroup.procs` file.
-fn join_cgroup(report: RawFd, procs: &[CString]) {
-    for (i, file) in procs.iter().enumerate() {
+/// Writes "0" (the writer itself) into each membership file of the jail's
+/// cgroup (`tasks` on v1, `cgroup.procs` on v2), opened here.
+fn join_cgroup(report: RawFd, files: &[CString]) {
+    for (i, file) in files.iter().enumerate() {
         // SAFETY: `file` is NUL-terminated; the fd is closed below.
         let fd = unsafe { libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
         if fd < 0 {
             fail(report, Stage::Cgroup, i, Errno::last());
         }
-        // SAFETY: writes one byte from a static buffer to the fd opened above.
-        let n = unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) };
-        let err = Errno::last();
-        // SAFETY: closes the fd opened above, once.
-        unsafe { libc::close(fd) };
-        if n != 1 {
-            fail(report, Stage::Cgroup, i, err);
-        }
+        join_through(report, fd, i);
+    }
+}
+
+/// Writes "0" into an open membership file, then closes it.
+fn join_through(report: RawFd, fd: RawFd, index: usize) {
+    // SAFETY: writes one byte from a static buffer to an fd this process
+    // owns.
+    let n = unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) };
+    let err = Errno::last();
+    // SAFETY: closes that fd, once.
+    unsafe { libc::close(fd) };
+    if n != 1 {
+        fail(report, Stage::Cgroup, index, err);
     }
 }
 
@@ -352,14 +373,109 @@ fn write_proc_file(path: &std::ffi::CStr, value: &[u8]) {
     }
 }
 
-/// Waits for the engine's go-ahead byte; false if the engine gave up.
-fn wait_go(go: RawFd) -> bool {
+/// Most descriptors a go-ahead carries: one per cgroup hierarchy.
+const MAX_GO_FDS: usize = 8;
+
+/// Control-message space for [`MAX_GO_FDS`] descriptors, aligned as
+/// `struct cmsghdr` needs.
+#[repr(C, align(8))]
+struct GoControl([u8; 64]);
+
+/// Waits for the engine's go-ahead byte and takes the descriptors sent with
+/// it into `fds` (close-on-exec); `None` if the engine gave up.
+fn wait_go(go: RawFd, fds: &mut [RawFd; MAX_GO_FDS]) -> Option<usize> {
     let mut byte = [0u8; 1];
+    let mut control = GoControl([0; 64]);
     loop {
-        // SAFETY: reads one byte into a live stack buffer.
-        let n = unsafe { libc::read(go, byte.as_mut_ptr().cast(), 1) };
-        if n >= 0 || Errno::last() != Errno::EINTR {
-            return n == 1;
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = control.0.len();
+        // SAFETY: recvmsg fills the live stack buffers `msg` points to.
+        let n = unsafe { libc::recvmsg(go, &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if n != 1 {
+            return None;
+        }
+        let mut count = 0;
+        // SAFETY: the CMSG_* helpers walk the control buffer the kernel
+        // filled, within the length it set; descriptor data is read
+        // unaligned from there.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                    let len = (*c).cmsg_len - libc::CMSG_LEN(0) as usize;
+                    for i in 0..len / std::mem::size_of::<RawFd>() {
+                        if count < MAX_GO_FDS {
+                            fds[count] = data.add(i).read_unaligned();
+                            count += 1;
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&raw const msg, c);
+            }
+        }
+        return Some(count);
+    }
+}
+
+/// Sends the go-ahead byte with `fds`.
+fn send_go(go: &OwnedFd, fds: &[OwnedFd]) -> Result<(), Errno> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut byte = [1u8; 1];
+    let mut control = GoControl([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        let bytes = std::mem::size_of_val(raw.as_slice());
+        let bytes = u32::try_from(bytes).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: CMSG_SPACE is arithmetic on a length.
+        let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
+        if raw.len() > MAX_GO_FDS || space > control.0.len() {
+            return Err(Errno::EINVAL);
+        }
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the first header lies inside `control`, which has room
+        // for the header and the descriptors (checked above); the data is
+        // written unaligned.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&raw const msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(c),
+                bytes as usize,
+            );
+        }
+    }
+    loop {
+        // SAFETY: sendmsg reads the live buffers `msg` points to.
+        let n = unsafe { libc::sendmsg(go.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) };
+        if n == 1 {
+            return Ok(());
+        }
+        let e = Errno::last();
+        if n < 0 && e != Errno::EINTR {
+            return Err(e);
         }
     }
 }
@@ -395,16 +511,19 @@ fn init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
             fail(report, Stage::Root, i, e);
         }
     }
-    // The engine connects the jail's network meanwhile; the command starts
-    // only once it is done. No byte: the engine failed (and says why).
-    let go_on = wait_go(go);
-    // SAFETY: closes the go pipe, once; the init must not inherit it.
+    // The engine makes the jail's cgroup and connects its network
+    // meanwhile; the command starts only once it is done. No byte: the
+    // engine failed (and says why).
+    let mut fds = [-1; MAX_GO_FDS];
+    let go_on = wait_go(go, &mut fds);
+    // SAFETY: closes the go channel, once; the init must not inherit it.
     unsafe { libc::close(go) };
-    if !go_on {
-        exit(1);
+    let Some(count) = go_on else { exit(1) };
+    // Into the jail's cgroup, through the files the engine opened.
+    for (i, fd) in fds[..count].iter().enumerate() {
+        join_through(report, *fd, i);
     }
-    // The engine has moved us into the jail's cgroup: it becomes the root
-    // of what the jail sees of cgroups.
+    // Our cgroup becomes the root of what the jail sees of cgroups.
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP) {
         fail(report, Stage::CgroupNs, 0, e);
     }
@@ -473,7 +592,7 @@ pub(crate) struct Launch<'a> {
     pub command: &'a ExecPlan,
     /// The init program's arguments and the command's environment.
     pub init: &'a InitPlan,
-    /// The init program (a sealed in-memory file) and the system call
+    /// The init program (see [`init_program`]) and the system call
     /// filter for the command (raw instructions), both owned by the engine.
     pub program: RawFd,
     pub filter: RawFd,
@@ -665,22 +784,33 @@ fn first_steps(
     (REPORT_FD, 4)
 }
 
-/// In a new user namespace: waits for the engine to map its ids, then
-/// becomes its root.
+/// In a new user namespace: waits for the engine to map its ids and to
+/// send the id-mapped image (kept at [`LOWER_FD`]), then becomes its root.
 fn enter_user_namespace(report: RawFd, go: RawFd) {
     send(report, MSG_USERNS, 0, 0, 0);
-    if !wait_go(go) {
-        exit(1);
+    let mut fds = [-1; MAX_GO_FDS];
+    match wait_go(go, &mut fds) {
+        Some(0) => {}
+        Some(1) if fds[0] == LOWER_FD => {}
+        Some(1) => {
+            move_fd(fds[0], LOWER_FD, report);
+            // SAFETY: closes the received descriptor, now kept at LOWER_FD.
+            unsafe { libc::close(fds[0]) };
+        }
+        _ => exit(1),
     }
     if let Err(e) = become_namespace_root() {
         fail(report, Stage::UserNs, 1, e);
     }
 }
 
-/// A `run` jail's init made straight into the jail's namespaces by
-/// `clone3`: no launcher in between.
+/// A `run` jail's init made straight into the jail's namespaces (its user
+/// namespace included) by `clone3`: no launcher in between.
 fn direct_init(launch: &Launch<'_>, report: RawFd, go: RawFd) -> ! {
     let (report, go) = first_steps(launch, report, go, None);
+    if launch.user_namespace {
+        enter_user_namespace(report, go);
+    }
     init(launch, report, go)
 }
 
@@ -748,9 +878,8 @@ impl Launch<'_> {
             Stage::CgroupNs => ("unshare cgroup namespace", self.rootfs.to_owned()),
             Stage::Init => ("start the jail's init", self.command.program()),
             Stage::Loopback => ("loopback up", PathBuf::from("lo")),
-            Stage::Fork | Stage::Setns | Stage::Session | Stage::Cgroup => {
-                ("fork", self.rootfs.to_owned())
-            }
+            Stage::Cgroup => ("join cgroup", self.rootfs.to_owned()),
+            Stage::Fork | Stage::Setns | Stage::Session => ("fork", self.rootfs.to_owned()),
         };
         JailError::Setup {
             step,
@@ -762,13 +891,15 @@ impl Launch<'_> {
 
 /// What the engine does while a jail starts, from the host side.
 pub(crate) struct Hooks<'h> {
-    /// With the launcher's pid, once it is in its new user namespace:
-    /// map its ids (and id-map the image for it).
-    pub on_userns: &'h mut dyn FnMut(i32) -> Result<(), JailError>,
+    /// With the pid of the jail's first process, once it is in its new user
+    /// namespace: map its ids. Returns what is sent to it: the image
+    /// id-mapped for it.
+    pub on_userns: &'h mut dyn FnMut(i32) -> Result<Vec<OwnedFd>, JailError>,
     /// With the init's host pid once the jail's namespaces exist, while the
-    /// init mounts the root and before its command starts: move the init
-    /// into the jail's cgroup and connect its network.
-    pub on_init: &'h mut dyn FnMut(i32) -> Result<(), JailError>,
+    /// init mounts the root and before its command starts: make the jail's
+    /// cgroup and connect its network. Returns the group's membership files,
+    /// opened for writing, which the init writes itself into.
+    pub on_init: &'h mut dyn FnMut(i32) -> Result<Vec<OwnedFd>, JailError>,
 }
 
 /// Launches a jail; for [`Stdio::Inherit`] waits for it to end. If a hook
@@ -777,17 +908,26 @@ pub(crate) struct Hooks<'h> {
 pub(crate) fn launch(launch: &Launch<'_>, hooks: Hooks<'_>) -> Result<Outcome, JailError> {
     let (r, w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(JailError::sys("pipe", launch.rootfs))?;
-    let (go_r, go_w) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(JailError::sys("pipe", launch.rootfs))?;
+    // The go-ahead carries descriptors: a socket pair, one message each.
+    let (go_w, go_r) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(JailError::sys("socketpair", launch.rootfs))?;
     let parent = nix::unistd::getpid();
     let mut rep = Report::default();
     // A `run` jail's init is made straight in its namespaces. A started
     // jail's goes through a launcher that exits, so that the init is not
-    // the caller's child and outlives it; so does one with a user namespace,
-    // whose mount namespace must be made after the engine id-maps the image.
+    // the caller's child and outlives it.
     let mut direct = None;
-    if matches!(launch.stdio, Stdio::Inherit { .. }) && !launch.user_namespace {
-        match clone_into(jail_namespaces()) {
+    if matches!(launch.stdio, Stdio::Inherit { .. }) {
+        let mut namespaces = jail_namespaces();
+        if launch.user_namespace {
+            namespaces |= CloneFlags::CLONE_NEWUSER;
+        }
+        match clone_into(namespaces) {
             Ok(Cloned::Child) => direct_init(launch, w.as_raw_fd(), go_r.as_raw_fd()),
             Ok(Cloned::Parent(child)) => direct = Some(child),
             Err(Errno::ENOSYS) => {}
@@ -811,21 +951,23 @@ pub(crate) fn launch(launch: &Launch<'_>, hooks: Hooks<'_>) -> Result<Outcome, J
     drop(go_r);
     let mut setup = Ok(());
     if launch.user_namespace {
-        read_report(&r, &mut rep, |rep| rep.userns || rep.error.is_some());
-        if rep.userns && rep.error.is_none() {
-            setup = (hooks.on_userns)(child.as_raw());
-            if setup.is_ok() {
-                let _ = nix::unistd::write(&go_w, &[1]);
-            }
+        // A launcher unshares its user namespace after the fork: wait for
+        // it. A process cloned into one is in it already.
+        if direct.is_none() {
+            read_report(&r, &mut rep, |rep| rep.userns || rep.error.is_some());
+        }
+        if direct.is_some() || (rep.userns && rep.error.is_none()) {
+            setup = (hooks.on_userns)(child.as_raw()).and_then(|fds| {
+                send_go(&go_w, &fds).map_err(JailError::sys("send go-ahead", launch.rootfs))
+            });
         }
     }
     if setup.is_ok() {
         read_report(&r, &mut rep, |rep| rep.pid.is_some() || rep.error.is_some());
         if let (Some(pid), None) = (rep.pid, rep.error) {
-            setup = (hooks.on_init)(pid);
-            if setup.is_ok() {
-                let _ = nix::unistd::write(&go_w, &[1]);
-            }
+            setup = (hooks.on_init)(pid).and_then(|files| {
+                send_go(&go_w, &files).map_err(JailError::sys("send go-ahead", launch.rootfs))
+            });
         }
     }
     // Without the byte the init exits before running anything.
@@ -833,10 +975,12 @@ pub(crate) fn launch(launch: &Launch<'_>, hooks: Hooks<'_>) -> Result<Outcome, J
     read_report(&r, &mut rep, |_| false);
     let detached = matches!(launch.stdio, Stdio::Detached { .. });
     let status = wait_code(child).map_err(JailError::sys("wait", launch.rootfs));
-    setup?;
+    // What the jail reported comes first: a hook may have failed only
+    // because the jail's process had already ended.
     if let Some((stage, index, errno)) = rep.error {
         return Err(launch.error(stage, index, errno));
     }
+    setup?;
     let code = status?;
     if detached {
         match rep.pid {
@@ -858,7 +1002,8 @@ pub(crate) struct Join<'a> {
     /// Opened `/proc/<init>/ns/*` files, the user namespace (if any) first,
     /// the mount namespace last.
     pub namespaces: Vec<(OwnedFd, CloneFlags, PathBuf)>,
-    pub cgroup_procs: &'a [CString],
+    /// The cgroup's membership files (see [`crate::cgroup::Cgroups::join_files`]).
+    pub cgroup_files: &'a [CString],
     pub command: &'a ExecPlan,
     pub seccomp: &'a [libc::sock_filter],
     /// The value the command's `oom_score_adj` gets (as the jail's own).
@@ -891,7 +1036,7 @@ fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
     // The cgroup is joined through the host's cgroupfs, so before entering
     // the jail's mount namespace; the mount namespace goes last because
     // after it no host path is reachable.
-    join_cgroup(report, join.cgroup_procs);
+    join_cgroup(report, join.cgroup_files);
     for (i, (fd, flag, _)) in join.namespaces.iter().enumerate() {
         if let Err(e) = nix::sched::setns(fd, *flag) {
             fail(report, Stage::Setns, i, e);
@@ -968,7 +1113,7 @@ pub(crate) fn join(join: &Join<'_>) -> Result<i32, JailError> {
             ),
             Stage::Cgroup => (
                 "join cgroup",
-                join.cgroup_procs
+                join.cgroup_files
                     .get(index)
                     .map(|c| PathBuf::from(std::ffi::OsStr::from_bytes(c.as_bytes())))
                     .unwrap_or_default(),
@@ -990,10 +1135,94 @@ pub(crate) fn join(join: &Join<'_>) -> Result<i32, JailError> {
 /// linked statically (see the crate's build script).
 static INIT_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stockade-init"));
 
-/// The init program as a sealed in-memory file, opened once per engine and
-/// exec'd by every jail's first process.
-pub(crate) fn init_program() -> Result<OwnedFd, JailError> {
-    sealed_file(c"stockade-init", INIT_PROGRAM, true)
+/// A name of the init program's content (its FNV-1a hash, from the build
+/// script): a new version gets a file of its own.
+const INIT_NAME: &str = concat!("stockade-init-", env!("STOCKADE_INIT_HASH"));
+
+/// The init program, opened for every jail's first process to exec.
+///
+/// One file for the node, `<state>/init/stockade-init-<hash>`: every jail
+/// maps the same pages, and starting one copies nothing. It is root's and
+/// read-only (`r-x` for all: a jail's unprivileged root runs it) in a
+/// folder only root may enter, and no jail can reach it to
+/// change what other jails run (the runc CVE-2019-5736 class): after
+/// `pivot_root` no path leads to it; `/proc/1/exe` is closed to the jail
+/// (its init is not dumpable, and no jail may trace); and the kernel
+/// refuses writes to a program while it runs, which it does as long as the
+/// jail has a process. Where the file cannot be written, a sealed
+/// in-memory copy per engine is used instead.
+pub(crate) fn init_program(state_dir: &Path) -> Result<OwnedFd, JailError> {
+    match node_init_file(&state_dir.join("init")) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            tracing::warn!(error = %e, "the node's init program file is unusable; using an in-memory copy");
+            sealed_file(c"stockade-init", INIT_PROGRAM, true)
+        }
+    }
+}
+
+/// The node's init program file, opened, if it is as it must be: a
+/// regular file of root's that anyone may run and nobody may write, of the
+/// program's size.
+fn open_init_file(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    let ok = meta.is_file()
+        && meta.uid() == 0
+        && meta.mode() & 0o7777 == 0o555
+        && meta.len() == INIT_PROGRAM.len() as u64;
+    ok.then_some(file)
+}
+
+/// Opens the node's init program file in `dir`, writing it first if this
+/// version has none.
+fn node_init_file(dir: &Path) -> Result<OwnedFd, JailError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = dir.join(INIT_NAME);
+    if let Some(file) = open_init_file(&path) {
+        return Ok(file.into());
+    }
+    std::fs::create_dir_all(dir).map_err(JailError::io("create", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(JailError::io("chmod", dir))?;
+    // Written in full and flushed under a name of its own, then renamed
+    // into place: the file is never seen half-written, even after a crash.
+    // Two engines doing this at once write the same bytes.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = dir.join(format!(".{INIT_NAME}.{}.{nanos}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o555)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, INIT_PROGRAM)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(JailError::io("write", &path)(e));
+    }
+    // Earlier versions' files go; jails still running one keep it (a
+    // removed file lives on while it runs).
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("stockade-init-") && name != INIT_NAME {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    open_init_file(&path)
+        .map(OwnedFd::from)
+        .ok_or_else(|| JailError::sys("check", &path)(Errno::EPERM))
 }
 
 /// The system call filter as a sealed in-memory file of raw instructions,

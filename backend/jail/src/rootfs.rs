@@ -4,6 +4,7 @@
 //! Building the plan is pure, so its order is checked by unit tests.
 
 use std::ffi::CString;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,18 @@ pub(crate) enum UpperSource<'a> {
     Tmpfs { bytes: u64 },
 }
 
+/// The image under the jail's root (the overlay's lower layer).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lower<'a> {
+    /// The image's folder as it is, for a jail with host root ids.
+    Image(&'a Path),
+    /// For a jail with a user namespace: the image id-mapped to it, as a
+    /// detached mount behind descriptor `fd` that the engine made and the
+    /// jail attaches inside its own mount namespace. The node's mount
+    /// table never holds it.
+    IdMapped { fd: RawFd },
+}
+
 /// Size of the jail's own tmpfs when it holds only the root's mount point.
 const MOUNT_POINT_TMPFS_BYTES: u64 = 64 << 10;
 
@@ -30,6 +43,8 @@ pub(crate) fn root_in(mnt: &Path) -> PathBuf {
 /// One step of the root filesystem setup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Step {
+    /// Attaches the detached mount behind `fd` at `target` (`move_mount`).
+    Attach { fd: RawFd, target: CString },
     /// `mount(2)`.
     Mount {
         what: &'static str,
@@ -165,9 +180,10 @@ const MASKED_DIRS: [&str; 9] = [
 /// point (and a tmpfs upper layer) are made in memory and go with the jail;
 /// nothing is created or removed on the node's disk for them.
 ///
-/// In a user namespace (`userns`) device nodes cannot be made: the host's
-/// are bound instead (the same six harmless devices).
-pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, mnt: &Path, userns: bool) -> Vec<Step> {
+/// In a user namespace (an id-mapped `lower`) device nodes cannot be made:
+/// the host's are bound instead (the same six harmless devices).
+pub(crate) fn plan(lower: Lower<'_>, upper: &UpperSource<'_>, mnt: &Path) -> Vec<Step> {
+    let userns = matches!(lower, Lower::IdMapped { .. });
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
     let rootfs = &root_in(mnt);
     let r = |p: &str| rootfs.join(p);
@@ -213,6 +229,21 @@ pub(crate) fn plan(lower: &Path, upper: &UpperSource<'_>, mnt: &Path, userns: bo
                 mode: 0o700,
             });
             (mnt.join("upper"), mnt.join("work"))
+        }
+    };
+    let lower = match lower {
+        Lower::Image(dir) => dir.to_owned(),
+        Lower::IdMapped { fd } => {
+            let dir = mnt.join("lower");
+            steps.push(Step::Mkdir {
+                path: cp(&dir),
+                mode: 0o755,
+            });
+            steps.push(Step::Attach {
+                fd,
+                target: cp(&dir),
+            });
+            dir
         }
     };
     // No device node on the root works (one planted in a volume or an
@@ -365,6 +396,7 @@ impl Step {
         use std::os::unix::ffi::OsStrExt as _;
         let p = |s: &CString| PathBuf::from(std::ffi::OsStr::from_bytes(s.as_bytes()));
         match self {
+            Step::Attach { target, .. } => ("attach the id-mapped image", p(target)),
             Step::Mount { what, target, .. } => (what, p(target)),
             Step::Mkdir { path, .. } => ("mkdir", p(path)),
             Step::CharDevice { path, .. } => ("mknod", p(path)),
@@ -379,6 +411,22 @@ impl Step {
     /// only system calls on the prepared strings.
     pub fn run(&self) -> Result<(), Errno> {
         match self {
+            Step::Attach { fd, target } => {
+                const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+                // SAFETY: move_mount attaches the detached tree behind `fd`
+                // at the NUL-terminated `target`.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        *fd,
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        target.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    )
+                };
+                Errno::result(r).map(drop)
+            }
             Step::Mount {
                 source,
                 target,
@@ -476,10 +524,9 @@ mod tests {
     #[test]
     fn order_private_then_overlay_then_kernel_fs_then_pivot() {
         let steps = plan(
-            Path::new("/img/busybox"),
+            Lower::Image(Path::new("/img/busybox")),
             &UpperSource::Volume(Path::new("/s/web/volume")),
             Path::new("/s/mnt"),
-            false,
         );
         let n = names(&steps);
         assert_eq!(n[0], "make mounts private /");
@@ -505,10 +552,9 @@ mod tests {
     #[test]
     fn tmpfs_upper_is_mounted_before_the_overlay_that_uses_it() {
         let steps = plan(
-            Path::new("/img/b"),
+            Lower::Image(Path::new("/img/b")),
             &UpperSource::Tmpfs { bytes: 1 << 20 },
             Path::new("/s/mnt"),
-            false,
         );
         let n = names(&steps);
         assert_eq!(n[1], "mount the jail's tmpfs /s/mnt");
@@ -523,15 +569,31 @@ mod tests {
     }
 
     #[test]
-    fn in_a_user_namespace_devices_are_bound_not_made() {
+    fn in_a_user_namespace_devices_are_bound_not_made_and_the_image_is_attached() {
         let steps = plan(
-            Path::new("/i"),
+            Lower::IdMapped { fd: 8 },
             &UpperSource::Volume(Path::new("/v")),
             Path::new("/r"),
-            true,
         );
         let n = names(&steps);
         assert!(!n.iter().any(|s| s.starts_with("mknod")), "{n:?}");
+        // The id-mapped image goes on the jail's own tmpfs, under the root.
+        assert!(
+            index(&n, "mount the jail's tmpfs /r")
+                < index(&n, "attach the id-mapped image /r/lower")
+        );
+        assert!(index(&n, "attach the id-mapped image /r/lower") < index(&n, "mount overlay root"));
+        let Step::Mount { data, .. } = &steps[index(&n, "mount overlay root")] else {
+            panic!()
+        };
+        assert!(
+            data.as_deref()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("lowerdir=/r/lower,"),
+            "{data:?}"
+        );
         assert!(
             index(&n, "create file /r/root/dev/null") < index(&n, "bind device /r/root/dev/null")
         );
@@ -540,10 +602,9 @@ mod tests {
     #[test]
     fn proc_knobs_are_read_only_and_dev_is_private() {
         let steps = plan(
-            Path::new("/i"),
+            Lower::Image(Path::new("/i")),
             &UpperSource::Volume(Path::new("/v")),
             Path::new("/r"),
-            false,
         );
         let ro: Vec<_> = steps
             .iter()

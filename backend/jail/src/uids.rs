@@ -1,21 +1,24 @@
 //! Host uid/gid ranges of jails with a user namespace, and moving a
 //! volume's files from one range to another.
 //!
-//! Each range held by a jail is a file `<state>/uids/<first host id>` that
-//! names the jail. It is made with `O_EXCL`, so two jails created at once,
-//! by two threads or two processes of the node, never get the same range;
-//! it is written before the jail's record and removed only once the jail
-//! is destroyed, so ranges survive restarts by construction. Ranges that
+//! Each range held by a jail is a symbolic link `<state>/uids/<first host
+//! id>` whose target is the jail's name. Making a link fails if the name
+//! exists, so two jails created at once, by two threads or two processes of
+//! the node, never get the same range; the name is part of the link itself,
+//! so a range is never seen held by nobody, even after a crash, without a
+//! temporary file or a flush. It is made before the jail's record and
+//! removed only once the jail is destroyed, so ranges survive restarts by
+//! construction. (Range files of earlier versions, regular files holding
+//! the name, are read the same.) Ranges that
 //! overlap an id of a host account or group, or a subordinate range of
 //! `/etc/subuid` or `/etc/subgid`, are never given out.
 
 use std::collections::BTreeSet;
 use std::ffi::CStr;
-use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fs;
+use std::io::ErrorKind;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::dir::Dir;
@@ -120,8 +123,8 @@ pub(crate) fn held(uids: &Path) -> Result<Vec<(u32, String)>, JailError> {
             continue;
         };
         let path = entry.path();
-        match fs::read_to_string(&path) {
-            Ok(jail) => held.push((start, jail.trim().to_owned())),
+        match owner_of(&path) {
+            Ok(jail) => held.push((start, jail)),
             // Released meanwhile.
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(JailError::io("read", &path)(e)),
@@ -131,34 +134,23 @@ pub(crate) fn held(uids: &Path) -> Result<Vec<(u32, String)>, JailError> {
     Ok(held)
 }
 
-/// Makes the range file `start` for `jail`; `false` if it exists already.
-/// The file is written in full under a name of its own first and then
-/// linked into place, which fails if the range file exists: a range file
-/// is never seen empty, even after a crash.
+/// The jail a range file names: a link's target, or (earlier versions) a
+/// regular file's text.
+fn owner_of(path: &Path) -> std::io::Result<String> {
+    match fs::read_link(path) {
+        Ok(target) => Ok(target.to_string_lossy().into_owned()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Ok(fs::read_to_string(path)?.trim().to_owned())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes the range file `start` for `jail` (a link naming it); `false` if
+/// the range is held already.
 fn take(uids: &Path, start: u32, jail: &str) -> Result<bool, JailError> {
     let path = file_of(uids, start);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let tmp = uids.join(format!(
-        ".{jail}.{}.{:?}.{nanos}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(jail.as_bytes()).and_then(|()| f.sync_all()));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(JailError::io("write", &tmp)(e));
-    }
-    let linked = fs::hard_link(&tmp, &path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
+    match std::os::unix::fs::symlink(jail, &path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(JailError::io("link", &path)(e)),
@@ -212,29 +204,19 @@ pub(crate) fn adopt(uids: &Path, start: u32, jail: &str) -> Result<(), JailError
         return Ok(());
     }
     let path = file_of(uids, start);
-    let owner = fs::read_to_string(&path).map_err(JailError::io("read", &path))?;
-    if owner.trim() == jail {
+    let owner = owner_of(&path).map_err(JailError::io("read", &path))?;
+    if owner == jail {
         Ok(())
     } else {
         Err(JailError::Invalid {
             what: "user namespace",
-            reason: format!(
-                "uid range {start} of jail {jail} is held by jail {}",
-                owner.trim()
-            ),
+            reason: format!("uid range {start} of jail {jail} is held by jail {owner}"),
         })
     }
 }
 
-/// Releases every range `jail` holds, and what a claim cut short by a
-/// crash left of it. Idempotent.
+/// Releases every range `jail` holds. Idempotent.
 pub(crate) fn release(uids: &Path, jail: &str) -> Result<(), JailError> {
-    let partial = format!(".{jail}.");
-    for entry in fs::read_dir(uids).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&partial) {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
     for (start, owner) in held(uids)? {
         if owner == jail {
             let path = file_of(uids, start);
@@ -479,6 +461,14 @@ mod tests {
         release(&uids, "a").unwrap();
         assert_eq!(held(&uids).unwrap(), vec![(b, "b".to_owned())]);
         assert_eq!(claim(&uids, POOL, &HostIds::default(), "c").unwrap(), a);
+        // A range file of an earlier version (a regular file) still holds.
+        let old = POOL.base + 3 * UID_RANGE;
+        fs::write(file_of(&uids, old), "old\n").unwrap();
+        assert!(held(&uids).unwrap().contains(&(old, "old".to_owned())));
+        assert_ne!(claim(&uids, POOL, &HostIds::default(), "d").unwrap(), old);
+        assert!(claim(&uids, POOL, &HostIds::default(), "e").is_err());
+        release(&uids, "old").unwrap();
+        assert_eq!(claim(&uids, POOL, &HostIds::default(), "e").unwrap(), old);
     }
 
     #[test]

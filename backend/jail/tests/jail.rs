@@ -5,6 +5,7 @@
 mod common;
 
 use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -909,12 +910,27 @@ fn a_jails_init_is_a_program_of_its_own_not_a_copy_of_the_engine() {
     f.engine.create(&spec).unwrap();
     f.engine.start(&spec.name).unwrap();
     let pid = running_pid(&f, &spec.name);
-    // PID 1 runs the sealed in-memory init program, never a file of the
-    // node a jail could reach or rewrite.
+    // PID 1 runs the node's copy of the init program, never the engine's
+    // binary: root's, read-only for all, and not writable even by host
+    // root while a jail runs it.
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert!(
-        exe.to_string_lossy().contains("memfd:stockade-init"),
+        exe.starts_with(f.state_dir().join("init"))
+            && exe
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("stockade-init-"),
         "{exe:?}"
+    );
+    assert_ne!(exe, std::env::current_exe().unwrap());
+    let meta = std::fs::metadata(&exe).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o555));
+    let write = std::fs::OpenOptions::new().write(true).open(&exe);
+    assert_eq!(
+        write.unwrap_err().raw_os_error(),
+        Some(libc::ETXTBSY),
+        "the running init's file must refuse writes"
     );
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(cmdline.starts_with(b"stockade-init\0"), "{cmdline:?}");
