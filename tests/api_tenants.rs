@@ -130,6 +130,78 @@ async fn a_token_bound_to_a_tenant_sees_only_that_tenant() {
 }
 
 #[tokio::test]
+async fn a_tenants_own_token_cannot_change_what_the_provider_bills() {
+    let api = Api::spawn().await;
+    let a = api.tenant("tenant-a").await;
+    let bound = token(&api.pool, &Scope::ALL, Some(a)).await;
+    let before: Value = api
+        .get(&format!("/api/v1/tenants/{a}"), &bound)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Its plan, its quota overrides (the transfer allowance among them), its
+    // suspension and its termination: each a 403, and nothing changes.
+    for body in [
+        json!({"plan": "business"}),
+        json!({"quota_overrides": {"max_jails": 1000}}),
+        json!({"quota_overrides": {"monthly_transfer_bytes": 0}}),
+    ] {
+        let res = api
+            .patch(&format!("/api/v1/tenants/{a}"), &bound, &body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(res, 403, "forbidden").await;
+    }
+    for (path, method) in [
+        (format!("/api/v1/tenants/{a}/suspend"), "POST"),
+        (format!("/api/v1/tenants/{a}/unsuspend"), "POST"),
+        (format!("/api/v1/tenants/{a}"), "DELETE"),
+    ] {
+        let req = match method {
+            "POST" => api.post(&path, &bound, &json!({})),
+            _ => api.delete(&path, &bound),
+        };
+        let res = req.send().await.unwrap();
+        expect_error(res, 403, "forbidden").await;
+    }
+    let after: Value = api
+        .get(&format!("/api/v1/tenants/{a}"), &bound)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    // The provider's token still can.
+    let provider = token(&api.pool, &Scope::ALL, None).await;
+    let res = api
+        .patch(
+            &format!("/api/v1/tenants/{a}"),
+            &provider,
+            &json!({"plan": "business"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = api
+        .post(
+            &format!("/api/v1/tenants/{a}/suspend"),
+            &provider,
+            &json!({}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
 async fn creating_a_tenant_with_an_owner_gives_a_password_that_signs_in() {
     let api = Api::spawn().await;
     let res = api

@@ -163,6 +163,26 @@ async fn up_runs_the_panel_on_a_managed_cluster_and_stops_cleanly() {
     );
     sign_in_as_admin(port).await;
 
+    // Beside a running `up`, the README's token command finds the managed
+    // cluster from the same configuration, with no DATABASE_URL.
+    let made = stockade(dir.path(), port)
+        .args([
+            "token",
+            "create",
+            "--name",
+            "beside-up",
+            "--scope",
+            "tenants:read",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    assert!(String::from_utf8_lossy(&made.stdout).contains("stk_"));
+
     // A second `up` on the same folder refuses instead of corrupting it.
     let second = stockade(dir.path(), free_port())
         .arg("up")
@@ -179,6 +199,14 @@ async fn up_runs_the_panel_on_a_managed_cluster_and_stops_cleanly() {
         !dir.path().join("var/pg/postmaster.pid").exists(),
         "PostgreSQL was stopped"
     );
+    // With no cluster running, the command says what it looked for.
+    let none = stockade(dir.path(), port)
+        .args(["token", "ls"])
+        .output()
+        .unwrap();
+    assert!(!none.status.success());
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(err.contains("no managed cluster runs in var/pg"), "{err}");
 
     // The folder is reused: the admin already exists, the password still works.
     let (mut again, lines) = start_up(dir.path(), port);

@@ -8,7 +8,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -145,6 +145,40 @@ pub struct Tuning {
     pub ephemeral: bool,
 }
 
+/// The database Stockade keeps its data in on a managed cluster.
+pub const DATABASE: &str = "stockade";
+
+/// The URL of database `db` on the managed cluster whose data folder (and
+/// socket folder) is `data_dir`, an absolute path.
+fn url_in(data_dir: &Path, db: &str) -> SecretString {
+    let host: String = data_dir
+        .to_string_lossy()
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    SecretString::from(format!("postgres://{DB_USER}@{host}/{db}"))
+}
+
+/// The URL of Stockade's database on a managed cluster that runs in
+/// `data_dir` (the `pg_data` setting), for commands run beside `stockade
+/// up`; `None` when none runs there.
+pub fn running_url(data_dir: &Path) -> Option<SecretString> {
+    let dir = std::path::absolute(data_dir).ok()?;
+    // Line 8 of postmaster.pid reads "ready" once connections are accepted.
+    let ready = fs::read_to_string(dir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .nth(7)
+        .is_some_and(|l| l.trim() == "ready");
+    (ready && dir.join(".s.PGSQL.5432").exists()).then(|| url_in(&dir, DATABASE))
+}
+
 /// A running managed cluster. Dropping it without [`Cluster::stop`] leaves
 /// the server to stop itself when this process dies.
 pub struct Cluster {
@@ -179,9 +213,12 @@ impl Cluster {
             init(&bindir, &data_dir, who)?;
         }
         let log_path = data_dir.join("server.log");
+        // The data folder is the database account's: a link it planted
+        // there must not make root write elsewhere.
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
         let log_size = log.metadata().map(|m| m.len()).unwrap_or(0);
@@ -271,19 +308,7 @@ impl Cluster {
 
     /// The URL of database `db` on this cluster.
     pub fn url(&self, db: &str) -> SecretString {
-        let host: String = self
-            .data_dir
-            .to_string_lossy()
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        SecretString::from(format!("postgres://{DB_USER}@{host}/{db}"))
+        url_in(&self.data_dir, db)
     }
 
     /// The cluster's data folder.

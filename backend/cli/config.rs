@@ -29,6 +29,8 @@ pub struct Config {
     pub admin_email: Email,
     /// Password of that account; when unset, `up` generates and prints one.
     pub admin_password: Option<SecretString>,
+    /// The password `staff create` gives its account.
+    pub staff_password: Option<SecretString>,
     /// Name of this node (defaults to the host name).
     pub node_name: String,
     /// Time between two agent heartbeats.
@@ -97,6 +99,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "admin_password",
         "its password; unset = generated and printed once",
     ),
+    (
+        "staff_password",
+        "password of the account `staff create` makes; unset = generated and printed once",
+    ),
     ("node_name", "this node's name (host name)"),
     ("heartbeat_secs", "seconds between agent heartbeats (5)"),
     ("log", "log filter (info)"),
@@ -150,6 +156,7 @@ impl Default for Config {
             run_as: "stockade".into(),
             admin_email: Email::parse("admin@localhost").expect("valid default email"),
             admin_password: None,
+            staff_password: None,
             node_name: default_node_name(),
             heartbeat: Duration::from_secs(5),
             log: "info".into(),
@@ -243,11 +250,15 @@ impl Config {
                     self.admin_email =
                         Email::parse(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))?
                 }
-                "admin_password" => {
+                "admin_password" | "staff_password" => {
                     let secret = SecretString::from(value.to_owned());
                     stockade_store::password::check_strength(&secret)
                         .map_err(|e| anyhow::anyhow!("{key}: {}", e.reason))?;
-                    self.admin_password = Some(secret);
+                    if key == "admin_password" {
+                        self.admin_password = Some(secret);
+                    } else {
+                        self.staff_password = Some(secret);
+                    }
                 }
                 "node_name" => {
                     let v = value.trim();
@@ -478,6 +489,23 @@ mod tests {
         assert_eq!(cfg.log, "warn");
         assert_eq!(cfg.public_url, "http://127.0.0.1:9000");
         assert_eq!(cfg.run_as, "stockade");
+    }
+
+    #[test]
+    fn the_staff_password_setting_is_known_and_checked() {
+        let cfg = Config::load_from(
+            None,
+            &env(&[("STOCKADE_STAFF_PASSWORD", "correct horse battery")]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.staff_password.unwrap().expose_secret(),
+            "correct horse battery"
+        );
+        let err = Config::load_from(None, &env(&[("STOCKADE_STAFF_PASSWORD", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("staff_password"), "{err}");
     }
 
     #[test]

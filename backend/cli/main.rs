@@ -195,13 +195,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let url = require_database(&cfg)?;
-            let (password, generated) = match std::env::var("STOCKADE_STAFF_PASSWORD") {
-                Ok(p) => {
-                    let p = SecretString::from(p);
-                    stockade_store::password::check_strength(&p)?;
-                    (p, false)
-                }
-                Err(_) => (stockade_store::password::generate(), true),
+            // Checked for strength when the configuration was read.
+            let (password, generated) = match &cfg.staff_password {
+                Some(p) => (p.clone(), false),
+                None => (stockade_store::password::generate(), true),
             };
             runtime()?.block_on(async {
                 let pool = stockade_store::connect(&url, 1, Duration::from_secs(10)).await?;
@@ -225,10 +222,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The database: `database_url` when set, else the managed cluster that
+/// `stockade up` runs in `pg_data` (so commands run beside it need no URL).
 fn require_database(cfg: &Config) -> anyhow::Result<SecretString> {
-    cfg.database_url.clone().context(
-        "DATABASE_URL is not set; set it to your PostgreSQL server, or use `stockade up`, which manages one",
-    )
+    if let Some(url) = &cfg.database_url {
+        return Ok(url.clone());
+    }
+    cluster::running_url(&cfg.pg_data).with_context(|| {
+        format!(
+            "no database: DATABASE_URL is not set and no managed cluster runs in {}; start one with `stockade up` (or set pg_data to its folder), or set DATABASE_URL to your PostgreSQL server",
+            cfg.pg_data.display()
+        )
+    })
 }
 
 fn serve(cfg: Config, exit_with_parent: bool) -> anyhow::Result<ExitCode> {

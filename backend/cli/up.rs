@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::cluster::{self, Cluster, Tuning};
 use crate::config::Config;
 
-const DATABASE: &str = "stockade";
+use crate::cluster::DATABASE;
 
 pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let (url, cluster) = match &cfg.database_url {

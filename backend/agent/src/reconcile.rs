@@ -211,6 +211,7 @@ impl Reconciler {
         inner.slots.prune(|name| names.contains(name));
         inner.metrics.set_jails_by_state(by_state);
         inner.metrics.observe_pass(started.elapsed());
+        tracing::trace!(full, took = ?started.elapsed(), "reconcile pass");
     }
 }
 
@@ -302,6 +303,7 @@ impl Inner {
         // One address allocation at a time on the node, each committed
         // before the next reads which addresses are taken; taken before a
         // connection is, so the allocation always gets the one it needs.
+        let claim_started = Instant::now();
         let allocating = if self.cfg.network.is_some() && needs_address {
             Some(self.allocating.lock().await)
         } else {
@@ -372,6 +374,7 @@ impl Inner {
                 *rate = if *rate == 0 { bps } else { (*rate).min(bps) };
             }
         }
+        let claimed_in = claim_started.elapsed();
         let step_started = Instant::now();
         let outcome = self
             .slots
@@ -380,9 +383,7 @@ impl Inner {
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
-        if let Ok(Some(observed)) = &outcome {
-            tracing::debug!(jail = %jail.name, tenant = %jail.tenant_id, state = %observed, took = ?step_started.elapsed(), "jail converged");
-        }
+        let took = step_started.elapsed();
         let (observed, error) = match outcome {
             Ok(Some(observed)) => (observed, None),
             Ok(None) => {
@@ -412,10 +413,12 @@ impl Inner {
             tx.commit().await?;
             Ok::<_, stockade_store::StoreError>(())
         };
+        let record_started = Instant::now();
         if let Err(e) = recorded.await {
             tracing::warn!(error = %e, "recording the observed state failed");
             return None;
         }
+        tracing::debug!(jail = %jail.name, tenant = %jail.tenant_id, state = %observed, ?claimed_in, ?took, recorded_in = ?record_started.elapsed(), "jail converged");
         seen(observed)
     }
 }

@@ -1,6 +1,7 @@
 //! The engine: jail lifecycle on one node, built from the parts in the
 //! other modules. Every step is create-if-missing or delete-if-present.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::net::Ipv4Addr;
@@ -122,7 +123,13 @@ pub struct Engine {
     /// sealed in-memory file).
     init_program: OwnedFd,
     filter_file: OwnedFd,
+    /// The networks of the node's jails as last read (see [`Self::networks`]).
+    net_index: std::sync::Mutex<HashMap<String, (RecordKey, Option<NetSpec>)>>,
 }
+
+/// Which version of a record file was read: records are replaced by a
+/// rename, so a rewritten one has another inode or change time.
+type RecordKey = (u64, i64, i64, u64);
 
 /// The size of a jail's uid (and gid) range.
 pub const UID_RANGE: u32 = 65_536;
@@ -290,6 +297,7 @@ impl Engine {
             seccomp,
             init_program,
             filter_file,
+            net_index: std::sync::Mutex::default(),
         })
     }
 
@@ -307,12 +315,49 @@ impl Engine {
         }
     }
 
-    /// The network of every jail on the node with one.
+    /// The network of every jail on the node with one. Each record is read
+    /// again only when it was rewritten since (by this engine or another
+    /// process), so asking on every creation costs a `stat` per jail, not
+    /// a read and parse.
     pub fn networks(&self) -> Vec<(String, NetSpec)> {
-        discover::state_dirs(&state::jails_dir(&self.cfg.state_dir))
-            .into_iter()
-            .filter_map(|(name, _, rec)| Some((name, rec?.spec.network?)))
-            .collect()
+        let dir = state::jails_dir(&self.cfg.state_dir);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut index = self
+            .net_index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = std::collections::HashSet::new();
+        let mut networks = Vec::new();
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let record = entry.path().join("jail.json");
+            let Ok(meta) = fs::metadata(&record) else {
+                continue;
+            };
+            let key = (meta.ino(), meta.ctime(), meta.ctime_nsec(), meta.len());
+            let network = match index.get(&name) {
+                Some((k, network)) if *k == key => network.clone(),
+                _ => {
+                    let network = fs::read(&record)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<JailRecord>(&b).ok())
+                        .and_then(|r| r.spec.network);
+                    index.insert(name.clone(), (key, network.clone()));
+                    network
+                }
+            };
+            if let Some(n) = network {
+                networks.push((name.clone(), n));
+            }
+            seen.insert(name);
+        }
+        index.retain(|name, _| seen.contains(name));
+        networks
     }
 
     /// Gives the jail a uid range no other jail on the node holds and no

@@ -160,7 +160,15 @@ fn take(uids: &Path, start: u32, jail: &str) -> Result<bool, JailError> {
 /// Gives `jail` the first range of `pool` that no jail holds and no host
 /// account uses; returns its first host id.
 pub(crate) fn claim(uids: &Path, pool: Pool, host: &HostIds, jail: &str) -> Result<u32, JailError> {
-    let held: BTreeSet<u32> = held(uids)?.into_iter().map(|(s, _)| s).collect();
+    // The names are the ranges: listing the folder is enough.
+    let held: BTreeSet<u32> = match fs::read_dir(uids) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect(),
+        Err(e) if e.kind() == ErrorKind::NotFound => BTreeSet::new(),
+        Err(e) => return Err(JailError::io("read", uids)(e)),
+    };
     let mut in_use = 0u32;
     let mut on_host = 0u32;
     for start in pool.starts() {

@@ -377,11 +377,13 @@ pub struct UpdateTenant {
     pub quota_overrides: Option<OverridesBody>,
 }
 
-/// Changes a tenant's plan and quota overrides.
+/// Changes a tenant's plan and quota overrides (a provider action: a token
+/// bound to a tenant is refused with 403).
 #[utoipa::path(patch, path = "/api/v1/tenants/{tenant_id}", tag = "tenants",
     params(("tenant_id" = Uuid, Path, description = "Tenant id")),
     request_body = UpdateTenant,
-    responses((status = 200, description = "The changed tenant", body = TenantOut)),
+    responses((status = 200, description = "The changed tenant", body = TenantOut),
+              (status = 403, description = "A token bound to a tenant: provider action")),
     security(("bearer" = ["tenants:write"])))]
 pub(crate) async fn update(
     Authorized(caller, _): Authorized<TenantsWrite>,
@@ -395,6 +397,9 @@ pub(crate) async fn update(
     let overrides: Option<Overrides> = body.quota_overrides.map(TryInto::try_into).transpose()?;
     let id = path.into_inner();
     caller.see_tenant(id)?;
+    // Plans, quotas and the transfer allowance are what the provider bills:
+    // a tenant's own token never changes them.
+    caller.unbound()?;
     let tenant = tenants::get(&state.pool, id).await?;
     if tenant.status == TenantStatus::Terminated {
         return Err(ApiError::Conflict {
@@ -426,7 +431,8 @@ macro_rules! lifecycle {
         #[doc = $doc]
         #[utoipa::path($method, path = $path, tag = "tenants",
                             params(("tenant_id" = Uuid, Path, description = "Tenant id")),
-                            responses((status = 200, description = "The tenant", body = TenantOut)),
+                            responses((status = 200, description = "The tenant", body = TenantOut),
+                                      (status = 403, description = "A token bound to a tenant: provider action")),
                             security(("bearer" = ["tenants:write"])))]
         pub(crate) async fn $name(
             Authorized(caller, _): Authorized<TenantsWrite>,
@@ -436,6 +442,8 @@ macro_rules! lifecycle {
         ) -> Result<HttpResponse, ApiError> {
             let id = path.into_inner();
             caller.see_tenant(id)?;
+            // Suspension and termination are the provider's to decide.
+            caller.unbound()?;
             let tenant = tenants::$store(&state.pool, id).await?;
             record(
                 &state,
