@@ -502,10 +502,10 @@ mod tests {
             cfg.staff_password.unwrap().expose_secret(),
             "correct horse battery"
         );
-        let err = Config::load_from(None, &env(&[("STOCKADE_STAFF_PASSWORD", "short")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("staff_password"), "{err}");
+        let err =
+            Config::load_from(None, &env(&[("STOCKADE_STAFF_PASSWORD", "short")])).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("staff_password: "), "{err}");
     }
 
     #[test]
