@@ -502,6 +502,98 @@ async fn a_failing_receiver_gets_the_event_again_until_it_takes_it() {
 }
 
 #[tokio::test]
+async fn webhooks_reach_no_internal_address_unless_the_operator_allows_it() {
+    // The default policy: no allow-list.
+    let mut settings = api_support::fast_settings();
+    settings.delivery.egress = Default::default();
+    let api = Api::spawn_with(settings).await;
+    let receiver = Receiver::start(vec![204]).await;
+    let port = receiver
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/hook");
+    // Addresses and names of this machine are refused when registered.
+    for url in [
+        receiver.url.clone(),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+        format!("http://localhost:{port}/hook"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://10.77.0.2/hook".to_owned(),
+    ] {
+        let res = api
+            .post(
+                "/api/v1/webhooks",
+                &api.admin,
+                &json!({"url": url, "event_types": ["tenant.created"]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "{url}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["details"]["field"], "url", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("egress policy"),
+            "{body}"
+        );
+    }
+    // A name is checked on the address it resolves to when delivering (as
+    // if it had changed since it was registered): this machine's own name
+    // resolves to loopback here.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+        .await
+        .unwrap()
+        .collect();
+    assert!(
+        resolved.iter().all(|a| a.ip().is_loopback()),
+        "this test needs the host name to resolve to loopback: {resolved:?}"
+    );
+    let res = api
+        .post(
+            "/api/v1/webhooks",
+            &api.admin,
+            &json!({"url": format!("http://{host}:{port}/hook"), "event_types": ["tenant.created"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let hook: Value = res.json().await.unwrap();
+    let hook_id = hook["webhook"]["id"].as_str().unwrap().to_owned();
+    api.tenant("refused").await;
+    let mut log = Value::Null;
+    for _ in 0..50 {
+        log = api
+            .get(
+                &format!("/api/v1/webhooks/{hook_id}/deliveries"),
+                &api.admin,
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !log["data"][0]["last_error"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The log says it was refused, and nothing of what listens there.
+    assert_eq!(log["data"][0]["last_error"], "refused by policy", "{log}");
+    assert!(receiver.got.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_month_is_closed_once_with_its_totals() {
     let (pool, _) = common::fresh_database().await;
     let now = Utc::now();

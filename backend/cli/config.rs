@@ -31,6 +31,8 @@ pub struct Config {
     pub admin_password: Option<SecretString>,
     /// The password `staff create` gives its account.
     pub staff_password: Option<SecretString>,
+    /// Internal networks webhook deliveries may reach all the same.
+    pub webhook_allow: Vec<ipnet::IpNet>,
     /// Name of this node (defaults to the host name).
     pub node_name: String,
     /// Time between two agent heartbeats.
@@ -100,6 +102,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "its password; unset = generated and printed once",
     ),
     (
+        "webhook_allow",
+        "networks webhooks may reach although internal, comma-separated (none)",
+    ),
+    (
         "staff_password",
         "password of the account `staff create` makes; unset = generated and printed once",
     ),
@@ -157,6 +163,7 @@ impl Default for Config {
             admin_email: Email::parse("admin@localhost").expect("valid default email"),
             admin_password: None,
             staff_password: None,
+            webhook_allow: Vec::new(),
             node_name: default_node_name(),
             heartbeat: Duration::from_secs(5),
             log: "info".into(),
@@ -249,6 +256,20 @@ impl Config {
                 "admin_email" => {
                     self.admin_email =
                         Email::parse(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))?
+                }
+                "webhook_allow" => {
+                    self.webhook_allow = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(|n| {
+                            n.parse::<ipnet::IpNet>()
+                                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                                .map_err(|_| {
+                                    anyhow::anyhow!("{key}: {n:?} is not a network such as 10.0.0.0/8 or an address")
+                                })
+                        })
+                        .collect::<anyhow::Result<_>>()?;
                 }
                 "admin_password" | "staff_password" => {
                     let secret = SecretString::from(value.to_owned());

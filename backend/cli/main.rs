@@ -267,7 +267,9 @@ fn serve(cfg: Config, exit_with_parent: bool) -> anyhow::Result<ExitCode> {
             signup_plan: cfg.signup_plan.clone(),
             page_cache: cfg.page_cache,
         };
-        let app = stockade_web::Application::build(listener, pool, settings)?;
+        let mut api = stockade_web::ApiSettings::default();
+        api.delivery.egress.allow = cfg.webhook_allow.clone();
+        let app = stockade_web::Application::build_with(listener, pool, settings, api)?;
         tracing::info!(port = app.port(), "web server listening");
         app.run_until_stopped().await?;
         Ok(ExitCode::SUCCESS)

@@ -186,9 +186,31 @@ fn spawn_web(cfg: &Config, url: &SecretString) -> anyhow::Result<tokio::process:
             "STOCKADE_SIGNUP_PLAN",
             cfg.signup_plan.clone().unwrap_or_default(),
         )
+        .env(
+            "STOCKADE_PAGE_CACHE_SECS",
+            cfg.page_cache.as_secs().to_string(),
+        )
+        .env(
+            "STOCKADE_WEBHOOK_ALLOW",
+            cfg.webhook_allow
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
         .stdin(Stdio::null())
-        .process_group(0)
         .kill_on_drop(true);
+    // A session of its own: the operator's terminal (and its signals) is
+    // not the web server's; `up` stops it itself.
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.spawn().context("cannot start the web server")
 }
 

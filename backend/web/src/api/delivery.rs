@@ -15,6 +15,8 @@ use stockade_store::PgPool;
 use stockade_store::events::{self, Attempt, DueDelivery, Next};
 use tokio::task::JoinSet;
 
+use super::egress::{EgressPolicy, Refused, is_refusal, refuses_url};
+
 /// The delivery schedule.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -34,6 +36,8 @@ pub struct DeliverySettings {
     pub batch: u32,
     /// The previous month is closed (`usage.month_closed`) this long into a new one.
     pub month_close_grace: Duration,
+    /// Where deliveries may connect to (see [`super::egress`]).
+    pub egress: super::egress::EgressPolicy,
 }
 
 impl Default for DeliverySettings {
@@ -47,6 +51,7 @@ impl Default for DeliverySettings {
             timeout: Duration::from_secs(10),
             batch: 32,
             month_close_grace: Duration::from_secs(6 * 3600),
+            egress: super::egress::EgressPolicy::default(),
         }
     }
 }
@@ -81,9 +86,19 @@ fn body(d: &DueDelivery) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-async fn send(client: &reqwest::Client, d: &DueDelivery) -> Attempt {
+async fn send(client: &reqwest::Client, policy: &EgressPolicy, d: &DueDelivery) -> Attempt {
     let body = body(d);
     let started = Instant::now();
+    // An address in the URL is never resolved: checked here. A name is
+    // checked by the client's resolver on the addresses it connects to.
+    let refused = reqwest::Url::parse(&d.url).map_or(true, |u| refuses_url(policy, &u));
+    if refused {
+        return Attempt {
+            status_code: None,
+            error: Some(Refused.to_string()),
+            duration: started.elapsed(),
+        };
+    }
     let sent = client
         .post(&d.url)
         .header("Content-Type", "application/json")
@@ -109,6 +124,12 @@ async fn send(client: &reqwest::Client, d: &DueDelivery) -> Attempt {
             error: Some(format!("the endpoint answered {}", res.status())),
             duration,
         },
+        // The refusal says nothing of what answers at that address.
+        Err(e) if is_refusal(&e) => Attempt {
+            status_code: None,
+            error: Some(Refused.to_string()),
+            duration,
+        },
         Err(e) => Attempt {
             status_code: None,
             error: Some(format!("cannot reach the endpoint: {e}")),
@@ -124,7 +145,7 @@ async fn deliver(
     settings: DeliverySettings,
     d: DueDelivery,
 ) {
-    let attempt = send(&client, &d).await;
+    let attempt = send(&client, &settings.egress, &d).await;
     let next = if attempt.error.is_none() {
         Next::Delivered
     } else {
@@ -155,6 +176,8 @@ pub async fn run(pool: PgPool, settings: DeliverySettings) {
     let client = match reqwest::Client::builder()
         .timeout(settings.timeout)
         .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(settings.egress.resolver())
         .build()
     {
         Ok(c) => c,

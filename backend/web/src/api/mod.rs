@@ -5,6 +5,7 @@
 mod auth;
 pub mod delivery;
 mod docs;
+pub mod egress;
 mod error;
 mod idempotency;
 mod jails;
@@ -48,12 +49,15 @@ impl Default for ApiSettings {
 /// State shared by every worker thread of one web process.
 pub(crate) struct ApiState {
     limiter: ratelimit::RateLimiter,
+    /// Where webhook deliveries may go; registration checks it too.
+    egress: egress::EgressPolicy,
 }
 
 impl ApiState {
     pub(crate) fn new(settings: &ApiSettings) -> Self {
         Self {
             limiter: ratelimit::RateLimiter::new(settings.rate_per_sec, settings.rate_burst),
+            egress: settings.delivery.egress.clone(),
         }
     }
 }

@@ -160,15 +160,27 @@ impl TryFrom<CreateWebhook> for ValidWebhook {
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks",
     request_body = CreateWebhook,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry")),
-    responses((status = 201, description = "Registered", body = CreatedWebhook)),
+    responses((status = 201, description = "Registered", body = CreatedWebhook),
+              (status = 422, description = "A refused field, such as a URL the egress policy refuses")),
     security(("bearer" = ["webhooks:write"])))]
 pub(crate) async fn create(
     Authorized(caller, _): Authorized<WebhooksWrite>,
     body: web::Json<CreateWebhook>,
     state: web::Data<AppState>,
+    api: web::Data<super::ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let mut w = ValidWebhook::try_from(body.into_inner())?;
+    // An address the deliveries may not reach is refused now; a name is
+    // checked on each delivery, on the address it resolves to then.
+    let url = reqwest::Url::parse(&w.url)
+        .map_err(|_| ApiError::field("url", "must be an http:// or https:// URL"))?;
+    if super::egress::refuses_url(&api.egress, &url) {
+        return Err(ApiError::field(
+            "url",
+            "refused by the webhook egress policy: loopback, private, link-local and other internal addresses are not reachable",
+        ));
+    }
     if let Some(bound) = caller.tenant() {
         if w.tenant_id.is_some_and(|t| t != bound) {
             return Err(ApiError::NotFound);
