@@ -202,6 +202,85 @@ async fn a_tenants_own_token_cannot_change_what_the_provider_bills() {
 }
 
 #[tokio::test]
+async fn terminating_a_tenant_ends_its_access_and_suspension_stops_uploads() {
+    let api = Api::spawn().await;
+    let res = api
+        .post(
+            "/api/v1/tenants",
+            &api.admin,
+            &json!({"slug": "leaving", "display_name": "Leaving", "plan": "starter", "owner_email": "owner@leaving.example"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    let id: uuid::Uuid = body["tenant"]["id"].as_str().unwrap().parse().unwrap();
+    let email = Email::parse("owner@leaving.example").unwrap();
+    let (owner, _) = users::find_for_sign_in(&api.pool, &email)
+        .await
+        .unwrap()
+        .unwrap();
+    let expiry = stockade_store::sessions::Expiry {
+        idle: chrono::Duration::minutes(30),
+        absolute: chrono::Duration::hours(1),
+    };
+    let session = stockade_store::sessions::create(&api.pool, owner.id, expiry, None)
+        .await
+        .unwrap();
+    let bound = token(&api.pool, &Scope::ALL, Some(id)).await;
+    let path = format!("/api/v1/tenants/{id}");
+    assert_eq!(api.get(&path, &bound).send().await.unwrap().status(), 200);
+
+    // Suspended: uploads are refused, with the reason.
+    let res = api
+        .post(&format!("{path}/suspend"), &api.admin, &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let refused =
+        stockade_store::uploads::create(&api.pool, id, uuid::Uuid::new_v4(), "a.txt", b"x")
+            .await
+            .unwrap_err();
+    assert!(
+        refused.to_string().contains("the account is suspended"),
+        "{refused}"
+    );
+
+    // Terminated: its token, its sessions and its sign-in all end.
+    let res = api.delete(&path, &api.admin).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let res = api.get(&path, &bound).send().await.unwrap();
+    expect_error(res, 401, "unauthorized").await;
+    assert!(
+        tokens::list(&api.pool)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|t| t.tenant_id == Some(id))
+            .all(|t| t.revoked_at.is_some())
+    );
+    assert!(
+        stockade_store::sessions::touch(&api.pool, &session, expiry)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        users::find_for_sign_in(&api.pool, &email)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The provider's own token is untouched.
+    assert_eq!(
+        api.get(&path, &api.admin).send().await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test]
 async fn creating_a_tenant_with_an_owner_gives_a_password_that_signs_in() {
     let api = Api::spawn().await;
     let res = api

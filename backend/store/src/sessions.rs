@@ -92,6 +92,9 @@ pub async fn touch(
              SELECT s.token_hash, s.last_seen_at, u.id, u.email, u.role, u.tenant_id, s.csrf_token, s.expires_at
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.expires_at > now() AND s.last_seen_at > now() - $2
+               AND (u.tenant_id IS NULL
+                    OR NOT EXISTS (SELECT 1 FROM tenants t
+                                   WHERE t.id = u.tenant_id AND t.status = 'terminated'))
          ), seen AS (
              UPDATE sessions SET last_seen_at = now()
              FROM live WHERE sessions.token_hash = live.token_hash

@@ -272,6 +272,13 @@ pub async fn terminate(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    // Its tokens end with it (and show as revoked in `token ls`).
+    sqlx::query(
+        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE tenant_id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     crate::events::emit(
         &mut tx,
         Some(id),

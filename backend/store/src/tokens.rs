@@ -210,7 +210,7 @@ pub async fn create(
 }
 
 /// The live token a bearer string stands for, recording its use. `None` for
-/// anything unknown, malformed or revoked.
+/// anything unknown, malformed or revoked, or bound to a terminated tenant.
 pub async fn authenticate(
     pool: &PgPool,
     bearer: &SecretString,
@@ -228,7 +228,10 @@ pub async fn authenticate(
     let row: Option<Row> = sqlx::query_as(concat!(
         "SELECT ",
         token_columns!(),
-        ", token_hash FROM api_tokens WHERE prefix = $1 AND revoked_at IS NULL"
+        ", token_hash FROM api_tokens WHERE prefix = $1 AND revoked_at IS NULL
+           AND (tenant_id IS NULL
+                OR NOT EXISTS (SELECT 1 FROM tenants t
+                               WHERE t.id = api_tokens.tenant_id AND t.status = 'terminated'))"
     ))
     .bind(&raw[..PREFIX_LEN])
     .fetch_optional(pool)

@@ -43,6 +43,22 @@ pub async fn create(
     content: &[u8],
 ) -> Result<Upload, StoreError> {
     let mut tx = pool.begin().await?;
+    // Serialises a tenant's concurrent uploads so the limits hold; only an
+    // active tenant uploads.
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR UPDATE")
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match status.as_deref() {
+        Some("active") => {}
+        None => return Err(StoreError::NotFound),
+        Some(other) => {
+            return Err(StoreError::InvalidState(format!(
+                "the account is {other}; uploads are refused until it is active again"
+            )));
+        }
+    }
     let node: Option<Option<Uuid>> = sqlx::query_scalar(
         "SELECT node_id FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted'",
     )
@@ -53,11 +69,6 @@ pub async fn create(
     let Some(node) = node else {
         return Err(StoreError::NotFound);
     };
-    // Serialises a tenant's concurrent uploads so the limits hold.
-    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE")
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await?;
     let size = i64::try_from(content.len()).unwrap_or(i64::MAX);
     let (count, bytes) = pending_totals(&mut tx, tenant_id).await?;
     if count >= MAX_PENDING_UPLOADS {

@@ -85,7 +85,8 @@ pub async fn create_in(
     row.try_into()
 }
 
-/// Finds an account and its password hash by email, for sign-in.
+/// Finds an account and its password hash by email, for sign-in; `None`
+/// for an account of a terminated tenant.
 pub async fn find_for_sign_in(
     pool: &PgPool,
     email: &Email,
@@ -96,8 +97,13 @@ pub async fn find_for_sign_in(
         user: UserRow,
         password_hash: String,
     }
+    // A terminated tenant's accounts sign in no more (as if unknown).
     let row: Option<Row> = sqlx::query_as(
-        "SELECT id, email, role, tenant_id, password_hash FROM users WHERE email = $1",
+        "SELECT id, email, role, tenant_id, password_hash FROM users
+         WHERE email = $1
+           AND (tenant_id IS NULL
+                OR NOT EXISTS (SELECT 1 FROM tenants t
+                               WHERE t.id = users.tenant_id AND t.status = 'terminated'))",
     )
     .bind(email.as_str())
     .fetch_optional(pool)

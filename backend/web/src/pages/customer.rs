@@ -461,7 +461,7 @@ async fn upload(
     .await
     {
         Ok(up) => up,
-        Err(StoreError::QuotaExceeded(msg)) => {
+        Err(StoreError::QuotaExceeded(msg) | StoreError::InvalidState(msg)) => {
             return Ok(flash::redirect(
                 &here,
                 "error",
