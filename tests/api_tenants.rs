@@ -741,16 +741,36 @@ async fn the_spec_reference_page_and_metrics_are_served() {
     assert!(html.contains("POST /api/v1/tenants"));
     assert!(!html.contains("<script>"), "no inline script");
     api.get("/api/v1/plans", &api.admin).send().await.unwrap();
-    api.tenant("m").await;
-    let metrics = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = api.tenant("m").await;
+    // A method no one knows counts as `other`, whatever its spelling.
+    for odd in ["BREW", "SPIDER"] {
+        api.client
+            .request(
+                reqwest::Method::from_bytes(odd.as_bytes()).unwrap(),
+                api.url("/api/v1/plans"),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    // The figures cover every tenant: no token, or a tenant's own, gets none.
+    let res = api.client.get(api.url("/metrics")).send().await.unwrap();
+    expect_error(res, 401, "unauthorized").await;
+    let bound = token(&api.pool, &Scope::ALL, Some(m)).await;
+    let res = api.get("/metrics", &bound).send().await.unwrap();
+    expect_error(res, 403, "forbidden").await;
+    let reader = token(&api.pool, &[Scope::MetricsRead], None).await;
+    let res = api.get("/metrics", &reader).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let metrics = res.text().await.unwrap();
+    assert!(
+        !metrics.contains("BREW") && !metrics.contains("SPIDER"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("stockade_http_requests_total{method=\"other\",route=\"/api/v1/plans\""),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(
             "stockade_http_requests_total{method=\"GET\",route=\"/api/v1/plans\",status=\"200\"}"

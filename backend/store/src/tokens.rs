@@ -30,17 +30,20 @@ pub enum Scope {
     UsageRead,
     /// Manage webhook endpoints and read their delivery log.
     WebhooksWrite,
+    /// Read the web tier's `/metrics` (provider tokens only).
+    MetricsRead,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::TenantsRead,
         Scope::TenantsWrite,
         Scope::JailsRead,
         Scope::JailsWrite,
         Scope::UsageRead,
         Scope::WebhooksWrite,
+        Scope::MetricsRead,
     ];
 
     /// The scope as stored and written on the command line.
@@ -52,6 +55,7 @@ impl Scope {
             Scope::JailsWrite => "jails:write",
             Scope::UsageRead => "usage:read",
             Scope::WebhooksWrite => "webhooks:write",
+            Scope::MetricsRead => "metrics:read",
         }
     }
 

@@ -88,6 +88,7 @@ scope_marker!(
     JailsWrite => JailsWrite,
     UsageRead => UsageRead,
     WebhooksWrite => WebhooksWrite,
+    MetricsRead => MetricsRead,
 );
 
 /// The caller, holding scope `N`; extracting it answers 403 otherwise.

@@ -14,6 +14,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, web};
 
+use super::ApiError;
+use super::auth::{Authorized, MetricsRead};
 use crate::AppState;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -76,7 +78,13 @@ pub(crate) async fn middleware(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    // Any string is a method to HTTP: the label keeps the standard ones and
+    // counts the rest as one, so a client cannot grow the series.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let res = next.call(req).await?;
     let route = route_of(res.request());
     observe(&method, &route, res.status().as_u16(), started);
@@ -111,8 +119,12 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// `GET /metrics`.
-pub(crate) async fn serve(state: web::Data<AppState>) -> HttpResponse {
+/// `GET /metrics`: for a provider token with `metrics:read`.
+pub(crate) async fn serve(
+    Authorized(caller, _): Authorized<MetricsRead>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.unbound()?;
     let mut out = String::new();
     out.push_str("# HELP stockade_http_requests_total HTTP requests by route and status.\n");
     out.push_str("# TYPE stockade_http_requests_total counter\n");
@@ -184,7 +196,7 @@ pub(crate) async fn serve(state: web::Data<AppState>) -> HttpResponse {
         }
         Err(e) => tracing::warn!(error = ?e, "counting jails for metrics failed"),
     }
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(out)
+        .body(out))
 }

@@ -66,7 +66,14 @@ impl ApiState {
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/openapi.json", web::get().to(openapi::serve))
         .route("/api/docs", web::get().to(docs::page))
-        .route("/metrics", web::get().to(metrics::serve))
+        .service(
+            // Provider tokens with `metrics:read` only: the figures describe
+            // every tenant.
+            web::resource("/metrics")
+                .wrap(from_fn(auth::middleware))
+                .route(web::get().to(metrics::serve))
+                .default_service(web::to(error::method_not_allowed)),
+        )
         .service(
             web::scope("/api/v1")
                 .app_data(
