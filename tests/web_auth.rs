@@ -182,6 +182,88 @@ async fn sign_out_needs_the_session_csrf_token() {
 }
 
 #[tokio::test]
+async fn an_upload_is_refused_on_its_csrf_token_before_its_file_is_read() {
+    let app = TestApp::spawn().await;
+    let plan = stockade_store::plans::by_name(&app.pool, "starter")
+        .await
+        .unwrap();
+    let tenant = stockade_store::tenants::create(
+        &app.pool,
+        &stockade_domain::TenantSlug::parse("uploader").unwrap(),
+        "Uploader",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let password = app
+        .create_user("web@uploader.test", Role::Customer, Some(tenant))
+        .await;
+    app.sign_in(&app.client, "web@uploader.test", &password)
+        .await;
+    let jail = uuid::Uuid::new_v4();
+    let big = vec![7u8; 20 << 20];
+    let post = |form: reqwest::multipart::Form| {
+        app.client
+            .post(app.url(&format!("/jails/{jail}/files")))
+            .multipart(form)
+            .send()
+    };
+    // A forged token, with 20 MiB behind it: refused at the token.
+    let forged = reqwest::multipart::Form::new()
+        .text("csrf_token", "forged")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(big.clone()).file_name("a.bin"),
+        );
+    assert_eq!(post(forged).await.unwrap().status(), 403);
+    // The file before the token: nothing is read before the token is checked.
+    let file_first = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(big.clone()).file_name("a.bin"),
+        )
+        .text("csrf_token", "forged");
+    assert_eq!(post(file_first).await.unwrap().status(), 403);
+    // The right token, but a body announced over the limit: refused with the
+    // reason, without reading the file.
+    let page = app
+        .client
+        .get(app.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = common::hidden_field(&page, "csrf_token").unwrap();
+    let too_big = reqwest::multipart::Form::new()
+        .text("csrf_token", csrf)
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(big).file_name("a.bin"),
+        );
+    let r = post(too_big).await.unwrap();
+    assert_eq!(r.status(), 303);
+    // (The made-up jail's page is "not found"; the message shows on the next page.)
+    let page = app
+        .client
+        .get(app.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("the file is larger than 8"), "{page}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM jail_uploads")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}
+
+#[tokio::test]
 async fn a_session_token_planted_before_sign_in_is_replaced() {
     let app = TestApp::spawn().await;
     let password = app.create_user("ops@example.com", Role::Admin, None).await;

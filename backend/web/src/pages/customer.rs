@@ -378,39 +378,82 @@ impl std::ops::Deref for JailPage {
 /// Largest file accepted by the upload form.
 const UPLOAD_LIMIT: usize = 8 << 20;
 
-/// Reads the upload form: its CSRF token and one file, refusing anything larger than the limit.
+/// Room the form's other fields and boundaries may take beyond the file.
+const UPLOAD_OVERHEAD: usize = 64 << 10;
+
+/// Reads the upload form: its CSRF token first (the form sends it before the
+/// file), checked before any of the file is read, then one file, refusing
+/// anything larger than the limit. A body announced larger than the limit is
+/// refused before a byte of it is read. The outer error is a refused
+/// request (a forged form); the inner one a message for the jail page.
 async fn read_upload(
+    s: &SignedIn,
+    req: &HttpRequest,
     mut form: actix_multipart::Multipart,
-) -> Result<(String, String, Vec<u8>), String> {
+) -> Result<Result<(String, Vec<u8>), String>, WebError> {
     use futures_util::StreamExt;
-    let mut csrf = String::new();
+    let too_large = || {
+        format!(
+            "the file is larger than {}",
+            format::bytes(UPLOAD_LIMIT as u64)
+        )
+    };
+    let announced = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut checked = false;
     let mut file: Option<(String, Vec<u8>)> = None;
     while let Some(field) = form.next().await {
-        let mut field = field.map_err(|e| format!("the upload could not be read: {e}"))?;
+        let Ok(mut field) = field else {
+            return Ok(Err("the upload could not be read".into()));
+        };
         let name = field.name().unwrap_or_default().to_owned();
+        if !checked {
+            // Nothing but the token is read before it is checked.
+            if name != "csrf_token" {
+                return Err(WebError::Csrf);
+            }
+            let mut token = Vec::new();
+            while let Some(chunk) = field.next().await {
+                let Ok(chunk) = chunk else {
+                    return Ok(Err("the upload could not be read".into()));
+                };
+                if token.len() + chunk.len() > 256 {
+                    return Err(WebError::Csrf);
+                }
+                token.extend_from_slice(&chunk);
+            }
+            s.check_csrf(&String::from_utf8_lossy(&token))?;
+            checked = true;
+            if announced.is_some_and(|n| n > UPLOAD_LIMIT + UPLOAD_OVERHEAD) {
+                return Ok(Err(too_large()));
+            }
+            continue;
+        }
         let file_name = field
             .content_disposition()
             .and_then(|d| d.get_filename())
             .map(str::to_owned);
         let mut data = Vec::new();
         while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| format!("the upload could not be read: {e}"))?;
+            let Ok(chunk) = chunk else {
+                return Ok(Err("the upload could not be read".into()));
+            };
             if data.len() + chunk.len() > UPLOAD_LIMIT {
-                return Err(format!(
-                    "the file is larger than {}",
-                    format::bytes(UPLOAD_LIMIT as u64)
-                ));
+                return Ok(Err(too_large()));
             }
             data.extend_from_slice(&chunk);
         }
-        match name.as_str() {
-            "csrf_token" => csrf = String::from_utf8_lossy(&data).into_owned(),
-            "file" => file = Some((file_name.unwrap_or_default(), data)),
-            _ => {}
+        if name == "file" {
+            file = Some((file_name.unwrap_or_default(), data));
         }
     }
-    let (name, data) = file.ok_or("choose a file to upload")?;
-    Ok((csrf, name, data))
+    if !checked {
+        return Err(WebError::Csrf);
+    }
+    Ok(file.ok_or_else(|| "choose a file to upload".to_owned()))
 }
 
 async fn upload(
@@ -423,7 +466,7 @@ async fn upload(
     let tenant_id = customer_tenant(&s)?;
     let id = parse_id(&path)?;
     let here = format!("/jails/{id}");
-    let (csrf, file_name, data) = match read_upload(form).await {
+    let (file_name, data) = match read_upload(&s, &req, form).await? {
         Ok(v) => v,
         Err(msg) => {
             return Ok(flash::redirect(
@@ -433,7 +476,6 @@ async fn upload(
             ));
         }
     };
-    s.check_csrf(&csrf)?;
     // Browsers send a bare name; older ones a full client path: keep the last part.
     let base = file_name
         .rsplit(['/', '\\'])
