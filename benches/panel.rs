@@ -191,6 +191,7 @@ fn main() {
             workers: 2,
             signup_plan: None,
             page_cache,
+            trusted_proxies: Vec::new(),
         };
         let pool = pool.clone();
         // Serves until the process ends.

@@ -264,6 +264,70 @@ async fn an_upload_is_refused_on_its_csrf_token_before_its_file_is_read() {
 }
 
 #[tokio::test]
+async fn wrong_passwords_from_elsewhere_never_lock_out_the_owner() {
+    let app = TestApp::spawn_behind_proxy().await;
+    let password = app.create_user("ops@example.com", Role::Admin, None).await;
+    // Someone at another address (as the proxy says) guesses: after ten
+    // failures that address may not try this account for a while.
+    let attacker = common::client_from("203.0.113.9");
+    for i in 0..10 {
+        let r = app
+            .sign_in(&attacker, "ops@example.com", "wrong-password")
+            .await;
+        assert_eq!(r.status(), 401, "guess {i}");
+    }
+    let r = app
+        .sign_in(&attacker, "ops@example.com", "wrong-password")
+        .await;
+    assert_eq!(r.status(), 429);
+    let r = app.sign_in(&attacker, "ops@example.com", &password).await;
+    assert_eq!(r.status(), 429, "a locked address may not try at all");
+    // The owner, from their own address, signs in with the right password.
+    let owner = common::client_from("198.51.100.7");
+    let r = app.sign_in(&owner, "ops@example.com", &password).await;
+    assert_eq!(r.status(), 303);
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_untrusted_peers_change_nothing_and_guesses_at_once_are_all_counted()
+ {
+    // No trusted proxy: X-Forwarded-For is whatever the client says.
+    let app = TestApp::spawn().await;
+    app.create_user("ops@example.com", Role::Admin, None).await;
+    // Twenty guesses at once, each claiming another address: all are the
+    // one peer's, and no more than ten are checked.
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let client = common::client_from(&format!("192.0.2.{i}"));
+        let csrf = app.login_csrf(&client).await;
+        clients.push((client, csrf));
+    }
+    let mut guesses = tokio::task::JoinSet::new();
+    for (client, csrf) in clients {
+        let url = app.url("/login");
+        guesses.spawn(async move {
+            client
+                .post(url)
+                .form(&[
+                    ("csrf_token", csrf.as_str()),
+                    ("email", "ops@example.com"),
+                    ("password", "wrong-password"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let statuses = guesses.join_all().await;
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(checked + refused, 20, "{statuses:?}");
+    assert!(checked <= 10, "{statuses:?}");
+}
+
+#[tokio::test]
 async fn a_session_token_planted_before_sign_in_is_replaced() {
     let app = TestApp::spawn().await;
     let password = app.create_user("ops@example.com", Role::Admin, None).await;

@@ -33,6 +33,8 @@ pub struct Config {
     pub staff_password: Option<SecretString>,
     /// Internal networks webhook deliveries may reach all the same.
     pub webhook_allow: Vec<ipnet::IpNet>,
+    /// Reverse proxies whose forwarding headers name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Name of this node (defaults to the host name).
     pub node_name: String,
     /// Time between two agent heartbeats.
@@ -102,6 +104,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "its password; unset = generated and printed once",
     ),
     (
+        "trusted_proxies",
+        "reverse proxies (CIDR or addresses, comma-separated) whose X-Forwarded-For is believed (none)",
+    ),
+    (
         "webhook_allow",
         "networks webhooks may reach although internal, comma-separated (none)",
     ),
@@ -164,6 +170,7 @@ impl Default for Config {
             admin_password: None,
             staff_password: None,
             webhook_allow: Vec::new(),
+            trusted_proxies: Vec::new(),
             node_name: default_node_name(),
             heartbeat: Duration::from_secs(5),
             log: "info".into(),
@@ -257,20 +264,8 @@ impl Config {
                     self.admin_email =
                         Email::parse(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))?
                 }
-                "webhook_allow" => {
-                    self.webhook_allow = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|n| !n.is_empty())
-                        .map(|n| {
-                            n.parse::<ipnet::IpNet>()
-                                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                                .map_err(|_| {
-                                    anyhow::anyhow!("{key}: {n:?} is not a network such as 10.0.0.0/8 or an address")
-                                })
-                        })
-                        .collect::<anyhow::Result<_>>()?;
-                }
+                "webhook_allow" => self.webhook_allow = networks(key, value)?,
+                "trusted_proxies" => self.trusted_proxies = networks(key, value)?,
                 "admin_password" | "staff_password" => {
                     let secret = SecretString::from(value.to_owned());
                     stockade_store::password::check_strength(&secret)
@@ -481,6 +476,24 @@ fn non_empty_path(key: &str, value: &str) -> anyhow::Result<PathBuf> {
 
 fn known_keys() -> String {
     KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+}
+
+/// A comma-separated list of networks (`10.0.0.0/8`) or single addresses.
+fn networks(key: &str, value: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "{key}: {n:?} is not a network such as 10.0.0.0/8 or an address"
+                    )
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -191,6 +191,14 @@ fn spawn_web(cfg: &Config, url: &SecretString) -> anyhow::Result<tokio::process:
             cfg.page_cache.as_secs().to_string(),
         )
         .env(
+            "STOCKADE_TRUSTED_PROXIES",
+            cfg.trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .env(
             "STOCKADE_WEBHOOK_ALLOW",
             cfg.webhook_allow
                 .iter()

@@ -66,6 +66,7 @@ impl Api {
             workers: 2,
             signup_plan: None,
             page_cache: std::time::Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
         };
         let app =
             stockade_web::Application::build_with(listener, pool.clone(), settings, api).unwrap();

@@ -91,6 +91,25 @@ impl TestApp {
     /// The application with self sign-up onto `plan` (or off), keeping
     /// page data for `page_cache` between changes.
     pub async fn spawn_with(plan: Option<&str>, page_cache: std::time::Duration) -> TestApp {
+        Self::spawn_full(plan, page_cache, Vec::new()).await
+    }
+
+    /// The application behind a reverse proxy on loopback: it believes the
+    /// `X-Forwarded-For` of requests from 127.0.0.1.
+    pub async fn spawn_behind_proxy() -> TestApp {
+        Self::spawn_full(
+            None,
+            std::time::Duration::from_secs(5),
+            vec!["127.0.0.1/32".parse().unwrap()],
+        )
+        .await
+    }
+
+    async fn spawn_full(
+        plan: Option<&str>,
+        page_cache: std::time::Duration,
+        trusted_proxies: Vec<ipnet::IpNet>,
+    ) -> TestApp {
         let (pool, db_url) = fresh_database().await;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let settings = stockade_web::Settings {
@@ -102,6 +121,7 @@ impl TestApp {
             workers: 2,
             signup_plan: plan.map(str::to_owned),
             page_cache,
+            trusted_proxies,
         };
         let app = stockade_web::Application::build(listener, pool.clone(), settings).unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());
@@ -166,6 +186,19 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// A client that keeps cookies, does not follow redirects, and sends
+/// `X-Forwarded-For: addr` (as a reverse proxy would for a client there).
+pub fn client_from(addr: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", addr.parse().unwrap());
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// A client that keeps cookies and does not follow redirects.

@@ -136,20 +136,65 @@ pub async fn list(
     .await?)
 }
 
-/// Failed sign-ins for an email and from an address within the last `minutes`.
-pub async fn recent_sign_in_failures(
+/// A sign-in attempt, counted before its password is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignInAttempt {
+    /// Its row, removed again if the password was right.
+    pub id: i64,
+    /// Attempts (this one included) for this email from this address.
+    pub by_pair: i64,
+    /// Attempts from this address, any email.
+    pub by_addr: i64,
+    /// Attempts for this email, any address.
+    pub by_account: i64,
+}
+
+/// Records a sign-in attempt and counts the attempts of the last `minutes`
+/// that were not successful, this one included. The row is written before
+/// the count is read, so of concurrent attempts past a limit each sees the
+/// others: none slips through.
+pub async fn begin_sign_in(
     pool: &PgPool,
     email: &str,
     addr: Option<&str>,
     minutes: i32,
-) -> Result<(i64, i64), StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE target = $1), count(*) FILTER (WHERE $2::text IS NOT NULL AND client_addr = $2)
-         FROM audit_log WHERE action = 'user.sign_in_failed' AND at > now() - make_interval(mins => $3)",
+) -> Result<SignInAttempt, StoreError> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO sign_in_attempts (email, client_addr) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(email)
+    .bind(addr)
+    .fetch_one(pool)
+    .await?;
+    let (by_pair, by_addr, by_account): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE email = $1 AND client_addr IS NOT DISTINCT FROM $2),
+                count(*) FILTER (WHERE $2::text IS NOT NULL AND client_addr = $2),
+                count(*) FILTER (WHERE email = $1)
+         FROM sign_in_attempts
+         WHERE at > now() - make_interval(mins => $3) AND (email = $1 OR client_addr = $2)",
     )
     .bind(email)
     .bind(addr)
     .bind(minutes)
     .fetch_one(pool)
-    .await?)
+    .await?;
+    // Old attempts go on the way.
+    sqlx::query("DELETE FROM sign_in_attempts WHERE at < now() - interval '1 day'")
+        .execute(pool)
+        .await?;
+    Ok(SignInAttempt {
+        id,
+        by_pair,
+        by_addr,
+        by_account,
+    })
+}
+
+/// A sign-in succeeded: its attempt no longer counts.
+pub async fn sign_in_succeeded(pool: &PgPool, attempt: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM sign_in_attempts WHERE id = $1")
+        .bind(attempt)
+        .execute(pool)
+        .await?;
+    Ok(())
 }

@@ -71,10 +71,59 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The client's address as seen by this server (forwarding headers are not
-/// trusted: they are set by whoever sends the request).
+/// The client's address. Forwarding headers are set by whoever sends the
+/// request, so they are believed only from a peer in `trusted_proxies`:
+/// then the client is the nearest address of `X-Forwarded-For` (or
+/// `Forwarded: for=`) that is not itself a trusted proxy.
 pub(crate) fn client_addr(req: &HttpRequest) -> Option<String> {
-    req.peer_addr().map(|a| a.ip().to_string())
+    let peer = req.peer_addr()?.ip();
+    let trusted: &[ipnet::IpNet] = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(&[], |s| s.settings.trusted_proxies.as_slice());
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer.to_string());
+    }
+    let mut hops: Vec<std::net::IpAddr> = Vec::new();
+    for value in req.headers().get_all("forwarded") {
+        for element in value.to_str().unwrap_or_default().split(',') {
+            for pair in element.split(';') {
+                if let Some((k, v)) = pair.trim().split_once('=')
+                    && k.trim().eq_ignore_ascii_case("for")
+                {
+                    let v = v.trim().trim_matches('"');
+                    let v = v
+                        .strip_prefix('[')
+                        .map_or(v, |v| v.split(']').next().unwrap_or(v));
+                    let v = if v.matches(':').count() == 1 {
+                        v.split(':').next().unwrap_or(v)
+                    } else {
+                        v
+                    };
+                    if let Ok(ip) = v.parse() {
+                        hops.push(ip);
+                    }
+                }
+            }
+        }
+    }
+    if hops.is_empty() {
+        for value in req.headers().get_all("x-forwarded-for") {
+            hops.extend(
+                value
+                    .to_str()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|h| h.trim().parse::<std::net::IpAddr>().ok()),
+            );
+        }
+    }
+    let client = hops
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer);
+    Some(client.to_string())
 }
 
 pub(crate) fn cookie<'a>(
@@ -142,13 +191,15 @@ struct LoginForm {
 }
 
 const WRONG_CREDENTIALS: &str = "Wrong email or password.";
-/// Failed sign-ins for one email within the window before it is locked.
-const LOCK_AFTER_ACCOUNT: i64 = 10;
-/// Failed sign-ins from one address within the window before it is locked.
+/// Unsuccessful sign-ins for one email from one address within the window
+/// before that pair is locked. An account is never locked as a whole: a
+/// flood of wrong passwords from elsewhere does not stop its owner.
+const LOCK_AFTER_PAIR: i64 = 10;
+/// Unsuccessful sign-ins from one address (any email) before it is locked.
 const LOCK_AFTER_ADDR: i64 = 30;
 /// The window, and how long a lock lasts.
 const LOCK_MINUTES: i32 = 15;
-/// Extra wait per recent failure.
+/// Extra wait per recent failure, for a wrong password only.
 const FAILURE_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn login(
@@ -166,13 +217,14 @@ async fn login(
     let Ok(email) = Email::parse(&form.email) else {
         return render_login(&state, unauthorized, &form.email, Some(WRONG_CREDENTIALS));
     };
-    // Throttling counts failures per email and per client address, whether
-    // the account exists or not, so it tells nothing about which emails do.
+    // Throttling counts attempts per (email, client address) and per client
+    // address, whether the account exists or not, so it tells nothing about
+    // which emails do. Each attempt is counted before its password is
+    // checked, so concurrent guesses are counted too.
     let addr = client_addr(&req);
-    let (by_account, by_addr) =
-        audit::recent_sign_in_failures(&state.pool, email.as_str(), addr.as_deref(), LOCK_MINUTES)
-            .await?;
-    if by_account >= LOCK_AFTER_ACCOUNT || by_addr >= LOCK_AFTER_ADDR {
+    let attempt =
+        audit::begin_sign_in(&state.pool, email.as_str(), addr.as_deref(), LOCK_MINUTES).await?;
+    if attempt.by_pair > LOCK_AFTER_PAIR || attempt.by_addr > LOCK_AFTER_ADDR {
         return render_login(
             &state,
             actix_web::http::StatusCode::TOO_MANY_REQUESTS,
@@ -193,9 +245,10 @@ async fn login(
         .await
         .map_err(anyhow::Error::from)?;
     let Some(user) = user.filter(|_| ok) else {
-        // Each failure in a row answers a little slower.
-        let delay = FAILURE_DELAY
-            .saturating_mul(u32::try_from(by_account.max(by_addr)).unwrap_or(u32::MAX));
+        // Each failure in a row answers a little slower, also when the
+        // guesses for one account come from many addresses.
+        let recent = attempt.by_account.max(attempt.by_addr) - 1;
+        let delay = FAILURE_DELAY.saturating_mul(u32::try_from(recent).unwrap_or(u32::MAX));
         tokio::time::sleep(delay.min(std::time::Duration::from_secs(3))).await;
         audit::record(
             &state.pool,
@@ -217,6 +270,7 @@ async fn login(
             Some(WRONG_CREDENTIALS),
         );
     };
+    audit::sign_in_succeeded(&state.pool, attempt.id).await?;
     // A new token at every sign-in: a token planted before sign-in is worthless.
     if let Some(old) = req.cookie(SESSION_COOKIE) {
         sessions::delete(&state.pool, old.value()).await?;

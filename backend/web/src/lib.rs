@@ -44,6 +44,8 @@ pub struct Settings {
     /// How long the data of the busiest pages is kept between changes
     /// (usage figures are at most this old); zero keeps none.
     pub page_cache: Duration,
+    /// Reverse proxies whose `X-Forwarded-For`/`Forwarded` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
