@@ -328,6 +328,37 @@ async fn forwarding_headers_from_untrusted_peers_change_nothing_and_guesses_at_o
 }
 
 #[tokio::test]
+async fn a_nul_byte_in_an_address_is_a_clear_refusal_never_a_server_error() {
+    let app = TestApp::spawn().await;
+    let password = app.create_user("ops@example.com", Role::Admin, None).await;
+    app.sign_in(&app.client, "ops@example.com", &password).await;
+    for path in [
+        "/staff/tenants?q=%00",
+        "/staff/audit?actor=a%00b",
+        "/staff/tenants?q=%2500",
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        if path.contains("%2500") {
+            // An escaped percent sign is text, not a NUL byte.
+            assert_eq!(status, 200, "{path}");
+        } else {
+            assert_eq!(status, 422, "{path}");
+            assert!(r.text().await.unwrap().contains("NUL byte"));
+        }
+    }
+    let r = app
+        .client
+        .get(app.url("/api/v1/tenants?search=%00"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "validation_failed", "{body}");
+}
+
+#[tokio::test]
 async fn a_session_token_planted_before_sign_in_is_replaced() {
     let app = TestApp::spawn().await;
     let password = app.create_user("ops@example.com", Role::Admin, None).await;

@@ -84,3 +84,32 @@ impl ResponseError for WebError {
 pub(crate) async fn not_found() -> Result<HttpResponse, WebError> {
     Err(WebError::NotFound)
 }
+
+/// Refuses, before any handler, a request whose path or query holds a NUL
+/// byte (`%00`): no text the panel or the API keeps may contain one, and the
+/// database would refuse it later with a 500. Answers 422, in the API's
+/// error shape under `/api/`.
+pub(crate) async fn refuse_nul_bytes(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let raw = req.uri().path_and_query().map_or("", |p| p.as_str());
+    if raw.to_ascii_lowercase().contains("%00") {
+        let message = "a NUL byte (%00) is not allowed in an address";
+        let res = if req.path().starts_with("/api/") {
+            crate::api::ApiError::Validation {
+                message: message.into(),
+                field: None,
+            }
+            .error_response()
+        } else {
+            HttpResponse::UnprocessableEntity()
+                .content_type("text/plain; charset=utf-8")
+                .body(format!("Refused: {message}."))
+        };
+        return Ok(req.into_response(res));
+    }
+    next.call(req)
+        .await
+        .map(actix_web::dev::ServiceResponse::map_into_boxed_body)
+}
