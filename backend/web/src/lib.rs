@@ -96,6 +96,7 @@ impl Application {
             settings,
             caches: caches.clone(),
         });
+        flash::configure(state.settings.secure_cookies());
         let api_state = web::Data::new(api::ApiState::new(&api));
         let mut server = HttpServer::new(move || {
             App::new()
