@@ -154,6 +154,23 @@ pub const KEYS: &[(&str, &str)] = &[
         "jail_parallelism",
         "jails the agent works on at the same time, at least 1 (8)",
     ),
+    (
+        "signup_plan",
+        "plan self sign-up puts new tenants on; unset = sign-up off",
+    ),
+    ("bridge", "the node's jail bridge (stk0)"),
+    (
+        "jail_network",
+        "gateway/prefix of the node's jail addresses, or off (10.77.0.1/16)",
+    ),
+    (
+        "firewall_table",
+        "nftables table (inet) of the node's firewall (stockade)",
+    ),
+    (
+        "cgroup_parent",
+        "cgroup holding the node's jails (stockade)",
+    ),
 ];
 
 impl Default for Config {
@@ -523,6 +540,26 @@ mod tests {
         assert_eq!(cfg.log, "warn");
         assert_eq!(cfg.public_url, "http://127.0.0.1:9000");
         assert_eq!(cfg.run_as, "stockade");
+    }
+
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        for (key, _) in KEYS {
+            assert!(
+                readme.contains(&format!("| `{key}` |")),
+                "the README's configuration table lacks {key}"
+            );
+            // And each is settable from the environment.
+            let var = format!("STOCKADE_{}", key.to_ascii_uppercase());
+            let err = Config::load_from(None, &env(&[(var.as_str(), "\u{1}")]));
+            if let Err(e) = err {
+                assert!(
+                    !format!("{e:#}").contains("unknown setting"),
+                    "{var}: {e:#}"
+                );
+            }
+        }
     }
 
     #[test]
