@@ -348,6 +348,13 @@ async fn bad_input_is_refused_with_the_error_shape_never_a_500() {
             "conflict",
             None,
         ),
+        // The fields of a request by position: refused, nothing created.
+        (
+            json!(["by-position", "By position", "starter", null]),
+            422,
+            "validation_failed",
+            None,
+        ),
         (
             json!({"slug": "../etc", "display_name": "X", "plan": "starter"}),
             422,

@@ -147,3 +147,54 @@ pub(crate) async fn middleware(
         }
     }
 }
+
+/// Refuses a JSON body that is not an object (every API body is one; an
+/// array would otherwise fill a request's fields by position) with 422,
+/// after the caller is authenticated and within the API's body limit.
+pub(crate) async fn json_objects_only(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let json = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let with_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    if !(json && with_body) {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    }
+    let refuse = |req: ServiceRequest, e: ApiError| Ok(req.into_response(e.error_response()));
+    let mut payload = req.take_payload();
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return refuse(req, ApiError::BadRequest("cannot read the body".into()));
+        };
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return refuse(req, ApiError::PayloadTooLarge(BODY_LIMIT));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return refuse(
+            req,
+            ApiError::Validation {
+                message: "the body must be a JSON object".into(),
+                field: None,
+            },
+        );
+    }
+    req.set_payload(body.freeze().into());
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_boxed_body)
+}

@@ -83,6 +83,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .wrap(from_fn(idempotency::json_objects_only))
                 .wrap(from_fn(idempotency::middleware))
                 .wrap(from_fn(auth::middleware))
                 .configure(tenants::routes)
