@@ -690,6 +690,40 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() 
         .await
         .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
+
+    // A generated password is shown once: neither the stored answer nor its
+    // replay holds it, and the replay says what it left out.
+    let body = json!({"slug": "owned", "display_name": "Owned", "plan": "starter", "owner_email": "o@owned.example"});
+    let first: Value = api
+        .post("/api/v1/tenants", &api.admin, &body)
+        .header("Idempotency-Key", "key-2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let password = first["owner"]["password"].as_str().unwrap().to_owned();
+    let again: Value = api
+        .post("/api/v1/tenants", &api.admin, &body)
+        .header("Idempotency-Key", "key-2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(again["owner"]["password"].is_null(), "{again}");
+    assert_eq!(again["secrets_omitted"], json!(["owner.password"]));
+    assert_eq!(again["tenant"], first["tenant"]);
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM idempotency_keys WHERE convert_from(response_body, 'UTF8') LIKE '%' || $1 || '%'",
+    )
+    .bind(&password)
+    .fetch_one(&api.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0);
 }
 
 #[tokio::test]

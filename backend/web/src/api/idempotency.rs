@@ -129,12 +129,15 @@ pub(crate) async fn middleware(
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("application/json")
                     .to_owned();
+                // Secrets shown once (a generated password, a signing
+                // secret) are not kept in the database for replays.
+                let kept = without_secrets(&bytes);
                 idempotency::finish(
                     &app.pool,
                     token_id,
                     &key,
                     status.as_u16(),
-                    &bytes,
+                    kept.as_deref().unwrap_or(&bytes),
                     &content_type,
                 )
                 .await
@@ -146,6 +149,50 @@ pub(crate) async fn middleware(
             Ok(ServiceResponse::new(http_req, res))
         }
     }
+}
+
+/// Names of answer fields that hold a secret shown once.
+const SECRET_FIELDS: [&str; 2] = ["password", "secret"];
+
+/// The answer as stored for replays: every secret field (at any depth) set
+/// to null, and `secrets_omitted` listing where they were, so a replay says
+/// what it leaves out. `None` when the answer holds no secret (or is not a
+/// JSON object).
+fn without_secrets(body: &[u8]) -> Option<Vec<u8>> {
+    fn walk(v: &mut serde_json::Value, path: &str, found: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    let here = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    if SECRET_FIELDS.contains(&k.as_str()) && child.is_string() {
+                        *child = serde_json::Value::Null;
+                        found.push(here);
+                    } else {
+                        walk(child, &here, found);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    walk(item, path, found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut found = Vec::new();
+    walk(&mut v, "", &mut found);
+    if found.is_empty() {
+        return None;
+    }
+    v.as_object_mut()?
+        .insert("secrets_omitted".into(), serde_json::json!(found));
+    serde_json::to_vec(&v).ok()
 }
 
 /// Refuses a JSON body that is not an object (every API body is one; an
@@ -197,4 +244,19 @@ pub(crate) async fn json_objects_only(
     next.call(req)
         .await
         .map(ServiceResponse::map_into_boxed_body)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replays_keep_no_secret_and_say_so() {
+        let body = br#"{"tenant":{"id":"t"},"owner":{"email":"o@x","password":"hunter2-once"}}"#;
+        let kept = super::without_secrets(body).unwrap();
+        let text = String::from_utf8(kept).unwrap();
+        assert!(!text.contains("hunter2-once"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(v["owner"]["password"].is_null());
+        assert_eq!(v["secrets_omitted"], serde_json::json!(["owner.password"]));
+        assert!(super::without_secrets(br#"{"tenant":{"id":"t"}}"#).is_none());
+    }
 }
