@@ -464,6 +464,27 @@ async fn bad_input_is_refused_with_the_error_shape_never_a_500() {
 }
 
 #[tokio::test]
+async fn a_method_a_route_does_not_take_is_405_with_allow() {
+    let api = Api::spawn().await;
+    for (path, allow) in [
+        ("/api/v1/tenants", "GET, POST"),
+        ("/api/v1/plans", "GET, POST"),
+        ("/metrics", "GET"),
+    ] {
+        let res = api
+            .client
+            .put(api.url(path))
+            .bearer_auth(&api.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{path}");
+        assert_eq!(res.headers()["allow"], allow, "{path}");
+        expect_error(res, 405, "method_not_allowed").await;
+    }
+}
+
+#[tokio::test]
 async fn tenants_page_by_cursor_and_filter_by_status() {
     let api = Api::spawn().await;
     let mut ids = Vec::new();

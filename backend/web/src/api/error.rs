@@ -245,6 +245,42 @@ pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// The fallback of an API resource for methods it does not have.
-pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+pub(crate) async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    let mut res = ApiError::MethodNotAllowed.error_response();
+    let pattern = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+    if let Some(allow) = allowed_methods(&pattern)
+        && let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow)
+    {
+        res.headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    res
+}
+
+/// The methods a route answers, as the API's description lists them
+/// (`GET, POST`), for the `Allow` header of a 405.
+fn allowed_methods(pattern: &str) -> Option<String> {
+    static ALLOW: std::sync::OnceLock<std::collections::HashMap<String, String>> =
+        std::sync::OnceLock::new();
+    let allow = ALLOW.get_or_init(|| {
+        let spec: serde_json::Value =
+            serde_json::from_str(super::openapi::spec_json()).unwrap_or_default();
+        let mut allow: std::collections::HashMap<String, String> = spec["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(path, item)| {
+                let item = item.as_object()?;
+                let methods: Vec<String> = ["get", "post", "put", "patch", "delete"]
+                    .into_iter()
+                    .filter(|m| item.contains_key(*m))
+                    .map(str::to_ascii_uppercase)
+                    .collect();
+                (!methods.is_empty()).then(|| (path.clone(), methods.join(", ")))
+            })
+            .collect();
+        allow.insert("/metrics".into(), "GET".into());
+        allow
+    });
+    allow.get(pattern).cloned()
 }
