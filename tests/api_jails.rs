@@ -81,12 +81,31 @@ async fn jails_are_created_within_quota_and_driven_through_their_states() {
     assert_eq!(changed["limits"]["memory_bytes"], 512 * MIB);
     assert_eq!(changed["limits"]["cpu_millicores"], 250);
     assert_eq!(changed["generation"], 2);
+    // A volume only grows.
     let res = api
-        .patch(&path, &api.admin, &json!({"limits": {"disk_bytes": MIB}}))
+        .patch(
+            &path,
+            &api.admin,
+            &json!({"limits": {"disk_bytes": 128 * MIB}}),
+        )
         .send()
         .await
         .unwrap();
     expect_error(res, 422, "quota_exceeded").await;
+    // Values no node can apply are refused here, by name, not on the node.
+    for (limits, field) in [
+        (json!({"disk_bytes": 1}), "disk_bytes"),
+        (json!({"pids": 1}), "pids"),
+        (json!({"net_egress_bps": 1202}), "net_egress_bps"),
+    ] {
+        let res = api
+            .patch(&path, &api.admin, &json!({ "limits": limits }))
+            .send()
+            .await
+            .unwrap();
+        let err = expect_error(res, 422, "validation_failed").await;
+        assert_eq!(err["error"]["details"]["field"], field, "{err}");
+    }
 
     let stop: Value = api
         .post(&format!("{path}/stop"), &api.admin, &json!({}))

@@ -620,6 +620,20 @@ async fn plans_are_listed_created_and_changed() {
         .await
         .unwrap();
     expect_error(res, 409, "conflict").await;
+    // A rate every jail of the plan would get, but no node can apply.
+    let mut slow = quota.clone();
+    slow["net_egress_bps"] = json!(1202);
+    let res = api
+        .post(
+            "/api/v1/plans",
+            &api.admin,
+            &json!({"name": "slow", "display_name": "Slow", "quota": slow}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(res, 422, "validation_failed").await;
+    assert_eq!(err["error"]["details"]["field"], "net_egress_bps", "{err}");
     let id = plan["id"].as_str().unwrap();
     let res = api
         .patch(

@@ -6,7 +6,7 @@
 
 mod email;
 mod file_name;
-mod limits;
+pub mod limits;
 mod name;
 mod quantity;
 mod state;

@@ -75,6 +75,36 @@ pub(crate) fn check_u32(field: &'static str, v: u32) -> Result<u32, ApiError> {
 impl TryFrom<QuotaBody> for Quota {
     type Error = ApiError;
     fn try_from(q: QuotaBody) -> Result<Self, ApiError> {
+        // A plan's rates become every jail's ceiling: none a node cannot apply.
+        for (field, v, min) in [
+            (
+                "net_egress_bps",
+                q.net_egress_bps,
+                stockade_domain::limits::MIN_NET_BPS,
+            ),
+            (
+                "net_ingress_bps",
+                q.net_ingress_bps,
+                stockade_domain::limits::MIN_NET_BPS,
+            ),
+            (
+                "io_read_bps",
+                q.io_read_bps,
+                stockade_domain::limits::MIN_IO_BPS,
+            ),
+            (
+                "io_write_bps",
+                q.io_write_bps,
+                stockade_domain::limits::MIN_IO_BPS,
+            ),
+        ] {
+            if v != 0 && v < min {
+                return Err(ApiError::field(
+                    field,
+                    format!("must be 0 (no limit) or at least {min}"),
+                ));
+            }
+        }
         Ok(Quota {
             cpu_millicores: check_u32("cpu_millicores", q.cpu_millicores)?,
             memory_bytes: check_u64("memory_bytes", q.memory_bytes)?,
@@ -115,22 +145,22 @@ impl From<Quota> for QuotaBody {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsBody {
-    /// CPU, millicores (> 0).
-    #[schema(minimum = 1, maximum = 2147483647)]
+    /// CPU, millicores (at least 10).
+    #[schema(minimum = 10, maximum = 2147483647)]
     pub cpu_millicores: u32,
-    /// Memory, bytes (> 0).
-    #[schema(minimum = 1, maximum = 9223372036854775807_u64)]
+    /// Memory, bytes (at least 4 MiB).
+    #[schema(minimum = 4194304, maximum = 9223372036854775807_u64)]
     pub memory_bytes: u64,
-    /// Processes (> 0).
-    #[schema(minimum = 1, maximum = 2147483647)]
+    /// Processes (at least 4).
+    #[schema(minimum = 4, maximum = 2147483647)]
     pub pids: u32,
-    /// Volume size, bytes (> 0).
-    #[schema(minimum = 1, maximum = 9223372036854775807_u64)]
+    /// Volume size, bytes (at least 16 MiB).
+    #[schema(minimum = 16777216, maximum = 9223372036854775807_u64)]
     pub disk_bytes: u64,
-    /// Read rate, bytes/s.
+    /// Read rate, bytes/s (0 = none, else at least 4096).
     #[serde(default)]
     pub io_read_bps: u64,
-    /// Write rate, bytes/s.
+    /// Write rate, bytes/s (0 = none, else at least 4096).
     #[serde(default)]
     pub io_write_bps: u64,
     /// Read operations/s.
@@ -139,10 +169,10 @@ pub struct LimitsBody {
     /// Write operations/s.
     #[serde(default)]
     pub io_write_iops: u64,
-    /// Outbound rate, bits/s.
+    /// Outbound rate, bits/s (0 = none, else at least 8000).
     #[serde(default)]
     pub net_egress_bps: u64,
-    /// Inbound rate, bits/s.
+    /// Inbound rate, bits/s (0 = none, else at least 8000).
     #[serde(default)]
     pub net_ingress_bps: u64,
 }
@@ -157,7 +187,7 @@ fn positive<T: PartialEq + Default>(field: &'static str, v: T) -> Result<T, ApiE
 impl TryFrom<LimitsBody> for Limits {
     type Error = ApiError;
     fn try_from(l: LimitsBody) -> Result<Self, ApiError> {
-        Ok(Limits {
+        let limits = Limits {
             cpu_millicores: positive(
                 "cpu_millicores",
                 check_u32("cpu_millicores", l.cpu_millicores)?,
@@ -171,7 +201,12 @@ impl TryFrom<LimitsBody> for Limits {
             io_write_iops: check_u64("io_write_iops", l.io_write_iops)?,
             net_egress_bps: check_u64("net_egress_bps", l.net_egress_bps)?,
             net_ingress_bps: check_u64("net_ingress_bps", l.net_ingress_bps)?,
-        })
+        };
+        // What no node can apply is refused here, not by the node later.
+        limits
+            .check()
+            .map_err(|e| ApiError::field(e.field, e.reason))?;
+        Ok(limits)
     }
 }
 

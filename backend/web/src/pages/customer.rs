@@ -202,14 +202,18 @@ impl TryFrom<CreateJailForm> for NewJail {
             image: f.image,
             kind,
             command,
-            limits: Limits {
-                cpu_millicores: Millicores::parse("cpu", &f.cpu)
-                    .map_err(|e| e.to_string())?
-                    .millis(),
-                memory_bytes: memory,
-                pids,
-                disk_bytes: disk,
-                ..Limits::default()
+            limits: {
+                let limits = Limits {
+                    cpu_millicores: Millicores::parse("cpu", &f.cpu)
+                        .map_err(|e| e.to_string())?
+                        .millis(),
+                    memory_bytes: memory,
+                    pids,
+                    disk_bytes: disk,
+                    ..Limits::default()
+                };
+                limits.check().map_err(|e| e.to_string())?;
+                limits
             },
         })
     }
