@@ -461,24 +461,10 @@ async fn a_failing_receiver_gets_the_event_again_until_it_takes_it() {
         assert_eq!(r.body, got[0].body);
     }
     // The delivery log shows it.
-    let mut log = Value::Null;
-    for _ in 0..50 {
-        log = api
-            .get(
-                &format!("/api/v1/webhooks/{hook_id}/deliveries"),
-                &api.admin,
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if log["data"][0]["status"] == "delivered" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let log = delivery_log_until(&api, &hook_id, |log| {
+        log["data"][0]["status"] == "delivered"
+    })
+    .await;
     assert_eq!(log["data"][0]["status"], "delivered", "{log}");
     assert_eq!(log["data"][0]["attempts"], 3);
     assert_eq!(log["data"][0]["last_status"], 204);
@@ -570,24 +556,10 @@ async fn webhooks_reach_no_internal_address_unless_the_operator_allows_it() {
     let hook: Value = res.json().await.unwrap();
     let hook_id = hook["webhook"]["id"].as_str().unwrap().to_owned();
     api.tenant("refused").await;
-    let mut log = Value::Null;
-    for _ in 0..50 {
-        log = api
-            .get(
-                &format!("/api/v1/webhooks/{hook_id}/deliveries"),
-                &api.admin,
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !log["data"][0]["last_error"].is_null() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let log = delivery_log_until(&api, &hook_id, |log| {
+        !log["data"][0]["last_error"].is_null()
+    })
+    .await;
     // The log says it was refused, and nothing of what listens there.
     assert_eq!(log["data"][0]["last_error"], "refused by policy", "{log}");
     assert!(receiver.got.lock().unwrap().is_empty());
@@ -779,4 +751,27 @@ async fn an_endpoint_of_a_tenant_bound_token_gets_only_that_tenants_events() {
         .await
         .unwrap();
     api_support::expect_error(res, 404, "not_found").await;
+}
+
+/// The endpoint's delivery log, read until `done` holds (or 5 s passed).
+async fn delivery_log_until(api: &Api, hook_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut log = Value::Null;
+    for _ in 0..50 {
+        log = api
+            .get(
+                &format!("/api/v1/webhooks/{hook_id}/deliveries"),
+                &api.admin,
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&log) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    log
 }

@@ -170,13 +170,15 @@ fn url_in(data_dir: &Path, db: &str) -> SecretString {
 /// up`; `None` when none runs there.
 pub fn running_url(data_dir: &Path) -> Option<SecretString> {
     let dir = std::path::absolute(data_dir).ok()?;
-    // Line 8 of postmaster.pid reads "ready" once connections are accepted.
-    let ready = fs::read_to_string(dir.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .nth(7)
-        .is_some_and(|l| l.trim() == "ready");
-    (ready && dir.join(".s.PGSQL.5432").exists()).then(|| url_in(&dir, DATABASE))
+    (accepting(&dir) && dir.join(".s.PGSQL.5432").exists()).then(|| url_in(&dir, DATABASE))
+}
+
+/// Whether the server of `data_dir` accepts connections: line 8 of its
+/// `postmaster.pid` reads "ready" then.
+fn accepting(data_dir: &Path) -> bool {
+    fs::read_to_string(data_dir.join("postmaster.pid"))
+        .map(|s| s.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
+        .unwrap_or(false)
 }
 
 /// A running managed cluster. Dropping it without [`Cluster::stop`] leaves
@@ -278,7 +280,6 @@ impl Cluster {
 
     fn wait_ready(&mut self, log_path: &Path, log_from: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let pidfile = self.data_dir.join("postmaster.pid");
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -287,11 +288,7 @@ impl Cluster {
                     log_tail(log_path, log_from)
                 );
             }
-            // Line 8 of postmaster.pid reads "ready" once connections are accepted.
-            let ready = fs::read_to_string(&pidfile)
-                .map(|s| s.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
-                .unwrap_or(false);
-            if ready {
+            if accepting(&self.data_dir) {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -159,6 +159,14 @@ pub async fn agent_task(
     stockade_agent::run(pool, engine, agent_cfg, info, stop).await
 }
 
+/// A list of networks as a setting's value (`10.0.0.0/8,192.0.2.7/32`).
+fn joined(nets: &[ipnet::IpNet]) -> String {
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Starts `stockade serve` as a child with only the settings it needs: the
 /// admin password and other secrets of this process are not passed on.
 fn spawn_web(cfg: &Config, url: &SecretString) -> anyhow::Result<tokio::process::Child> {
@@ -190,22 +198,8 @@ fn spawn_web(cfg: &Config, url: &SecretString) -> anyhow::Result<tokio::process:
             "STOCKADE_PAGE_CACHE_SECS",
             cfg.page_cache.as_secs().to_string(),
         )
-        .env(
-            "STOCKADE_TRUSTED_PROXIES",
-            cfg.trusted_proxies
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        )
-        .env(
-            "STOCKADE_WEBHOOK_ALLOW",
-            cfg.webhook_allow
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        )
+        .env("STOCKADE_TRUSTED_PROXIES", joined(&cfg.trusted_proxies))
+        .env("STOCKADE_WEBHOOK_ALLOW", joined(&cfg.webhook_allow))
         .stdin(Stdio::null())
         .kill_on_drop(true);
     // A session of its own: the operator's terminal (and its signals) is

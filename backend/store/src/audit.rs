@@ -178,16 +178,22 @@ pub async fn begin_sign_in(
     .bind(minutes)
     .fetch_one(pool)
     .await?;
-    // Old attempts go on the way.
-    sqlx::query("DELETE FROM sign_in_attempts WHERE at < now() - interval '1 day'")
-        .execute(pool)
-        .await?;
     Ok(SignInAttempt {
         id,
         by_pair,
         by_addr,
         by_account,
     })
+}
+
+/// Removes sign-in attempts older than a day (the window is minutes).
+pub async fn purge_sign_in_attempts(pool: &PgPool) -> Result<u64, StoreError> {
+    Ok(
+        sqlx::query("DELETE FROM sign_in_attempts WHERE at < now() - interval '1 day'")
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// A sign-in succeeded: its attempt no longer counts.

@@ -214,6 +214,9 @@ pub async fn run(pool: PgPool, settings: DeliverySettings) {
             if let Err(e) = stockade_store::idempotency::purge(&pool).await {
                 tracing::warn!(error = ?e, "purging idempotency keys failed");
             }
+            if let Err(e) = stockade_store::audit::purge_sign_in_attempts(&pool).await {
+                tracing::warn!(error = ?e, "purging sign-in attempts failed");
+            }
         }
         tokio::time::sleep(settings.poll).await;
     }

@@ -263,19 +263,22 @@ fn allowed_methods(pattern: &str) -> Option<String> {
     static ALLOW: std::sync::OnceLock<std::collections::HashMap<String, String>> =
         std::sync::OnceLock::new();
     let allow = ALLOW.get_or_init(|| {
-        let spec: serde_json::Value =
-            serde_json::from_str(super::openapi::spec_json()).unwrap_or_default();
-        let mut allow: std::collections::HashMap<String, String> = spec["paths"]
-            .as_object()
-            .into_iter()
-            .flatten()
+        let mut allow: std::collections::HashMap<String, String> = super::openapi::spec()
+            .paths
+            .paths
+            .iter()
             .filter_map(|(path, item)| {
-                let item = item.as_object()?;
-                let methods: Vec<String> = ["get", "post", "put", "patch", "delete"]
-                    .into_iter()
-                    .filter(|m| item.contains_key(*m))
-                    .map(str::to_ascii_uppercase)
-                    .collect();
+                let methods: Vec<&str> = [
+                    ("GET", &item.get),
+                    ("POST", &item.post),
+                    ("PUT", &item.put),
+                    ("PATCH", &item.patch),
+                    ("DELETE", &item.delete),
+                ]
+                .into_iter()
+                .filter(|(_, op)| op.is_some())
+                .map(|(m, _)| m)
+                .collect();
                 (!methods.is_empty()).then(|| (path.clone(), methods.join(", ")))
             })
             .collect();

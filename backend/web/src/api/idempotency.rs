@@ -56,24 +56,10 @@ pub(crate) async fn middleware(
         }
     };
     // Read the body (within the API's limit) to hash it, then hand it on.
-    let mut payload = req.take_payload();
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                return refuse(
-                    req,
-                    ApiError::BadRequest(format!("cannot read the body: {e}")),
-                );
-            }
-        };
-        if body.len() + chunk.len() > BODY_LIMIT {
-            return refuse(req, ApiError::PayloadTooLarge(BODY_LIMIT));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.freeze();
+    let body = match read_body(&mut req).await {
+        Ok(b) => b,
+        Err(e) => return refuse(req, e),
+    };
     let mut hasher = Sha256::new();
     hasher.update(req.method().as_str());
     hasher.update(b" ");
@@ -151,6 +137,21 @@ pub(crate) async fn middleware(
     }
 }
 
+/// Takes the request's whole body, within the API's limit.
+async fn read_body(req: &mut ServiceRequest) -> Result<Bytes, ApiError> {
+    let mut payload = req.take_payload();
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(ApiError::PayloadTooLarge(BODY_LIMIT));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// Names of answer fields that hold a secret shown once.
 const SECRET_FIELDS: [&str; 2] = ["password", "secret"];
 
@@ -219,17 +220,10 @@ pub(crate) async fn json_objects_only(
             .map(ServiceResponse::map_into_boxed_body);
     }
     let refuse = |req: ServiceRequest, e: ApiError| Ok(req.into_response(e.error_response()));
-    let mut payload = req.take_payload();
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return refuse(req, ApiError::BadRequest("cannot read the body".into()));
-        };
-        if body.len() + chunk.len() > BODY_LIMIT {
-            return refuse(req, ApiError::PayloadTooLarge(BODY_LIMIT));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = match read_body(&mut req).await {
+        Ok(b) => b,
+        Err(e) => return refuse(req, e),
+    };
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|b| *b != b'{') {
         return refuse(
@@ -240,7 +234,7 @@ pub(crate) async fn json_objects_only(
             },
         );
     }
-    req.set_payload(body.freeze().into());
+    req.set_payload(body.into());
     next.call(req)
         .await
         .map(ServiceResponse::map_into_boxed_body)
