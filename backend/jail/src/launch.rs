@@ -482,12 +482,20 @@ fn send_go(go: &OwnedFd, fds: &[OwnedFd]) -> Result<(), Errno> {
 
 /// After entering a user namespace whose ids are mapped: become its root
 /// (uid and gid 0 inside, no supplementary groups).
+///
+/// Raw system calls, not libc's wrappers: those change the ids of every
+/// thread libc knows of, signalling each and waiting for its answer. A
+/// process made by a bare `clone3` is one thread, but libc still lists the
+/// caller's other threads, and would wait for them forever.
 fn become_namespace_root() -> Result<(), Errno> {
-    let root_g = nix::unistd::Gid::from_raw(0);
-    let root_u = nix::unistd::Uid::from_raw(0);
-    nix::unistd::setresgid(root_g, root_g, root_g)?;
-    nix::unistd::setgroups(&[])?;
-    nix::unistd::setresuid(root_u, root_u, root_u)
+    let ok = |r: libc::c_long| if r == 0 { Ok(()) } else { Err(Errno::last()) };
+    // SAFETY: takes integers; changes the calling thread's (the process's)
+    // group ids.
+    ok(unsafe { libc::syscall(libc::SYS_setresgid, 0, 0, 0) })?;
+    // SAFETY: an empty list: a length of 0 and no pointer read.
+    ok(unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) })?;
+    // SAFETY: takes integers; changes the calling thread's user ids.
+    ok(unsafe { libc::syscall(libc::SYS_setresuid, 0, 0, 0) })
 }
 
 /// The jail's first process (PID 1 of its PID namespace): sets up the
