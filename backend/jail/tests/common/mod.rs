@@ -19,6 +19,24 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// How long one of these test programs may run: each takes seconds to a
+/// minute, so a jail start that hangs fails the run here, naming itself,
+/// instead of stalling the whole suite.
+const HANG_LIMIT: Duration = Duration::from_secs(600);
+
+/// Starts, once per test program, a thread that aborts the program if it
+/// is still running after [`HANG_LIMIT`].
+fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(HANG_LIMIT);
+            eprintln!("HUNG: this jail test program ran past {HANG_LIMIT:?}; aborting");
+            std::process::abort();
+        });
+    });
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A unique jail name for this test process.
@@ -73,6 +91,7 @@ impl Fixture {
     }
 
     fn build(net: Option<TestNet>, edit: impl FnOnce(&mut EngineConfig)) -> Self {
+        watchdog();
         // Jails started here outlive their launcher; as subreaper this test
         // process inherits and reaps their inits (the machine's PID 1 may not).
         nix::sys::prctl::set_child_subreaper(true).unwrap();
