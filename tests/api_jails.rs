@@ -286,3 +286,42 @@ async fn jail_scopes_and_tenant_binding_are_enforced() {
         .unwrap();
     expect_error(res, 404, "not_found").await;
 }
+
+#[tokio::test]
+async fn an_image_no_node_offers_is_refused_naming_those_offered() {
+    let api = Api::spawn().await;
+    let node = api.node().await;
+    stockade_store::nodes::heartbeat(
+        &api.pool,
+        node,
+        Some(&["busybox".to_owned(), "debian".to_owned()]),
+    )
+    .await
+    .unwrap();
+    let t = api.tenant("imgs").await;
+    let base = format!("/api/v1/tenants/{t}/jails");
+    let mut asked = jail("web-1", 64);
+    asked["image"] = json!("alpine");
+    let res = api.post(&base, &api.admin, &asked).send().await.unwrap();
+    let err = expect_error(res, 422, "validation_failed").await;
+    assert_eq!(err["error"]["details"]["field"], "image", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"alpine\"") && message.contains("busybox, debian"),
+        "{message}"
+    );
+    // Nothing was made.
+    let list: Value = api
+        .get(&base, &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(0), "{list}");
+
+    asked["image"] = json!("debian");
+    let res = api.post(&base, &api.admin, &asked).send().await.unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+}

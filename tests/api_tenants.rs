@@ -948,3 +948,146 @@ async fn tokens_are_created_listed_and_revoked_on_the_command_line() {
     let (ok, out) = cli(&api, &["token", "revoke", "stk_nothing"]);
     assert!(!ok, "{out}");
 }
+
+/// Every operation of the API description, called with a token bound to
+/// tenant A (every scope) on tenant B's ids: nothing of B is reached, and
+/// what only the provider may do is refused outright.
+#[tokio::test]
+async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
+    let api = Api::spawn().await;
+    api.node().await;
+    let a = api.tenant("matrix-a").await;
+    let b = api.tenant("matrix-b").await;
+    let bound_a = token(&api.pool, &Scope::ALL, Some(a)).await;
+    let bound_b = token(&api.pool, &Scope::ALL, Some(b)).await;
+    let jail_body = json!({"name": "site", "image": "busybox",
+        "limits": {"cpu_millicores": 100, "memory_bytes": 64u64 << 20, "pids": 16, "disk_bytes": 64u64 << 20}});
+    let res = api
+        .post(&format!("/api/v1/tenants/{b}/jails"), &bound_b, &jail_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let jail_b = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hook_body =
+        json!({"url": "http://127.0.0.1:9/hook", "event_types": ["jail.state_changed"]});
+    let res = api
+        .post("/api/v1/webhooks", &bound_b, &hook_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let hook_b = res.json::<Value>().await.unwrap()["webhook"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plan: Value = api
+        .get("/api/v1/plans", &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let plan_id = plan["data"][0]["id"].as_str().unwrap().to_owned();
+    let spec: Value = api
+        .get("/api/v1/openapi.json", &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let mut seen = 0;
+    for (template, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let path = template
+                .replace("{tenant_id}", &b.to_string())
+                .replace("{jail_id}", &jail_b)
+                .replace("{webhook_id}", &hook_b)
+                .replace("{plan_id}", &plan_id);
+            assert!(
+                !path.contains('{'),
+                "a path parameter not covered: {template}"
+            );
+            let body = match (method.as_str(), template.as_str()) {
+                ("post", "/api/v1/tenants") => {
+                    json!({"slug": "matrix-c", "display_name": "C", "plan": "starter"})
+                }
+                ("post", "/api/v1/plans") => json!({"name": "matrix", "display_name": "M",
+                    "quota": {"max_jails": 1, "cpu_millicores": 100, "memory_bytes": 64u64 << 20,
+                              "pids": 16, "disk_bytes": 64u64 << 20}}),
+                ("post", "/api/v1/webhooks") => hook_body.clone(),
+                ("post", t) if t.ends_with("/jails") => jail_body.clone(),
+                ("patch", t) if t.ends_with("{jail_id}") => {
+                    json!({"limits": {"memory_bytes": 32u64 << 20}})
+                }
+                ("patch", "/api/v1/tenants/{tenant_id}") => json!({"plan": "business"}),
+                ("patch", _) => json!({"display_name": "taken"}),
+                _ => json!({}),
+            };
+            let req = match method.as_str() {
+                "get" => api.get(&path, &bound_a),
+                "post" => api.post(&path, &bound_a, &body),
+                "patch" => api.patch(&path, &bound_a, &body),
+                "delete" => api.delete(&path, &bound_a),
+                other => panic!("a method the test does not know: {other}"),
+            };
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let text = res.text().await.unwrap();
+            let what = format!("{} {template}: {status} {text}", method.to_uppercase());
+            let names_b = template.contains('{') && !template.starts_with("/api/v1/plans");
+            let provider_only = matches!(
+                (method.as_str(), template.as_str()),
+                ("post", "/api/v1/tenants")
+                    | ("post", "/api/v1/plans")
+                    | ("patch", "/api/v1/plans/{plan_id}")
+            );
+            if names_b {
+                assert!(status == 404 || status == 403, "B was reached: {what}");
+            } else if provider_only {
+                assert_eq!(status, 403, "{what}");
+            } else {
+                assert!(status < 500, "{what}");
+                assert!(
+                    !text.contains(&b.to_string())
+                        && !text.contains("matrix-b")
+                        && !text.contains(&hook_b),
+                    "B shows through: {what}"
+                );
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 19, "only {seen} operations in the description");
+    // Nothing of B changed: its jail and endpoint are still there, as made.
+    let res = api
+        .get(&format!("/api/v1/tenants/{b}/jails/{jail_b}"), &bound_b)
+        .send()
+        .await
+        .unwrap();
+    let jail: Value = res.json().await.unwrap();
+    assert_eq!(jail["desired_state"], "running", "{jail}");
+    assert_eq!(jail["limits"]["memory_bytes"], 64u64 << 20);
+    let res = api
+        .get(&format!("/api/v1/webhooks/{hook_b}"), &bound_b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let tenant: Value = api
+        .get(&format!("/api/v1/tenants/{b}"), &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["status"], "active", "{tenant}");
+    assert_eq!(tenant["plan"], "starter", "{tenant}");
+}

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -228,33 +228,82 @@ impl Drop for FreshUser {
     }
 }
 
-/// The README's first command on a new node: the `run_as` account does not
-/// exist yet and accounts are looked up through the host's own name-service
-/// configuration (modules such as systemd's included), which `up` must load
-/// without crashing before it has printed anything.
+/// The real user id of process `pid`.
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The README's first command on a new node: neither the web server's
+/// account nor the database's exists yet, and accounts are looked up
+/// through the host's own name-service configuration (modules such as
+/// systemd's included), which `up` must load without crashing before it has
+/// printed anything. Each runs as its own account, and the web server in a
+/// session of its own.
 #[tokio::test]
-async fn up_creates_a_missing_run_as_user_through_the_hosts_name_services() {
+async fn up_creates_missing_accounts_and_runs_the_database_and_web_server_apart() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: creating a run_as account needs root");
+        eprintln!("SKIPPED: creating accounts needs root");
         return;
     }
     let port = free_port();
-    let user = FreshUser(format!("stk-up-{port}"));
+    let web_user = FreshUser(format!("stk-up-{port}"));
+    let db_user = FreshUser(format!("stk-db-{port}"));
     let lookup = |name: &str| {
-        Command::new("getent")
-            .args(["passwd", name])
-            .output()
+        nix::unistd::User::from_name(name)
             .unwrap()
-            .status
-            .success()
+            .map(|u| u.uid.as_raw())
     };
-    assert!(!lookup(&user.0), "the account is new");
+    assert!(lookup(&web_user.0).is_none() && lookup(&db_user.0).is_none());
     let dir = workdir();
     let mut cmd = stockade(dir.path(), port);
-    cmd.env("STOCKADE_RUN_AS", &user.0);
+    cmd.env("STOCKADE_RUN_AS", &web_user.0)
+        .env("STOCKADE_DB_RUN_AS", &db_user.0);
     let (mut running, _) = spawn_up(cmd, port);
-    assert!(lookup(&user.0), "up created the run_as account");
+    let web_uid = lookup(&web_user.0).expect("up created the web server's account");
+    let db_uid = lookup(&db_user.0).expect("up created the database's account");
     sign_in_as_admin(port).await;
+
+    let pg = std::fs::read_to_string(dir.path().join("var/pg/postmaster.pid")).unwrap();
+    let pg_pid: u32 = pg.lines().next().unwrap().parse().unwrap();
+    assert_eq!(uid_of(pg_pid), db_uid, "PostgreSQL runs as its own account");
+    assert_eq!(
+        std::fs::metadata(dir.path().join("var/pg")).unwrap().uid(),
+        db_uid
+    );
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", running.0.id())).unwrap();
+    let web_pid = children
+        .split_whitespace()
+        .map(|p| p.parse::<u32>().unwrap())
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"serve"))
+        })
+        .expect("the web server is a child of up");
+    assert_eq!(
+        uid_of(web_pid),
+        web_uid,
+        "the web server runs as its own account"
+    );
+    let sid = |pid: u32| {
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(
+            i32::try_from(pid).unwrap(),
+        )))
+        .unwrap()
+    };
+    assert_ne!(
+        sid(web_pid),
+        sid(running.0.id()),
+        "the web server has a session of its own"
+    );
+    let hba = std::fs::read_to_string(dir.path().join("var/pg/pg_hba.conf")).unwrap();
+    assert!(!hba.contains("trust"), "{hba}");
+
     terminate(&running.0);
     assert!(wait_exit(&mut running, Duration::from_secs(40)).success());
 }

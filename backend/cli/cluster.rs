@@ -1,10 +1,18 @@
 //! The managed local PostgreSQL cluster: `initdb` once, then `postgres` as a
-//! child of ours, listening on a unix socket inside its data folder only.
+//! child of ours, listening on a unix socket only (no TCP).
 //!
-//! postgres refuses to run as root, so when we are root it runs as the
-//! configured unprivileged user, who owns the data folder. The socket folder
-//! is that data folder (mode 0700): only that user and root can connect, which
-//! is why `trust` authentication on the socket is safe.
+//! postgres refuses to run as root, so when we are root it runs as an
+//! unprivileged account of its own (`db_run_as`), which owns the data
+//! folder; the web server runs as another (`run_as`), so a flaw in the web
+//! tier never owns the database's files. The socket lives in a folder of its
+//! own next to the data folder (`<pg_data>.sock`), which the web server's
+//! account can reach.
+//!
+//! Every connection is authenticated by `peer`: the kernel names the
+//! connecting OS account, and a map written at every start says which
+//! database roles each account may use. Root (the agent, `up`, the CLI) may
+//! use all three; the database's account the owner role; the web server's
+//! account only the web role (see `stockade_store::roles`). No `trust`.
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -20,7 +28,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid, User};
 use secrecy::SecretString;
 
-/// The role the cluster is created with and every process connects as.
+/// The role the cluster is created with: it owns Stockade's database and
+/// runs migrations. The web tier and the agent connect as roles of their own.
 pub const DB_USER: &str = "stockade";
 const INSTALL_HINT: &str = "install them with `apt-get install postgresql` \
      (or point DATABASE_URL at an existing PostgreSQL server)";
@@ -111,6 +120,21 @@ pub fn resolve_run_as(name: &str) -> anyhow::Result<RunAs> {
     })
 }
 
+/// The accounts of the managed cluster and of the web server, created when
+/// missing; as root they must differ, so the web server never owns the
+/// database's files.
+pub fn accounts(cfg: &crate::config::Config) -> anyhow::Result<(RunAs, RunAs)> {
+    let db = resolve_run_as(&cfg.db_run_as)?;
+    let web = resolve_run_as(&cfg.run_as)?;
+    if Uid::effective().is_root() && db.uid == web.uid {
+        bail!(
+            "db_run_as and run_as are the same account ({}); PostgreSQL and the web server need one each",
+            db.name
+        );
+    }
+    Ok((db, web))
+}
+
 /// Refuses a folder that `who` could not reach (an ancestor without the
 /// search bit for them), naming the ancestor.
 fn check_reachable(dir: &Path, who: &RunAs) -> anyhow::Result<()> {
@@ -148,10 +172,17 @@ pub struct Tuning {
 /// The database Stockade keeps its data in on a managed cluster.
 pub const DATABASE: &str = "stockade";
 
-/// The URL of database `db` on the managed cluster whose data folder (and
-/// socket folder) is `data_dir`, an absolute path.
+/// The folder of the socket of the cluster in `data_dir`.
+pub fn socket_dir(data_dir: &Path) -> PathBuf {
+    let mut dir = data_dir.as_os_str().to_owned();
+    dir.push(".sock");
+    PathBuf::from(dir)
+}
+
+/// The URL of database `db` on the managed cluster whose data folder is
+/// `data_dir`, an absolute path, for the owner role.
 fn url_in(data_dir: &Path, db: &str) -> SecretString {
-    let host: String = data_dir
+    let host: String = socket_dir(data_dir)
         .to_string_lossy()
         .bytes()
         .map(|b| {
@@ -170,15 +201,31 @@ fn url_in(data_dir: &Path, db: &str) -> SecretString {
 /// up`; `None` when none runs there.
 pub fn running_url(data_dir: &Path) -> Option<SecretString> {
     let dir = std::path::absolute(data_dir).ok()?;
-    (accepting(&dir) && dir.join(".s.PGSQL.5432").exists()).then(|| url_in(&dir, DATABASE))
+    (accepting(&dir) && socket_dir(&dir).join(".s.PGSQL.5432").exists())
+        .then(|| url_in(&dir, DATABASE))
 }
 
 /// Whether the server of `data_dir` accepts connections: line 8 of its
 /// `postmaster.pid` reads "ready" then.
 fn accepting(data_dir: &Path) -> bool {
-    fs::read_to_string(data_dir.join("postmaster.pid"))
-        .map(|s| s.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
-        .unwrap_or(false)
+    read_own_file(&data_dir.join("postmaster.pid"))
+        .is_some_and(|s| s.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
+}
+
+/// Reads a file of the database's account as root: never through a link it
+/// planted, never blocking on a FIFO, only a regular file.
+fn read_own_file(path: &Path) -> Option<String> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// A running managed cluster. Dropping it without [`Cluster::stop`] leaves
@@ -190,9 +237,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Initialises `data_dir` if needed and starts the server, waiting until
-    /// it accepts connections. Refuses when another process holds the folder.
-    pub fn start(data_dir: &Path, who: &RunAs, tuning: Tuning) -> anyhow::Result<Self> {
+    /// Initialises `data_dir` if needed and starts the server as `who`,
+    /// waiting until it accepts connections; `web` is the account of the web
+    /// server, which may connect as the web role. Refuses when another
+    /// process holds the folder.
+    pub fn start(
+        data_dir: &Path,
+        who: &RunAs,
+        web: Option<&RunAs>,
+        tuning: Tuning,
+    ) -> anyhow::Result<Self> {
         let bindir = find_bindir()?;
         let data_dir = std::path::absolute(data_dir)
             .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
@@ -203,17 +257,24 @@ impl Cluster {
             .with_context(|| format!("cannot create {}", parent.display()))?;
         let lock = take_lock(&data_dir)?;
         // The socket path has a hard limit of 107 bytes in the kernel.
-        let socket = data_dir.join(".s.PGSQL.5432");
-        if socket.as_os_str().len() > 100 {
+        let sockets = socket_dir(&data_dir);
+        if sockets.join(".s.PGSQL.5432").as_os_str().len() > 100 {
             bail!(
                 "the PostgreSQL data folder path {} is too long for a unix socket; set STOCKADE_PG_DATA to a shorter path",
                 data_dir.display()
             );
         }
         check_reachable(&data_dir, who)?;
+        if let Some(web) = web {
+            check_reachable(&sockets, web)?;
+        }
         if !data_dir.join("PG_VERSION").is_file() {
             init(&bindir, &data_dir, who)?;
+        } else {
+            hand_over(&data_dir, who)?;
         }
+        make_socket_dir(&sockets, who)?;
+        write_auth(&data_dir, who, web)?;
         let log_path = data_dir.join("server.log");
         // The data folder is the database account's: a link it planted
         // there must not make root write elsewhere.
@@ -229,10 +290,11 @@ impl Cluster {
             .arg(&data_dir)
             .args(["-c", "listen_addresses="])
             .arg("-c")
-            .arg(format!("unix_socket_directories={}", data_dir.display()))
+            .arg(format!("unix_socket_directories={}", sockets.display()))
             .args([
                 "-c",
-                "unix_socket_permissions=0700",
+                // Anyone may knock; peer authentication decides who enters.
+                "unix_socket_permissions=0777",
                 "-c",
                 "max_connections=300",
             ]);
@@ -331,6 +393,116 @@ impl Cluster {
     }
 }
 
+/// Gives a data folder made by an earlier release (when one account ran
+/// both PostgreSQL and the web server) to the database's own account.
+fn hand_over(data_dir: &Path, who: &RunAs) -> anyhow::Result<()> {
+    let meta = fs::symlink_metadata(data_dir)
+        .with_context(|| format!("cannot read {}", data_dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a folder", data_dir.display());
+    }
+    if meta.uid() == who.uid || !Uid::effective().is_root() {
+        return Ok(());
+    }
+    tracing::info!(data = %data_dir.display(), user = %who.name, "handing the PostgreSQL data folder to its own account");
+    // `chown -R` does not follow symbolic links.
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", who.uid, who.gid))
+        .arg(data_dir)
+        .status()
+        .context("cannot run chown")?;
+    if !status.success() {
+        bail!(
+            "cannot give {} to the user {}",
+            data_dir.display(),
+            who.name
+        );
+    }
+    Ok(())
+}
+
+/// Makes the socket folder: the database's account's, readable by all
+/// (the socket itself is open to all; peer authentication decides).
+fn make_socket_dir(dir: &Path, who: &RunAs) -> anyhow::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => bail!("{} exists and is not a folder; move it away", dir.display()),
+        Err(_) => {
+            fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?
+        }
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::lchown(dir, Some(who.uid), Some(who.gid))
+        .with_context(|| format!("cannot hand {} to {}", dir.display(), who.name))?;
+    Ok(())
+}
+
+/// Who may connect as which role: written at every start, so a cluster
+/// made by an earlier release loses its `trust` too.
+fn auth_files(who: &RunAs, web: Option<&RunAs>) -> (String, String) {
+    let hba = "# Written by Stockade at every start; changes here are lost.\n\
+               # The local socket only, every account named by the kernel (peer)\n\
+               # and mapped to the roles it may use in pg_ident.conf.\n\
+               local all all peer map=stockade\n"
+        .to_owned();
+    let mut ident = String::from(
+        "# Written by Stockade at every start; changes here are lost.\n\
+         # MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n",
+    );
+    let mut map = |account: &str, roles: &[&str]| {
+        for role in roles {
+            ident.push_str(&format!("stockade {account} {role}\n"));
+        }
+    };
+    let all = [
+        DB_USER,
+        stockade_store::roles::WEB,
+        stockade_store::roles::AGENT,
+    ];
+    if Uid::effective().is_root() {
+        // Root runs the agent, migrations and the command line.
+        map("root", &all);
+        map(&who.name, &[DB_USER]);
+        if let Some(web) = web {
+            map(&web.name, &[stockade_store::roles::WEB]);
+        }
+    } else {
+        // One account runs everything.
+        map(&who.name, &all);
+    }
+    (hba, ident)
+}
+
+/// Writes the cluster's authentication files into its data folder, each
+/// created afresh (never through a link the folder's account planted) and
+/// renamed into place.
+fn write_auth(data_dir: &Path, who: &RunAs, web: Option<&RunAs>) -> anyhow::Result<()> {
+    let (hba, ident) = auth_files(who, web);
+    for (name, text) in [("pg_hba.conf", hba), ("pg_ident.conf", ident)] {
+        let fresh = data_dir.join(format!(".{name}.new"));
+        match fs::remove_file(&fresh) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", fresh.display()));
+            }
+            _ => {}
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&fresh)
+            .with_context(|| format!("cannot create {}", fresh.display()))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::os::unix::fs::fchown(&file, Some(who.uid), Some(who.gid))?;
+        fs::rename(&fresh, data_dir.join(name))
+            .with_context(|| format!("cannot write {}", data_dir.join(name).display()))?;
+    }
+    Ok(())
+}
+
 /// Takes the folder's lock file, or says who holds it.
 fn take_lock(data_dir: &Path) -> anyhow::Result<Flock<File>> {
     let mut path = data_dir.as_os_str().to_owned();
@@ -394,8 +566,10 @@ fn init(bindir: &Path, data_dir: &Path, who: &RunAs) -> anyhow::Result<()> {
         .args([
             "--username",
             DB_USER,
-            "--auth",
-            "trust",
+            "--auth-local",
+            "peer",
+            "--auth-host",
+            "reject",
             "--encoding",
             "UTF8",
             "--locale",
@@ -422,11 +596,10 @@ fn init(bindir: &Path, data_dir: &Path, who: &RunAs) -> anyhow::Result<()> {
 }
 
 fn log_tail(path: &Path, from: u64) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let _ = f.seek(SeekFrom::Start(from));
-        let _ = f.read_to_string(&mut text);
-    }
+    let text = read_own_file(path).unwrap_or_default();
+    let text = text
+        .get(usize::try_from(from).unwrap_or(0)..)
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }

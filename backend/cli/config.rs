@@ -23,8 +23,14 @@ pub struct Config {
     pub pg_data: PathBuf,
     /// Folder where the agent keeps node state (jail records, volumes).
     pub state_dir: PathBuf,
-    /// Unprivileged OS user that PostgreSQL and the web server run as when started as root.
+    /// Unprivileged OS user the web server runs as when started as root.
     pub run_as: String,
+    /// Unprivileged OS user the managed PostgreSQL runs as (another one).
+    pub db_run_as: String,
+    /// The web tier's own role on an external PostgreSQL (unset: `database_url`).
+    pub web_database_url: Option<SecretString>,
+    /// The agent's own role on an external PostgreSQL (unset: `database_url`).
+    pub agent_database_url: Option<SecretString>,
     /// Email of the first admin account that `up` makes sure exists.
     pub admin_email: Email,
     /// Password of that account; when unset, `up` generates and prints one.
@@ -78,6 +84,33 @@ pub struct Config {
     pub cgroup_parent: String,
 }
 
+/// A PostgreSQL URL, or none when empty; never echoed (it may hold a
+/// password).
+fn database_url(key: &str, value: &str) -> anyhow::Result<Option<SecretString>> {
+    let v = value.trim();
+    if v.is_empty() {
+        Ok(None)
+    } else if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+        Ok(Some(SecretString::from(v.to_owned())))
+    } else {
+        bail!("{key}: must start with postgres:// (the value is not shown)");
+    }
+}
+
+/// An OS account name.
+fn user_name(key: &str, value: &str) -> anyhow::Result<String> {
+    let v = value.trim();
+    if v.is_empty()
+        || v.len() > 32
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("{key}: {value:?} is not a user name");
+    }
+    Ok(v.to_owned())
+}
+
 /// Each key, its meaning and default, for the README and `--help`.
 pub const KEYS: &[(&str, &str)] = &[
     ("listen", "address:port of the web server (127.0.0.1:8080)"),
@@ -95,8 +128,20 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("state_dir", "node state folder of the agent (./var/state)"),
     (
+        "web_database_url",
+        "external PostgreSQL URL of the web tier's own role (database_url)",
+    ),
+    (
+        "agent_database_url",
+        "external PostgreSQL URL of the agent's own role (database_url)",
+    ),
+    (
         "run_as",
-        "unprivileged user for PostgreSQL and the web server when run as root (stockade)",
+        "unprivileged user the web server runs as when started as root (stockade)",
+    ),
+    (
+        "db_run_as",
+        "another unprivileged user, that the managed PostgreSQL runs as (stockade-db)",
     ),
     ("admin_email", "first admin account (admin@localhost)"),
     (
@@ -183,6 +228,9 @@ impl Default for Config {
             pg_data: PathBuf::from("var/pg"),
             state_dir: PathBuf::from("var/state"),
             run_as: "stockade".into(),
+            db_run_as: "stockade-db".into(),
+            web_database_url: None,
+            agent_database_url: None,
             admin_email: Email::parse("admin@localhost").expect("valid default email"),
             admin_password: None,
             staff_password: None,
@@ -254,29 +302,13 @@ impl Config {
                     }
                     self.public_url = v.to_owned();
                 }
-                "database_url" => {
-                    let v = value.trim();
-                    if v.is_empty() {
-                        self.database_url = None;
-                    } else if v.starts_with("postgres://") || v.starts_with("postgresql://") {
-                        self.database_url = Some(SecretString::from(v.to_owned()));
-                    } else {
-                        bail!("{key}: must start with postgres:// (the value is not shown)");
-                    }
-                }
+                "database_url" => self.database_url = database_url(key, value)?,
+                "web_database_url" => self.web_database_url = database_url(key, value)?,
+                "agent_database_url" => self.agent_database_url = database_url(key, value)?,
                 "pg_data" => self.pg_data = non_empty_path(key, value)?,
                 "state_dir" => self.state_dir = non_empty_path(key, value)?,
-                "run_as" => {
-                    let v = value.trim();
-                    if v.is_empty()
-                        || !v
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    {
-                        bail!("{key}: {value:?} is not a user name");
-                    }
-                    self.run_as = v.to_owned();
-                }
+                "run_as" => self.run_as = user_name(key, value)?,
+                "db_run_as" => self.db_run_as = user_name(key, value)?,
                 "admin_email" => {
                     self.admin_email =
                         Email::parse(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))?
@@ -410,6 +442,76 @@ impl Config {
         r.with_context(|| format!("in {source}"))
     }
 
+    /// The keys whose values are secrets: never handed to another process
+    /// by [`Config::plain_settings`].
+    pub const SECRET_KEYS: &[&str] = &[
+        "database_url",
+        "web_database_url",
+        "agent_database_url",
+        "admin_password",
+        "staff_password",
+    ];
+
+    /// The value of `key` as a setting (what [`Config::set`] reads back
+    /// to the same value); `None` for a secret or an unknown key.
+    fn plain_value(&self, key: &str) -> Option<String> {
+        let secs = |d: Duration| d.as_secs().to_string();
+        let nets = |n: &[ipnet::IpNet]| {
+            n.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        Some(match key {
+            "listen" => self.listen.to_string(),
+            "public_url" => self.public_url.clone(),
+            "pg_data" => self.pg_data.display().to_string(),
+            "state_dir" => self.state_dir.display().to_string(),
+            "run_as" => self.run_as.clone(),
+            "db_run_as" => self.db_run_as.clone(),
+            "admin_email" => self.admin_email.to_string(),
+            "webhook_allow" => nets(&self.webhook_allow),
+            "trusted_proxies" => nets(&self.trusted_proxies),
+            "node_name" => self.node_name.clone(),
+            "heartbeat_secs" => secs(self.heartbeat),
+            "log" => self.log.clone(),
+            "session_idle_minutes" => self.session_idle_minutes.to_string(),
+            "session_max_hours" => self.session_max_hours.to_string(),
+            "web_workers" => self.web_workers.to_string(),
+            "page_cache_secs" => secs(self.page_cache),
+            "resync_secs" => secs(self.resync),
+            "sample_secs" => secs(self.sample_interval),
+            "sample_retention_hours" => self.sample_retention_hours.to_string(),
+            "agent_metrics" => self
+                .agent_metrics
+                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "stop_grace_secs" => secs(self.stop_grace),
+            "console_kib" => self.console_kib.to_string(),
+            "step_deadline_secs" => secs(self.step_deadline),
+            "jail_parallelism" => self.jail_parallelism.to_string(),
+            "signup_plan" => self.signup_plan.clone().unwrap_or_default(),
+            "bridge" => self.bridge.clone(),
+            "jail_network" => self
+                .jail_network
+                .map_or_else(|| "off".to_owned(), |n| n.to_string()),
+            "firewall_table" => self.firewall_table.clone(),
+            "cgroup_parent" => self.cgroup_parent.clone(),
+            _ => return None,
+        })
+    }
+
+    /// Every setting but the secrets, as `STOCKADE_*` variables: what `up`
+    /// hands its web server, which then runs on the same configuration.
+    pub fn plain_settings(&self) -> Vec<(String, String)> {
+        KEYS.iter()
+            .filter(|(key, _)| !Self::SECRET_KEYS.contains(key))
+            .filter_map(|(key, _)| {
+                let value = self.plain_value(key)?;
+                Some((format!("STOCKADE_{}", key.to_ascii_uppercase()), value))
+            })
+            .collect()
+    }
+
     /// Loads defaults, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let env: Vec<(String, String)> = std::env::vars().collect();
@@ -540,6 +642,47 @@ mod tests {
         assert_eq!(cfg.log, "warn");
         assert_eq!(cfg.public_url, "http://127.0.0.1:9000");
         assert_eq!(cfg.run_as, "stockade");
+    }
+
+    #[test]
+    fn every_setting_but_the_secrets_is_handed_on_and_read_back_the_same() {
+        let env: Vec<(String, String)> = [
+            ("STOCKADE_PAGE_CACHE_SECS", "0"),
+            ("STOCKADE_TRUSTED_PROXIES", "10.0.0.0/8,192.0.2.7/32"),
+            ("STOCKADE_SIGNUP_PLAN", "starter"),
+            ("STOCKADE_JAIL_NETWORK", "off"),
+            ("STOCKADE_AGENT_METRICS", "127.0.0.1:9999"),
+            ("STOCKADE_RUN_AS", "web-user"),
+            ("STOCKADE_ADMIN_PASSWORD", "a long admin secret"),
+            ("DATABASE_URL", "postgres://owner:pw@db/stockade"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let cfg = Config::load_from(None, &env).unwrap();
+        let handed = cfg.plain_settings();
+        // Every key is either handed on or a secret: a new setting cannot
+        // be forgotten on the way to the web server.
+        for (key, _) in KEYS {
+            let var = format!("STOCKADE_{}", key.to_ascii_uppercase());
+            assert!(
+                handed.iter().any(|(k, _)| *k == var) != Config::SECRET_KEYS.contains(key),
+                "{key} is neither handed on nor a secret"
+            );
+        }
+        assert!(
+            !format!("{handed:?}").contains("secret") && !format!("{handed:?}").contains("pw@")
+        );
+        let again = Config::load_from(None, &handed).unwrap();
+        assert!(again.admin_password.is_none() && again.database_url.is_none());
+        let show = |c: &Config| {
+            KEYS.iter()
+                .map(|(k, _)| format!("{k}={:?}", c.plain_value(k)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(show(&again), show(&cfg));
+        assert_eq!(again.page_cache, Duration::ZERO);
+        assert_eq!(again.trusted_proxies.len(), 2);
     }
 
     #[test]

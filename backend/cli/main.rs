@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use stockade_domain::{Email, Role};
 
 use crate::config::Config;
@@ -152,7 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up => up::run(cfg),
         Command::Serve { exit_with_parent } => serve(cfg, exit_with_parent),
         Command::Agent => {
-            let url = require_database(&cfg)?;
+            let url = require_database(&cfg)?.agent;
             let rt = runtime()?;
             let done = rt.block_on(async {
                 // Heartbeat, jail tasks, sampler and upload writer each use one.
@@ -176,11 +176,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             done
         }
         Command::Migrate => {
-            let url = require_database(&cfg)?;
+            let url = require_database(&cfg)?.owner;
             runtime()?.block_on(async {
                 let pool = stockade_store::connect(&url, 1, Duration::from_secs(10)).await?;
                 stockade_store::migrate(&pool).await?;
                 println!("database is up to date");
+                if !stockade_store::roles::apply_grants(&pool).await? {
+                    print_grants(&pool).await?;
+                }
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -194,7 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "role: staff accounts are admin or operator; customers are created with their tenant"
                 );
             }
-            let url = require_database(&cfg)?;
+            let url = require_database(&cfg)?.owner;
             // Checked for strength when the configuration was read.
             let (password, generated) = match &cfg.staff_password {
                 Some(p) => (p.clone(), false),
@@ -223,21 +226,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The database: `database_url` when set, else the managed cluster that
-/// `stockade up` runs in `pg_data` (so commands run beside it need no URL).
-fn require_database(cfg: &Config) -> anyhow::Result<SecretString> {
+/// `stockade up` runs in `pg_data` (so commands run beside it need no URL);
+/// as the owner, the web role and the agent role.
+fn require_database(cfg: &Config) -> anyhow::Result<up::Urls> {
     if let Some(url) = &cfg.database_url {
-        return Ok(url.clone());
+        return Ok(up::Urls::external(cfg, url));
     }
-    cluster::running_url(&cfg.pg_data).with_context(|| {
+    let owner = cluster::running_url(&cfg.pg_data).with_context(|| {
         format!(
             "no database: DATABASE_URL is not set and no managed cluster runs in {}; start one with `stockade up` (or set pg_data to its folder), or set DATABASE_URL to your PostgreSQL server",
             cfg.pg_data.display()
         )
-    })
+    })?;
+    up::Urls::managed(&owner)
+}
+
+/// Tells the DBA of an external server how to give the web tier and the
+/// agent roles of their own.
+async fn print_grants(pool: &stockade_store::PgPool) -> anyhow::Result<()> {
+    use stockade_store::roles::{AGENT, WEB, grant_statements};
+    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "\nThe web tier and the agent should each connect as a role of its own, with\n\
+         only the rights it uses. As a superuser (or the database's owner, with\n\
+         CREATEROLE for the first two lines), run:\n\n\
+         CREATE ROLE {WEB} LOGIN PASSWORD '...';\n\
+         CREATE ROLE {AGENT} LOGIN PASSWORD '...';\n{}\n\
+         then set web_database_url and agent_database_url to their URLs; `stockade\n\
+         migrate` keeps their grants current from then on.",
+        grant_statements(&database, WEB, AGENT)?
+    );
+    Ok(())
 }
 
 fn serve(cfg: Config, exit_with_parent: bool) -> anyhow::Result<ExitCode> {
-    let url = require_database(&cfg)?;
+    if cfg.database_url.is_some() && cfg.web_database_url.is_none() {
+        tracing::warn!(
+            "web_database_url is not set: the web server connects with database_url's rights; `stockade migrate` prints the grants of a role of its own"
+        );
+    }
+    let url = require_database(&cfg)?.web;
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!(
@@ -283,10 +313,18 @@ fn db_cluster(
     ephemeral: bool,
 ) -> anyhow::Result<ExitCode> {
     use std::io::{Read, Write};
-    let who = cluster::resolve_run_as(&cfg.run_as)?;
-    let cluster = cluster::Cluster::start(data_dir, &who, cluster::Tuning { ephemeral })?;
+    let (db, web) = cluster::accounts(cfg)?;
+    let cluster =
+        cluster::Cluster::start(data_dir, &db, Some(&web), cluster::Tuning { ephemeral })?;
     let dir = cluster.data_dir().to_path_buf();
-    println!("DATABASE_URL={}", cluster.url("postgres").expose_secret());
+    let url = cluster.url("postgres");
+    runtime()?.block_on(async {
+        let pool = stockade_store::connect(&url, 1, Duration::from_secs(10)).await?;
+        stockade_store::roles::create_roles(&pool).await?;
+        pool.close().await;
+        anyhow::Ok(())
+    })?;
+    println!("DATABASE_URL={}", url.expose_secret());
     std::io::stdout().flush()?;
     // Wait until whoever started us closes our stdin (or dies).
     let mut sink = [0u8; 64];
@@ -296,6 +334,7 @@ fn db_cluster(
     if ephemeral {
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot remove {}", dir.display()))?;
+        let _ = std::fs::remove_dir_all(cluster::socket_dir(&dir));
         let mut lock = dir.into_os_string();
         lock.push(".lock");
         let _ = std::fs::remove_file(lock);

@@ -47,7 +47,7 @@ pub(crate) fn run(cfg: &Config, command: TokenCommand) -> anyhow::Result<ExitCod
         }
         _ => None,
     };
-    let url = crate::require_database(cfg)?;
+    let url = crate::require_database(cfg)?.owner;
     crate::runtime()?.block_on(async {
         let pool = stockade_store::connect(&url, 1, Duration::from_secs(10)).await?;
         match (command, parsed_create) {

@@ -22,17 +22,29 @@ use crate::config::Config;
 use crate::cluster::DATABASE;
 
 pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
-    let (url, cluster) = match &cfg.database_url {
-        Some(url) => (url.clone(), None),
+    let (urls, cluster) = match &cfg.database_url {
+        Some(url) => {
+            for (key, given) in [
+                ("web_database_url", &cfg.web_database_url),
+                ("agent_database_url", &cfg.agent_database_url),
+            ] {
+                if given.is_none() {
+                    tracing::warn!(
+                        "{key} is not set: that part connects with database_url's rights; `stockade migrate` prints the grants of a role of its own"
+                    );
+                }
+            }
+            (Urls::external(&cfg, url), None)
+        }
         None => {
-            let who = cluster::resolve_run_as(&cfg.run_as)?;
-            let cluster = Cluster::start(&cfg.pg_data, &who, Tuning::default())?;
+            let (db, web) = cluster::accounts(&cfg)?;
+            let cluster = Cluster::start(&cfg.pg_data, &db, Some(&web), Tuning::default())?;
             tracing::info!(data = %cluster.data_dir().display(), "managed PostgreSQL is running");
-            (cluster.url(DATABASE), Some(cluster))
+            (Urls::managed(&cluster.url(DATABASE))?, Some(cluster))
         }
     };
     let result = crate::runtime().and_then(|rt| {
-        let done = rt.block_on(run_services(&cfg, &url, cluster.is_some()));
+        let done = rt.block_on(run_services(&cfg, &urls, cluster.is_some()));
         // An engine step stuck past its deadline still holds a blocking
         // thread; nothing waits for it on the way out.
         rt.shutdown_background();
@@ -46,17 +58,58 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     result
 }
 
-async fn run_services(cfg: &Config, url: &SecretString, managed: bool) -> anyhow::Result<ExitCode> {
-    if managed {
-        stockade_store::ensure_database(url, DATABASE).await?;
+/// Who connects with which URL: migrations and the first admin as the
+/// owner, the web server and the agent as roles of their own.
+pub struct Urls {
+    pub owner: SecretString,
+    pub web: SecretString,
+    pub agent: SecretString,
+}
+
+impl Urls {
+    /// On the managed cluster: the same socket, three roles.
+    pub fn managed(owner: &SecretString) -> anyhow::Result<Self> {
+        Ok(Self {
+            owner: owner.clone(),
+            web: stockade_store::roles::url_as(owner, stockade_store::roles::WEB)?,
+            agent: stockade_store::roles::url_as(owner, stockade_store::roles::AGENT)?,
+        })
     }
-    let pool = stockade_store::connect(url, 8, Duration::from_secs(10)).await?;
+
+    /// On an external server: the roles' own URLs where the operator gave
+    /// them, else the owner's.
+    pub fn external(cfg: &Config, owner: &SecretString) -> Self {
+        Self {
+            owner: owner.clone(),
+            web: cfg
+                .web_database_url
+                .clone()
+                .unwrap_or_else(|| owner.clone()),
+            agent: cfg
+                .agent_database_url
+                .clone()
+                .unwrap_or_else(|| owner.clone()),
+        }
+    }
+}
+
+async fn run_services(cfg: &Config, urls: &Urls, managed: bool) -> anyhow::Result<ExitCode> {
+    if managed {
+        stockade_store::ensure_database(&urls.owner, DATABASE).await?;
+    }
+    let pool = stockade_store::connect(&urls.owner, 2, Duration::from_secs(10)).await?;
+    if managed {
+        stockade_store::roles::create_roles(&pool).await?;
+    }
     stockade_store::migrate(&pool).await?;
     ensure_admin(&pool, cfg).await?;
+    pool.close().await;
 
+    // Heartbeat, jail tasks, sampler and upload writer each use one.
+    let agent_pool = stockade_store::connect(&urls.agent, 8, Duration::from_secs(10)).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let agent = tokio::spawn(agent_task(pool.clone(), cfg.clone(), stop_rx));
-    let mut web = spawn_web(cfg, url)?;
+    let agent = tokio::spawn(agent_task(agent_pool.clone(), cfg.clone(), stop_rx));
+    let mut web = spawn_web(cfg, &urls.web)?;
     let outcome = wait_until_ready_then_serve(cfg, &mut web).await;
 
     // Reverse order: web server, agent, then (in the caller) the database.
@@ -67,7 +120,7 @@ async fn run_services(cfg: &Config, url: &SecretString, managed: bool) -> anyhow
         Ok(Err(e)) => tracing::warn!(error = %e, "agent task failed"),
         _ => {}
     }
-    pool.close().await;
+    agent_pool.close().await;
     outcome
 }
 
@@ -159,16 +212,8 @@ pub async fn agent_task(
     stockade_agent::run(pool, engine, agent_cfg, info, stop).await
 }
 
-/// A list of networks as a setting's value (`10.0.0.0/8,192.0.2.7/32`).
-fn joined(nets: &[ipnet::IpNet]) -> String {
-    nets.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Starts `stockade serve` as a child with only the settings it needs: the
-/// admin password and other secrets of this process are not passed on.
+/// Starts `stockade serve` as a child with the whole configuration but its
+/// secrets: the admin password and the owner's database URL stay here.
 fn spawn_web(cfg: &Config, url: &SecretString) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe().context("cannot find the stockade binary")?;
     let mut cmd = tokio::process::Command::new(exe);
@@ -176,30 +221,11 @@ fn spawn_web(cfg: &Config, url: &SecretString) -> anyhow::Result<tokio::process:
         .arg("--exit-with-parent")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        // The whole configuration but its secrets, and only the web role's
+        // URL: the child never learns the owner's or the admin password.
+        .envs(cfg.plain_settings())
         .env("DATABASE_URL", url.expose_secret())
-        .env("STOCKADE_LISTEN", cfg.listen.to_string())
-        .env("STOCKADE_PUBLIC_URL", &cfg.public_url)
-        .env("STOCKADE_RUN_AS", &cfg.run_as)
-        .env("STOCKADE_LOG", &cfg.log)
-        .env(
-            "STOCKADE_SESSION_IDLE_MINUTES",
-            cfg.session_idle_minutes.to_string(),
-        )
-        .env(
-            "STOCKADE_SESSION_MAX_HOURS",
-            cfg.session_max_hours.to_string(),
-        )
-        .env("STOCKADE_WEB_WORKERS", cfg.web_workers.to_string())
-        .env(
-            "STOCKADE_SIGNUP_PLAN",
-            cfg.signup_plan.clone().unwrap_or_default(),
-        )
-        .env(
-            "STOCKADE_PAGE_CACHE_SECS",
-            cfg.page_cache.as_secs().to_string(),
-        )
-        .env("STOCKADE_TRUSTED_PROXIES", joined(&cfg.trusted_proxies))
-        .env("STOCKADE_WEBHOOK_ALLOW", joined(&cfg.webhook_allow))
+        .env("STOCKADE_WEB_DATABASE_URL", url.expose_secret())
         .stdin(Stdio::null())
         .kill_on_drop(true);
     // A session of its own: the operator's terminal (and its signals) is

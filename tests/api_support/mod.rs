@@ -68,8 +68,15 @@ impl Api {
             page_cache: std::time::Duration::from_secs(5),
             trusted_proxies: Vec::new(),
         };
-        let app =
-            stockade_web::Application::build_with(listener, pool.clone(), settings, api).unwrap();
+        // The web tier as its own database role, as in the product.
+        let web_pool = stockade_store::connect(
+            &common::role_url(&url, stockade_store::roles::WEB),
+            5,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("connect as the web role");
+        let app = stockade_web::Application::build_with(listener, web_pool, settings, api).unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped());
         let admin = token(&pool, &Scope::ALL, None).await;
@@ -146,7 +153,7 @@ impl Api {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                if nodes::heartbeat(&pool, id).await.is_err() {
+                if nodes::heartbeat(&pool, id, None).await.is_err() {
                     break;
                 }
             }

@@ -111,6 +111,10 @@ impl Node {
             .env("STOCKADE_JAIL_NETWORK", &network)
             .env_remove("STOCKADE_CONFIG")
             .env("DATABASE_URL", self.url.expose_secret())
+            .env(
+                "STOCKADE_AGENT_DATABASE_URL",
+                super::role_url(&self.url, stockade_store::roles::AGENT).expose_secret(),
+            )
             .env("STOCKADE_NODE_NAME", &self.name)
             .env("STOCKADE_STATE_DIR", self.state.path())
             .env("STOCKADE_AGENT_METRICS", "off")

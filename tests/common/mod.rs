@@ -16,7 +16,7 @@ use stockade_domain::{Email, Role};
 use stockade_store::PgPool;
 
 /// The server every test of this binary creates its databases on.
-fn server_url() -> SecretString {
+pub fn server_url() -> SecretString {
     static URL: OnceLock<SecretString> = OnceLock::new();
     // Held for the life of the test process: when the process exits, the
     // cluster's stdin closes and it stops and removes its folder.
@@ -50,6 +50,16 @@ fn server_url() -> SecretString {
     .clone()
 }
 
+/// `url` for the database role `role` (the web tier's or the agent's), as
+/// the product connects; on an external server (DATABASE_URL set) the
+/// tests use its one URL for everything.
+pub fn role_url(url: &SecretString, role: &str) -> SecretString {
+    if std::env::var_os("DATABASE_URL").is_some() {
+        return url.clone();
+    }
+    stockade_store::roles::url_as(url, role).expect("a role URL")
+}
+
 /// A fresh, migrated database of its own.
 pub async fn fresh_database() -> (PgPool, SecretString) {
     let server = server_url();
@@ -73,7 +83,10 @@ pub async fn fresh_database() -> (PgPool, SecretString) {
 /// The real application, serving on an ephemeral port.
 pub struct TestApp {
     pub address: String,
+    /// The database as its owner, for setting up and checking.
     pub pool: PgPool,
+    /// The web tier's own connections (as the web role).
+    pub web_pool: PgPool,
     pub db_url: SecretString,
     pub client: reqwest::Client,
 }
@@ -123,12 +136,22 @@ impl TestApp {
             page_cache,
             trusted_proxies,
         };
-        let app = stockade_web::Application::build(listener, pool.clone(), settings).unwrap();
+        // The web tier runs as its own database role, with only its grants,
+        // as in the product: a query it has no right to fails the test.
+        let web_pool = stockade_store::connect(
+            &role_url(&db_url, stockade_store::roles::WEB),
+            5,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("connect as the web role");
+        let app = stockade_web::Application::build(listener, web_pool.clone(), settings).unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
             pool,
+            web_pool,
             db_url,
             client: new_client(),
         }

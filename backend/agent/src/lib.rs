@@ -142,7 +142,13 @@ pub async fn run(
         tracing::warn!(error = %e, "adopting host objects failed; will retry at the next resync");
     }
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(heartbeat_task(pool.clone(), node_id, info, cfg.heartbeat));
+    tasks.spawn(heartbeat_task(
+        pool.clone(),
+        engine.clone(),
+        node_id,
+        info,
+        cfg.heartbeat,
+    ));
     tasks.spawn(purge_task(pool.clone(), cfg.sample_retention_hours));
     tasks.spawn(sample_task(
         sampler::Sampler::new(
@@ -190,13 +196,29 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps the node's heartbeat, whatever the jails do.
-async fn heartbeat_task(pool: PgPool, node_id: Uuid, info: NodeInfo, every: Duration) {
+/// Keeps the node's heartbeat, whatever the jails do, with the images the
+/// node offers (an image imported meanwhile is offered from the next beat).
+async fn heartbeat_task(
+    pool: PgPool,
+    engine: Arc<Engine>,
+    node_id: Uuid,
+    info: NodeInfo,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match nodes::heartbeat(&pool, node_id).await {
+        let lister = engine.clone();
+        let images = match tokio::task::spawn_blocking(move || lister.images()).await {
+            Ok(Ok(images)) => Some(images),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "listing the node's images failed");
+                None
+            }
+            Err(_) => None,
+        };
+        match nodes::heartbeat(&pool, node_id, images.as_deref()).await {
             Ok(()) => {}
             Err(stockade_store::StoreError::NotFound) => {
                 if let Err(e) = nodes::register(&pool, &info).await {

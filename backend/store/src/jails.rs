@@ -354,20 +354,34 @@ async fn lock_active_tenant(
     }
 }
 
-/// Picks the live node with the most free memory that fits `limits`, locking
-/// the node rows so two placements cannot both take the last room.
-async fn place(tx: &mut Transaction<'_, Postgres>, limits: &Limits) -> Result<Uuid, StoreError> {
-    let candidates: Vec<(Uuid, String, i64, i64, i64)> = sqlx::query_as(
+/// Key of the transaction lock that placements take, so two cannot both
+/// take the last room of a node. A lock of its own rather than on the node
+/// rows: the web role may read nodes but not lock them for update.
+const PLACEMENT_LOCK: i64 = 0x5354_4b50_4c41_4345; // "STKPLACE"
+
+/// Picks the live node offering `image` with the most free memory that
+/// fits `limits`; placements are serialised (see [`PLACEMENT_LOCK`]).
+async fn place(
+    tx: &mut Transaction<'_, Postgres>,
+    limits: &Limits,
+    image: &str,
+) -> Result<Uuid, StoreError> {
+    type Candidate = (Uuid, String, i64, i64, i64, Option<Vec<String>>);
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PLACEMENT_LOCK)
+        .execute(&mut **tx)
+        .await?;
+    let mut candidates: Vec<Candidate> = sqlx::query_as(
         "WITH live AS (
-             SELECT id, name, memory_bytes, disk_bytes, max_jails FROM nodes
-             WHERE heartbeat_at > now() - make_interval(secs => $1)
-             ORDER BY id FOR NO KEY UPDATE)
+             SELECT id, name, memory_bytes, disk_bytes, max_jails, images FROM nodes
+             WHERE heartbeat_at > now() - make_interval(secs => $1))
          SELECT l.id, l.name,
                 l.memory_bytes - COALESCE(sum(j.memory_bytes), 0)::bigint AS free_memory,
                 l.disk_bytes - COALESCE(sum(j.disk_bytes), 0)::bigint AS free_disk,
-                l.max_jails - count(j.id) AS free_slots
+                l.max_jails - count(j.id) AS free_slots,
+                l.images
          FROM live l LEFT JOIN jails j ON j.node_id = l.id AND j.desired_state <> 'deleted'
-         GROUP BY l.id, l.name, l.memory_bytes, l.disk_bytes, l.max_jails
+         GROUP BY l.id, l.name, l.memory_bytes, l.disk_bytes, l.max_jails, l.images
          ORDER BY free_memory DESC, l.name",
     )
     .bind(f64::from(u32::try_from(NODE_DOWN_AFTER_SECS).unwrap_or(30)))
@@ -376,11 +390,33 @@ async fn place(tx: &mut Transaction<'_, Postgres>, limits: &Limits) -> Result<Uu
     if candidates.is_empty() {
         return Err(StoreError::NoCapacity("no node is up".into()));
     }
+    // A node that has not reported its images yet may have any.
+    let offers = |c: &Candidate| c.5.as_ref().is_none_or(|i| i.iter().any(|i| i == image));
+    if !candidates.iter().any(offers) {
+        let mut known: Vec<&str> = candidates
+            .iter()
+            .flat_map(|c| c.5.iter().flatten().map(String::as_str))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        return Err(StoreError::Invalid {
+            field: "image",
+            message: format!(
+                "no node offers the image {image:?}; images offered: {}",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        });
+    }
+    candidates.retain(offers);
     let mem = to_i64("memory", limits.memory_bytes)?;
     let disk = to_i64("disk", limits.disk_bytes)?;
     candidates
         .iter()
-        .find(|(_, _, free_mem, free_disk, slots)| {
+        .find(|(_, _, free_mem, free_disk, slots, _)| {
             *free_mem >= mem && *free_disk >= disk && *slots > 0
         })
         .map(|c| c.0)
@@ -407,7 +443,7 @@ pub async fn create(pool: &PgPool, tenant_id: Uuid, new: &NewJail) -> Result<Jai
     let used = allocated(&mut *tx, tenant_id, None).await?;
     let mut limits = new.limits;
     fit_to_quota(&mut limits, &quota, &used, true)?;
-    let node_id = place(&mut tx, &limits).await?;
+    let node_id = place(&mut tx, &limits, &new.image).await?;
     let row: JailRow = sqlx::query_as(concat!(
         "INSERT INTO jails (tenant_id, node_id, name, image, kind, command, cpu_millicores, memory_bytes,
             pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops, net_egress_bps,

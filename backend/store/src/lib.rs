@@ -14,6 +14,7 @@ pub mod jails;
 pub mod nodes;
 pub mod password;
 pub mod plans;
+pub mod roles;
 pub mod sessions;
 pub mod stats;
 pub mod tenants;
@@ -48,6 +49,15 @@ pub enum StoreError {
     /// No live node has room for the jail.
     #[error("no node has room for this jail right now ({0})")]
     NoCapacity(String),
+    /// A value of the request that no node can serve (an image no node
+    /// offers); `field` names it.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The request's field.
+        field: &'static str,
+        /// What is wrong, for the user.
+        message: String,
+    },
     /// The change is not allowed in the current state (e.g. a suspended tenant).
     #[error("{0}")]
     InvalidState(String),
@@ -90,7 +100,11 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR
         .run(pool)
         .await
-        .map_err(|e| anyhow::anyhow!("migrating the database failed: {e}"))
+        .map_err(|e| anyhow::anyhow!("migrating the database failed: {e}"))?;
+    // New tables of a migration reach the web and agent roles only through
+    // the grants; they are given again after every migration.
+    roles::apply_grants(pool).await?;
+    Ok(())
 }
 
 /// Whether the database answers a trivial query.

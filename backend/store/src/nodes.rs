@@ -65,12 +65,20 @@ pub async fn register(pool: &PgPool, info: &NodeInfo) -> Result<Uuid, StoreError
     Ok(id)
 }
 
-/// Records that the node's agent is alive.
-pub async fn heartbeat(pool: &PgPool, node_id: Uuid) -> Result<(), StoreError> {
-    let done = sqlx::query("UPDATE nodes SET heartbeat_at = now() WHERE id = $1")
-        .bind(node_id)
-        .execute(pool)
-        .await?;
+/// Records that the node's agent is alive, with the images the node offers
+/// (kept as they were when `None`: the agent could not list them).
+pub async fn heartbeat(
+    pool: &PgPool,
+    node_id: Uuid,
+    images: Option<&[String]>,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE nodes SET heartbeat_at = now(), images = COALESCE($2, images) WHERE id = $1",
+    )
+    .bind(node_id)
+    .bind(images)
+    .execute(pool)
+    .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }

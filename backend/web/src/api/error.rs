@@ -119,6 +119,7 @@ impl From<StoreError> for ApiError {
                 message: format!("{what} already exists"),
             },
             StoreError::NotFound => ApiError::NotFound,
+            StoreError::Invalid { field, message } => ApiError::field(field, message),
             StoreError::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
             StoreError::NoCapacity(m) => {
                 ApiError::NoCapacity(format!("no node has room for this jail right now ({m})"))

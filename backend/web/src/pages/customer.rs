@@ -312,6 +312,7 @@ async fn create(
             e @ (StoreError::QuotaExceeded(_)
             | StoreError::Conflict(_)
             | StoreError::NoCapacity(_)
+            | StoreError::Invalid { .. }
             | StoreError::InvalidState(_)),
         ) => jails_page(&req, &state, &s, tenant_id, typed, Some(e.to_string())).await,
         Err(e) => Err(e.into()),
