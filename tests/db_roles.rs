@@ -142,3 +142,54 @@ fn an_account_the_cluster_does_not_know_is_refused_whatever_role_it_names() {
         );
     }
 }
+
+#[tokio::test]
+async fn migrations_run_as_an_owner_that_is_no_superuser_and_adopt_an_earlier_releases_tables() {
+    if std::env::var_os("DATABASE_URL").is_some() {
+        eprintln!("SKIPPED: an external server's roles are its DBA's");
+        return;
+    }
+    let server = common::server_url();
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    stockade_store::ensure_database(&server, &name)
+        .await
+        .unwrap();
+    let base = server.expose_secret();
+    let url = SecretString::from(format!("{}/{name}", base.rsplit_once('/').unwrap().0));
+    let pool = stockade_store::connect(&url, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // As an earlier release did: every migration as the cluster's
+    // administrator, who then owned every table.
+    stockade_store::MIGRATOR.run(&pool).await.unwrap();
+    stockade_store::migrate(&pool).await.unwrap();
+
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT pg_get_userbyid(c.relowner)::text FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'S')
+         UNION SELECT DISTINCT pg_get_userbyid(p.proowner)::text FROM pg_proc p
+         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
+         UNION SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = current_database()",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(owners, [stockade_store::roles::OWNER]);
+    let (superuser, login): (bool, bool) =
+        sqlx::query_as("SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = $1")
+            .bind(stockade_store::roles::OWNER)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        !superuser && !login,
+        "the owner is an ordinary role that cannot log in"
+    );
+    // The web role still has what it needs on the adopted tables.
+    assert_eq!(
+        run_as_role(&url, WEB, "SELECT count(*) FROM tenants").await,
+        Ok(())
+    );
+    pool.close().await;
+}

@@ -14,7 +14,7 @@ mod state;
 pub use email::Email;
 pub use file_name::FileName;
 pub use limits::Limits;
-pub use name::{JailName, TenantSlug};
+pub use name::{JailName, TenantSlug, image_name};
 pub use quantity::{ByteSize, Millicores};
 pub use state::{DesiredState, JailKind, ObservedState, Role, TenantStatus};
 

@@ -32,6 +32,28 @@ fn check_label(field: &'static str, raw: &str) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// Checks the name of a root filesystem image: 1 to 63 characters of a-z,
+/// 0-9, '.', '_' and '-', starting with a letter or digit (so never `.`,
+/// `..` or a path). Whether a node offers it is the store's question.
+pub fn image_name(raw: &str) -> Result<String, ParseError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 63
+        && raw
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !ok {
+        return Err(ParseError::new(
+            "image",
+            "must be 1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
 macro_rules! label_type {
     ($(#[$doc:meta])* $ty:ident, $field:literal) => {
         $(#[$doc])*

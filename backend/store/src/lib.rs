@@ -95,14 +95,20 @@ pub async fn connect(
     Ok(pool)
 }
 
-/// Applies every pending migration.
+/// Applies every pending migration (as the owner role where the server has
+/// one, see [`roles::as_owner`]), then gives the web and agent roles their
+/// rights again: new tables of a migration reach them only through the
+/// grants.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("migrating the database failed: {e}"))?;
-    // New tables of a migration reach the web and agent roles only through
-    // the grants; they are given again after every migration.
+    let mut conn = pool.acquire().await?;
+    roles::as_owner(&mut conn, async |conn| {
+        MIGRATOR
+            .run(conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("migrating the database failed: {e}"))
+    })
+    .await?;
+    drop(conn);
     roles::apply_grants(pool).await?;
     Ok(())
 }

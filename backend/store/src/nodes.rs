@@ -85,6 +85,22 @@ pub async fn heartbeat(
     Ok(())
 }
 
+/// The images live nodes offer, by name. A node that has not reported
+/// its images yet offers at least the built-in `busybox` its agent makes.
+pub async fn offered_images(pool: &PgPool) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT image FROM nodes,
+             unnest(COALESCE(images, ARRAY['busybox'])) AS image
+         WHERE heartbeat_at > now() - make_interval(secs => $1)
+         ORDER BY image",
+    )
+    .bind(f64::from(
+        u32::try_from(crate::jails::NODE_DOWN_AFTER_SECS).unwrap_or(30),
+    ))
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Every node, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<Node>, StoreError> {
     Ok(sqlx::query_as(

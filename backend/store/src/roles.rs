@@ -14,6 +14,11 @@ use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 
+/// The role that owns the schema on a managed cluster: migrations run as
+/// it. It cannot log in; the cluster's administrator takes it on (`SET
+/// ROLE`) to migrate, so the objects a migration makes are never a
+/// superuser's.
+pub const OWNER: &str = "stockade_owner";
 /// The role the web tier connects as.
 pub const WEB: &str = "stockade_web";
 /// The role each node's agent connects as.
@@ -137,16 +142,24 @@ async fn existing(pool: &PgPool, roles: &[&str]) -> anyhow::Result<Vec<String>> 
     )
 }
 
-/// Creates the web and agent roles on a server this process administers
-/// (the managed cluster): they log in (over the local socket, mapped from
-/// their OS accounts) and hold no attribute beyond that.
+/// Creates the owner, web and agent roles on a server this process
+/// administers (the managed cluster). The web and agent roles log in (over
+/// the local socket, mapped from their OS accounts); none holds any other
+/// attribute.
 pub async fn create_roles(pool: &PgPool) -> anyhow::Result<()> {
-    let have = existing(pool, &[WEB, AGENT]).await?;
-    for role in [WEB, AGENT] {
+    let have = existing(pool, &[OWNER, WEB, AGENT]).await?;
+    for role in [OWNER, WEB, AGENT] {
         if !have.iter().any(|h| h == role) {
+            // The owner gets the schema's rights through the database's
+            // ownership (membership in pg_database_owner), so it inherits.
+            let attributes = if role == OWNER {
+                "NOLOGIN INHERIT"
+            } else {
+                "LOGIN NOINHERIT"
+            };
             // A constant, plain name: identifiers cannot be bound.
             let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION"
+                "CREATE ROLE {role} {attributes} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
             )))
             .execute(pool)
             .await;
@@ -180,6 +193,81 @@ pub async fn apply_grants(pool: &PgPool) -> anyhow::Result<bool> {
         .context("granting the web and agent roles their rights failed")?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Runs `migrate` on `conn` as the owner role when the server has one and
+/// this session may take it on (the managed cluster's administrator):
+/// first the database and whatever an earlier release made as the
+/// administrator are handed to it. Elsewhere (an external server, whose
+/// URL is the owner's) as the connecting role.
+pub async fn as_owner<F, T>(conn: &mut sqlx::PgConnection, migrate: F) -> anyhow::Result<T>
+where
+    F: AsyncFnOnce(&mut sqlx::PgConnection) -> anyhow::Result<T>,
+{
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut *conn)
+            .await?;
+    let owner_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(OWNER)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !(superuser && owner_exists) {
+        return migrate(conn).await;
+    }
+    hand_to_owner(conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {OWNER}")))
+        .execute(&mut *conn)
+        .await?;
+    let done = migrate(conn).await;
+    sqlx::raw_sql("RESET ROLE").execute(&mut *conn).await?;
+    done
+}
+
+/// Gives the database, and every table, view, sequence and function of its
+/// schema that the connecting role owns, to the owner role.
+async fn hand_to_owner(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !plain_identifier(&database) {
+        anyhow::bail!("{database:?} is not a plain SQL name");
+    }
+    let mut sql = format!("ALTER DATABASE {database} OWNER TO {OWNER};\n");
+    let relations: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                 WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+           AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+           -- A sequence owned by a column goes with its table.
+           AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d
+                    WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (name, kind) in relations {
+        sql.push_str(&format!(
+            "ALTER {kind} public.\"{name}\" OWNER TO {OWNER};\n"
+        ));
+    }
+    let functions: Vec<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'public'
+           AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for function in functions {
+        sql.push_str(&format!("ALTER FUNCTION {function} OWNER TO {OWNER};\n"));
+    }
+    // Names come from the catalogue, quoted; the role is a constant.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await
+        .context("handing the database to its owner role failed")?;
+    Ok(())
 }
 
 /// The same URL with another user name: the role `role` reaches the same

@@ -160,10 +160,13 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Validation { .. }
-            | ApiError::QuotaExceeded(_)
-            | ApiError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            // The key belongs to another request: a conflict with what the
+            // server holds, as a key still being served is (the request
+            // itself may be valid, so not a 422).
+            ApiError::Conflict { .. } | ApiError::IdempotencyMismatch => StatusCode::CONFLICT,
+            ApiError::Validation { .. } | ApiError::QuotaExceeded(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -120,22 +120,7 @@ pub struct CreateJail {
 }
 
 fn image(raw: &str) -> Result<String, ApiError> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 63
-        && raw
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    if !ok {
-        return Err(ApiError::field(
-            "image",
-            "must be 1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
-        ));
-    }
-    Ok(raw.to_owned())
+    Ok(stockade_domain::image_name(raw)?)
 }
 
 impl TryFrom<CreateJail> for NewJail {
@@ -190,7 +175,7 @@ pub(crate) async fn list(
 /// Creates a jail within the tenant's quota and places it on a node.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/jails", tag = "jails",
     params(("tenant_id" = Uuid, Path, description = "Tenant id"),
-           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry")),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry: 1 to 255 visible ASCII characters", pattern = "^[!-~]{1,255}$")),
     request_body = CreateJail,
     responses((status = 201, description = "Created", body = JailOut)),
     security(("bearer" = ["jails:write"])))]
@@ -252,24 +237,32 @@ pub struct UpdateJail {
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
     /// CPU, millicores.
+    #[schema(minimum = 10, maximum = 2147483647)]
     pub cpu_millicores: Option<u32>,
     /// Memory, bytes.
+    #[schema(minimum = 4194304, maximum = 9223372036854775807_u64)]
     pub memory_bytes: Option<u64>,
     /// Processes.
+    #[schema(minimum = 4, maximum = 2147483647)]
     pub pids: Option<u32>,
     /// Volume size, bytes (it only grows).
+    #[schema(minimum = 16777216, maximum = 9223372036854775807_u64)]
     pub disk_bytes: Option<u64>,
     /// Read rate, bytes/s.
+    #[schema(schema_with = crate::api::types::io_rate_or_null)]
     pub io_read_bps: Option<u64>,
     /// Write rate, bytes/s.
+    #[schema(schema_with = crate::api::types::io_rate_or_null)]
     pub io_write_bps: Option<u64>,
     /// Read operations/s.
     pub io_read_iops: Option<u64>,
     /// Write operations/s.
     pub io_write_iops: Option<u64>,
     /// Outbound rate, bits/s.
+    #[schema(schema_with = crate::api::types::net_rate_or_null)]
     pub net_egress_bps: Option<u64>,
     /// Inbound rate, bits/s.
+    #[schema(schema_with = crate::api::types::net_rate_or_null)]
     pub net_ingress_bps: Option<u64>,
 }
 

@@ -100,7 +100,12 @@ pub struct CreatePlan {
     #[schema(example = "pro", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// Name shown to customers.
-    #[schema(example = "Pro")]
+    #[schema(
+        example = "Pro",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub display_name: String,
     /// What a tenant on it may use.
     pub quota: QuotaBody,
@@ -125,7 +130,7 @@ impl TryFrom<CreatePlan> for PlanInput {
 /// Creates a plan.
 #[utoipa::path(post, path = "/api/v1/plans", tag = "plans",
     request_body = CreatePlan,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry: 1 to 255 visible ASCII characters", pattern = "^[!-~]{1,255}$")),
     responses((status = 201, description = "Created", body = PlanOut)),
     security(("bearer" = ["tenants:write"])))]
 pub(crate) async fn create(
@@ -151,6 +156,11 @@ pub(crate) async fn create(
 #[serde(deny_unknown_fields)]
 pub struct UpdatePlan {
     /// New display name.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub display_name: Option<String>,
     /// New quota (whole); tenants' jails are brought within it.
     pub quota: Option<QuotaBody>,

@@ -136,10 +136,15 @@ pub struct CreateTenant {
     #[schema(example = "acme", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub slug: String,
     /// Name shown in the panel.
-    #[schema(example = "Acme Ltd", min_length = 1, max_length = 200)]
+    #[schema(
+        example = "Acme Ltd",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub display_name: String,
     /// The plan, by name or id.
-    #[schema(example = "starter")]
+    #[schema(example = "starter", min_length = 1, max_length = 63)]
     pub plan: String,
     /// When given, a customer account for this email is created with the
     /// tenant; its generated password is in the answer, once.
@@ -172,7 +177,9 @@ pub struct OwnerOut {
     pub user_id: Uuid,
     /// Sign-in email.
     pub email: String,
-    /// Generated password, shown only in this answer.
+    /// Generated password, shown only in this answer; `null` in a replay
+    /// (see `secrets_omitted`).
+    #[schema(nullable = true)]
     pub password: String,
 }
 
@@ -184,6 +191,10 @@ pub struct CreatedTenant {
     /// The owner account (only when `owner_email` was given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<OwnerOut>,
+    /// In a replay of this answer (`Idempotent-Replayed`): where a secret
+    /// shown once was left out (`["owner.password"]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets_omitted: Option<Vec<String>>,
 }
 
 pub(crate) async fn record(
@@ -214,7 +225,7 @@ pub(crate) async fn record(
 /// Creates a tenant (and optionally its owner account, in the same transaction).
 #[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants",
     request_body = CreateTenant,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry: 1 to 255 visible ASCII characters", pattern = "^[!-~]{1,255}$")),
     responses((status = 201, description = "Created", body = CreatedTenant)),
     security(("bearer" = ["tenants:write"])))]
 pub(crate) async fn create(
@@ -267,6 +278,7 @@ pub(crate) async fn create(
         .json(CreatedTenant {
             tenant: tenant.into(),
             owner,
+            secrets_omitted: None,
         }))
 }
 
@@ -278,10 +290,12 @@ pub struct ListTenants {
     /// Only tenants with this status (`active`, `suspended`, `terminated`).
     pub status: Option<String>,
     /// Only tenants whose slug or name contains this.
+    #[param(min_length = 1, max_length = 100)]
     pub search: Option<String>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -372,6 +386,7 @@ pub(crate) async fn get(
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
     /// Move to this plan (name or id); jails are brought within its quota.
+    #[schema(min_length = 1, max_length = 63)]
     pub plan: Option<String>,
     /// Replace the quota overrides (fields left out or null follow the plan).
     pub quota_overrides: Option<OverridesBody>,

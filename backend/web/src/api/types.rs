@@ -33,9 +33,11 @@ pub struct QuotaBody {
     pub max_jails: u32,
     /// Per-jail read ceiling, bytes/s (0 = none).
     #[serde(default)]
+    #[schema(schema_with = io_rate)]
     pub io_read_bps: u64,
     /// Per-jail write ceiling, bytes/s (0 = none).
     #[serde(default)]
+    #[schema(schema_with = io_rate)]
     pub io_write_bps: u64,
     /// Per-jail read operations ceiling (0 = none).
     #[serde(default)]
@@ -45,13 +47,58 @@ pub struct QuotaBody {
     pub io_write_iops: u64,
     /// Per-jail outbound ceiling, bits/s (0 = none).
     #[serde(default)]
+    #[schema(schema_with = net_rate)]
     pub net_egress_bps: u64,
     /// Per-jail inbound ceiling, bits/s (0 = none).
     #[serde(default)]
+    #[schema(schema_with = net_rate)]
     pub net_ingress_bps: u64,
     /// Monthly transfer, bytes (0 = unmetered).
     #[serde(default)]
     pub monthly_transfer_bytes: u64,
+}
+
+/// A rate a node applies as "0 = none, else at least `min`": one of the
+/// two, so that a generated client (and a property test) never sends what
+/// is refused.
+fn zero_or_at_least(min: u64, nullable: bool) -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let mut one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some([0])),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(min))
+                .maximum(Some(MAX_I64)),
+        );
+    if nullable {
+        one_of = one_of.item(ObjectBuilder::new().schema_type(Type::Null));
+    }
+    utoipa::openapi::schema::Schema::OneOf(one_of.build())
+}
+
+/// A network rate, bits/s: 0 (none) or at least 8000.
+pub(crate) fn net_rate() -> utoipa::openapi::schema::Schema {
+    zero_or_at_least(stockade_domain::limits::MIN_NET_BPS, false)
+}
+
+/// A disk rate, bytes/s: 0 (none) or at least 4096.
+pub(crate) fn io_rate() -> utoipa::openapi::schema::Schema {
+    zero_or_at_least(stockade_domain::limits::MIN_IO_BPS, false)
+}
+
+/// A network rate, or null (unchanged).
+pub(crate) fn net_rate_or_null() -> utoipa::openapi::schema::Schema {
+    zero_or_at_least(stockade_domain::limits::MIN_NET_BPS, true)
+}
+
+/// A disk rate, or null (unchanged).
+pub(crate) fn io_rate_or_null() -> utoipa::openapi::schema::Schema {
+    zero_or_at_least(stockade_domain::limits::MIN_IO_BPS, true)
 }
 
 /// The largest integer SQL stores.
@@ -159,9 +206,11 @@ pub struct LimitsBody {
     pub disk_bytes: u64,
     /// Read rate, bytes/s (0 = none, else at least 4096).
     #[serde(default)]
+    #[schema(schema_with = io_rate)]
     pub io_read_bps: u64,
     /// Write rate, bytes/s (0 = none, else at least 4096).
     #[serde(default)]
+    #[schema(schema_with = io_rate)]
     pub io_write_bps: u64,
     /// Read operations/s.
     #[serde(default)]
@@ -171,9 +220,11 @@ pub struct LimitsBody {
     pub io_write_iops: u64,
     /// Outbound rate, bits/s (0 = none, else at least 8000).
     #[serde(default)]
+    #[schema(schema_with = net_rate)]
     pub net_egress_bps: u64,
     /// Inbound rate, bits/s (0 = none, else at least 8000).
     #[serde(default)]
+    #[schema(schema_with = net_rate)]
     pub net_ingress_bps: u64,
 }
 

@@ -148,6 +148,7 @@ pub struct UsageQuery {
     /// End, exclusive (RFC 3339 time or YYYY-MM-DD); default: now.
     pub to: Option<String>,
     /// `hour`, `day` (default) or `month`.
+    #[param(pattern = "^(hour|day|month)$")]
     pub granularity: Option<String>,
 }
 
@@ -271,7 +272,7 @@ pub(crate) async fn tenant_usage(
 #[into_params(parameter_in = Query)]
 pub struct MonthQuery {
     /// The calendar month (UTC), `YYYY-MM`.
-    #[param(example = "2026-11")]
+    #[param(example = "2026-11", pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     pub month: String,
 }
 

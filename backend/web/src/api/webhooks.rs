@@ -64,8 +64,14 @@ impl From<Endpoint> for WebhookOut {
 pub struct CreatedWebhook {
     /// The endpoint.
     pub webhook: WebhookOut,
-    /// The HMAC-SHA256 key of the `Stockade-Signature` header.
+    /// The HMAC-SHA256 key of the `Stockade-Signature` header; `null` in a
+    /// replay (see `secrets_omitted`).
+    #[schema(nullable = true)]
     pub secret: String,
+    /// In a replay of this answer (`Idempotent-Replayed`): where a secret
+    /// shown once was left out (`["secret"]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets_omitted: Option<Vec<String>>,
 }
 
 /// Every endpoint this token may see.
@@ -80,18 +86,39 @@ pub struct WebhookList {
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// `http://` or `https://` URL that receives POSTs.
-    #[schema(example = "https://billing.example.com/stockade")]
+    #[schema(
+        example = "https://billing.example.com/stockade",
+        pattern = "^https?://",
+        max_length = 2000
+    )]
     pub url: String,
     /// Signing key, 16 to 200 characters; generated when absent.
+    #[schema(min_length = 16, max_length = 200)]
     pub secret: Option<String>,
     /// Event types to receive: tenant.created, tenant.suspended,
     /// tenant.unsuspended, tenant.terminated, jail.state_changed,
     /// quota.soft_limit_reached, quota.hard_limit_reached, usage.month_closed.
+    #[schema(schema_with = event_types_schema)]
     pub event_types: Vec<String>,
     /// Receive only this tenant's events (forced for tenant-bound tokens).
     pub tenant_id: Option<Uuid>,
     /// Free text.
     pub description: Option<String>,
+}
+
+/// One or more of the event types, each at most once.
+fn event_types_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(EVENT_TYPES.iter().copied())),
+        )
+        .min_items(Some(1))
+        .max_items(Some(EVENT_TYPES.len()))
+        .unique_items(true)
+        .build()
 }
 
 struct ValidWebhook {
@@ -159,7 +186,7 @@ impl TryFrom<CreateWebhook> for ValidWebhook {
 /// Registers an endpoint.
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks",
     request_body = CreateWebhook,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retry: 1 to 255 visible ASCII characters", pattern = "^[!-~]{1,255}$")),
     responses((status = 201, description = "Registered", body = CreatedWebhook),
               (status = 422, description = "A refused field, such as a URL the egress policy refuses")),
     security(("bearer" = ["webhooks:write"])))]
@@ -218,6 +245,7 @@ pub(crate) async fn create(
         .json(CreatedWebhook {
             webhook: endpoint.into(),
             secret: w.secret,
+            secrets_omitted: None,
         }))
 }
 
@@ -314,6 +342,7 @@ pub struct DeliveryList {
 #[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 

@@ -11,6 +11,7 @@ use stockade_domain::{
 };
 use stockade_store::StoreError;
 use stockade_store::jails::{self, Jail, NewJail};
+use stockade_store::nodes;
 use stockade_store::usage::{self, Bucket};
 use uuid::Uuid;
 
@@ -167,9 +168,7 @@ impl TryFrom<CreateJailForm> for NewJail {
     type Error = String;
     fn try_from(f: CreateJailForm) -> Result<Self, String> {
         let name = JailName::parse(f.name.trim()).map_err(|e| e.to_string())?;
-        if !IMAGES.contains(&f.image.as_str()) {
-            return Err(format!("image: {:?} is not offered here", f.image));
-        }
+        let image = stockade_domain::image_name(f.image.trim()).map_err(|e| e.to_string())?;
         let kind: JailKind = f
             .kind
             .parse()
@@ -199,7 +198,7 @@ impl TryFrom<CreateJailForm> for NewJail {
         }
         Ok(NewJail {
             name,
-            image: f.image,
+            image,
             kind,
             command,
             limits: {
@@ -220,15 +219,14 @@ impl TryFrom<CreateJailForm> for NewJail {
 }
 
 /// Images offered in the panel.
-const IMAGES: &[&str] = &["busybox"];
-
 #[derive(Template)]
 #[template(path = "jails.html")]
 struct JailsPage {
     layout: Layout,
     jails: Vec<JailRow>,
     form: CreateJailForm,
-    images: &'static [&'static str],
+    /// The images live nodes offer.
+    images: Vec<String>,
     left: String,
     error: Option<String>,
 }
@@ -261,7 +259,7 @@ async fn jails_page(
         layout,
         jails: jails.iter().map(JailRow::from).collect(),
         form,
-        images: IMAGES,
+        images: nodes::offered_images(&state.pool).await?,
         left,
         error,
     };
