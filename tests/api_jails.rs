@@ -325,3 +325,21 @@ async fn an_image_no_node_offers_is_refused_naming_those_offered() {
     let res = api.post(&base, &api.admin, &asked).send().await.unwrap();
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
 }
+
+#[tokio::test]
+async fn whole_numbers_written_as_fractions_are_taken_and_real_fractions_refused() {
+    let api = Api::spawn().await;
+    api.node().await;
+    let t = api.tenant("fractions").await;
+    let base = format!("/api/v1/tenants/{t}/jails");
+    let body = json!({"name": "web-1", "image": "busybox",
+        "limits": {"cpu_millicores": 250.0, "memory_bytes": 67108864.0, "pids": 64, "disk_bytes": 268_435_456.0}});
+    let res = api.post(&base, &api.admin, &body).send().await.unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let j: Value = res.json().await.unwrap();
+    assert_eq!(j["limits"]["memory_bytes"], 67108864);
+    let body = json!({"name": "web-2", "image": "busybox",
+        "limits": {"cpu_millicores": 250.5, "memory_bytes": 67108864, "pids": 64, "disk_bytes": 256 * MIB}});
+    let res = api.post(&base, &api.admin, &body).send().await.unwrap();
+    expect_error(res, 422, "validation_failed").await;
+}

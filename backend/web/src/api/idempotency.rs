@@ -234,14 +234,71 @@ pub(crate) async fn json_objects_only(
             },
         );
     }
-    req.set_payload(body.into());
+    req.set_payload(integral_numbers(body));
     next.call(req)
         .await
         .map(ServiceResponse::map_into_boxed_body)
 }
 
+/// JSON does not tell `5` from `5.0`, and JSON Schema's `integer` accepts
+/// both; Rust's integers accept only the first. A body with a whole number
+/// written as a fraction is passed on with it written as an integer; any
+/// other body is passed on untouched (a real fraction is still refused by
+/// the field it is given for).
+fn integral_numbers(body: web::Bytes) -> actix_web::dev::Payload {
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body.into();
+    };
+    if !fix_numbers(&mut value) {
+        return body.into();
+    }
+    serde_json::to_vec(&value).map_or_else(|_| body.into(), |b| web::Bytes::from(b).into())
+}
+
+/// Writes whole numbers given as fractions as integers; whether any was.
+fn fix_numbers(v: &mut serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Exactly representable whole numbers only (below 2^53).
+            if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                #[allow(clippy::cast_possible_truncation)]
+                let whole = f as i64;
+                *v = serde_json::Value::from(whole);
+                return true;
+            }
+            false
+        }
+        serde_json::Value::Array(items) => items.iter_mut().fold(false, |c, i| fix_numbers(i) | c),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().fold(false, |c, i| fix_numbers(i) | c)
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn whole_numbers_written_as_fractions_become_integers_and_nothing_else_changes() {
+        let fixed = |body: &str| -> (bool, serde_json::Value) {
+            let mut v: serde_json::Value = serde_json::from_str(body).unwrap();
+            (super::fix_numbers(&mut v), v)
+        };
+        assert_eq!(
+            fixed(r#"{"a": 5.0, "b": [1.0, 2.5], "c": {"d": -3.0}, "e": "7.0"}"#),
+            (
+                true,
+                serde_json::json!({"a": 5, "b": [1, 2.5], "c": {"d": -3}, "e": "7.0"})
+            )
+        );
+        assert_eq!(
+            fixed(r#"{"a": 1e300, "b": 2}"#),
+            (false, serde_json::json!({"a": 1e300, "b": 2}))
+        );
+    }
+
     #[test]
     fn replays_keep_no_secret_and_say_so() {
         let body = br#"{"tenant":{"id":"t"},"owner":{"email":"o@x","password":"hunter2-once"}}"#;

@@ -111,13 +111,33 @@ pub struct CreateJail {
     pub image: String,
     /// `app` (one command) or `system` (long-running; the default).
     #[serde(default)]
+    #[schema(pattern = "^(app|system)$")]
     pub kind: Option<String>,
-    /// Command to run (empty = the image's default).
+    /// Command to run (empty = the image's default): at most 64 arguments
+    /// of at most 4096 characters, without NUL.
     #[serde(default)]
+    #[schema(schema_with = command_schema)]
     pub command: Vec<String>,
     /// Resource limits, within the tenant's quota.
     pub limits: LimitsBody,
 }
+
+/// At most 64 arguments of at most 4096 characters, none with a NUL.
+fn command_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_ARGUMENT_CHARS))
+                .pattern(Some("^[^\\u0000]*$")),
+        )
+        .max_items(Some(MAX_ARGUMENTS))
+        .build()
+}
+
+const MAX_ARGUMENTS: usize = 64;
+const MAX_ARGUMENT_CHARS: usize = 4096;
 
 fn image(raw: &str) -> Result<String, ApiError> {
     Ok(stockade_domain::image_name(raw)?)
@@ -126,10 +146,14 @@ fn image(raw: &str) -> Result<String, ApiError> {
 impl TryFrom<CreateJail> for NewJail {
     type Error = ApiError;
     fn try_from(b: CreateJail) -> Result<Self, ApiError> {
-        if b.command.len() > 64 || b.command.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
+        if b.command.len() > MAX_ARGUMENTS
+            || b.command
+                .iter()
+                .any(|a| a.chars().count() > MAX_ARGUMENT_CHARS || a.contains('\0'))
+        {
             return Err(ApiError::field(
                 "command",
-                "at most 64 arguments of at most 4096 bytes, without NUL",
+                "at most 64 arguments of at most 4096 characters, without NUL",
             ));
         }
         Ok(NewJail {

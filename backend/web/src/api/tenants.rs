@@ -144,10 +144,17 @@ pub struct CreateTenant {
     )]
     pub display_name: String,
     /// The plan, by name or id.
-    #[schema(example = "starter", min_length = 1, max_length = 63)]
+    #[schema(
+        example = "starter",
+        pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub plan: String,
     /// When given, a customer account for this email is created with the
     /// tenant; its generated password is in the answer, once.
+    #[schema(
+        max_length = 254,
+        pattern = "^[^\\s@\\u0000-\\u001f\\u007f-\\u009f]+@[^\\s@\\u0000-\\u001f\\u007f-\\u009f.]+(\\.[^\\s@\\u0000-\\u001f\\u007f-\\u009f.]+)*$"
+    )]
     pub owner_email: Option<String>,
 }
 
@@ -288,11 +295,17 @@ pub(crate) async fn create(
 #[into_params(parameter_in = Query)]
 pub struct ListTenants {
     /// Only tenants with this status (`active`, `suspended`, `terminated`).
+    #[param(pattern = "^(active|suspended|terminated)$")]
     pub status: Option<String>,
     /// Only tenants whose slug or name contains this.
-    #[param(min_length = 1, max_length = 100)]
+    #[param(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub search: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(min_length = 1, max_length = 100)]
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 100).
     #[param(minimum = 1, maximum = 500)]
@@ -386,7 +399,9 @@ pub(crate) async fn get(
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
     /// Move to this plan (name or id); jails are brought within its quota.
-    #[schema(min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub plan: Option<String>,
     /// Replace the quota overrides (fields left out or null follow the plan).
     pub quota_overrides: Option<OverridesBody>,

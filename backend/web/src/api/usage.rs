@@ -144,12 +144,30 @@ pub struct TenantUsage {
 pub struct UsageQuery {
     /// Start (RFC 3339 time or YYYY-MM-DD, UTC), rounded down to the bucket;
     /// default: the start of the current month.
+    #[param(schema_with = date_or_time)]
     pub from: Option<String>,
     /// End, exclusive (RFC 3339 time or YYYY-MM-DD); default: now.
+    #[param(schema_with = date_or_time)]
     pub to: Option<String>,
     /// `hour`, `day` (default) or `month`.
     #[param(pattern = "^(hour|day|month)$")]
     pub granularity: Option<String>,
+}
+
+/// A date (`YYYY-MM-DD`) or an RFC 3339 time.
+fn date_or_time() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let string = |format| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(format)))
+    };
+    utoipa::openapi::schema::Schema::AnyOf(
+        AnyOfBuilder::new()
+            .item(string(KnownFormat::Date))
+            .item(string(KnownFormat::DateTime))
+            .build(),
+    )
 }
 
 fn time(field: &'static str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
