@@ -338,3 +338,54 @@ pub(crate) fn see_other(location: &str) -> HttpResponse {
         .insert_header((header::LOCATION, location))
         .finish()
 }
+
+/// Refuses a cross-site write to the panel before its body is read: a
+/// browser names the page a form was sent from (`Sec-Fetch-Site`, `Origin`),
+/// so a form another site posts is refused without reading what it sends.
+/// The form's CSRF token is still checked after (clients that send neither
+/// header rely on it alone). The API is not concerned: it takes bearer
+/// tokens, never cookies.
+pub(crate) async fn same_origin_writes(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    use actix_web::http::Method;
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if writes && !req.path().starts_with("/api/") && cross_site(&req) {
+        let refused = actix_web::ResponseError::error_response(&WebError::Csrf);
+        return Ok(req.into_response(refused));
+    }
+    next.call(req)
+        .await
+        .map(actix_web::dev::ServiceResponse::map_into_boxed_body)
+}
+
+/// Whether the browser says the request comes from another site.
+fn cross_site(req: &actix_web::dev::ServiceRequest) -> bool {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if header("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+        return true;
+    }
+    let Some(origin) = header("origin") else {
+        return false;
+    };
+    let state = req.app_data::<web::Data<AppState>>();
+    let public = state.map(|s| s.settings.public_url.trim_end_matches('/').to_owned());
+    let info = req.connection_info();
+    let this = format!("{}://{}", info.scheme(), info.host());
+    !(origin.eq_ignore_ascii_case(&this)
+        || public.is_some_and(|p| origin.eq_ignore_ascii_case(origin_of(&p))))
+}
+
+/// The scheme, host and port of a URL (its origin), without the path.
+fn origin_of(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    url[start..]
+        .find('/')
+        .map_or(url, |end| &url[..start + end])
+}
