@@ -1,6 +1,7 @@
-//! Jails made through the API run in a user namespace of their own unless
-//! their tenant's plan says otherwise. Needs root; without it the test says
-//! so loudly and returns.
+//! Jails made and driven through the API on a node with an agent: they run
+//! in a user namespace of their own unless their tenant's plan says
+//! otherwise, and a restart gives them a new init. Needs root; without it
+//! the test says so loudly and returns.
 
 mod api_support;
 mod common;
@@ -150,4 +151,84 @@ async fn api_jails_run_unprivileged_unless_their_plan_turns_it_off() {
     wait_observed(&api.pool, tenant, id, ObservedState::Deleted).await;
     assert!(engine.discover().unwrap().jails.is_empty());
     assert!(engine.uid_ranges().unwrap().is_empty());
+}
+
+/// The host pid of the jail's init while it runs.
+fn init_pid(engine: &Engine, name: &JailName) -> Option<i32> {
+    match engine.status(name) {
+        Ok(Some(JailStatus::Running { pid })) => Some(pid),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_restart_through_the_api_gives_a_running_jail_a_new_init() {
+    if !is_root() {
+        return;
+    }
+    let api = Api::spawn().await;
+    let node = Node::new(&SecretString::from(api.database_url.clone()));
+    wait_node(&api.pool, &node.name).await;
+    let engine = node.engine();
+    let tenant = api.tenant("rst").await;
+    let res = api
+        .post(
+            &format!("/api/v1/tenants/{tenant}/jails"),
+            &api.admin,
+            &json!({"name": "web", "image": "busybox", "command": ["sleep", "3600"],
+                    "limits": {"cpu_millicores": 250, "memory_bytes": 64 << 20, "pids": 64,
+                               "disk_bytes": 32 << 20}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let id: Uuid = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let name = wait_observed(&api.pool, tenant, id, ObservedState::Running)
+        .await
+        .host_name();
+    let before = init_pid(&engine, &name).expect("the jail runs");
+
+    let path = format!("/api/v1/tenants/{tenant}/jails/{id}");
+    let res = api
+        .post(&format!("{path}/restart"), &api.admin, &json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let asked: Value = res.json().await.unwrap();
+    let generation = asked["generation"].as_i64().unwrap();
+    // The node observes the new generation with a new init.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let now: Value = api
+            .get(&path, &api.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if now["observed_generation"].as_i64() >= Some(generation)
+            && now["observed_state"] == "running"
+            && let Some(pid) = init_pid(&engine, &name)
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restart was never observed: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(after, before, "a restart starts a new init");
+    let old = std::fs::read_to_string(format!("/proc/{before}/stat")).ok();
+    assert!(
+        old.as_deref().is_none_or(|s| s.contains(") Z ")),
+        "the old init is gone: {old:?}"
+    );
 }

@@ -367,17 +367,28 @@ pub(crate) async fn update(
     Ok(HttpResponse::Ok().json(JailOut::from(jail)))
 }
 
+/// What a jail action asks of the jail.
+enum Change {
+    /// This desired state.
+    To(DesiredState),
+    /// Running, with a new init: a new restart generation.
+    Restart,
+}
+
 async fn set(
     caller: super::auth::Caller,
     path: web::Path<(Uuid, Uuid)>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    desired: DesiredState,
+    change: Change,
     action: &str,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant_id, jail_id) = path.into_inner();
     caller.see_tenant(tenant_id)?;
-    let jail = jails::set_desired(&state.pool, tenant_id, jail_id, desired).await?;
+    let jail = match change {
+        Change::To(desired) => jails::set_desired(&state.pool, tenant_id, jail_id, desired).await?,
+        Change::Restart => jails::restart(&state.pool, tenant_id, jail_id).await?,
+    };
     record(
         &state,
         &req,
@@ -391,7 +402,7 @@ async fn set(
 }
 
 macro_rules! jail_action {
-    ($name:ident, $method:ident, $path:literal, $desired:expr, $action:literal, $doc:literal) => {
+    ($name:ident, $method:ident, $path:literal, $change:expr, $action:literal, $doc:literal) => {
         #[doc = $doc]
         #[utoipa::path($method, path = $path, tag = "jails",
                             params(("tenant_id" = Uuid, Path, description = "Tenant id"),
@@ -404,7 +415,7 @@ macro_rules! jail_action {
             state: web::Data<AppState>,
             req: HttpRequest,
         ) -> Result<HttpResponse, ApiError> {
-            set(caller, path, state, req, $desired, $action).await
+            set(caller, path, state, req, $change, $action).await
         }
     };
 }
@@ -413,7 +424,7 @@ jail_action!(
     start,
     post,
     "/api/v1/tenants/{tenant_id}/jails/{jail_id}/start",
-    DesiredState::Running,
+    Change::To(DesiredState::Running),
     "jail.start",
     "Starts a jail (the tenant must be active)."
 );
@@ -421,7 +432,7 @@ jail_action!(
     stop,
     post,
     "/api/v1/tenants/{tenant_id}/jails/{jail_id}/stop",
-    DesiredState::Stopped,
+    Change::To(DesiredState::Stopped),
     "jail.stop",
     "Stops a jail; its volume is kept."
 );
@@ -429,15 +440,15 @@ jail_action!(
     restart,
     post,
     "/api/v1/tenants/{tenant_id}/jails/{jail_id}/restart",
-    DesiredState::Running,
+    Change::Restart,
     "jail.restart",
-    "Restarts a jail: its generation is bumped with the desired state running, so its node starts it afresh."
+    "Restarts a jail: its node stops it and starts it afresh (a new init), or starts it if it was stopped."
 );
 jail_action!(
     delete,
     delete,
     "/api/v1/tenants/{tenant_id}/jails/{jail_id}",
-    DesiredState::Deleted,
+    Change::To(DesiredState::Deleted),
     "jail.delete",
     "Deletes a jail: its node destroys it; its usage stays for billing."
 );
