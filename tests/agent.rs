@@ -343,3 +343,72 @@ async fn jails_get_an_address_from_the_node_pool_and_rate_limits_on_their_link()
     wait_observed(&pool, tenant, second.id, ObservedState::Deleted).await;
     assert!(!std::path::Path::new("/sys/class/net").join(&link).exists());
 }
+
+/// The children of `pid` that have exited and wait to be reaped.
+fn zombie_children(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            if stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            {
+                out.push(stat);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn failed_starts_leave_no_zombie_under_the_agent() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let node = Node::new(&url);
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut broken = system_jail(&format!("broken-{i}"), &["/no/such/program"]);
+        broken.limits.cpu_millicores = 100;
+        broken.limits.memory_bytes = 16 * MIB;
+        broken.limits.disk_bytes = 16 * MIB;
+        let j = jails::create(&pool, tenant, &broken).await.unwrap();
+        ids.push(j.id);
+    }
+    // Each start fails (and is retried at the next resync).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let j = jails::get(&pool, tenant, *id).await.unwrap();
+            if j.last_error.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} never failed: {j:?}", j.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let agent = node.pid().expect("the agent runs");
+    // Past a retry or two, no failed start is left unreaped...
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let zombies = zombie_children(agent);
+    assert!(zombies.is_empty(), "zombies under the agent: {zombies:#?}");
+    // ...nor once the jails are deleted.
+    for id in &ids {
+        jails::set_desired(&pool, tenant, *id, DesiredState::Deleted)
+            .await
+            .unwrap();
+    }
+    for id in &ids {
+        wait_observed(&pool, tenant, *id, ObservedState::Deleted).await;
+    }
+    let zombies = zombie_children(agent);
+    assert!(zombies.is_empty(), "zombies under the agent: {zombies:#?}");
+}

@@ -131,6 +131,11 @@ impl Node {
     }
 
     /// Whether the agent process is still alive.
+    /// The agent process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

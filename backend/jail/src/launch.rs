@@ -983,6 +983,10 @@ pub(crate) fn launch(launch: &Launch<'_>, hooks: Hooks<'_>) -> Result<Outcome, J
     read_report(&r, &mut rep, |_| false);
     let detached = matches!(launch.stdio, Stdio::Detached { .. });
     let status = wait_code(child).map_err(JailError::sys("wait", launch.rootfs));
+    let failed = rep.error.is_some() || setup.is_err();
+    if let (true, true, Some(pid)) = (failed, detached, rep.pid) {
+        end_failed_init(pid);
+    }
     // What the jail reported comes first: a hook may have failed only
     // because the jail's process had already ended.
     if let Some((stage, index, errno)) = rep.error {
@@ -1001,6 +1005,22 @@ pub(crate) fn launch(launch: &Launch<'_>, hooks: Hooks<'_>) -> Result<Outcome, J
         }
     } else {
         Ok(Outcome::Exited { code })
+    }
+}
+
+/// Ends and reaps the init of a start that failed. Its launcher has exited,
+/// so the init is now the child of the nearest subreaper: when that is this
+/// process (an agent), nobody else would reap it and it would stay a zombie.
+/// When it is not our child, it is left alone (its pid may be another's by
+/// now).
+fn end_failed_init(pid: i32) {
+    let pid = Pid::from_raw(pid);
+    let flags = WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
+    if matches!(waitpid(pid, Some(flags)), Ok(WaitStatus::StillAlive)) {
+        // Our child, still running: it exits at its next step anyway (its
+        // go-ahead never comes); do not wait for that.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = wait_code(pid);
     }
 }
 
