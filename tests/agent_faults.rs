@@ -342,6 +342,93 @@ async fn the_agent_rides_out_a_database_restart_without_losing_samples() {
     drop(cluster);
 }
 
+/// The postmaster's pid of a cluster in `dir`.
+fn postmaster_pid(dir: &std::path::Path) -> i32 {
+    std::fs::read_to_string(dir.join("pg/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until jail `id` runs; how long that took.
+async fn time_to_running(pool: &PgPool, tenant: Uuid, id: Uuid, limit: Duration) -> Duration {
+    let began = Instant::now();
+    loop {
+        if let Ok(j) = jails::get(pool, tenant, id).await
+            && j.observed_state == ObservedState::Running
+        {
+            return began.elapsed();
+        }
+        assert!(
+            began.elapsed() < limit,
+            "the jail did not start within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_a_clean_or_crashed_database_restart_new_jails_start_without_a_resync() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mut cluster, server) = OwnCluster::start(dir);
+    stockade_store::ensure_database(&server, "stockade")
+        .await
+        .unwrap();
+    let url = SecretString::from(server.expose_secret().replace("/postgres", "/stockade"));
+    let pool = stockade_store::connect(&url, 4, Duration::from_secs(10))
+        .await
+        .unwrap();
+    stockade_store::migrate(&pool).await.unwrap();
+    // A resync too far away to matter: only a notification starts a jail
+    // in time.
+    let mut node = Node::with_env(&url, &[("STOCKADE_RESYNC_SECS", "600")]);
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let first = jails::create(&pool, tenant, &jail("first")).await.unwrap();
+    time_to_running(&pool, tenant, first.id, Duration::from_secs(30)).await;
+    pool.close().await;
+
+    for crash in [false, true] {
+        if crash {
+            // The postmaster dies without a word; the next start recovers.
+            let pid = postmaster_pid(cluster.dir.path());
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        }
+        let dir = cluster.stop();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster = OwnCluster::start(dir).0;
+        let pool = stockade_store::connect(&url, 4, Duration::from_secs(30))
+            .await
+            .unwrap();
+        // The agent reconnects within its backoff (well under a second
+        // once the server is back; a few seconds are allowed here).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let name = if crash {
+            "after-crash"
+        } else {
+            "after-restart"
+        };
+        let j = jails::create(&pool, tenant, &jail(name)).await.unwrap();
+        let took = time_to_running(&pool, tenant, j.id, Duration::from_secs(20)).await;
+        eprintln!("{name}: running after {took:?}");
+        pool.close().await;
+    }
+    assert!(node.is_running(), "the agent survived both outages");
+    node.kill(nix::sys::signal::Signal::SIGTERM);
+    drop(cluster);
+}
+
 /// One jail's processes frozen (a freezer group of the test's own on v1,
 /// the jail's own `cgroup.freeze` on v2), so every engine step that waits
 /// for them hangs. Thawed (and the group removed) when dropped.

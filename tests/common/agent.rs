@@ -130,12 +130,12 @@ impl Node {
         self.child = Some(child);
     }
 
-    /// Whether the agent process is still alive.
     /// The agent process's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the agent process is still alive.
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
