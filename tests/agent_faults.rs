@@ -429,6 +429,101 @@ async fn after_a_clean_or_crashed_database_restart_new_jails_start_without_a_res
     drop(cluster);
 }
 
+#[tokio::test]
+async fn while_the_database_is_away_the_api_and_panel_say_so_at_once_and_recover() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (cluster, server) = OwnCluster::start(dir);
+    stockade_store::ensure_database(&server, "stockade")
+        .await
+        .unwrap();
+    let url = SecretString::from(server.expose_secret().replace("/postgres", "/stockade"));
+    let pool = stockade_store::connect(&url, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    stockade_store::migrate(&pool).await.unwrap();
+    let (_, token) =
+        stockade_store::tokens::create(&pool, "outage", &stockade_store::tokens::Scope::ALL, None)
+            .await
+            .unwrap();
+    pool.close().await;
+    // The web tier as `serve` runs it: a second at most for a connection.
+    let web_pool = stockade_store::connect_serving(
+        &common::role_url(&url, stockade_store::roles::WEB),
+        4,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let settings = stockade_web::Settings {
+        public_url: "http://127.0.0.1".into(),
+        session_expiry: stockade_store::sessions::Expiry {
+            idle: chrono::Duration::minutes(30),
+            absolute: chrono::Duration::hours(12),
+        },
+        workers: 2,
+        signup_plan: None,
+        page_cache: Duration::from_secs(5),
+        trusted_proxies: Vec::new(),
+    };
+    let app = stockade_web::Application::build(listener, web_pool, settings).unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+    let tenants = || {
+        client
+            .get(format!("{base}/api/v1/tenants"))
+            .bearer_auth(token.expose_secret())
+            .send()
+    };
+    assert_eq!(tenants().await.unwrap().status(), 200);
+
+    let dir = cluster.stop();
+    for _ in 0..2 {
+        let began = Instant::now();
+        let res = tenants().await.unwrap();
+        let took = began.elapsed();
+        eprintln!(
+            "API answer while the database is away: {} after {took:?}",
+            res.status()
+        );
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["retry-after"], "5");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        assert!(took < Duration::from_secs(5), "the answer waited {took:?}");
+    }
+    // A signed-in page (the session is looked up in the database).
+    let page = client
+        .get(format!("{base}/"))
+        .header("cookie", "stockade_session=an-existing-session")
+        .send()
+        .await
+        .unwrap();
+    let status = page.status();
+    let text = page.text().await.unwrap();
+    assert!(
+        status == 503 && text.contains("Temporarily unavailable"),
+        "{status}: {text}"
+    );
+
+    let (cluster, _) = OwnCluster::start(dir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if tenants().await.unwrap().status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the API did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(cluster);
+}
+
 /// One jail's processes frozen (a freezer group of the test's own on v1,
 /// the jail's own `cgroup.freeze` on v2), so every engine step that waits
 /// for them hangs. Thawed (and the group removed) when dropped.

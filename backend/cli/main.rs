@@ -289,7 +289,15 @@ fn serve(cfg: Config, exit_with_parent: bool) -> anyhow::Result<ExitCode> {
         privileges::exit_with_parent()?;
     }
     runtime()?.block_on(async {
-        let pool = stockade_store::connect(&url, 16, Duration::from_secs(10)).await?;
+        // A request waits at most a second for a connection: while the
+        // database is away the panel and API say so (503) at once.
+        let pool = stockade_store::connect_serving(
+            &url,
+            16,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+        )
+        .await?;
         let settings = stockade_web::Settings {
             public_url: cfg.public_url.clone(),
             session_expiry: cfg.session_expiry(),

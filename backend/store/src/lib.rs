@@ -95,6 +95,60 @@ pub async fn connect(
     Ok(pool)
 }
 
+/// Opens a pool for serving requests: waits up to `startup` for the
+/// database at first, then lets each request wait at most `acquire` for a
+/// connection, so that while the database is away requests fail fast (and
+/// say so, see [`unavailable`]) instead of hanging.
+pub async fn connect_serving(
+    url: &SecretString,
+    max_connections: u32,
+    startup: Duration,
+    acquire: Duration,
+) -> anyhow::Result<PgPool> {
+    let options = connect_options(url)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire)
+        .connect_lazy_with(options);
+    let deadline = std::time::Instant::now() + startup;
+    loop {
+        match pool.acquire().await {
+            Ok(_) => return Ok(pool),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(anyhow::anyhow!("cannot reach the database: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Whether an error means the database cannot be reached right now (down,
+/// restarting, refusing connections, or every connection busy past the
+/// acquire timeout), rather than a failed query: worth a retry later.
+pub fn unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        // A store error carries the database's error inside.
+        if let Some(StoreError::Unexpected(inner)) = cause.downcast_ref::<StoreError>() {
+            return unavailable(inner);
+        }
+        let Some(e) = cause.downcast_ref::<sqlx::Error>() else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::WorkerCrashed => true,
+            // Class 08: connection exceptions; 57P0x: the server is shutting
+            // down, starting up or crashed.
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    })
+}
+
 /// Applies every pending migration (as the owner role where the server has
 /// one, see [`roles::as_owner`]), then gives the web and agent roles their
 /// rights again: new tables of a migration reach them only through the
@@ -187,3 +241,22 @@ pub(crate) fn to_i32(what: &str, v: u32) -> Result<i32, StoreError> {
 
 /// The channel the agents LISTEN on; the payload is the node id.
 pub const JAILS_CHANNEL: &str = "stockade_jails";
+
+#[cfg(test)]
+mod tests {
+    use super::{StoreError, unavailable};
+
+    #[test]
+    fn an_unreachable_database_is_told_from_a_failed_query() {
+        let away = |e: sqlx::Error| anyhow::Error::from(e);
+        assert!(unavailable(&away(sqlx::Error::PoolTimedOut)));
+        assert!(unavailable(&away(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        )))));
+        // Through a store error, as the web tier receives it.
+        let through = anyhow::Error::from(StoreError::from(sqlx::Error::PoolClosed));
+        assert!(unavailable(&through.context("loading the page")));
+        assert!(!unavailable(&away(sqlx::Error::RowNotFound)));
+        assert!(!unavailable(&anyhow::Error::from(StoreError::NotFound)));
+    }
+}

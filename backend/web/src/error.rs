@@ -47,6 +47,9 @@ impl ResponseError for WebError {
             WebError::SignInRequired => StatusCode::SEE_OTHER,
             WebError::Forbidden | WebError::Csrf => StatusCode::FORBIDDEN,
             WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::Unexpected(e) if stockade_store::unavailable(e) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             WebError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,25 +60,38 @@ impl ResponseError for WebError {
                 .insert_header((header::LOCATION, "/login"))
                 .finish();
         }
-        if let WebError::Unexpected(e) = self {
-            tracing::error!(error = ?e, "request failed");
-        }
         let status = self.status_code();
-        let title = match status {
-            StatusCode::FORBIDDEN => "Forbidden",
-            StatusCode::NOT_FOUND => "Not found",
-            _ => "Server error",
+        if let WebError::Unexpected(e) = self {
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                tracing::warn!(error = %e, "the database is unreachable; answered 503");
+            } else {
+                tracing::error!(error = ?e, "request failed");
+            }
+        }
+        let (title, message) = match status {
+            StatusCode::FORBIDDEN => ("Forbidden", self.to_string()),
+            StatusCode::NOT_FOUND => ("Not found", self.to_string()),
+            StatusCode::SERVICE_UNAVAILABLE => (
+                "Temporarily unavailable",
+                "The panel cannot reach its database for a moment. Nothing was changed; please try again shortly.".to_owned(),
+            ),
+            _ => ("Server error", self.to_string()),
         };
         let page = ErrorPage {
             status: status.as_u16(),
             title,
-            message: self.to_string(),
+            message,
         };
+        let mut res = HttpResponse::build(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.insert_header((
+                header::RETRY_AFTER,
+                crate::api::error::UNAVAILABLE_RETRY_SECS.to_string(),
+            ));
+        }
         match page.render() {
-            Ok(body) => HttpResponse::build(status)
-                .content_type("text/html; charset=utf-8")
-                .body(body),
-            Err(_) => HttpResponse::build(status).body(self.to_string()),
+            Ok(body) => res.content_type("text/html; charset=utf-8").body(body),
+            Err(_) => res.body(self.to_string()),
         }
     }
 }

@@ -133,6 +133,9 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Seconds a client is asked to wait while the database is unreachable.
+pub(crate) const UNAVAILABLE_RETRY_SECS: u64 = 5;
+
 /// The body of every error answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -171,19 +174,35 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unexpected(e) if stockade_store::unavailable(e) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
+        let unavailable = matches!(self, ApiError::Unexpected(e) if stockade_store::unavailable(e));
         if let ApiError::Unexpected(e) = self {
-            tracing::error!(error = ?e, "API request failed");
+            if unavailable {
+                tracing::warn!(error = %e, "the database is unreachable; answered 503");
+            } else {
+                tracing::error!(error = ?e, "API request failed");
+            }
         }
         let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_owned(),
-                message: self.to_string(),
-                details: self.details(),
+            error: if unavailable {
+                ErrorDetail {
+                    code: "unavailable".into(),
+                    message: "the service is briefly unavailable; retry shortly".into(),
+                    details: serde_json::json!({ "retry_after": UNAVAILABLE_RETRY_SECS }),
+                }
+            } else {
+                ErrorDetail {
+                    code: self.code().to_owned(),
+                    message: self.to_string(),
+                    details: self.details(),
+                }
             },
         };
         let mut res = HttpResponse::build(self.status_code());
@@ -197,6 +216,9 @@ impl ResponseError for ApiError {
             }
             ApiError::NoCapacity(_) => {
                 res.insert_header((header::RETRY_AFTER, "30"));
+            }
+            ApiError::Unexpected(_) if unavailable => {
+                res.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_SECS.to_string()));
             }
             _ => {}
         }

@@ -6,7 +6,7 @@ mod auth;
 pub mod delivery;
 mod docs;
 pub mod egress;
-mod error;
+pub(crate) mod error;
 mod idempotency;
 mod jails;
 pub(crate) mod metrics;
