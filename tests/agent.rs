@@ -365,6 +365,16 @@ fn zombie_children(pid: u32) -> Vec<String> {
     out
 }
 
+/// Zombies under `pid` that are still there a second later: a child the
+/// agent is about to wait for is one only for a moment (starts are retried
+/// all along), a leaked one stays.
+async fn lasting_zombies(pid: u32) -> Vec<String> {
+    let first = zombie_children(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = zombie_children(pid);
+    first.into_iter().filter(|z| second.contains(z)).collect()
+}
+
 #[tokio::test]
 async fn failed_starts_leave_no_zombie_under_the_agent() {
     if !is_root() {
@@ -398,7 +408,7 @@ async fn failed_starts_leave_no_zombie_under_the_agent() {
     let agent = node.pid().expect("the agent runs");
     // Past a retry or two, no failed start is left unreaped...
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let zombies = zombie_children(agent);
+    let zombies = lasting_zombies(agent).await;
     assert!(zombies.is_empty(), "zombies under the agent: {zombies:#?}");
     // ...nor once the jails are deleted.
     for id in &ids {
@@ -409,6 +419,114 @@ async fn failed_starts_leave_no_zombie_under_the_agent() {
     for id in &ids {
         wait_observed(&pool, tenant, *id, ObservedState::Deleted).await;
     }
-    let zombies = zombie_children(agent);
+    let zombies = lasting_zombies(agent).await;
     assert!(zombies.is_empty(), "zombies under the agent: {zombies:#?}");
+}
+
+/// Whether the host reaches `addr` over TCP within a second.
+fn host_reaches(addr: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+#[tokio::test]
+async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let node = Node::with_network(&url, "10.93.0.1/24");
+    let (bridge, _) = node.network.clone().unwrap();
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    // The image's default command: a web server on port 80.
+    let jail = jails::create(&pool, tenant, &system_jail("drift", &[]))
+        .await
+        .unwrap();
+    let jail = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let address: std::net::Ipv4Addr = jail.address.as_deref().unwrap().parse().unwrap();
+    let web = std::net::SocketAddr::from((address, 80));
+    let engine = node.engine();
+    let name = jail.host_name();
+    // A service of the host on the bridge's address, which jails must not reach.
+    let service = std::net::TcpListener::bind("10.93.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port().to_string();
+    let jail_reaches_host = || {
+        engine
+            .exec(
+                &name,
+                &["nc", "-z", "-w", "1", "10.93.0.1", &port].map(str::to_owned),
+            )
+            .unwrap()
+            == 0
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host_reaches(web) {
+        assert!(
+            Instant::now() < deadline,
+            "the jail's web server never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!jail_reaches_host(), "isolation holds to begin with");
+
+    // By hand: the jail's link deleted, the firewall flushed, a limit raised.
+    let link = stockade_jail::host_link(name.as_str());
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{args:?}");
+    };
+    run(&["ip", "link", "del", &link]);
+    run(&["nft", "flush", "table", "inet", &bridge]);
+    let pids_max = node.cgroup_dir("pids", &jail).join("pids.max");
+    std::fs::write(&pids_max, "1000").unwrap();
+    assert!(!host_reaches(web), "the jail is cut off by the change");
+
+    // Within one resync (two seconds here) everything is back.
+    let master = || {
+        std::fs::read_link(format!("/sys/class/net/{link}/master"))
+            .ok()
+            .and_then(|m| m.file_name().map(|f| f.to_string_lossy().into_owned()))
+    };
+    let rules = || {
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", "inet", &bridge])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("drop")
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let limit = std::fs::read_to_string(&pids_max).unwrap_or_default();
+        if master().as_deref() == Some(bridge.as_str()) && rules() && limit.trim() == "64" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not repaired: link on {:?}, rules {}, pids.max {limit:?}",
+            master(),
+            rules()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host_reaches(web) {
+        assert!(Instant::now() < deadline, "the jail is not reachable again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!jail_reaches_host(), "isolation holds again");
+    let repairs = stockade_store::audit::count_action(&pool, "node.network_repaired")
+        .await
+        .unwrap();
+    assert!(
+        repairs >= 2,
+        "the link and the table repairs are audited: {repairs}"
+    );
+    // Nothing left: the jail goes with its tenant.
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+    drop(service);
 }

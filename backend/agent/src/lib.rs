@@ -150,6 +150,15 @@ pub async fn run(
         cfg.heartbeat,
     ));
     tasks.spawn(purge_task(pool.clone(), cfg.sample_retention_hours));
+    if cfg.network.is_some() {
+        tasks.spawn(repair_task(
+            pool.clone(),
+            engine.clone(),
+            metrics.clone(),
+            cfg.node_name.clone(),
+            cfg.resync,
+        ));
+    }
     tasks.spawn(sample_task(
         sampler::Sampler::new(
             pool.clone(),
@@ -226,6 +235,55 @@ async fn heartbeat_task(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+        }
+    }
+}
+
+/// Every resync period, puts the node's network back as it should be (the
+/// bridge, the whole firewall table, each running jail's link) and logs,
+/// counts and audits each repair: a link deleted or a table flushed by hand
+/// is back within one period.
+async fn repair_task(
+    pool: PgPool,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    node: String,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let actor = format!("agent:{node}");
+    loop {
+        tick.tick().await;
+        let engine = engine.clone();
+        let repaired = match tokio::task::spawn_blocking(move || engine.repair_network()).await {
+            Ok(Ok(repaired)) => repaired,
+            Ok(Err(e)) => {
+                metrics
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, "repairing the node's network failed; retrying at the next resync");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for what in repaired {
+            metrics
+                .network_repairs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(repaired = %what, "the node's network had changed; put back");
+            let entry = stockade_store::audit::Entry {
+                actor_user_id: None,
+                actor: &actor,
+                tenant_id: None,
+                action: "node.network_repaired",
+                target: &what,
+                client_addr: None,
+                details: serde_json::json!({}),
+            };
+            if let Err(e) = stockade_store::audit::record(&pool, &entry).await {
+                tracing::warn!(error = %e, "recording a repair in the audit log failed");
+            }
         }
     }
 }

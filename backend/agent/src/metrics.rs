@@ -28,6 +28,8 @@ pub struct Metrics {
     pub last_sweep_cpu_usec: AtomicU64,
     /// Jails read in the last sweep.
     pub last_sweep_jails: AtomicU64,
+    /// Parts of the node's network found changed by hand and put back.
+    pub network_repairs: AtomicU64,
 }
 
 fn usec(d: Duration) -> u64 {
@@ -100,6 +102,11 @@ impl Metrics {
         out.push_str(&format!(
             "stockade_agent_sample_sweep_jails {}\n",
             g(&self.last_sweep_jails)
+        ));
+        out.push_str("# HELP stockade_agent_network_repairs_total Parts of the node's network (bridge, firewall table, jail links) found changed and put back.\n# TYPE stockade_agent_network_repairs_total counter\n");
+        out.push_str(&format!(
+            "stockade_agent_network_repairs_total {}\n",
+            g(&self.network_repairs)
         ));
         out
     }

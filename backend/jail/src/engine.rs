@@ -870,6 +870,53 @@ impl Engine {
         uids::release(&uids::dir(&self.cfg.state_dir), name.as_str())
     }
 
+    /// Puts the node's network back as it should be and says what had to
+    /// be repaired: the bridge, the whole firewall table (rules, published
+    /// ports, NAT; rewritten in one transaction), and for each running jail
+    /// with a network its link (recreated in the jail's namespace with its
+    /// address, route and rate limits when it was deleted or taken off the
+    /// bridge). A jail that cannot be repaired is named in the error.
+    pub fn repair_network(&self) -> Result<Vec<String>, JailError> {
+        let network = self.network();
+        let mut repaired = Vec::new();
+        let bridge_dir = self.cfg.sys_root.join("class/net").join(&self.cfg.bridge);
+        if !bridge_dir.exists() {
+            repaired.push(format!("bridge {}", self.cfg.bridge));
+        }
+        network.ensure_node()?;
+        let jails = self.networks();
+        if network.repair_firewall(&jails)? {
+            repaired.push(format!("firewall table {}", self.cfg.firewall_table));
+        }
+        for (name, spec) in &jails {
+            let Ok(jail) = JailName::parse(name) else {
+                continue;
+            };
+            let Ok((_, rec)) = self.record(&jail) else {
+                continue;
+            };
+            let Some(init) = self.live_init(&rec) else {
+                continue;
+            };
+            let link = crate::net::host_link(name);
+            let master = fs::read_link(
+                self.cfg
+                    .sys_root
+                    .join("class/net")
+                    .join(&link)
+                    .join("master"),
+            )
+            .ok()
+            .and_then(|m| m.file_name().map(|f| f.to_string_lossy().into_owned()));
+            if master.as_deref() == Some(self.cfg.bridge.as_str()) {
+                continue;
+            }
+            network.attach(name, spec, &rec.spec.limits, &self.netns(init.pid))?;
+            repaired.push(format!("link {link} of jail {name}"));
+        }
+        Ok(repaired)
+    }
+
     /// Applies new limits, live on a running jail. A larger disk quota grows
     /// the volume online; a smaller one is refused.
     pub fn update_limits(&self, name: &JailName, limits: &Limits) -> Result<(), JailError> {

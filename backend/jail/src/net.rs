@@ -323,6 +323,9 @@ pub(crate) trait NetHost: Send + Sync + fmt::Debug {
     fn firewall_present(&self, table: &str) -> bool;
     /// Runs an nftables program (`nft -f -`).
     fn nft(&self, object: &str, script: &str) -> Result<(), JailError>;
+    /// The ruleset of Stockade's table as `nft list table` prints it, or
+    /// `None` when it cannot be read.
+    fn firewall_listing(&self, table: &str) -> Option<String>;
     /// Creates the veth pair into the jail's namespace, isolates the bridge
     /// port and gives the jail end its address and default route.
     fn add_link(&self, link: &JailLink<'_>) -> Result<(), JailError>;
@@ -411,6 +414,18 @@ impl NetHost for LinuxNet {
                 ),
             ))
         }
+    }
+
+    fn firewall_listing(&self, table: &str) -> Option<String> {
+        let out = Command::new("nft")
+            .args(["list", "table", "inet", table])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn add_link(&self, link: &JailLink<'_>) -> Result<(), JailError> {
@@ -752,6 +767,26 @@ impl Network<'_> {
         }
     }
 
+    /// Rewrites the node's whole firewall table as it should be (its rules,
+    /// and the published ports and NAT of `jails`, added again: elements of
+    /// a jail being made meanwhile are never taken away) in one transaction, so
+    /// whatever was changed or flushed by hand is put back at once and no
+    /// packet ever sees half a ruleset. Whether anything differed.
+    pub fn repair_firewall(&self, jails: &[(String, NetSpec)]) -> Result<bool, JailError> {
+        let table = self.node.table;
+        let before = self.host.firewall_listing(table);
+        let mut program = firewall(table, self.node.bridge, self.node.open_ports);
+        for (_, spec) in jails {
+            for line in jail_elements(table, "add", spec) {
+                program += &line;
+                program.push('\n');
+            }
+        }
+        self.host.nft(&format!("table inet {table}"), &program)?;
+        let after = self.host.firewall_listing(table);
+        Ok(before != after)
+    }
+
     /// Removes the jail's veth pair if present.
     pub fn detach(&self, jail: &str) -> Result<(), JailError> {
         self.host.del_link(&host_link(jail))
@@ -803,6 +838,9 @@ pub(crate) mod fake {
         }
         fn firewall_present(&self, _table: &str) -> bool {
             *self.firewall.lock().unwrap()
+        }
+        fn firewall_listing(&self, _table: &str) -> Option<String> {
+            None
         }
         fn nft(&self, _object: &str, script: &str) -> Result<(), JailError> {
             let first = script.lines().next().unwrap_or_default().to_string();
