@@ -498,8 +498,14 @@ impl Engine {
             },
         };
         let (uid_base, id_shift) = self.user_ids(spec, existing.as_ref())?;
+        // Limits change only through `update_limits`, which applies them
+        // (and grows a volume): the record keeps the limits in force.
+        let mut kept = spec.clone();
+        if let Some(r) = &existing {
+            kept.limits = r.spec.limits;
+        }
         let mut rec = JailRecord {
-            spec: spec.clone(),
+            spec: kept,
             upper,
             loop_device: existing.as_ref().and_then(|r| r.loop_device.clone()),
             init: existing.as_ref().and_then(|r| r.init),
@@ -524,7 +530,7 @@ impl Engine {
                 self.host.as_ref(),
                 &self.view(),
                 &paths,
-                spec.limits.disk_bytes,
+                rec.spec.limits.disk_bytes,
             )?;
             if rec.loop_device.as_ref() != Some(&dev) {
                 rec.loop_device = Some(dev);
@@ -934,7 +940,19 @@ impl Engine {
                     &paths,
                     online,
                     limits.disk_bytes,
-                )?;
+                )
+                .map_err(|e| match (running, &e) {
+                    // The record keeps the old size, so the next update
+                    // while stopped grows the filesystem offline.
+                    (
+                        true,
+                        JailError::Program { .. } | JailError::Io { .. } | JailError::Sys { .. },
+                    ) => JailError::GrowsAtNextStop {
+                        requested: limits.disk_bytes,
+                        reason: e.to_string(),
+                    },
+                    _ => e,
+                })?;
                 if !running {
                     dev = Some(volume::ensure(
                         self.host.as_ref(),

@@ -168,6 +168,17 @@ pub enum JailError {
         /// The size asked for.
         requested: u64,
     },
+    /// The host refused to grow a running jail's filesystem; it grows when
+    /// the jail next stops or restarts.
+    #[error(
+        "the volume grows to {requested} bytes when the jail next stops or restarts: the host refused to grow it while mounted ({reason})"
+    )]
+    GrowsAtNextStop {
+        /// The size asked for.
+        requested: u64,
+        /// Why the host refused.
+        reason: String,
+    },
 }
 
 impl JailError {

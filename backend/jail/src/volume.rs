@@ -91,7 +91,9 @@ pub(crate) fn grow(
     let current = fs::metadata(&paths.volume_image)
         .map_err(JailError::io("stat", &paths.volume_image))?
         .len();
-    if bytes == current {
+    // Grown already, but perhaps not its filesystem (the host refused to
+    // grow it online): offline, the filesystem is grown to fit again.
+    if bytes == current && online_device.is_some() {
         return Ok(());
     }
     if bytes < current {

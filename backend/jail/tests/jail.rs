@@ -966,3 +966,48 @@ fn a_jails_init_is_a_program_of_its_own_not_a_copy_of_the_engine() {
     );
     f.engine.destroy(&spec.name).unwrap();
 }
+
+/// The agent's steps for a stopped jail whose disk quota was raised: its
+/// spec is made again with the new limits, then the limits are applied.
+/// The volume's image and filesystem grow; nothing is lost.
+#[test]
+fn a_stopped_jails_volume_grows_when_its_spec_is_made_again_with_more_disk() {
+    if !root_or_skip("a_stopped_jails_volume_grows_when_its_spec_is_made_again_with_more_disk") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut limits = small_limits();
+    limits.disk_bytes = 16 << 20;
+    let spec = f.spec("grows", JailKind::System, SLEEPER, limits);
+    let name = spec.name.clone();
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&name).unwrap();
+    assert_eq!(sh(&f, &name, "echo kept > /root/file"), 0);
+    f.engine.stop(&name, Duration::from_secs(2)).unwrap();
+
+    let mut bigger = spec.clone();
+    bigger.limits.disk_bytes = 24 << 20;
+    f.engine.create(&bigger).unwrap();
+    f.engine.update_limits(&name, &bigger.limits).unwrap();
+    let image = f
+        .dir
+        .path()
+        .join("state/jails")
+        .join(name.as_str())
+        .join("volume.img");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 24 << 20);
+    f.engine.start(&name).unwrap();
+    // df inside the jail sees more than the first 16 MiB (1K blocks).
+    assert_eq!(
+        sh(
+            &f,
+            &name,
+            "[ $(df -k / | tail -1 | awk '{print $2}') -gt 18432 ]"
+        ),
+        0,
+        "the filesystem grew"
+    );
+    assert_eq!(sh(&f, &name, "[ \"$(cat /root/file)\" = kept ]"), 0);
+    f.engine.destroy(&name).unwrap();
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}
