@@ -530,3 +530,79 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
     drop(service);
 }
+
+/// Whether the jail's root filesystem holds more than `kib` KiB, as `df`
+/// inside it says.
+fn fs_bigger_than(engine: &stockade_jail::Engine, name: &JailName, kib: u64) -> bool {
+    let test = format!("[ $(df -k / | tail -1 | awk '{{print $2}}') -gt {kib} ]");
+    engine
+        .exec(name, &["sh".into(), "-c".into(), test])
+        .is_ok_and(|code| code == 0)
+}
+
+#[tokio::test]
+async fn a_raised_disk_quota_grows_the_volume_now_or_at_the_next_stop_and_says_which() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let node = Node::new(&url);
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let jail = jails::create(&pool, tenant, &system_jail("grows", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    let jail = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let engine = node.engine();
+    let name = jail.host_name();
+    assert!(!fs_bigger_than(&engine, &name, 40_000));
+    let mut bigger = jail.limits;
+    bigger.disk_bytes = 48 * MIB;
+    let asked = jails::update_limits(&pool, tenant, jail.id, &bigger)
+        .await
+        .unwrap();
+    // Online where the host lets the agent grow a mounted filesystem;
+    // otherwise the jail keeps running and says when it grows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let deferred = loop {
+        let j = jails::get(&pool, tenant, jail.id).await.unwrap();
+        if j.observed_generation >= asked.generation {
+            assert_eq!(j.observed_state, ObservedState::Running, "{j:?}");
+            match &j.last_error {
+                None => break false,
+                Some(e) if e.contains("next stops or restarts") => break true,
+                Some(e) => panic!("growing failed otherwise: {e}"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change was never observed: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if deferred {
+        assert!(!fs_bigger_than(&engine, &name, 40_000));
+        let restarted = jails::restart(&pool, tenant, jail.id).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let j = jails::get(&pool, tenant, jail.id).await.unwrap();
+            if j.observed_generation >= restarted.generation
+                && j.observed_state == ObservedState::Running
+            {
+                assert!(j.last_error.is_none(), "{j:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the restart was never observed: {j:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        fs_bigger_than(&engine, &name, 40_000),
+        "the filesystem grew (deferred: {deferred})"
+    );
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+}

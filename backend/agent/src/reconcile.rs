@@ -382,7 +382,7 @@ impl Inner {
                 converge(engine, &work, full, grace)
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            .unwrap_or_else(|e| Err((ObservedState::Failed, e.to_string())));
         let took = step_started.elapsed();
         let (observed, error) = match outcome {
             Ok(Some(observed)) => (observed, None),
@@ -391,7 +391,7 @@ impl Inner {
                 self.book().backoff.remove(&jail.id);
                 return seen(jail.observed_state);
             }
-            Err(e) => (ObservedState::Failed, Some(e)),
+            Err((observed, e)) => (observed, Some(e)),
         };
         if let Some(e) = &error {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -465,9 +465,10 @@ fn converge(
     jail: &Jail,
     full: bool,
     grace: Duration,
-) -> Result<Option<ObservedState>, String> {
+) -> Result<Option<ObservedState>, (ObservedState, String)> {
     let name = jail.host_name();
-    let fail = |step: &str, e: stockade_jail::JailError| format!("{step}: {e}");
+    let fail =
+        |step: &str, e: stockade_jail::JailError| (ObservedState::Failed, format!("{step}: {e}"));
     let converged = jail.generation == jail.observed_generation;
     match jail.desired_state {
         DesiredState::Deleted => {
@@ -511,19 +512,25 @@ fn converge(
                     engine
                         .create(&spec_of(jail))
                         .map_err(|e| fail("creating", e))?;
+                    // Stopped, then the limits (a volume the host would
+                    // not grow while mounted grows now), then started.
+                    engine.stop(&name, grace).map_err(|e| fail("stopping", e))?;
                     engine
                         .update_limits(&name, &jail.limits)
                         .map_err(|e| fail("applying limits", e))?;
-                    engine
-                        .restart(&name, grace)
-                        .map_err(|e| fail("restarting", e))?;
+                    engine.start(&name).map_err(|e| fail("starting", e))?;
                     return Ok(Some(ObservedState::Running));
                 }
-                // Live limits; also sets back a limit changed by hand.
-                engine
-                    .update_limits(&name, &jail.limits)
-                    .map_err(|e| fail("applying limits", e))?;
-                return Ok(Some(ObservedState::Running));
+                // Live limits; also sets back a limit changed by hand. A
+                // volume the host will not grow while mounted grows at the
+                // next stop: the jail runs meanwhile, and says so.
+                return match engine.update_limits(&name, &jail.limits) {
+                    Ok(()) => Ok(Some(ObservedState::Running)),
+                    Err(e @ stockade_jail::JailError::GrowsAtNextStop { .. }) => {
+                        Err((ObservedState::Running, e.to_string()))
+                    }
+                    Err(e) => Err(fail("applying limits", e)),
+                };
             }
             // An app jail whose command ended after running this generation
             // has done its job: it is stopped, not restarted.

@@ -929,30 +929,37 @@ impl Engine {
         check_rates(limits)?;
         let (paths, mut rec) = self.record(name)?;
         let mut device = None;
+        // What applies now: all of `limits`, unless the host refuses to grow
+        // a running jail's volume; then the rest, and the record keeps the
+        // old size, so the next update while stopped grows it offline.
+        let mut applied = *limits;
+        let mut deferred = None;
         if rec.upper == Upper::Volume {
             let running = self.live_init(&rec).is_some();
             let mut dev = self.view().mounted_device(&paths.volume);
             if limits.disk_bytes != rec.spec.limits.disk_bytes {
                 let online = if running { dev.as_deref() } else { None };
-                volume::grow(
+                match volume::grow(
                     self.host.as_ref(),
                     &self.view(),
                     &paths,
                     online,
                     limits.disk_bytes,
-                )
-                .map_err(|e| match (running, &e) {
-                    // The record keeps the old size, so the next update
-                    // while stopped grows the filesystem offline.
-                    (
-                        true,
-                        JailError::Program { .. } | JailError::Io { .. } | JailError::Sys { .. },
-                    ) => JailError::GrowsAtNextStop {
-                        requested: limits.disk_bytes,
-                        reason: e.to_string(),
-                    },
-                    _ => e,
-                })?;
+                ) {
+                    Ok(()) => {}
+                    Err(
+                        e @ (JailError::Program { .. }
+                        | JailError::Io { .. }
+                        | JailError::Sys { .. }),
+                    ) if running => {
+                        applied.disk_bytes = rec.spec.limits.disk_bytes;
+                        deferred = Some(JailError::GrowsAtNextStop {
+                            requested: limits.disk_bytes,
+                            reason: e.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
                 if !running {
                     dev = Some(volume::ensure(
                         self.host.as_ref(),
@@ -967,19 +974,20 @@ impl Engine {
                 rec.loop_device = Some(dev);
             }
         }
-        self.cgroups.apply(name.as_str(), limits, device)?;
+        self.cgroups.apply(name.as_str(), &applied, device)?;
         if rec.spec.network.is_some()
             && let Some(init) = self.live_init(&rec)
         {
             self.network().set_rates(
                 name.as_str(),
-                limits,
+                &applied,
                 Some(&rec.spec.limits),
                 &self.netns(init.pid),
             )?;
         }
-        rec.spec.limits = *limits;
-        state::save(&paths, &rec)
+        rec.spec.limits = applied;
+        state::save(&paths, &rec)?;
+        deferred.map_or(Ok(()), Err)
     }
 
     /// Whether the jail runs; `None` when it does not exist.
