@@ -266,6 +266,40 @@ impl OwnCluster {
         )
     }
 
+    /// A cluster in a folder of its own with the `stockade` database
+    /// migrated: the cluster, the database's URL and an owner's pool.
+    async fn migrated(max_connections: u32) -> (OwnCluster, SecretString, PgPool) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (cluster, server) = OwnCluster::start(dir);
+        stockade_store::ensure_database(&server, "stockade")
+            .await
+            .unwrap();
+        let url = SecretString::from(server.expose_secret().replace("/postgres", "/stockade"));
+        let pool = stockade_store::connect(&url, max_connections, Duration::from_secs(10))
+            .await
+            .unwrap();
+        stockade_store::migrate(&pool).await.unwrap();
+        (cluster, url, pool)
+    }
+
+    /// The postmaster dies without a word, as in a crash; the next start
+    /// recovers.
+    fn crash(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pg/postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+
     /// Stops the server (closing its stdin) and hands back the folder.
     fn stop(mut self) -> tempfile::TempDir {
         let mut child = self.child.take().unwrap();
@@ -285,21 +319,11 @@ impl Drop for OwnCluster {
 }
 
 #[tokio::test]
-async fn the_agent_rides_out_a_database_restart_without_losing_samples() {
+async fn the_agent_rides_out_clean_and_crashed_database_outages_without_losing_samples() {
     if !is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (cluster, server) = OwnCluster::start(dir);
-    stockade_store::ensure_database(&server, "stockade")
-        .await
-        .unwrap();
-    let url = SecretString::from(server.expose_secret().replace("/postgres", "/stockade"));
-    let pool = stockade_store::connect(&url, 4, Duration::from_secs(10))
-        .await
-        .unwrap();
-    stockade_store::migrate(&pool).await.unwrap();
+    let (mut cluster, url, pool) = OwnCluster::migrated(4).await;
     let mut node = Node::new(&url);
     wait_node(&pool, &node.name).await;
     let tenant = tenant(&pool).await;
@@ -308,49 +332,66 @@ async fn the_agent_rides_out_a_database_restart_without_losing_samples() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     pool.close().await;
 
-    let down_at = chrono::Utc::now();
-    let dir = cluster.stop();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let up_at = chrono::Utc::now();
-    let (cluster, _) = OwnCluster::start(dir);
-    let pool = stockade_store::connect(&url, 4, Duration::from_secs(10))
+    // A clean stop, briefly; then a crash, after which the server refuses
+    // connections for a minute. Samples are taken every second throughout.
+    for (crash, outage) in [(false, 4), (true, 60)] {
+        if crash {
+            cluster.crash();
+        }
+        let down_at = chrono::Utc::now();
+        let dir = cluster.stop();
+        tokio::time::sleep(Duration::from_secs(outage)).await;
+        let up_at = chrono::Utc::now();
+        cluster = OwnCluster::start(dir).0;
+        let pool = stockade_store::connect(&url, 4, Duration::from_secs(30))
+            .await
+            .unwrap();
+        // Sampling sent what it kept at its first sweep after the server came back.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let samples = loop {
+            let samples = stockade_store::usage::jail_samples(&pool, j.id)
+                .await
+                .unwrap();
+            if samples.iter().filter(|s| s.0 > up_at).count() >= 2 {
+                break samples;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sampling did not go on after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let during = samples
+            .iter()
+            .filter(|s| s.0 > down_at && s.0 < up_at)
+            .count() as u64;
+        eprintln!("outage of {outage} s (crash: {crash}): {during} samples kept");
+        // One a second; a couple may fall at the edges.
+        assert!(
+            during + 3 >= outage,
+            "samples taken during the outage were kept and sent later: {during} of about {outage}"
+        );
+        assert!(node.is_running(), "the agent survived the outage");
+        // A change made after the outage converges at once.
+        let again = jails::create(
+            &pool,
+            tenant,
+            &jail(if crash { "after-crash" } else { "after-stop" }),
+        )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-
-    assert!(node.is_running(), "the agent survived the outage");
-    let samples = stockade_store::usage::jail_samples(&pool, j.id)
+        let took = time_to_running(&pool, tenant, again.id, Duration::from_secs(20)).await;
+        eprintln!("a new jail ran {took:?} after the outage");
+        pool.close().await;
+    }
+    let pool = stockade_store::connect(&url, 4, Duration::from_secs(30))
         .await
         .unwrap();
-    let during = samples
-        .iter()
-        .filter(|s| s.0 > down_at && s.0 < up_at)
-        .count();
-    assert!(
-        during >= 2,
-        "samples taken during the outage were kept and sent later: {during}"
-    );
-    let after = samples.iter().filter(|s| s.0 > up_at).count();
-    assert!(after >= 2, "sampling went on after the restart: {after}");
-    // Changes made after the restart still converge (notifications reconnected or resync).
-    jails::set_desired(&pool, tenant, j.id, DesiredState::Deleted)
-        .await
-        .unwrap();
-    wait_observed(&pool, tenant, j.id, ObservedState::Deleted).await;
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_all_converged(&pool, tenant, Duration::from_secs(60)).await;
     node.kill(nix::sys::signal::Signal::SIGTERM);
     pool.close().await;
     drop(cluster);
-}
-
-/// The postmaster's pid of a cluster in `dir`.
-fn postmaster_pid(dir: &std::path::Path) -> i32 {
-    std::fs::read_to_string(dir.join("pg/postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// Waits until jail `id` runs; how long that took.
@@ -375,17 +416,7 @@ async fn after_a_clean_or_crashed_database_restart_new_jails_start_without_a_res
     if !is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (mut cluster, server) = OwnCluster::start(dir);
-    stockade_store::ensure_database(&server, "stockade")
-        .await
-        .unwrap();
-    let url = SecretString::from(server.expose_secret().replace("/postgres", "/stockade"));
-    let pool = stockade_store::connect(&url, 4, Duration::from_secs(10))
-        .await
-        .unwrap();
-    stockade_store::migrate(&pool).await.unwrap();
+    let (mut cluster, url, pool) = OwnCluster::migrated(4).await;
     // A resync too far away to matter: only a notification starts a jail
     // in time.
     let mut node = Node::with_env(&url, &[("STOCKADE_RESYNC_SECS", "600")]);
@@ -397,13 +428,7 @@ async fn after_a_clean_or_crashed_database_restart_new_jails_start_without_a_res
 
     for crash in [false, true] {
         if crash {
-            // The postmaster dies without a word; the next start recovers.
-            let pid = postmaster_pid(cluster.dir.path());
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .unwrap();
+            cluster.crash();
         }
         let dir = cluster.stop();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -434,22 +459,11 @@ async fn while_the_database_is_away_the_api_and_panel_say_so_at_once_and_recover
     if !is_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (cluster, server) = OwnCluster::start(dir);
-    stockade_store::ensure_database(&server, "stockade")
-        .await
-        .unwrap();
-    let url = SecretString::from(server.expose_secret().replace("/postgres", "/stockade"));
-    let pool = stockade_store::connect(&url, 2, Duration::from_secs(10))
-        .await
-        .unwrap();
-    stockade_store::migrate(&pool).await.unwrap();
+    let (cluster, url, pool) = OwnCluster::migrated(2).await;
     let (_, token) =
         stockade_store::tokens::create(&pool, "outage", &stockade_store::tokens::Scope::ALL, None)
             .await
             .unwrap();
-    pool.close().await;
     // The web tier as `serve` runs it: a second at most for a connection.
     let web_pool = stockade_store::connect_serving(
         &common::role_url(&url, stockade_store::roles::WEB),
@@ -482,6 +496,8 @@ async fn while_the_database_is_away_the_api_and_panel_say_so_at_once_and_recover
             .send()
     };
     assert_eq!(tenants().await.unwrap().status(), 200);
+    an_ended_session_is_refused_at_once(&base, &pool, "before").await;
+    pool.close().await;
 
     let dir = cluster.stop();
     for _ in 0..2 {
@@ -521,7 +537,93 @@ async fn while_the_database_is_away_the_api_and_panel_say_so_at_once_and_recover
         assert!(Instant::now() < deadline, "the API did not recover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The web tier listens for changes again (its caches are back in use)...
+    let listening = || async {
+        client
+            .get(format!("{base}/metrics"))
+            .bearer_auth(token.expose_secret())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("stockade_web_listening 1")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening().await {
+        assert!(
+            Instant::now() < deadline,
+            "the web tier did not listen for changes again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and hears them again.
+    let pool = stockade_store::connect(&url, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    an_ended_session_is_refused_at_once(&base, &pool, "after").await;
+    pool.close().await;
     drop(cluster);
+}
+
+/// A session ended elsewhere (another process's connection) is refused at
+/// once by the web tier at `base`, though it holds that session in memory:
+/// the web tier hears the database's change notifications.
+async fn an_ended_session_is_refused_at_once(base: &str, pool: &PgPool, who: &str) {
+    let admin = stockade_store::users::create(
+        pool,
+        &stockade_domain::Email::parse(&format!("staff-{who}@outage.test")).unwrap(),
+        // Never signed in with: the session is made directly.
+        "$argon2id$v=19$m=19456,t=2,p=1$unused$unused",
+        stockade_domain::Role::Admin,
+        None,
+    )
+    .await
+    .unwrap();
+    let session = stockade_store::sessions::create(
+        pool,
+        admin.id,
+        stockade_store::sessions::Expiry {
+            idle: chrono::Duration::minutes(30),
+            absolute: chrono::Duration::hours(1),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let home = || {
+        client
+            .get(format!("{base}/staff/tenants"))
+            .header("cookie", format!("stockade_session={session}"))
+            .send()
+    };
+    assert_eq!(home().await.unwrap().status(), 200, "signed in");
+    assert_eq!(
+        home().await.unwrap().status(),
+        200,
+        "signed in, from memory"
+    );
+    stockade_store::sessions::delete(pool, &session)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = home().await.unwrap().status();
+        if status.is_redirection() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who}: a session ended elsewhere was still honoured: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One jail's processes frozen (a freezer group of the test's own on v1,

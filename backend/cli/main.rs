@@ -155,8 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let url = require_database(&cfg)?.agent;
             let rt = runtime()?;
             let done = rt.block_on(async {
-                // Heartbeat, jail tasks, sampler and upload writer each use one.
-                let pool = stockade_store::connect(&url, 8, Duration::from_secs(10)).await?;
+                let pool = up::agent_pool(&url).await?;
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let mut agent = tokio::spawn(up::agent_task(pool, cfg.clone(), stop_rx));
                 let mut term =

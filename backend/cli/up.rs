@@ -106,7 +106,7 @@ async fn run_services(cfg: &Config, urls: &Urls, managed: bool) -> anyhow::Resul
     pool.close().await;
 
     // Heartbeat, jail tasks, sampler and upload writer each use one.
-    let agent_pool = stockade_store::connect(&urls.agent, 8, Duration::from_secs(10)).await?;
+    let agent_pool = agent_pool(&urls.agent).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let agent = tokio::spawn(agent_task(agent_pool.clone(), cfg.clone(), stop_rx));
     let mut web = spawn_web(cfg, &urls.web)?;
@@ -141,6 +141,14 @@ async fn ensure_admin(pool: &PgPool, cfg: &Config) -> anyhow::Result<()> {
         println!("Its password (shown once): {}", password.expose_secret());
     }
     Ok(())
+}
+
+/// The agent's pool: heartbeat, jail tasks, sampler and upload writer each
+/// use a connection. A step waits at most a few seconds for one, so while
+/// the database is away the agent's loops go round (and jails keep running,
+/// samples are kept) instead of hanging.
+pub async fn agent_pool(url: &SecretString) -> anyhow::Result<PgPool> {
+    stockade_store::connect_serving(url, 8, Duration::from_secs(10), Duration::from_secs(3)).await
 }
 
 /// Where the agents of this host note which host names each uses.

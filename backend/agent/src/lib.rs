@@ -159,18 +159,16 @@ pub async fn run(
             cfg.resync,
         ));
     }
-    tasks.spawn(sample_task(
-        sampler::Sampler::new(
-            pool.clone(),
-            engine.clone(),
-            node_id,
-            metrics.clone(),
-            &cfg.node_name,
-            cfg.step_deadline,
-        ),
-        running.clone(),
-        cfg.sample_interval,
-    ));
+    let (sampler, sender) = sampler::new(
+        pool.clone(),
+        &engine,
+        node_id,
+        metrics.clone(),
+        &cfg.node_name,
+        cfg.step_deadline,
+    );
+    tasks.spawn(sender.run());
+    tasks.spawn(sample_task(sampler, running.clone(), cfg.sample_interval));
     tasks.spawn(upload_task(
         Arc::new(uploads::Uploads::new(
             pool.clone(),

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub last_sweep_jails: AtomicU64,
     /// Parts of the node's network found changed by hand and put back.
     pub network_repairs: AtomicU64,
+    /// Jail limits (cgroup files, link rates) found changed and put back.
+    pub limit_repairs: AtomicU64,
+    /// Usage samples kept in memory, waiting for the database.
+    pub samples_pending: AtomicU64,
+    /// Usage samples dropped because too many were waiting.
+    pub samples_dropped: AtomicU64,
 }
 
 fn usec(d: Duration) -> u64 {
@@ -48,6 +54,16 @@ impl Metrics {
         self.last_sweep_cpu_usec.store(usec(cpu), Ordering::Relaxed);
         self.last_sweep_jails
             .store(u64::try_from(jails).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_samples_pending(&self, n: usize) {
+        self.samples_pending
+            .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn samples_dropped(&self, n: usize) {
+        self.samples_dropped
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub(crate) fn set_jails_by_state(&self, counts: [u64; 5]) {
@@ -107,6 +123,21 @@ impl Metrics {
         out.push_str(&format!(
             "stockade_agent_network_repairs_total {}\n",
             g(&self.network_repairs)
+        ));
+        out.push_str("# HELP stockade_agent_limit_repairs_total Jail limits (cgroup files, link rates) found changed and put back.\n# TYPE stockade_agent_limit_repairs_total counter\n");
+        out.push_str(&format!(
+            "stockade_agent_limit_repairs_total {}\n",
+            g(&self.limit_repairs)
+        ));
+        out.push_str("# HELP stockade_agent_samples_pending Usage samples kept in memory until the database takes them.\n# TYPE stockade_agent_samples_pending gauge\n");
+        out.push_str(&format!(
+            "stockade_agent_samples_pending {}\n",
+            g(&self.samples_pending)
+        ));
+        out.push_str("# HELP stockade_agent_samples_dropped_total Usage samples dropped because too many waited for the database.\n# TYPE stockade_agent_samples_dropped_total counter\n");
+        out.push_str(&format!(
+            "stockade_agent_samples_dropped_total {}\n",
+            g(&self.samples_dropped)
         ));
         out
     }

@@ -169,7 +169,8 @@ impl Caches {
         }
     }
 
-    fn is_live(&self) -> bool {
+    /// Whether this process is listening for changes (and so using its caches).
+    pub(crate) fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
     }
 

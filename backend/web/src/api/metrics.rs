@@ -171,6 +171,13 @@ pub(crate) async fn serve(
             );
         }
     }
+    out.push_str("# HELP stockade_web_listening Whether this process listens for the database's change notifications (its read caches are used only then).\n");
+    out.push_str("# TYPE stockade_web_listening gauge\n");
+    let _ = writeln!(
+        out,
+        "stockade_web_listening {}",
+        u8::from(state.caches.is_live())
+    );
     match stockade_store::stats::tenants_by_status(&state.pool).await {
         Ok(rows) => {
             out.push_str("# HELP stockade_tenants Tenants by status.\n");
