@@ -439,26 +439,44 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
     wait_node(&pool, &node.name).await;
     let tenant = tenant(&pool).await;
     // The image's default command: a web server on port 80.
-    let jail = jails::create(&pool, tenant, &system_jail("drift", &[]))
-        .await
-        .unwrap();
+    let mut new = system_jail("drift", &[]);
+    new.limits.net_ingress_bps = 50_000_000;
+    let jail = jails::create(&pool, tenant, &new).await.unwrap();
     let jail = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
     let address: std::net::Ipv4Addr = jail.address.as_deref().unwrap().parse().unwrap();
     let web = std::net::SocketAddr::from((address, 80));
     let engine = node.engine();
     let name = jail.host_name();
-    // A service of the host on the bridge's address, which jails must not reach.
+    // A service of the host on the bridge's address, which jails must not
+    // reach; it takes each connection and closes it.
     let service = std::net::TcpListener::bind("10.93.0.1:0").unwrap();
     let port = service.local_addr().unwrap().port().to_string();
-    let jail_reaches_host = || {
+    let accepting = service.try_clone().unwrap();
+    std::thread::spawn(move || {
+        while let Ok((conn, _)) = accepting.accept() {
+            drop(conn);
+        }
+    });
+    // Whether the jail connects to `addr:port` (busybox `nc`: 0 once the
+    // other end closes, 1 when refused or dropped past a second).
+    let jail_connects = |addr: &str, port: &str| {
+        let probe = format!("nc -w 1 {addr} {port} </dev/null");
         engine
-            .exec(
-                &name,
-                &["nc", "-z", "-w", "1", "10.93.0.1", &port].map(str::to_owned),
-            )
+            .exec(&name, &["sh".into(), "-c".into(), probe])
             .unwrap()
             == 0
     };
+    let jail_reaches_host = || jail_connects("10.93.0.1", &port);
+    // The probe can succeed: a listener of the jail's own, which runs
+    // `true` for one connection and so closes it.
+    let listen = "nc -l -p 7777 -e true & sleep 0.3; nc -w 1 127.0.0.1 7777 </dev/null";
+    assert_eq!(
+        engine
+            .exec(&name, &["sh".into(), "-c".into(), listen.into()])
+            .unwrap(),
+        0,
+        "the probe connects where nothing stands in its way"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !host_reaches(web) {
         assert!(
@@ -521,10 +539,51 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
     let repairs = stockade_store::audit::count_action(&pool, "node.network_repaired")
         .await
         .unwrap();
+    assert!(repairs >= 1, "the table's repair is audited: {repairs}");
+
+    // By hand, on a link that is still there: its rate limit removed, and
+    // the jail's address taken away inside its namespace.
+    let Some(stockade_jail::JailStatus::Running { pid }) = engine.status(&name).unwrap() else {
+        panic!("the jail runs");
+    };
+    let rate = || {
+        let out = std::process::Command::new("tc")
+            .args(["qdisc", "show", "dev", &link])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("tbf")
+    };
+    assert!(rate(), "the jail's ingress is limited");
+    run(&["tc", "qdisc", "del", "dev", &link, "root"]);
+    assert!(!rate());
+    let pid = pid.to_string();
+    run(&[
+        "nsenter", "-t", &pid, "-n", "ip", "addr", "flush", "dev", "eth0",
+    ]);
+    assert!(!host_reaches(web), "the jail is cut off by the change");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(rate() && host_reaches(web)) {
+        assert!(
+            Instant::now() < deadline,
+            "not repaired: rate limit {}, reachable {}",
+            rate(),
+            host_reaches(web)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        repairs >= 2,
-        "the link and the table repairs are audited: {repairs}"
+        !jail_reaches_host(),
+        "isolation holds after the link is made again"
     );
+    // Each jail repair (the limit, the link) is counted and audited, on the
+    // tenant's own record.
+    let audited = stockade_store::audit::count_action(&pool, "jail.repaired")
+        .await
+        .unwrap();
+    assert!(audited >= 2, "the jail's repairs are audited: {audited}");
+    let j = jails::get(&pool, tenant, jail.id).await.unwrap();
+    assert_eq!(j.observed_state, ObservedState::Running);
+    assert_eq!(j.last_error, None, "a repaired jail is not in error");
     // Nothing left: the jail goes with its tenant.
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;

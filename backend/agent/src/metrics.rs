@@ -30,8 +30,9 @@ pub struct Metrics {
     pub last_sweep_jails: AtomicU64,
     /// Parts of the node's network found changed by hand and put back.
     pub network_repairs: AtomicU64,
-    /// Jail limits (cgroup files, link rates) found changed and put back.
-    pub limit_repairs: AtomicU64,
+    /// Parts of running jails (cgroup limits, links, addresses, routes,
+    /// rates) found changed on the host and put back.
+    pub jail_repairs: AtomicU64,
     /// Usage samples kept in memory, waiting for the database.
     pub samples_pending: AtomicU64,
     /// Usage samples dropped because too many were waiting.
@@ -119,15 +120,15 @@ impl Metrics {
             "stockade_agent_sample_sweep_jails {}\n",
             g(&self.last_sweep_jails)
         ));
-        out.push_str("# HELP stockade_agent_network_repairs_total Parts of the node's network (bridge, firewall table, jail links) found changed and put back.\n# TYPE stockade_agent_network_repairs_total counter\n");
+        out.push_str("# HELP stockade_agent_network_repairs_total Parts of the node's network (bridge, firewall table) found changed and put back.\n# TYPE stockade_agent_network_repairs_total counter\n");
         out.push_str(&format!(
             "stockade_agent_network_repairs_total {}\n",
             g(&self.network_repairs)
         ));
-        out.push_str("# HELP stockade_agent_limit_repairs_total Jail limits (cgroup files, link rates) found changed and put back.\n# TYPE stockade_agent_limit_repairs_total counter\n");
+        out.push_str("# HELP stockade_agent_jail_repairs_total Parts of running jails (cgroup limits, links, addresses, routes, rates) found changed on the host and put back.\n# TYPE stockade_agent_jail_repairs_total counter\n");
         out.push_str(&format!(
-            "stockade_agent_limit_repairs_total {}\n",
-            g(&self.limit_repairs)
+            "stockade_agent_jail_repairs_total {}\n",
+            g(&self.jail_repairs)
         ));
         out.push_str("# HELP stockade_agent_samples_pending Usage samples kept in memory until the database takes them.\n# TYPE stockade_agent_samples_pending gauge\n");
         out.push_str(&format!(

@@ -259,6 +259,29 @@ impl Inner {
         stockade_jail::allocate(pool_net, &used).map_err(|e| e.to_string())
     }
 
+    /// Counts, logs and audits what was found changed by hand on a jail
+    /// and put back.
+    async fn record_repairs(&self, jail: &Jail, repaired: &[String]) {
+        self.metrics
+            .jail_repairs
+            .fetch_add(repaired.len() as u64, Ordering::Relaxed);
+        tracing::warn!(jail = %jail.name, tenant = %jail.tenant_id, ?repaired, "the jail had been changed on the host; put back");
+        let actor = format!("agent:{}", self.cfg.node_name);
+        let target = jail.id.to_string();
+        let entry = stockade_store::audit::Entry {
+            actor_user_id: None,
+            actor: &actor,
+            tenant_id: Some(jail.tenant_id),
+            action: "jail.repaired",
+            target: &target,
+            client_addr: None,
+            details: serde_json::json!({ "jail": jail.name.as_str(), "repaired": repaired }),
+        };
+        if let Err(e) = stockade_store::audit::record(&self.pool, &entry).await {
+            tracing::warn!(error = %e, "recording a repair in the audit log failed");
+        }
+    }
+
     /// The task of one jail: converges it, records what it saw, and lets
     /// the next pass and the upload writer know.
     async fn reconcile_one(
@@ -376,14 +399,19 @@ impl Inner {
         }
         let claimed_in = claim_started.elapsed();
         let step_started = Instant::now();
-        let outcome = self
+        let (outcome, repaired) = self
             .slots
             .call(name.as_str(), "converging", move |engine| {
-                converge(engine, &work, full, grace)
+                let mut repaired = Vec::new();
+                let outcome = converge(engine, &work, full, grace, &mut repaired);
+                (outcome, repaired)
             })
             .await
-            .unwrap_or_else(|e| Err((ObservedState::Failed, e.to_string())));
+            .unwrap_or_else(|e| (Err((ObservedState::Failed, e.to_string())), Vec::new()));
         let took = step_started.elapsed();
+        if !repaired.is_empty() {
+            self.record_repairs(&jail, &repaired).await;
+        }
         let (observed, error) = match outcome {
             Ok(Some(observed)) => (observed, None),
             Ok(None) => {
@@ -460,11 +488,13 @@ fn spec_of(jail: &Jail) -> JailSpec {
 
 /// Brings one jail to its desired state with idempotent engine steps.
 /// Returns `Ok(None)` when nothing had to change and nothing is to record.
+/// What was found changed by hand and put back goes to `repaired`.
 fn converge(
     engine: &Engine,
     jail: &Jail,
     full: bool,
     grace: Duration,
+    repaired: &mut Vec<String>,
 ) -> Result<Option<ObservedState>, (ObservedState, String)> {
     let name = jail.host_name();
     let fail =
@@ -524,13 +554,27 @@ fn converge(
                 // Live limits; also sets back a limit changed by hand. A
                 // volume the host will not grow while mounted grows at the
                 // next stop: the jail runs meanwhile, and says so.
-                return match engine.update_limits(&name, &jail.limits) {
-                    Ok(()) => Ok(Some(ObservedState::Running)),
+                let changed = match engine.update_limits(&name, &jail.limits) {
+                    Ok(changed) => changed,
                     Err(e @ stockade_jail::JailError::GrowsAtNextStop { .. }) => {
-                        Err((ObservedState::Running, e.to_string()))
+                        return Err((ObservedState::Running, e.to_string()));
                     }
-                    Err(e) => Err(fail("applying limits", e)),
+                    Err(e) => return Err(fail("applying limits", e)),
                 };
+                // Its link, address, route and rates; a jail whose link
+                // cannot be put back runs on, and says why.
+                let relinked = engine.repair_jail(&name).map_err(|e| {
+                    (
+                        ObservedState::Running,
+                        format!("repairing its network: {e}"),
+                    )
+                })?;
+                if converged {
+                    // Unchanged limits that differed were changed by hand.
+                    repaired.extend(changed.into_iter().map(|file| format!("limit {file}")));
+                    repaired.extend(relinked);
+                }
+                return Ok(Some(ObservedState::Running));
             }
             // An app jail whose command ended after running this generation
             // has done its job: it is stopped, not restarted.

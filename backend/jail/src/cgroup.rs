@@ -366,13 +366,18 @@ impl Cgroups {
     }
 
     /// Writes `limits` into the jail's group; safe on a running jail.
+    /// Returns the files whose values changed (as the kernel reads them
+    /// back, so no value needs normalising here).
     pub fn apply(
         &self,
         jail: &str,
         limits: &Limits,
         device: Option<(u64, u64)>,
-    ) -> Result<(), JailError> {
+    ) -> Result<Vec<String>, JailError> {
         let writes = limit_writes(self.version, limits, device);
+        let read =
+            |wr: &Write| fs::read_to_string(self.dir(wr.controller, jail).join(wr.file)).ok();
+        let before: Vec<Option<String>> = writes.iter().map(read).collect();
         let mut i = 0;
         while i < writes.len() {
             let wr = &writes[i];
@@ -396,7 +401,12 @@ impl Cgroups {
             }
             i += 1;
         }
-        Ok(())
+        Ok(writes
+            .iter()
+            .zip(before)
+            .filter(|(wr, was)| read(wr) != *was)
+            .map(|(wr, _)| wr.file.to_owned())
+            .collect())
     }
 
     fn write(&self, path: &Path, wr: &Write) -> Result<(), JailError> {

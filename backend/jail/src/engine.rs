@@ -625,6 +625,7 @@ impl Engine {
         self.cgroups.ensure(name)?;
         self.cgroups
             .apply(name, &rec.spec.limits, Self::volume_device(rec)?)
+            .map(drop)
     }
 
     fn command_of(&self, spec: &JailSpec) -> Result<Vec<String>, JailError> {
@@ -877,11 +878,9 @@ impl Engine {
     }
 
     /// Puts the node's network back as it should be and says what had to
-    /// be repaired: the bridge, the whole firewall table (rules, published
-    /// ports, NAT; rewritten in one transaction), and for each running jail
-    /// with a network its link (recreated in the jail's namespace with its
-    /// address, route and rate limits when it was deleted or taken off the
-    /// bridge). A jail that cannot be repaired is named in the error.
+    /// be repaired: the bridge and the whole firewall table (rules,
+    /// published ports, NAT; rewritten in one transaction). Each jail's own
+    /// link is [`Engine::repair_jail`]'s.
     pub fn repair_network(&self) -> Result<Vec<String>, JailError> {
         let network = self.network();
         let mut repaired = Vec::new();
@@ -890,42 +889,50 @@ impl Engine {
             repaired.push(format!("bridge {}", self.cfg.bridge));
         }
         network.ensure_node()?;
-        let jails = self.networks();
-        if network.repair_firewall(&jails)? {
+        if network.repair_firewall(&self.networks())? {
             repaired.push(format!("firewall table {}", self.cfg.firewall_table));
-        }
-        for (name, spec) in &jails {
-            let Ok(jail) = JailName::parse(name) else {
-                continue;
-            };
-            let Ok((_, rec)) = self.record(&jail) else {
-                continue;
-            };
-            let Some(init) = self.live_init(&rec) else {
-                continue;
-            };
-            let link = crate::net::host_link(name);
-            let master = fs::read_link(
-                self.cfg
-                    .sys_root
-                    .join("class/net")
-                    .join(&link)
-                    .join("master"),
-            )
-            .ok()
-            .and_then(|m| m.file_name().map(|f| f.to_string_lossy().into_owned()));
-            if master.as_deref() == Some(self.cfg.bridge.as_str()) {
-                continue;
-            }
-            network.attach(name, spec, &rec.spec.limits, &self.netns(init.pid))?;
-            repaired.push(format!("link {link} of jail {name}"));
         }
         Ok(repaired)
     }
 
+    /// Puts a running jail's link back as it should be and says what had to
+    /// be repaired: the link made again in the jail's namespace when it was
+    /// deleted, taken off the bridge, or lost its address, default route or
+    /// up state inside; else each rate limit that differs from the one in
+    /// force. Nothing for a stopped jail or one without a network.
+    pub fn repair_jail(&self, name: &JailName) -> Result<Vec<String>, JailError> {
+        let (_, rec) = self.record(name)?;
+        let (Some(spec), Some(init)) = (&rec.spec.network, self.live_init(&rec)) else {
+            return Ok(Vec::new());
+        };
+        let network = self.network();
+        let link = crate::net::host_link(name.as_str());
+        let netns = self.netns(init.pid);
+        let master = fs::read_link(
+            self.cfg
+                .sys_root
+                .join("class/net")
+                .join(&link)
+                .join("master"),
+        )
+        .ok()
+        .and_then(|m| m.file_name().map(|f| f.to_string_lossy().into_owned()));
+        if master.as_deref() == Some(self.cfg.bridge.as_str()) {
+            return network.check_jail(name.as_str(), spec, &rec.spec.limits, &netns);
+        }
+        network.attach(name.as_str(), spec, &rec.spec.limits, &netns)?;
+        Ok(vec![format!("link {link} of jail {name}")])
+    }
+
     /// Applies new limits, live on a running jail. A larger disk quota grows
-    /// the volume online; a smaller one is refused.
-    pub fn update_limits(&self, name: &JailName, limits: &Limits) -> Result<(), JailError> {
+    /// the volume online; a smaller one is refused. Returns the cgroup
+    /// files whose values were not already these limits' (on a jail whose
+    /// limits did not change, what was changed by hand and is now put back).
+    pub fn update_limits(
+        &self,
+        name: &JailName,
+        limits: &Limits,
+    ) -> Result<Vec<String>, JailError> {
         check_rates(limits)?;
         let (paths, mut rec) = self.record(name)?;
         let mut device = None;
@@ -974,7 +981,7 @@ impl Engine {
                 rec.loop_device = Some(dev);
             }
         }
-        self.cgroups.apply(name.as_str(), &applied, device)?;
+        let changed = self.cgroups.apply(name.as_str(), &applied, device)?;
         if rec.spec.network.is_some()
             && let Some(init) = self.live_init(&rec)
         {
@@ -987,7 +994,7 @@ impl Engine {
         }
         rec.spec.limits = applied;
         state::save(&paths, &rec)?;
-        deferred.map_or(Ok(()), Err)
+        deferred.map_or(Ok(changed), Err)
     }
 
     /// Whether the jail runs; `None` when it does not exist.

@@ -314,6 +314,47 @@ pub(crate) struct JailLink<'a> {
     pub gateway: Ipv4Addr,
 }
 
+/// The jail's end of its link, as seen inside its namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JailEnd {
+    /// Whether the link is up.
+    pub up: bool,
+    /// Its IPv4 addresses with their prefix lengths.
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// The gateway of its default route.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The gateway of the default route through `dev` in a `/proc/net/route`
+/// table (addresses in hex, in the kernel's byte order).
+fn default_gateway(table: &str, dev: &str) -> Option<Ipv4Addr> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || f[0] != dev || f[1] != "00000000" || f[7] != "00000000" {
+            return None;
+        }
+        let raw = u32::from_str_radix(f[2], 16).ok()?;
+        Some(Ipv4Addr::from(raw.to_ne_bytes()))
+    })
+}
+
+/// The rate of a root token bucket in `tc -j qdisc show` output: bits/s,
+/// 0 when the root is another queue (no limit).
+fn tbf_rate(json: &str) -> Option<u64> {
+    let qdiscs: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
+    let root = qdiscs.iter().find(|q| q["root"].as_bool() == Some(true))?;
+    if root["kind"] != "tbf" {
+        return Some(0);
+    }
+    root["options"]["rate"].as_u64().map(|bytes| bytes * 8)
+}
+
+/// Whether a rate read back from the kernel is the one set: `tc` keeps
+/// whole bytes per second.
+fn same_rate(have: u64, want: u64) -> bool {
+    have.abs_diff(want) < 8 + want / 1000
+}
+
 /// Privileged network operations, behind one small trait: [`LinuxNet`]
 /// makes the real calls, tests use a recording fake.
 pub(crate) trait NetHost: Send + Sync + fmt::Debug {
@@ -333,6 +374,13 @@ pub(crate) trait NetHost: Send + Sync + fmt::Debug {
     fn del_link(&self, name: &str) -> Result<(), JailError>;
     /// Runs `tc` with `args`, in the namespace `netns` if given.
     fn tc(&self, netns: Option<&Path>, args: &[String]) -> Result<(), JailError>;
+    /// The rate in bits/s of the token bucket at the root of `dev` (in the
+    /// namespace `netns` if given), 0 when there is none, `None` when it
+    /// cannot be read.
+    fn root_rate(&self, netns: Option<&Path>, dev: &str) -> Option<u64>;
+    /// What the jail's end of its link looks like from inside the jail's
+    /// namespace, `None` when it cannot be read.
+    fn jail_end(&self, netns: &Path) -> Option<JailEnd>;
     /// Whether nothing on the host listens on TCP `port`.
     fn port_free(&self, port: u16) -> bool;
     /// Writes a sysctl file.
@@ -510,6 +558,61 @@ impl NetHost for LinuxNet {
                 ),
             ))
         }
+    }
+
+    fn root_rate(&self, netns: Option<&Path>, dev: &str) -> Option<u64> {
+        let mut cmd = Command::new("tc");
+        cmd.args(["-j", "qdisc", "show", "dev", dev])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        let ns = netns.map(File::open).transpose().ok()?;
+        if let Some(ns) = &ns {
+            let fd = ns.as_raw_fd();
+            // SAFETY: as in `tc`: one system call (setns) in the forked child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let out = cmd.output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        tbf_rate(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn jail_end(&self, netns: &Path) -> Option<JailEnd> {
+        let ns = File::open(netns).ok()?;
+        netlink::in_netns(&ns, || {
+            let mut end = JailEnd {
+                up: false,
+                addresses: Vec::new(),
+                gateway: None,
+            };
+            for a in nix::ifaddrs::getifaddrs()? {
+                if a.interface_name != JAIL_LINK {
+                    continue;
+                }
+                end.up |= a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
+                let addr = a.address.as_ref().and_then(|s| s.as_sockaddr_in());
+                let mask = a.netmask.as_ref().and_then(|s| s.as_sockaddr_in());
+                if let (Some(addr), Some(mask)) = (addr, mask) {
+                    let prefix = u32::from(mask.ip()).count_ones() as u8;
+                    end.addresses.push((addr.ip(), prefix));
+                }
+            }
+            // This thread's namespace, not the process's.
+            let routes =
+                std::fs::read_to_string("/proc/thread-self/net/route").map_err(|_| Errno::EIO)?;
+            end.gateway = default_gateway(&routes, JAIL_LINK);
+            Ok(end)
+        })
+        .ok()
     }
 
     fn port_free(&self, port: u16) -> bool {
@@ -754,6 +857,48 @@ impl Network<'_> {
         Ok(())
     }
 
+    /// Compares a running jail's link with what it should be (its end up,
+    /// with its address and default route; the rate limits of both ends)
+    /// and puts back what differs: the whole link when its end changed,
+    /// else each rate. What was repaired, in words; nothing when all was
+    /// as it should be or could not be read.
+    pub fn check_jail(
+        &self,
+        jail: &str,
+        spec: &NetSpec,
+        limits: &Limits,
+        netns: &Path,
+    ) -> Result<Vec<String>, JailError> {
+        let host = host_link(jail);
+        let want = JailEnd {
+            up: true,
+            addresses: vec![(spec.address, self.node.gateway.prefix_len())],
+            gateway: Some(self.node.gateway.addr()),
+        };
+        if let Some(end) = self.host.jail_end(netns)
+            && end != want
+        {
+            self.attach(jail, spec, limits, netns)?;
+            return Ok(vec![format!(
+                "link {host} of jail {jail} (its address or route)"
+            )]);
+        }
+        let mut repaired = Vec::new();
+        for (ns, dev, bps) in [
+            (None, host.as_str(), limits.net_ingress_bps),
+            (Some(netns), JAIL_LINK, limits.net_egress_bps),
+        ] {
+            if let Some(have) = self.host.root_rate(ns, dev)
+                && !same_rate(have, bps)
+            {
+                self.tc_rate(ns, dev, bps)?;
+                let side = if ns.is_some() { "from" } else { "to" };
+                repaired.push(format!("rate limit {side} jail {jail}"));
+            }
+        }
+        Ok(repaired)
+    }
+
     fn tc_rate(&self, netns: Option<&Path>, dev: &str, bps: u64) -> Result<(), JailError> {
         match self.host.tc(netns, &tbf_args(dev, bps)) {
             // Removing a limit that is not there.
@@ -806,6 +951,10 @@ pub(crate) mod fake {
         pub fail_on: Mutex<Option<String>>,
         pub busy_ports: Vec<u16>,
         pub firewall: Mutex<bool>,
+        /// What `root_rate` reads, by device; unknown when absent.
+        pub rates: Mutex<std::collections::HashMap<String, u64>>,
+        /// What `jail_end` reads; unknown when `None`.
+        pub end: Mutex<Option<JailEnd>>,
     }
 
     impl RecordingNet {
@@ -862,6 +1011,12 @@ pub(crate) mod fake {
         fn tc(&self, netns: Option<&Path>, args: &[String]) -> Result<(), JailError> {
             let ns = if netns.is_some() { "jail" } else { "host" };
             self.rec(format!("tc {ns} {}", args.join(" ")))
+        }
+        fn root_rate(&self, _netns: Option<&Path>, dev: &str) -> Option<u64> {
+            self.rates.lock().unwrap().get(dev).copied()
+        }
+        fn jail_end(&self, _netns: &Path) -> Option<JailEnd> {
+            self.end.lock().unwrap().clone()
         }
         fn port_free(&self, port: u16) -> bool {
             !self.busy_ports.contains(&port)
@@ -1023,6 +1178,98 @@ mod tests {
                 .to_string()
                 .contains("gateway")
         );
+    }
+
+    #[test]
+    fn kernel_readings_of_routes_and_rates_parse() {
+        let routes = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                      eth0\t00000000\t01004D0A\t0003\t0\t0\t0\t00000000\n\
+                      eth0\t00004D0A\t00000000\t0001\t0\t0\t0\t0000FFFF\n";
+        let gw = default_gateway(routes, "eth0").unwrap();
+        assert_eq!(gw, Ipv4Addr::from(0x01004D0A_u32.to_ne_bytes()));
+        assert_eq!(default_gateway(routes, "eth1"), None);
+        assert_eq!(
+            tbf_rate(r#"[{"kind":"tbf","handle":"8182:","root":true,"options":{"rate":1000000}}]"#),
+            Some(8_000_000)
+        );
+        assert_eq!(
+            tbf_rate(r#"[{"kind":"noqueue","handle":"0:","root":true,"options":{}}]"#),
+            Some(0)
+        );
+        assert_eq!(tbf_rate("not json"), None);
+        // Whole bytes per second: a rate not a multiple of 8 reads back lower.
+        assert!(same_rate(1_234_560, 1_234_567));
+        assert!(!same_rate(0, 1_000_000) && !same_rate(2_000_000, 1_000_000));
+    }
+
+    #[test]
+    fn a_jail_link_changed_by_hand_is_put_back_and_said() {
+        let fake = RecordingNet::default();
+        let net = Network {
+            host: &fake,
+            node: node(),
+        };
+        let limits = Limits {
+            net_ingress_bps: 10_000_000,
+            net_egress_bps: 5_000_000,
+            ..Limits::default()
+        };
+        let spec = NetSpec::new(Ipv4Addr::new(10, 77, 0, 9));
+        let ns = Path::new("/proc/1/ns/net");
+        let host = host_link("web");
+        let right = JailEnd {
+            up: true,
+            addresses: vec![(spec.address, 16)],
+            gateway: Some(Ipv4Addr::new(10, 77, 0, 1)),
+        };
+        // As it should be: nothing to do.
+        *fake.end.lock().unwrap() = Some(right.clone());
+        fake.rates.lock().unwrap().extend([
+            (host.clone(), 10_000_000),
+            (JAIL_LINK.to_owned(), 5_000_000),
+        ]);
+        assert!(
+            net.check_jail("web", &spec, &limits, ns)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+        // A rate removed by hand: that rate alone is set again.
+        fake.rates.lock().unwrap().insert(host.clone(), 0);
+        let repaired = net.check_jail("web", &spec, &limits, ns).unwrap();
+        assert_eq!(repaired, ["rate limit to jail web"]);
+        assert_eq!(fake.calls().len(), 1);
+        assert!(fake.calls()[0].starts_with(&format!(
+            "tc host qdisc replace dev {host} root tbf rate 10000000bit"
+        )));
+        // The address taken away inside: the whole link is made again.
+        fake.calls.lock().unwrap().clear();
+        *fake.end.lock().unwrap() = Some(JailEnd {
+            addresses: Vec::new(),
+            ..right.clone()
+        });
+        let repaired = net.check_jail("web", &spec, &limits, ns).unwrap();
+        assert_eq!(repaired.len(), 1);
+        assert!(repaired[0].contains("address or route"), "{repaired:?}");
+        assert!(
+            fake.calls()
+                .iter()
+                .any(|c| c.starts_with(&format!("link {host}")))
+        );
+        // A repair that fails says why and is tried again later.
+        *fake.fail_on.lock().unwrap() = Some("link".into());
+        assert!(net.check_jail("web", &spec, &limits, ns).is_err());
+        // Unreadable: nothing is touched.
+        *fake.fail_on.lock().unwrap() = None;
+        fake.calls.lock().unwrap().clear();
+        *fake.end.lock().unwrap() = None;
+        fake.rates.lock().unwrap().clear();
+        assert!(
+            net.check_jail("web", &spec, &limits, ns)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(fake.calls().is_empty());
     }
 
     #[test]
