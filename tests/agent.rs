@@ -8,7 +8,7 @@ use common::agent::{Node, is_root, wait_node, wait_observed};
 use std::time::{Duration, Instant};
 
 use stockade_domain::{DesiredState, JailKind, JailName, Limits, ObservedState, TenantSlug};
-use stockade_store::jails::{self, NewJail};
+use stockade_store::jails::{self, Jail, NewJail};
 use stockade_store::{PgPool, plans, tenants};
 use uuid::Uuid;
 
@@ -434,7 +434,7 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
         return;
     }
     let (pool, url) = common::fresh_database().await;
-    let node = Node::with_network(&url, "10.93.0.1/24");
+    let node = Node::with_network(&url, "10.96.0.1/24");
     let (bridge, _) = node.network.clone().unwrap();
     wait_node(&pool, &node.name).await;
     let tenant = tenant(&pool).await;
@@ -449,7 +449,7 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
     let name = jail.host_name();
     // A service of the host on the bridge's address, which jails must not
     // reach; it takes each connection and closes it.
-    let service = std::net::TcpListener::bind("10.93.0.1:0").unwrap();
+    let service = std::net::TcpListener::bind("10.96.0.1:0").unwrap();
     let port = service.local_addr().unwrap().port().to_string();
     let accepting = service.try_clone().unwrap();
     std::thread::spawn(move || {
@@ -466,7 +466,7 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
             .unwrap()
             == 0
     };
-    let jail_reaches_host = || jail_connects("10.93.0.1", &port);
+    let jail_reaches_host = || jail_connects("10.96.0.1", &port);
     // The probe can succeed: a listener of the jail's own, which runs
     // `true` for one connection and so closes it.
     let listen = "nc -l -p 7777 -e true & sleep 0.3; nc -w 1 127.0.0.1 7777 </dev/null";
@@ -588,6 +588,239 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
     drop(service);
+}
+
+/// Programs of the host made to fail on demand: `tc` and `nft` that exit
+/// with an error while the returned flag file exists, first in `PATH`.
+fn failing_tools() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let flag = dir.path().join("failing");
+    let path = std::env::var("PATH").unwrap_or_default();
+    for tool in ["tc", "nft"] {
+        let real = path
+            .split(':')
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} is installed"));
+        let script = dir.path().join(tool);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nif [ -e '{}' ]; then echo 'refused by the test' >&2; exit 2; fi\nexec '{}' \"$@\"\n",
+                flag.display(),
+                real.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{path}", dir.path().display());
+    (dir, flag, path)
+}
+
+#[tokio::test]
+async fn failing_tc_and_nft_a_taken_link_name_and_a_jail_removed_by_hand_converge_or_are_reported()
+{
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let (_tools, failing, path) = failing_tools();
+    let node = Node::with_network_and_env(&url, "10.95.0.1/24", &[("PATH", &path)]);
+    let (bridge, _) = node.network.clone().unwrap();
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let engine = node.engine();
+    let mut new = system_jail("limited", &[]);
+    new.limits.net_ingress_bps = 50_000_000;
+    let limited = jails::create(&pool, tenant, &new).await.unwrap();
+    let limited = wait_observed(&pool, tenant, limited.id, ObservedState::Running).await;
+    let web = |j: &Jail| {
+        let address: std::net::Ipv4Addr = j.address.as_deref().unwrap().parse().unwrap();
+        std::net::SocketAddr::from((address, 80))
+    };
+    let reachable_within = |addr, limit: Duration| async move {
+        let deadline = Instant::now() + limit;
+        while !host_reaches(addr) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    };
+    assert!(reachable_within(web(&limited), Duration::from_secs(10)).await);
+
+    // A link name taken while the jail is stopped: the leftover is replaced.
+    jails::set_desired(&pool, tenant, limited.id, DesiredState::Stopped)
+        .await
+        .unwrap();
+    wait_observed(&pool, tenant, limited.id, ObservedState::Stopped).await;
+    let link = stockade_jail::host_link(limited.host_name().as_str());
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+            .success()
+    };
+    let peer = format!("{link}p");
+    assert!(
+        ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]),
+        "the name is taken"
+    );
+    // Whatever the test fails at, no link of that name is left behind.
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    let _gone = Gone(link.clone());
+    jails::set_desired(&pool, tenant, limited.id, DesiredState::Running)
+        .await
+        .unwrap();
+    let limited = wait_observed(&pool, tenant, limited.id, ObservedState::Running).await;
+    assert!(
+        reachable_within(web(&limited), Duration::from_secs(10)).await,
+        "the jail runs on its own link"
+    );
+    assert!(
+        std::path::Path::new(&format!("/sys/class/net/{link}/master")).exists(),
+        "the link of that name is the jail's, on the bridge"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{peer}")).exists(),
+        "the leftover is gone"
+    );
+
+    // `tc` and `nft` fail; a rate limit is removed and the table flushed by hand.
+    std::fs::write(&failing, "").unwrap();
+    let real = |program: &str, args: &[&str]| {
+        assert!(
+            std::process::Command::new(program)
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    real("tc", &["qdisc", "del", "dev", &link, "root"]);
+    real("nft", &["flush", "table", "inet", &bridge]);
+    // The jail runs, and says what cannot be put back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reported = loop {
+        let j = jails::get(&pool, tenant, limited.id).await.unwrap();
+        if let Some(e) = j.last_error.clone() {
+            assert_eq!(j.observed_state, ObservedState::Running, "{e}");
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed repair was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        reported.contains("tc") && reported.contains("refused by the test"),
+        "{reported}"
+    );
+    // A jail made meanwhile cannot get its rate limits: it says so.
+    let other = jails::create(&pool, tenant, &system_jail("other", &[]))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let j = jails::get(&pool, tenant, other.id).await.unwrap();
+        if j.observed_state == ObservedState::Failed
+            && j.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("refused by the test"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed start was not reported: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The host's programs work again: everything is put back and the error goes.
+    std::fs::remove_file(&failing).unwrap();
+    let rules = || {
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", "inet", &bridge])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("drop")
+    };
+    let rate = || {
+        let out = std::process::Command::new("tc")
+            .args(["qdisc", "show", "dev", &link])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("tbf")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let j = jails::get(&pool, tenant, limited.id).await.unwrap();
+        if rules() && rate() && j.last_error.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not put back: rules {}, rate {}, error {:?}",
+            rules(),
+            rate(),
+            j.last_error
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The jail that could not start starts (at its next retry).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let other = loop {
+        let j = jails::get(&pool, tenant, other.id).await.unwrap();
+        if j.observed_state == ObservedState::Running && j.last_error.is_none() {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the jail did not start: {j:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(reachable_within(web(&other), Duration::from_secs(10)).await);
+
+    // A jail removed by hand on the host is made again.
+    let Some(stockade_jail::JailStatus::Running { pid: first }) =
+        engine.status(&other.host_name()).unwrap()
+    else {
+        panic!("the other jail runs");
+    };
+    engine.destroy(&other.host_name()).unwrap();
+    assert_eq!(engine.status(&other.host_name()).unwrap(), None);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(stockade_jail::JailStatus::Running { pid }) =
+            engine.status(&other.host_name()).unwrap()
+            && pid != first
+            && host_reaches(web(&other))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a jail removed by hand was not made again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_observed(&pool, tenant, limited.id, ObservedState::Deleted).await;
+    wait_observed(&pool, tenant, other.id, ObservedState::Deleted).await;
 }
 
 /// Whether the jail's root filesystem holds more than `kib` KiB, as `df`

@@ -83,6 +83,11 @@ impl Node {
     /// An agent whose jails get addresses from `gateway` (like `10.91.0.1/24`)
     /// on a bridge and firewall table of this test's own.
     pub fn with_network(url: &SecretString, gateway: &str) -> Node {
+        Self::with_network_and_env(url, gateway, &[])
+    }
+
+    /// [`Node::with_network`] with some settings of its own.
+    pub fn with_network_and_env(url: &SecretString, gateway: &str, env: &[(&str, &str)]) -> Node {
         let name = format!("agent-test-{}", &Uuid::new_v4().simple().to_string()[..8]);
         let state = tempfile::tempdir().unwrap();
         std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -93,7 +98,10 @@ impl Node {
             url: url.clone(),
             child: None,
             network: Some((bridge, gateway.to_owned())),
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         node.start();
         node

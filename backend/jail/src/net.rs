@@ -375,9 +375,8 @@ pub(crate) trait NetHost: Send + Sync + fmt::Debug {
     /// Runs `tc` with `args`, in the namespace `netns` if given.
     fn tc(&self, netns: Option<&Path>, args: &[String]) -> Result<(), JailError>;
     /// The rate in bits/s of the token bucket at the root of `dev` (in the
-    /// namespace `netns` if given), 0 when there is none, `None` when it
-    /// cannot be read.
-    fn root_rate(&self, netns: Option<&Path>, dev: &str) -> Option<u64>;
+    /// namespace `netns` if given), 0 when there is none.
+    fn root_rate(&self, netns: Option<&Path>, dev: &str) -> Result<u64, JailError>;
     /// What the jail's end of its link looks like from inside the jail's
     /// namespace, `None` when it cannot be read.
     fn jail_end(&self, netns: &Path) -> Option<JailEnd>;
@@ -560,12 +559,14 @@ impl NetHost for LinuxNet {
         }
     }
 
-    fn root_rate(&self, netns: Option<&Path>, dev: &str) -> Option<u64> {
+    fn root_rate(&self, netns: Option<&Path>, dev: &str) -> Result<u64, JailError> {
         let mut cmd = Command::new("tc");
         cmd.args(["-j", "qdisc", "show", "dev", dev])
             .stdin(Stdio::null())
-            .stderr(Stdio::null());
-        let ns = netns.map(File::open).transpose().ok()?;
+            .stderr(Stdio::piped());
+        let ns = netns
+            .map(|p| File::open(p).map_err(JailError::io("open", p)))
+            .transpose()?;
         if let Some(ns) = &ns {
             let fd = ns.as_raw_fd();
             // SAFETY: as in `tc`: one system call (setns) in the forked child.
@@ -579,11 +580,22 @@ impl NetHost for LinuxNet {
                 });
             }
         }
-        let out = cmd.output().ok()?;
+        let out = cmd
+            .output()
+            .map_err(|e| program_error("tc", dev, e.to_string()))?;
         if !out.status.success() {
-            return None;
+            return Err(program_error(
+                "tc",
+                dev,
+                format!(
+                    "reading its queue: {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
         }
         tbf_rate(&String::from_utf8_lossy(&out.stdout))
+            .ok_or_else(|| program_error("tc", dev, "its queue listing was not understood".into()))
     }
 
     fn jail_end(&self, netns: &Path) -> Option<JailEnd> {
@@ -888,9 +900,7 @@ impl Network<'_> {
             (None, host.as_str(), limits.net_ingress_bps),
             (Some(netns), JAIL_LINK, limits.net_egress_bps),
         ] {
-            if let Some(have) = self.host.root_rate(ns, dev)
-                && !same_rate(have, bps)
-            {
+            if !same_rate(self.host.root_rate(ns, dev)?, bps) {
                 self.tc_rate(ns, dev, bps)?;
                 let side = if ns.is_some() { "from" } else { "to" };
                 repaired.push(format!("rate limit {side} jail {jail}"));
@@ -1012,8 +1022,13 @@ pub(crate) mod fake {
             let ns = if netns.is_some() { "jail" } else { "host" };
             self.rec(format!("tc {ns} {}", args.join(" ")))
         }
-        fn root_rate(&self, _netns: Option<&Path>, dev: &str) -> Option<u64> {
-            self.rates.lock().unwrap().get(dev).copied()
+        fn root_rate(&self, _netns: Option<&Path>, dev: &str) -> Result<u64, JailError> {
+            self.rates
+                .lock()
+                .unwrap()
+                .get(dev)
+                .copied()
+                .ok_or_else(|| program_error("tc", dev, "unreadable in the fake".into()))
         }
         fn jail_end(&self, _netns: &Path) -> Option<JailEnd> {
             self.end.lock().unwrap().clone()
@@ -1259,16 +1274,20 @@ mod tests {
         // A repair that fails says why and is tried again later.
         *fake.fail_on.lock().unwrap() = Some("link".into());
         assert!(net.check_jail("web", &spec, &limits, ns).is_err());
-        // Unreadable: nothing is touched.
+        // Its end unreadable (the jail ending meanwhile): left alone; its
+        // rates unreadable: said, and nothing is touched.
         *fake.fail_on.lock().unwrap() = None;
         fake.calls.lock().unwrap().clear();
         *fake.end.lock().unwrap() = None;
-        fake.rates.lock().unwrap().clear();
+        fake.rates.lock().unwrap().insert(host.clone(), 10_000_000);
         assert!(
             net.check_jail("web", &spec, &limits, ns)
                 .unwrap()
                 .is_empty()
         );
+        fake.rates.lock().unwrap().clear();
+        let e = net.check_jail("web", &spec, &limits, ns).unwrap_err();
+        assert!(e.to_string().contains("unreadable"), "{e}");
         assert!(fake.calls().is_empty());
     }
 
