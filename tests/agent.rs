@@ -873,6 +873,15 @@ async fn a_raised_disk_quota_grows_the_volume_now_or_at_the_next_stop_and_says_w
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     if deferred {
+        // Later passes try again and keep saying so; none calls it done.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let j = jails::get(&pool, tenant, jail.id).await.unwrap();
+        assert!(
+            j.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("next stops or restarts")),
+            "still said after later passes: {j:?}"
+        );
         assert!(!fs_bigger_than(&engine, &name, 40_000));
         let restarted = jails::restart(&pool, tenant, jail.id).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);

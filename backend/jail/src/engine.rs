@@ -941,10 +941,14 @@ impl Engine {
         // old size, so the next update while stopped grows it offline.
         let mut applied = *limits;
         let mut deferred = None;
+        let mut regrown = false;
         if rec.upper == Upper::Volume {
             let running = self.live_init(&rec).is_some();
             let mut dev = self.view().mounted_device(&paths.volume);
-            if limits.disk_bytes != rec.spec.limits.disk_bytes {
+            // A new quota, or a volume found smaller than the one in force
+            // (its image or filesystem not grown, or cut by hand).
+            let unchanged = limits.disk_bytes == rec.spec.limits.disk_bytes;
+            if !unchanged || !volume::fits(&paths.volume_image, limits.disk_bytes)? {
                 let online = if running { dev.as_deref() } else { None };
                 match volume::grow(
                     self.host.as_ref(),
@@ -953,7 +957,7 @@ impl Engine {
                     online,
                     limits.disk_bytes,
                 ) {
-                    Ok(()) => {}
+                    Ok(()) => regrown = unchanged,
                     Err(
                         e @ (JailError::Program { .. }
                         | JailError::Io { .. }
@@ -981,7 +985,10 @@ impl Engine {
                 rec.loop_device = Some(dev);
             }
         }
-        let changed = self.cgroups.apply(name.as_str(), &applied, device)?;
+        let mut changed = self.cgroups.apply(name.as_str(), &applied, device)?;
+        if regrown {
+            changed.push("volume size".to_owned());
+        }
         if rec.spec.network.is_some()
             && let Some(init) = self.live_init(&rec)
         {
