@@ -231,4 +231,71 @@ async fn a_restart_through_the_api_gives_a_running_jail_a_new_init() {
         old.as_deref().is_none_or(|s| s.contains(") Z ")),
         "the old init is gone: {old:?}"
     );
+
+    // The panel's restart, by the tenant's own customer, does the same.
+    let password = "correct horse battery";
+    let hash = stockade_store::password::hash(&SecretString::from(password.to_owned())).unwrap();
+    stockade_store::users::create(
+        &api.pool,
+        &stockade_domain::Email::parse("owner@rst.test").unwrap(),
+        &hash,
+        stockade_domain::Role::Customer,
+        Some(tenant),
+    )
+    .await
+    .unwrap();
+    let browser = common::new_client();
+    let url = |p: &str| format!("{}{p}", api.address);
+    let form = |page: String| common::hidden_field(&page, "csrf_token").expect("a CSRF token");
+    let login = browser.get(url("/login")).send().await.unwrap();
+    let token = form(login.text().await.unwrap());
+    let signed = browser
+        .post(url("/login"))
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("email", "owner@rst.test"),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(signed.status().is_redirection(), "signed in");
+    let page = browser.get(url("/jails")).send().await.unwrap();
+    let token = form(page.text().await.unwrap());
+    let restarted = browser
+        .post(url(&format!("/jails/{id}/restart")))
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        restarted.status().is_redirection(),
+        "{}",
+        restarted.status()
+    );
+    let j = stockade_store::jails::get(&api.pool, tenant, id)
+        .await
+        .unwrap();
+    assert!(
+        j.restart_generation > generation,
+        "a new restart generation"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = stockade_store::jails::get(&api.pool, tenant, id)
+            .await
+            .unwrap();
+        if j.observed_generation >= j.restart_generation
+            && j.observed_state == ObservedState::Running
+            && let Some(pid) = init_pid(&engine, &name)
+            && pid != after
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the panel's restart was never observed: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

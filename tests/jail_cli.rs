@@ -182,6 +182,18 @@ fn persistent_jails_run_on_after_the_cli_and_rm_cleans_them() {
         stats.contains("running") && stats.contains("memory"),
         "{stats}"
     );
+    // A restart starts a new init.
+    let pid = |ls: String| {
+        ls.lines()
+            .find(|l| l.starts_with("cli-web ") && l.contains(" running "))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("cli-web runs: {ls}"))
+    };
+    let before = pid(ok(&["jail", "ls"]));
+    ok(&["jail", "restart", "cli-web", "--grace", "1"]);
+    let after = pid(ok(&["jail", "ls"]));
+    assert_ne!(before, after, "a restart starts a new init");
     ok(&["jail", "stop", "cli-web", "--grace", "1"]);
     ok(&["jail", "rm", "cli-web"]);
     ok(&["jail", "rm", "cli-web"]); // idempotent
