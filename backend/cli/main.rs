@@ -178,9 +178,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let url = require_database(&cfg)?.owner;
             runtime()?.block_on(async {
                 let pool = stockade_store::connect(&url, 1, Duration::from_secs(10)).await?;
-                stockade_store::migrate(&pool).await?;
+                let granted = stockade_store::migrate(&pool).await?;
                 println!("database is up to date");
-                if !stockade_store::roles::apply_grants(&pool).await? {
+                if !granted {
                     print_grants(&pool).await?;
                 }
                 Ok(ExitCode::SUCCESS)

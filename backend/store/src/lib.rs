@@ -152,8 +152,9 @@ pub fn unavailable(e: &anyhow::Error) -> bool {
 /// Applies every pending migration (as the owner role where the server has
 /// one, see [`roles::as_owner`]), then gives the web and agent roles their
 /// rights again: new tables of a migration reach them only through the
-/// grants.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+/// grants. Whether the roles were there to be given them (see
+/// [`roles::apply_grants`]).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<bool> {
     let mut conn = pool.acquire().await?;
     roles::as_owner(&mut conn, async |conn| {
         MIGRATOR
@@ -163,8 +164,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     })
     .await?;
     drop(conn);
-    roles::apply_grants(pool).await?;
-    Ok(())
+    roles::apply_grants(pool).await
 }
 
 /// Whether the database answers a trivial query.
