@@ -614,7 +614,8 @@ impl NetHost for LinuxNet {
                 let addr = a.address.as_ref().and_then(|s| s.as_sockaddr_in());
                 let mask = a.netmask.as_ref().and_then(|s| s.as_sockaddr_in());
                 if let (Some(addr), Some(mask)) = (addr, mask) {
-                    let prefix = u32::from(mask.ip()).count_ones() as u8;
+                    // At most 32 ones.
+                    let prefix = u8::try_from(u32::from(mask.ip()).count_ones()).unwrap_or(32);
                     end.addresses.push((addr.ip(), prefix));
                 }
             }
