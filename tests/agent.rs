@@ -590,6 +590,92 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
     drop(service);
 }
 
+#[tokio::test]
+async fn network_changes_are_put_back_on_the_kernels_word_not_at_the_next_resync() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    // A resync too far away to matter: only the kernel's events can wake
+    // the repairs in time.
+    let node = Node::with_network_and_env(&url, "10.97.0.1/24", &[("STOCKADE_RESYNC_SECS", "600")]);
+    let (bridge, _) = node.network.clone().unwrap();
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let jail = jails::create(&pool, tenant, &system_jail("watched", &[]))
+        .await
+        .unwrap();
+    let jail = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let address: std::net::Ipv4Addr = jail.address.as_deref().unwrap().parse().unwrap();
+    let web = std::net::SocketAddr::from((address, 80));
+    let reachable_within = |limit: Duration| async move {
+        let deadline = Instant::now() + limit;
+        while !host_reaches(web) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    };
+    assert!(reachable_within(Duration::from_secs(10)).await);
+    let rules = || {
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", "inet", &bridge])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("drop")
+    };
+    let within = |what: &str, began: Instant, ok: bool| {
+        assert!(ok, "{what} was not put back within {:?}", began.elapsed());
+        eprintln!("{what}: put back after {:?}", began.elapsed());
+    };
+
+    // The table flushed.
+    let began = Instant::now();
+    assert!(
+        std::process::Command::new("nft")
+            .args(["flush", "table", "inet", &bridge])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rules() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    within("the flushed table", began, rules());
+
+    // The jail's link deleted.
+    let link = stockade_jail::host_link(jail.host_name().as_str());
+    let began = Instant::now();
+    assert!(
+        std::process::Command::new("ip")
+            .args(["link", "del", &link])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let on_bridge = || std::path::Path::new(&format!("/sys/class/net/{link}/master")).exists();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !on_bridge() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    within("the deleted link", began, on_bridge());
+    assert!(reachable_within(Duration::from_secs(10)).await);
+    // Each change was one repair: the repairs' own changes of the network
+    // woke nothing that was reported as another.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for action in ["node.network_repaired", "jail.repaired"] {
+        let n = stockade_store::audit::count_action(&pool, action)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{action}");
+    }
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+}
+
 /// Programs of the host made to fail on demand: `tc` and `nft` that exit
 /// with an error while the returned flag file exists, first in `PATH`.
 fn failing_tools() -> (tempfile::TempDir, std::path::PathBuf, String) {

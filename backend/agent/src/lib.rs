@@ -141,6 +141,26 @@ pub async fn run(
     if let Err(e) = adopt::adopt(&pool, &slots, node_id, &cfg.node_name).await {
         tracing::warn!(error = %e, "adopting host objects failed; will retry at the next resync");
     }
+    // Changes of the node's network made by anyone wake the network repair
+    // and a full pass over the jails (their links) at once.
+    let network_changed = Arc::new(tokio::sync::Notify::new());
+    let links_changed = Arc::new(tokio::sync::Notify::new());
+    if cfg.network.is_some() {
+        match engine.watch_network() {
+            Ok(watch) => {
+                let wakes = [
+                    Arc::downgrade(&network_changed),
+                    Arc::downgrade(&links_changed),
+                ];
+                std::thread::Builder::new()
+                    .name("network-watch".into())
+                    .spawn(move || watch_network(&watch, &wakes))?;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the node's network; repairs wait for the resync");
+            }
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(heartbeat_task(
         pool.clone(),
@@ -157,6 +177,7 @@ pub async fn run(
             metrics.clone(),
             cfg.node_name.clone(),
             cfg.resync,
+            network_changed.clone(),
         ));
     }
     let (sampler, sender) = sampler::new(
@@ -186,6 +207,7 @@ pub async fn run(
         node_id,
         cfg,
         uploads_wake,
+        links_changed.clone(),
     ));
     loop {
         tokio::select! {
@@ -237,22 +259,48 @@ async fn heartbeat_task(
     }
 }
 
-/// Every resync period, puts the node's network back as it should be (the
-/// bridge, the whole firewall table, each running jail's link) and logs,
-/// counts and audits each repair: a link deleted or a table flushed by hand
-/// is back within one period.
+/// Wakes each of `wakes` when the kernel reports a change of the node's
+/// network, until the agent is gone. A burst of events (a flushed table is
+/// many) wakes once.
+fn watch_network(watch: &stockade_jail::NetWatch, wakes: &[std::sync::Weak<tokio::sync::Notify>]) {
+    loop {
+        let changed = watch.wait(Duration::from_secs(1));
+        let Some(wakes) = wakes
+            .iter()
+            .map(std::sync::Weak::upgrade)
+            .collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
+        if changed {
+            std::thread::sleep(Duration::from_millis(100));
+            watch.forget();
+            for wake in wakes {
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+/// On every change the kernel reports, and every resync period, puts the
+/// node's network back as it should be (the bridge, the whole firewall
+/// table) and logs, counts and audits each repair.
 async fn repair_task(
     pool: PgPool,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     node: String,
     every: Duration,
+    changed: Arc<tokio::sync::Notify>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let actor = format!("agent:{node}");
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = changed.notified() => {}
+        }
         let engine = engine.clone();
         let repaired = match tokio::task::spawn_blocking(move || engine.repair_network()).await {
             Ok(Ok(repaired)) => repaired,
@@ -333,8 +381,9 @@ async fn upload_task(
     }
 }
 
-/// Converges the node's jails on every notification, every ended step and
-/// every resync period; adopts host objects on each resync.
+/// Converges the node's jails on every notification, every ended step,
+/// every change of the node's links and every resync period; adopts host
+/// objects on each full pass.
 async fn reconcile_task(
     pool: PgPool,
     reconciler: reconcile::Reconciler,
@@ -342,6 +391,7 @@ async fn reconcile_task(
     node_id: Uuid,
     cfg: AgentConfig,
     uploads: Arc<tokio::sync::Notify>,
+    links_changed: Arc<tokio::sync::Notify>,
 ) {
     let adopting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut listener = connect_listener(&pool).await;
@@ -363,6 +413,8 @@ async fn reconcile_task(
                 }
             }
             _ = resync.tick() => full = true,
+            // A link changed by someone: every jail's link is looked at.
+            () = links_changed.notified() => full = true,
             () = tokio::time::sleep(reconciler.next_retry_in()) => {}
             () = reconciler.step_ended() => {}
             () = slots.freed() => reconciler.retry_now(&slots.take_freed()),

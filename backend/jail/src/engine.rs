@@ -125,6 +125,8 @@ pub struct Engine {
     filter_file: OwnedFd,
     /// The networks of the node's jails as last read (see [`Self::networks`]).
     net_index: std::sync::Mutex<HashMap<String, (RecordKey, Option<NetSpec>)>>,
+    /// The firewall table as the last repair left it.
+    firewall_written: std::sync::Mutex<Option<String>>,
 }
 
 /// Which version of a record file was read: records are replaced by a
@@ -298,6 +300,7 @@ impl Engine {
             init_program,
             filter_file,
             net_index: std::sync::Mutex::default(),
+            firewall_written: std::sync::Mutex::default(),
         })
     }
 
@@ -889,10 +892,20 @@ impl Engine {
             repaired.push(format!("bridge {}", self.cfg.bridge));
         }
         network.ensure_node()?;
-        if network.repair_firewall(&self.networks())? {
+        let mut written = self
+            .firewall_written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if network.repair_firewall(&self.networks(), &mut written)? {
             repaired.push(format!("firewall table {}", self.cfg.firewall_table));
         }
         Ok(repaired)
+    }
+
+    /// Watches the node's network for changes made by anyone (see
+    /// [`crate::NetWatch`]), in the calling thread's namespace.
+    pub fn watch_network(&self) -> Result<crate::NetWatch, JailError> {
+        crate::NetWatch::open(&self.cfg.bridge, &self.cfg.firewall_table)
     }
 
     /// Puts a running jail's link back as it should be and says what had to

@@ -82,6 +82,7 @@ mod terminal;
 mod uids;
 mod usage;
 mod volume;
+mod watch;
 
 pub use discover::{Condition, Discovered, DiscoveredJail};
 pub use engine::{Engine, EngineConfig, UID_RANGE};
@@ -96,3 +97,4 @@ pub use spec::{JailSpec, JailStatus, Usage};
 pub use state::{IdShift, InitProcess, JailRecord, Upper};
 pub use stockade_domain::{JailKind, JailName, Limits};
 pub use usage::{Sweep, UsageReader, raise_open_file_limit};
+pub use watch::NetWatch;

@@ -928,9 +928,19 @@ impl Network<'_> {
     /// a jail being made meanwhile are never taken away) in one transaction, so
     /// whatever was changed or flushed by hand is put back at once and no
     /// packet ever sees half a ruleset. Whether anything differed.
-    pub fn repair_firewall(&self, jails: &[(String, NetSpec)]) -> Result<bool, JailError> {
+    /// `written`: the table as this repair last left it; while it still
+    /// reads so, nothing is rewritten (a rewrite's own events would
+    /// otherwise wake the next repair, and so on).
+    pub fn repair_firewall(
+        &self,
+        jails: &[(String, NetSpec)],
+        written: &mut Option<String>,
+    ) -> Result<bool, JailError> {
         let table = self.node.table;
         let before = self.host.firewall_listing(table);
+        if before.is_some() && before == *written {
+            return Ok(false);
+        }
         let mut program = firewall(table, self.node.bridge, self.node.open_ports);
         for (_, spec) in jails {
             for line in jail_elements(table, "add", spec) {
@@ -940,7 +950,9 @@ impl Network<'_> {
         }
         self.host.nft(&format!("table inet {table}"), &program)?;
         let after = self.host.firewall_listing(table);
-        Ok(before != after)
+        let changed = before != after;
+        *written = after;
+        Ok(changed)
     }
 
     /// Removes the jail's veth pair if present.
