@@ -45,7 +45,7 @@ fn socket(protocol: libc::c_int, groups: u32) -> Result<OwnedFd, Errno> {
     let fd = unsafe { OwnedFd::from_raw_fd(Errno::result(fd)?) };
     // SAFETY: an all-zero sockaddr_nl is valid; the fields are set below.
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    addr.nl_family = libc::sa_family_t::try_from(libc::AF_NETLINK).map_err(|_| Errno::EINVAL)?;
     addr.nl_groups = groups;
     // SAFETY: binds the live socket to a fully initialised address of the
     // size given.
@@ -53,7 +53,8 @@ fn socket(protocol: libc::c_int, groups: u32) -> Result<OwnedFd, Errno> {
         libc::bind(
             fd.as_raw_fd(),
             (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_nl>())
+                .map_err(|_| Errno::EINVAL)?,
         )
     };
     Errno::result(r)?;
@@ -90,7 +91,7 @@ fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
         if rest.len() < 16 {
             return None;
         }
-        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let len = usize::try_from(u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]])).ok()?;
         let kind = u16::from_ne_bytes([rest[4], rest[5]]);
         if len < 16 || len > rest.len() {
             return None;
@@ -179,7 +180,7 @@ impl NetWatch {
                 let n =
                     unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 let n = match Errno::result(n) {
-                    Ok(n) => n as usize,
+                    Ok(n) => usize::try_from(n).unwrap_or(0),
                     Err(Errno::EAGAIN) => break,
                     Err(Errno::EINTR) => continue,
                     // ENOBUFS: events were dropped; look at everything.
