@@ -1,0 +1,286 @@
+//! Plans: their list, making and changing them.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use serde::Deserialize;
+use stockade_domain::{ByteSize, Millicores, Role, TenantSlug};
+use stockade_store::StoreError;
+use stockade_store::plans::{self, PlanInput, Quota};
+use uuid::Uuid;
+
+use super::parse_id;
+use crate::auth::SignedIn;
+use crate::format;
+use crate::pages::{Layout, record, render, require_admin, require_staff};
+use crate::{AppState, WebError, flash};
+
+pub(super) struct PlanLine {
+    id: Uuid,
+    name: String,
+    display_name: String,
+    cpu: String,
+    memory: String,
+    pids: u32,
+    disk: String,
+    jails: u32,
+    transfer: String,
+    user_namespace: bool,
+}
+
+#[derive(Deserialize, Default, Clone)]
+pub(super) struct PlanForm {
+    #[serde(default)]
+    csrf_token: String,
+    name: String,
+    display_name: String,
+    cpu: String,
+    memory: String,
+    pids: String,
+    disk: String,
+    max_jails: String,
+    transfer: String,
+    /// Ticked: the plan's jails run without a user namespace (root in a jail
+    /// is host root). Unticked, the default, is the safe choice.
+    #[serde(default)]
+    host_root_ids: Option<String>,
+}
+
+impl TryFrom<&PlanForm> for PlanInput {
+    type Error = String;
+    fn try_from(f: &PlanForm) -> Result<Self, String> {
+        let name =
+            TenantSlug::parse(f.name.trim()).map_err(|e| e.to_string().replace("slug", "name"))?;
+        let display_name = f.display_name.trim().to_owned();
+        if display_name.is_empty() || display_name.len() > 200 {
+            return Err("display name: must be 1 to 200 characters".into());
+        }
+        let count = |field: &str, v: &str| {
+            v.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{field}: {v:?} is not a whole number"))
+        };
+        let size = |field: &'static str, v: &str| {
+            ByteSize::parse(field, v)
+                .map(ByteSize::bytes)
+                .map_err(|e| e.to_string())
+        };
+        Ok(PlanInput {
+            name,
+            display_name,
+            quota: Quota {
+                cpu_millicores: Millicores::parse("cpu", &f.cpu)
+                    .map_err(|e| e.to_string())?
+                    .millis(),
+                memory_bytes: size("memory", &f.memory)?,
+                pids: count("processes", &f.pids)?,
+                disk_bytes: size("disk", &f.disk)?,
+                max_jails: count("jails", &f.max_jails)?,
+                monthly_transfer_bytes: size("monthly transfer", &f.transfer)?,
+                ..Quota::default()
+            },
+            user_namespace: f.host_root_ids.is_none(),
+        })
+    }
+}
+
+#[derive(Template)]
+#[template(path = "staff_plans.html")]
+pub(super) struct PlansPage {
+    layout: Layout,
+    plans: Vec<PlanLine>,
+    can_admin: bool,
+    editing: Option<Uuid>,
+    form_action: String,
+    form: PlanForm,
+    error: Option<String>,
+}
+
+pub(super) async fn plans_view(
+    req: &HttpRequest,
+    state: &AppState,
+    s: &SignedIn,
+    editing: Option<Uuid>,
+    form: PlanForm,
+    error: Option<String>,
+) -> Result<HttpResponse, WebError> {
+    let plans = plans::list(&state.pool).await?;
+    let layout = Layout::new(req, &s.0);
+    let had_flash = layout.flash.is_some();
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let page = PlansPage {
+        layout,
+        plans: plans
+            .into_iter()
+            .map(|p| PlanLine {
+                id: p.id,
+                name: p.name,
+                display_name: p.display_name,
+                cpu: format::cpu(u64::from(p.quota.cpu_millicores)),
+                memory: format::bytes(p.quota.memory_bytes),
+                pids: p.quota.pids,
+                disk: format::bytes(p.quota.disk_bytes),
+                jails: p.quota.max_jails,
+                transfer: format::bytes(p.quota.monthly_transfer_bytes),
+                user_namespace: p.user_namespace,
+            })
+            .collect(),
+        can_admin: s.0.user.role == Role::Admin,
+        form_action: editing.map_or("/staff/plans".to_owned(), |id| format!("/staff/plans/{id}")),
+        editing,
+        form,
+        error,
+    };
+    render(status, &page, had_flash)
+}
+
+pub(super) async fn plans_page(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+) -> Result<HttpResponse, WebError> {
+    require_staff(&s)?;
+    plans_view(&req, &state, &s, None, PlanForm::default(), None).await
+}
+
+pub(super) async fn edit_plan_page(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+) -> Result<HttpResponse, WebError> {
+    require_admin(&s)?;
+    let p = plans::get(&state.pool, parse_id(&path)?).await?;
+    let form = PlanForm {
+        csrf_token: String::new(),
+        name: p.name.clone(),
+        display_name: p.display_name.clone(),
+        cpu: Millicores(p.quota.cpu_millicores).to_string(),
+        memory: ByteSize(p.quota.memory_bytes).to_string(),
+        pids: p.quota.pids.to_string(),
+        disk: ByteSize(p.quota.disk_bytes).to_string(),
+        max_jails: p.quota.max_jails.to_string(),
+        transfer: ByteSize(p.quota.monthly_transfer_bytes).to_string(),
+        host_root_ids: (!p.user_namespace).then(|| "on".to_owned()),
+    };
+    plans_view(&req, &state, &s, Some(p.id), form, None).await
+}
+
+pub(super) async fn create_plan(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    form: web::Form<PlanForm>,
+) -> Result<HttpResponse, WebError> {
+    require_admin(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let typed = form.into_inner();
+    let input = match PlanInput::try_from(&typed) {
+        Ok(i) => i,
+        Err(msg) => return plans_view(&req, &state, &s, None, typed, Some(msg)).await,
+    };
+    match plans::create(&state.pool, &input).await {
+        Ok(p) => {
+            record(
+                &state,
+                &req,
+                &s,
+                None,
+                "plan.create",
+                &p.name,
+                serde_json::to_value(p.quota).unwrap_or_default(),
+            )
+            .await?;
+            if !p.user_namespace {
+                record_user_namespace(&state, &req, &s, &p.name, false).await?;
+            }
+            Ok(flash::redirect(
+                "/staff/plans",
+                "ok",
+                &format!("Plan {} created.", p.name),
+            ))
+        }
+        Err(e @ StoreError::Conflict(_)) => {
+            plans_view(&req, &state, &s, None, typed, Some(e.to_string())).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn update_plan(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+    form: web::Form<PlanForm>,
+) -> Result<HttpResponse, WebError> {
+    require_admin(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let id = parse_id(&path)?;
+    let current = plans::get(&state.pool, id).await?;
+    let mut typed = form.into_inner();
+    typed.name = current.name.clone();
+    let input = match PlanInput::try_from(&typed) {
+        Ok(i) => i,
+        Err(msg) => return plans_view(&req, &state, &s, Some(id), typed, Some(msg)).await,
+    };
+    let mut quota = current.quota;
+    quota.cpu_millicores = input.quota.cpu_millicores;
+    quota.memory_bytes = input.quota.memory_bytes;
+    quota.pids = input.quota.pids;
+    quota.disk_bytes = input.quota.disk_bytes;
+    quota.max_jails = input.quota.max_jails;
+    quota.monthly_transfer_bytes = input.quota.monthly_transfer_bytes;
+    let p = plans::update(&state.pool, id, &input.display_name, &quota).await?;
+    record(
+        &state,
+        &req,
+        &s,
+        None,
+        "plan.update",
+        &p.name,
+        serde_json::to_value(p.quota).unwrap_or_default(),
+    )
+    .await?;
+    let (p, changed) = plans::set_user_namespace(&state.pool, id, input.user_namespace).await?;
+    if changed {
+        record_user_namespace(&state, &req, &s, &p.name, p.user_namespace).await?;
+    }
+    Ok(flash::redirect(
+        "/staff/plans",
+        "ok",
+        &format!(
+            "Plan {} saved; tenants' jails follow within one reconcile.",
+            p.name
+        ),
+    ))
+}
+
+/// The audit entry of a change of a plan's user namespace setting.
+pub(super) async fn record_user_namespace(
+    state: &AppState,
+    req: &HttpRequest,
+    s: &SignedIn,
+    plan: &str,
+    on: bool,
+) -> Result<(), WebError> {
+    let action = if on {
+        "plan.user_namespace_on"
+    } else {
+        "plan.user_namespace_off"
+    };
+    record(
+        state,
+        req,
+        s,
+        None,
+        action,
+        plan,
+        serde_json::json!({ "user_namespace": on }),
+    )
+    .await
+}
