@@ -41,20 +41,6 @@ pub(crate) trait Host: Send + Sync + std::fmt::Debug {
     fn chown(&self, path: &Path, id: u32) -> Result<(), JailError>;
 }
 
-// From <linux/mount.h>.
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-
-/// `struct mount_attr`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 // Loop device ioctls, from <linux/loop.h> (absent from the libc crate).
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
@@ -216,7 +202,7 @@ impl Host for LinuxHost {
                 libc::SYS_open_tree,
                 libc::AT_FDCWD,
                 src.as_ptr(),
-                OPEN_TREE_CLONE | libc::c_uint::try_from(libc::O_CLOEXEC).unwrap_or(0),
+                libc::OPEN_TREE_CLONE | libc::c_uint::try_from(libc::O_CLOEXEC).unwrap_or(0),
             )
         };
         let fd = Errno::result(fd).map_err(JailError::sys("open_tree", source))?;
@@ -226,14 +212,14 @@ impl Host for LinuxHost {
         let tree = unsafe { OwnedFd::from_raw_fd(fd) };
         // Read-only: the image is shared by every jail on it, and the
         // overlay never writes to its lower layer.
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_RDONLY,
             attr_clr: 0,
             propagation: 0,
             userns_fd: u64::try_from(ns.as_raw_fd()).unwrap_or(u64::MAX),
         };
         // SAFETY: mount_setattr reads a `struct mount_attr` of the given
-        // size, which `MountAttr` mirrors; the path is the empty C string.
+        // size; the path is the empty C string.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_mount_setattr,
@@ -241,7 +227,7 @@ impl Host for LinuxHost {
                 c"".as_ptr(),
                 libc::AT_EMPTY_PATH,
                 &raw const attr,
-                std::mem::size_of::<MountAttr>(),
+                std::mem::size_of::<libc::mount_attr>(),
             )
         };
         Errno::result(r).map_err(JailError::sys("idmap", source))?;

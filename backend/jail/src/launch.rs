@@ -49,7 +49,7 @@
 //! A started jail's launcher calls `setsid` and exits at once, so the init is
 //! reparented away from the caller: the jail outlives the agent or CLI that
 //! started it. For `run` the launcher instead waits for the init and exits
-//! with its status, and both die with their parent (`PR_SET_PDEATHSIG`).
+//! with its status, and both die with their parent (`libc::PR_SET_PDEATHSIG`).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -77,9 +77,6 @@ const PROGRAM_FD: RawFd = 6;
 /// sends it, until its root is assembled (see [`crate::rootfs::Lower`]).
 pub(crate) const LOWER_FD: RawFd = 8;
 
-const PR_SET_PDEATHSIG: libc::c_int = 1;
-const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
-const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
 
 /// A command ready to exec: candidates from the jail's PATH, argv and envp
 /// as NUL-terminated arrays, all allocated before any fork.
@@ -318,10 +315,10 @@ fn loopback_up() -> Result<(), Errno> {
     // SAFETY: SIOC[GS]IFFLAGS read and write a `struct ifreq`, whose name and
     // flags fields `IfReqFlags` mirrors at the same offsets and size.
     let r = unsafe {
-        let mut r = libc::ioctl(sock, SIOCGIFFLAGS, &raw mut req);
+        let mut r = libc::ioctl(sock, libc::SIOCGIFFLAGS, &raw mut req);
         if r == 0 {
             req.flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
-            r = libc::ioctl(sock, SIOCSIFFLAGS, &raw const req);
+            r = libc::ioctl(sock, libc::SIOCSIFFLAGS, &raw const req);
         }
         r
     };
@@ -630,22 +627,6 @@ fn jail_namespaces() -> CloneFlags {
         | CloneFlags::CLONE_NEWPID
 }
 
-/// `struct clone_args` of clone3(2), up to `cgroup` (version 2, 88 bytes).
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// What [`clone_into`] made.
 enum Cloned {
     /// In the child.
@@ -658,7 +639,7 @@ enum Cloned {
 /// `fork`): the child needs no process in between to unshare them.
 /// `ENOSYS` on kernels before 5.3.
 fn clone_into(namespaces: CloneFlags) -> Result<Cloned, Errno> {
-    let args = CloneArgs {
+    let args = libc::clone_args {
         flags: u64::try_from(namespaces.bits()).unwrap_or(0),
         pidfd: 0,
         child_tid: 0,
@@ -678,7 +659,7 @@ fn clone_into(namespaces: CloneFlags) -> Result<Cloned, Errno> {
         libc::syscall(
             libc::SYS_clone3,
             &raw const args,
-            std::mem::size_of::<CloneArgs>(),
+            std::mem::size_of::<libc::clone_args>(),
         )
     };
     match r {
@@ -745,8 +726,8 @@ fn first_steps(
                 }
             }
             // A `run` jail dies with its caller.
-            // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
-            unsafe { libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            // SAFETY: libc::PR_SET_PDEATHSIG takes a signal number and no pointers.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
             if parent.is_some_and(|p| nix::unistd::getppid() != p) {
                 exit(1);
             }
@@ -842,7 +823,7 @@ fn launcher(launch: &Launch<'_>, report: RawFd, go: RawFd, parent: Pid) -> ! {
         Ok(ForkResult::Child) => {
             if !detached {
                 // SAFETY: as above.
-                unsafe { libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
             }
             init(launch, report, go)
         }
@@ -1048,7 +1029,7 @@ fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
     // SAFETY: prctl with integer arguments only.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        libc::prctl(PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     }
     if nix::unistd::getppid() != parent {
         exit(1);
