@@ -106,7 +106,7 @@ pub async fn run(
     // The sampler keeps about a dozen files open per running jail.
     let open_files = stockade_jail::raise_open_file_limit();
     tracing::debug!(open_files, "open-file limit");
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new()?);
     if let Some(addr) = cfg.metrics_listen {
         metrics::serve(addr, metrics.clone(), shutdown.clone()).await?;
     }
@@ -305,18 +305,14 @@ async fn repair_task(
         let repaired = match tokio::task::spawn_blocking(move || engine.repair_network()).await {
             Ok(Ok(repaired)) => repaired,
             Ok(Err(e)) => {
-                metrics
-                    .errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.errors.inc();
                 tracing::warn!(error = %e, "repairing the node's network failed; retrying at the next resync");
                 continue;
             }
             Err(_) => continue,
         };
         for what in repaired {
-            metrics
-                .network_repairs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.network_repairs.inc();
             tracing::warn!(repaired = %what, "the node's network had changed; put back");
             let entry = stockade_store::audit::Entry {
                 actor_user_id: None,

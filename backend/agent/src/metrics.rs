@@ -1,211 +1,304 @@
-//! The agent's own health in Prometheus text format, served on loopback.
+//! The agent's own health in Prometheus text format, served on loopback by
+//! hyper.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{Counter, Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use stockade_domain::ObservedState;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// Counters and gauges of the agent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
     /// Reconcile passes run.
-    pub passes: AtomicU64,
-    /// Total time of all passes, microseconds.
-    pub pass_usec_total: AtomicU64,
-    /// Duration of the last pass, microseconds.
-    pub last_pass_usec: AtomicU64,
+    passes: IntCounter,
+    /// Time spent in reconcile passes.
+    pass_seconds: Counter,
+    /// Duration of the last pass.
+    last_pass: Gauge,
     /// Failed reconcile steps and reads.
-    pub errors: AtomicU64,
-    /// Jails by observed state, in `ObservedState::ALL` order.
-    pub jails: [AtomicU64; 5],
-    /// Wall-clock duration of the last sampling sweep's reads, microseconds.
-    pub last_sweep_usec: AtomicU64,
-    /// CPU time of the last sampling sweep's reads, microseconds.
-    pub last_sweep_cpu_usec: AtomicU64,
+    pub(crate) errors: IntCounter,
+    /// Jails by observed state.
+    jails: IntGaugeVec,
+    /// Wall-clock time of the last sampling sweep's reads.
+    last_sweep: Gauge,
+    /// CPU time of the last sampling sweep's reads.
+    last_sweep_cpu: Gauge,
     /// Jails read in the last sweep.
-    pub last_sweep_jails: AtomicU64,
+    last_sweep_jails: IntGauge,
     /// Parts of the node's network found changed by hand and put back.
-    pub network_repairs: AtomicU64,
+    pub(crate) network_repairs: IntCounter,
     /// Parts of running jails (cgroup limits, links, addresses, routes,
     /// rates) found changed on the host and put back.
-    pub jail_repairs: AtomicU64,
+    pub(crate) jail_repairs: IntCounter,
     /// Usage samples kept in memory, waiting for the database.
-    pub samples_pending: AtomicU64,
+    samples_pending: IntGauge,
     /// Usage samples dropped because too many were waiting.
-    pub samples_dropped: AtomicU64,
+    samples_dropped: IntCounter,
 }
 
-fn usec(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+fn count(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Metrics {
+    /// The agent's metrics, registered and at zero.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        fn register<C: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            c: C,
+        ) -> prometheus::Result<C> {
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        let r = &registry;
+        Ok(Self {
+            passes: register(
+                r,
+                IntCounter::new(
+                    "stockade_agent_reconcile_passes_total",
+                    "Reconcile passes run.",
+                )?,
+            )?,
+            pass_seconds: register(
+                r,
+                Counter::new(
+                    "stockade_agent_reconcile_seconds_total",
+                    "Time spent in reconcile passes.",
+                )?,
+            )?,
+            last_pass: register(
+                r,
+                Gauge::new(
+                    "stockade_agent_reconcile_last_seconds",
+                    "Duration of the last reconcile pass.",
+                )?,
+            )?,
+            errors: register(
+                r,
+                IntCounter::new(
+                    "stockade_agent_errors_total",
+                    "Failed reconcile steps and reads.",
+                )?,
+            )?,
+            jails: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "stockade_agent_jails",
+                        "Jails of this node by observed state.",
+                    ),
+                    &["state"],
+                )?,
+            )?,
+            last_sweep: register(
+                r,
+                Gauge::new(
+                    "stockade_agent_sample_sweep_seconds",
+                    "Wall-clock time of the last sampling sweep's reads.",
+                )?,
+            )?,
+            last_sweep_cpu: register(
+                r,
+                Gauge::new(
+                    "stockade_agent_sample_sweep_cpu_seconds",
+                    "CPU time (user and system) of the last sampling sweep's reads.",
+                )?,
+            )?,
+            last_sweep_jails: register(
+                r,
+                IntGauge::new(
+                    "stockade_agent_sample_sweep_jails",
+                    "Jails read in the last sampling sweep.",
+                )?,
+            )?,
+            network_repairs: register(
+                r,
+                IntCounter::new(
+                    "stockade_agent_network_repairs_total",
+                    "Parts of the node's network (bridge, firewall table) found changed and put back.",
+                )?,
+            )?,
+            jail_repairs: register(
+                r,
+                IntCounter::new(
+                    "stockade_agent_jail_repairs_total",
+                    "Parts of running jails (cgroup limits, links, addresses, routes, rates) found changed on the host and put back.",
+                )?,
+            )?,
+            samples_pending: register(
+                r,
+                IntGauge::new(
+                    "stockade_agent_samples_pending",
+                    "Usage samples kept in memory until the database takes them.",
+                )?,
+            )?,
+            samples_dropped: register(
+                r,
+                IntCounter::new(
+                    "stockade_agent_samples_dropped_total",
+                    "Usage samples dropped because too many waited for the database.",
+                )?,
+            )?,
+            registry,
+        })
+    }
+
     pub(crate) fn observe_pass(&self, d: Duration) {
-        self.passes.fetch_add(1, Ordering::Relaxed);
-        self.pass_usec_total.fetch_add(usec(d), Ordering::Relaxed);
-        self.last_pass_usec.store(usec(d), Ordering::Relaxed);
+        self.passes.inc();
+        self.pass_seconds.inc_by(d.as_secs_f64());
+        self.last_pass.set(d.as_secs_f64());
     }
 
     pub(crate) fn observe_sweep(&self, wall: Duration, cpu: Duration, jails: usize) {
-        self.last_sweep_usec.store(usec(wall), Ordering::Relaxed);
-        self.last_sweep_cpu_usec.store(usec(cpu), Ordering::Relaxed);
-        self.last_sweep_jails
-            .store(u64::try_from(jails).unwrap_or(0), Ordering::Relaxed);
+        self.last_sweep.set(wall.as_secs_f64());
+        self.last_sweep_cpu.set(cpu.as_secs_f64());
+        self.last_sweep_jails.set(count(jails));
+    }
+
+    /// Jails by observed state, in `ObservedState::ALL` order.
+    pub(crate) fn set_jails_by_state(&self, counts: [u64; 5]) {
+        for (state, n) in ObservedState::ALL.iter().zip(counts) {
+            self.jails
+                .with_label_values(&[state.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     pub(crate) fn set_samples_pending(&self, n: usize) {
-        self.samples_pending
-            .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.samples_pending.set(count(n));
     }
 
     pub(crate) fn samples_dropped(&self, n: usize) {
         self.samples_dropped
-            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    pub(crate) fn set_jails_by_state(&self, counts: [u64; 5]) {
-        for (slot, v) in self.jails.iter().zip(counts) {
-            slot.store(v, Ordering::Relaxed);
-        }
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// The metrics in Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = String::new();
-        let secs = |us: u64| format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
-        out.push_str("# HELP stockade_agent_reconcile_passes_total Reconcile passes run.\n# TYPE stockade_agent_reconcile_passes_total counter\n");
-        out.push_str(&format!(
-            "stockade_agent_reconcile_passes_total {}\n",
-            g(&self.passes)
-        ));
-        out.push_str("# HELP stockade_agent_reconcile_seconds_total Time spent in reconcile passes.\n# TYPE stockade_agent_reconcile_seconds_total counter\n");
-        out.push_str(&format!(
-            "stockade_agent_reconcile_seconds_total {}\n",
-            secs(g(&self.pass_usec_total))
-        ));
-        out.push_str("# HELP stockade_agent_reconcile_last_seconds Duration of the last reconcile pass.\n# TYPE stockade_agent_reconcile_last_seconds gauge\n");
-        out.push_str(&format!(
-            "stockade_agent_reconcile_last_seconds {}\n",
-            secs(g(&self.last_pass_usec))
-        ));
-        out.push_str("# HELP stockade_agent_errors_total Failed reconcile steps and reads.\n# TYPE stockade_agent_errors_total counter\n");
-        out.push_str(&format!(
-            "stockade_agent_errors_total {}\n",
-            g(&self.errors)
-        ));
-        out.push_str("# HELP stockade_agent_jails Jails of this node by observed state.\n# TYPE stockade_agent_jails gauge\n");
-        for (state, v) in ObservedState::ALL.iter().zip(&self.jails) {
-            out.push_str(&format!(
-                "stockade_agent_jails{{state=\"{state}\"}} {}\n",
-                g(v)
-            ));
-        }
-        out.push_str("# HELP stockade_agent_sample_sweep_seconds Wall-clock time of the last sampling sweep's reads.\n# TYPE stockade_agent_sample_sweep_seconds gauge\n");
-        out.push_str(&format!(
-            "stockade_agent_sample_sweep_seconds {}\n",
-            secs(g(&self.last_sweep_usec))
-        ));
-        out.push_str("# HELP stockade_agent_sample_sweep_cpu_seconds CPU time (user and system) of the last sampling sweep's reads.\n# TYPE stockade_agent_sample_sweep_cpu_seconds gauge\n");
-        out.push_str(&format!(
-            "stockade_agent_sample_sweep_cpu_seconds {}\n",
-            secs(g(&self.last_sweep_cpu_usec))
-        ));
-        out.push_str("# HELP stockade_agent_sample_sweep_jails Jails read in the last sampling sweep.\n# TYPE stockade_agent_sample_sweep_jails gauge\n");
-        out.push_str(&format!(
-            "stockade_agent_sample_sweep_jails {}\n",
-            g(&self.last_sweep_jails)
-        ));
-        out.push_str("# HELP stockade_agent_network_repairs_total Parts of the node's network (bridge, firewall table) found changed and put back.\n# TYPE stockade_agent_network_repairs_total counter\n");
-        out.push_str(&format!(
-            "stockade_agent_network_repairs_total {}\n",
-            g(&self.network_repairs)
-        ));
-        out.push_str("# HELP stockade_agent_jail_repairs_total Parts of running jails (cgroup limits, links, addresses, routes, rates) found changed on the host and put back.\n# TYPE stockade_agent_jail_repairs_total counter\n");
-        out.push_str(&format!(
-            "stockade_agent_jail_repairs_total {}\n",
-            g(&self.jail_repairs)
-        ));
-        out.push_str("# HELP stockade_agent_samples_pending Usage samples kept in memory until the database takes them.\n# TYPE stockade_agent_samples_pending gauge\n");
-        out.push_str(&format!(
-            "stockade_agent_samples_pending {}\n",
-            g(&self.samples_pending)
-        ));
-        out.push_str("# HELP stockade_agent_samples_dropped_total Usage samples dropped because too many waited for the database.\n# TYPE stockade_agent_samples_dropped_total counter\n");
-        out.push_str(&format!(
-            "stockade_agent_samples_dropped_total {}\n",
-            g(&self.samples_dropped)
-        ));
-        out
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# the metrics could not be written: {e}\n"))
     }
 }
 
-/// Serves `GET /metrics` on `addr` until shutdown; refuses non-loopback addresses.
+/// The answer to one request: the metrics for `GET /metrics`, else 404.
+fn answer(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        (StatusCode::OK, metrics.render())
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n".to_owned())
+    };
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+/// Serves `GET /metrics` on `addr` until shutdown; refuses non-loopback
+/// addresses. Returns the address it listens on.
 pub(crate) async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<SocketAddr> {
     if !addr.ip().is_loopback() {
         anyhow::bail!("agent metrics must listen on a loopback address, not {addr}");
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for agent metrics on {addr}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "agent metrics listening");
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "agent metrics listening");
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => if *shutdown.borrow() { return },
                 conn = listener.accept() => {
-                    let Ok((mut sock, _)) = conn else { continue };
+                    let Ok((stream, _)) = conn else { continue };
                     let metrics = metrics.clone();
                     tokio::spawn(async move {
-                        let mut buf = [0u8; 1024];
-                        let n = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await.ok().and_then(Result::ok).unwrap_or(0);
-                        let req = String::from_utf8_lossy(&buf[..n]);
-                        let (status, body) = if req.starts_with("GET /metrics ") {
-                            ("200 OK", metrics.render())
-                        } else {
-                            ("404 Not Found", "not found\n".to_owned())
-                        };
-                        let head = format!(
-                            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = sock.write_all(head.as_bytes()).await;
-                        let _ = sock.write_all(body.as_bytes()).await;
+                        let service = hyper::service::service_fn(move |req| {
+                            let res = answer(&metrics, &req);
+                            async move { Ok::<_, Infallible>(res) }
+                        });
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service);
+                        // A scraper that keeps its connection is cut after a
+                        // while; it opens another.
+                        let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
                     });
                 }
             }
         }
     });
-    Ok(())
+    Ok(local)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn a_sweep_is_exported_with_its_wall_and_cpu_time() {
-        let m = Metrics::default();
-        m.observe_sweep(
-            Duration::from_micros(31_250),
-            Duration::from_micros(29_500),
-            1000,
-        );
-        let text = m.render();
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        sock.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_metrics_are_served_on_loopback_only() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        metrics.observe_pass(Duration::from_millis(3));
+        metrics.errors.inc();
+        metrics.set_jails_by_state([1, 2, 0, 0, 0]);
+        metrics.set_samples_pending(7);
+        let (stop, stopped) = watch::channel(false);
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics.clone(),
+            stopped.clone(),
+        )
+        .await
+        .unwrap();
+        let page = get(addr, "/metrics").await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
         for line in [
-            "stockade_agent_sample_sweep_seconds 0.031250\n",
-            "stockade_agent_sample_sweep_cpu_seconds 0.029500\n",
-            "stockade_agent_sample_sweep_jails 1000\n",
+            "stockade_agent_reconcile_passes_total 1",
+            "stockade_agent_errors_total 1",
+            "stockade_agent_samples_pending 7",
+            "# TYPE stockade_agent_jail_repairs_total counter",
         ] {
-            assert!(text.contains(line), "{line} missing from:\n{text}");
+            assert!(page.contains(line), "{line} in {page}");
         }
+        let state = ObservedState::ALL[1].as_str();
+        assert!(
+            page.contains(&format!("stockade_agent_jails{{state=\"{state}\"}} 2")),
+            "{page}"
+        );
+        assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+        let err = serve("0.0.0.0:0".parse().unwrap(), metrics, stopped)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+        stop.send(true).unwrap();
     }
 }

@@ -1,7 +1,6 @@
 //! Converging each jail of the node to its desired state.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -159,7 +158,7 @@ impl Reconciler {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the node's jails failed");
-                inner.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                inner.metrics.errors.inc();
                 return;
             }
         };
@@ -264,7 +263,7 @@ impl Inner {
     async fn record_repairs(&self, jail: &Jail, repaired: &[String]) {
         self.metrics
             .jail_repairs
-            .fetch_add(repaired.len() as u64, Ordering::Relaxed);
+            .inc_by(u64::try_from(repaired.len()).unwrap_or(u64::MAX));
         tracing::warn!(jail = %jail.name, tenant = %jail.tenant_id, ?repaired, "the jail had been changed on the host; put back");
         let actor = format!("agent:{}", self.cfg.node_name);
         let target = jail.id.to_string();
@@ -422,7 +421,7 @@ impl Inner {
             Err((observed, e)) => (observed, Some(e)),
         };
         if let Some(e) = &error {
-            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.errors.inc();
             let delay = self.back_off(jail.id, true);
             tracing::warn!(jail = %jail.name, tenant = %jail.tenant_id, error = %e, retry_in = ?delay, "jail did not converge");
         } else {

@@ -59,6 +59,7 @@ pub(crate) struct AppState {
     pub pool: PgPool,
     pub settings: Settings,
     pub caches: Arc<cache::Caches>,
+    pub metrics: api::metrics::HttpMetrics,
 }
 
 /// A built, not yet running web server.
@@ -95,6 +96,7 @@ impl Application {
             pool: pool.clone(),
             settings,
             caches: caches.clone(),
+            metrics: api::metrics::HttpMetrics::new()?,
         });
         flash::configure(state.settings.secure_cookies());
         let api_state = web::Data::new(api::ApiState::new(&api));
