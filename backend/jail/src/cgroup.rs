@@ -416,6 +416,18 @@ impl Cgroups {
         fs::write(path, &wr.value).map_err(JailError::io("write cgroup", path))
     }
 
+    /// Kills every process of the jail's group at once where the kernel
+    /// can (`cgroup.kill`, v2 since Linux 5.14): nothing forks its way out
+    /// between reading the members and signalling them. Whether it did; on
+    /// v1 the caller signals each member (see [`Cgroups::pids`]).
+    pub fn kill(&self, jail: &str) -> bool {
+        if self.version != Version::V2 {
+            return false;
+        }
+        let file = self.dir("", jail).join("cgroup.kill");
+        file.exists() && fs::write(&file, "1").is_ok()
+    }
+
     /// The pids in the jail's group (every controller, deduplicated).
     pub fn pids(&self, jail: &str) -> Vec<i32> {
         let mut pids: Vec<i32> = self
@@ -741,5 +753,18 @@ mod tests {
         let cg = Cgroups::detect(root.path(), "stockade");
         assert_eq!(cg.version(), Version::V2);
         assert_eq!(cg.dirs("a"), vec![root.path().join("stockade/a")]);
+        // A group is killed whole through its `cgroup.kill`, where present.
+        fs::create_dir_all(root.path().join("stockade/a")).unwrap();
+        assert!(!cg.kill("a"), "a kernel without cgroup.kill");
+        fs::write(root.path().join("stockade/a/cgroup.kill"), "").unwrap();
+        assert!(cg.kill("a"));
+        let written = fs::read_to_string(root.path().join("stockade/a/cgroup.kill")).unwrap();
+        assert_eq!(written, "1");
+        // v1 has no such file: each member is signalled instead.
+        let v1 = tempfile::tempdir().unwrap();
+        for c in V1_CONTROLLERS {
+            fs::create_dir(v1.path().join(c)).unwrap();
+        }
+        assert!(!Cgroups::detect(v1.path(), "stockade").kill("a"));
     }
 }

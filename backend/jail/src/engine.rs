@@ -783,8 +783,11 @@ impl Engine {
         Ok(())
     }
 
-    /// SIGKILLs whatever is still in the jail's cgroup and waits for it.
+    /// SIGKILLs whatever is still in the jail's cgroup and waits for it:
+    /// the whole group at once where the kernel offers it, then each
+    /// member that is left, reaped.
     fn kill_group(&self, name: &str) {
+        self.cgroups.kill(name);
         for _ in 0..3 {
             let pids = self.cgroups.pids(name);
             if pids.is_empty() {
