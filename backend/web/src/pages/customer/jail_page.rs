@@ -1,0 +1,260 @@
+//! One jail's page: its state, limits, usage charts and limit hits.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use chrono::{Duration, Utc};
+use serde::Deserialize;
+use std::sync::Arc;
+use stockade_store::jails::{self, Jail};
+use stockade_store::usage::{self, Bucket};
+use uuid::Uuid;
+
+use super::uploads::UPLOAD_LIMIT;
+use super::{Layout, cached_page, customer_tenant};
+use super::{parse_id, shown_state};
+use crate::auth::SignedIn;
+use crate::cache::PageKey;
+use crate::charts::{Series, line_chart};
+use crate::format;
+use crate::{AppState, WebError};
+
+#[derive(Deserialize)]
+pub(super) struct PeriodQuery {
+    pub(super) period: Option<String>,
+}
+
+/// What a jail's page shows for one period (cached, see [`crate::cache`]).
+pub(super) struct JailData {
+    pub(super) id: Uuid,
+    pub(super) name: String,
+    pub(super) state: String,
+    pub(super) desired: &'static str,
+    pub(super) kind: &'static str,
+    pub(super) image: String,
+    pub(super) address: String,
+    pub(super) created: String,
+    pub(super) created_iso: String,
+    pub(super) last_error: Option<String>,
+    /// Whether root in the jail is an unprivileged host uid (its plan says).
+    pub(super) user_ids: &'static str,
+    /// Limits, limit hits and charts, rendered once.
+    pub(super) usage: String,
+    pub(super) upload_limit: String,
+    /// What a tenant may have waiting to be written, in words.
+    pub(super) pending_limit: String,
+    pub(super) uploads: Vec<(String, String, String)>,
+}
+
+/// A jail's limits, limit hits and usage charts for one period.
+#[derive(Template)]
+#[template(path = "jail_usage.html")]
+pub(super) struct JailUsage {
+    pub(super) id: Uuid,
+    pub(super) cpu: String,
+    pub(super) memory: String,
+    pub(super) pids: u32,
+    pub(super) disk: String,
+    pub(super) egress: String,
+    pub(super) ingress: String,
+    pub(super) hits: Vec<String>,
+    pub(super) period: &'static str,
+    pub(super) charts: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "jail.html")]
+pub(super) struct JailPage {
+    pub(super) layout: Layout,
+    pub(super) data: Arc<JailData>,
+}
+
+impl std::ops::Deref for JailPage {
+    type Target = JailData;
+    fn deref(&self) -> &JailData {
+        &self.data
+    }
+}
+
+/// Limit hits in plain words.
+pub(super) fn explain_hits(
+    j: &Jail,
+    (oom, mem, pids, throttled): (i64, i64, i64, i64),
+) -> Vec<String> {
+    let times = |n: i64| {
+        if n == 1 {
+            "once".to_owned()
+        } else {
+            format!("{n} times")
+        }
+    };
+    let mut out = Vec::new();
+    if oom > 0 {
+        out.push(format!(
+            "A process was stopped by the memory limit of {} {} today.",
+            format::bytes(j.limits.memory_bytes),
+            times(oom)
+        ));
+    }
+    if mem > oom {
+        out.push(format!(
+            "Memory use reached the limit of {} {} today.",
+            format::bytes(j.limits.memory_bytes),
+            times(mem)
+        ));
+    }
+    if pids > 0 {
+        out.push(format!(
+            "Starting a process failed at the limit of {} processes {} today.",
+            j.limits.pids,
+            times(pids)
+        ));
+    }
+    if throttled > 0 {
+        out.push(format!(
+            "The CPU limit of {} slowed the jail down in {throttled} periods of 0.1 s today.",
+            format::cpu(u64::from(j.limits.cpu_millicores))
+        ));
+    }
+    out
+}
+
+pub(super) async fn detail(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+    q: web::Query<PeriodQuery>,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    let jail_id = parse_id(&path)?;
+    let period = match q.period.as_deref() {
+        Some("day") => "day",
+        Some("month") => "month",
+        _ => "hour",
+    };
+    let key = PageKey::Jail {
+        tenant: tenant_id,
+        jail: jail_id,
+        period,
+    };
+    cached_page(
+        &state,
+        &req,
+        &s,
+        key,
+        || jail_data(&state.pool, tenant_id, jail_id, period),
+        |layout, data| JailPage { layout, data },
+    )
+    .await
+}
+
+pub(super) async fn jail_data(
+    pool: &stockade_store::PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    period: &'static str,
+) -> Result<JailData, WebError> {
+    let jail = jails::get(pool, tenant_id, jail_id).await?;
+    let now = Utc::now();
+    let (from, bucket) = match period {
+        "day" => (now - Duration::days(1), Bucket::Hour),
+        "month" => (now - Duration::days(30), Bucket::Day),
+        _ => (now - Duration::hours(1), Bucket::Sample),
+    };
+    let points = usage::jail_series(pool, tenant_id, jail.id, from, now, bucket).await?;
+    let to_u = |v: i64| u64::try_from(v).unwrap_or(0);
+    let series = [
+        Series {
+            title: "CPU",
+            unit: format::cpu,
+            points: points
+                .iter()
+                .map(|p| (p.at, to_u(p.cpu_millicores)))
+                .collect(),
+            limit: Some(u64::from(jail.limits.cpu_millicores)),
+        },
+        Series {
+            title: "Memory",
+            unit: format::bytes,
+            points: points
+                .iter()
+                .map(|p| (p.at, to_u(p.memory_bytes)))
+                .collect(),
+            limit: Some(jail.limits.memory_bytes),
+        },
+        Series {
+            title: "Network (received + sent per interval)",
+            unit: format::bytes,
+            points: points.iter().map(|p| (p.at, to_u(p.net_bytes))).collect(),
+            limit: None,
+        },
+        Series {
+            title: "Disk used",
+            unit: format::bytes,
+            points: points.iter().map(|p| (p.at, to_u(p.disk_bytes))).collect(),
+            limit: Some(jail.limits.disk_bytes),
+        },
+        Series {
+            title: "Disk IO (read + written per interval)",
+            unit: format::bytes,
+            points: points.iter().map(|p| (p.at, to_u(p.io_bytes))).collect(),
+            limit: None,
+        },
+    ];
+    let midnight = now
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map_or(now, |d| d.and_utc());
+    let hits = usage::jail_limit_hits(pool, tenant_id, jail.id, midnight).await?;
+    let usage = JailUsage {
+        id: jail.id,
+        cpu: format::cpu(u64::from(jail.limits.cpu_millicores)),
+        memory: format::bytes(jail.limits.memory_bytes),
+        pids: jail.limits.pids,
+        disk: format::bytes(jail.limits.disk_bytes),
+        egress: format::bits_per_sec(jail.limits.net_egress_bps),
+        ingress: format::bits_per_sec(jail.limits.net_ingress_bps),
+        hits: explain_hits(&jail, hits),
+        period,
+        charts: series.iter().map(|s| line_chart(s, from, now)).collect(),
+    };
+    Ok(JailData {
+        id: jail.id,
+        name: jail.name.to_string(),
+        state: shown_state(&jail),
+        desired: jail.desired_state.as_str(),
+        kind: jail.kind.as_str(),
+        image: jail.image.clone(),
+        address: jail.address.clone().unwrap_or_else(|| "none yet".into()),
+        created: jail.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        created_iso: jail.created_at.to_rfc3339(),
+        last_error: jail.last_error.clone(),
+        user_ids: if jail.user_namespace {
+            "on"
+        } else {
+            "off (host root ids; set by your provider's plan)"
+        },
+        usage: crate::pages::fragment(&usage)?,
+        upload_limit: format::bytes(UPLOAD_LIMIT as u64),
+        pending_limit: format!(
+            "{} files or {}",
+            stockade_store::uploads::MAX_PENDING_UPLOADS,
+            format::bytes(stockade_store::uploads::MAX_PENDING_BYTES.unsigned_abs())
+        ),
+        uploads: stockade_store::uploads::list(pool, tenant_id, jail.id)
+            .await?
+            .into_iter()
+            .map(|u| {
+                let state = match u.error {
+                    Some(e) => format!("failed: {e}"),
+                    None => u.state,
+                };
+                (
+                    u.file_name,
+                    format::bytes(u64::try_from(u.size_bytes).unwrap_or(0)),
+                    state,
+                )
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,81 @@
+//! A hosting customer's pages: overview, jails, one jail with its charts.
+
+mod actions;
+mod jail_list;
+mod jail_page;
+mod overview;
+mod uploads;
+
+use actix_web::web;
+use stockade_domain::{DesiredState, ObservedState};
+use stockade_store::jails::Jail;
+use uuid::Uuid;
+
+use super::{
+    ActionForm, Layout, QuotaTile, cached_page, customer_tenant, quota_tiles, record, render,
+};
+use crate::WebError;
+use crate::format;
+pub(crate) use actions::ConfirmPage;
+use actions::{action, confirm_delete};
+use jail_list::{create, list};
+use jail_page::detail;
+use overview::overview;
+use uploads::upload;
+
+pub(super) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/overview", web::get().to(overview))
+        .route("/jails", web::get().to(list))
+        .route("/jails", web::post().to(create))
+        .route("/jails/{id}", web::get().to(detail))
+        .route("/jails/{id}/delete", web::get().to(confirm_delete))
+        .route("/jails/{id}/files", web::post().to(upload))
+        .route("/jails/{id}/{action}", web::post().to(action));
+}
+
+/// A jail as a table row.
+pub(crate) struct JailRow {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: &'static str,
+    pub state: String,
+    pub desired: &'static str,
+    pub address: String,
+    pub cpu: String,
+    pub memory: String,
+    pub disk: String,
+    pub error: String,
+}
+
+/// What a user sees as a jail's state: the observed one, or the change under way.
+pub(crate) fn shown_state(j: &Jail) -> String {
+    if j.observed_generation >= j.generation || j.observed_state == ObservedState::Failed {
+        return j.observed_state.to_string();
+    }
+    match j.desired_state {
+        DesiredState::Running => "starting".into(),
+        DesiredState::Stopped => "stopping".into(),
+        DesiredState::Deleted => "deleting".into(),
+    }
+}
+
+impl From<&Jail> for JailRow {
+    fn from(j: &Jail) -> Self {
+        JailRow {
+            id: j.id,
+            name: j.name.to_string(),
+            kind: j.kind.as_str(),
+            state: shown_state(j),
+            desired: j.desired_state.as_str(),
+            address: j.address.clone().unwrap_or_else(|| "—".into()),
+            cpu: format::cpu(u64::from(j.limits.cpu_millicores)),
+            memory: format::bytes(j.limits.memory_bytes),
+            disk: format::bytes(j.limits.disk_bytes),
+            error: j.last_error.clone().unwrap_or_default(),
+        }
+    }
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, WebError> {
+    Uuid::parse_str(raw).map_err(|_| WebError::NotFound)
+}

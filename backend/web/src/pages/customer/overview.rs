@@ -1,0 +1,69 @@
+//! A tenant's overview: its jails and quota.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use std::sync::Arc;
+use stockade_store::jails::{self};
+use uuid::Uuid;
+
+use super::JailRow;
+use super::{Layout, QuotaTile, cached_page, customer_tenant, quota_tiles};
+use crate::auth::SignedIn;
+use crate::cache::PageKey;
+use crate::{AppState, WebError};
+
+/// What the overview shows of a tenant (cached, see [`crate::cache`]).
+pub(super) struct OverviewData {
+    pub(super) tenant_name: String,
+    pub(super) plan_name: String,
+    pub(super) status: &'static str,
+    pub(super) quotas: Vec<QuotaTile>,
+    pub(super) jails: Vec<JailRow>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+pub(super) struct OverviewPage {
+    pub(super) layout: Layout,
+    pub(super) data: Arc<OverviewData>,
+}
+
+impl std::ops::Deref for OverviewPage {
+    type Target = OverviewData;
+    fn deref(&self) -> &OverviewData {
+        &self.data
+    }
+}
+
+pub(super) async fn overview_data(
+    pool: &stockade_store::PgPool,
+    tenant_id: Uuid,
+) -> Result<OverviewData, WebError> {
+    let tenant = stockade_store::tenants::get(pool, tenant_id).await?;
+    let plan = stockade_store::plans::get(pool, tenant.plan_id).await?;
+    let jails = jails::list_for_tenant(pool, tenant_id).await?;
+    Ok(OverviewData {
+        tenant_name: tenant.display_name,
+        plan_name: plan.display_name,
+        status: tenant.status.as_str(),
+        quotas: quota_tiles(pool, tenant_id).await?,
+        jails: jails.iter().map(JailRow::from).collect(),
+    })
+}
+
+pub(super) async fn overview(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    cached_page(
+        &state,
+        &req,
+        &s,
+        PageKey::Overview(tenant_id),
+        || overview_data(&state.pool, tenant_id),
+        |layout, data| OverviewPage { layout, data },
+    )
+    .await
+}
