@@ -153,6 +153,15 @@ fn persistent_jails_run_on_after_the_cli_and_rm_cleans_them() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // Whatever the test fails at, the jail it made goes (the fixture's
+    // folder cannot while its volume is mounted).
+    struct Removed<'a>(&'a Path);
+    impl Drop for Removed<'_> {
+        fn drop(&mut self) {
+            let _ = stockade(self.0, &["jail", "rm", "cli-web"]);
+        }
+    }
+    let _removed = Removed(state.path());
     ok(&[
         "jail", "create", "cli-web", "--disk", "32M", "--memory", "64M", "--", "sleep", "3600",
     ]);
