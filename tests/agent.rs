@@ -663,14 +663,30 @@ async fn network_changes_are_put_back_on_the_kernels_word_not_at_the_next_resync
     }
     within("the deleted link", began, on_bridge());
     assert!(reachable_within(Duration::from_secs(10)).await);
+
+    // The link taken off the bridge.
+    let began = Instant::now();
+    assert!(
+        std::process::Command::new("ip")
+            .args(["link", "set", &link, "nomaster"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !on_bridge() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    within("the link taken off the bridge", began, on_bridge());
+    assert!(reachable_within(Duration::from_secs(10)).await);
     // Each change was one repair: the repairs' own changes of the network
     // woke nothing that was reported as another.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for action in ["node.network_repaired", "jail.repaired"] {
+    for (action, changes) in [("node.network_repaired", 1), ("jail.repaired", 2)] {
         let n = stockade_store::audit::count_action(&pool, action)
             .await
             .unwrap();
-        assert_eq!(n, 1, "{action}");
+        assert_eq!(n, changes, "{action}");
     }
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;

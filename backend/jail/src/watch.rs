@@ -19,6 +19,7 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
+const IFF_UP: u32 = 1;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// Every nftables object message names its table in attribute 1.
 const NFTA_TABLE: u16 = 1;
@@ -148,9 +149,16 @@ impl Filter<'_> {
             }
         }
         let jail_link = name.starts_with(b"sk");
+        // ifi_flags, after family, padding, type and index. A link being
+        // made is down until it has its bridge: only an up link without
+        // one was taken off it.
+        let up = payload
+            .get(8..12)
+            .and_then(|b| b.try_into().ok())
+            .is_some_and(|b| u32::from_ne_bytes(b) & IFF_UP != 0);
         match kind {
             RTM_DELLINK => jail_link || name == self.bridge.as_bytes(),
-            _ => jail_link && !master,
+            _ => jail_link && up && !master,
         }
     }
 
@@ -271,19 +279,19 @@ mod tests {
             msg(RTM_DELLINK, 16, &[(IFLA_IFNAME, b"eth1\0")]),
             true
         ));
-        // A jail's link changed: only without a bridge.
-        assert!(check(
-            msg(RTM_NEWLINK, 16, &[(IFLA_IFNAME, b"sk0123456789ab\0")]),
-            true
-        ));
-        assert!(!check(
-            msg(
-                RTM_NEWLINK,
-                16,
-                &[(IFLA_IFNAME, b"sk0123456789ab\0"), (IFLA_MASTER, &idx)]
-            ),
-            true
-        ));
+        // A jail's link changed: only when up without a bridge (one being
+        // made is down until it has its bridge).
+        let up = |mut m: Vec<u8>| {
+            m[16 + 8..16 + 12].copy_from_slice(&IFF_UP.to_ne_bytes());
+            m
+        };
+        let name = (IFLA_IFNAME, &b"sk0123456789ab\0"[..]);
+        assert!(check(up(msg(RTM_NEWLINK, 16, &[name])), true));
+        assert!(!check(msg(RTM_NEWLINK, 16, &[name]), true), "down");
+        assert!(
+            !check(up(msg(RTM_NEWLINK, 16, &[name, (IFLA_MASTER, &idx)])), true),
+            "on a bridge"
+        );
         // Rules of the node's table: yes; of another table: no.
         let rule = (NFNL_SUBSYS_NFTABLES << 8) | 6;
         assert!(check(msg(rule, 4, &[(NFTA_TABLE, b"stockade\0")]), false));
