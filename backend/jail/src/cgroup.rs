@@ -365,6 +365,16 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Writes `limits` into a new jail group.
+    pub fn set(
+        &self,
+        jail: &str,
+        limits: &Limits,
+        device: Option<(u64, u64)>,
+    ) -> Result<(), JailError> {
+        self.write_all(jail, &limit_writes(self.version, limits, device))
+    }
+
     /// Writes `limits` into the jail's group; safe on a running jail.
     /// Returns the files whose values changed (as the kernel reads them
     /// back, so no value needs normalising here).
@@ -378,6 +388,16 @@ impl Cgroups {
         let read =
             |wr: &Write| fs::read_to_string(self.dir(wr.controller, jail).join(wr.file)).ok();
         let before: Vec<Option<String>> = writes.iter().map(read).collect();
+        self.write_all(jail, &writes)?;
+        Ok(writes
+            .iter()
+            .zip(before)
+            .filter(|(wr, was)| read(wr) != *was)
+            .map(|(wr, _)| wr.file.to_owned())
+            .collect())
+    }
+
+    fn write_all(&self, jail: &str, writes: &[Write]) -> Result<(), JailError> {
         let mut i = 0;
         while i < writes.len() {
             let wr = &writes[i];
@@ -401,12 +421,7 @@ impl Cgroups {
             }
             i += 1;
         }
-        Ok(writes
-            .iter()
-            .zip(before)
-            .filter(|(wr, was)| read(wr) != *was)
-            .map(|(wr, _)| wr.file.to_owned())
-            .collect())
+        Ok(())
     }
 
     fn write(&self, path: &Path, wr: &Write) -> Result<(), JailError> {

@@ -211,8 +211,7 @@ impl Engine {
         let name = rec.spec.name.as_str();
         self.cgroups.ensure(name)?;
         self.cgroups
-            .apply(name, &rec.spec.limits, Self::volume_device(rec)?)
-            .map(drop)
+            .set(name, &rec.spec.limits, Self::volume_device(rec)?)
     }
 
     pub(super) fn command_of(&self, spec: &JailSpec) -> Result<Vec<String>, JailError> {
