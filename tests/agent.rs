@@ -428,6 +428,43 @@ fn host_reaches(addr: std::net::SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
 }
 
+/// Whether the host reaches `addr` within `limit`.
+async fn reachable_within(addr: std::net::SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !host_reaches(addr) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Whether the node's firewall table holds its rules (they end in drops).
+fn firewall_rules(table: &str) -> bool {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("drop")
+}
+
+/// Whether traffic out of `link` is rate limited (a tbf queue at its root).
+fn rate_limited(link: &str) -> bool {
+    let out = std::process::Command::new("tc")
+        .args(["qdisc", "show", "dev", link])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("tbf")
+}
+
+/// The bridge `link` is a port of, if any.
+fn master_of(link: &str) -> Option<String> {
+    std::fs::read_link(format!("/sys/class/net/{link}/master"))
+        .ok()
+        .and_then(|m| m.file_name().map(|f| f.to_string_lossy().into_owned()))
+}
+
 #[tokio::test]
 async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
     if !is_root() {
@@ -504,18 +541,8 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
     assert!(!host_reaches(web), "the jail is cut off by the change");
 
     // Within one resync (two seconds here) everything is back.
-    let master = || {
-        std::fs::read_link(format!("/sys/class/net/{link}/master"))
-            .ok()
-            .and_then(|m| m.file_name().map(|f| f.to_string_lossy().into_owned()))
-    };
-    let rules = || {
-        let out = std::process::Command::new("nft")
-            .args(["list", "table", "inet", &bridge])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("drop")
-    };
+    let master = || master_of(&link);
+    let rules = || firewall_rules(&bridge);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let limit = std::fs::read_to_string(&pids_max).unwrap_or_default();
@@ -546,13 +573,7 @@ async fn network_and_limits_changed_by_hand_are_put_back_within_a_resync() {
     let Some(stockade_jail::JailStatus::Running { pid }) = engine.status(&name).unwrap() else {
         panic!("the jail runs");
     };
-    let rate = || {
-        let out = std::process::Command::new("tc")
-            .args(["qdisc", "show", "dev", &link])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("tbf")
-    };
+    let rate = || rate_limited(&link);
     assert!(rate(), "the jail's ingress is limited");
     run(&["tc", "qdisc", "del", "dev", &link, "root"]);
     assert!(!rate());
@@ -608,24 +629,8 @@ async fn network_changes_are_put_back_on_the_kernels_word_not_at_the_next_resync
     let jail = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
     let address: std::net::Ipv4Addr = jail.address.as_deref().unwrap().parse().unwrap();
     let web = std::net::SocketAddr::from((address, 80));
-    let reachable_within = |limit: Duration| async move {
-        let deadline = Instant::now() + limit;
-        while !host_reaches(web) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        true
-    };
-    assert!(reachable_within(Duration::from_secs(10)).await);
-    let rules = || {
-        let out = std::process::Command::new("nft")
-            .args(["list", "table", "inet", &bridge])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("drop")
-    };
+    assert!(reachable_within(web, Duration::from_secs(10)).await);
+    let rules = || firewall_rules(&bridge);
     let within = |what: &str, began: Instant, ok: bool| {
         assert!(ok, "{what} was not put back within {:?}", began.elapsed());
         eprintln!("{what}: put back after {:?}", began.elapsed());
@@ -656,13 +661,13 @@ async fn network_changes_are_put_back_on_the_kernels_word_not_at_the_next_resync
             .unwrap()
             .success()
     );
-    let on_bridge = || std::path::Path::new(&format!("/sys/class/net/{link}/master")).exists();
+    let on_bridge = || master_of(&link).as_deref() == Some(bridge.as_str());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !on_bridge() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     within("the deleted link", began, on_bridge());
-    assert!(reachable_within(Duration::from_secs(10)).await);
+    assert!(reachable_within(web, Duration::from_secs(10)).await);
 
     // The link taken off the bridge.
     let began = Instant::now();
@@ -678,7 +683,7 @@ async fn network_changes_are_put_back_on_the_kernels_word_not_at_the_next_resync
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     within("the link taken off the bridge", began, on_bridge());
-    assert!(reachable_within(Duration::from_secs(10)).await);
+    assert!(reachable_within(web, Duration::from_secs(10)).await);
     // Each change was one repair: the repairs' own changes of the network
     // woke nothing that was reported as another.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -742,16 +747,6 @@ async fn failing_tc_and_nft_a_taken_link_name_and_a_jail_removed_by_hand_converg
     let web = |j: &Jail| {
         let address: std::net::Ipv4Addr = j.address.as_deref().unwrap().parse().unwrap();
         std::net::SocketAddr::from((address, 80))
-    };
-    let reachable_within = |addr, limit: Duration| async move {
-        let deadline = Instant::now() + limit;
-        while !host_reaches(addr) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        true
     };
     assert!(reachable_within(web(&limited), Duration::from_secs(10)).await);
 
@@ -856,20 +851,8 @@ async fn failing_tc_and_nft_a_taken_link_name_and_a_jail_removed_by_hand_converg
 
     // The host's programs work again: everything is put back and the error goes.
     std::fs::remove_file(&failing).unwrap();
-    let rules = || {
-        let out = std::process::Command::new("nft")
-            .args(["list", "table", "inet", &bridge])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("drop")
-    };
-    let rate = || {
-        let out = std::process::Command::new("tc")
-            .args(["qdisc", "show", "dev", &link])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("tbf")
-    };
+    let rules = || firewall_rules(&bridge);
+    let rate = || rate_limited(&link);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let j = jails::get(&pool, tenant, limited.id).await.unwrap();
