@@ -1,13 +1,24 @@
 //! Layered configuration: defaults, then an optional TOML file, then
-//! `STOCKADE_*` variables (and `DATABASE_URL`). An unknown key in any layer is
+//! `STOCKADE_*` variables (and `DATABASE_URL`), merged with `figment`. An unknown key in any layer is
 //! an error naming it, so a typo never silently falls back to a default.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Format, Toml};
 use secrecy::SecretString;
+
+pub use keys::KEYS;
+use keys::known_keys;
+use layers::{Text, Variables, layer_name};
+
+mod keys;
+mod layers;
 use stockade_domain::Email;
 
 /// Every setting of Stockade.
@@ -110,113 +121,6 @@ fn user_name(key: &str, value: &str) -> anyhow::Result<String> {
     }
     Ok(v.to_owned())
 }
-
-/// Each key, its meaning and default, for the README and `--help`.
-pub const KEYS: &[(&str, &str)] = &[
-    ("listen", "address:port of the web server (127.0.0.1:8080)"),
-    (
-        "public_url",
-        "URL users reach the panel at (http://<listen>)",
-    ),
-    (
-        "database_url",
-        "external PostgreSQL URL; unset = managed local cluster (also DATABASE_URL)",
-    ),
-    (
-        "pg_data",
-        "data folder of the managed PostgreSQL cluster (./var/pg)",
-    ),
-    ("state_dir", "node state folder of the agent (./var/state)"),
-    (
-        "web_database_url",
-        "external PostgreSQL URL of the web tier's own role (database_url)",
-    ),
-    (
-        "agent_database_url",
-        "external PostgreSQL URL of the agent's own role (database_url)",
-    ),
-    (
-        "run_as",
-        "unprivileged user the web server runs as when started as root (stockade)",
-    ),
-    (
-        "db_run_as",
-        "another unprivileged user, that the managed PostgreSQL runs as (stockade-db)",
-    ),
-    ("admin_email", "first admin account (admin@localhost)"),
-    (
-        "admin_password",
-        "its password; unset = generated and printed once",
-    ),
-    (
-        "trusted_proxies",
-        "reverse proxies (CIDR or addresses, comma-separated) whose X-Forwarded-For is believed (none)",
-    ),
-    (
-        "webhook_allow",
-        "networks webhooks may reach although internal, comma-separated (none)",
-    ),
-    (
-        "staff_password",
-        "password of the account `staff create` makes; unset = generated and printed once",
-    ),
-    ("node_name", "this node's name (host name)"),
-    ("heartbeat_secs", "seconds between agent heartbeats (5)"),
-    ("log", "log filter (info)"),
-    ("session_idle_minutes", "idle session expiry (60)"),
-    ("session_max_hours", "absolute session expiry (12)"),
-    ("web_workers", "web worker threads, 0 = one per CPU (0)"),
-    (
-        "page_cache_secs",
-        "seconds the panel keeps page data between changes, 0 = none (5)",
-    ),
-    (
-        "resync_secs",
-        "seconds between full reconciles of the node's jails (30)",
-    ),
-    ("sample_secs", "seconds between usage samples (10)"),
-    (
-        "sample_retention_hours",
-        "hours raw usage samples are kept (48)",
-    ),
-    (
-        "agent_metrics",
-        "loopback address:port of the agent's metrics, or off (127.0.0.1:9464)",
-    ),
-    (
-        "stop_grace_secs",
-        "seconds between SIGTERM and SIGKILL when a jail stops (10)",
-    ),
-    (
-        "console_kib",
-        "KiB of each jail's newest output kept on the node, at least 16 (4096)",
-    ),
-    (
-        "step_deadline_secs",
-        "seconds the agent waits for one step of a jail before giving up on it (120)",
-    ),
-    (
-        "jail_parallelism",
-        "jails the agent works on at the same time, at least 1 (8)",
-    ),
-    (
-        "signup_plan",
-        "plan self sign-up puts new tenants on; unset = sign-up off",
-    ),
-    ("bridge", "the node's jail bridge (stk0)"),
-    (
-        "jail_network",
-        "gateway/prefix of the node's jail addresses, or off (10.77.0.1/16)",
-    ),
-    (
-        "firewall_table",
-        "nftables table (inet) of the node's firewall (stockade)",
-    ),
-    (
-        "cgroup_parent",
-        "cgroup holding the node's jails (stockade)",
-    ),
-];
 
 impl Default for Config {
     fn default() -> Self {
@@ -519,27 +423,35 @@ impl Config {
     }
 
     /// [`Config::load`] with the environment given, for tests.
+    ///
+    /// The layers are merged by `figment`: the file, then `DATABASE_URL`,
+    /// then `STOCKADE_*` (a later layer wins). Each key that any layer
+    /// sets is then checked by [`Config::set`], and an error names the
+    /// layer the value came from.
     pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
-        let mut cfg = Config::default();
         let env_file = env
             .iter()
             .find(|(k, _)| k == "STOCKADE_CONFIG")
             .map(|(_, v)| PathBuf::from(v));
+        let mut layers = Figment::new();
         if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
-            cfg.apply_file(&path)?;
+            // A named file that is missing is an error, not an empty layer.
+            std::fs::metadata(&path).with_context(|| {
+                format!("cannot read the configuration file {}", path.display())
+            })?;
+            layers = layers.merge(Toml::file_exact(path));
         }
-        if let Some((_, url)) = env.iter().find(|(k, _)| k == "DATABASE_URL") {
-            cfg.set("database_url", url, "DATABASE_URL")?;
-        }
-        for (name, value) in env {
-            let Some(key) = name.strip_prefix("STOCKADE_") else {
-                continue;
-            };
-            if key == "CONFIG" {
-                continue;
-            }
-            let key = key.to_ascii_lowercase();
-            cfg.set(&key, value, &format!("the environment variable {name}"))?;
+        let layers = layers
+            .merge(Variables::one(env, "DATABASE_URL", "database_url"))
+            .merge(Variables::prefixed(env, "STOCKADE_", &["CONFIG"]));
+        let values: BTreeMap<String, Text> =
+            layers.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cfg = Config::default();
+        for (key, Text(value)) in &values {
+            let source = layers
+                .find_metadata(key)
+                .map_or_else(|| "the configuration".to_owned(), |m| layer_name(m, key));
+            cfg.set(key, value, &source)?;
         }
         if cfg.public_url.is_empty() {
             let host = match cfg.listen.ip() {
@@ -553,28 +465,6 @@ impl Config {
             bail!("session_idle_minutes must not be longer than session_max_hours");
         }
         Ok(cfg)
-    }
-
-    fn apply_file(&mut self, path: &Path) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{} is not valid TOML: {e}", path.display()))?;
-        let source = format!("the configuration file {}", path.display());
-        for (key, value) in table {
-            let text = match value {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                other => bail!(
-                    "{key}: {} is not a string or number (in {source})",
-                    other.type_str()
-                ),
-            };
-            self.set(&key, &text, &source)?;
-        }
-        Ok(())
     }
 
     /// Session lifetimes for the web tier.
@@ -591,10 +481,6 @@ fn non_empty_path(key: &str, value: &str) -> anyhow::Result<PathBuf> {
         bail!("{key}: must not be empty");
     }
     Ok(PathBuf::from(value.trim()))
-}
-
-fn known_keys() -> String {
-    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
 }
 
 /// A comma-separated list of networks (`10.0.0.0/8`) or single addresses.
@@ -616,169 +502,4 @@ fn networks(key: &str, value: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use secrecy::ExposeSecret;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn environment_overrides_file_overrides_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("stockade.toml");
-        std::fs::write(
-            &file,
-            "listen = \"0.0.0.0:9000\"\nheartbeat_secs = 7\nlog = \"debug\"\n",
-        )
-        .unwrap();
-        let cfg = Config::load_from(Some(&file), &env(&[("STOCKADE_LOG", "warn")])).unwrap();
-        assert_eq!(cfg.listen.port(), 9000);
-        assert_eq!(cfg.heartbeat, Duration::from_secs(7));
-        assert_eq!(cfg.log, "warn");
-        assert_eq!(cfg.public_url, "http://127.0.0.1:9000");
-        assert_eq!(cfg.run_as, "stockade");
-    }
-
-    #[test]
-    fn every_setting_but_the_secrets_is_handed_on_and_read_back_the_same() {
-        let env: Vec<(String, String)> = [
-            ("STOCKADE_PAGE_CACHE_SECS", "0"),
-            ("STOCKADE_TRUSTED_PROXIES", "10.0.0.0/8,192.0.2.7/32"),
-            ("STOCKADE_SIGNUP_PLAN", "starter"),
-            ("STOCKADE_JAIL_NETWORK", "off"),
-            ("STOCKADE_AGENT_METRICS", "127.0.0.1:9999"),
-            ("STOCKADE_RUN_AS", "web-user"),
-            ("STOCKADE_ADMIN_PASSWORD", "a long admin secret"),
-            ("DATABASE_URL", "postgres://owner:pw@db/stockade"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-        let cfg = Config::load_from(None, &env).unwrap();
-        let handed = cfg.plain_settings();
-        // Every key is either handed on or a secret: a new setting cannot
-        // be forgotten on the way to the web server.
-        for (key, _) in KEYS {
-            let var = format!("STOCKADE_{}", key.to_ascii_uppercase());
-            assert!(
-                handed.iter().any(|(k, _)| *k == var) != Config::SECRET_KEYS.contains(key),
-                "{key} is neither handed on nor a secret"
-            );
-        }
-        assert!(
-            !format!("{handed:?}").contains("secret") && !format!("{handed:?}").contains("pw@")
-        );
-        let again = Config::load_from(None, &handed).unwrap();
-        assert!(again.admin_password.is_none() && again.database_url.is_none());
-        let show = |c: &Config| {
-            KEYS.iter()
-                .map(|(k, _)| format!("{k}={:?}", c.plain_value(k)))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(show(&again), show(&cfg));
-        assert_eq!(again.page_cache, Duration::ZERO);
-        assert_eq!(again.trusted_proxies.len(), 2);
-    }
-
-    #[test]
-    fn the_readme_lists_every_setting() {
-        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
-        for (key, _) in KEYS {
-            assert!(
-                readme.contains(&format!("| `{key}` |")),
-                "the README's configuration table lacks {key}"
-            );
-            // And each is settable from the environment.
-            let var = format!("STOCKADE_{}", key.to_ascii_uppercase());
-            let err = Config::load_from(None, &env(&[(var.as_str(), "\u{1}")]));
-            if let Err(e) = err {
-                assert!(
-                    !format!("{e:#}").contains("unknown setting"),
-                    "{var}: {e:#}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn the_staff_password_setting_is_known_and_checked() {
-        let cfg = Config::load_from(
-            None,
-            &env(&[("STOCKADE_STAFF_PASSWORD", "correct horse battery")]),
-        )
-        .unwrap();
-        assert_eq!(
-            cfg.staff_password.unwrap().expose_secret(),
-            "correct horse battery"
-        );
-        let err =
-            Config::load_from(None, &env(&[("STOCKADE_STAFF_PASSWORD", "short")])).unwrap_err();
-        let err = format!("{err:#}");
-        assert!(err.contains("staff_password: "), "{err}");
-    }
-
-    #[test]
-    fn unknown_keys_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("stockade.toml");
-        std::fs::write(&file, "lisen = \"0.0.0.0:9000\"\n").unwrap();
-        let err = format!("{:#}", Config::load_from(Some(&file), &[]).unwrap_err());
-        assert!(err.contains("unknown setting \"lisen\""), "{err}");
-        let err = format!(
-            "{:#}",
-            Config::load_from(None, &env(&[("STOCKADE_LSTEN", "x")])).unwrap_err()
-        );
-        assert!(
-            err.contains("\"lsten\"") && err.contains("STOCKADE_LSTEN"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn bad_values_say_what_and_where() {
-        let err = format!(
-            "{:#}",
-            Config::load_from(None, &env(&[("STOCKADE_LISTEN", "nope")])).unwrap_err()
-        );
-        assert!(
-            err.contains("listen") && err.contains("address:port"),
-            "{err}"
-        );
-        let err = format!(
-            "{:#}",
-            Config::load_from(None, &env(&[("STOCKADE_HEARTBEAT_SECS", "0")])).unwrap_err()
-        );
-        assert!(err.contains("at least 1"), "{err}");
-        let err = format!(
-            "{:#}",
-            Config::load_from(None, &env(&[("DATABASE_URL", "mysql://x")])).unwrap_err()
-        );
-        assert!(
-            err.contains("postgres://") && !err.contains("mysql"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn secrets_never_print() {
-        let cfg = Config::load_from(
-            None,
-            &env(&[
-                ("DATABASE_URL", "postgres://u:hunter2hunter2@h/db"),
-                ("STOCKADE_ADMIN_PASSWORD", "hunter2hunter2"),
-            ]),
-        )
-        .unwrap();
-        let shown = format!("{cfg:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert_eq!(
-            cfg.admin_password.unwrap().expose_secret(),
-            "hunter2hunter2"
-        );
-    }
-}
+mod tests;
