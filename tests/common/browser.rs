@@ -1,20 +1,19 @@
-//! A small WebDriver client for driving headless Chromium through
-//! chromedriver in browser tests, plus the process lifecycle around it.
+//! Headless Chromium driven through chromedriver with the `fantoccini`
+//! WebDriver client, plus the process lifecycle around it.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A headless Chromium session; ends chromedriver and the browser when dropped.
 pub struct Browser {
     driver: Child,
-    base: String,
-    session: String,
-    http: reqwest::Client,
+    client: Option<Client>,
     _profile: tempfile::TempDir,
 }
 
@@ -43,20 +42,8 @@ impl Browser {
             .process_group(0)
             .spawn()
             .expect("start chromedriver");
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = http.get(format!("{base}/status")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let profile = tempfile::tempdir().unwrap();
-        let caps = json!({"capabilities": {"alwaysMatch": {
+        let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium,
@@ -66,153 +53,111 @@ impl Browser {
                     "--window-size=1280,1000", format!("--user-data-dir={}", profile.path().display())
                 ]
             }
-        }}});
-        let mut browser = Browser {
-            driver,
-            base,
-            session: String::new(),
-            http,
-            _profile: profile,
+        });
+        let Value::Object(caps) = caps else {
+            unreachable!("capabilities are an object")
         };
-        let v = browser.call(reqwest::Method::POST, "/session", caps).await;
-        browser.session = v["sessionId"].as_str().expect("a session id").to_owned();
-        browser
+        // The driver is plain HTTP on loopback: no TLS connector needed.
+        let mut builder = ClientBuilder::new(HttpConnector::new());
+        builder.capabilities(caps);
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match builder.connect(&url).await {
+                Ok(client) => break client,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "chromedriver did not start a session: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Browser {
+            driver,
+            client: Some(client),
+            _profile: profile,
+        }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let url = if path == "/session" {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}/session/{}{path}", self.base, self.session)
-        };
-        let mut req = self.http.request(method, url);
-        if !body.is_null() {
-            req = req.json(&body);
-        }
-        let resp: Value = req
-            .send()
-            .await
-            .expect("webdriver call")
-            .json()
-            .await
-            .expect("webdriver json");
-        if let Some(err) = resp["value"]["error"].as_str() {
-            panic!("webdriver {path}: {err}: {}", resp["value"]["message"]);
-        }
-        resp["value"].clone()
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("an open session")
     }
 
     /// Opens a URL and waits for the page to load.
     pub async fn goto(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", json!({"url": url}))
-            .await;
+        self.client()
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("open {url}: {e}"));
     }
 
     /// The current URL.
     pub async fn url(&self) -> String {
-        self.call(reqwest::Method::GET, "/url", Value::Null)
+        self.client()
+            .current_url()
             .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+            .expect("the current URL")
+            .to_string()
     }
 
     /// The page's HTML.
     pub async fn source(&self) -> String {
-        self.call(reqwest::Method::GET, "/source", Value::Null)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.client().source().await.expect("the page's HTML")
     }
 
-    async fn find(&self, css: &str) -> String {
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        v[ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}"))
-            .to_owned()
+    async fn find(&self, css: &str) -> Element {
+        self.client()
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
     }
 
     /// Whether an element matching `css` exists.
     pub async fn exists(&self, css: &str) -> bool {
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                "/elements",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        v.as_array().is_some_and(|a| !a.is_empty())
+        !self
+            .client()
+            .find_all(Locator::Css(css))
+            .await
+            .expect("look for elements")
+            .is_empty()
     }
 
     /// Replaces an input's value with `text`, as typed.
     pub async fn fill(&self, css: &str, text: &str) {
-        let id = self.find(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/clear"),
-            json!({}),
-        )
-        .await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/value"),
-            json!({"text": text}),
-        )
-        .await;
+        let field = self.find(css).await;
+        field.clear().await.expect("clear a field");
+        field.send_keys(text).await.expect("type into a field");
     }
 
     /// Clicks an element.
     pub async fn click(&self, css: &str) {
-        let id = self.find(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            json!({}),
-        )
-        .await;
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
     /// The visible text of an element.
     pub async fn text(&self, css: &str) -> String {
-        let id = self.find(css).await;
-        self.call(
-            reqwest::Method::GET,
-            &format!("/element/{id}/text"),
-            Value::Null,
-        )
-        .await
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+        self.find(css)
+            .await
+            .text()
+            .await
+            .expect("an element's text")
     }
 
     /// Runs a script in the page (from the driver, not the page, so the CSP does not apply).
     pub async fn execute(&self, script: &str) {
-        self.call(
-            reqwest::Method::POST,
-            "/execute/sync",
-            json!({"script": script, "args": []}),
-        )
-        .await;
+        self.client()
+            .execute(script, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("run a script: {e}"));
     }
 
     /// Saves a PNG screenshot as `target/screenshots/NAME.png`.
     pub async fn screenshot(&self, name: &str) {
-        use base64::Engine;
-        let v = self
-            .call(reqwest::Method::GET, "/screenshot", Value::Null)
-            .await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().unwrap_or_default())
-            .unwrap();
+        let png = self.client().screenshot().await.expect("a screenshot");
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
@@ -266,12 +211,9 @@ impl Browser {
 
     /// Ends the session and the driver.
     pub async fn close(mut self) {
-        let _ = self
-            .http
-            .delete(format!("{}/session/{}", self.base, self.session))
-            .send()
-            .await;
-        self.session.clear();
+        if let Some(client) = self.client.take() {
+            let _ = client.close().await;
+        }
     }
 }
 
