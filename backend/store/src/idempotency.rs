@@ -114,7 +114,7 @@ pub async fn release(pool: &PgPool, token_id: Uuid, key: &str) -> Result<(), Sto
         key
     )
     .execute(pool)
-        .await?;
+    .await?;
     Ok(())
 }
 

@@ -159,7 +159,7 @@ macro_rules! plan_query {
 pub async fn list(pool: &PgPool) -> Result<Vec<Plan>, StoreError> {
     let rows = plan_query!("SELECT ", " FROM plans ORDER BY name")
         .fetch_all(pool)
-    .await?;
+        .await?;
     rows.into_iter().map(Plan::try_from).collect()
 }
 
@@ -167,7 +167,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Plan>, StoreError> {
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Plan, StoreError> {
     let row = plan_query!("SELECT ", " FROM plans WHERE id = $1", id)
         .fetch_optional(pool)
-    .await?;
+        .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
 }
 
@@ -175,7 +175,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Plan, StoreError> {
 pub async fn by_name(pool: &PgPool, name: &str) -> Result<Plan, StoreError> {
     let row = plan_query!("SELECT ", " FROM plans WHERE name = $1", name)
         .fetch_optional(pool)
-    .await?;
+        .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
 }
 

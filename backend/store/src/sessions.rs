@@ -96,9 +96,12 @@ pub async fn touch(
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else {
-        sqlx::query!("DELETE FROM sessions WHERE token_hash = $1", hash.as_slice())
-            .execute(pool)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM sessions WHERE token_hash = $1",
+            hash.as_slice()
+        )
+        .execute(pool)
+        .await?;
         return Ok(None);
     };
     let user = User {
@@ -120,9 +123,12 @@ pub async fn touch(
 
 /// Ends one session (sign-out).
 pub async fn delete(pool: &PgPool, token: &str) -> Result<(), StoreError> {
-    sqlx::query!("DELETE FROM sessions WHERE token_hash = $1", token_hash(token))
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM sessions WHERE token_hash = $1",
+        token_hash(token)
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -45,9 +45,12 @@ pub async fn create(
     let mut tx = pool.begin().await?;
     // Serialises a tenant's concurrent uploads so the limits hold; only an
     // active tenant uploads.
-    let status = sqlx::query_scalar!("SELECT status FROM tenants WHERE id = $1 FOR UPDATE", tenant_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let status = sqlx::query_scalar!(
+        "SELECT status FROM tenants WHERE id = $1 FOR UPDATE",
+        tenant_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     match status.as_deref() {
         Some("active") => {}
         None => return Err(StoreError::NotFound),

@@ -117,13 +117,11 @@ pub async fn find_for_sign_in(
 
 /// Whether any staff account with the admin role exists.
 pub async fn admin_exists(pool: &PgPool) -> Result<bool, StoreError> {
-    Ok(
-        sqlx::query_scalar!(
-            r#"SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin') AS "exists!""#
-        )
-        .fetch_one(pool)
-        .await?,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin') AS "exists!""#
     )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Replaces an account's password and revokes all of its sessions, in one

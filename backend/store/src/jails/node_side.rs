@@ -138,7 +138,7 @@ pub async fn set_address(
         address.to_string()
     )
     .execute(&mut **tx)
-        .await
-        .map_err(crate::conflict_as("a jail with this address on the node"))?;
+    .await
+    .map_err(crate::conflict_as("a jail with this address on the node"))?;
     Ok(())
 }
