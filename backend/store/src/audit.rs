@@ -28,17 +28,17 @@ pub async fn record<'e, E>(executor: E, entry: &Entry<'_>) -> Result<(), StoreEr
 where
     E: sqlx::PgExecutor<'e>,
 {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO audit_log (actor_user_id, actor, tenant_id, action, target, client_addr, details)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        entry.actor_user_id,
+        entry.actor,
+        entry.tenant_id,
+        entry.action,
+        entry.target,
+        entry.client_addr,
+        &entry.details
     )
-    .bind(entry.actor_user_id)
-    .bind(entry.actor)
-    .bind(entry.tenant_id)
-    .bind(entry.action)
-    .bind(entry.target)
-    .bind(entry.client_addr)
-    .bind(&entry.details)
     .execute(executor)
     .await?;
     Ok(())
@@ -46,12 +46,12 @@ where
 
 /// Counts entries with a given action (for tests and the staff overview).
 pub async fn count_action(pool: &PgPool, action: &str) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = $1")
-            .bind(action)
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM audit_log WHERE action = $1"#,
+        action
     )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// An audit entry as staff read it.
@@ -109,7 +109,8 @@ pub async fn list(
             }
         })
     };
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        Logged,
         "SELECT a.id, a.at, a.actor, t.slug AS tenant, a.action, a.target, a.client_addr
          FROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id
          WHERE ($1::text IS NULL OR t.slug = $1)
@@ -119,19 +120,17 @@ pub async fn list(
            AND ($5::timestamptz IS NULL OR a.at < $5)
            AND ($6::bigint IS NULL OR a.id < $6)
          ORDER BY a.id DESC LIMIT $7",
-    )
-    .bind(
         f.tenant
             .as_deref()
             .filter(|v| !v.trim().is_empty())
             .map(str::trim),
+        like(&f.actor, false),
+        like(&f.action, true),
+        f.since,
+        f.until,
+        before_id,
+        i64::from(limit)
     )
-    .bind(like(&f.actor, false))
-    .bind(like(&f.action, true))
-    .bind(f.since)
-    .bind(f.until)
-    .bind(before_id)
-    .bind(i64::from(limit))
     .fetch_all(pool)
     .await?)
 }
@@ -159,37 +158,37 @@ pub async fn begin_sign_in(
     addr: Option<&str>,
     minutes: i32,
 ) -> Result<SignInAttempt, StoreError> {
-    let id: i64 = sqlx::query_scalar(
+    let id = sqlx::query_scalar!(
         "INSERT INTO sign_in_attempts (email, client_addr) VALUES ($1, $2) RETURNING id",
+        email,
+        addr
     )
-    .bind(email)
-    .bind(addr)
     .fetch_one(pool)
     .await?;
-    let (by_pair, by_addr, by_account): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE email = $1 AND client_addr IS NOT DISTINCT FROM $2),
-                count(*) FILTER (WHERE $2::text IS NOT NULL AND client_addr = $2),
-                count(*) FILTER (WHERE email = $1)
+    let counts = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE email = $1 AND client_addr IS NOT DISTINCT FROM $2) AS "by_pair!",
+                count(*) FILTER (WHERE $2::text IS NOT NULL AND client_addr = $2) AS "by_addr!",
+                count(*) FILTER (WHERE email = $1) AS "by_account!"
          FROM sign_in_attempts
-         WHERE at > now() - make_interval(mins => $3) AND (email = $1 OR client_addr = $2)",
+         WHERE at > now() - make_interval(mins => $3) AND (email = $1 OR client_addr = $2)"#,
+        email,
+        addr,
+        minutes
     )
-    .bind(email)
-    .bind(addr)
-    .bind(minutes)
     .fetch_one(pool)
     .await?;
     Ok(SignInAttempt {
         id,
-        by_pair,
-        by_addr,
-        by_account,
+        by_pair: counts.by_pair,
+        by_addr: counts.by_addr,
+        by_account: counts.by_account,
     })
 }
 
 /// Removes sign-in attempts older than a day (the window is minutes).
 pub async fn purge_sign_in_attempts(pool: &PgPool) -> Result<u64, StoreError> {
     Ok(
-        sqlx::query("DELETE FROM sign_in_attempts WHERE at < now() - interval '1 day'")
+        sqlx::query!("DELETE FROM sign_in_attempts WHERE at < now() - interval '1 day'")
             .execute(pool)
             .await?
             .rows_affected(),
@@ -198,8 +197,7 @@ pub async fn purge_sign_in_attempts(pool: &PgPool) -> Result<u64, StoreError> {
 
 /// A sign-in succeeded: its attempt no longer counts.
 pub async fn sign_in_succeeded(pool: &PgPool, attempt: i64) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM sign_in_attempts WHERE id = $1")
-        .bind(attempt)
+    sqlx::query!("DELETE FROM sign_in_attempts WHERE id = $1", attempt)
         .execute(pool)
         .await?;
     Ok(())

@@ -120,23 +120,52 @@ pub struct Bucket {
     pub usage: Usage,
 }
 
-// Sums of the day and month aggregates, which already hold byte-hours.
-macro_rules! aggregate_sums {
-    () => {
-        "COALESCE(sum(a.samples), 0)::bigint AS samples,
-         COALESCE(sum(a.cpu_usec), 0)::bigint AS cpu_usec,
-         COALESCE(sum(a.memory_byte_hours), 0)::bigint AS memory_byte_hours,
-         COALESCE(max(a.memory_peak_bytes), 0)::bigint AS memory_peak_bytes,
-         COALESCE(sum(a.io_read_bytes), 0)::bigint AS io_read_bytes,
-         COALESCE(sum(a.io_write_bytes), 0)::bigint AS io_write_bytes,
-         COALESCE(sum(a.net_rx_bytes), 0)::bigint AS net_rx_bytes,
-         COALESCE(sum(a.net_tx_bytes), 0)::bigint AS net_tx_bytes,
-         COALESCE(sum(a.disk_byte_hours), 0)::bigint AS disk_byte_hours,
-         COALESCE(max(a.disk_peak_bytes), 0)::bigint AS disk_peak_bytes,
-         COALESCE(sum(a.oom_kills), 0)::bigint AS oom_kills,
-         COALESCE(sum(a.memory_limit_hits), 0)::bigint AS memory_limit_hits,
-         COALESCE(sum(a.pids_limit_hits), 0)::bigint AS pids_limit_hits,
-         COALESCE(sum(a.cpu_throttled_periods), 0)::bigint AS cpu_throttled_periods"
+/// A [`Usage`] from a row that has a column of each of its fields.
+macro_rules! usage_of {
+    ($row:ident) => {
+        Usage {
+            samples: $row.samples,
+            cpu_usec: $row.cpu_usec,
+            memory_byte_hours: $row.memory_byte_hours,
+            memory_peak_bytes: $row.memory_peak_bytes,
+            io_read_bytes: $row.io_read_bytes,
+            io_write_bytes: $row.io_write_bytes,
+            net_rx_bytes: $row.net_rx_bytes,
+            net_tx_bytes: $row.net_tx_bytes,
+            disk_byte_hours: $row.disk_byte_hours,
+            disk_peak_bytes: $row.disk_peak_bytes,
+            oom_kills: $row.oom_kills,
+            memory_limit_hits: $row.memory_limit_hits,
+            pids_limit_hits: $row.pids_limit_hits,
+            cpu_throttled_periods: $row.cpu_throttled_periods,
+        }
+    };
+}
+
+/// A query with the sums of the day and month aggregates `a`, which already
+/// hold byte-hours: `$before`, the sums (one column per field of [`Usage`]),
+/// `$after`, then the arguments.
+macro_rules! aggregate_query {
+    ($before:tt, $after:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query!(
+            $before
+                + r#"COALESCE(sum(a.samples), 0)::bigint AS "samples!",
+         COALESCE(sum(a.cpu_usec), 0)::bigint AS "cpu_usec!",
+         COALESCE(sum(a.memory_byte_hours), 0)::bigint AS "memory_byte_hours!",
+         COALESCE(max(a.memory_peak_bytes), 0)::bigint AS "memory_peak_bytes!",
+         COALESCE(sum(a.io_read_bytes), 0)::bigint AS "io_read_bytes!",
+         COALESCE(sum(a.io_write_bytes), 0)::bigint AS "io_write_bytes!",
+         COALESCE(sum(a.net_rx_bytes), 0)::bigint AS "net_rx_bytes!",
+         COALESCE(sum(a.net_tx_bytes), 0)::bigint AS "net_tx_bytes!",
+         COALESCE(sum(a.disk_byte_hours), 0)::bigint AS "disk_byte_hours!",
+         COALESCE(max(a.disk_peak_bytes), 0)::bigint AS "disk_peak_bytes!",
+         COALESCE(sum(a.oom_kills), 0)::bigint AS "oom_kills!",
+         COALESCE(sum(a.memory_limit_hits), 0)::bigint AS "memory_limit_hits!",
+         COALESCE(sum(a.pids_limit_hits), 0)::bigint AS "pids_limit_hits!",
+         COALESCE(sum(a.cpu_throttled_periods), 0)::bigint AS "cpu_throttled_periods!""#
+                + $after
+            $(, $arg)*
+        )
     };
 }
 
@@ -155,34 +184,45 @@ pub async fn tenant_usage(
     if from >= to {
         return Err(StoreError::InvalidState("from: must be before to".into()));
     }
-    let query = match granularity {
+    let buckets = match granularity {
         Granularity::Hour => {
             if (to - from).num_hours() > MAX_BUCKETS {
                 return Err(StoreError::InvalidState(format!(
                     "to: at most {MAX_BUCKETS} hours per report"
                 )));
             }
-            sqlx::query_as::<_, Bucket>(
-                "SELECT g.start,
-                     COALESCE(sum(r.samples), 0)::bigint AS samples,
-                     COALESCE(sum(r.cpu_usec), 0)::bigint AS cpu_usec,
-                     COALESCE(sum(usage_byte_hours(r.memory_bytes_sum, r.samples)), 0)::bigint AS memory_byte_hours,
-                     COALESCE(max(r.memory_peak_bytes), 0)::bigint AS memory_peak_bytes,
-                     COALESCE(sum(r.io_read_bytes), 0)::bigint AS io_read_bytes,
-                     COALESCE(sum(r.io_write_bytes), 0)::bigint AS io_write_bytes,
-                     COALESCE(sum(r.net_rx_bytes), 0)::bigint AS net_rx_bytes,
-                     COALESCE(sum(r.net_tx_bytes), 0)::bigint AS net_tx_bytes,
-                     COALESCE(sum(usage_byte_hours(r.disk_bytes_sum, r.samples)), 0)::bigint AS disk_byte_hours,
-                     COALESCE(max(r.disk_peak_bytes), 0)::bigint AS disk_peak_bytes,
-                     COALESCE(sum(r.oom_kills), 0)::bigint AS oom_kills,
-                     COALESCE(sum(r.memory_limit_hits), 0)::bigint AS memory_limit_hits,
-                     COALESCE(sum(r.pids_limit_hits), 0)::bigint AS pids_limit_hits,
-                     COALESCE(sum(r.cpu_throttled_periods), 0)::bigint AS cpu_throttled_periods
+            sqlx::query!(
+                r#"SELECT g.start AS "start!",
+                     COALESCE(sum(r.samples), 0)::bigint AS "samples!",
+                     COALESCE(sum(r.cpu_usec), 0)::bigint AS "cpu_usec!",
+                     COALESCE(sum(usage_byte_hours(r.memory_bytes_sum, r.samples)), 0)::bigint AS "memory_byte_hours!",
+                     COALESCE(max(r.memory_peak_bytes), 0)::bigint AS "memory_peak_bytes!",
+                     COALESCE(sum(r.io_read_bytes), 0)::bigint AS "io_read_bytes!",
+                     COALESCE(sum(r.io_write_bytes), 0)::bigint AS "io_write_bytes!",
+                     COALESCE(sum(r.net_rx_bytes), 0)::bigint AS "net_rx_bytes!",
+                     COALESCE(sum(r.net_tx_bytes), 0)::bigint AS "net_tx_bytes!",
+                     COALESCE(sum(usage_byte_hours(r.disk_bytes_sum, r.samples)), 0)::bigint AS "disk_byte_hours!",
+                     COALESCE(max(r.disk_peak_bytes), 0)::bigint AS "disk_peak_bytes!",
+                     COALESCE(sum(r.oom_kills), 0)::bigint AS "oom_kills!",
+                     COALESCE(sum(r.memory_limit_hits), 0)::bigint AS "memory_limit_hits!",
+                     COALESCE(sum(r.pids_limit_hits), 0)::bigint AS "pids_limit_hits!",
+                     COALESCE(sum(r.cpu_throttled_periods), 0)::bigint AS "cpu_throttled_periods!"
                  FROM generate_series(date_trunc('hour', $2::timestamptz), $3::timestamptz, interval '1 hour') g(start)
                  LEFT JOIN usage_rollups r ON r.tenant_id = $1 AND r.hour = g.start
                  WHERE g.start < $3
-                 GROUP BY g.start ORDER BY g.start",
+                 GROUP BY g.start ORDER BY g.start"#,
+                tenant_id,
+                from,
+                to
             )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| Bucket {
+                start: r.start,
+                usage: usage_of!(r),
+            })
+            .collect()
         }
         Granularity::Day => {
             if (to - from).num_days() > MAX_BUCKETS {
@@ -190,15 +230,25 @@ pub async fn tenant_usage(
                     "to: at most {MAX_BUCKETS} days per report"
                 )));
             }
-            sqlx::query_as::<_, Bucket>(concat!(
-                "SELECT g.d AT TIME ZONE 'UTC' AS start, ",
-                aggregate_sums!(),
+            aggregate_query!(
+                r#"SELECT g.d AT TIME ZONE 'UTC' AS "start!", "#,
                 " FROM generate_series(date_trunc('day', $2::timestamptz AT TIME ZONE 'UTC'),
                                        $3::timestamptz AT TIME ZONE 'UTC', interval '1 day') g(d)
                  LEFT JOIN usage_jail_days a ON a.tenant_id = $1 AND a.day = g.d::date
                  WHERE g.d < $3::timestamptz AT TIME ZONE 'UTC'
-                 GROUP BY g.d ORDER BY g.d"
-            ))
+                 GROUP BY g.d ORDER BY g.d",
+                tenant_id,
+                from,
+                to
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| Bucket {
+                start: r.start,
+                usage: usage_of!(r),
+            })
+            .collect()
         }
         Granularity::Month => {
             if (to - from).num_days() > MAX_BUCKETS * 28 {
@@ -206,23 +256,28 @@ pub async fn tenant_usage(
                     "to: at most {MAX_BUCKETS} months per report"
                 )));
             }
-            sqlx::query_as::<_, Bucket>(concat!(
-                "SELECT g.d AT TIME ZONE 'UTC' AS start, ",
-                aggregate_sums!(),
+            aggregate_query!(
+                r#"SELECT g.d AT TIME ZONE 'UTC' AS "start!", "#,
                 " FROM generate_series(date_trunc('month', $2::timestamptz AT TIME ZONE 'UTC'),
                                        $3::timestamptz AT TIME ZONE 'UTC', interval '1 month') g(d)
                  LEFT JOIN usage_jail_months a ON a.tenant_id = $1 AND a.month = g.d::date
                  WHERE g.d < $3::timestamptz AT TIME ZONE 'UTC'
-                 GROUP BY g.d ORDER BY g.d"
-            ))
+                 GROUP BY g.d ORDER BY g.d",
+                tenant_id,
+                from,
+                to
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| Bucket {
+                start: r.start,
+                usage: usage_of!(r),
+            })
+            .collect()
         }
     };
-    Ok(query
-        .bind(tenant_id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await?)
+    Ok(buckets)
 }
 
 /// One tenant's totals for a month, for invoicing.
@@ -237,33 +292,45 @@ pub struct TenantMonth {
     pub usage: Usage,
 }
 
-macro_rules! month_totals_sql {
-    () => {
-        concat!(
+/// The query of [`month_totals`]: `$month` (its first day) and `$tenant_id`
+/// (every tenant when `None`). The aggregates' columns keep their names,
+/// non-null marks included, inside the query.
+macro_rules! month_totals_query {
+    ($month:expr, $tenant_id:expr) => {
+        aggregate_query!(
             "WITH a AS (
                  SELECT a.tenant_id, ",
-            aggregate_sums!(),
-            " FROM usage_jail_months a WHERE a.month = $1 AND ($2::uuid IS NULL OR a.tenant_id = $2)
+            r#" FROM usage_jail_months a WHERE a.month = $1 AND ($2::uuid IS NULL OR a.tenant_id = $2)
                  GROUP BY a.tenant_id
              )
              SELECT t.id AS tenant_id, t.slug,
-                 COALESCE(a.samples, 0) AS samples, COALESCE(a.cpu_usec, 0) AS cpu_usec,
-                 COALESCE(a.memory_byte_hours, 0) AS memory_byte_hours,
-                 COALESCE(a.memory_peak_bytes, 0) AS memory_peak_bytes,
-                 COALESCE(a.io_read_bytes, 0) AS io_read_bytes, COALESCE(a.io_write_bytes, 0) AS io_write_bytes,
-                 COALESCE(a.net_rx_bytes, 0) AS net_rx_bytes, COALESCE(a.net_tx_bytes, 0) AS net_tx_bytes,
-                 COALESCE(a.disk_byte_hours, 0) AS disk_byte_hours,
-                 COALESCE(a.disk_peak_bytes, 0) AS disk_peak_bytes, COALESCE(a.oom_kills, 0) AS oom_kills,
-                 COALESCE(a.memory_limit_hits, 0) AS memory_limit_hits,
-                 COALESCE(a.pids_limit_hits, 0) AS pids_limit_hits,
-                 COALESCE(a.cpu_throttled_periods, 0) AS cpu_throttled_periods
+                 COALESCE(a."samples!", 0) AS "samples!", COALESCE(a."cpu_usec!", 0) AS "cpu_usec!",
+                 COALESCE(a."memory_byte_hours!", 0) AS "memory_byte_hours!",
+                 COALESCE(a."memory_peak_bytes!", 0) AS "memory_peak_bytes!",
+                 COALESCE(a."io_read_bytes!", 0) AS "io_read_bytes!",
+                 COALESCE(a."io_write_bytes!", 0) AS "io_write_bytes!",
+                 COALESCE(a."net_rx_bytes!", 0) AS "net_rx_bytes!",
+                 COALESCE(a."net_tx_bytes!", 0) AS "net_tx_bytes!",
+                 COALESCE(a."disk_byte_hours!", 0) AS "disk_byte_hours!",
+                 COALESCE(a."disk_peak_bytes!", 0) AS "disk_peak_bytes!",
+                 COALESCE(a."oom_kills!", 0) AS "oom_kills!",
+                 COALESCE(a."memory_limit_hits!", 0) AS "memory_limit_hits!",
+                 COALESCE(a."pids_limit_hits!", 0) AS "pids_limit_hits!",
+                 COALESCE(a."cpu_throttled_periods!", 0) AS "cpu_throttled_periods!"
              FROM tenants t LEFT JOIN a ON a.tenant_id = t.id
              WHERE ((t.created_at < ($1::date + interval '1 month') AT TIME ZONE 'UTC'
                      AND (t.terminated_at IS NULL OR t.terminated_at >= $1::date AT TIME ZONE 'UTC'))
                     OR a.tenant_id IS NOT NULL)
                AND ($2::uuid IS NULL OR t.id = $2)
-             ORDER BY t.slug"
+             ORDER BY t.slug"#,
+            $month,
+            $tenant_id
         )
+        .map(|r| TenantMonth {
+            tenant_id: r.tenant_id,
+            slug: r.slug,
+            usage: usage_of!(r),
+        })
     };
 }
 
@@ -274,9 +341,7 @@ pub async fn month_totals(
     month: NaiveDate,
     tenant_id: Option<Uuid>,
 ) -> Result<Vec<TenantMonth>, StoreError> {
-    Ok(sqlx::query_as(month_totals_sql!())
-        .bind(month)
-        .bind(tenant_id)
+    Ok(month_totals_query!(month, tenant_id)
         .fetch_all(pool)
         .await?)
 }
@@ -286,9 +351,7 @@ pub(crate) async fn month_totals_in(
     tx: &mut Transaction<'_, Postgres>,
     month: NaiveDate,
 ) -> Result<Vec<TenantMonth>, StoreError> {
-    Ok(sqlx::query_as(month_totals_sql!())
-        .bind(month)
-        .bind(None::<Uuid>)
+    Ok(month_totals_query!(month, None::<Uuid>)
         .fetch_all(&mut **tx)
         .await?)
 }

@@ -36,24 +36,24 @@ pub async fn emit(
     event_type: &str,
     data: serde_json::Value,
 ) -> Result<Uuid, StoreError> {
-    let id: Uuid = sqlx::query_scalar(
+    let id = sqlx::query_scalar!(
         "INSERT INTO events (tenant_id, event_type, data) VALUES ($1, $2, $3) RETURNING id",
+        tenant_id,
+        event_type,
+        &data
     )
-    .bind(tenant_id)
-    .bind(event_type)
-    .bind(&data)
     .fetch_one(&mut **tx)
     .await?;
     // An endpoint bound to a tenant gets only that tenant's events.
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO webhook_deliveries (event_id, endpoint_id)
          SELECT $1, id FROM webhook_endpoints
          WHERE disabled_at IS NULL AND $2 = ANY (event_types)
            AND (tenant_id IS NULL OR tenant_id = $3)",
+        id,
+        event_type,
+        tenant_id
     )
-    .bind(id)
-    .bind(event_type)
-    .bind(tenant_id)
     .execute(&mut **tx)
     .await?;
     Ok(id)
@@ -80,12 +80,13 @@ pub async fn recent(
     tenant_id: Option<Uuid>,
     limit: u32,
 ) -> Result<Vec<Event>, StoreError> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        Event,
         "SELECT id, tenant_id, event_type, data, created_at FROM events
          WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY seq DESC LIMIT $2",
+        tenant_id,
+        i64::from(limit)
     )
-    .bind(tenant_id)
-    .bind(i64::from(limit))
     .fetch_all(pool)
     .await?)
 }
@@ -127,25 +128,31 @@ pub struct NewEndpoint {
     pub created_by: Option<Uuid>,
 }
 
-macro_rules! endpoint_columns {
-    () => {
-        "id, url, secret, event_types, tenant_id, description, created_at"
+/// A query of [`Endpoint`]s: `$before` (up to `SELECT` or `RETURNING`), an
+/// endpoint's columns, `$after`, then the arguments.
+macro_rules! endpoint_query {
+    ($before:tt, $after:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Endpoint,
+            $before + "id, url, secret, event_types, tenant_id, description, created_at" + $after
+            $(, $arg)*
+        )
     };
 }
 
 /// Registers an endpoint.
 pub async fn create_endpoint(pool: &PgPool, new: &NewEndpoint) -> Result<Endpoint, StoreError> {
-    sqlx::query_as(concat!(
+    endpoint_query!(
         "INSERT INTO webhook_endpoints (url, secret, event_types, tenant_id, description, created_by)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
-        endpoint_columns!()
-    ))
-    .bind(&new.url)
-    .bind(&new.secret)
-    .bind(&new.event_types)
-    .bind(new.tenant_id)
-    .bind(&new.description)
-    .bind(new.created_by)
+        "",
+        new.url.as_str(),
+        new.secret.as_str(),
+        new.event_types.as_slice(),
+        new.tenant_id,
+        new.description.as_str(),
+        new.created_by
+    )
     .fetch_one(pool)
     .await
     .map_err(|e| match &e {
@@ -160,13 +167,12 @@ pub async fn list_endpoints(
     pool: &PgPool,
     tenant_id: Option<Uuid>,
 ) -> Result<Vec<Endpoint>, StoreError> {
-    Ok(sqlx::query_as(concat!(
+    Ok(endpoint_query!(
         "SELECT ",
-        endpoint_columns!(),
         " FROM webhook_endpoints WHERE disabled_at IS NULL AND ($1::uuid IS NULL OR tenant_id = $1)
-          ORDER BY created_at, id"
-    ))
-    .bind(tenant_id)
+          ORDER BY created_at, id",
+        tenant_id
+    )
     .fetch_all(pool)
     .await?)
 }
@@ -177,14 +183,13 @@ pub async fn get_endpoint(
     tenant_id: Option<Uuid>,
     id: Uuid,
 ) -> Result<Endpoint, StoreError> {
-    let row: Option<Endpoint> = sqlx::query_as(concat!(
+    let row = endpoint_query!(
         "SELECT ",
-        endpoint_columns!(),
         " FROM webhook_endpoints WHERE id = $1 AND disabled_at IS NULL
-           AND ($2::uuid IS NULL OR tenant_id = $2)"
-    ))
-    .bind(id)
-    .bind(tenant_id)
+           AND ($2::uuid IS NULL OR tenant_id = $2)",
+        id,
+        tenant_id
+    )
     .fetch_optional(pool)
     .await?;
     row.ok_or(StoreError::NotFound)
@@ -197,23 +202,23 @@ pub async fn disable_endpoint(
     id: Uuid,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE webhook_endpoints SET disabled_at = now()
          WHERE id = $1 AND disabled_at IS NULL AND ($2::uuid IS NULL OR tenant_id = $2)",
+        id,
+        tenant_id
     )
-    .bind(id)
-    .bind(tenant_id)
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE webhook_deliveries SET status = 'failed', last_error = 'endpoint disabled',
              finished_at = now()
          WHERE endpoint_id = $1 AND status = 'pending'",
+        id
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -253,20 +258,21 @@ pub async fn claim_due(
     lease: Duration,
 ) -> Result<Vec<DueDelivery>, StoreError> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        DueDelivery,
         "WITH due AS (
              SELECT id FROM webhook_deliveries
              WHERE status = 'pending' AND next_attempt_at <= now()
              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
          )
-         UPDATE webhook_deliveries d SET next_attempt_at = clock_timestamp() + $2 * interval '1 millisecond'
+         UPDATE webhook_deliveries d SET next_attempt_at = clock_timestamp() + $2::bigint * interval '1 millisecond'
          FROM due, events e, webhook_endpoints w
          WHERE d.id = due.id AND e.id = d.event_id AND w.id = d.endpoint_id
          RETURNING d.id, d.attempts, d.created_at, w.url, w.secret, e.id AS event_id, e.event_type,
                    e.tenant_id, e.data, e.created_at AS event_created_at",
+        i64::from(limit),
+        lease_ms
     )
-    .bind(i64::from(limit))
-    .bind(lease_ms)
     .fetch_all(pool)
     .await?)
 }
@@ -301,18 +307,17 @@ pub async fn record_attempt(
     next: Next,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    let status_code = attempt
+        .status_code
+        .map(|s| i16::try_from(s).unwrap_or(i16::MAX));
+    sqlx::query!(
         "INSERT INTO webhook_attempts (delivery_id, status_code, error, duration_ms)
          VALUES ($1, $2, $3, $4)",
+        delivery_id,
+        status_code,
+        attempt.error.as_deref(),
+        i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX)
     )
-    .bind(delivery_id)
-    .bind(
-        attempt
-            .status_code
-            .map(|s| i16::try_from(s).unwrap_or(i16::MAX)),
-    )
-    .bind(attempt.error.as_deref())
-    .bind(i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX))
     .execute(&mut *tx)
     .await?;
     let (status, next_at) = match next {
@@ -320,21 +325,17 @@ pub async fn record_attempt(
         Next::RetryAt(at) => ("pending", Some(at)),
         Next::GiveUp => ("failed", None),
     };
-    sqlx::query(
+    sqlx::query!(
         "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $2,
              next_attempt_at = COALESCE($3, next_attempt_at), last_status = $4, last_error = $5,
              finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END
          WHERE id = $1",
+        delivery_id,
+        status,
+        next_at,
+        status_code,
+        attempt.error.as_deref()
     )
-    .bind(delivery_id)
-    .bind(status)
-    .bind(next_at)
-    .bind(
-        attempt
-            .status_code
-            .map(|s| i16::try_from(s).unwrap_or(i16::MAX)),
-    )
-    .bind(attempt.error.as_deref())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -380,7 +381,8 @@ pub async fn deliveries(
     endpoint_id: Option<Uuid>,
     limit: u32,
 ) -> Result<Vec<DeliveryLogEntry>, StoreError> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        DeliveryLogEntry,
         "SELECT d.id, d.endpoint_id, w.url, d.event_id, e.event_type, e.tenant_id, d.status,
                 d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.created_at, d.finished_at
          FROM webhook_deliveries d
@@ -388,10 +390,10 @@ pub async fn deliveries(
          JOIN events e ON e.id = d.event_id
          WHERE ($1::uuid IS NULL OR w.tenant_id = $1) AND ($2::uuid IS NULL OR d.endpoint_id = $2)
          ORDER BY d.id DESC LIMIT $3",
+        tenant_id,
+        endpoint_id,
+        i64::from(limit)
     )
-    .bind(tenant_id)
-    .bind(endpoint_id)
-    .bind(i64::from(limit))
     .fetch_all(pool)
     .await?)
 }
@@ -403,14 +405,14 @@ pub async fn deliveries(
 pub async fn close_previous_month(pool: &PgPool, grace: Duration) -> Result<u64, StoreError> {
     let mut tx = pool.begin().await?;
     let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-    let month: Option<chrono::NaiveDate> = sqlx::query_scalar(
+    let month = sqlx::query_scalar!(
         "INSERT INTO usage_months_closed (month)
          SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month')::date
          WHERE now() AT TIME ZONE 'UTC' >= date_trunc('month', now() AT TIME ZONE 'UTC')
-                                          + $1 * interval '1 millisecond'
+                                          + $1::bigint * interval '1 millisecond'
          ON CONFLICT (month) DO NOTHING RETURNING month",
+        grace_ms
     )
-    .bind(grace_ms)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(month) = month else {

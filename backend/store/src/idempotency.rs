@@ -25,7 +25,12 @@ pub enum Begin {
 }
 
 /// A stored key: request hash, answer status, body and content type.
-type StoredRow = (Vec<u8>, Option<i16>, Option<Vec<u8>>, Option<String>);
+struct StoredRow {
+    request_hash: Vec<u8>,
+    status: Option<i16>,
+    response_body: Option<Vec<u8>>,
+    content_type: Option<String>,
+}
 
 /// Reserves `key` for `token_id` or tells how it was used before.
 /// Keys older than a day are forgotten.
@@ -35,40 +40,46 @@ pub async fn begin(
     key: &str,
     request_hash: &[u8; 32],
 ) -> Result<Begin, StoreError> {
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO idempotency_keys (token_id, key, request_hash) VALUES ($1, $2, $3)
          ON CONFLICT (token_id, key) DO UPDATE
              SET request_hash = EXCLUDED.request_hash, status = NULL, response_body = NULL,
                  content_type = NULL, created_at = now()
              WHERE idempotency_keys.created_at < now() - interval '24 hours'",
+        token_id,
+        key,
+        request_hash.as_slice()
     )
-    .bind(token_id)
-    .bind(key)
-    .bind(request_hash.as_slice())
     .execute(pool)
     .await?
     .rows_affected();
     if inserted == 1 {
         return Ok(Begin::Fresh);
     }
-    let row: Option<StoredRow> = sqlx::query_as(
+    let row = sqlx::query_as!(
+        StoredRow,
         "SELECT request_hash, status, response_body, content_type FROM idempotency_keys
          WHERE token_id = $1 AND key = $2",
+        token_id,
+        key
     )
-    .bind(token_id)
-    .bind(key)
     .fetch_optional(pool)
     .await?;
     Ok(match row {
         // Released between our insert and select: the caller may simply retry.
         None => Begin::InProgress,
-        Some((hash, _, _, _)) if hash.as_slice() != request_hash.as_slice() => Begin::Mismatch,
-        Some((_, Some(status), body, content_type)) => Begin::Replay {
+        Some(r) if r.request_hash.as_slice() != request_hash.as_slice() => Begin::Mismatch,
+        Some(StoredRow {
+            status: Some(status),
+            response_body,
+            content_type,
+            ..
+        }) => Begin::Replay {
             status: u16::try_from(status).unwrap_or(500),
-            body: body.unwrap_or_default(),
+            body: response_body.unwrap_or_default(),
             content_type: content_type.unwrap_or_else(|| "application/json".into()),
         },
-        Some((_, None, _, _)) => Begin::InProgress,
+        Some(StoredRow { status: None, .. }) => Begin::InProgress,
     })
 }
 
@@ -81,15 +92,15 @@ pub async fn finish(
     body: &[u8],
     content_type: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE idempotency_keys SET status = $3, response_body = $4, content_type = $5
          WHERE token_id = $1 AND key = $2",
+        token_id,
+        key,
+        i16::try_from(status).unwrap_or(500),
+        body,
+        content_type
     )
-    .bind(token_id)
-    .bind(key)
-    .bind(i16::try_from(status).unwrap_or(500))
-    .bind(body)
-    .bind(content_type)
     .execute(pool)
     .await?;
     Ok(())
@@ -97,18 +108,20 @@ pub async fn finish(
 
 /// Frees a reserved key whose request failed on our side, so a retry runs again.
 pub async fn release(pool: &PgPool, token_id: Uuid, key: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE token_id = $1 AND key = $2 AND status IS NULL")
-        .bind(token_id)
-        .bind(key)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM idempotency_keys WHERE token_id = $1 AND key = $2 AND status IS NULL",
+        token_id,
+        key
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Deletes keys older than a day.
 pub async fn purge(pool: &PgPool) -> Result<u64, StoreError> {
     Ok(
-        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+        sqlx::query!("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
             .execute(pool)
             .await?
             .rows_affected(),

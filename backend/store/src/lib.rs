@@ -169,7 +169,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<bool> {
 
 /// Whether the database answers a trivial query.
 pub async fn ping(pool: &PgPool) -> bool {
-    sqlx::query_scalar::<_, i32>("SELECT 1")
+    sqlx::query_scalar!("SELECT 1")
         .fetch_one(pool)
         .await
         .is_ok()
@@ -195,11 +195,12 @@ pub async fn ensure_database(server_url: &SecretString, name: &str) -> anyhow::R
         .connect_with(options)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the database server: {e}"))?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&pool)
-            .await?;
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        name
+    )
+    .fetch_one(&pool)
+    .await?;
     if !exists {
         // The name was checked against an allow-list above; identifiers cannot be bound.
         let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))

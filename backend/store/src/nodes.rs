@@ -46,20 +46,21 @@ fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
 
 /// Registers a node or updates its capacity (by name), returning its id.
 pub async fn register(pool: &PgPool, info: &NodeInfo) -> Result<Uuid, StoreError> {
-    let id = sqlx::query_scalar(
+    // The address pool travels as text, cast by the server.
+    let id = sqlx::query_scalar!(
         "INSERT INTO nodes (name, cpus, memory_bytes, disk_bytes, address_pool, agent_version)
-         VALUES ($1, $2, $3, $4, $5::cidr, $6)
+         VALUES ($1, $2, $3, $4, $5::text::cidr, $6)
          ON CONFLICT (name) DO UPDATE SET cpus = EXCLUDED.cpus, memory_bytes = EXCLUDED.memory_bytes,
              disk_bytes = EXCLUDED.disk_bytes, address_pool = EXCLUDED.address_pool,
              agent_version = EXCLUDED.agent_version, heartbeat_at = now()
          RETURNING id",
+        info.name.as_str(),
+        i32::try_from(info.cpus).unwrap_or(i32::MAX),
+        to_i64("memory", info.memory_bytes)?,
+        to_i64("disk", info.disk_bytes)?,
+        info.address_pool.as_deref(),
+        info.agent_version.as_str()
     )
-    .bind(&info.name)
-    .bind(i32::try_from(info.cpus).unwrap_or(i32::MAX))
-    .bind(to_i64("memory", info.memory_bytes)?)
-    .bind(to_i64("disk", info.disk_bytes)?)
-    .bind(info.address_pool.as_deref())
-    .bind(&info.agent_version)
     .fetch_one(pool)
     .await?;
     Ok(id)
@@ -72,11 +73,11 @@ pub async fn heartbeat(
     node_id: Uuid,
     images: Option<&[String]>,
 ) -> Result<(), StoreError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE nodes SET heartbeat_at = now(), images = COALESCE($2, images) WHERE id = $1",
+        node_id,
+        images
     )
-    .bind(node_id)
-    .bind(images)
     .execute(pool)
     .await?;
     if done.rows_affected() == 0 {
@@ -88,23 +89,22 @@ pub async fn heartbeat(
 /// The images live nodes offer, by name. A node that has not reported
 /// its images yet offers at least the built-in `busybox` its agent makes.
 pub async fn offered_images(pool: &PgPool) -> Result<Vec<String>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT DISTINCT image FROM nodes,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT DISTINCT image AS "image!" FROM nodes,
              unnest(COALESCE(images, ARRAY['busybox'])) AS image
          WHERE heartbeat_at > now() - make_interval(secs => $1)
-         ORDER BY image",
+         ORDER BY image"#,
+        f64::from(u32::try_from(crate::jails::NODE_DOWN_AFTER_SECS).unwrap_or(30))
     )
-    .bind(f64::from(
-        u32::try_from(crate::jails::NODE_DOWN_AFTER_SECS).unwrap_or(30),
-    ))
     .fetch_all(pool)
     .await?)
 }
 
 /// Every node, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<Node>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT id, name, cpus, memory_bytes, disk_bytes, heartbeat_at FROM nodes ORDER BY name",
+    Ok(sqlx::query_as!(
+        Node,
+        "SELECT id, name, cpus, memory_bytes, disk_bytes, heartbeat_at FROM nodes ORDER BY name"
     )
     .fetch_all(pool)
     .await?)
@@ -148,16 +148,17 @@ impl NodeLoad {
 
 /// Every node with its allocation.
 pub async fn loads(pool: &PgPool) -> Result<Vec<NodeLoad>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT n.id, n.name, n.cpus, n.memory_bytes, n.disk_bytes, n.max_jails,
-             extract(epoch FROM now() - n.heartbeat_at)::bigint AS heartbeat_age_secs,
-             count(j.id) AS jails,
-             count(j.id) FILTER (WHERE j.observed_state = 'running') AS running,
-             COALESCE(sum(j.cpu_millicores), 0)::bigint AS cpu_allocated,
-             COALESCE(sum(j.memory_bytes), 0)::bigint AS memory_allocated,
-             COALESCE(sum(j.disk_bytes), 0)::bigint AS disk_allocated
+    Ok(sqlx::query_as!(
+        NodeLoad,
+        r#"SELECT n.id, n.name, n.cpus, n.memory_bytes, n.disk_bytes, n.max_jails,
+             extract(epoch FROM now() - n.heartbeat_at)::bigint AS "heartbeat_age_secs!",
+             count(j.id) AS "jails!",
+             count(j.id) FILTER (WHERE j.observed_state = 'running') AS "running!",
+             COALESCE(sum(j.cpu_millicores), 0)::bigint AS "cpu_allocated!",
+             COALESCE(sum(j.memory_bytes), 0)::bigint AS "memory_allocated!",
+             COALESCE(sum(j.disk_bytes), 0)::bigint AS "disk_allocated!"
          FROM nodes n LEFT JOIN jails j ON j.node_id = n.id AND j.desired_state <> 'deleted'
-         GROUP BY n.id ORDER BY n.name",
+         GROUP BY n.id ORDER BY n.name"#
     )
     .fetch_all(pool)
     .await?)
@@ -172,13 +173,13 @@ pub async fn set_capacity_for_tests(
     disk_bytes: i64,
     max_jails: i32,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE nodes SET memory_bytes = $2, disk_bytes = $3, max_jails = $4 WHERE name = $1",
+        name,
+        memory_bytes,
+        disk_bytes,
+        max_jails
     )
-    .bind(name)
-    .bind(memory_bytes)
-    .bind(disk_bytes)
-    .bind(max_jails)
     .execute(pool)
     .await?;
     Ok(())

@@ -54,7 +54,6 @@ pub struct Plan {
     pub user_namespace: bool,
 }
 
-#[derive(sqlx::FromRow)]
 pub(crate) struct QuotaRow {
     pub cpu_millicores: i32,
     pub memory_bytes: i64,
@@ -90,7 +89,6 @@ impl TryFrom<QuotaRow> for Quota {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct PlanRow {
     id: Uuid,
     name: String,
@@ -98,18 +96,42 @@ struct PlanRow {
     transfer_soft_percent: i16,
     transfer_throttle_bps: i64,
     user_namespace: bool,
-    #[sqlx(flatten)]
-    quota: QuotaRow,
+    cpu_millicores: i32,
+    memory_bytes: i64,
+    pids: i32,
+    disk_bytes: i64,
+    max_jails: i32,
+    io_read_bps: i64,
+    io_write_bps: i64,
+    io_read_iops: i64,
+    io_write_iops: i64,
+    net_egress_bps: i64,
+    net_ingress_bps: i64,
+    monthly_transfer_bytes: i64,
 }
 
 impl TryFrom<PlanRow> for Plan {
     type Error = StoreError;
     fn try_from(r: PlanRow) -> Result<Self, StoreError> {
+        let quota = QuotaRow {
+            cpu_millicores: r.cpu_millicores,
+            memory_bytes: r.memory_bytes,
+            pids: r.pids,
+            disk_bytes: r.disk_bytes,
+            max_jails: r.max_jails,
+            io_read_bps: r.io_read_bps,
+            io_write_bps: r.io_write_bps,
+            io_read_iops: r.io_read_iops,
+            io_write_iops: r.io_write_iops,
+            net_egress_bps: r.net_egress_bps,
+            net_ingress_bps: r.net_ingress_bps,
+            monthly_transfer_bytes: r.monthly_transfer_bytes,
+        };
         Ok(Plan {
             id: r.id,
             name: r.name,
             display_name: r.display_name,
-            quota: r.quota.try_into()?,
+            quota: quota.try_into()?,
             transfer_soft_percent: u32::try_from(r.transfer_soft_percent).unwrap_or(80),
             transfer_throttle_bps: to_u64("transfer_throttle_bps", r.transfer_throttle_bps)?,
             user_namespace: r.user_namespace,
@@ -117,49 +139,43 @@ impl TryFrom<PlanRow> for Plan {
     }
 }
 
-macro_rules! plan_columns {
-    () => {
-        "id, name, display_name, transfer_soft_percent, transfer_throttle_bps, user_namespace,
+/// A query of [`PlanRow`]s: `$before` (up to `SELECT` or `RETURNING`), a
+/// plan's columns, `$after`, then the arguments.
+macro_rules! plan_query {
+    ($before:tt, $after:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            PlanRow,
+            $before
+                + "id, name, display_name, transfer_soft_percent, transfer_throttle_bps, user_namespace,
     cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, io_read_bps, io_write_bps,
     io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps, monthly_transfer_bytes"
+                + $after
+            $(, $arg)*
+        )
     };
 }
 
 /// Every plan, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<Plan>, StoreError> {
-    let rows: Vec<PlanRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        plan_columns!(),
-        " FROM plans ORDER BY name"
-    ))
-    .fetch_all(pool)
-    .await?;
+    let rows = plan_query!("SELECT ", " FROM plans ORDER BY name")
+        .fetch_all(pool)
+        .await?;
     rows.into_iter().map(Plan::try_from).collect()
 }
 
 /// One plan by id.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Plan, StoreError> {
-    let row: Option<PlanRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        plan_columns!(),
-        " FROM plans WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+    let row = plan_query!("SELECT ", " FROM plans WHERE id = $1", id)
+        .fetch_optional(pool)
+        .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
 }
 
 /// One plan by name.
 pub async fn by_name(pool: &PgPool, name: &str) -> Result<Plan, StoreError> {
-    let row: Option<PlanRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        plan_columns!(),
-        " FROM plans WHERE name = $1"
-    ))
-    .bind(name)
-    .fetch_optional(pool)
-    .await?;
+    let row = plan_query!("SELECT ", " FROM plans WHERE name = $1", name)
+        .fetch_optional(pool)
+        .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
 }
 
@@ -179,28 +195,29 @@ pub struct PlanInput {
 /// Creates a plan.
 pub async fn create(pool: &PgPool, input: &PlanInput) -> Result<Plan, StoreError> {
     let q = &input.quota;
-    let row: PlanRow = sqlx::query_as(concat!(
+    let row = plan_query!(
         "INSERT INTO plans (name, display_name, cpu_millicores, memory_bytes, pids, disk_bytes, max_jails,
             io_read_bps, io_write_bps, io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps,
             monthly_transfer_bytes, user_namespace)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         RETURNING ", plan_columns!(), ""
-    ))
-    .bind(input.name.as_str())
-    .bind(&input.display_name)
-    .bind(to_i32("cpu", q.cpu_millicores)?)
-    .bind(to_i64("memory", q.memory_bytes)?)
-    .bind(to_i32("pids", q.pids)?)
-    .bind(to_i64("disk", q.disk_bytes)?)
-    .bind(to_i32("max_jails", q.max_jails)?)
-    .bind(to_i64("io_read_bps", q.io_read_bps)?)
-    .bind(to_i64("io_write_bps", q.io_write_bps)?)
-    .bind(to_i64("io_read_iops", q.io_read_iops)?)
-    .bind(to_i64("io_write_iops", q.io_write_iops)?)
-    .bind(to_i64("net_egress_bps", q.net_egress_bps)?)
-    .bind(to_i64("net_ingress_bps", q.net_ingress_bps)?)
-    .bind(to_i64("monthly_transfer_bytes", q.monthly_transfer_bytes)?)
-    .bind(input.user_namespace)
+         RETURNING ",
+        "",
+        input.name.as_str(),
+        input.display_name.as_str(),
+        to_i32("cpu", q.cpu_millicores)?,
+        to_i64("memory", q.memory_bytes)?,
+        to_i32("pids", q.pids)?,
+        to_i64("disk", q.disk_bytes)?,
+        to_i32("max_jails", q.max_jails)?,
+        to_i64("io_read_bps", q.io_read_bps)?,
+        to_i64("io_write_bps", q.io_write_bps)?,
+        to_i64("io_read_iops", q.io_read_iops)?,
+        to_i64("io_write_iops", q.io_write_iops)?,
+        to_i64("net_egress_bps", q.net_egress_bps)?,
+        to_i64("net_ingress_bps", q.net_ingress_bps)?,
+        to_i64("monthly_transfer_bytes", q.monthly_transfer_bytes)?,
+        input.user_namespace
+    )
     .fetch_one(pool)
     .await
     .map_err(conflict_as("a plan with this name"))?;
@@ -216,27 +233,28 @@ pub async fn update(
     q: &Quota,
 ) -> Result<Plan, StoreError> {
     let mut tx = pool.begin().await?;
-    let row: Option<PlanRow> = sqlx::query_as(concat!(
+    let row = plan_query!(
         "UPDATE plans SET display_name = $2, cpu_millicores = $3, memory_bytes = $4, pids = $5,
             disk_bytes = $6, max_jails = $7, io_read_bps = $8, io_write_bps = $9, io_read_iops = $10,
             io_write_iops = $11, net_egress_bps = $12, net_ingress_bps = $13,
             monthly_transfer_bytes = $14, updated_at = now()
-         WHERE id = $1 RETURNING ", plan_columns!(), ""
-    ))
-    .bind(id)
-    .bind(display_name)
-    .bind(to_i32("cpu", q.cpu_millicores)?)
-    .bind(to_i64("memory", q.memory_bytes)?)
-    .bind(to_i32("pids", q.pids)?)
-    .bind(to_i64("disk", q.disk_bytes)?)
-    .bind(to_i32("max_jails", q.max_jails)?)
-    .bind(to_i64("io_read_bps", q.io_read_bps)?)
-    .bind(to_i64("io_write_bps", q.io_write_bps)?)
-    .bind(to_i64("io_read_iops", q.io_read_iops)?)
-    .bind(to_i64("io_write_iops", q.io_write_iops)?)
-    .bind(to_i64("net_egress_bps", q.net_egress_bps)?)
-    .bind(to_i64("net_ingress_bps", q.net_ingress_bps)?)
-    .bind(to_i64("monthly_transfer_bytes", q.monthly_transfer_bytes)?)
+         WHERE id = $1 RETURNING ",
+        "",
+        id,
+        display_name,
+        to_i32("cpu", q.cpu_millicores)?,
+        to_i64("memory", q.memory_bytes)?,
+        to_i32("pids", q.pids)?,
+        to_i64("disk", q.disk_bytes)?,
+        to_i32("max_jails", q.max_jails)?,
+        to_i64("io_read_bps", q.io_read_bps)?,
+        to_i64("io_write_bps", q.io_write_bps)?,
+        to_i64("io_read_iops", q.io_read_iops)?,
+        to_i64("io_write_iops", q.io_write_iops)?,
+        to_i64("net_egress_bps", q.net_egress_bps)?,
+        to_i64("net_ingress_bps", q.net_ingress_bps)?,
+        to_i64("monthly_transfer_bytes", q.monthly_transfer_bytes)?
+    )
     .fetch_optional(&mut *tx)
     .await?;
     let plan: Plan = row.ok_or(StoreError::NotFound)?.try_into()?;
@@ -255,13 +273,13 @@ pub async fn set_user_namespace(
     on: bool,
 ) -> Result<(Plan, bool), StoreError> {
     let mut tx = pool.begin().await?;
-    let row: Option<PlanRow> = sqlx::query_as(concat!(
+    let row = plan_query!(
         "UPDATE plans SET user_namespace = $2, updated_at = now()
          WHERE id = $1 AND user_namespace <> $2 RETURNING ",
-        plan_columns!()
-    ))
-    .bind(id)
-    .bind(on)
+        "",
+        id,
+        on
+    )
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {

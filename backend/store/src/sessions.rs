@@ -49,15 +49,16 @@ pub async fn create(
     client_addr: Option<&str>,
 ) -> Result<String, StoreError> {
     let token = random_token();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO sessions (token_hash, user_id, csrf_token, expires_at, client_addr)
          VALUES ($1, $2, $3, now() + $4, $5)",
+        token_hash(&token),
+        user_id,
+        random_token(),
+        // An interval, from chrono's duration (which the check does not map).
+        expiry.absolute as _,
+        client_addr
     )
-    .bind(token_hash(&token))
-    .bind(user_id)
-    .bind(random_token())
-    .bind(expiry.absolute)
-    .bind(client_addr)
     .execute(pool)
     .await?;
     Ok(token)
@@ -70,28 +71,14 @@ pub async fn touch(
     token: &str,
     expiry: Expiry,
 ) -> Result<Option<Session>, StoreError> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        user: UserRow,
-        csrf_token: String,
-        expires_at: DateTime<Utc>,
-    }
-    #[derive(sqlx::FromRow)]
-    struct UserRow {
-        id: Uuid,
-        email: String,
-        role: String,
-        tenant_id: Option<Uuid>,
-    }
     let hash = token_hash(token);
     // Reads the session and marks it used, writing the row at most once a
     // minute (one round trip; no write on every page view).
-    let row: Option<Row> = sqlx::query_as(
-        "WITH live AS (
+    let row = sqlx::query!(
+        r#"WITH live AS (
              SELECT s.token_hash, s.last_seen_at, u.id, u.email, u.role, u.tenant_id, s.csrf_token, s.expires_at
              FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.token_hash = $1 AND s.expires_at > now() AND s.last_seen_at > now() - $2
+             WHERE s.token_hash = $1 AND s.expires_at > now() AND s.last_seen_at > now() - $2::interval
                AND (u.tenant_id IS NULL
                     OR NOT EXISTS (SELECT 1 FROM tenants t
                                    WHERE t.id = u.tenant_id AND t.status = 'terminated'))
@@ -100,29 +87,32 @@ pub async fn touch(
              FROM live WHERE sessions.token_hash = live.token_hash
                AND live.last_seen_at < now() - interval '1 minute'
          )
-         SELECT id, email, role, tenant_id, csrf_token, expires_at FROM live",
+         SELECT id AS "id!", email AS "email!", role AS "role!", tenant_id,
+             csrf_token AS "csrf_token!", expires_at AS "expires_at!" FROM live"#,
+        hash.as_slice(),
+        // An interval, from chrono's duration (which the check does not map).
+        expiry.idle as _
     )
-    .bind(&hash)
-    .bind(expiry.idle)
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else {
-        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-            .bind(&hash)
-            .execute(pool)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM sessions WHERE token_hash = $1",
+            hash.as_slice()
+        )
+        .execute(pool)
+        .await?;
         return Ok(None);
     };
     let user = User {
-        id: row.user.id,
-        email: stockade_domain::Email::parse(&row.user.email)
+        id: row.id,
+        email: stockade_domain::Email::parse(&row.email)
             .map_err(|e| anyhow::anyhow!("stored email: {e}"))?,
         role: row
-            .user
             .role
             .parse()
             .map_err(|e| anyhow::anyhow!("stored role: {e}"))?,
-        tenant_id: row.user.tenant_id,
+        tenant_id: row.tenant_id,
     };
     Ok(Some(Session {
         user,
@@ -133,17 +123,19 @@ pub async fn touch(
 
 /// Ends one session (sign-out).
 pub async fn delete(pool: &PgPool, token: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-        .bind(token_hash(token))
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM sessions WHERE token_hash = $1",
+        token_hash(token)
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Removes sessions past their absolute expiry.
 pub async fn purge_expired(pool: &PgPool) -> Result<u64, StoreError> {
     Ok(
-        sqlx::query("DELETE FROM sessions WHERE expires_at <= now()")
+        sqlx::query!("DELETE FROM sessions WHERE expires_at <= now()")
             .execute(pool)
             .await?
             .rows_affected(),

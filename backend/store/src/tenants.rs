@@ -26,7 +26,6 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
 struct TenantRow {
     id: Uuid,
     slug: String,
@@ -55,10 +54,16 @@ impl TryFrom<TenantRow> for Tenant {
     }
 }
 
-macro_rules! tenant_select {
-    () => {
-        "SELECT t.id, t.slug, t.display_name, t.plan_id, p.name AS plan_name, t.status, t.created_at
-         FROM tenants t JOIN plans p ON p.id = t.plan_id"
+/// A query of [`TenantRow`]s: the tenant with its plan's name, then `$rest`
+/// (the `WHERE` clause and what follows) and the arguments.
+macro_rules! tenant_query {
+    ($rest:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            TenantRow,
+            "SELECT t.id, t.slug, t.display_name, t.plan_id, p.name AS plan_name, t.status, t.created_at
+         FROM tenants t JOIN plans p ON p.id = t.plan_id" + $rest
+            $(, $arg)*
+        )
     };
 }
 
@@ -82,19 +87,21 @@ pub async fn create_in(
     display_name: &str,
     plan_id: Uuid,
 ) -> Result<Uuid, StoreError> {
-    let plan_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM plans WHERE id = $1)")
-        .bind(plan_id)
-        .fetch_one(&mut **tx)
-        .await?;
+    let plan_exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM plans WHERE id = $1) AS "exists!""#,
+        plan_id
+    )
+    .fetch_one(&mut **tx)
+    .await?;
     if !plan_exists {
         return Err(StoreError::InvalidState("the plan does not exist".into()));
     }
-    let id: Uuid = sqlx::query_scalar(
+    let id = sqlx::query_scalar!(
         "INSERT INTO tenants (slug, display_name, plan_id) VALUES ($1, $2, $3) RETURNING id",
+        slug.as_str(),
+        display_name,
+        plan_id
     )
-    .bind(slug.as_str())
-    .bind(display_name)
-    .bind(plan_id)
     .fetch_one(&mut **tx)
     .await
     .map_err(conflict_as("a tenant with this slug"))?;
@@ -105,8 +112,7 @@ pub async fn create_in(
 
 /// One tenant.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
-    let row: Option<TenantRow> = sqlx::query_as(concat!(tenant_select!(), " WHERE t.id = $1"))
-        .bind(id)
+    let row = tenant_query!(" WHERE t.id = $1", id)
         .fetch_optional(pool)
         .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
@@ -114,8 +120,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
 
 /// One tenant by slug.
 pub async fn by_slug(pool: &PgPool, slug: &TenantSlug) -> Result<Tenant, StoreError> {
-    let row: Option<TenantRow> = sqlx::query_as(concat!(tenant_select!(), " WHERE t.slug = $1"))
-        .bind(slug.as_str())
+    let row = tenant_query!(" WHERE t.slug = $1", slug.as_str())
         .fetch_optional(pool)
         .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
@@ -138,36 +143,35 @@ pub async fn list(
                 .replace('_', "\\_")
         )
     });
-    let rows: Vec<TenantRow> = sqlx::query_as(concat!(
-        tenant_select!(),
+    let rows = tenant_query!(
         " WHERE ($1::text IS NULL OR t.status = $1)
             AND ($2::text IS NULL OR t.slug ILIKE $2 OR t.display_name ILIKE $2)
             AND ($3::text IS NULL OR t.slug > $3)
-          ORDER BY t.slug LIMIT $4"
-    ))
-    .bind(status.map(|s| s.as_str()))
-    .bind(pattern)
-    .bind(after)
-    .bind(i64::from(limit))
+          ORDER BY t.slug LIMIT $4",
+        status.map(|s| s.as_str()),
+        pattern,
+        after,
+        i64::from(limit)
+    )
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(Tenant::try_from).collect()
 }
 
 async fn notify(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(JAILS_CHANNEL)
+    sqlx::query!("SELECT pg_notify($1, '')", JAILS_CHANNEL)
         .execute(&mut **tx)
         .await?;
     Ok(())
 }
 
 async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<TenantStatus, StoreError> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let status = sqlx::query_scalar!(
+        "SELECT status FROM tenants WHERE id = $1 FOR NO KEY UPDATE",
+        id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
     status
         .ok_or(StoreError::NotFound)?
         .parse()
@@ -185,16 +189,18 @@ pub async fn suspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
             )));
         }
     }
-    sqlx::query("UPDATE tenants SET status = 'suspended', suspended_at = now(), updated_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
+    sqlx::query!(
+        "UPDATE tenants SET status = 'suspended', suspended_at = now(), updated_at = now() WHERE id = $1",
+        id
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
         "UPDATE jails SET desired_before_suspend = desired_state, desired_state = 'stopped',
              generation = generation + 1, updated_at = now()
          WHERE tenant_id = $1 AND desired_state <> 'deleted'",
+        id
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?;
     crate::events::emit(
@@ -220,16 +226,18 @@ pub async fn unsuspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
             )));
         }
     }
-    sqlx::query("UPDATE tenants SET status = 'active', suspended_at = NULL, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
+    sqlx::query!(
+        "UPDATE tenants SET status = 'active', suspended_at = NULL, updated_at = now() WHERE id = $1",
+        id
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
         "UPDATE jails SET desired_state = COALESCE(desired_before_suspend, desired_state),
              desired_before_suspend = NULL, generation = generation + 1, updated_at = now()
          WHERE tenant_id = $1 AND desired_state <> 'deleted'",
+        id
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?;
     crate::events::emit(
@@ -252,31 +260,31 @@ pub async fn terminate(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
             "the tenant is already terminated".into(),
         ));
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE tenants SET status = 'terminated', terminated_at = now(), updated_at = now() WHERE id = $1",
+        id
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jails SET desired_state = 'deleted', desired_before_suspend = NULL,
              generation = generation + 1, updated_at = now()
          WHERE tenant_id = $1 AND desired_state <> 'deleted'",
+        id
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM sessions WHERE user_id IN (SELECT id FROM users WHERE tenant_id = $1)",
+        id
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?;
     // Its tokens end with it (and show as revoked in `token ls`).
-    sqlx::query(
+    sqlx::query!(
         "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE tenant_id = $1",
+        id
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?;
     crate::events::emit(
@@ -309,34 +317,27 @@ pub struct Overrides {
     pub monthly_transfer_bytes: Option<u64>,
 }
 
-type OverrideRow = (
-    Option<i32>,
-    Option<i64>,
-    Option<i32>,
-    Option<i64>,
-    Option<i32>,
-    Option<i64>,
-);
-
 /// A tenant's overrides.
 pub async fn overrides(pool: &PgPool, id: Uuid) -> Result<Overrides, StoreError> {
-    let row: Option<OverrideRow> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, monthly_transfer_bytes
          FROM tenant_quota_overrides WHERE tenant_id = $1",
+        id
     )
-    .bind(id)
     .fetch_optional(pool)
     .await?;
-    let Some((cpu, mem, pids, disk, jails, transfer)) = row else {
+    let Some(row) = row else {
         return Ok(Overrides::default());
     };
     Ok(Overrides {
-        cpu_millicores: cpu.and_then(|v| u32::try_from(v).ok()),
-        memory_bytes: mem.and_then(|v| u64::try_from(v).ok()),
-        pids: pids.and_then(|v| u32::try_from(v).ok()),
-        disk_bytes: disk.and_then(|v| u64::try_from(v).ok()),
-        max_jails: jails.and_then(|v| u32::try_from(v).ok()),
-        monthly_transfer_bytes: transfer.and_then(|v| u64::try_from(v).ok()),
+        cpu_millicores: row.cpu_millicores.and_then(|v| u32::try_from(v).ok()),
+        memory_bytes: row.memory_bytes.and_then(|v| u64::try_from(v).ok()),
+        pids: row.pids.and_then(|v| u32::try_from(v).ok()),
+        disk_bytes: row.disk_bytes.and_then(|v| u64::try_from(v).ok()),
+        max_jails: row.max_jails.and_then(|v| u32::try_from(v).ok()),
+        monthly_transfer_bytes: row
+            .monthly_transfer_bytes
+            .and_then(|v| u64::try_from(v).ok()),
     })
 }
 
@@ -352,20 +353,20 @@ fn opt_i32(v: Option<u32>) -> Result<Option<i32>, StoreError> {
 pub async fn set_overrides(pool: &PgPool, id: Uuid, o: &Overrides) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     lock(&mut tx, id).await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO tenant_quota_overrides (tenant_id, cpu_millicores, memory_bytes, pids, disk_bytes,
              max_jails, monthly_transfer_bytes)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (tenant_id) DO UPDATE SET cpu_millicores = $2, memory_bytes = $3, pids = $4,
              disk_bytes = $5, max_jails = $6, monthly_transfer_bytes = $7, updated_at = now()",
+        id,
+        opt_i32(o.cpu_millicores)?,
+        opt_i64(o.memory_bytes)?,
+        opt_i32(o.pids)?,
+        opt_i64(o.disk_bytes)?,
+        opt_i32(o.max_jails)?,
+        opt_i64(o.monthly_transfer_bytes)?
     )
-    .bind(id)
-    .bind(opt_i32(o.cpu_millicores)?)
-    .bind(opt_i64(o.memory_bytes)?)
-    .bind(opt_i32(o.pids)?)
-    .bind(opt_i64(o.disk_bytes)?)
-    .bind(opt_i32(o.max_jails)?)
-    .bind(opt_i64(o.monthly_transfer_bytes)?)
     .execute(&mut *tx)
     .await?;
     crate::jails::clamp_to_quota(&mut tx, id).await?;
@@ -377,11 +378,13 @@ pub async fn set_overrides(pool: &PgPool, id: Uuid, o: &Overrides) -> Result<(),
 pub async fn change_plan(pool: &PgPool, id: Uuid, plan_id: Uuid) -> Result<Tenant, StoreError> {
     let mut tx = pool.begin().await?;
     lock(&mut tx, id).await?;
-    let done = sqlx::query("UPDATE tenants SET plan_id = $2, updated_at = now() WHERE id = $1 AND EXISTS (SELECT 1 FROM plans WHERE id = $2)")
-        .bind(id)
-        .bind(plan_id)
-        .execute(&mut *tx)
-        .await?;
+    let done = sqlx::query!(
+        "UPDATE tenants SET plan_id = $2, updated_at = now() WHERE id = $1 AND EXISTS (SELECT 1 FROM plans WHERE id = $2)",
+        id,
+        plan_id
+    )
+    .execute(&mut *tx)
+    .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::InvalidState("the plan does not exist".into()));
     }
@@ -444,20 +447,23 @@ pub async fn summaries(
                 .replace('_', "\\_")
         )
     });
-    let order_sql = match order {
+    let order_sql: i32 = match order {
         SummaryOrder::Slug => 0,
         SummaryOrder::Cpu => 1,
         SummaryOrder::Transfer => 2,
         SummaryOrder::Memory => 3,
     };
+    let status = status.map(|s| s.as_str());
+    let (offset, limit) = (i64::from(offset), i64::from(limit));
     // Page by name: pick the page first, then sum only its tenants' jails and
     // month. By this month's usage: pick the page from the per-tenant month
     // totals, then sum its tenants' jails. By memory: sum every tenant's jails.
-    let query = if matches!(order, SummaryOrder::Cpu | SummaryOrder::Transfer) {
-        sqlx::query_as::<_, TenantSummary>(
-            "SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
-                 COALESCE(a.jails, 0) AS jails, COALESCE(a.memory, 0) AS memory_bytes,
-                 t.cpu AS cpu_usec_month, t.transfer AS transfer_month
+    let rows = if matches!(order, SummaryOrder::Cpu | SummaryOrder::Transfer) {
+        sqlx::query_as!(
+            TenantSummary,
+            r#"SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
+                 COALESCE(a.jails, 0) AS "jails!", COALESCE(a.memory, 0) AS "memory_bytes!",
+                 t.cpu AS "cpu_usec_month!", t.transfer AS "transfer_month!"
              FROM (SELECT t.id, t.slug, t.display_name, t.status, t.plan_id,
                           COALESCE(m.cpu_usec, 0) AS cpu,
                           COALESCE(m.net_rx_bytes + m.net_tx_bytes, 0) AS transfer
@@ -466,19 +472,27 @@ pub async fn summaries(
                        ON m.tenant_id = t.id AND m.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
                    WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
                      AND ($2::text IS NULL OR t.status = $2)
-                   ORDER BY CASE $3 WHEN 1 THEN COALESCE(m.cpu_usec, 0)
+                   ORDER BY CASE $3::int WHEN 1 THEN COALESCE(m.cpu_usec, 0)
                                     ELSE COALESCE(m.net_rx_bytes + m.net_tx_bytes, 0) END DESC, t.slug
                    OFFSET $4 LIMIT $5) t
              JOIN plans p ON p.id = t.plan_id
              LEFT JOIN LATERAL (SELECT count(*) AS jails, sum(memory_bytes)::bigint AS memory FROM jails
                                 WHERE tenant_id = t.id AND desired_state <> 'deleted') a ON true
-             ORDER BY CASE $3 WHEN 1 THEN t.cpu ELSE t.transfer END DESC, t.slug",
+             ORDER BY CASE $3::int WHEN 1 THEN t.cpu ELSE t.transfer END DESC, t.slug"#,
+            pattern.as_deref(),
+            status,
+            order_sql,
+            offset,
+            limit
         )
+        .fetch_all(pool)
+        .await?
     } else if order == SummaryOrder::Slug {
-        sqlx::query_as::<_, TenantSummary>(
-            "SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
-                 COALESCE(a.jails, 0) AS jails, COALESCE(a.memory, 0) AS memory_bytes,
-                 COALESCE(m.cpu, 0) AS cpu_usec_month, COALESCE(m.transfer, 0) AS transfer_month
+        sqlx::query_as!(
+            TenantSummary,
+            r#"SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
+                 COALESCE(a.jails, 0) AS "jails!", COALESCE(a.memory, 0) AS "memory_bytes!",
+                 COALESCE(m.cpu, 0) AS "cpu_usec_month!", COALESCE(m.transfer, 0) AS "transfer_month!"
              FROM (SELECT * FROM tenants t
                    WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
                      AND ($2::text IS NULL OR t.status = $2)
@@ -490,11 +504,19 @@ pub async fn summaries(
                                 FROM usage_jail_months
                                 WHERE tenant_id = t.id AND month = date_trunc('month', now() AT TIME ZONE 'UTC')::date) m ON true
              WHERE $3::int >= 0
-             ORDER BY t.slug",
+             ORDER BY t.slug"#,
+            pattern.as_deref(),
+            status,
+            order_sql,
+            offset,
+            limit
         )
+        .fetch_all(pool)
+        .await?
     } else {
-        sqlx::query_as::<_, TenantSummary>(
-            "WITH month AS (
+        sqlx::query_as!(
+            TenantSummary,
+            r#"WITH month AS (
                  SELECT tenant_id, sum(cpu_usec)::bigint AS cpu, sum(net_rx_bytes + net_tx_bytes)::bigint AS transfer
                  FROM usage_jail_months WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
                  GROUP BY tenant_id
@@ -503,31 +525,30 @@ pub async fn summaries(
                  FROM jails WHERE desired_state <> 'deleted' GROUP BY tenant_id
              )
              SELECT t.id, t.slug, t.display_name, p.name AS plan_name, t.status,
-                 COALESCE(a.jails, 0) AS jails, COALESCE(a.memory, 0) AS memory_bytes,
-                 COALESCE(m.cpu, 0) AS cpu_usec_month, COALESCE(m.transfer, 0) AS transfer_month
+                 COALESCE(a.jails, 0) AS "jails!", COALESCE(a.memory, 0) AS "memory_bytes!",
+                 COALESCE(m.cpu, 0) AS "cpu_usec_month!", COALESCE(m.transfer, 0) AS "transfer_month!"
              FROM tenants t JOIN plans p ON p.id = t.plan_id
              LEFT JOIN alloc a ON a.tenant_id = t.id LEFT JOIN month m ON m.tenant_id = t.id
              WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
                AND ($2::text IS NULL OR t.status = $2)
-             ORDER BY CASE $3 WHEN 1 THEN COALESCE(m.cpu, 0) WHEN 2 THEN COALESCE(m.transfer, 0)
+             ORDER BY CASE $3::int WHEN 1 THEN COALESCE(m.cpu, 0) WHEN 2 THEN COALESCE(m.transfer, 0)
                               ELSE COALESCE(a.memory, 0) END DESC, t.slug
-             OFFSET $4 LIMIT $5",
+             OFFSET $4 LIMIT $5"#,
+            pattern.as_deref(),
+            status,
+            order_sql,
+            offset,
+            limit
         )
-    };
-    let rows: Vec<TenantSummary> = query
-        .bind(&pattern)
-        .bind(status.map(|s| s.as_str()))
-        .bind(order_sql)
-        .bind(i64::from(offset))
-        .bind(i64::from(limit))
         .fetch_all(pool)
-        .await?;
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM tenants t WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
-           AND ($2::text IS NULL OR t.status = $2)",
+        .await?
+    };
+    let total = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM tenants t WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
+           AND ($2::text IS NULL OR t.status = $2)"#,
+        pattern.as_deref(),
+        status
     )
-    .bind(&pattern)
-    .bind(status.map(|s| s.as_str()))
     .fetch_one(pool)
     .await?;
     Ok((rows, total))
@@ -545,12 +566,12 @@ pub async fn create_with_owner(
 ) -> Result<(Uuid, Uuid), StoreError> {
     let mut tx = pool.begin().await?;
     let tenant_id = create_in(&mut tx, slug, display_name, plan_id).await?;
-    let user_id: Uuid = sqlx::query_scalar(
+    let user_id = sqlx::query_scalar!(
         "INSERT INTO users (email, password_hash, role, tenant_id) VALUES ($1, $2, 'customer', $3) RETURNING id",
+        email.as_str(),
+        password_hash,
+        tenant_id
     )
-    .bind(email.as_str())
-    .bind(password_hash)
-    .bind(tenant_id)
     .fetch_one(&mut *tx)
     .await
     .map_err(conflict_as("an account with this email"))?;

@@ -119,7 +119,6 @@ impl ApiToken {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct TokenRow {
     id: Uuid,
     name: String,
@@ -153,9 +152,18 @@ impl TryFrom<TokenRow> for ApiToken {
     }
 }
 
-macro_rules! token_columns {
-    () => {
-        "id, name, prefix, scopes, tenant_id, created_at, last_used_at, revoked_at"
+/// A query with a token's columns: `$before` (up to `SELECT` or
+/// `RETURNING`), the columns, `$after`, then the arguments. As `query_as(TokenRow)`
+/// it reads [`TokenRow`]s; as `query()` rows with whatever `$after` adds.
+macro_rules! token_query {
+    ($macro:ident($($row:ident)?), $before:tt, $after:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::$macro!(
+            $($row,)?
+            $before
+                + "id, name, prefix, scopes, tenant_id, created_at, last_used_at, revoked_at"
+                + $after
+            $(, $arg)*
+        )
     };
 }
 
@@ -191,19 +199,20 @@ pub async fn create(
     let secret = hex::encode(bytes);
     let token = format!("{TOKEN_MARK}{}_{}", &secret[..8], &secret[8..]);
     let prefix = &token[..PREFIX_LEN];
-    let mut scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    let mut scope_names: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
     scope_names.sort_unstable();
     scope_names.dedup();
-    let row: TokenRow = sqlx::query_as(concat!(
+    let row = token_query!(
+        query_as(TokenRow),
         "INSERT INTO api_tokens (name, prefix, token_hash, scopes, tenant_id)
          VALUES ($1, $2, $3, $4, $5) RETURNING ",
-        token_columns!()
-    ))
-    .bind(name)
-    .bind(prefix)
-    .bind(hash(&token))
-    .bind(&scope_names)
-    .bind(tenant_id)
+        "",
+        name,
+        prefix,
+        hash(&token),
+        scope_names.as_slice(),
+        tenant_id
+    )
     .fetch_one(pool)
     .await
     .map_err(|e| match &e {
@@ -223,21 +232,15 @@ pub async fn authenticate(
     if raw.len() < PREFIX_LEN || !raw.starts_with(TOKEN_MARK) || !raw.is_char_boundary(PREFIX_LEN) {
         return Ok(None);
     }
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        token: TokenRow,
-        token_hash: Vec<u8>,
-    }
-    let row: Option<Row> = sqlx::query_as(concat!(
+    let row = token_query!(
+        query(),
         "SELECT ",
-        token_columns!(),
         ", token_hash FROM api_tokens WHERE prefix = $1 AND revoked_at IS NULL
            AND (tenant_id IS NULL
                 OR NOT EXISTS (SELECT 1 FROM tenants t
-                               WHERE t.id = api_tokens.tenant_id AND t.status = 'terminated'))"
-    ))
-    .bind(&raw[..PREFIX_LEN])
+                               WHERE t.id = api_tokens.tenant_id AND t.status = 'terminated'))",
+        &raw[..PREFIX_LEN]
+    )
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
@@ -252,23 +255,33 @@ pub async fn authenticate(
         return Ok(None);
     }
     // Recorded to the minute: one write per token and minute, not per request.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE api_tokens SET last_used_at = now()
          WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+        row.id
     )
-    .bind(row.token.id)
     .execute(pool)
     .await?;
-    row.token.try_into().map(Some)
+    let token = TokenRow {
+        id: row.id,
+        name: row.name,
+        prefix: row.prefix,
+        scopes: row.scopes,
+        tenant_id: row.tenant_id,
+        created_at: row.created_at,
+        last_used_at: row.last_used_at,
+        revoked_at: row.revoked_at,
+    };
+    token.try_into().map(Some)
 }
 
 /// Every token, newest first.
 pub async fn list(pool: &PgPool) -> Result<Vec<ApiToken>, StoreError> {
-    let rows: Vec<TokenRow> = sqlx::query_as(concat!(
+    let rows = token_query!(
+        query_as(TokenRow),
         "SELECT ",
-        token_columns!(),
         " FROM api_tokens ORDER BY created_at DESC, id"
-    ))
+    )
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(ApiToken::try_from).collect()
@@ -277,13 +290,14 @@ pub async fn list(pool: &PgPool) -> Result<Vec<ApiToken>, StoreError> {
 /// Revokes the token with this id or prefix; revoking twice is harmless.
 pub async fn revoke(pool: &PgPool, id_or_prefix: &str) -> Result<ApiToken, StoreError> {
     let id = Uuid::parse_str(id_or_prefix).ok();
-    let row: Option<TokenRow> = sqlx::query_as(concat!(
+    let row = token_query!(
+        query_as(TokenRow),
         "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now())
          WHERE id = $1 OR prefix = $2 RETURNING ",
-        token_columns!()
-    ))
-    .bind(id)
-    .bind(id_or_prefix)
+        "",
+        id,
+        id_or_prefix
+    )
     .fetch_optional(pool)
     .await?;
     row.ok_or(StoreError::NotFound)?.try_into()

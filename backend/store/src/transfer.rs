@@ -20,25 +20,27 @@ pub enum Outcome {
 /// Checks one tenant's transfer this month against its quota.
 pub async fn check(pool: &PgPool, tenant_id: Uuid, actor: &str) -> Result<Outcome, StoreError> {
     let mut tx = pool.begin().await?;
-    let row: Option<(String, Option<chrono::NaiveDate>, i64, i16, bool)> = sqlx::query_as(
-        "SELECT t.status, t.transfer_throttled_month,
-             COALESCE(o.monthly_transfer_bytes, p.monthly_transfer_bytes), p.transfer_soft_percent,
+    let row = sqlx::query!(
+        r#"SELECT t.status, t.transfer_throttled_month,
+             COALESCE(o.monthly_transfer_bytes, p.monthly_transfer_bytes) AS "quota!", p.transfer_soft_percent,
              t.transfer_throttled_month IS NOT DISTINCT FROM date_trunc('month', now() AT TIME ZONE 'UTC')::date
+                 AS "throttled_now!"
          FROM tenants t JOIN plans p ON p.id = t.plan_id
          LEFT JOIN tenant_quota_overrides o ON o.tenant_id = t.id
-         WHERE t.id = $1 FOR NO KEY UPDATE OF t",
+         WHERE t.id = $1 FOR NO KEY UPDATE OF t"#,
+        tenant_id
     )
-    .bind(tenant_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((status, _, quota, soft_percent, throttled_now)) = row else {
+    let Some(row) = row else {
         return Err(StoreError::NotFound);
     };
-    if status != "active" || quota <= 0 {
+    let (quota, soft_percent, throttled_now) =
+        (row.quota, row.transfer_soft_percent, row.throttled_now);
+    if row.status != "active" || quota <= 0 {
         return Ok(Outcome::Nothing);
     }
-    let used: i64 = sqlx::query_scalar(crate::usage::TRANSFER_THIS_MONTH)
-        .bind(tenant_id)
+    let used = crate::usage::transfer_this_month!(tenant_id)
         .fetch_one(&mut *tx)
         .await?;
     let soft = i64::try_from(i128::from(quota) * i128::from(soft_percent) / 100).unwrap_or(quota);
@@ -71,16 +73,18 @@ pub async fn check(pool: &PgPool, tenant_id: Uuid, actor: &str) -> Result<Outcom
         .await?;
         return Ok(Outcome::Suspended);
     } else if used >= soft && !throttled_now {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE tenants SET transfer_throttled_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date WHERE id = $1",
+            tenant_id
         )
-        .bind(tenant_id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE jails SET generation = generation + 1 WHERE tenant_id = $1 AND desired_state <> 'deleted'")
-            .bind(tenant_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "UPDATE jails SET generation = generation + 1 WHERE tenant_id = $1 AND desired_state <> 'deleted'",
+            tenant_id
+        )
+        .execute(&mut *tx)
+        .await?;
         crate::events::emit(
             &mut tx,
             Some(tenant_id),
@@ -115,15 +119,15 @@ pub async fn throttles_on_node(
     pool: &PgPool,
     node_id: Uuid,
 ) -> Result<Vec<(Uuid, u64)>, StoreError> {
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT DISTINCT t.id, p.transfer_throttle_bps FROM tenants t
          JOIN plans p ON p.id = t.plan_id JOIN jails j ON j.tenant_id = t.id
          WHERE j.node_id = $1 AND t.transfer_throttled_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date",
+        node_id
     )
-    .bind(node_id)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|(t, b)| Ok((t, crate::to_u64("throttle", b)?)))
+        .map(|r| Ok((r.id, crate::to_u64("throttle", r.transfer_throttle_bps)?)))
         .collect()
 }

@@ -45,11 +45,12 @@ pub async fn create(
     let mut tx = pool.begin().await?;
     // Serialises a tenant's concurrent uploads so the limits hold; only an
     // active tenant uploads.
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR UPDATE")
-            .bind(tenant_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let status = sqlx::query_scalar!(
+        "SELECT status FROM tenants WHERE id = $1 FOR UPDATE",
+        tenant_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     match status.as_deref() {
         Some("active") => {}
         None => return Err(StoreError::NotFound),
@@ -59,11 +60,11 @@ pub async fn create(
             )));
         }
     }
-    let node: Option<Option<Uuid>> = sqlx::query_scalar(
+    let node = sqlx::query_scalar!(
         "SELECT node_id FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted'",
+        jail_id,
+        tenant_id
     )
-    .bind(jail_id)
-    .bind(tenant_id)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(node) = node else {
@@ -86,23 +87,26 @@ pub async fn create(
             mib(bytes),
         )));
     }
-    let upload: Upload = sqlx::query_as(
+    let upload = sqlx::query_as!(
+        Upload,
         "INSERT INTO jail_uploads (jail_id, tenant_id, file_name, content, size_bytes)
          VALUES ($1, $2, $3, $4, $5)
          RETURNING id, file_name, size_bytes, state, error, created_at",
+        jail_id,
+        tenant_id,
+        file_name,
+        content,
+        size
     )
-    .bind(jail_id)
-    .bind(tenant_id)
-    .bind(file_name)
-    .bind(content)
-    .bind(size)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(JAILS_CHANNEL)
-        .bind(node.map(|n| n.to_string()).unwrap_or_default())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "SELECT pg_notify($1, $2)",
+        JAILS_CHANNEL,
+        node.map(|n| n.to_string()).unwrap_or_default()
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(upload)
 }
@@ -118,14 +122,15 @@ async fn pending_totals(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant_id: Uuid,
 ) -> Result<(i64, i64), StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT count(*), coalesce(sum(u.size_bytes), 0)::bigint
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "count!", coalesce(sum(u.size_bytes), 0)::bigint AS "bytes!"
          FROM jail_uploads u JOIN jails j ON j.id = u.jail_id
-         WHERE u.tenant_id = $1 AND u.state = 'pending' AND j.desired_state <> 'deleted'",
+         WHERE u.tenant_id = $1 AND u.state = 'pending' AND j.desired_state <> 'deleted'"#,
+        tenant_id
     )
-    .bind(tenant_id)
     .fetch_one(&mut **tx)
-    .await?)
+    .await?;
+    Ok((row.count, row.bytes))
 }
 
 /// The latest uploads of a tenant's jail.
@@ -134,12 +139,13 @@ pub async fn list(
     tenant_id: Uuid,
     jail_id: Uuid,
 ) -> Result<Vec<Upload>, StoreError> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        Upload,
         "SELECT id, file_name, size_bytes, state, error, created_at FROM jail_uploads
          WHERE jail_id = $1 AND tenant_id = $2 ORDER BY created_at DESC LIMIT 20",
+        jail_id,
+        tenant_id
     )
-    .bind(jail_id)
-    .bind(tenant_id)
     .fetch_all(pool)
     .await?)
 }
@@ -149,33 +155,38 @@ pub async fn pending(
     pool: &PgPool,
     jail_id: Uuid,
 ) -> Result<Vec<(Uuid, String, Vec<u8>)>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT id, file_name, content FROM jail_uploads WHERE jail_id = $1 AND state = 'pending' ORDER BY created_at",
+    // A pending upload still has its content (it is dropped when written).
+    let rows = sqlx::query!(
+        r#"SELECT id, file_name, content AS "content!" FROM jail_uploads WHERE jail_id = $1 AND state = 'pending' ORDER BY created_at"#,
+        jail_id
     )
-    .bind(jail_id)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, r.file_name, r.content))
+        .collect())
 }
 
 /// Jails of a node with pending uploads.
 pub async fn jails_with_pending(pool: &PgPool, node_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_scalar!(
         "SELECT DISTINCT u.jail_id FROM jail_uploads u JOIN jails j ON j.id = u.jail_id
          WHERE j.node_id = $1 AND u.state = 'pending'",
+        node_id
     )
-    .bind(node_id)
     .fetch_all(pool)
     .await?)
 }
 
 /// Records the outcome of writing an upload; the content is dropped either way.
 pub async fn finish(pool: &PgPool, id: Uuid, error: Option<&str>) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jail_uploads SET state = CASE WHEN $2::text IS NULL THEN 'written' ELSE 'failed' END,
              error = $2, content = NULL, done_at = now() WHERE id = $1",
+        id,
+        error
     )
-    .bind(id)
-    .bind(error)
     .execute(pool)
     .await?;
     Ok(())

@@ -104,7 +104,7 @@ pub async fn record(pool: &PgPool, node_id: Uuid, samples: &[Sample]) -> Result<
     // 1. The new samples, minus any not newer than what was already counted.
     // 2. Deltas against the last counters (a lower value means a reset: count it whole).
     // 3. Fold into the hour, then remember the counters.
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bigint[], $5::bigint[],
                  $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[],
@@ -127,26 +127,26 @@ pub async fn record(pool: &PgPool, node_id: Uuid, samples: &[Sample]) -> Result<
              disk_used_bytes, oom_kills, memory_limit_hits, pids_limit_hits, cpu_throttled_periods
          FROM fresh
          ON CONFLICT (jail_id, sampled_at) DO NOTHING",
+        jail_ids.as_slice(),
+        tenant_ids.as_slice(),
+        times.as_slice(),
+        cpu.as_slice(),
+        mem.as_slice(),
+        mem_peak.as_slice(),
+        pids.as_slice(),
+        io_r.as_slice(),
+        io_w.as_slice(),
+        rx.as_slice(),
+        tx_.as_slice(),
+        rxp.as_slice(),
+        txp.as_slice(),
+        disk.as_slice(),
+        oom.as_slice(),
+        memhit.as_slice(),
+        pidhit.as_slice(),
+        thr.as_slice(),
+        node_id
     )
-    .bind(&jail_ids)
-    .bind(&tenant_ids)
-    .bind(&times)
-    .bind(&cpu)
-    .bind(&mem)
-    .bind(&mem_peak)
-    .bind(&pids)
-    .bind(&io_r)
-    .bind(&io_w)
-    .bind(&rx)
-    .bind(&tx_)
-    .bind(&rxp)
-    .bind(&txp)
-    .bind(&disk)
-    .bind(&oom)
-    .bind(&memhit)
-    .bind(&pidhit)
-    .bind(&thr)
-    .bind(node_id)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -167,7 +167,7 @@ async fn fold_one(
     jail_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "WITH s AS (
              SELECT * FROM usage_samples WHERE jail_id = $1 AND sampled_at = $2
          ), c AS (
@@ -222,9 +222,9 @@ async fn fold_one(
              net_rx_bytes = EXCLUDED.net_rx_bytes, net_tx_bytes = EXCLUDED.net_tx_bytes,
              oom_kills = EXCLUDED.oom_kills, memory_limit_hits = EXCLUDED.memory_limit_hits,
              pids_limit_hits = EXCLUDED.pids_limit_hits, cpu_throttled_periods = EXCLUDED.cpu_throttled_periods",
+        jail_id,
+        at
     )
-    .bind(jail_id)
-    .bind(at)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -262,18 +262,19 @@ pub async fn jail_totals(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Totals, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT COALESCE(sum(samples), 0)::bigint AS samples, COALESCE(sum(cpu_usec), 0)::bigint AS cpu_usec,
-             COALESCE(sum(io_read_bytes), 0)::bigint AS io_read_bytes, COALESCE(sum(io_write_bytes), 0)::bigint AS io_write_bytes,
-             COALESCE(sum(net_rx_bytes), 0)::bigint AS net_rx_bytes, COALESCE(sum(net_tx_bytes), 0)::bigint AS net_tx_bytes,
-             COALESCE(sum(oom_kills), 0)::bigint AS oom_kills, COALESCE(sum(memory_limit_hits), 0)::bigint AS memory_limit_hits,
-             COALESCE(sum(pids_limit_hits), 0)::bigint AS pids_limit_hits,
-             COALESCE(sum(cpu_throttled_periods), 0)::bigint AS cpu_throttled_periods
-         FROM usage_rollups WHERE jail_id = $1 AND hour >= $2 AND hour < $3",
+    Ok(sqlx::query_as!(
+        Totals,
+        r#"SELECT COALESCE(sum(samples), 0)::bigint AS "samples!", COALESCE(sum(cpu_usec), 0)::bigint AS "cpu_usec!",
+             COALESCE(sum(io_read_bytes), 0)::bigint AS "io_read_bytes!", COALESCE(sum(io_write_bytes), 0)::bigint AS "io_write_bytes!",
+             COALESCE(sum(net_rx_bytes), 0)::bigint AS "net_rx_bytes!", COALESCE(sum(net_tx_bytes), 0)::bigint AS "net_tx_bytes!",
+             COALESCE(sum(oom_kills), 0)::bigint AS "oom_kills!", COALESCE(sum(memory_limit_hits), 0)::bigint AS "memory_limit_hits!",
+             COALESCE(sum(pids_limit_hits), 0)::bigint AS "pids_limit_hits!",
+             COALESCE(sum(cpu_throttled_periods), 0)::bigint AS "cpu_throttled_periods!"
+         FROM usage_rollups WHERE jail_id = $1 AND hour >= $2 AND hour < $3"#,
+        jail_id,
+        from,
+        to
     )
-    .bind(jail_id)
-    .bind(from)
-    .bind(to)
     .fetch_one(pool)
     .await?)
 }
@@ -283,25 +284,29 @@ pub async fn jail_samples(
     pool: &PgPool,
     jail_id: Uuid,
 ) -> Result<Vec<(DateTime<Utc>, i64, i64, i64)>, StoreError> {
-    Ok(sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT sampled_at, cpu_usec, io_write_bytes, oom_kills FROM usage_samples WHERE jail_id = $1 ORDER BY sampled_at",
+        jail_id
     )
-    .bind(jail_id)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.sampled_at, r.cpu_usec, r.io_write_bytes, r.oom_kills))
+        .collect())
 }
 
 /// Deletes raw samples older than `keep_hours` and rollups older than 13 months.
 pub async fn purge(pool: &PgPool, keep_hours: u32) -> Result<(u64, u64), StoreError> {
-    let samples = sqlx::query(
+    let samples = sqlx::query!(
         "DELETE FROM usage_samples WHERE sampled_at < now() - make_interval(hours => $1)",
+        i32::try_from(keep_hours).unwrap_or(i32::MAX)
     )
-    .bind(i32::try_from(keep_hours).unwrap_or(i32::MAX))
     .execute(pool)
     .await?
     .rows_affected();
-    let rollups = sqlx::query(
-        "DELETE FROM usage_rollups WHERE hour < date_trunc('month', now()) - interval '13 months'",
+    let rollups = sqlx::query!(
+        "DELETE FROM usage_rollups WHERE hour < date_trunc('month', now()) - interval '13 months'"
     )
     .execute(pool)
     .await?
@@ -348,48 +353,50 @@ pub async fn jail_series(
 ) -> Result<Vec<Point>, StoreError> {
     let rows = match bucket {
         Bucket::Sample => {
-            sqlx::query_as(
-                "SELECT sampled_at AS at,
+            sqlx::query_as!(
+                Point,
+                r#"SELECT sampled_at AS at,
                      CASE WHEN prev_at IS NULL OR cpu_usec < prev_cpu THEN 0
                           ELSE ((cpu_usec - prev_cpu) * 1000 / GREATEST(1, (extract(epoch FROM sampled_at - prev_at) * 1000000)::bigint))
-                     END AS cpu_millicores,
+                     END AS "cpu_millicores!",
                      memory_bytes,
-                     CASE WHEN prev_at IS NULL OR net_rx_bytes + net_tx_bytes < prev_net THEN 0 ELSE net_rx_bytes + net_tx_bytes - prev_net END AS net_bytes,
+                     CASE WHEN prev_at IS NULL OR net_rx_bytes + net_tx_bytes < prev_net THEN 0 ELSE net_rx_bytes + net_tx_bytes - prev_net END AS "net_bytes!",
                      disk_used_bytes AS disk_bytes,
-                     CASE WHEN prev_at IS NULL OR io_read_bytes + io_write_bytes < prev_io THEN 0 ELSE io_read_bytes + io_write_bytes - prev_io END AS io_bytes
+                     CASE WHEN prev_at IS NULL OR io_read_bytes + io_write_bytes < prev_io THEN 0 ELSE io_read_bytes + io_write_bytes - prev_io END AS "io_bytes!"
                  FROM (
                      SELECT s.*, lag(sampled_at) OVER w AS prev_at, lag(cpu_usec) OVER w AS prev_cpu,
                          lag(net_rx_bytes + net_tx_bytes) OVER w AS prev_net,
                          lag(io_read_bytes + io_write_bytes) OVER w AS prev_io
                      FROM usage_samples s WHERE jail_id = $1 AND tenant_id = $2 AND sampled_at >= $3 AND sampled_at < $4
                      WINDOW w AS (ORDER BY sampled_at)
-                 ) t ORDER BY sampled_at",
+                 ) t ORDER BY sampled_at"#,
+                jail_id,
+                tenant_id,
+                from,
+                to
             )
-            .bind(jail_id)
-            .bind(tenant_id)
-            .bind(from)
-            .bind(to)
             .fetch_all(pool)
             .await?
         }
         Bucket::Hour | Bucket::Day => {
             let (trunc, seconds): (&str, i64) = if bucket == Bucket::Hour { ("hour", 3600) } else { ("day", 86400) };
-            sqlx::query_as(
-                "SELECT date_trunc($5, hour) AS at,
-                     (sum(cpu_usec) / ($6 * 1000))::bigint AS cpu_millicores,
-                     (sum(memory_bytes_sum) / GREATEST(1, sum(samples)))::bigint AS memory_bytes,
-                     sum(net_rx_bytes + net_tx_bytes)::bigint AS net_bytes,
-                     (sum(disk_bytes_sum) / GREATEST(1, sum(samples)))::bigint AS disk_bytes,
-                     sum(io_read_bytes + io_write_bytes)::bigint AS io_bytes
+            sqlx::query_as!(
+                Point,
+                r#"SELECT date_trunc($5, hour) AS "at!",
+                     (sum(cpu_usec) / ($6::bigint * 1000))::bigint AS "cpu_millicores!",
+                     (sum(memory_bytes_sum) / GREATEST(1, sum(samples)))::bigint AS "memory_bytes!",
+                     sum(net_rx_bytes + net_tx_bytes)::bigint AS "net_bytes!",
+                     (sum(disk_bytes_sum) / GREATEST(1, sum(samples)))::bigint AS "disk_bytes!",
+                     sum(io_read_bytes + io_write_bytes)::bigint AS "io_bytes!"
                  FROM usage_rollups WHERE jail_id = $1 AND tenant_id = $2 AND hour >= $3 AND hour < $4
-                 GROUP BY 1 ORDER BY 1",
+                 GROUP BY 1 ORDER BY 1"#,
+                jail_id,
+                tenant_id,
+                from,
+                to,
+                trunc,
+                seconds
             )
-            .bind(jail_id)
-            .bind(tenant_id)
-            .bind(from)
-            .bind(to)
-            .bind(trunc)
-            .bind(seconds)
             .fetch_all(pool)
             .await?
         }
@@ -404,30 +411,43 @@ pub async fn jail_limit_hits(
     jail_id: Uuid,
     since: DateTime<Utc>,
 ) -> Result<(i64, i64, i64, i64), StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT COALESCE(sum(oom_kills), 0)::bigint, COALESCE(sum(memory_limit_hits), 0)::bigint,
-             COALESCE(sum(pids_limit_hits), 0)::bigint, COALESCE(sum(cpu_throttled_periods), 0)::bigint
-         FROM usage_rollups WHERE jail_id = $1 AND tenant_id = $2 AND hour >= date_trunc('hour', $3::timestamptz)",
+    let row = sqlx::query!(
+        r#"SELECT COALESCE(sum(oom_kills), 0)::bigint AS "oom_kills!",
+             COALESCE(sum(memory_limit_hits), 0)::bigint AS "memory_limit_hits!",
+             COALESCE(sum(pids_limit_hits), 0)::bigint AS "pids_limit_hits!",
+             COALESCE(sum(cpu_throttled_periods), 0)::bigint AS "cpu_throttled_periods!"
+         FROM usage_rollups WHERE jail_id = $1 AND tenant_id = $2 AND hour >= date_trunc('hour', $3::timestamptz)"#,
+        jail_id,
+        tenant_id,
+        since
     )
-    .bind(jail_id)
-    .bind(tenant_id)
-    .bind(since)
     .fetch_one(pool)
-    .await?)
+    .await?;
+    Ok((
+        row.oom_kills,
+        row.memory_limit_hits,
+        row.pids_limit_hits,
+        row.cpu_throttled_periods,
+    ))
 }
 
 /// A tenant's transfer (received + sent) this calendar month (UTC), from the
 /// per-tenant month totals the rollup triggers keep: one row, however many
-/// jails and hours.
-pub(crate) const TRANSFER_THIS_MONTH: &str = "SELECT COALESCE((SELECT net_rx_bytes + net_tx_bytes
+/// jails and hours. The query of tenant `$tenant_id`, for a `fetch_one`.
+macro_rules! transfer_this_month {
+    ($tenant_id:expr) => {
+        sqlx::query_scalar!(
+            r#"SELECT COALESCE((SELECT net_rx_bytes + net_tx_bytes
      FROM usage_tenant_months
-     WHERE tenant_id = $1 AND month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0)::bigint";
+     WHERE tenant_id = $1 AND month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0)::bigint AS "bytes!""#,
+            $tenant_id
+        )
+    };
+}
+pub(crate) use transfer_this_month;
 
 /// A tenant's network transfer (received + sent) this calendar month (UTC), bytes.
 pub async fn tenant_transfer_this_month(pool: &PgPool, tenant_id: Uuid) -> Result<u64, StoreError> {
-    let v: i64 = sqlx::query_scalar(TRANSFER_THIS_MONTH)
-        .bind(tenant_id)
-        .fetch_one(pool)
-        .await?;
+    let v = transfer_this_month!(tenant_id).fetch_one(pool).await?;
     crate::to_u64("transfer", v)
 }

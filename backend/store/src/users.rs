@@ -18,7 +18,6 @@ pub struct User {
     pub tenant_id: Option<Uuid>,
 }
 
-#[derive(sqlx::FromRow)]
 struct UserRow {
     id: Uuid,
     email: String,
@@ -49,14 +48,15 @@ pub async fn create(
     role: Role,
     tenant_id: Option<Uuid>,
 ) -> Result<User, StoreError> {
-    let row: UserRow = sqlx::query_as(
+    let row = sqlx::query_as!(
+        UserRow,
         "INSERT INTO users (email, password_hash, role, tenant_id) VALUES ($1, $2, $3, $4)
          RETURNING id, email, role, tenant_id",
+        email.as_str(),
+        password_hash,
+        role.as_str(),
+        tenant_id
     )
-    .bind(email.as_str())
-    .bind(password_hash)
-    .bind(role.as_str())
-    .bind(tenant_id)
     .fetch_one(pool)
     .await
     .map_err(conflict_as("an account with this email"))?;
@@ -71,14 +71,15 @@ pub async fn create_in(
     role: Role,
     tenant_id: Option<Uuid>,
 ) -> Result<User, StoreError> {
-    let row: UserRow = sqlx::query_as(
+    let row = sqlx::query_as!(
+        UserRow,
         "INSERT INTO users (email, password_hash, role, tenant_id) VALUES ($1, $2, $3, $4)
          RETURNING id, email, role, tenant_id",
+        email.as_str(),
+        password_hash,
+        role.as_str(),
+        tenant_id
     )
-    .bind(email.as_str())
-    .bind(password_hash)
-    .bind(role.as_str())
-    .bind(tenant_id)
     .fetch_one(&mut **tx)
     .await
     .map_err(conflict_as("an account with this email"))?;
@@ -91,34 +92,36 @@ pub async fn find_for_sign_in(
     pool: &PgPool,
     email: &Email,
 ) -> Result<Option<(User, String)>, StoreError> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        user: UserRow,
-        password_hash: String,
-    }
     // A terminated tenant's accounts sign in no more (as if unknown).
-    let row: Option<Row> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT id, email, role, tenant_id, password_hash FROM users
          WHERE email = $1
            AND (tenant_id IS NULL
                 OR NOT EXISTS (SELECT 1 FROM tenants t
                                WHERE t.id = users.tenant_id AND t.status = 'terminated'))",
+        email.as_str()
     )
-    .bind(email.as_str())
     .fetch_optional(pool)
     .await?;
-    row.map(|r| Ok((r.user.try_into()?, r.password_hash)))
-        .transpose()
+    row.map(|r| {
+        let user = UserRow {
+            id: r.id,
+            email: r.email,
+            role: r.role,
+            tenant_id: r.tenant_id,
+        };
+        Ok((user.try_into()?, r.password_hash))
+    })
+    .transpose()
 }
 
 /// Whether any staff account with the admin role exists.
 pub async fn admin_exists(pool: &PgPool) -> Result<bool, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')")
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin') AS "exists!""#
     )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Replaces an account's password and revokes all of its sessions, in one
@@ -129,18 +132,17 @@ pub async fn set_password(
     password_hash: &str,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "UPDATE users SET password_hash = $2, password_changed_at = now() WHERE id = $1",
+        user_id,
+        password_hash
     )
-    .bind(user_id)
-    .bind(password_hash)
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() == 0 {
         return Err(StoreError::NotFound);
     }
-    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-        .bind(user_id)
+    sqlx::query!("DELETE FROM sessions WHERE user_id = $1", user_id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -149,20 +151,23 @@ pub async fn set_password(
 
 /// One account by id.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<User, StoreError> {
-    let row: Option<UserRow> =
-        sqlx::query_as("SELECT id, email, role, tenant_id FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+    let row = sqlx::query_as!(
+        UserRow,
+        "SELECT id, email, role, tenant_id FROM users WHERE id = $1",
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
 }
 
 /// A tenant's customer accounts, by email. Scoped by tenant id.
 pub async fn list_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<User>, StoreError> {
-    let rows: Vec<UserRow> = sqlx::query_as(
+    let rows = sqlx::query_as!(
+        UserRow,
         "SELECT id, email, role, tenant_id FROM users WHERE tenant_id = $1 ORDER BY email",
+        tenant_id
     )
-    .bind(tenant_id)
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(User::try_from).collect()
@@ -170,8 +175,7 @@ pub async fn list_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<User>
 
 /// An account's password hash, to check the current password before a change.
 pub async fn password_hash(pool: &PgPool, id: Uuid) -> Result<String, StoreError> {
-    let h: Option<String> = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-        .bind(id)
+    let h = sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", id)
         .fetch_optional(pool)
         .await?;
     h.ok_or(StoreError::NotFound)

@@ -68,7 +68,6 @@ pub fn host_name(id: Uuid) -> JailName {
     JailName::parse(&format!("j-{}", &simple[..20])).expect("hex is a valid jail name")
 }
 
-#[derive(sqlx::FromRow)]
 struct JailRow {
     id: Uuid,
     tenant_id: Uuid,
@@ -144,14 +143,22 @@ impl TryFrom<JailRow> for Jail {
     }
 }
 
-macro_rules! jail_columns {
-    () => {
-        "id, tenant_id, node_id, name, image, kind, command, cpu_millicores,
+/// A query of [`JailRow`]s: `$before` (up to `SELECT` or `RETURNING`), a
+/// jail's columns, `$after`, then the arguments.
+macro_rules! jail_query {
+    ($before:tt, $after:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            JailRow,
+            $before
+                + r#"id, tenant_id, node_id, name, image, kind, command, cpu_millicores,
     memory_bytes, pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops,
     net_egress_bps, net_ingress_bps, desired_state, observed_state, generation,
     observed_generation, restart_generation, host(address) AS address, last_error, created_at,
     COALESCE((SELECT p.user_namespace FROM tenants t JOIN plans p ON p.id = t.plan_id
-              WHERE t.id = jails.tenant_id), true) AS user_namespace"
+              WHERE t.id = jails.tenant_id), true) AS "user_namespace!""#
+                + $after
+            $(, $arg)*
+        )
     };
 }
 
@@ -180,11 +187,12 @@ async fn lock_active_tenant(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: Uuid,
 ) -> Result<(), StoreError> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(tenant_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let status = sqlx::query_scalar!(
+        "SELECT status FROM tenants WHERE id = $1 FOR NO KEY UPDATE",
+        tenant_id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
     match status.as_deref() {
         None => Err(StoreError::NotFound),
         Some("active") => Ok(()),
@@ -204,36 +212,46 @@ async fn place(
     limits: &Limits,
     image: &str,
 ) -> Result<Uuid, StoreError> {
-    type Candidate = (Uuid, String, i64, i64, i64, Option<Vec<String>>);
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(PLACEMENT_LOCK)
+    struct Candidate {
+        id: Uuid,
+        free_memory: i64,
+        free_disk: i64,
+        free_slots: i64,
+        images: Option<Vec<String>>,
+    }
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", PLACEMENT_LOCK)
         .execute(&mut **tx)
         .await?;
-    let mut candidates: Vec<Candidate> = sqlx::query_as(
-        "WITH live AS (
+    let mut candidates = sqlx::query_as!(
+        Candidate,
+        r#"WITH live AS (
              SELECT id, name, memory_bytes, disk_bytes, max_jails, images FROM nodes
              WHERE heartbeat_at > now() - make_interval(secs => $1))
-         SELECT l.id, l.name,
-                l.memory_bytes - COALESCE(sum(j.memory_bytes), 0)::bigint AS free_memory,
-                l.disk_bytes - COALESCE(sum(j.disk_bytes), 0)::bigint AS free_disk,
-                l.max_jails - count(j.id) AS free_slots,
+         SELECT l.id AS "id!",
+                l.memory_bytes - COALESCE(sum(j.memory_bytes), 0)::bigint AS "free_memory!",
+                l.disk_bytes - COALESCE(sum(j.disk_bytes), 0)::bigint AS "free_disk!",
+                l.max_jails - count(j.id) AS "free_slots!",
                 l.images
          FROM live l LEFT JOIN jails j ON j.node_id = l.id AND j.desired_state <> 'deleted'
          GROUP BY l.id, l.name, l.memory_bytes, l.disk_bytes, l.max_jails, l.images
-         ORDER BY free_memory DESC, l.name",
+         ORDER BY "free_memory!" DESC, l.name"#,
+        f64::from(u32::try_from(NODE_DOWN_AFTER_SECS).unwrap_or(30))
     )
-    .bind(f64::from(u32::try_from(NODE_DOWN_AFTER_SECS).unwrap_or(30)))
     .fetch_all(&mut **tx)
     .await?;
     if candidates.is_empty() {
         return Err(StoreError::NoCapacity("no node is up".into()));
     }
     // A node that has not reported its images yet may have any.
-    let offers = |c: &Candidate| c.5.as_ref().is_none_or(|i| i.iter().any(|i| i == image));
+    let offers = |c: &Candidate| {
+        c.images
+            .as_ref()
+            .is_none_or(|i| i.iter().any(|i| i == image))
+    };
     if !candidates.iter().any(offers) {
         let mut known: Vec<&str> = candidates
             .iter()
-            .flat_map(|c| c.5.iter().flatten().map(String::as_str))
+            .flat_map(|c| c.images.iter().flatten().map(String::as_str))
             .collect();
         known.sort_unstable();
         known.dedup();
@@ -254,10 +272,8 @@ async fn place(
     let disk = to_i64("disk", limits.disk_bytes)?;
     candidates
         .iter()
-        .find(|(_, _, free_mem, free_disk, slots, _)| {
-            *free_mem >= mem && *free_disk >= disk && *slots > 0
-        })
-        .map(|c| c.0)
+        .find(|c| c.free_memory >= mem && c.free_disk >= disk && c.free_slots > 0)
+        .map(|c| c.id)
         .ok_or_else(|| StoreError::NoCapacity("every node is full".into()))
 }
 
@@ -265,11 +281,13 @@ async fn notify(
     tx: &mut Transaction<'_, Postgres>,
     node_id: Option<Uuid>,
 ) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(JAILS_CHANNEL)
-        .bind(node_id.map(|n| n.to_string()).unwrap_or_default())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "SELECT pg_notify($1, $2)",
+        JAILS_CHANNEL,
+        node_id.map(|n| n.to_string()).unwrap_or_default()
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -282,29 +300,30 @@ pub async fn create(pool: &PgPool, tenant_id: Uuid, new: &NewJail) -> Result<Jai
     let mut limits = new.limits;
     fit_to_quota(&mut limits, &quota, &used, true)?;
     let node_id = place(&mut tx, &limits, &new.image).await?;
-    let row: JailRow = sqlx::query_as(concat!(
+    let row = jail_query!(
         "INSERT INTO jails (tenant_id, node_id, name, image, kind, command, cpu_millicores, memory_bytes,
             pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops, net_egress_bps,
             net_ingress_bps)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-         RETURNING ", jail_columns!(), ""
-    ))
-    .bind(tenant_id)
-    .bind(node_id)
-    .bind(new.name.as_str())
-    .bind(&new.image)
-    .bind(new.kind.as_str())
-    .bind(&new.command)
-    .bind(to_i32("cpu", limits.cpu_millicores)?)
-    .bind(to_i64("memory", limits.memory_bytes)?)
-    .bind(to_i32("pids", limits.pids)?)
-    .bind(to_i64("disk", limits.disk_bytes)?)
-    .bind(to_i64("io_read_bps", limits.io_read_bps)?)
-    .bind(to_i64("io_write_bps", limits.io_write_bps)?)
-    .bind(to_i64("io_read_iops", limits.io_read_iops)?)
-    .bind(to_i64("io_write_iops", limits.io_write_iops)?)
-    .bind(to_i64("net_egress_bps", limits.net_egress_bps)?)
-    .bind(to_i64("net_ingress_bps", limits.net_ingress_bps)?)
+         RETURNING ",
+        "",
+        tenant_id,
+        node_id,
+        new.name.as_str(),
+        new.image.as_str(),
+        new.kind.as_str(),
+        new.command.as_slice(),
+        to_i32("cpu", limits.cpu_millicores)?,
+        to_i64("memory", limits.memory_bytes)?,
+        to_i32("pids", limits.pids)?,
+        to_i64("disk", limits.disk_bytes)?,
+        to_i64("io_read_bps", limits.io_read_bps)?,
+        to_i64("io_write_bps", limits.io_write_bps)?,
+        to_i64("io_read_iops", limits.io_read_iops)?,
+        to_i64("io_write_iops", limits.io_write_iops)?,
+        to_i64("net_egress_bps", limits.net_egress_bps)?,
+        to_i64("net_ingress_bps", limits.net_ingress_bps)?
+    )
     .fetch_one(&mut *tx)
     .await
     .map_err(crate::conflict_as("a jail with this name"))?;
@@ -316,13 +335,12 @@ pub async fn create(pool: &PgPool, tenant_id: Uuid, new: &NewJail) -> Result<Jai
 /// One jail of a tenant. The `tenant_id` predicate is the boundary: a jail of
 /// another tenant is simply not found.
 pub async fn get(pool: &PgPool, tenant_id: Uuid, jail_id: Uuid) -> Result<Jail, StoreError> {
-    let row: Option<JailRow> = sqlx::query_as(concat!(
+    let row = jail_query!(
         "SELECT ",
-        jail_columns!(),
-        " FROM jails WHERE id = $1 AND tenant_id = $2"
-    ))
-    .bind(jail_id)
-    .bind(tenant_id)
+        " FROM jails WHERE id = $1 AND tenant_id = $2",
+        jail_id,
+        tenant_id
+    )
     .fetch_optional(pool)
     .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
@@ -330,14 +348,13 @@ pub async fn get(pool: &PgPool, tenant_id: Uuid, jail_id: Uuid) -> Result<Jail, 
 
 /// A tenant's jails that are not deleted, by name.
 pub async fn list_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Jail>, StoreError> {
-    let rows: Vec<JailRow> = sqlx::query_as(concat!(
+    let rows = jail_query!(
         "SELECT ",
-        jail_columns!(),
         " FROM jails
          WHERE tenant_id = $1 AND NOT (desired_state = 'deleted' AND observed_state = 'deleted')
-         ORDER BY name"
-    ))
-    .bind(tenant_id)
+         ORDER BY name",
+        tenant_id
+    )
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(Jail::try_from).collect()
@@ -355,17 +372,16 @@ pub async fn set_desired(
     if desired == DesiredState::Running {
         lock_active_tenant(&mut tx, tenant_id).await?;
     }
-    let row: Option<JailRow> = sqlx::query_as(concat!(
+    let row = jail_query!(
         "UPDATE jails SET desired_state = $3, desired_before_suspend = NULL,
              generation = generation + 1, updated_at = now()
          WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted'
          RETURNING ",
-        jail_columns!(),
-        ""
-    ))
-    .bind(jail_id)
-    .bind(tenant_id)
-    .bind(desired.as_str())
+        "",
+        jail_id,
+        tenant_id,
+        desired.as_str()
+    )
     .fetch_optional(&mut *tx)
     .await?;
     let jail: Jail = row.ok_or(StoreError::NotFound)?.try_into()?;
@@ -378,15 +394,15 @@ pub async fn set_desired(
 pub async fn restart(pool: &PgPool, tenant_id: Uuid, jail_id: Uuid) -> Result<Jail, StoreError> {
     let mut tx = pool.begin().await?;
     lock_active_tenant(&mut tx, tenant_id).await?;
-    let row: Option<JailRow> = sqlx::query_as(concat!(
+    let row = jail_query!(
         "UPDATE jails SET desired_state = 'running', desired_before_suspend = NULL,
              generation = generation + 1, restart_generation = generation + 1, updated_at = now()
          WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted'
          RETURNING ",
-        jail_columns!()
-    ))
-    .bind(jail_id)
-    .bind(tenant_id)
+        "",
+        jail_id,
+        tenant_id
+    )
     .fetch_optional(&mut *tx)
     .await?;
     let jail: Jail = row.ok_or(StoreError::NotFound)?.try_into()?;
@@ -404,13 +420,12 @@ pub async fn update_limits(
 ) -> Result<Jail, StoreError> {
     let mut tx = pool.begin().await?;
     lock_active_tenant(&mut tx, tenant_id).await?;
-    let current = sqlx::query_as::<_, JailRow>(concat!(
+    let current = jail_query!(
         "SELECT ",
-        jail_columns!(),
-        " FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted' FOR NO KEY UPDATE"
-    ))
-    .bind(jail_id)
-    .bind(tenant_id)
+        " FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted' FOR NO KEY UPDATE",
+        jail_id,
+        tenant_id
+    )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(StoreError::NotFound)?;
@@ -425,24 +440,25 @@ pub async fn update_limits(
     let used = allocated(&mut *tx, tenant_id, Some(jail_id)).await?;
     let mut limits = *limits;
     fit_to_quota(&mut limits, &quota, &used, false)?;
-    let row: JailRow = sqlx::query_as(concat!(
+    let row = jail_query!(
         "UPDATE jails SET cpu_millicores = $3, memory_bytes = $4, pids = $5, disk_bytes = $6,
              io_read_bps = $7, io_write_bps = $8, io_read_iops = $9, io_write_iops = $10,
              net_egress_bps = $11, net_ingress_bps = $12, generation = generation + 1, updated_at = now()
-         WHERE id = $1 AND tenant_id = $2 RETURNING ", jail_columns!(), ""
-    ))
-    .bind(jail_id)
-    .bind(tenant_id)
-    .bind(to_i32("cpu", limits.cpu_millicores)?)
-    .bind(to_i64("memory", limits.memory_bytes)?)
-    .bind(to_i32("pids", limits.pids)?)
-    .bind(to_i64("disk", limits.disk_bytes)?)
-    .bind(to_i64("io_read_bps", limits.io_read_bps)?)
-    .bind(to_i64("io_write_bps", limits.io_write_bps)?)
-    .bind(to_i64("io_read_iops", limits.io_read_iops)?)
-    .bind(to_i64("io_write_iops", limits.io_write_iops)?)
-    .bind(to_i64("net_egress_bps", limits.net_egress_bps)?)
-    .bind(to_i64("net_ingress_bps", limits.net_ingress_bps)?)
+         WHERE id = $1 AND tenant_id = $2 RETURNING ",
+        "",
+        jail_id,
+        tenant_id,
+        to_i32("cpu", limits.cpu_millicores)?,
+        to_i64("memory", limits.memory_bytes)?,
+        to_i32("pids", limits.pids)?,
+        to_i64("disk", limits.disk_bytes)?,
+        to_i64("io_read_bps", limits.io_read_bps)?,
+        to_i64("io_write_bps", limits.io_write_bps)?,
+        to_i64("io_read_iops", limits.io_read_iops)?,
+        to_i64("io_write_iops", limits.io_write_iops)?,
+        to_i64("net_egress_bps", limits.net_egress_bps)?,
+        to_i64("net_ingress_bps", limits.net_ingress_bps)?
+    )
     .fetch_one(&mut *tx)
     .await?;
     notify(&mut tx, current.node_id).await?;
@@ -456,13 +472,13 @@ pub(crate) async fn restart_for_plan(
     tx: &mut Transaction<'_, Postgres>,
     plan_id: Uuid,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jails SET generation = generation + 1, restart_generation = generation + 1,
              updated_at = now()
          WHERE desired_state = 'running'
            AND tenant_id IN (SELECT id FROM tenants WHERE plan_id = $1)",
+        plan_id
     )
-    .bind(plan_id)
     .execute(&mut **tx)
     .await?;
     notify(tx, None).await

@@ -12,14 +12,13 @@ use super::{Jail, JailRow, bad};
 /// Every jail placed on `node_id` that still has something on the node or
 /// is wanted there.
 pub async fn for_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Jail>, StoreError> {
-    let rows: Vec<JailRow> = sqlx::query_as(concat!(
+    let rows = jail_query!(
         "SELECT ",
-        jail_columns!(),
         " FROM jails
          WHERE node_id = $1 AND NOT (desired_state = 'deleted' AND observed_state = 'deleted')
-         ORDER BY created_at"
-    ))
-    .bind(node_id)
+         ORDER BY created_at",
+        node_id
+    )
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(Jail::try_from).collect()
@@ -31,13 +30,17 @@ pub async fn ids_on_node(
     pool: &PgPool,
     node_id: Uuid,
 ) -> Result<Vec<(Uuid, DesiredState)>, StoreError> {
-    let rows: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT id, desired_state FROM jails WHERE node_id = $1")
-            .bind(node_id)
-            .fetch_all(pool)
-            .await?;
+    let rows = sqlx::query!(
+        "SELECT id, desired_state FROM jails WHERE node_id = $1",
+        node_id
+    )
+    .fetch_all(pool)
+    .await?;
     rows.into_iter()
-        .map(|(id, s)| Ok((id, s.parse().map_err(|e| bad("desired_state", e))?)))
+        .map(|r| {
+            let desired = r.desired_state.parse();
+            Ok((r.id, desired.map_err(|e| bad("desired_state", e))?))
+        })
         .collect()
 }
 
@@ -48,13 +51,12 @@ pub async fn claim(
     node_id: Uuid,
     jail_id: Uuid,
 ) -> Result<Option<Jail>, StoreError> {
-    let row: Option<JailRow> = sqlx::query_as(concat!(
+    let row = jail_query!(
         "SELECT ",
-        jail_columns!(),
-        " FROM jails WHERE id = $1 AND node_id = $2 FOR NO KEY UPDATE SKIP LOCKED"
-    ))
-    .bind(jail_id)
-    .bind(node_id)
+        " FROM jails WHERE id = $1 AND node_id = $2 FOR NO KEY UPDATE SKIP LOCKED",
+        jail_id,
+        node_id
+    )
     .fetch_optional(&mut **tx)
     .await?;
     row.map(Jail::try_from).transpose()
@@ -69,26 +71,27 @@ pub async fn record_observed(
     generation: i64,
     last_error: Option<&str>,
 ) -> Result<(), StoreError> {
-    let before: Option<(String, Uuid, String, String)> = sqlx::query_as(
+    let before = sqlx::query!(
         "SELECT observed_state, tenant_id, name, desired_state FROM jails WHERE id = $1",
+        jail_id
     )
-    .bind(jail_id)
     .fetch_optional(&mut **tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jails SET observed_state = $2, observed_generation = GREATEST(observed_generation, $3),
              last_error = $4, observed_at = clock_timestamp()
          WHERE id = $1",
+        jail_id,
+        observed.as_str(),
+        generation,
+        last_error
     )
-    .bind(jail_id)
-    .bind(observed.as_str())
-    .bind(generation)
-    .bind(last_error)
     .execute(&mut **tx)
     .await?;
-    if let Some((previous, tenant_id, name, desired)) = before
-        && previous != observed.as_str()
+    if let Some(before) = before
+        && before.observed_state != observed.as_str()
     {
+        let tenant_id = before.tenant_id;
         crate::events::emit(
             tx,
             Some(tenant_id),
@@ -96,10 +99,10 @@ pub async fn record_observed(
             serde_json::json!({
                 "jail_id": jail_id,
                 "tenant_id": tenant_id,
-                "name": name,
-                "previous_state": previous,
+                "name": before.name,
+                "previous_state": before.observed_state,
                 "state": observed.as_str(),
-                "desired_state": desired,
+                "desired_state": before.desired_state,
                 "error": last_error,
             }),
         )
@@ -113,10 +116,10 @@ pub async fn addresses_on_node(
     pool: &PgPool,
     node_id: Uuid,
 ) -> Result<Vec<std::net::Ipv4Addr>, StoreError> {
-    let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT host(address) FROM jails WHERE node_id = $1 AND address IS NOT NULL AND observed_state <> 'deleted'",
+    let rows = sqlx::query_scalar!(
+        r#"SELECT host(address) AS "host!" FROM jails WHERE node_id = $1 AND address IS NOT NULL AND observed_state <> 'deleted'"#,
+        node_id
     )
-    .bind(node_id)
     .fetch_all(pool)
     .await?;
     Ok(rows.iter().filter_map(|a| a.parse().ok()).collect())
@@ -128,11 +131,14 @@ pub async fn set_address(
     jail_id: Uuid,
     address: std::net::Ipv4Addr,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jails SET address = $2::inet WHERE id = $1")
-        .bind(jail_id)
-        .bind(address.to_string())
-        .execute(&mut **tx)
-        .await
-        .map_err(crate::conflict_as("a jail with this address on the node"))?;
+    // The address travels as text, cast by the server.
+    sqlx::query!(
+        "UPDATE jails SET address = $2::text::inet WHERE id = $1",
+        jail_id,
+        address.to_string()
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(crate::conflict_as("a jail with this address on the node"))?;
     Ok(())
 }

@@ -15,24 +15,25 @@ pub(crate) async fn effective_quota<'e>(
     ex: impl sqlx::PgExecutor<'e>,
     tenant_id: Uuid,
 ) -> Result<Quota, StoreError> {
-    let row: Option<crate::plans::QuotaRow> = sqlx::query_as(
-        "SELECT COALESCE(o.cpu_millicores, p.cpu_millicores) AS cpu_millicores,
-                COALESCE(o.memory_bytes, p.memory_bytes) AS memory_bytes,
-                COALESCE(o.pids, p.pids) AS pids,
-                COALESCE(o.disk_bytes, p.disk_bytes) AS disk_bytes,
-                COALESCE(o.max_jails, p.max_jails) AS max_jails,
-                COALESCE(o.io_read_bps, p.io_read_bps) AS io_read_bps,
-                COALESCE(o.io_write_bps, p.io_write_bps) AS io_write_bps,
-                COALESCE(o.io_read_iops, p.io_read_iops) AS io_read_iops,
-                COALESCE(o.io_write_iops, p.io_write_iops) AS io_write_iops,
-                COALESCE(o.net_egress_bps, p.net_egress_bps) AS net_egress_bps,
-                COALESCE(o.net_ingress_bps, p.net_ingress_bps) AS net_ingress_bps,
-                COALESCE(o.monthly_transfer_bytes, p.monthly_transfer_bytes) AS monthly_transfer_bytes
+    let row = sqlx::query_as!(
+        crate::plans::QuotaRow,
+        r#"SELECT COALESCE(o.cpu_millicores, p.cpu_millicores) AS "cpu_millicores!",
+                COALESCE(o.memory_bytes, p.memory_bytes) AS "memory_bytes!",
+                COALESCE(o.pids, p.pids) AS "pids!",
+                COALESCE(o.disk_bytes, p.disk_bytes) AS "disk_bytes!",
+                COALESCE(o.max_jails, p.max_jails) AS "max_jails!",
+                COALESCE(o.io_read_bps, p.io_read_bps) AS "io_read_bps!",
+                COALESCE(o.io_write_bps, p.io_write_bps) AS "io_write_bps!",
+                COALESCE(o.io_read_iops, p.io_read_iops) AS "io_read_iops!",
+                COALESCE(o.io_write_iops, p.io_write_iops) AS "io_write_iops!",
+                COALESCE(o.net_egress_bps, p.net_egress_bps) AS "net_egress_bps!",
+                COALESCE(o.net_ingress_bps, p.net_ingress_bps) AS "net_ingress_bps!",
+                COALESCE(o.monthly_transfer_bytes, p.monthly_transfer_bytes) AS "monthly_transfer_bytes!"
          FROM tenants t JOIN plans p ON p.id = t.plan_id
          LEFT JOIN tenant_quota_overrides o ON o.tenant_id = t.id
-         WHERE t.id = $1",
+         WHERE t.id = $1"#,
+        tenant_id
     )
-    .bind(tenant_id)
     .fetch_optional(ex)
     .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
@@ -59,22 +60,23 @@ pub(crate) async fn allocated<'e>(
     tenant_id: Uuid,
     except: Option<Uuid>,
 ) -> Result<Allocated, StoreError> {
-    let (jails, cpu, mem, pids, disk): (i64, i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), COALESCE(sum(cpu_millicores), 0)::bigint, COALESCE(sum(memory_bytes), 0)::bigint,
-                COALESCE(sum(pids), 0)::bigint, COALESCE(sum(disk_bytes), 0)::bigint
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "jails!", COALESCE(sum(cpu_millicores), 0)::bigint AS "cpu!",
+                COALESCE(sum(memory_bytes), 0)::bigint AS "mem!",
+                COALESCE(sum(pids), 0)::bigint AS "pids!", COALESCE(sum(disk_bytes), 0)::bigint AS "disk!"
          FROM jails WHERE tenant_id = $1 AND desired_state <> 'deleted'
-           AND ($2::uuid IS NULL OR id <> $2)",
+           AND ($2::uuid IS NULL OR id <> $2)"#,
+        tenant_id,
+        except
     )
-    .bind(tenant_id)
-    .bind(except)
     .fetch_one(ex)
     .await?;
     Ok(Allocated {
-        jails: to_u64("count", jails)?,
-        cpu_millicores: to_u64("cpu", cpu)?,
-        memory_bytes: to_u64("memory", mem)?,
-        pids: to_u64("pids", pids)?,
-        disk_bytes: to_u64("disk", disk)?,
+        jails: to_u64("count", row.jails)?,
+        cpu_millicores: to_u64("cpu", row.cpu)?,
+        memory_bytes: to_u64("memory", row.mem)?,
+        pids: to_u64("pids", row.pids)?,
+        disk_bytes: to_u64("disk", row.disk)?,
     })
 }
 
@@ -208,30 +210,31 @@ pub(crate) async fn clamp_to_quota(
             i64::try_from(v).unwrap_or(i64::MAX)
         }
     };
-    sqlx::query(
+    // The factors are bigints (the arithmetic is numeric, as the casts say).
+    sqlx::query!(
         "UPDATE jails SET
-             cpu_millicores = GREATEST(1, (cpu_millicores::numeric * $2 / $3)::bigint)::integer,
-             memory_bytes = GREATEST(1, (memory_bytes::numeric * $4 / $5)::bigint),
-             pids = GREATEST(1, (pids::numeric * $6 / $7)::bigint)::integer,
+             cpu_millicores = GREATEST(1, (cpu_millicores::numeric * $2::bigint / $3::bigint)::bigint)::integer,
+             memory_bytes = GREATEST(1, (memory_bytes::numeric * $4::bigint / $5::bigint)::bigint),
+             pids = GREATEST(1, (pids::numeric * $6::bigint / $7::bigint)::bigint)::integer,
              io_read_bps = LEAST(io_read_bps, $8), io_write_bps = LEAST(io_write_bps, $9),
              io_read_iops = LEAST(io_read_iops, $10), io_write_iops = LEAST(io_write_iops, $11),
              net_egress_bps = LEAST(net_egress_bps, $12), net_ingress_bps = LEAST(net_ingress_bps, $13),
              generation = generation + 1, updated_at = now()
          WHERE tenant_id = $1 AND desired_state <> 'deleted'",
+        tenant_id,
+        cpu_n,
+        cpu_d,
+        mem_n,
+        mem_d,
+        pid_n,
+        pid_d,
+        cap(quota.io_read_bps),
+        cap(quota.io_write_bps),
+        cap(quota.io_read_iops),
+        cap(quota.io_write_iops),
+        cap(quota.net_egress_bps),
+        cap(quota.net_ingress_bps)
     )
-    .bind(tenant_id)
-    .bind(cpu_n)
-    .bind(cpu_d)
-    .bind(mem_n)
-    .bind(mem_d)
-    .bind(pid_n)
-    .bind(pid_d)
-    .bind(cap(quota.io_read_bps))
-    .bind(cap(quota.io_write_bps))
-    .bind(cap(quota.io_read_iops))
-    .bind(cap(quota.io_write_iops))
-    .bind(cap(quota.net_egress_bps))
-    .bind(cap(quota.net_ingress_bps))
     .execute(&mut **tx)
     .await?;
     notify(tx, None).await?;
@@ -243,10 +246,12 @@ pub(crate) async fn clamp_to_quota_for_plan(
     tx: &mut Transaction<'_, Postgres>,
     plan_id: Uuid,
 ) -> Result<(), StoreError> {
-    let tenants: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE plan_id = $1 AND status <> 'terminated' ORDER BY id FOR NO KEY UPDATE")
-        .bind(plan_id)
-        .fetch_all(&mut **tx)
-        .await?;
+    let tenants = sqlx::query_scalar!(
+        "SELECT id FROM tenants WHERE plan_id = $1 AND status <> 'terminated' ORDER BY id FOR NO KEY UPDATE",
+        plan_id
+    )
+    .fetch_all(&mut **tx)
+    .await?;
     for t in tenants {
         clamp_to_quota(tx, t).await?;
     }
