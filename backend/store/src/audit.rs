@@ -111,7 +111,7 @@ pub async fn list(
     };
     Ok(sqlx::query_as!(
         Logged,
-        "SELECT a.id, a.at, a.actor, t.slug AS tenant, a.action, a.target, a.client_addr
+        r#"SELECT a.id, a.at, a.actor, t.slug AS "tenant?", a.action, a.target, a.client_addr
          FROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id
          WHERE ($1::text IS NULL OR t.slug = $1)
            AND ($2::text IS NULL OR a.actor ILIKE $2)
@@ -119,7 +119,7 @@ pub async fn list(
            AND ($4::timestamptz IS NULL OR a.at >= $4)
            AND ($5::timestamptz IS NULL OR a.at < $5)
            AND ($6::bigint IS NULL OR a.id < $6)
-         ORDER BY a.id DESC LIMIT $7",
+         ORDER BY a.id DESC LIMIT $7"#,
         f.tenant
             .as_deref()
             .filter(|v| !v.trim().is_empty())

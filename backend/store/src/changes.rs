@@ -19,6 +19,9 @@ pub enum Change {
     User(Uuid),
     /// A session that ended, by the SHA-256 of its token.
     SessionEnded(Vec<u8>),
+    /// A web process's barrier: every change committed before it was sent
+    /// has been heard once it arrives.
+    Barrier(Uuid),
     /// Anything may have changed (a plan, or a payload not understood).
     Everything,
 }
@@ -30,6 +33,7 @@ impl Change {
             Some(("t", id)) => Uuid::parse_str(id).ok().map(Change::Tenant),
             Some(("u", id)) => Uuid::parse_str(id).ok().map(Change::User),
             Some(("s", hash)) => hex::decode(hash).ok().map(Change::SessionEnded),
+            Some(("b", id)) => Uuid::parse_str(id).ok().map(Change::Barrier),
             _ => None,
         };
         parsed.unwrap_or(Change::Everything)
@@ -41,6 +45,17 @@ pub async fn listen(pool: &PgPool) -> Result<PgListener, StoreError> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
     Ok(listener)
+}
+
+/// Sends barrier `id` on [`CHANNEL`]: notifications arrive in commit
+/// order, so when a listener hears it, it has heard every change committed
+/// before this call.
+pub async fn barrier(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
+    let payload = format!("b:{id}");
+    sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -56,6 +71,7 @@ mod tests {
             Change::parse("s:00ff"),
             Change::SessionEnded(vec![0x00, 0xff])
         );
+        assert_eq!(Change::parse(&format!("b:{id}")), Change::Barrier(id));
         assert_eq!(Change::parse("*"), Change::Everything);
         assert_eq!(Change::parse("t:not-a-uuid"), Change::Everything);
         assert_eq!(Change::parse("s:zz"), Change::Everything);

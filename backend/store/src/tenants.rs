@@ -496,18 +496,16 @@ pub async fn summaries(
              FROM (SELECT * FROM tenants t
                    WHERE ($1::text IS NULL OR t.slug ILIKE $1 OR t.display_name ILIKE $1)
                      AND ($2::text IS NULL OR t.status = $2)
-                   ORDER BY t.slug OFFSET $4 LIMIT $5) t
+                   ORDER BY t.slug OFFSET $3 LIMIT $4) t
              JOIN plans p ON p.id = t.plan_id
              LEFT JOIN LATERAL (SELECT count(*) AS jails, sum(memory_bytes)::bigint AS memory FROM jails
                                 WHERE tenant_id = t.id AND desired_state <> 'deleted') a ON true
              LEFT JOIN LATERAL (SELECT sum(cpu_usec)::bigint AS cpu, sum(net_rx_bytes + net_tx_bytes)::bigint AS transfer
                                 FROM usage_jail_months
                                 WHERE tenant_id = t.id AND month = date_trunc('month', now() AT TIME ZONE 'UTC')::date) m ON true
-             WHERE $3::int >= 0
              ORDER BY t.slug"#,
             pattern.as_deref(),
             status,
-            order_sql,
             offset,
             limit
         )

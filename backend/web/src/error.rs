@@ -24,6 +24,23 @@ pub enum WebError {
     Unexpected(#[from] anyhow::Error),
 }
 
+impl WebError {
+    /// The error of a load several requests shared: each gets the same
+    /// answer (the chain of an unexpected error is kept as text).
+    pub(crate) fn shared(self: std::sync::Arc<Self>) -> WebError {
+        match std::sync::Arc::try_unwrap(self) {
+            Ok(e) => e,
+            Err(e) => match &*e {
+                WebError::SignInRequired => WebError::SignInRequired,
+                WebError::Forbidden => WebError::Forbidden,
+                WebError::NotFound => WebError::NotFound,
+                WebError::Csrf => WebError::Csrf,
+                WebError::Unexpected(err) => WebError::Unexpected(anyhow::anyhow!("{err:#}")),
+            },
+        }
+    }
+}
+
 impl From<stockade_store::StoreError> for WebError {
     fn from(e: stockade_store::StoreError) -> Self {
         match e {

@@ -105,7 +105,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(api_state.clone())
                 .app_data(web::FormConfig::default().limit(64 * 1024))
-                .wrap(from_fn(cache::forget_after_changes))
+                .wrap(from_fn(cache::settle_after_changes))
                 .wrap(from_fn(auth::same_origin_writes))
                 .wrap(from_fn(error::refuse_nul_bytes))
                 .wrap(from_fn(api::metrics::middleware))

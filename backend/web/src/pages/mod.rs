@@ -4,9 +4,13 @@
 mod account;
 mod customer;
 mod staff;
+
+pub(crate) use customer::{JailData, JailPageKey, OverviewData};
+pub(crate) use staff::TenantsData;
 mod staff_api;
 
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -16,7 +20,7 @@ use stockade_store::sessions::Session;
 use uuid::Uuid;
 
 use crate::auth::SignedIn;
-use crate::cache::PageKey;
+use crate::cache::PageCache;
 use crate::flash::{self, Flash};
 use crate::{AppState, WebError};
 
@@ -78,32 +82,27 @@ fn html_response(
     resp
 }
 
-/// Answers page `key` through the read cache: its data loaded once for
-/// everyone, its HTML rendered once for each viewer (see [`crate::cache`]).
-/// A page showing a one-time message is rendered for this request only.
-pub(crate) async fn cached_page<T, P, F, Fut>(
-    state: &AppState,
+/// Answers page `key` with its data from `cache` (loaded once for every
+/// request asking meanwhile, see [`crate::cache`]), rendered for this viewer.
+pub(crate) async fn cached_page<K, T, P, F, Fut>(
     req: &HttpRequest,
     s: &SignedIn,
-    key: PageKey,
+    cache: &PageCache<K, T>,
+    key: K,
     load: F,
     page: impl FnOnce(Layout, Arc<T>) -> P,
 ) -> Result<HttpResponse, WebError>
 where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
     T: Send + Sync + 'static,
-    F: FnOnce() -> Fut,
+    F: Fn() -> Fut,
     Fut: Future<Output = Result<T, WebError>>,
     P: Template,
 {
+    let data = cache.get(key, load).await?;
     let flash = flash::take(req);
     let had_flash = flash.is_some();
-    let viewer = (!had_flash).then_some(&s.0);
-    let html = state
-        .caches
-        .page_html(key, viewer, load, |data| {
-            fragment(&page(Layout::with_flash(&s.0, flash), data))
-        })
-        .await?;
+    let html = fragment(&page(Layout::with_flash(&s.0, flash), data))?;
     Ok(html_response(
         actix_web::http::StatusCode::OK,
         html,
@@ -111,8 +110,8 @@ where
     ))
 }
 
-/// Renders the part of a page that is the same for every viewer, once, to
-/// be kept with the page's data and inserted as is.
+/// Renders a template to text: a whole page, or the part of one that is the
+/// same for every viewer, rendered once and kept with the page's data.
 pub(crate) fn fragment(part: &impl Template) -> Result<String, WebError> {
     Ok(part.render().map_err(anyhow::Error::from)?)
 }

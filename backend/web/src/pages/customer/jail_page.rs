@@ -13,7 +13,6 @@ use super::uploads::UPLOAD_LIMIT;
 use super::{Layout, cached_page, customer_tenant};
 use super::{parse_id, shown_state};
 use crate::auth::SignedIn;
-use crate::cache::PageKey;
 use crate::charts::{Series, line_chart};
 use crate::format;
 use crate::{AppState, WebError};
@@ -24,7 +23,7 @@ pub(super) struct PeriodQuery {
 }
 
 /// What a jail's page shows for one period (cached, see [`crate::cache`]).
-pub(super) struct JailData {
+pub(crate) struct JailData {
     pub(super) id: Uuid,
     pub(super) name: String,
     pub(super) state: String,
@@ -118,6 +117,14 @@ pub(super) fn explain_hits(
     out
 }
 
+/// What tells one jail page from another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct JailPageKey {
+    pub(crate) tenant: Uuid,
+    jail: Uuid,
+    period: &'static str,
+}
+
 pub(super) async fn detail(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -132,15 +139,15 @@ pub(super) async fn detail(
         Some("month") => "month",
         _ => "hour",
     };
-    let key = PageKey::Jail {
+    let key = JailPageKey {
         tenant: tenant_id,
         jail: jail_id,
         period,
     };
     cached_page(
-        &state,
         &req,
         &s,
+        &state.caches.jail_pages,
         key,
         || jail_data(&state.pool, tenant_id, jail_id, period),
         |layout, data| JailPage { layout, data },

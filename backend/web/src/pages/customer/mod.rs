@@ -20,6 +20,8 @@ pub(crate) use actions::ConfirmPage;
 use actions::{action, confirm_delete};
 use jail_list::{create, list};
 use jail_page::detail;
+pub(crate) use jail_page::{JailData, JailPageKey};
+pub(crate) use overview::OverviewData;
 use overview::overview;
 use uploads::upload;
 

@@ -9,11 +9,10 @@ use uuid::Uuid;
 use super::JailRow;
 use super::{Layout, QuotaTile, cached_page, customer_tenant, quota_tiles};
 use crate::auth::SignedIn;
-use crate::cache::PageKey;
 use crate::{AppState, WebError};
 
 /// What the overview shows of a tenant (cached, see [`crate::cache`]).
-pub(super) struct OverviewData {
+pub(crate) struct OverviewData {
     pub(super) tenant_name: String,
     pub(super) plan_name: String,
     pub(super) status: &'static str,
@@ -58,10 +57,10 @@ pub(super) async fn overview(
 ) -> Result<HttpResponse, WebError> {
     let tenant_id = customer_tenant(&s)?;
     cached_page(
-        &state,
         &req,
         &s,
-        PageKey::Overview(tenant_id),
+        &state.caches.overviews,
+        tenant_id,
         || overview_data(&state.pool, tenant_id),
         |layout, data| OverviewPage { layout, data },
     )

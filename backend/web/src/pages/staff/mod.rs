@@ -15,6 +15,7 @@ use crate::WebError;
 use audit_log::audit_page;
 use node_list::nodes_page;
 use plan_pages::{create_plan, edit_plan_page, plans_page, update_plan};
+pub(crate) use tenant_list::TenantsData;
 use tenant_list::{create_tenant, tenants_page};
 use tenant_page::{
     change_plan, change_status, confirm_status, create_user, reset_password, set_overrides,

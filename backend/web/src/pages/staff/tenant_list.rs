@@ -11,7 +11,6 @@ use uuid::Uuid;
 
 use super::PAGE;
 use crate::auth::SignedIn;
-use crate::cache::PageKey;
 use crate::format;
 use crate::pages::{Layout, cached_page, record, require_admin, require_staff};
 use crate::{AppState, WebError, flash};
@@ -43,7 +42,7 @@ pub(super) struct TenantsTable {
 
 /// A page of the tenant list (cached, see [`crate::cache`]), its table
 /// rendered once: it is the same for every viewer.
-pub(super) struct TenantsData {
+pub(crate) struct TenantsData {
     table: String,
     plans: Vec<(Uuid, String)>,
 }
@@ -103,14 +102,24 @@ pub(super) async fn tenants_page(
     };
     let page = q.page.unwrap_or(0).min(100_000);
     let status_text = status.map(|s| s.as_str().to_owned()).unwrap_or_default();
-    let key = PageKey::StaffTenants(query_string(&search, &status_text, &sort, page));
+    let key = query_string(&search, &status_text, &sort, page);
     let can_admin = s.0.user.role == Role::Admin;
     cached_page(
-        &state,
         &req,
         &s,
+        &state.caches.tenant_lists,
         key,
-        || tenants_data(&state.pool, search, status, status_text, sort, order, page),
+        || {
+            tenants_data(
+                &state.pool,
+                search.clone(),
+                status,
+                status_text.clone(),
+                sort.clone(),
+                order,
+                page,
+            )
+        },
         |layout, data| TenantsPage {
             layout,
             can_admin,
