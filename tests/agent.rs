@@ -130,6 +130,56 @@ async fn rows_become_jails_and_follow_every_change() {
 }
 
 #[tokio::test]
+async fn under_systemd_the_jails_live_in_the_units_delegated_subtree() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let node = Node::in_unit(&url);
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let jail = jails::create(&pool, tenant, &system_jail("site", &[]))
+        .await
+        .unwrap();
+    let jail = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let unit = node.unit.clone().unwrap();
+    for controller in ["memory", "pids", "cpu"] {
+        let dir = node.cgroup_dir(controller, &jail);
+        assert!(
+            dir.starts_with(format!("/sys/fs/cgroup/{controller}/{unit}/jails")),
+            "{}",
+            dir.display()
+        );
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            !procs.trim().is_empty(),
+            "the jail runs in {}",
+            dir.display()
+        );
+        // Nothing of this node outside the unit's subtree.
+        assert!(
+            !std::path::Path::new(&format!(
+                "/sys/fs/cgroup/{controller}/stockade-{}",
+                node.name
+            ))
+            .exists()
+        );
+    }
+    // The limits are on the group in the subtree.
+    let limit = std::fs::read_to_string(
+        node.cgroup_dir("memory", &jail)
+            .join("memory.limit_in_bytes"),
+    )
+    .unwrap();
+    assert_eq!(limit.trim(), (64 * MIB).to_string());
+    jails::set_desired(&pool, tenant, jail.id, DesiredState::Deleted)
+        .await
+        .unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+    assert!(!node.cgroup_dir("memory", &jail).exists());
+}
+
+#[tokio::test]
 async fn suspension_stops_and_unsuspension_restarts_jails() {
     if !is_root() {
         return;

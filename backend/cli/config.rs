@@ -93,6 +93,20 @@ pub struct Config {
     pub firewall_table: String,
     /// The cgroup holding the groups of jails made with `stockade jail`.
     pub cgroup_parent: String,
+    /// Where the agent puts its jails' groups: `cgroupfs` (a group of its
+    /// own at the cgroup root) or `systemd` (the subtree systemd delegated
+    /// to the agent's unit).
+    pub cgroup_manager: CgroupManager,
+}
+
+/// Who owns the part of the cgroup tree the agent's jails live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupManager {
+    /// The agent: a group `stockade-<node>` at the cgroup root.
+    Cgroupfs,
+    /// systemd, which delegated a subtree to the agent's unit
+    /// (`Delegate=yes`): jails go under `<unit>/jails`.
+    Systemd,
 }
 
 /// A PostgreSQL URL, or none when empty; never echoed (it may hold a
@@ -160,6 +174,7 @@ impl Default for Config {
             jail_network: Some("10.77.0.1/16".parse().expect("valid default network")),
             firewall_table: "stockade".into(),
             cgroup_parent: "stockade".into(),
+            cgroup_manager: CgroupManager::Cgroupfs,
         }
     }
 }
@@ -291,6 +306,13 @@ impl Config {
                     }
                     self.cgroup_parent = v.to_owned();
                 }
+                "cgroup_manager" => {
+                    self.cgroup_manager = match value.trim() {
+                        "cgroupfs" => CgroupManager::Cgroupfs,
+                        "systemd" => CgroupManager::Systemd,
+                        _ => bail!("{key}: {value:?} must be cgroupfs or systemd"),
+                    };
+                }
                 "bridge" | "firewall_table" => {
                     let v = value.trim();
                     if v.is_empty()
@@ -400,6 +422,10 @@ impl Config {
                 .map_or_else(|| "off".to_owned(), |n| n.to_string()),
             "firewall_table" => self.firewall_table.clone(),
             "cgroup_parent" => self.cgroup_parent.clone(),
+            "cgroup_manager" => match self.cgroup_manager {
+                CgroupManager::Cgroupfs => "cgroupfs".to_owned(),
+                CgroupManager::Systemd => "systemd".to_owned(),
+            },
             _ => return None,
         })
     }

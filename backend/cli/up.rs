@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::cluster::{self, Cluster, Tuning};
-use crate::config::Config;
+use crate::config::{CgroupManager, Config};
 
 use crate::cluster::DATABASE;
 
@@ -169,8 +169,19 @@ pub async fn agent_task(
     let mut engine_cfg =
         stockade_jail::EngineConfig::new(state_dir.join("node"), state_dir.join("images"));
     // Each node's jails live under a cgroup of their own, so several agents
-    // (and jails made by hand with `stockade jail`) never adopt each other's.
-    engine_cfg.cgroup_parent = format!("stockade-{}", cfg.node_name);
+    // (and jails made by hand with `stockade jail`) never adopt each other's:
+    // a group of the agent's own, or the subtree systemd delegated to its unit.
+    engine_cfg.cgroup_parent = match cfg.cgroup_manager {
+        CgroupManager::Cgroupfs => format!("stockade-{}", cfg.node_name),
+        CgroupManager::Systemd => {
+            let version = stockade_jail::Cgroups::detect(&engine_cfg.cgroup_root, "").version();
+            stockade_jail::delegated_parent(
+                &engine_cfg.cgroup_root,
+                &engine_cfg.proc_root,
+                version,
+            )?
+        }
+    };
     engine_cfg.bridge = cfg.bridge.clone();
     engine_cfg.firewall_table = cfg.firewall_table.clone();
     engine_cfg.console_bytes = cfg.console_kib << 10;

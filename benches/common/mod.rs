@@ -1,4 +1,7 @@
-//! What the jail benches share.
+//! What the benches share.
+#![allow(dead_code)]
+
+pub mod panel;
 
 use stockade_domain::{JailKind, JailName, Limits};
 use stockade_jail::{JailSpec, NetSpec};

@@ -33,6 +33,9 @@ pub struct Node {
     child: Option<Child>,
     /// Settings of this agent that differ from the tests' usual ones.
     env: Vec<(String, String)>,
+    /// The group, in every hierarchy, the agent starts in as a systemd unit
+    /// with a delegated subtree would (see [`Node::in_unit`]).
+    pub unit: Option<String>,
 }
 
 impl Node {
@@ -47,9 +50,52 @@ impl Node {
             child: None,
             network: None,
             env: Vec::new(),
+            unit: None,
         };
         node.start();
         node
+    }
+
+    /// An agent started the way systemd starts a unit with `Delegate=yes`:
+    /// in a group `<unit>` of every cgroup hierarchy, with
+    /// `cgroup_manager = systemd`.
+    pub fn in_unit(url: &SecretString) -> Node {
+        let name = format!("agent-test-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let state = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut node = Node {
+            unit: Some(format!("stockade-test-{name}.service")),
+            name,
+            state,
+            url: url.clone(),
+            child: None,
+            network: None,
+            env: vec![("STOCKADE_CGROUP_MANAGER".into(), "systemd".into())],
+        };
+        node.start();
+        node
+    }
+
+    /// The unit's group in each hierarchy of this host.
+    fn unit_dirs(&self) -> Vec<PathBuf> {
+        let Some(unit) = &self.unit else {
+            return Vec::new();
+        };
+        std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path().join(unit))
+            .collect()
+    }
+
+    /// Where this node's jails' groups are, under a hierarchy.
+    fn cgroup_parent(&self) -> String {
+        match &self.unit {
+            Some(unit) => format!("{unit}/jails"),
+            None => format!("stockade-{}", self.name),
+        }
     }
 
     /// An agent with some settings (`STOCKADE_*` variables) of its own.
@@ -73,6 +119,7 @@ impl Node {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            unit: None,
         };
         std::fs::set_permissions(node.state.path(), std::fs::Permissions::from_mode(0o755))
             .unwrap();
@@ -102,6 +149,7 @@ impl Node {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            unit: None,
         };
         node.start();
         node
@@ -112,8 +160,28 @@ impl Node {
             .network
             .clone()
             .unwrap_or_else(|| ("stkunused".into(), "off".into()));
-        let child = Command::new(env!("CARGO_BIN_EXE_stockade"))
-            .arg("agent")
+        // As a unit: a shell joins the unit's groups, then becomes the agent.
+        let mut joins = Vec::new();
+        for dir in self.unit_dirs() {
+            std::fs::create_dir_all(&dir).unwrap();
+            joins.push(dir.join("cgroup.procs"));
+        }
+        let mut cmd = if joins.is_empty() {
+            Command::new(env!("CARGO_BIN_EXE_stockade"))
+        } else {
+            let mut sh = Command::new("sh");
+            sh.args([
+                "-c",
+                r#"for f in "$@"; do echo $$ > "$f" || exit 1; done; exec "$0" agent"#,
+                env!("CARGO_BIN_EXE_stockade"),
+            ])
+            .args(&joins);
+            sh
+        };
+        if joins.is_empty() {
+            cmd.arg("agent");
+        }
+        let child = cmd
             .env("STOCKADE_BRIDGE", &bridge)
             .env("STOCKADE_FIREWALL_TABLE", &bridge)
             .env("STOCKADE_JAIL_NETWORK", &network)
@@ -185,7 +253,7 @@ impl Node {
             self.state.path().join("node"),
             self.state.path().join("images"),
         );
-        cfg.cgroup_parent = format!("stockade-{}", self.name);
+        cfg.cgroup_parent = self.cgroup_parent();
         if let Some((bridge, gateway)) = &self.network {
             cfg.bridge = bridge.clone();
             cfg.firewall_table = bridge.clone();
@@ -198,7 +266,7 @@ impl Node {
     pub fn cgroup_dir(&self, controller: &str, jail: &Jail) -> PathBuf {
         Path::new("/sys/fs/cgroup")
             .join(controller)
-            .join(format!("stockade-{}", self.name))
+            .join(self.cgroup_parent())
             .join(jail.host_name().as_str())
     }
 }
@@ -219,9 +287,17 @@ impl Drop for Node {
         {
             let _ = std::fs::remove_dir(entry.path().join(format!("stockade-{}", self.name)));
         }
+        // The unit's groups, once the agent and its jails are gone.
+        for dir in self.unit_dirs() {
+            let _ = std::fs::remove_dir(dir.join("jails"));
+            let _ = std::fs::remove_dir(dir.join("agent"));
+            let _ = std::fs::remove_dir(&dir);
+        }
         // The agent's claims on its host names.
         let claims = Path::new("/run/stockade/agents");
-        let _ = std::fs::remove_file(claims.join(format!("cgroup-stockade-{}", self.name)));
+        let _ = std::fs::remove_file(
+            claims.join(format!("cgroup-{}", self.cgroup_parent().replace('/', "%"))),
+        );
         if let Some((bridge, _)) = &self.network {
             let _ = std::fs::remove_file(claims.join(format!("bridge-{bridge}")));
             let _ = std::fs::remove_file(claims.join(format!("firewall-{bridge}")));

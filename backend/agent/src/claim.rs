@@ -61,7 +61,8 @@ pub fn claim_host_names(
     let my_start = start_time(proc_root, me).unwrap_or(0);
     let mut claims = Claims { files: Vec::new() };
     for (kind, name) in names {
-        let path = run_dir.join(format!("{kind}-{name}"));
+        // A cgroup parent in a delegated subtree is a path: one file name.
+        let path = run_dir.join(format!("{kind}-{}", name.replace('/', "%")));
         let file = OpenOptions::new()
             .read(true)
             .write(true)

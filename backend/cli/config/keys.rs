@@ -103,6 +103,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "nftables table (inet) of the node's firewall (stockade)",
     ),
     (
+        "cgroup_manager",
+        "where the agent puts its jails' cgroups: cgroupfs (a group of its own) or systemd (the subtree delegated to its unit) (cgroupfs)",
+    ),
+    (
         "cgroup_parent",
         "cgroup holding the node's jails (stockade)",
     ),

@@ -84,6 +84,7 @@ mod usage;
 mod volume;
 mod watch;
 
+pub use cgroup::{Cgroups, Version as CgroupVersion, delegated_parent, own_group};
 pub use discover::{Condition, Discovered, DiscoveredJail};
 pub use engine::{Engine, EngineConfig, UID_RANGE};
 pub use error::JailError;

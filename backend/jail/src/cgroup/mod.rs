@@ -25,6 +25,13 @@ use stockade_domain::Limits;
 use crate::error::JailError;
 use crate::hostinfo::read_small;
 
+pub use delegated::{delegated_parent, own_group};
+
+mod usage;
+pub(crate) use usage::{CgroupUsage, parse_usage, usage_files};
+
+mod delegated;
+
 /// CFS period for CPU quotas: 100 ms, as Kubernetes and Docker use.
 pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 
@@ -33,7 +40,7 @@ const V1_CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "memory", "pids", "blkio", 
 
 /// Which cgroup interface the host offers for the controllers a jail needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Version {
+pub enum Version {
     /// Controllers on per-controller v1 hierarchies (also hybrid hosts, whose
     /// v2 tree at `unified/` holds no controllers).
     V1,
@@ -149,76 +156,9 @@ fn max_or(v: u64) -> String {
     }
 }
 
-/// Counters of one jail's group, cumulative as the kernel keeps them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct CgroupUsage {
-    pub cpu_usec: u64,
-    pub memory_bytes: u64,
-    pub memory_peak_bytes: u64,
-    pub pids: u64,
-    pub io_read_bytes: u64,
-    pub io_write_bytes: u64,
-    pub oom_kills: u64,
-    pub memory_limit_hits: u64,
-    pub pids_limit_hits: u64,
-    pub cpu_throttled_periods: u64,
-}
-
-/// The value of `key` in a flat-keyed cgroup file (`key value` per line).
-pub(crate) fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next() == Some(key))
-            .then(|| it.next()?.parse().ok())
-            .flatten()
-    })
-}
-
-fn number(text: &str) -> u64 {
-    text.trim().parse().unwrap_or(0)
-}
-
-/// Sums v1 `blkio.throttle.io_service_bytes_recursive` ("maj:min Read N").
-fn blkio_v1_bytes(text: &str) -> (u64, u64) {
-    let (mut r, mut wr) = (0, 0);
-    for l in text.lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if let [dev, op, n] = f[..] {
-            if !dev.contains(':') {
-                continue;
-            }
-            let n: u64 = n.parse().unwrap_or(0);
-            match op {
-                "Read" => r += n,
-                "Write" => wr += n,
-                _ => {}
-            }
-        }
-    }
-    (r, wr)
-}
-
-/// Sums v2 `io.stat` ("maj:min rbytes=N wbytes=N ...").
-fn io_stat_v2_bytes(text: &str) -> (u64, u64) {
-    let (mut r, mut wr) = (0, 0);
-    for l in text.lines() {
-        for kv in l.split_whitespace().skip(1) {
-            if let Some((k, v)) = kv.split_once('=') {
-                let v: u64 = v.parse().unwrap_or(0);
-                match k {
-                    "rbytes" => r += v,
-                    "wbytes" => wr += v,
-                    _ => {}
-                }
-            }
-        }
-    }
-    (r, wr)
-}
-
 /// The cgroups of the jails of one node, under `<root>/.../<parent>/<jail>`.
 #[derive(Debug, Clone)]
-pub(crate) struct Cgroups {
+pub struct Cgroups {
     root: PathBuf,
     parent: String,
     version: Version,
@@ -350,7 +290,14 @@ impl Cgroups {
         if self.version == Version::V2 {
             let parent = self.root.join(&self.parent);
             fs::create_dir_all(&parent).map_err(JailError::io("create cgroup", &parent))?;
-            for dir in [&self.root, &parent] {
+            // Every group from the root down to the parent hands the
+            // controllers on (the parent may sit deep in a delegated subtree).
+            let mut dirs = vec![self.root.clone()];
+            for part in Path::new(&self.parent).components() {
+                let next = dirs[dirs.len() - 1].join(part);
+                dirs.push(next);
+            }
+            for dir in &dirs {
                 let file = dir.join("cgroup.subtree_control");
                 // Enabling an already enabled controller is a no-op; a missing
                 // controller (io on some hosts) must not stop the others.
@@ -501,285 +448,5 @@ impl Cgroups {
     }
 }
 
-/// The files [`parse_usage`] reads, as (controller, file).
-pub(crate) fn usage_files(version: Version) -> &'static [(&'static str, &'static str)] {
-    match version {
-        Version::V1 => &[
-            ("cpuacct", "cpuacct.usage"),
-            ("memory", "memory.usage_in_bytes"),
-            ("memory", "memory.max_usage_in_bytes"),
-            ("memory", "memory.failcnt"),
-            ("memory", "memory.memsw.failcnt"),
-            ("memory", "memory.oom_control"),
-            ("pids", "pids.current"),
-            ("pids", "pids.events"),
-            ("cpu", "cpu.stat"),
-            ("blkio", "blkio.throttle.io_service_bytes_recursive"),
-        ],
-        Version::V2 => &[
-            ("", "cpu.stat"),
-            ("", "memory.current"),
-            ("", "memory.peak"),
-            ("", "memory.events"),
-            ("", "pids.current"),
-            ("", "pids.events"),
-            ("", "io.stat"),
-        ],
-    }
-}
-
-/// Turns cgroup file contents (given by `read(controller, file)`) into usage.
-pub(crate) fn parse_usage(version: Version, read: &dyn Fn(&str, &str) -> String) -> CgroupUsage {
-    match version {
-        Version::V1 => {
-            let (io_read_bytes, io_write_bytes) =
-                blkio_v1_bytes(&read("blkio", "blkio.throttle.io_service_bytes_recursive"));
-            let oom_kills = keyed(&read("memory", "memory.oom_control"), "oom_kill").unwrap_or(0);
-            // With memsw == memory the memsw counter usually fails first and
-            // one failed charge bumps only one of the two. Recent kernels no
-            // longer count v1 failures at all (both read 0): an OOM kill is
-            // then the only trace of hitting the limit, so count at least those.
-            let failures = number(&read("memory", "memory.failcnt"))
-                + number(&read("memory", "memory.memsw.failcnt"));
-            CgroupUsage {
-                cpu_usec: number(&read("cpuacct", "cpuacct.usage")) / 1000,
-                memory_bytes: number(&read("memory", "memory.usage_in_bytes")),
-                memory_peak_bytes: number(&read("memory", "memory.max_usage_in_bytes")),
-                pids: number(&read("pids", "pids.current")),
-                io_read_bytes,
-                io_write_bytes,
-                oom_kills,
-                memory_limit_hits: failures.max(oom_kills),
-                pids_limit_hits: keyed(&read("pids", "pids.events"), "max").unwrap_or(0),
-                cpu_throttled_periods: keyed(&read("cpu", "cpu.stat"), "nr_throttled").unwrap_or(0),
-            }
-        }
-        Version::V2 => {
-            let cpu = read("", "cpu.stat");
-            let events = read("", "memory.events");
-            let (io_read_bytes, io_write_bytes) = io_stat_v2_bytes(&read("", "io.stat"));
-            CgroupUsage {
-                cpu_usec: keyed(&cpu, "usage_usec").unwrap_or(0),
-                memory_bytes: number(&read("", "memory.current")),
-                memory_peak_bytes: number(&read("", "memory.peak")),
-                pids: number(&read("", "pids.current")),
-                io_read_bytes,
-                io_write_bytes,
-                oom_kills: keyed(&events, "oom_kill").unwrap_or(0),
-                memory_limit_hits: keyed(&events, "max").unwrap_or(0),
-                pids_limit_hits: keyed(&read("", "pids.events"), "max").unwrap_or(0),
-                cpu_throttled_periods: keyed(&cpu, "nr_throttled").unwrap_or(0),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> Limits {
-        Limits {
-            cpu_millicores: 500,
-            memory_bytes: 256 << 20,
-            pids: 128,
-            disk_bytes: 1 << 30,
-            io_read_bps: 10 << 20,
-            io_write_bps: 0,
-            io_read_iops: 0,
-            io_write_iops: 100,
-            ..Limits::default()
-        }
-    }
-
-    fn render(ws: &[Write]) -> Vec<String> {
-        ws.iter()
-            .map(|w| format!("{}/{}={}", w.controller, w.file, w.value))
-            .collect()
-    }
-
-    #[test]
-    fn v1_limits_become_cfs_quota_memsw_and_blkio_rules() {
-        let ws = limit_writes(Version::V1, &limits(), Some((7, 3)));
-        assert_eq!(
-            render(&ws),
-            [
-                "cpu/cpu.cfs_period_us=100000",
-                "cpu/cpu.cfs_quota_us=50000",
-                "memory/memory.limit_in_bytes=268435456",
-                "memory/memory.memsw.limit_in_bytes=268435456",
-                "pids/pids.max=128",
-                "blkio/blkio.throttle.read_bps_device=7:3 10485760",
-                "blkio/blkio.throttle.write_bps_device=7:3 0",
-                "blkio/blkio.throttle.read_iops_device=7:3 0",
-                "blkio/blkio.throttle.write_iops_device=7:3 100",
-            ]
-        );
-    }
-
-    #[test]
-    fn v2_limits_use_max_for_unlimited_and_forbid_swap() {
-        let mut l = limits();
-        l.cpu_millicores = 0;
-        l.pids = 0;
-        let ws = limit_writes(Version::V2, &l, Some((7, 3)));
-        assert_eq!(
-            render(&ws),
-            [
-                "/cpu.max=max 100000",
-                "/memory.max=268435456",
-                "/memory.swap.max=0",
-                "/pids.max=max",
-                "/io.max=7:3 rbps=10485760 wbps=max riops=max wiops=100",
-            ]
-        );
-    }
-
-    #[test]
-    fn no_device_means_no_io_rules() {
-        let ws = limit_writes(Version::V1, &limits(), None);
-        assert!(ws.iter().all(|w| w.controller != "blkio"));
-    }
-
-    #[test]
-    fn usage_parses_v1_and_v2_files() {
-        let v1 = |c: &str, f: &str| -> String {
-            match (c, f) {
-                ("cpuacct", "cpuacct.usage") => "2500000\n".into(),
-                ("memory", "memory.usage_in_bytes") => "4096\n".into(),
-                ("memory", "memory.max_usage_in_bytes") => "8192\n".into(),
-                ("memory", "memory.oom_control") => {
-                    "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n".into()
-                }
-                ("memory", "memory.failcnt") => "17\n".into(),
-                ("pids", "pids.current") => "3\n".into(),
-                ("pids", "pids.events") => "max 5\n".into(),
-                ("cpu", "cpu.stat") => "nr_periods 10\nnr_throttled 4\nthrottled_time 9\n".into(),
-                ("blkio", "blkio.throttle.io_service_bytes_recursive") => {
-                    "7:3 Read 100\n7:3 Write 200\n7:3 Sync 300\n7:3 Total 300\nTotal 300\n".into()
-                }
-                _ => String::new(),
-            }
-        };
-        let u = parse_usage(Version::V1, &v1);
-        assert_eq!(
-            u,
-            CgroupUsage {
-                cpu_usec: 2500,
-                memory_bytes: 4096,
-                memory_peak_bytes: 8192,
-                pids: 3,
-                io_read_bytes: 100,
-                io_write_bytes: 200,
-                oom_kills: 2,
-                memory_limit_hits: 17,
-                pids_limit_hits: 5,
-                cpu_throttled_periods: 4,
-            }
-        );
-        let v2 = |_: &str, f: &str| -> String {
-            match f {
-                "cpu.stat" => "usage_usec 77\nnr_throttled 6\n".into(),
-                "memory.events" => "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n".into(),
-                "io.stat" => {
-                    "7:3 rbytes=10 wbytes=20 rios=1 wios=2\n8:0 rbytes=1 wbytes=2\n".into()
-                }
-                "pids.events" => "max 0\n".into(),
-                _ => String::new(),
-            }
-        };
-        let u = parse_usage(Version::V2, &v2);
-        assert_eq!(
-            (
-                u.cpu_usec,
-                u.cpu_throttled_periods,
-                u.memory_limit_hits,
-                u.oom_kills
-            ),
-            (77, 6, 9, 1)
-        );
-        assert_eq!((u.io_read_bytes, u.io_write_bytes), (11, 22));
-    }
-
-    #[test]
-    fn usage_reads_exactly_the_listed_files() {
-        for version in [Version::V1, Version::V2] {
-            let asked = std::cell::RefCell::new(Vec::new());
-            parse_usage(version, &|c: &str, f: &str| {
-                asked.borrow_mut().push((c.to_owned(), f.to_owned()));
-                String::new()
-            });
-            let mut asked = asked.into_inner();
-            asked.sort();
-            asked.dedup();
-            let mut listed: Vec<(String, String)> = usage_files(version)
-                .iter()
-                .map(|(c, f)| ((*c).to_owned(), (*f).to_owned()))
-                .collect();
-            listed.sort();
-            assert_eq!(asked, listed, "{version:?}");
-        }
-    }
-
-    #[test]
-    fn groups_are_created_written_listed_and_removed_on_a_fake_root() {
-        let root = tempfile::tempdir().unwrap();
-        for c in V1_CONTROLLERS {
-            fs::create_dir(root.path().join(c)).unwrap();
-        }
-        let cg = Cgroups::detect(root.path(), "stockade");
-        assert_eq!(cg.version(), Version::V1);
-        cg.ensure("web").unwrap();
-        cg.apply("web", &limits(), None).unwrap();
-        let quota =
-            fs::read_to_string(root.path().join("cpu/stockade/web/cpu.cfs_quota_us")).unwrap();
-        assert_eq!(quota, "50000");
-        // swap accounting absent on this fake host: the optional file is skipped
-        assert!(
-            !root
-                .path()
-                .join("memory/stockade/web/memory.memsw.limit_in_bytes")
-                .exists()
-        );
-        assert_eq!(cg.list().len(), V1_CONTROLLERS.len());
-        // Devices: everything denied, then the allow-list.
-        let allowed =
-            fs::read_to_string(root.path().join("devices/stockade/web/devices.allow")).unwrap();
-        assert!(allowed.contains("c 136:* rwm"), "{allowed}");
-        // A real cgroupfs removes its files itself; a temp folder does not.
-        for d in cg.dirs("web") {
-            for e in fs::read_dir(&d).unwrap() {
-                fs::remove_file(e.unwrap().path()).unwrap();
-            }
-        }
-        cg.remove("web").unwrap();
-        cg.remove("web").unwrap();
-        assert!(cg.list().is_empty());
-    }
-
-    #[test]
-    fn v2_is_detected_by_its_controllers_file() {
-        let root = tempfile::tempdir().unwrap();
-        fs::write(
-            root.path().join("cgroup.controllers"),
-            "cpu memory pids io\n",
-        )
-        .unwrap();
-        let cg = Cgroups::detect(root.path(), "stockade");
-        assert_eq!(cg.version(), Version::V2);
-        assert_eq!(cg.dirs("a"), vec![root.path().join("stockade/a")]);
-        // A group is killed whole through its `cgroup.kill`, where present.
-        fs::create_dir_all(root.path().join("stockade/a")).unwrap();
-        assert!(!cg.kill("a"), "a kernel without cgroup.kill");
-        fs::write(root.path().join("stockade/a/cgroup.kill"), "").unwrap();
-        assert!(cg.kill("a"));
-        let written = fs::read_to_string(root.path().join("stockade/a/cgroup.kill")).unwrap();
-        assert_eq!(written, "1");
-        // v1 has no such file: each member is signalled instead.
-        let v1 = tempfile::tempdir().unwrap();
-        for c in V1_CONTROLLERS {
-            fs::create_dir(v1.path().join(c)).unwrap();
-        }
-        assert!(!Cgroups::detect(v1.path(), "stockade").kill("a"));
-    }
-}
+mod tests;
