@@ -86,6 +86,9 @@ impl Node {
             .flatten()
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            // A new cpuset group takes no process until given CPUs; jails
+            // do not use that controller.
+            .filter(|e| e.file_name() != "cpuset")
             .map(|e| e.path().join(unit))
             .collect()
     }
