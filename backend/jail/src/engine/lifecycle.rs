@@ -64,9 +64,11 @@ impl Engine {
     ) -> Result<(JailPaths, JailRecord), JailError> {
         check_rates(&spec.limits)?;
         if let Some(n) = &spec.network {
-            // Before anything exists: a refused address leaves nothing.
-            self.network()
-                .validate(spec.name.as_str(), n, &self.networks())?;
+            // Before anything exists: a refused address or port leaves
+            // nothing (and an existing jail as it was).
+            let network = self.network();
+            network.validate(spec.name.as_str(), n, &self.networks())?;
+            network.check_ports(n)?;
         }
         let lower = image::path(&self.cfg.image_dir, &spec.image)?;
         if !lower.is_dir() {

@@ -5,6 +5,8 @@ mod inside;
 mod lifecycle;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_net;
 mod upkeep;
 
 use std::collections::HashMap;

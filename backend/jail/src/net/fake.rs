@@ -1,27 +1,48 @@
 //! A network host that records what it was asked to do.
 
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 
 use super::*;
 
-#[derive(Debug, Default)]
+/// Clones share what they record and read: a test keeps one while an
+/// engine owns another.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct RecordingNet {
-    pub calls: Mutex<Vec<String>>,
+    pub calls: Arc<Mutex<Vec<String>>>,
     /// Calls starting with this fail.
-    pub fail_on: Mutex<Option<String>>,
+    pub fail_on: Arc<Mutex<Option<String>>>,
     pub busy_ports: Vec<u16>,
-    pub firewall: Mutex<bool>,
+    pub firewall: Arc<Mutex<bool>>,
+    /// The firewall table's contents while it exists, one `add` command a
+    /// line: a table program replaces its rules and keeps its elements,
+    /// element commands add and delete elements. Its lines, sorted, are
+    /// what `firewall_listing` reads.
+    pub table: Arc<Mutex<BTreeSet<String>>>,
     /// What `root_rate` reads, by device; unknown when absent.
-    pub rates: Mutex<std::collections::HashMap<String, u64>>,
+    pub rates: Arc<Mutex<std::collections::HashMap<String, u64>>>,
     /// What `jail_end` reads; unknown when `None`.
-    pub end: Mutex<Option<JailEnd>>,
+    pub end: Arc<Mutex<Option<JailEnd>>>,
 }
 
 impl RecordingNet {
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
+    }
+    /// The calls recorded so far, forgotten.
+    pub fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+    /// The set and map elements in the firewall table.
+    pub fn elements(&self) -> Vec<String> {
+        let table = self.table.lock().unwrap();
+        table
+            .iter()
+            .filter(|l| l.starts_with("add element"))
+            .cloned()
+            .collect()
     }
     fn rec(&self, s: String) -> Result<(), JailError> {
         let fail = self
@@ -51,13 +72,32 @@ impl NetHost for RecordingNet {
         *self.firewall.lock().unwrap()
     }
     fn firewall_listing(&self, _table: &str) -> Option<String> {
-        None
+        if !*self.firewall.lock().unwrap() {
+            return None;
+        }
+        let table = self.table.lock().unwrap();
+        Some(table.iter().map(|l| format!("{l}\n")).collect())
     }
     fn nft(&self, _object: &str, script: &str) -> Result<(), JailError> {
         let first = script.lines().next().unwrap_or_default().to_string();
         self.rec(format!("nft {first}"))?;
+        let mut table = self.table.lock().unwrap();
         if first.starts_with("add table") {
             *self.firewall.lock().unwrap() = true;
+            table.retain(|l| l.starts_with("add element"));
+        }
+        for line in script.lines() {
+            if let Some(key) = line.strip_prefix("delete element ") {
+                // `{ KEY }` names a set element or the map element `{ KEY : ... }`.
+                let key = key.trim_end_matches(" }");
+                let (whole, mapped) = (
+                    format!("add element {key} }}"),
+                    format!("add element {key} :"),
+                );
+                table.retain(|l| *l != whole && !l.starts_with(&mapped));
+            } else if line.starts_with("add ") {
+                table.insert(line.to_owned());
+            }
         }
         Ok(())
     }

@@ -133,13 +133,8 @@ impl Network<'_> {
         Ok(())
     }
 
-    /// Registers a jail's published ports and NAT in the firewall. The
-    /// bridge and firewall must exist ([`Self::ensure_node`]).
-    pub fn publish(&self, jail: &str, spec: &NetSpec) -> Result<(), JailError> {
-        let lines = jail_elements(self.node.table, "add", spec);
-        if lines.is_empty() {
-            return Ok(());
-        }
+    /// Refuses host ports to publish that a process on the host listens on.
+    pub fn check_ports(&self, spec: &NetSpec) -> Result<(), JailError> {
         for p in &spec.publish {
             if !self.host.port_free(p.host_port) {
                 return Err(JailError::PortInUse {
@@ -147,6 +142,17 @@ impl Network<'_> {
                     by: "a process on the host".into(),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Registers a jail's published ports and NAT in the firewall. The
+    /// bridge and firewall must exist ([`Self::ensure_node`]) and the ports
+    /// be free ([`Self::check_ports`]).
+    pub fn publish(&self, jail: &str, spec: &NetSpec) -> Result<(), JailError> {
+        let lines = jail_elements(self.node.table, "add", spec);
+        if lines.is_empty() {
+            return Ok(());
         }
         if self.node.forwarding {
             self.host
