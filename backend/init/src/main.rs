@@ -15,6 +15,10 @@
 //! with the command's environment as its own, and descriptors 0-2 (the
 //! command's stdio), [`REPORT_FD`] (the engine's report pipe), [`FILTER_FD`]
 //! (the system call filter) and, with `--log`, [`LOG_FD`] (the log file).
+//!
+//! It is one file over 500 lines on purpose: PID 1 of every jail is the
+//! program a security review reads first, and its whole life (start, signal
+//! forwarding, reaping, log bounds, exit) reads best top to bottom.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;

@@ -5,8 +5,6 @@ mod inside;
 mod lifecycle;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_net;
 mod upkeep;
 
 use std::collections::HashMap;

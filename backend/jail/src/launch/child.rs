@@ -2,6 +2,8 @@
 //! in a copy of a possibly multi-threaded caller. Nothing here allocates,
 //! logs or takes a lock (see the module docs of [`super`]); a test binary
 //! with an allocator that refuses forked children holds it to that.
+//! It stays one file (some 500 lines) so that every step that must not
+//! allocate can be reviewed together.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};

@@ -144,3 +144,7 @@ fn a_shift_recorded_half_way_is_finished() {
     let rec = state::load(&paths).unwrap().unwrap();
     assert_eq!((rec.uid_base, rec.id_shift), (None, None));
 }
+
+mod network;
+mod node;
+mod repair;
