@@ -6,6 +6,9 @@
 //! device allow-list) and removes it again; the two alternate, 300 rounds
 //! each. A jail's start pays the making and the limits; its removal the rest.
 //!
+//! Then each raises the memory limit of a live group from 64 to 128 MiB, as a
+//! quota change does, and the limit is read back from the kernel.
+//!
 //! Run as root: `cargo bench --bench cgroups`.
 
 use std::path::Path;
@@ -32,9 +35,13 @@ const ALLOWED: [(i64, i64); 8] = [
 ];
 
 fn limits() -> Limits {
+    limits_of(256 << 20)
+}
+
+fn limits_of(memory_bytes: u64) -> Limits {
     Limits {
         cpu_millicores: 500,
-        memory_bytes: 256 << 20,
+        memory_bytes,
         pids: 128,
         ..Limits::default()
     }
@@ -42,11 +49,15 @@ fn limits() -> Limits {
 
 /// The same limits as cgroups-rs resources.
 fn resources(v1: bool) -> Resources {
+    resources_of(v1, 256 << 20)
+}
+
+fn resources_of(v1: bool, memory: i64) -> Resources {
     let mut r = Resources::default();
     r.cpu.quota = Some(50_000);
     r.cpu.period = Some(100_000);
-    r.memory.memory_hard_limit = Some(256 << 20);
-    r.memory.memory_swap_limit = Some(256 << 20);
+    r.memory.memory_hard_limit = Some(memory);
+    r.memory.memory_swap_limit = Some(memory);
     r.pid.maximum_number_of_processes = Some(MaxValue::Value(128));
     if v1 {
         let all = vec![
@@ -100,6 +111,52 @@ fn theirs(controllers: &[String], v1: bool, name: &str) -> (Duration, Duration) 
     let t = Instant::now();
     cg.delete().expect("remove the group");
     (made, t.elapsed())
+}
+
+/// The memory limit of a live group raised from 64 to 128 MiB by each: what
+/// the kernel then holds, and whether the call reported an error.
+fn raise(cgroups: &Cgroups, controllers: &[String], v1: bool) {
+    let file = if v1 {
+        "memory/{PARENT}/{name}/memory.limit_in_bytes"
+    } else {
+        "{PARENT}/{name}/memory.max"
+    };
+    let read = |name: &str| {
+        let path = file.replace("{PARENT}", PARENT).replace("{name}", name);
+        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(path))
+            .map(|t| t.trim().parse::<u64>().unwrap_or(0) >> 20)
+            .unwrap_or(0)
+    };
+    cgroups.ensure("raise-a").expect("make the group");
+    cgroups
+        .set("raise-a", &limits_of(64 << 20), None)
+        .expect("limit the group");
+    let ours = cgroups.apply("raise-a", &limits_of(128 << 20), None);
+    println!(
+        "  raising a live group's memory from 64 to 128 MiB: engine reports {}, the kernel holds {} MiB",
+        if ours.is_ok() { "success" } else { "an error" },
+        read("raise-a")
+    );
+    cgroups.remove("raise-a").expect("remove the group");
+    let cg = Cgroup::new_with_specified_controllers(
+        hierarchies::auto(),
+        format!("{PARENT}/raise-b"),
+        Some(controllers.to_vec()),
+    )
+    .expect("make the group");
+    cg.apply(&resources_of(v1, 64 << 20))
+        .expect("limit the group");
+    let theirs = cg.apply(&resources_of(v1, 128 << 20));
+    println!(
+        "  the same through cgroups-rs: it reports {}, the kernel holds {} MiB",
+        if theirs.is_ok() {
+            "success"
+        } else {
+            "an error"
+        },
+        read("raise-b")
+    );
+    cg.delete().expect("remove the group");
 }
 
 fn ms(mut v: Vec<Duration>, p: f64) -> f64 {
@@ -178,4 +235,11 @@ fn main() {
         ms(theirs_gone.clone(), 0.5),
         ms(theirs_gone, 0.9)
     );
+    raise(&cgroups, &controllers, v1);
+    for dir in cgroups.dirs("") {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    if !v1 {
+        let _ = std::fs::remove_dir(root.join(PARENT));
+    }
 }
