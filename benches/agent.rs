@@ -145,6 +145,7 @@ async fn main() {
                 ..Quota::default()
             },
             user_namespace: true,
+            network: plans::PlanNetwork::default(),
         },
     )
     .await

@@ -1042,3 +1042,150 @@ async fn a_raised_disk_quota_grows_the_volume_now_or_at_the_next_stop_and_says_w
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
 }
+
+/// The elements of set or map `name` in firewall table `table`, as listed.
+fn firewall_elements(table: &str, kind: &str, name: &str) -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", kind, "inet", table, name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free range of ten node ports for this test's pool: a test's node
+/// shares the host's ports with every other test running meanwhile.
+fn free_port_range() -> (u16, u16) {
+    loop {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            / 10
+            * 10;
+        if (1024..65_500).contains(&base)
+            && (base..base + 10).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok())
+        {
+            return (base, base + 9);
+        }
+    }
+}
+
+#[tokio::test]
+async fn published_ports_and_outbound_access_follow_the_rows_of_a_running_jail() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let (first, last) = free_port_range();
+    let range = format!("{first}-{last}");
+    let node = Node::with_network_and_env(
+        &url,
+        "10.97.0.1/24",
+        &[("STOCKADE_PUBLISHED_PORTS", range.as_str())],
+    );
+    let (table, _) = node.network.clone().unwrap();
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    // The image's default command: a web server on port 80.
+    let jail = jails::create(&pool, tenant, &system_jail("site", &[]))
+        .await
+        .unwrap();
+    let jail = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let address = jail.address.clone().unwrap();
+    assert!(jail.outbound_nat, "the plan gives outbound access");
+    assert!(
+        firewall_elements(&table, "set", "nat_jails").contains(&address),
+        "the jail is in the NAT set"
+    );
+
+    // Published while it runs: the node's port reaches the jail's server.
+    let p = stockade_store::ports::publish(
+        &pool,
+        tenant,
+        jail.id,
+        stockade_store::ports::NewPort {
+            protocol: stockade_domain::Protocol::Tcp,
+            jail_port: 80,
+            host_port: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.host_port, first, "the lowest port of this node's pool");
+    let published = std::net::SocketAddr::from(([127, 0, 0, 1], p.host_port));
+    assert!(
+        reachable_within(published, Duration::from_secs(10)).await,
+        "port {} reaches the jail",
+        p.host_port
+    );
+    let j = wait_settled(&pool, tenant, jail.id).await;
+    assert_eq!(j.observed_state, ObservedState::Running);
+    assert_eq!(j.last_error, None);
+
+    // Outbound access taken away by the tenant's override: out of the set,
+    // while the published port still answers.
+    tenants::set_overrides(
+        &pool,
+        tenant,
+        &tenants::Overrides {
+            outbound_nat: Some(false),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while firewall_elements(&table, "set", "nat_jails").contains(&address) {
+        assert!(Instant::now() < deadline, "the jail left the NAT set");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(host_reaches(published));
+
+    // Taken back: the node's port answers no more.
+    stockade_store::ports::unpublish(&pool, tenant, jail.id, p.id)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host_reaches(published) {
+        assert!(Instant::now() < deadline, "the port was taken back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !firewall_elements(&table, "map", "publish_tcp").contains(&address),
+        "no element of the jail is left in the map"
+    );
+
+    // Published again and the jail deleted: the port goes with it.
+    let p = stockade_store::ports::publish(
+        &pool,
+        tenant,
+        jail.id,
+        stockade_store::ports::NewPort {
+            protocol: stockade_domain::Protocol::Tcp,
+            jail_port: 80,
+            host_port: Some(last),
+        },
+    )
+    .await
+    .unwrap();
+    let published = std::net::SocketAddr::from(([127, 0, 0, 1], p.host_port));
+    assert!(reachable_within(published, Duration::from_secs(10)).await);
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+    assert!(!host_reaches(published));
+    assert!(!firewall_elements(&table, "map", "publish_tcp").contains(&address));
+}
+
+/// The jail once its node has converged its current generation.
+async fn wait_settled(pool: &PgPool, tenant: Uuid, id: Uuid) -> Jail {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let j = jails::get(pool, tenant, id).await.unwrap();
+        if j.observed_generation >= j.generation {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "not settled: {j:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -591,6 +591,7 @@ async fn a_month_is_closed_once_with_its_totals() {
             disk_bytes: 1 << 40,
             address_pool: None,
             agent_version: "t".into(),
+            published_ports: stockade_store::nodes::DEFAULT_PUBLISHED_PORTS,
         },
     )
     .await

@@ -343,3 +343,216 @@ async fn whole_numbers_written_as_fractions_are_taken_and_real_fractions_refused
     let res = api.post(&base, &api.admin, &body).send().await.unwrap();
     expect_error(res, 422, "validation_failed").await;
 }
+
+#[tokio::test]
+async fn published_ports_come_from_the_node_pool_within_the_allowance_and_go_with_their_jail() {
+    let api = Api::spawn().await;
+    api.node().await;
+    let t = api.tenant("pt").await;
+    let base = format!("/api/v1/tenants/{t}/jails");
+    let res = api
+        .post(&base, &api.admin, &jail("web", 64))
+        .send()
+        .await
+        .unwrap();
+    let j: Value = res.json().await.unwrap();
+    let id = j["id"].as_str().unwrap().to_owned();
+    assert_eq!(j["outbound_nat"], true, "the plans reach the world: {j}");
+    let ports = format!("{base}/{id}/ports");
+    let publish = |body: Value| api.post(&ports, &api.admin, &body).send();
+
+    // The lowest free port of the node's pool; TCP unless said.
+    let res = publish(json!({"jail_port": 80})).await.unwrap();
+    assert_eq!(res.status(), 201);
+    let web: Value = res.json().await.unwrap();
+    assert_eq!(
+        (&web["protocol"], &web["host_port"], &web["jail_port"]),
+        (&json!("tcp"), &json!(20000), &json!(80))
+    );
+    // The same number over UDP is another port.
+    let res = publish(json!({"jail_port": 53, "protocol": "udp"}))
+        .await
+        .unwrap();
+    let dns: Value = res.json().await.unwrap();
+    assert_eq!(
+        (&dns["protocol"], &dns["host_port"]),
+        (&json!("udp"), &json!(20000))
+    );
+
+    // Bad input names its field; nothing is published by it.
+    for (body, field) in [
+        (json!({"jail_port": 80}), "jail_port"),
+        (json!({"jail_port": 81, "host_port": 20000}), "host_port"),
+        (json!({"jail_port": 81, "host_port": 8080}), "host_port"),
+        (json!({"jail_port": 0}), "jail_port"),
+        (json!({"jail_port": 70000}), "jail_port"),
+        (json!({"jail_port": 81, "protocol": "sctp"}), "protocol"),
+    ] {
+        let err = expect_error(
+            publish(body.clone()).await.unwrap(),
+            422,
+            "validation_failed",
+        )
+        .await;
+        assert!(
+            err["error"]["message"].as_str().unwrap().starts_with(field),
+            "{body}: {err}"
+        );
+    }
+    // A node port asked for inside the pool is taken as asked.
+    let res = publish(json!({"jail_port": 443, "host_port": 20443}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    // The tenant's override lowers the allowance: the fourth is refused.
+    let res = api
+        .patch(
+            &format!("/api/v1/tenants/{t}"),
+            &api.admin,
+            &json!({"quota_overrides": {"max_published_ports": 3}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let err = expect_error(
+        publish(json!({"jail_port": 8080})).await.unwrap(),
+        422,
+        "quota_exceeded",
+    )
+    .await;
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("published ports"),
+        "{err}"
+    );
+    let list: Value = api
+        .get(&ports, &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((&list["limit"], &list["used"]), (&json!(3), &json!(3)));
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
+    let shown: Value = api
+        .get(&format!("{base}/{id}"), &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        shown["published_ports"],
+        json!(["20000:80/tcp", "20443:443/tcp", "20000:53/udp"])
+    );
+    assert!(shown["generation"].as_i64().unwrap() > j["generation"].as_i64().unwrap());
+
+    // Another tenant's token sees none of it.
+    let other = api.tenant("pt-other").await;
+    let theirs = token(
+        &api.pool,
+        &[Scope::JailsRead, Scope::JailsWrite],
+        Some(other),
+    )
+    .await;
+    let res = api.get(&ports, &theirs).send().await.unwrap();
+    assert!(matches!(res.status().as_u16(), 403 | 404));
+    let res = api
+        .delete(&format!("{ports}/{}", web["id"].as_str().unwrap()), &theirs)
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(res.status().as_u16(), 403 | 404));
+
+    // Taking one back frees its node port.
+    let res = api
+        .delete(
+            &format!("{ports}/{}", web["id"].as_str().unwrap()),
+            &api.admin,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = api
+        .delete(
+            &format!("{ports}/{}", web["id"].as_str().unwrap()),
+            &api.admin,
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 404, "not_found").await;
+
+    // Outbound access off for the plan: the jail says so, with a new generation.
+    let plan: Value = api
+        .get("/api/v1/plans", &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let starter = plan["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "starter")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = shown["generation"].as_i64().unwrap();
+    let res = api
+        .patch(
+            &format!("/api/v1/plans/{starter}"),
+            &api.admin,
+            &json!({"outbound_nat": false}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let changed: Value = res.json().await.unwrap();
+    assert_eq!(changed["outbound_nat"], false);
+    let shown: Value = api
+        .get(&format!("{base}/{id}"), &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["outbound_nat"], false);
+    assert!(shown["generation"].as_i64().unwrap() > before);
+
+    // Deleting the jail releases its ports: another jail gets 20000 again.
+    let res = api
+        .delete(&format!("{base}/{id}"), &api.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = api
+        .post(&base, &api.admin, &jail("web-2", 64))
+        .send()
+        .await
+        .unwrap();
+    let second: Value = res.json().await.unwrap();
+    let res = api
+        .post(
+            &format!("{base}/{}/ports", second["id"].as_str().unwrap()),
+            &api.admin,
+            &json!({"jail_port": 80}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let again: Value = res.json().await.unwrap();
+    assert_eq!(again["host_port"], 20000, "{again}");
+}

@@ -21,6 +21,7 @@ async fn node(pool: &PgPool, name: &str, memory: u64) -> Uuid {
             disk_bytes: 1 << 40,
             address_pool: None,
             agent_version: "test".into(),
+            published_ports: stockade_store::nodes::DEFAULT_PUBLISHED_PORTS,
         },
     )
     .await
@@ -43,6 +44,7 @@ async fn tenant_with_room_for(pool: &PgPool, jails: u32) -> Uuid {
                 ..Quota::default()
             },
             user_namespace: true,
+            network: plans::PlanNetwork::default(),
         },
     )
     .await

@@ -43,6 +43,7 @@ async fn register_node(app: &TestApp) {
             disk_bytes: 1 << 40,
             address_pool: None,
             agent_version: "t".into(),
+            published_ports: stockade_store::nodes::DEFAULT_PUBLISHED_PORTS,
         },
     )
     .await

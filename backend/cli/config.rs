@@ -89,6 +89,8 @@ pub struct Config {
     /// The bridge's gateway address with the prefix of the node's jail
     /// address pool; `None` = jails of this node get loopback only.
     pub jail_network: Option<ipnet::Ipv4Net>,
+    /// The node's ports that jails' ports are published on.
+    pub published_ports: std::ops::RangeInclusive<u16>,
     /// The nftables table (family inet) the node's firewall lives in.
     pub firewall_table: String,
     /// The cgroup holding the groups of jails made with `stockade jail`.
@@ -172,6 +174,7 @@ impl Default for Config {
             signup_plan: None,
             bridge: "stk0".into(),
             jail_network: Some("10.77.0.1/16".parse().expect("valid default network")),
+            published_ports: stockade_store::nodes::DEFAULT_PUBLISHED_PORTS,
             firewall_table: "stockade".into(),
             cgroup_parent: "stockade".into(),
             cgroup_manager: CgroupManager::Cgroupfs,
@@ -329,6 +332,20 @@ impl Config {
                         self.firewall_table = v.to_owned();
                     }
                 }
+                "published_ports" => {
+                    let bad = || {
+                        anyhow::anyhow!(
+                            "{key}: {value:?} is not a range of ports like 20000-29999 (from 1024 up)"
+                        )
+                    };
+                    let (a, b) = value.trim().split_once('-').ok_or_else(bad)?;
+                    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+                    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+                    if a < 1024 || a > b {
+                        return Err(bad());
+                    }
+                    self.published_ports = a..=b;
+                }
                 "jail_network" => {
                     let v = value.trim();
                     self.jail_network = if v == "off" {
@@ -417,6 +434,11 @@ impl Config {
             "jail_parallelism" => self.jail_parallelism.to_string(),
             "signup_plan" => self.signup_plan.clone().unwrap_or_default(),
             "bridge" => self.bridge.clone(),
+            "published_ports" => format!(
+                "{}-{}",
+                self.published_ports.start(),
+                self.published_ports.end()
+            ),
             "jail_network" => self
                 .jail_network
                 .map_or_else(|| "off".to_owned(), |n| n.to_string()),

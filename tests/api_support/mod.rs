@@ -145,6 +145,7 @@ impl Api {
                 disk_bytes: 1 << 44,
                 address_pool: None,
                 agent_version: "test".into(),
+                published_ports: stockade_store::nodes::DEFAULT_PUBLISHED_PORTS,
             },
         )
         .await

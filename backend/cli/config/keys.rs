@@ -99,6 +99,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "gateway/prefix of the node's jail addresses, or off (10.77.0.1/16)",
     ),
     (
+        "published_ports",
+        "the node's ports that jails' ports are published on (20000-29999)",
+    ),
+    (
         "firewall_table",
         "nftables table (inet) of the node's firewall (stockade)",
     ),

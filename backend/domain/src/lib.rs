@@ -8,6 +8,7 @@ mod email;
 mod file_name;
 pub mod limits;
 mod name;
+mod port;
 mod quantity;
 mod state;
 
@@ -15,6 +16,7 @@ pub use email::Email;
 pub use file_name::FileName;
 pub use limits::Limits;
 pub use name::{JailName, TenantSlug, image_name};
+pub use port::{Protocol, Publish};
 pub use quantity::{ByteSize, Millicores};
 pub use state::{DesiredState, JailKind, ObservedState, Role, TenantStatus};
 

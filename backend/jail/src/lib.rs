@@ -92,7 +92,8 @@ pub use files::check_file_name;
 pub use image::BUSYBOX;
 pub use ipnet::Ipv4Net;
 pub use net::{
-    FIREWALL_TABLE, MIN_RATE_BPS, NetSpec, PoolExhausted, Publish, allocate, host_link, parse_rate,
+    FIREWALL_TABLE, MIN_RATE_BPS, NetSpec, PoolExhausted, Protocol, Publish, allocate, host_link,
+    parse_rate,
 };
 pub use spec::{JailSpec, JailStatus, Usage};
 pub use state::{IdShift, InitProcess, JailRecord, Upper};

@@ -7,12 +7,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use stockade_jail::{JailError, JailKind, JailName, JailStatus, Limits, NetSpec, Publish};
+use stockade_jail::{
+    JailError, JailKind, JailName, JailStatus, Limits, NetSpec, Protocol, Publish,
+};
 
 fn sh(f: &Fixture, name: &JailName, script: &str) -> i32 {
     f.engine
@@ -70,18 +72,34 @@ fn jails_reach_neither_each_other_nor_the_host_but_published_ports_reach_them() 
         .local_addr()
         .unwrap()
         .port();
+    let published_udp = UdpSocket::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut a = f.net_spec("web", JailKind::System, &[], small_limits());
-    a.network.as_mut().unwrap().publish = vec![Publish {
-        host_port: published,
-        jail_port: 80,
-    }];
+    a.network.as_mut().unwrap().publish = vec![
+        Publish {
+            host_port: published,
+            jail_port: 80,
+            protocol: Protocol::Tcp,
+        },
+        Publish {
+            host_port: published_udp,
+            jail_port: 5353,
+            protocol: Protocol::Udp,
+        },
+    ];
     f.engine.create(&a).unwrap();
     f.engine.start(&a.name).unwrap();
     assert_eq!(
         sh(&f, &a.name, "echo hello-from-a > /srv/www/index.html"),
         0
     );
-    let b = f.net_spec("probe", JailKind::System, SLEEPER, small_limits());
+    // Jail B has outbound NAT: the world is open to it, other jails and
+    // the host are not.
+    let mut b = f.net_spec("probe", JailKind::System, SLEEPER, small_limits());
+    b.network.as_mut().unwrap().nat = true;
     f.engine.create(&b).unwrap();
     f.engine.start(&b.name).unwrap();
 
@@ -95,6 +113,32 @@ fn jails_reach_neither_each_other_nor_the_host_but_published_ports_reach_them() 
             .unwrap_or_else(|e| panic!("published port on {host}: {e}"));
         assert!(page.contains("hello-from-a"), "{host}: {page}");
     }
+
+    // A datagram to the published UDP port reaches the jail's port: a
+    // socket bound in the jail's network namespace (busybox has no UDP
+    // server) by a thread of this test.
+    let netns = format!("/proc/{}/ns/net", init_pid(&f, &a.name));
+    let (bound, ready) = std::sync::mpsc::channel();
+    let receiver = std::thread::spawn(move || {
+        let ns = std::fs::File::open(netns).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let s = UdpSocket::bind("0.0.0.0:5353").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        bound.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        s.recv(&mut buf).map(|n| buf[..n].to_vec())
+    });
+    ready.recv().unwrap();
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(b"hello-udp", (Ipv4Addr::LOCALHOST, published_udp))
+        .unwrap();
+    let got = receiver.join().unwrap();
+    assert_eq!(
+        got.as_deref().ok(),
+        Some(&b"hello-udp"[..]),
+        "the datagram to UDP port {published_udp} reached the jail: {got:?}"
+    );
 
     // Host services: one on every address, one on loopback; both answer
     // the host itself.
@@ -434,6 +478,7 @@ fn bad_network_input_is_refused_and_leaves_nothing() {
     spec.publish = vec![Publish {
         host_port: port,
         jail_port: 80,
+        protocol: Protocol::Tcp,
     }];
     b.network = Some(spec);
     let e = f.engine.create(&b).unwrap_err();

@@ -14,6 +14,7 @@ pub mod jails;
 pub mod nodes;
 pub mod password;
 pub mod plans;
+pub mod ports;
 pub mod roles;
 pub mod sessions;
 pub mod stats;

@@ -20,7 +20,12 @@ pub struct NodeInfo {
     pub address_pool: Option<String>,
     /// Version of the agent binary.
     pub agent_version: String,
+    /// The node's ports that jails' ports are published on.
+    pub published_ports: std::ops::RangeInclusive<u16>,
 }
+
+/// The pool of published ports a node has unless configured otherwise.
+pub const DEFAULT_PUBLISHED_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;
 
 /// A node as the staff pages show it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -48,18 +53,22 @@ fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
 pub async fn register(pool: &PgPool, info: &NodeInfo) -> Result<Uuid, StoreError> {
     // The address pool travels as text, cast by the server.
     let id = sqlx::query_scalar!(
-        "INSERT INTO nodes (name, cpus, memory_bytes, disk_bytes, address_pool, agent_version)
-         VALUES ($1, $2, $3, $4, $5::text::cidr, $6)
+        "INSERT INTO nodes (name, cpus, memory_bytes, disk_bytes, address_pool, agent_version,
+             port_min, port_max)
+         VALUES ($1, $2, $3, $4, $5::text::cidr, $6, $7, $8)
          ON CONFLICT (name) DO UPDATE SET cpus = EXCLUDED.cpus, memory_bytes = EXCLUDED.memory_bytes,
              disk_bytes = EXCLUDED.disk_bytes, address_pool = EXCLUDED.address_pool,
-             agent_version = EXCLUDED.agent_version, heartbeat_at = now()
+             agent_version = EXCLUDED.agent_version, port_min = EXCLUDED.port_min,
+             port_max = EXCLUDED.port_max, heartbeat_at = now()
          RETURNING id",
         info.name.as_str(),
         i32::try_from(info.cpus).unwrap_or(i32::MAX),
         to_i64("memory", info.memory_bytes)?,
         to_i64("disk", info.disk_bytes)?,
         info.address_pool.as_deref(),
-        info.agent_version.as_str()
+        info.agent_version.as_str(),
+        i32::from(*info.published_ports.start()),
+        i32::from(*info.published_ports.end())
     )
     .fetch_one(pool)
     .await?;

@@ -52,6 +52,10 @@ pub struct Plan {
     /// Jails of its tenants run in a user namespace of their own: root in
     /// a jail is an unprivileged host uid. Off, root in a jail is host root.
     pub user_namespace: bool,
+    /// Jails of its tenants reach the world through their node's NAT.
+    pub outbound_nat: bool,
+    /// Ports its tenants may publish on their jails' nodes (all jails).
+    pub max_published_ports: u32,
 }
 
 pub(crate) struct QuotaRow {
@@ -96,6 +100,8 @@ struct PlanRow {
     transfer_soft_percent: i16,
     transfer_throttle_bps: i64,
     user_namespace: bool,
+    outbound_nat: bool,
+    max_published_ports: i32,
     cpu_millicores: i32,
     memory_bytes: i64,
     pids: i32,
@@ -135,6 +141,8 @@ impl TryFrom<PlanRow> for Plan {
             transfer_soft_percent: u32::try_from(r.transfer_soft_percent).unwrap_or(80),
             transfer_throttle_bps: to_u64("transfer_throttle_bps", r.transfer_throttle_bps)?,
             user_namespace: r.user_namespace,
+            outbound_nat: r.outbound_nat,
+            max_published_ports: to_u32("max_published_ports", r.max_published_ports)?,
         })
     }
 }
@@ -147,7 +155,7 @@ macro_rules! plan_query {
             PlanRow,
             $before
                 + "id, name, display_name, transfer_soft_percent, transfer_throttle_bps, user_namespace,
-    cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, io_read_bps, io_write_bps,
+    outbound_nat, max_published_ports, cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, io_read_bps, io_write_bps,
     io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps, monthly_transfer_bytes"
                 + $after
             $(, $arg)*
@@ -190,6 +198,26 @@ pub struct PlanInput {
     pub quota: Quota,
     /// Jails of its tenants get a user namespace of their own.
     pub user_namespace: bool,
+    /// Outbound access and published ports.
+    pub network: PlanNetwork,
+}
+
+/// What a plan says of its tenants' networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanNetwork {
+    /// Jails reach the world through their node's NAT.
+    pub outbound_nat: bool,
+    /// Ports its tenants may publish.
+    pub max_published_ports: u32,
+}
+
+impl Default for PlanNetwork {
+    fn default() -> Self {
+        Self {
+            outbound_nat: true,
+            max_published_ports: 4,
+        }
+    }
 }
 
 /// Creates a plan.
@@ -198,8 +226,8 @@ pub async fn create(pool: &PgPool, input: &PlanInput) -> Result<Plan, StoreError
     let row = plan_query!(
         "INSERT INTO plans (name, display_name, cpu_millicores, memory_bytes, pids, disk_bytes, max_jails,
             io_read_bps, io_write_bps, io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps,
-            monthly_transfer_bytes, user_namespace)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            monthly_transfer_bytes, user_namespace, outbound_nat, max_published_ports)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          RETURNING ",
         "",
         input.name.as_str(),
@@ -216,7 +244,9 @@ pub async fn create(pool: &PgPool, input: &PlanInput) -> Result<Plan, StoreError
         to_i64("net_egress_bps", q.net_egress_bps)?,
         to_i64("net_ingress_bps", q.net_ingress_bps)?,
         to_i64("monthly_transfer_bytes", q.monthly_transfer_bytes)?,
-        input.user_namespace
+        input.user_namespace,
+        input.network.outbound_nat,
+        to_i32("max_published_ports", input.network.max_published_ports)?
     )
     .fetch_one(pool)
     .await
@@ -287,6 +317,45 @@ pub async fn set_user_namespace(
         return Ok((get(pool, id).await?, false));
     };
     crate::jails::restart_for_plan(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok((row.try_into()?, true))
+}
+
+/// Sets a plan's outbound access and published-port allowance. A change of
+/// outbound access gives its tenants' jails a new generation, so their
+/// nodes apply it to running jails. Returns the plan and whether anything
+/// changed.
+pub async fn set_network(
+    pool: &PgPool,
+    id: Uuid,
+    network: PlanNetwork,
+) -> Result<(Plan, bool), StoreError> {
+    let mut tx = pool.begin().await?;
+    let before = sqlx::query!(
+        "SELECT outbound_nat FROM plans WHERE id = $1 FOR UPDATE",
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let row = plan_query!(
+        "UPDATE plans SET outbound_nat = $2, max_published_ports = $3, updated_at = now()
+         WHERE id = $1 AND (outbound_nat, max_published_ports) IS DISTINCT FROM ($2, $3)
+         RETURNING ",
+        "",
+        id,
+        network.outbound_nat,
+        to_i32("max_published_ports", network.max_published_ports)?
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok((get(pool, id).await?, false));
+    };
+    if before.outbound_nat != network.outbound_nat {
+        crate::jails::renew_network(&mut tx, None, Some(id)).await?;
+    }
     tx.commit().await?;
     Ok((row.try_into()?, true))
 }

@@ -318,12 +318,17 @@ pub struct Overrides {
     pub max_jails: Option<u32>,
     /// Monthly transfer, bytes.
     pub monthly_transfer_bytes: Option<u64>,
+    /// Outbound access to the world (NAT).
+    pub outbound_nat: Option<bool>,
+    /// Published ports.
+    pub max_published_ports: Option<u32>,
 }
 
 /// A tenant's overrides.
 pub async fn overrides(pool: &PgPool, id: Uuid) -> Result<Overrides, StoreError> {
     let row = sqlx::query!(
-        "SELECT cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, monthly_transfer_bytes
+        "SELECT cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, monthly_transfer_bytes,
+             outbound_nat, max_published_ports
          FROM tenant_quota_overrides WHERE tenant_id = $1",
         id
     )
@@ -341,6 +346,8 @@ pub async fn overrides(pool: &PgPool, id: Uuid) -> Result<Overrides, StoreError>
         monthly_transfer_bytes: row
             .monthly_transfer_bytes
             .and_then(|v| u64::try_from(v).ok()),
+        outbound_nat: row.outbound_nat,
+        max_published_ports: row.max_published_ports.and_then(|v| u32::try_from(v).ok()),
     })
 }
 
@@ -356,22 +363,35 @@ fn opt_i32(v: Option<u32>) -> Result<Option<i32>, StoreError> {
 pub async fn set_overrides(pool: &PgPool, id: Uuid, o: &Overrides) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     lock(&mut tx, id).await?;
+    let nat_before = sqlx::query_scalar!(
+        "SELECT outbound_nat FROM tenant_quota_overrides WHERE tenant_id = $1",
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
     sqlx::query!(
         "INSERT INTO tenant_quota_overrides (tenant_id, cpu_millicores, memory_bytes, pids, disk_bytes,
-             max_jails, monthly_transfer_bytes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+             max_jails, monthly_transfer_bytes, outbound_nat, max_published_ports)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (tenant_id) DO UPDATE SET cpu_millicores = $2, memory_bytes = $3, pids = $4,
-             disk_bytes = $5, max_jails = $6, monthly_transfer_bytes = $7, updated_at = now()",
+             disk_bytes = $5, max_jails = $6, monthly_transfer_bytes = $7, outbound_nat = $8,
+             max_published_ports = $9, updated_at = now()",
         id,
         opt_i32(o.cpu_millicores)?,
         opt_i64(o.memory_bytes)?,
         opt_i32(o.pids)?,
         opt_i64(o.disk_bytes)?,
         opt_i32(o.max_jails)?,
-        opt_i64(o.monthly_transfer_bytes)?
+        opt_i64(o.monthly_transfer_bytes)?,
+        o.outbound_nat,
+        opt_i32(o.max_published_ports)?
     )
     .execute(&mut *tx)
     .await?;
+    if nat_before != o.outbound_nat {
+        crate::jails::renew_network(&mut tx, Some(id), None).await?;
+    }
     crate::jails::clamp_to_quota(&mut tx, id).await?;
     tx.commit().await?;
     Ok(())
@@ -391,6 +411,8 @@ pub async fn change_plan(pool: &PgPool, id: Uuid, plan_id: Uuid) -> Result<Tenan
     if done.rows_affected() == 0 {
         return Err(StoreError::InvalidState("the plan does not exist".into()));
     }
+    // The new plan may say otherwise about outbound access.
+    crate::jails::renew_network(&mut tx, Some(id), None).await?;
     crate::jails::clamp_to_quota(&mut tx, id).await?;
     tx.commit().await?;
     get(pool, id).await

@@ -32,7 +32,11 @@ fn spec_of(jail: &Jail) -> JailSpec {
             .address
             .as_deref()
             .and_then(|a| a.parse().ok())
-            .map(stockade_jail::NetSpec::new),
+            .map(|address| stockade_jail::NetSpec {
+                address,
+                publish: jail.published.clone(),
+                nat: jail.outbound_nat,
+            }),
         user_namespace: jail.user_namespace,
     }
 }
@@ -101,6 +105,12 @@ pub(super) fn converge(
                         .map_err(|e| fail("applying limits", e))?;
                     engine.start(&name).map_err(|e| fail("starting", e))?;
                     return Ok(Some(ObservedState::Running));
+                }
+                if !converged {
+                    // Published ports and outbound NAT change live.
+                    engine
+                        .create(&spec_of(jail))
+                        .map_err(|e| (ObservedState::Running, format!("publishing: {e}")))?;
                 }
                 // Live limits; also sets back a limit changed by hand. A
                 // volume the host will not grow while mounted grows at the

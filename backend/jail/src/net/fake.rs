@@ -125,7 +125,7 @@ impl NetHost for RecordingNet {
     fn jail_end(&self, _netns: &Path) -> Option<JailEnd> {
         self.end.lock().unwrap().clone()
     }
-    fn port_free(&self, port: u16) -> bool {
+    fn port_free(&self, port: u16, _protocol: Protocol) -> bool {
         !self.busy_ports.contains(&port)
     }
     fn sysctl(&self, path: &Path, value: &str) -> Result<(), JailError> {

@@ -3,6 +3,9 @@
 
 use super::NetSpec;
 
+/// IPv4 link-local addresses, where clouds serve instance metadata.
+const LINK_LOCAL: &str = "169.254.0.0/16";
+
 /// The nftables program that (re)creates Stockade's table: idempotent
 /// (`add` keeps what exists, chains are flushed and refilled in the same
 /// transaction) and it keeps the set and map elements of existing jails.
@@ -13,6 +16,7 @@ pub(crate) fn firewall(table: &str, bridge: &str, open_ports: &[u16]) -> String 
         "add table {t}\n\
          add set {t} nat_jails {{ type ipv4_addr; }}\n\
          add map {t} publish_tcp {{ type inet_service : ipv4_addr . inet_service; }}\n\
+         add map {t} publish_udp {{ type inet_service : ipv4_addr . inet_service; }}\n\
          add chain {t} input {{ type filter hook input priority filter; policy accept; }}\n\
          add chain {t} forward {{ type filter hook forward priority filter; policy accept; }}\n\
          add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
@@ -42,6 +46,9 @@ pub(crate) fn firewall(table: &str, bridge: &str, open_ports: &[u16]) -> String 
         format!("oifname {b} ct status dnat accept"),
         format!("oifname {b} drop"),
         format!("iifname {b} ct state established,related accept"),
+        // Link-local addresses (a cloud's metadata service at
+        // 169.254.169.254) are the node's, never a jail's, NAT or not.
+        format!("iifname {b} ip daddr {LINK_LOCAL} drop"),
         format!("iifname {b} ip saddr @nat_jails accept"),
         format!("iifname {b} drop"),
     ] {
@@ -51,9 +58,11 @@ pub(crate) fn firewall(table: &str, bridge: &str, open_ports: &[u16]) -> String 
     // itself, 127.0.0.1 included (output; the bridge routes loopback
     // sources, and they are masqueraded to the gateway address).
     for chain in ["prerouting", "output"] {
-        s += &format!(
-            "add rule {t} {chain} fib daddr type local dnat ip to tcp dport map @publish_tcp\n"
-        );
+        for proto in ["tcp", "udp"] {
+            s += &format!(
+                "add rule {t} {chain} fib daddr type local dnat ip to {proto} dport map @publish_{proto}\n"
+            );
+        }
     }
     s += &format!("add rule {t} postrouting oifname {b} ip saddr 127.0.0.0/8 masquerade\n");
     s += &format!("add rule {t} postrouting oifname != {b} ip saddr @nat_jails masquerade\n");
@@ -66,11 +75,12 @@ pub(crate) fn jail_elements(table: &str, verb: &str, spec: &NetSpec) -> Vec<Stri
     let t = format!("inet {table}");
     let mut out = Vec::new();
     for p in &spec.publish {
+        let map = format!("publish_{}", p.protocol.as_str());
         out.push(if verb == "delete" {
-            format!("delete element {t} publish_tcp {{ {} }}", p.host_port)
+            format!("delete element {t} {map} {{ {} }}", p.host_port)
         } else {
             format!(
-                "{verb} element {t} publish_tcp {{ {} : {} . {} }}",
+                "{verb} element {t} {map} {{ {} : {} . {} }}",
                 p.host_port, spec.address, p.jail_port
             )
         });

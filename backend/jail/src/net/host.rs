@@ -6,7 +6,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use nix::errno::Errno;
 use crate::error::JailError;
 use crate::netlink::{self, Netlink};
 
-use super::JAIL_LINK;
+use super::{JAIL_LINK, Protocol};
 
 /// `tc` arguments limiting `dev`'s egress to `bps` bits/s with tbf, or
 /// removing the limit (`bps == 0`).
@@ -127,8 +127,8 @@ pub(crate) trait NetHost: Send + Sync + fmt::Debug {
     /// What the jail's end of its link looks like from inside the jail's
     /// namespace, `None` when it cannot be read.
     fn jail_end(&self, netns: &Path) -> Option<JailEnd>;
-    /// Whether nothing on the host listens on TCP `port`.
-    fn port_free(&self, port: u16) -> bool;
+    /// Whether nothing on the host listens on `port` of `protocol`.
+    fn port_free(&self, port: u16, protocol: Protocol) -> bool;
     /// Writes a sysctl file.
     fn sysctl(&self, path: &Path, value: &str) -> Result<(), JailError>;
 }
@@ -332,8 +332,11 @@ impl NetHost for LinuxNet {
         .ok()
     }
 
-    fn port_free(&self, port: u16) -> bool {
-        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+    fn port_free(&self, port: u16, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::Tcp => TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok(),
+            Protocol::Udp => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok(),
+        }
     }
 
     fn sysctl(&self, path: &Path, value: &str) -> Result<(), JailError> {

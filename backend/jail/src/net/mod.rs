@@ -28,8 +28,8 @@ pub(crate) use host::{
 #[cfg(test)]
 use host::{default_gateway, program_error, tbf_rate};
 pub use spec::{
-    FIREWALL_TABLE, JAIL_LINK, MIN_RATE_BPS, NetSpec, PoolExhausted, Publish, allocate, host_link,
-    parse_rate,
+    FIREWALL_TABLE, JAIL_LINK, MIN_RATE_BPS, NetSpec, PoolExhausted, Protocol, Publish, allocate,
+    host_link, parse_rate,
 };
 
 use std::collections::HashSet;
@@ -86,10 +86,14 @@ impl Network<'_> {
         }
         let mut seen = HashSet::new();
         for p in &spec.publish {
-            if !seen.insert(p.host_port) {
+            if !seen.insert((p.protocol, p.host_port)) {
                 return Err(JailError::Invalid {
                     what: "published port",
-                    reason: format!("host port {} is published twice", p.host_port),
+                    reason: format!(
+                        "host port {}/{} is published twice",
+                        p.host_port,
+                        p.protocol.as_str()
+                    ),
                 });
             }
         }
@@ -100,7 +104,11 @@ impl Network<'_> {
                     by: format!("jail {name}"),
                 });
             }
-            if let Some(p) = other.publish.iter().find(|p| seen.contains(&p.host_port)) {
+            if let Some(p) = other
+                .publish
+                .iter()
+                .find(|p| seen.contains(&(p.protocol, p.host_port)))
+            {
                 return Err(JailError::PortInUse {
                     port: p.host_port,
                     by: format!("jail {name}"),
@@ -136,7 +144,7 @@ impl Network<'_> {
     /// Refuses host ports to publish that a process on the host listens on.
     pub fn check_ports(&self, spec: &NetSpec) -> Result<(), JailError> {
         for p in &spec.publish {
-            if !self.host.port_free(p.host_port) {
+            if !self.host.port_free(p.host_port, p.protocol) {
                 return Err(JailError::PortInUse {
                     port: p.host_port,
                     by: "a process on the host".into(),

@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::error::JailError;
+pub use stockade_domain::{Protocol, Publish};
 
 /// The nftables table Stockade owns on a node (family `inet`) by default.
 pub const FIREWALL_TABLE: &str = "stockade";
@@ -36,36 +37,6 @@ impl NetSpec {
             publish: Vec::new(),
             nat: false,
         }
-    }
-}
-
-/// A TCP port of the host forwarded to a port of the jail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Publish {
-    /// The host's port.
-    pub host_port: u16,
-    /// The jail's port.
-    pub jail_port: u16,
-}
-
-impl Publish {
-    /// Parses `HOST:JAIL`, e.g. `8080:80`.
-    pub fn parse(s: &str) -> Result<Self, JailError> {
-        let invalid = |reason: &str| JailError::Invalid {
-            what: "published port",
-            reason: format!("{s:?}: {reason}"),
-        };
-        let (h, j) = s
-            .split_once(':')
-            .ok_or_else(|| invalid("expected HOST:JAIL, e.g. 8080:80"))?;
-        let port = |p: &str| match p.parse::<u16>() {
-            Ok(0) | Err(_) => Err(invalid("ports are 1 to 65535")),
-            Ok(n) => Ok(n),
-        };
-        Ok(Self {
-            host_port: port(h)?,
-            jail_port: port(j)?,
-        })
     }
 }
 

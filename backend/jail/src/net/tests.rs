@@ -61,11 +61,52 @@ fn publish_specs_parse() {
         Publish::parse("8080:80").unwrap(),
         Publish {
             host_port: 8080,
-            jail_port: 80
+            jail_port: 80,
+            protocol: Protocol::Tcp,
         }
     );
-    for bad in ["8080", "0:80", "8080:70000", "a:b", ":80"] {
+    assert_eq!(
+        Publish::parse("5353:53/udp").unwrap(),
+        Publish {
+            host_port: 5353,
+            jail_port: 53,
+            protocol: Protocol::Udp,
+        }
+    );
+    assert_eq!(Publish::parse("80:80/tcp").unwrap().protocol, Protocol::Tcp);
+    for bad in [
+        "8080",
+        "0:80",
+        "8080:70000",
+        "a:b",
+        ":80",
+        "80:80/sctp",
+        "80:80/",
+    ] {
         assert!(Publish::parse(bad).is_err(), "{bad}");
+    }
+    // A record written before UDP existed reads as TCP.
+    let old: Publish = serde_json::from_str(r#"{"host_port":1,"jail_port":2}"#).unwrap();
+    assert_eq!(old.protocol, Protocol::Tcp);
+}
+
+#[test]
+fn the_metadata_address_is_dropped_before_outbound_nat() {
+    let fw = firewall(FIREWALL_TABLE, "stk0", &[]);
+    let forward: Vec<&str> = fw.lines().filter(|l| l.contains(" forward ")).collect();
+    let metadata = forward
+        .iter()
+        .position(|l| l.ends_with("ip daddr 169.254.0.0/16 drop"))
+        .expect("a rule for link-local addresses");
+    let nat = forward
+        .iter()
+        .position(|l| l.contains("@nat_jails accept"))
+        .unwrap();
+    assert!(metadata < nat, "{fw}");
+    // Both protocols are forwarded from their own maps.
+    for proto in ["tcp", "udp"] {
+        assert!(fw.contains(&format!("add map inet stockade publish_{proto} ")));
+        assert!(fw.contains(&format!("dnat ip to {proto} dport map @publish_{proto}")));
     }
 }
 
@@ -99,11 +140,13 @@ fn firewall_drops_jail_traffic_to_the_host_after_open_ports() {
 fn elements_name_the_jail_address() {
     let mut spec = NetSpec::new(Ipv4Addr::new(10, 77, 0, 9));
     spec.publish.push(Publish::parse("8080:80").unwrap());
+    spec.publish.push(Publish::parse("8080:53/udp").unwrap());
     spec.nat = true;
     assert_eq!(
         jail_elements(FIREWALL_TABLE, "add", &spec),
         [
             "add element inet stockade publish_tcp { 8080 : 10.77.0.9 . 80 }",
+            "add element inet stockade publish_udp { 8080 : 10.77.0.9 . 53 }",
             "add element inet stockade nat_jails { 10.77.0.9 }"
         ]
     );
@@ -111,6 +154,12 @@ fn elements_name_the_jail_address() {
         jail_elements(FIREWALL_TABLE, "delete", &spec)[0],
         "delete element inet stockade publish_tcp { 8080 }"
     );
+}
+
+fn other_with(address: Ipv4Addr, publish: &str) -> NetSpec {
+    let mut n = NetSpec::new(address);
+    n.publish.push(Publish::parse(publish).unwrap());
+    n
 }
 
 #[test]
@@ -137,6 +186,16 @@ fn validation_names_the_conflict() {
         .validate("a", &mine, &[("b".into(), other)])
         .unwrap_err();
     assert_eq!(e.to_string(), "port 8080 is already used by jail b");
+    // The same number of the other protocol is another port.
+    let mut udp = spec.clone();
+    udp.publish.push(Publish::parse("8080:81/udp").unwrap());
+    let mut tcp_user = other_with(Ipv4Addr::new(10, 77, 0, 10), "8080:80");
+    net.validate("a", &udp, &[("b".into(), tcp_user.clone())])
+        .unwrap();
+    tcp_user
+        .publish
+        .push(Publish::parse("8080:80/udp").unwrap());
+    assert!(net.validate("a", &udp, &[("b".into(), tcp_user)]).is_err());
     for bad in ["10.78.0.2", "10.77.255.255", "10.77.0.0"] {
         let s = NetSpec::new(bad.parse().unwrap());
         assert!(net.validate("a", &s, &[]).is_err(), "{bad}");

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
-use stockade_domain::{DesiredState, JailKind, JailName, Limits, ObservedState};
+use stockade_domain::{DesiredState, JailKind, JailName, Limits, ObservedState, Publish};
 use uuid::Uuid;
 
 use crate::{JAILS_CHANNEL, PgPool, StoreError, to_i32, to_i64, to_u32, to_u64};
@@ -53,6 +53,11 @@ pub struct Jail {
     pub created_at: DateTime<Utc>,
     /// Runs in a user namespace of its own (its tenant's plan says).
     pub user_namespace: bool,
+    /// Ports of its node forwarded to it (see [`crate::ports`]).
+    pub published: Vec<Publish>,
+    /// Reaches the world through its node's NAT (its tenant's override or
+    /// plan says).
+    pub outbound_nat: bool,
 }
 
 impl Jail {
@@ -95,6 +100,8 @@ struct JailRow {
     last_error: Option<String>,
     created_at: DateTime<Utc>,
     user_namespace: bool,
+    published: Vec<String>,
+    outbound_nat: bool,
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -139,6 +146,12 @@ impl TryFrom<JailRow> for Jail {
             last_error: r.last_error,
             created_at: r.created_at,
             user_namespace: r.user_namespace,
+            published: r
+                .published
+                .iter()
+                .map(|p| Publish::parse(p).map_err(|e| bad("published port", e)))
+                .collect::<Result<_, _>>()?,
+            outbound_nat: r.outbound_nat,
         })
     }
 }
@@ -155,7 +168,14 @@ macro_rules! jail_query {
     net_egress_bps, net_ingress_bps, desired_state, observed_state, generation,
     observed_generation, restart_generation, host(address) AS address, last_error, created_at,
     COALESCE((SELECT p.user_namespace FROM tenants t JOIN plans p ON p.id = t.plan_id
-              WHERE t.id = jails.tenant_id), true) AS "user_namespace!""#
+              WHERE t.id = jails.tenant_id), true) AS "user_namespace!",
+    ARRAY(SELECT pp.host_port || ':' || pp.jail_port || '/' || pp.protocol
+          FROM published_ports pp WHERE pp.jail_id = jails.id
+          ORDER BY pp.protocol, pp.host_port) AS "published!",
+    COALESCE((SELECT COALESCE(o.outbound_nat, p.outbound_nat)
+              FROM tenants t JOIN plans p ON p.id = t.plan_id
+              LEFT JOIN tenant_quota_overrides o ON o.tenant_id = t.id
+              WHERE t.id = jails.tenant_id), true) AS "outbound_nat!""#
                 + $after
             $(, $arg)*
         )
@@ -183,7 +203,7 @@ pub struct NewJail {
 
 /// Locks the tenant's row (serialising quota checks) and refuses changes to
 /// a tenant that is not active.
-async fn lock_active_tenant(
+pub(crate) async fn lock_active_tenant(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: Uuid,
 ) -> Result<(), StoreError> {
@@ -277,7 +297,7 @@ async fn place(
         .ok_or_else(|| StoreError::NoCapacity("every node is full".into()))
 }
 
-async fn notify(
+pub(crate) async fn notify(
     tx: &mut Transaction<'_, Postgres>,
     node_id: Option<Uuid>,
 ) -> Result<(), StoreError> {
@@ -372,6 +392,7 @@ pub async fn set_desired(
     if desired == DesiredState::Running {
         lock_active_tenant(&mut tx, tenant_id).await?;
     }
+
     let row = jail_query!(
         "UPDATE jails SET desired_state = $3, desired_before_suspend = NULL,
              generation = generation + 1, updated_at = now()
@@ -477,6 +498,25 @@ pub(crate) async fn restart_for_plan(
              updated_at = now()
          WHERE desired_state = 'running'
            AND tenant_id IN (SELECT id FROM tenants WHERE plan_id = $1)",
+        plan_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    notify(tx, None).await
+}
+
+/// A new generation for the live jails of tenant `tenant_id`, or of every
+/// tenant on plan `plan_id`, so their nodes apply a changed outbound access.
+pub(crate) async fn renew_network(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: Option<Uuid>,
+    plan_id: Option<Uuid>,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE jails SET generation = generation + 1, updated_at = now()
+         WHERE desired_state <> 'deleted'
+           AND (tenant_id = $1 OR tenant_id IN (SELECT id FROM tenants WHERE plan_id = $2))",
+        tenant_id,
         plan_id
     )
     .execute(&mut **tx)

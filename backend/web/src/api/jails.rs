@@ -68,6 +68,11 @@ pub struct JailOut {
     pub last_error: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Ports of its node forwarded to it, as `NODE:JAIL/PROTOCOL`.
+    pub published_ports: Vec<String>,
+    /// Whether it reaches the world through its node (its plan or tenant
+    /// override says).
+    pub outbound_nat: bool,
 }
 
 impl From<Jail> for JailOut {
@@ -88,6 +93,12 @@ impl From<Jail> for JailOut {
             address: j.address,
             last_error: j.last_error,
             created_at: j.created_at,
+            published_ports: j
+                .published
+                .iter()
+                .map(|p| format!("{}:{}/{}", p.host_port, p.jail_port, p.protocol))
+                .collect(),
+            outbound_nat: j.outbound_nat,
         }
     }
 }

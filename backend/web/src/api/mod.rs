@@ -12,6 +12,7 @@ mod jails;
 pub(crate) mod metrics;
 mod openapi;
 mod plans;
+mod ports;
 mod ratelimit;
 mod tenants;
 mod types;
@@ -89,6 +90,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(tenants::routes)
                 .configure(plans::routes)
                 .configure(jails::routes)
+                .configure(ports::routes)
                 .configure(usage::routes)
                 .configure(webhooks::routes)
                 .default_service(web::to(error::not_found)),

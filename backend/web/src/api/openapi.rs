@@ -8,7 +8,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{jails, plans, tenants, usage, webhooks};
+use super::{jails, plans, ports, tenants, usage, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,7 @@ use super::{jails, plans, tenants, usage, webhooks};
         plans::list, plans::get, plans::create, plans::update,
         jails::list, jails::create, jails::get, jails::update, jails::delete,
         jails::start, jails::stop, jails::restart,
+        ports::list, ports::publish, ports::unpublish,
         usage::tenant_usage, usage::month_usage,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries,
     ),

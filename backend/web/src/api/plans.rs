@@ -41,6 +41,10 @@ pub struct PlanOut {
     /// Jails of its tenants run in a user namespace of their own: root in a
     /// jail is an unprivileged host uid. Off, root in a jail is host root.
     pub user_namespace: bool,
+    /// Jails of its tenants reach the world through their node's NAT.
+    pub outbound_nat: bool,
+    /// Ports its tenants may publish on their jails' nodes, over all jails.
+    pub max_published_ports: u32,
 }
 
 impl From<Plan> for PlanOut {
@@ -51,6 +55,8 @@ impl From<Plan> for PlanOut {
             display_name: p.display_name,
             quota: p.quota.into(),
             user_namespace: p.user_namespace,
+            outbound_nat: p.outbound_nat,
+            max_published_ports: p.max_published_ports,
         }
     }
 }
@@ -112,6 +118,13 @@ pub struct CreatePlan {
     /// Jails of its tenants get a user namespace of their own (default true).
     #[serde(default)]
     pub user_namespace: Option<bool>,
+    /// Jails of its tenants reach the world through NAT (default true).
+    #[serde(default)]
+    pub outbound_nat: Option<bool>,
+    /// Ports its tenants may publish (default 4).
+    #[serde(default)]
+    #[schema(maximum = 2147483647)]
+    pub max_published_ports: Option<u32>,
 }
 
 impl TryFrom<CreatePlan> for PlanInput {
@@ -123,6 +136,11 @@ impl TryFrom<CreatePlan> for PlanInput {
             display_name: text("display_name", &b.display_name, 200)?,
             quota: b.quota.try_into()?,
             user_namespace: b.user_namespace.unwrap_or(true),
+            network: network_of(
+                plans::PlanNetwork::default(),
+                b.outbound_nat,
+                b.max_published_ports,
+            )?,
         })
     }
 }
@@ -167,6 +185,28 @@ pub struct UpdatePlan {
     /// Turns user namespaces on or off for the jails of its tenants; their
     /// running jails are restarted to apply it. Recorded in the audit log.
     pub user_namespace: Option<bool>,
+    /// Turns outbound access (NAT) on or off for the jails of its tenants
+    /// without an override of their own; running jails follow at once.
+    pub outbound_nat: Option<bool>,
+    /// Ports its tenants may publish; published ports above a lowered
+    /// allowance stay until taken back.
+    #[schema(maximum = 2147483647)]
+    pub max_published_ports: Option<u32>,
+}
+
+/// `current` with what the request changes.
+fn network_of(
+    current: plans::PlanNetwork,
+    outbound_nat: Option<bool>,
+    max_published_ports: Option<u32>,
+) -> Result<plans::PlanNetwork, ApiError> {
+    Ok(plans::PlanNetwork {
+        outbound_nat: outbound_nat.unwrap_or(current.outbound_nat),
+        max_published_ports: max_published_ports
+            .map(|v| super::types::check_u32("max_published_ports", v))
+            .transpose()?
+            .unwrap_or(current.max_published_ports),
+    })
 }
 
 /// The audit actions of a plan's user namespace setting.
@@ -194,6 +234,12 @@ pub(crate) async fn update(
         .map(|d| text("display_name", d, 200))
         .transpose()?;
     let quota: Option<Quota> = body.quota.map(TryInto::try_into).transpose()?;
+    // Refused before anything changes.
+    network_of(
+        plans::PlanNetwork::default(),
+        body.outbound_nat,
+        body.max_published_ports,
+    )?;
     caller.unbound()?;
     let current = plans::get(&state.pool, path.into_inner()).await?;
     let plan = plans::update(
@@ -218,6 +264,23 @@ pub(crate) async fn update(
             plan
         }
         None => plan,
+    };
+    let plan = if body.outbound_nat.is_some() || body.max_published_ports.is_some() {
+        let asked = network_of(
+            plans::PlanNetwork {
+                outbound_nat: plan.outbound_nat,
+                max_published_ports: plan.max_published_ports,
+            },
+            body.outbound_nat,
+            body.max_published_ports,
+        )?;
+        let (plan, changed) = plans::set_network(&state.pool, plan.id, asked).await?;
+        if changed {
+            record(&state, &req, &caller, None, "plan.network", &plan.name).await?;
+        }
+        plan
+    } else {
+        plan
     };
     Ok(HttpResponse::Ok().json(PlanOut::from(plan)))
 }

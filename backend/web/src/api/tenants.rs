@@ -87,6 +87,10 @@ pub struct OverridesBody {
     pub max_jails: Option<u32>,
     /// Monthly transfer, bytes.
     pub monthly_transfer_bytes: Option<u64>,
+    /// Outbound access to the world (NAT) for its jails.
+    pub outbound_nat: Option<bool>,
+    /// Ports its jails may publish on their nodes.
+    pub max_published_ports: Option<u32>,
 }
 
 impl TryFrom<OverridesBody> for Overrides {
@@ -111,6 +115,11 @@ impl TryFrom<OverridesBody> for Overrides {
                 .monthly_transfer_bytes
                 .map(|v| check_u64("monthly_transfer_bytes", v))
                 .transpose()?,
+            outbound_nat: o.outbound_nat,
+            max_published_ports: o
+                .max_published_ports
+                .map(|v| check_u32("max_published_ports", v))
+                .transpose()?,
         })
     }
 }
@@ -124,6 +133,8 @@ impl From<Overrides> for OverridesBody {
             disk_bytes: o.disk_bytes,
             max_jails: o.max_jails,
             monthly_transfer_bytes: o.monthly_transfer_bytes,
+            outbound_nat: o.outbound_nat,
+            max_published_ports: o.max_published_ports,
         }
     }
 }

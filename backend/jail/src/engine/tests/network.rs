@@ -147,7 +147,7 @@ fn refused_input_leaves_nothing_behind() {
                 "bad",
                 Some(published(ip(2), &["8080:80", "8080:81"], false)),
             ),
-            "invalid published port: host port 8080 is published twice",
+            "invalid published port: host port 8080/tcp is published twice",
         ),
         (
             spec("bad", Some(published(ip(2), &["9090:80"], false))),

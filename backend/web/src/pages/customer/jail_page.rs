@@ -42,6 +42,12 @@ pub(crate) struct JailData {
     /// What a tenant may have waiting to be written, in words.
     pub(super) pending_limit: String,
     pub(super) uploads: Vec<(String, String, String)>,
+    /// Published ports: id, the node's port and the jail's, with protocols.
+    pub(super) ports: Vec<(Uuid, String, String)>,
+    /// How many more ports the tenant may publish, in words.
+    pub(super) ports_left: String,
+    /// Whether the jail reaches the world, in words.
+    pub(super) outbound: &'static str,
 }
 
 /// A jail's limits, limit hits and usage charts for one period.
@@ -213,6 +219,18 @@ pub(super) async fn jail_data(
         .and_hms_opt(0, 0, 0)
         .map_or(now, |d| d.and_utc());
     let hits = usage::jail_limit_hits(pool, tenant_id, jail.id, midnight).await?;
+    let allowance = stockade_store::ports::allowance(pool, tenant_id).await?;
+    let ports = stockade_store::ports::for_jail(pool, tenant_id, jail.id)
+        .await?
+        .into_iter()
+        .map(|p| {
+            (
+                p.id,
+                format!("{}/{}", p.host_port, p.protocol),
+                format!("{}/{}", p.jail_port, p.protocol),
+            )
+        })
+        .collect();
     let usage = JailUsage {
         id: jail.id,
         cpu: format::cpu(u64::from(jail.limits.cpu_millicores)),
@@ -263,5 +281,16 @@ pub(super) async fn jail_data(
                 )
             })
             .collect(),
+        ports,
+        ports_left: format!(
+            "{} of {} left for all your jails",
+            allowance.limit.saturating_sub(allowance.used),
+            allowance.limit
+        ),
+        outbound: if jail.outbound_nat {
+            "on: it reaches the world through its node"
+        } else {
+            "off: it reaches only what is published to it (set by your provider's plan)"
+        },
     })
 }

@@ -4,6 +4,7 @@ mod actions;
 mod jail_list;
 mod jail_page;
 mod overview;
+mod ports;
 mod uploads;
 
 use actix_web::web;
@@ -32,6 +33,11 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jails/{id}", web::get().to(detail))
         .route("/jails/{id}/delete", web::get().to(confirm_delete))
         .route("/jails/{id}/files", web::post().to(upload))
+        .route("/jails/{id}/ports", web::post().to(ports::publish))
+        .route(
+            "/jails/{id}/ports/{port}/delete",
+            web::post().to(ports::unpublish),
+        )
         .route("/jails/{id}/{action}", web::post().to(action));
 }
 

@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
-use stockade_store::nodes;
+use stockade_store::{nodes, ports};
 
 use crate::auth::SignedIn;
 use crate::format;
@@ -26,6 +26,8 @@ pub(super) struct NodeLine {
 pub(super) struct NodesPage {
     layout: Layout,
     nodes: Vec<NodeLine>,
+    /// Published ports: node, node port, tenant, jail, jail port.
+    ports: Vec<(String, String, String, String, u16)>,
 }
 
 pub(super) async fn nodes_page(
@@ -62,7 +64,28 @@ pub(super) async fn nodes_page(
             name: n.name,
         })
         .collect();
+    let ports = ports::holders(&state.pool)
+        .await?
+        .into_iter()
+        .map(|h| {
+            (
+                h.node,
+                format!("{}/{}", h.port.host_port, h.port.protocol),
+                h.tenant,
+                h.jail,
+                h.port.jail_port,
+            )
+        })
+        .collect();
     let layout = Layout::new(&req, &s.0);
     let had_flash = layout.flash.is_some();
-    render(StatusCode::OK, &NodesPage { layout, nodes }, had_flash)
+    render(
+        StatusCode::OK,
+        &NodesPage {
+            layout,
+            nodes,
+            ports,
+        },
+        had_flash,
+    )
 }

@@ -26,6 +26,8 @@ pub(super) struct PlanLine {
     jails: u32,
     transfer: String,
     user_namespace: bool,
+    outbound_nat: bool,
+    published_ports: u32,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -44,6 +46,24 @@ pub(super) struct PlanForm {
     /// is host root). Unticked, the default, is the safe choice.
     #[serde(default)]
     host_root_ids: Option<String>,
+    /// Ticked: the plan's jails reach the world through NAT.
+    #[serde(default)]
+    outbound_nat: Option<String>,
+    /// Ports its tenants may publish.
+    #[serde(default)]
+    published_ports: String,
+}
+
+impl PlanForm {
+    /// An empty form for a new plan, with the defaults ticked.
+    fn new_plan() -> Self {
+        let network = plans::PlanNetwork::default();
+        PlanForm {
+            outbound_nat: network.outbound_nat.then(|| "on".to_owned()),
+            published_ports: network.max_published_ports.to_string(),
+            ..PlanForm::default()
+        }
+    }
 }
 
 impl TryFrom<&PlanForm> for PlanInput {
@@ -80,6 +100,10 @@ impl TryFrom<&PlanForm> for PlanInput {
                 ..Quota::default()
             },
             user_namespace: f.host_root_ids.is_none(),
+            network: plans::PlanNetwork {
+                outbound_nat: f.outbound_nat.is_some(),
+                max_published_ports: count("published ports", &f.published_ports)?,
+            },
         })
     }
 }
@@ -127,6 +151,8 @@ pub(super) async fn plans_view(
                 jails: p.quota.max_jails,
                 transfer: format::bytes(p.quota.monthly_transfer_bytes),
                 user_namespace: p.user_namespace,
+                outbound_nat: p.outbound_nat,
+                published_ports: p.max_published_ports,
             })
             .collect(),
         can_admin: s.0.user.role == Role::Admin,
@@ -144,7 +170,7 @@ pub(super) async fn plans_page(
     s: SignedIn,
 ) -> Result<HttpResponse, WebError> {
     require_staff(&s)?;
-    plans_view(&req, &state, &s, None, PlanForm::default(), None).await
+    plans_view(&req, &state, &s, None, PlanForm::new_plan(), None).await
 }
 
 pub(super) async fn edit_plan_page(
@@ -166,6 +192,8 @@ pub(super) async fn edit_plan_page(
         max_jails: p.quota.max_jails.to_string(),
         transfer: ByteSize(p.quota.monthly_transfer_bytes).to_string(),
         host_root_ids: (!p.user_namespace).then(|| "on".to_owned()),
+        outbound_nat: p.outbound_nat.then(|| "on".to_owned()),
+        published_ports: p.max_published_ports.to_string(),
     };
     plans_view(&req, &state, &s, Some(p.id), form, None).await
 }
@@ -249,6 +277,22 @@ pub(super) async fn update_plan(
     let (p, changed) = plans::set_user_namespace(&state.pool, id, input.user_namespace).await?;
     if changed {
         record_user_namespace(&state, &req, &s, &p.name, p.user_namespace).await?;
+    }
+    let (p, changed) = plans::set_network(&state.pool, id, input.network).await?;
+    if changed {
+        record(
+            &state,
+            &req,
+            &s,
+            None,
+            "plan.network",
+            &p.name,
+            serde_json::json!({
+                "outbound_nat": p.outbound_nat,
+                "max_published_ports": p.max_published_ports,
+            }),
+        )
+        .await?;
     }
     Ok(flash::redirect(
         "/staff/plans",

@@ -41,12 +41,24 @@ pub(super) struct TenantPage {
     o_disk: String,
     o_jails: String,
     o_transfer: String,
+    o_ports: String,
+    o_nat: &'static str,
     p_cpu: String,
     p_memory: String,
     p_pids: String,
     p_disk: String,
     p_jails: String,
     p_transfer: String,
+    p_ports: u32,
+    p_nat: bool,
+    ports: Vec<PortLine>,
+}
+
+/// A published port of the tenant, as its page lists them.
+pub(super) struct PortLine {
+    pub(super) jail: String,
+    pub(super) node_port: String,
+    pub(super) jail_port: u16,
 }
 
 pub(super) async fn tenant_page(
@@ -61,6 +73,16 @@ pub(super) async fn tenant_page(
     let plan = plans::get(&state.pool, t.plan_id).await?;
     let o = tenants::overrides(&state.pool, id).await?;
     let jails = jails::list_for_tenant(&state.pool, id).await?;
+    let ports = jails
+        .iter()
+        .flat_map(|j| {
+            j.published.iter().map(|p| PortLine {
+                jail: j.name.to_string(),
+                node_port: format!("{}/{}", p.host_port, p.protocol),
+                jail_port: p.jail_port,
+            })
+        })
+        .collect();
     let users = users::list_for_tenant(&state.pool, id).await?;
     let layout = Layout::new(&req, &s.0);
     let had_flash = layout.flash.is_some();
@@ -96,12 +118,24 @@ pub(super) async fn tenant_page(
         o_disk: size(o.disk_bytes),
         o_jails: o.max_jails.map(|p| p.to_string()).unwrap_or_default(),
         o_transfer: size(o.monthly_transfer_bytes),
+        o_ports: o
+            .max_published_ports
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        o_nat: match o.outbound_nat {
+            None => "",
+            Some(true) => "on",
+            Some(false) => "off",
+        },
         p_cpu: Millicores(plan.quota.cpu_millicores).to_string(),
         p_memory: ByteSize(plan.quota.memory_bytes).to_string(),
         p_pids: plan.quota.pids.to_string(),
         p_disk: ByteSize(plan.quota.disk_bytes).to_string(),
         p_jails: plan.quota.max_jails.to_string(),
         p_transfer: ByteSize(plan.quota.monthly_transfer_bytes).to_string(),
+        p_ports: plan.max_published_ports,
+        p_nat: plan.outbound_nat,
+        ports,
     };
     render(StatusCode::OK, &page, had_flash)
 }
@@ -115,6 +149,11 @@ pub(super) struct OverridesForm {
     disk: String,
     max_jails: String,
     transfer: String,
+    #[serde(default)]
+    published_ports: String,
+    /// `on`, `off` or empty (as the plan says).
+    #[serde(default)]
+    outbound_nat: String,
 }
 
 impl TryFrom<&OverridesForm> for Overrides {
@@ -147,6 +186,17 @@ impl TryFrom<&OverridesForm> for Overrides {
             disk_bytes: size("disk", &f.disk)?,
             max_jails: count("jails", &f.max_jails)?,
             monthly_transfer_bytes: size("monthly transfer", &f.transfer)?,
+            outbound_nat: match f.outbound_nat.trim() {
+                "" => None,
+                "on" => Some(true),
+                "off" => Some(false),
+                other => {
+                    return Err(format!(
+                        "outbound access: {other:?} is not on, off or as the plan says"
+                    ));
+                }
+            },
+            max_published_ports: count("published ports", &f.published_ports)?,
         })
     }
 }
