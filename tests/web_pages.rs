@@ -476,6 +476,8 @@ async fn admins_manage_plans_and_see_nodes() {
             ("disk", "20G".to_owned()),
             ("max_jails", "5".to_owned()),
             ("transfer", "500G".to_owned()),
+            ("published_ports", "2".to_owned()),
+            ("outbound_nat", "on".to_owned()),
         ]
     };
     let r = w
@@ -505,6 +507,30 @@ async fn admins_manage_plans_and_see_nodes() {
     assert!(r.text().await.unwrap().contains("is not a size"));
     let pro = plans::by_name(&w.app.pool, "pro").await.unwrap();
     assert_eq!(pro.quota.memory_bytes, 2 << 30);
+    assert_eq!((pro.max_published_ports, pro.outbound_nat), (2, true));
+    // Outbound access unticked: the plan's jails reach only what is published.
+    let mut closed = fields("closed", "1G");
+    closed.retain(|(k, _)| *k != "outbound_nat");
+    let r = w
+        .admin
+        .post(w.app.url("/staff/plans"))
+        .form(&closed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        !plans::by_name(&w.app.pool, "closed")
+            .await
+            .unwrap()
+            .outbound_nat
+    );
+    page_with(
+        &w.admin,
+        &w.app.url("/staff/plans"),
+        "<td>none</td><td>2</td>",
+    )
+    .await;
     let r = w
         .operator
         .post(w.app.url("/staff/plans"))
@@ -562,6 +588,8 @@ async fn staff_turn_off_user_namespaces_per_plan_audited_and_customers_see_it() 
         ("disk", ByteSize(q.disk_bytes).to_string()),
         ("max_jails", q.max_jails.to_string()),
         ("transfer", ByteSize(q.monthly_transfer_bytes).to_string()),
+        ("published_ports", starter.max_published_ports.to_string()),
+        ("outbound_nat", "on".to_owned()),
     ];
     fields.push(("host_root_ids", "on".to_owned()));
     let r = w.admin.post(&edit).form(&fields).send().await.unwrap();
@@ -982,4 +1010,174 @@ async fn kept_pages_carry_each_sessions_form_token_and_show_a_message_once() {
         assert!(!again.contains("class=\"flash"), "{again}");
         assert!(again.contains(">stopping</span>"), "{again}");
     }
+}
+
+#[tokio::test]
+async fn customers_publish_ports_within_the_allowance_and_staff_see_who_holds_them() {
+    let w = world().await;
+    let jail_page = w.app.url(&format!("/jails/{}", w.jail_a));
+    let page = page_with(&w.customer_a, &jail_page, "Published ports").await;
+    assert!(
+        page.contains("4 of 4 left"),
+        "the plan's allowance is shown"
+    );
+    assert!(page.contains("outbound access: on"), "{page}");
+    let token = csrf(&w.customer_a, &jail_page).await;
+    let publish = |protocol: &str, jail_port: &str, host_port: &str| {
+        w.customer_a
+            .post(w.app.url(&format!("/jails/{}/ports", w.jail_a)))
+            .form(&[
+                ("csrf_token", token.as_str()),
+                ("protocol", protocol),
+                ("jail_port", jail_port),
+                ("host_port", host_port),
+            ])
+            .send()
+    };
+    let r = publish("tcp", "80", "").await.unwrap();
+    assert_eq!(r.status(), 303);
+    let page = page_with(
+        &w.customer_a,
+        &jail_page,
+        "Port 80/tcp of the jail is published on port 20000 of its node.",
+    )
+    .await;
+    assert!(page.contains("<td>20000/tcp</td><td>80/tcp</td>"), "{page}");
+    assert!(page.contains("3 of 4 left"), "{page}");
+
+    // Bad input: a message naming the field; nothing more published.
+    for (protocol, jail_port, host_port, says) in [
+        (
+            "tcp",
+            "80",
+            "",
+            "jail port: 80/tcp is already published, on port 20000",
+        ),
+        (
+            "tcp",
+            "81",
+            "20000",
+            "node port: 20000/tcp is already published",
+        ),
+        ("tcp", "81", "22", "node port: 22 is outside this node"),
+        ("tcp", "http", "", "http&#34; is not a port (1 to 65535)"),
+        ("sctp", "81", "", "sctp&#34;: expected tcp or udp"),
+    ] {
+        let r = publish(protocol, jail_port, host_port).await.unwrap();
+        assert_eq!(r.status(), 303);
+        page_with(&w.customer_a, &jail_page, says).await;
+    }
+    assert_eq!(
+        stockade_store::ports::allowance(&w.app.pool, w.tenant_a)
+            .await
+            .unwrap()
+            .used,
+        1
+    );
+    // Another tenant's jail: not found, nothing published.
+    let r = w
+        .customer_a
+        .post(w.app.url(&format!("/jails/{}/ports", w.jail_b)))
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("protocol", "tcp"),
+            ("jail_port", "80"),
+            ("host_port", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Staff see which tenant holds which port of which node.
+    let nodes_page = page_with(&w.operator, &w.app.url("/staff/nodes"), "20000/tcp").await;
+    assert!(
+        nodes_page.contains("<td>n1</td><td>20000/tcp</td><td>alpha</td><td>web</td><td>80</td>"),
+        "{nodes_page}"
+    );
+    // An admin turns the tenant's outbound access off; the customer sees it.
+    let tenant_page = w.app.url(&format!("/staff/tenants/{}", w.tenant_a));
+    let page = page_with(&w.admin, &tenant_page, "Published ports").await;
+    assert!(
+        page.contains("<td>web</td><td>20000/tcp</td><td>80</td>"),
+        "{page}"
+    );
+    let admin_token = csrf(&w.admin, &tenant_page).await;
+    let overrides = |nat: &str, ports: &str| {
+        vec![
+            ("csrf_token", admin_token.clone()),
+            ("cpu", String::new()),
+            ("memory", String::new()),
+            ("pids", String::new()),
+            ("disk", String::new()),
+            ("max_jails", String::new()),
+            ("transfer", String::new()),
+            ("published_ports", ports.to_owned()),
+            ("outbound_nat", nat.to_owned()),
+        ]
+    };
+    let r = w
+        .admin
+        .post(
+            w.app
+                .url(&format!("/staff/tenants/{}/overrides", w.tenant_a)),
+        )
+        .form(&overrides("maybe", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    page_with(&w.admin, &tenant_page, "maybe&#34; is not on, off").await;
+    let r = w
+        .admin
+        .post(
+            w.app
+                .url(&format!("/staff/tenants/{}/overrides", w.tenant_a)),
+        )
+        .form(&overrides("off", "1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let j = jails::get(&w.app.pool, w.tenant_a, w.jail_a).await.unwrap();
+    assert!(!j.outbound_nat);
+    let page = page_with(&w.customer_a, &jail_page, "outbound access: off").await;
+    assert!(page.contains("0 of 1 left"), "{page}");
+    let r = publish("udp", "53", "").await.unwrap();
+    assert_eq!(r.status(), 303);
+    page_with(
+        &w.customer_a,
+        &jail_page,
+        "published ports: the plan allows 1 and 1 are published",
+    )
+    .await;
+
+    // Taken back: gone from the page and the node's list.
+    let port = stockade_store::ports::for_jail(&w.app.pool, w.tenant_a, w.jail_a)
+        .await
+        .unwrap()
+        .remove(0);
+    let r = w
+        .customer_a
+        .post(
+            w.app
+                .url(&format!("/jails/{}/ports/{}/delete", w.jail_a, port.id)),
+        )
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    page_with(
+        &w.customer_a,
+        &jail_page,
+        "Port 20000/tcp is no longer published.",
+    )
+    .await;
+    page_with(
+        &w.operator,
+        &w.app.url("/staff/nodes"),
+        "No jail publishes a port.",
+    )
+    .await;
 }
