@@ -10,6 +10,7 @@ stockade_missing_packages() {
     have mkfs.ext4 || missing+=(e2fsprogs)
     have ip || missing+=(iproute2)
     have nft || missing+=(nftables)
+    have haproxy || missing+=(haproxy)
     have tar || missing+=(tar)
     have useradd || missing+=(passwd)
     for extra in "$@"; do

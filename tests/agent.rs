@@ -1189,3 +1189,208 @@ async fn wait_settled(pool: &PgPool, tenant: Uuid, id: Uuid) -> Jail {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A GET of `path` through `proxy` for host `host`: the status and body.
+fn get_via(proxy: std::net::SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&proxy, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
+}
+
+/// Waits until `host` through `proxy` answers `status` with `text` in it;
+/// how long that took.
+async fn serves(proxy: std::net::SocketAddr, host: &str, status: u16, text: &str) -> Duration {
+    let t = Instant::now();
+    loop {
+        if let Ok((s, body)) = get_via(proxy, host, "/")
+            && s == status
+            && body.contains(text)
+        {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{host} never answered {status} with {text:?}: {:?}",
+            get_via(proxy, host, "/")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn domains_route_through_the_nodes_proxy_and_follow_the_jail_and_tenant() {
+    if !is_root() || !std::path::Path::new("/usr/sbin/haproxy").exists() {
+        eprintln!("SKIPPED: needs root and haproxy");
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let listen = proxy.to_string();
+    let node = Node::with_network_and_env(
+        &url,
+        "10.98.0.1/24",
+        &[("STOCKADE_PROXY_HTTP", listen.as_str())],
+    );
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let jail = jails::create(&pool, tenant, &system_jail("site", &[]))
+        .await
+        .unwrap();
+    let jail = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let engine = node.engine();
+    let sh = |script: &str| {
+        engine
+            .exec(
+                &jail.host_name(),
+                &["sh".into(), "-c".into(), script.to_owned()],
+            )
+            .unwrap()
+    };
+    // A page, and a CGI that shows what the jail's server was told.
+    assert_eq!(
+        sh(
+            "echo hello-from-the-site > /srv/www/index.html && mkdir -p /srv/www/cgi-bin && \
+            printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /srv/www/cgi-bin/env && \
+            chmod 755 /srv/www/cgi-bin/env"
+        ),
+        0
+    );
+    // A name no jail has: the proxy's own page.
+    serves(proxy, "nobody.test", 404, "No site is configured").await;
+
+    let attach = |name: &str, www: bool| {
+        let pool = pool.clone();
+        let name = name.to_owned();
+        async move {
+            stockade_store::domains::attach(
+                &pool,
+                tenant,
+                jail.id,
+                &stockade_store::domains::NewDomain {
+                    name: stockade_domain::DomainName::parse(&name).unwrap(),
+                    www,
+                    jail_port: 80,
+                },
+            )
+            .await
+        }
+    };
+    let site = attach("site.test", true).await.unwrap();
+    let took = serves(proxy, "site.test", 200, "hello-from-the-site").await;
+    assert!(took < Duration::from_secs(3), "live after {took:?}");
+    serves(proxy, "WWW.Site.Test:80", 200, "hello-from-the-site").await;
+    let (_, env) = get_via(proxy, "site.test", "/cgi-bin/env").unwrap();
+    assert!(env.contains("HTTP_X_FORWARDED_FOR=127.0.0.1"), "{env}");
+    assert!(env.contains("HTTP_X_FORWARDED_PROTO=http"), "{env}");
+    assert!(env.contains("HTTP_X_FORWARDED_HOST=site.test"), "{env}");
+
+    // Another tenant cannot take the name or its alias.
+    let other = self::tenant(&pool).await;
+    let theirs = jails::create(&pool, other, &system_jail("copy", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    for name in ["site.test", "www.site.test"] {
+        let e = stockade_store::domains::attach(
+            &pool,
+            other,
+            theirs.id,
+            &stockade_store::domains::NewDomain {
+                name: stockade_domain::DomainName::parse(name).unwrap(),
+                www: false,
+                jail_port: 80,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("already attached"), "{e}");
+    }
+
+    // Requests keep being answered while routes change (each change reloads
+    // the proxy): none is refused or cut.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get_via(proxy, "site.test", "/") {
+                    Ok((200, body)) if body.contains("hello-from-the-site") => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for i in 0..5 {
+        let d = attach(&format!("extra{i}.test"), false).await.unwrap();
+        serves(proxy, &format!("extra{i}.test"), 200, "hello-from-the-site").await;
+        stockade_store::domains::detach(&pool, tenant, jail.id, d.id)
+            .await
+            .unwrap();
+        serves(proxy, &format!("extra{i}.test"), 404, "No site").await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = hammer.join().unwrap();
+    assert!(
+        ok > 10 && failed.is_empty(),
+        "{ok} answered, failed: {failed:?}"
+    );
+
+    // A stopped jail and a suspended tenant answer pages that say so.
+    jails::set_desired(&pool, tenant, jail.id, DesiredState::Stopped)
+        .await
+        .unwrap();
+    serves(proxy, "site.test", 503, "not running right now").await;
+    jails::set_desired(&pool, tenant, jail.id, DesiredState::Running)
+        .await
+        .unwrap();
+    serves(proxy, "site.test", 200, "hello-from-the-site").await;
+    tenants::suspend(&pool, tenant).await.unwrap();
+    serves(proxy, "site.test", 503, "This site is suspended").await;
+    tenants::unsuspend(&pool, tenant).await.unwrap();
+    serves(proxy, "site.test", 200, "hello-from-the-site").await;
+
+    // The proxy outlives its agent: sites stay up while it restarts.
+    let mut node = node;
+    node.kill(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(get_via(proxy, "site.test", "/").unwrap().0, 200);
+    node.start();
+    // Detached, the name is nobody's, and free for the other tenant.
+    stockade_store::domains::detach(&pool, tenant, jail.id, site.id)
+        .await
+        .unwrap();
+    serves(proxy, "site.test", 404, "No site").await;
+    stockade_store::domains::attach(
+        &pool,
+        other,
+        theirs.id,
+        &stockade_store::domains::NewDomain {
+            name: stockade_domain::DomainName::parse("site.test").unwrap(),
+            www: false,
+            jail_port: 80,
+        },
+    )
+    .await
+    .unwrap();
+    tenants::terminate(&pool, tenant).await.unwrap();
+    tenants::terminate(&pool, other).await.unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+    wait_observed(&pool, other, theirs.id, ObservedState::Deleted).await;
+}

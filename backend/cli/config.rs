@@ -74,6 +74,9 @@ pub struct Config {
     pub sample_retention_hours: u32,
     /// Loopback address of the agent's metrics, or none.
     pub agent_metrics: Option<SocketAddr>,
+    /// Where the node's reverse proxy serves its jails' domains over plain
+    /// HTTP; `None` = the node runs no proxy.
+    pub proxy_http: Option<SocketAddr>,
     /// Seconds a stopping jail gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// KiB of a started jail's newest output kept on the node.
@@ -167,6 +170,7 @@ impl Default for Config {
             sample_interval: Duration::from_secs(10),
             sample_retention_hours: 48,
             agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
+            proxy_http: Some("0.0.0.0:80".parse().expect("valid default address")),
             stop_grace: Duration::from_secs(10),
             console_kib: 4096,
             step_deadline: Duration::from_secs(120),
@@ -364,6 +368,18 @@ impl Config {
                         Some(net)
                     };
                 }
+                "proxy_http" => {
+                    let v = value.trim();
+                    self.proxy_http = if v == "off" {
+                        None
+                    } else {
+                        Some(v.parse().map_err(|_| {
+                            anyhow::anyhow!(
+                                "{key}: {value:?} is not an address:port like 0.0.0.0:80, or off"
+                            )
+                        })?)
+                    };
+                }
                 "agent_metrics" => {
                     let v = value.trim();
                     self.agent_metrics = if v == "off" {
@@ -425,6 +441,9 @@ impl Config {
             "resync_secs" => secs(self.resync),
             "sample_secs" => secs(self.sample_interval),
             "sample_retention_hours" => self.sample_retention_hours.to_string(),
+            "proxy_http" => self
+                .proxy_http
+                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "agent_metrics" => self
                 .agent_metrics
                 .map_or_else(|| "off".to_owned(), |a| a.to_string()),

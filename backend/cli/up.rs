@@ -228,6 +228,11 @@ pub async fn agent_task(
         network: cfg.jail_network,
         step_deadline: cfg.step_deadline,
         jail_parallelism: cfg.jail_parallelism,
+        proxy: cfg.proxy_http.map(|http| stockade_agent::ProxyConfig {
+            http,
+            dir: state_dir.join("proxy"),
+            program: "haproxy".into(),
+        }),
     };
     stockade_agent::run(pool, engine, agent_cfg, info, stop).await
 }

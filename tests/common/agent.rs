@@ -197,6 +197,7 @@ impl Node {
             .env("STOCKADE_NODE_NAME", &self.name)
             .env("STOCKADE_STATE_DIR", self.state.path())
             .env("STOCKADE_AGENT_METRICS", "off")
+            .env("STOCKADE_PROXY_HTTP", "off")
             .env("STOCKADE_SAMPLE_SECS", "1")
             .env("STOCKADE_RESYNC_SECS", "2")
             .env("STOCKADE_HEARTBEAT_SECS", "1")
@@ -207,6 +208,17 @@ impl Node {
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// The pid of the node's proxy master, while it runs.
+    pub fn proxy_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.state.path().join("proxy/haproxy.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "haproxy").then_some(pid)
     }
 
     /// The agent process's pid, while it runs.
@@ -277,6 +289,16 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill(nix::sys::signal::Signal::SIGKILL);
+        // The node's proxy outlives its agent by design: this test ends it.
+        if let Some(pid) = self.proxy_pid() {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let engine = self.engine();
         if let Ok(found) = engine.discover() {
             for name in found.jails.keys() {

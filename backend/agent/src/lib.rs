@@ -13,6 +13,7 @@
 mod adopt;
 mod claim;
 mod metrics;
+mod proxy;
 mod reconcile;
 mod sampler;
 mod slots;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 pub use claim::{Claims, claim_host_names};
 pub use metrics::Metrics;
+pub use proxy::ProxyConfig;
 
 /// How the agent is set up on this node.
 #[derive(Debug, Clone)]
@@ -57,6 +59,8 @@ pub struct AgentConfig {
     pub step_deadline: Duration,
     /// Jails worked on at the same time.
     pub jail_parallelism: usize,
+    /// The node's reverse proxy for its jails' domains, if it runs one.
+    pub proxy: Option<ProxyConfig>,
 }
 
 /// Reads this host's capacity: CPUs, memory and the disk under `disk_path`.
@@ -170,6 +174,9 @@ pub async fn run(
         cfg.heartbeat,
     ));
     tasks.spawn(purge_task(pool.clone(), cfg.sample_retention_hours));
+    if let Some(proxy) = cfg.proxy.clone() {
+        tasks.spawn(proxy::proxy_task(pool.clone(), node_id, proxy));
+    }
     if cfg.network.is_some() {
         tasks.spawn(repair_task(
             pool.clone(),

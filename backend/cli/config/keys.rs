@@ -70,6 +70,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "hours raw usage samples are kept (48)",
     ),
     (
+        "proxy_http",
+        "where the node's reverse proxy serves jails' domains over HTTP, or off (0.0.0.0:80)",
+    ),
+    (
         "agent_metrics",
         "loopback address:port of the agent's metrics, or off (127.0.0.1:9464)",
     ),

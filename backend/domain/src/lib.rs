@@ -4,6 +4,7 @@
 //! these types on the first line that sees them; past that line there are no
 //! raw names, sizes or states.
 
+mod domain_name;
 mod email;
 mod file_name;
 pub mod limits;
@@ -12,6 +13,7 @@ mod port;
 mod quantity;
 mod state;
 
+pub use domain_name::DomainName;
 pub use email::Email;
 pub use file_name::FileName;
 pub use limits::Limits;

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod billing;
 pub mod changes;
+pub mod domains;
 pub mod events;
 pub mod idempotency;
 pub mod jails;

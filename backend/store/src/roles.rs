@@ -40,6 +40,7 @@ const ALL: &str = "SELECT, INSERT, UPDATE, DELETE";
 const WEB_TABLES: &[(&str, &str)] = &[
     ("api_tokens", RIU),
     ("audit_log", RI),
+    ("domains", ALL),
     ("events", RI),
     ("idempotency_keys", ALL),
     ("jail_counters", R),
@@ -71,6 +72,7 @@ const WEB_TABLES: &[(&str, &str)] = &[
 /// whose URLs and secrets it never reads).
 const AGENT_TABLES: &[(&str, &str)] = &[
     ("audit_log", RI),
+    ("domains", R),
     ("events", RI),
     ("webhook_deliveries", "INSERT"),
     (

@@ -32,11 +32,13 @@ pub enum Scope {
     WebhooksWrite,
     /// Read the web tier's `/metrics` (provider tokens only).
     MetricsRead,
+    /// Attach and detach domains of jails (reading them is `jails:read`).
+    DomainsWrite,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::TenantsRead,
         Scope::TenantsWrite,
         Scope::JailsRead,
@@ -44,6 +46,7 @@ impl Scope {
         Scope::UsageRead,
         Scope::WebhooksWrite,
         Scope::MetricsRead,
+        Scope::DomainsWrite,
     ];
 
     /// The scope as stored and written on the command line.
@@ -56,6 +59,7 @@ impl Scope {
             Scope::UsageRead => "usage:read",
             Scope::WebhooksWrite => "webhooks:write",
             Scope::MetricsRead => "metrics:read",
+            Scope::DomainsWrite => "domains:write",
         }
     }
 

@@ -89,6 +89,7 @@ scope_marker!(
     UsageRead => UsageRead,
     WebhooksWrite => WebhooksWrite,
     MetricsRead => MetricsRead,
+    DomainsWrite => DomainsWrite,
 );
 
 /// The caller, holding scope `N`; extracting it answers 403 otherwise.

@@ -5,6 +5,7 @@
 mod auth;
 pub mod delivery;
 mod docs;
+mod domains;
 pub mod egress;
 pub(crate) mod error;
 mod idempotency;
@@ -91,6 +92,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(plans::routes)
                 .configure(jails::routes)
                 .configure(ports::routes)
+                .configure(domains::routes)
                 .configure(usage::routes)
                 .configure(webhooks::routes)
                 .default_service(web::to(error::not_found)),

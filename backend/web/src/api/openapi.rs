@@ -8,7 +8,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{jails, plans, ports, tenants, usage, webhooks};
+use super::{domains, jails, plans, ports, tenants, usage, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,7 @@ use super::{jails, plans, ports, tenants, usage, webhooks};
         jails::list, jails::create, jails::get, jails::update, jails::delete,
         jails::start, jails::stop, jails::restart,
         ports::list, ports::publish, ports::unpublish,
+        domains::list, domains::attach, domains::detach,
         usage::tenant_usage, usage::month_usage,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries,
     ),

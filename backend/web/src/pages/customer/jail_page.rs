@@ -48,6 +48,8 @@ pub(crate) struct JailData {
     pub(super) ports_left: String,
     /// Whether the jail reaches the world, in words.
     pub(super) outbound: &'static str,
+    /// Domains: id, names, jail port.
+    pub(super) domains: Vec<(Uuid, String, u16)>,
 }
 
 /// A jail's limits, limit hits and usage charts for one period.
@@ -231,6 +233,18 @@ pub(super) async fn jail_data(
             )
         })
         .collect();
+    let domains = stockade_store::domains::for_jail(pool, tenant_id, jail.id)
+        .await?
+        .into_iter()
+        .map(|d| {
+            let names = if d.www {
+                format!("{0}, www.{0}", d.name)
+            } else {
+                d.name
+            };
+            (d.id, names, d.jail_port)
+        })
+        .collect();
     let usage = JailUsage {
         id: jail.id,
         cpu: format::cpu(u64::from(jail.limits.cpu_millicores)),
@@ -282,6 +296,7 @@ pub(super) async fn jail_data(
             })
             .collect(),
         ports,
+        domains,
         ports_left: format!(
             "{} of {} left for all your jails",
             allowance.limit.saturating_sub(allowance.used),

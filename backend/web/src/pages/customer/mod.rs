@@ -1,6 +1,7 @@
 //! A hosting customer's pages: overview, jails, one jail with its charts.
 
 mod actions;
+mod domains;
 mod jail_list;
 mod jail_page;
 mod overview;
@@ -34,6 +35,11 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jails/{id}/delete", web::get().to(confirm_delete))
         .route("/jails/{id}/files", web::post().to(upload))
         .route("/jails/{id}/ports", web::post().to(ports::publish))
+        .route("/jails/{id}/domains", web::post().to(domains::attach))
+        .route(
+            "/jails/{id}/domains/{domain}/delete",
+            web::post().to(domains::detach),
+        )
         .route(
             "/jails/{id}/ports/{port}/delete",
             web::post().to(ports::unpublish),

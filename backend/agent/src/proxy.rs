@@ -1,0 +1,270 @@
+//! The node's reverse proxy: HAProxy, run by the agent in master-worker mode
+//! and configured from the routes PostgreSQL holds for this node.
+//!
+//! Level-triggered like the jails: on every notification and every second
+//! the agent renders the configuration the rows ask for; when it differs
+//! from what runs, the new file is checked by `haproxy -c` first, then put
+//! in place and the master reloaded (`SIGUSR2`): new workers take the
+//! listening sockets over and old ones finish their connections, so a
+//! reload drops none. A configuration HAProxy refuses is never put in
+//! place: the proxy keeps serving every route as before, and the agent says
+//! why in its log and retries at the next change.
+//!
+//! The master daemonizes and outlives the agent (sites stay up while the
+//! agent restarts); a new agent finds it by its pid file and reloads it.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use stockade_store::PgPool;
+use stockade_store::domains::{self, Route, Target};
+use uuid::Uuid;
+
+/// Where and how the node's proxy runs.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The address plain HTTP is served on (e.g. `0.0.0.0:80`).
+    pub http: SocketAddr,
+    /// The folder of its configuration, pid file and sockets.
+    pub dir: PathBuf,
+    /// The `haproxy` program.
+    pub program: PathBuf,
+}
+
+/// The page of a name whose tenant is suspended.
+const SUSPENDED: &str = "<!doctype html><title>Suspended</title><h1>This site is suspended</h1><p>Its owner's account is suspended by the hosting provider.</p>";
+/// The page of a name whose jail does not run.
+const UNAVAILABLE: &str = "<!doctype html><title>Not running</title><h1>This site is not running right now</h1><p>Its owner has stopped it, or it is starting.</p>";
+/// The page of a name no jail of this node has.
+const UNKNOWN: &str =
+    "<!doctype html><title>No site</title><h1>No site is configured for this name</h1>";
+
+/// HAProxy's configuration for `routes`.
+pub(crate) fn render(cfg: &ProxyConfig, routes: &[Route], as_root: bool) -> String {
+    let dir = cfg.dir.display();
+    let mut s = String::from("global\n    master-worker\n");
+    let _ = writeln!(s, "    pidfile {dir}/haproxy.pid");
+    let _ = writeln!(s, "    stats socket {dir}/admin.sock mode 600 level admin");
+    if as_root {
+        // Ports are bound as root; the workers then run unprivileged.
+        s.push_str("    user haproxy\n    group haproxy\n");
+    }
+    s.push_str(
+        "defaults\n    mode http\n    option forwardfor\n    timeout connect 5s\n    \
+         timeout client 60s\n    timeout server 60s\n    timeout tunnel 1h\n    \
+         timeout http-request 10s\n",
+    );
+    s.push_str("frontend http\n");
+    let _ = writeln!(s, "    bind {}", cfg.http);
+    s.push_str(
+        "    http-request set-header X-Forwarded-Proto http\n    \
+         http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
+         http-request set-var(txn.site) req.hdr(host),field(1,:),lower\n",
+    );
+    for r in routes {
+        let backend = backend_of(r);
+        let names: Vec<&str> = r.names.iter().map(String::as_str).collect();
+        let _ = writeln!(
+            s,
+            "    use_backend {backend} if {{ var(txn.site) -m str {} }}",
+            names.join(" ")
+        );
+    }
+    s.push_str("    default_backend unknown\n");
+    for r in routes {
+        if let Target::Jail { address, port } = &r.target {
+            let _ = writeln!(
+                s,
+                "backend {}\n    server jail {address}:{port}",
+                backend_of(r)
+            );
+        }
+    }
+    for (name, status, page) in [
+        ("suspended", 503, SUSPENDED),
+        ("unavailable", 503, UNAVAILABLE),
+        ("unknown", 404, UNKNOWN),
+    ] {
+        let _ = writeln!(
+            s,
+            "backend {name}\n    http-request return status {status} content-type \"text/html; charset=utf-8\" string \"{page}\""
+        );
+    }
+    s
+}
+
+fn backend_of(r: &Route) -> String {
+    match r.target {
+        Target::Jail { .. } => format!("site_{}", r.domain_id.simple()),
+        Target::Suspended => "suspended".into(),
+        Target::Unavailable => "unavailable".into(),
+    }
+}
+
+/// The running proxy, as this agent knows it.
+pub(crate) struct Proxy {
+    cfg: ProxyConfig,
+    /// The configuration in force.
+    current: Option<String>,
+}
+
+impl Proxy {
+    pub(crate) fn new(cfg: ProxyConfig) -> Self {
+        Self { cfg, current: None }
+    }
+
+    fn pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.cfg.dir.join("haproxy.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "haproxy").then_some(pid)
+    }
+
+    /// Brings the proxy to `routes`: starts it if it does not run, reloads
+    /// it if its configuration changes. Whether anything was done.
+    pub(crate) fn apply(&mut self, routes: &[Route]) -> anyhow::Result<bool> {
+        let as_root = nix::unistd::Uid::effective().is_root();
+        let text = render(&self.cfg, routes, as_root);
+        let running = self.pid();
+        if running.is_some() && self.current.as_deref() == Some(text.as_str()) {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(&self.cfg.dir)?;
+        let file = self.cfg.dir.join("haproxy.cfg");
+        let next = self.cfg.dir.join("haproxy.cfg.next");
+        std::fs::write(&next, &text)?;
+        let check = std::process::Command::new(&self.cfg.program)
+            .args(["-c", "-q", "-f"])
+            .arg(&next)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !check.status.success() {
+            anyhow::bail!(
+                "the proxy refused its new configuration (the old one keeps serving): {}",
+                String::from_utf8_lossy(&check.stderr).trim()
+            );
+        }
+        std::fs::rename(&next, &file)?;
+        match running {
+            Some(pid) => {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGUSR2,
+                )?;
+            }
+            None => start(&self.cfg.program, &file)?,
+        }
+        self.current = Some(text);
+        Ok(true)
+    }
+}
+
+/// Starts HAProxy's master, daemonized, on `file`.
+fn start(program: &Path, file: &Path) -> anyhow::Result<()> {
+    let out = std::process::Command::new(program)
+        .args(["-D", "-f"])
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "the proxy did not start: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Keeps the node's proxy at the routes of its jails.
+pub(crate) async fn proxy_task(pool: PgPool, node_id: Uuid, cfg: ProxyConfig) {
+    let mut proxy = Proxy::new(cfg);
+    let mut listener = super::connect_listener(&pool).await;
+    let mut last_error = String::new();
+    loop {
+        match domains::routes_for_node(&pool, node_id).await {
+            Ok(routes) => {
+                let count = routes.len();
+                let done = tokio::task::spawn_blocking(move || {
+                    let r = proxy.apply(&routes);
+                    (proxy, r)
+                })
+                .await;
+                let Ok((back, applied)) = done else {
+                    tracing::error!("the proxy's step panicked");
+                    return;
+                };
+                proxy = back;
+                match applied {
+                    Ok(true) => {
+                        tracing::info!(routes = count, "proxy routes applied");
+                        last_error.clear();
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        let e = e.to_string();
+                        if e != last_error {
+                            tracing::warn!(error = %e, "proxy not changed");
+                            last_error = e;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the proxy's routes failed"),
+        }
+        tokio::select! {
+            w = super::recv(&mut listener) => {
+                if matches!(w, super::Wake::Lost) {
+                    listener = super::connect_listener(&pool).await;
+                }
+            }
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_render_to_backends_and_pages() {
+        let cfg = ProxyConfig {
+            http: "127.0.0.1:8080".parse().unwrap(),
+            dir: PathBuf::from("/run/p"),
+            program: PathBuf::from("haproxy"),
+        };
+        let id = Uuid::from_u128(7);
+        let routes = [
+            Route {
+                domain_id: id,
+                names: vec!["site.test".into(), "www.site.test".into()],
+                target: Target::Jail {
+                    address: "10.77.0.2".into(),
+                    port: 8080,
+                },
+            },
+            Route {
+                domain_id: Uuid::from_u128(8),
+                names: vec!["off.test".into()],
+                target: Target::Suspended,
+            },
+        ];
+        let text = render(&cfg, &routes, true);
+        let site = format!("site_{}", id.simple());
+        assert!(text.contains(&format!(
+            "use_backend {site} if {{ var(txn.site) -m str site.test www.site.test }}"
+        )));
+        assert!(text.contains(&format!("backend {site}\n    server jail 10.77.0.2:8080")));
+        assert!(text.contains("use_backend suspended if { var(txn.site) -m str off.test }"));
+        assert!(text.contains("bind 127.0.0.1:8080"));
+        assert!(text.contains("user haproxy"));
+        assert!(!render(&cfg, &routes, false).contains("user haproxy"));
+    }
+}

@@ -1,0 +1,269 @@
+//! Domains: names a customer attaches to a jail and a port inside it, and
+//! the routes each node's reverse proxy serves from them.
+//!
+//! A name belongs to one tenant: no two rows hold the same name, and no
+//! row's `www.` alias is another row's name. Attaching and detaching notify
+//! the jail's node, whose agent rewrites its proxy's routes.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+use stockade_domain::DomainName;
+use uuid::Uuid;
+
+use crate::jails::{lock_active_tenant, notify};
+use crate::{PgPool, StoreError};
+
+/// Key of the transaction lock that attaching takes, so two tenants cannot
+/// both take a name and its alias at once.
+const DOMAIN_LOCK: i64 = 0x5354_4b44_4f4d_4149; // "STKDOMAI"
+
+/// A domain as its tenant sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Domain {
+    /// Stable id.
+    pub id: Uuid,
+    /// Its tenant.
+    pub tenant_id: Uuid,
+    /// The jail it routes to.
+    pub jail_id: Uuid,
+    /// The name.
+    pub name: String,
+    /// Its `www.` alias routes too.
+    pub www: bool,
+    /// The jail's port it routes to.
+    pub jail_port: u16,
+    /// When it was attached.
+    pub created_at: DateTime<Utc>,
+}
+
+struct DomainRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    name: String,
+    www: bool,
+    jail_port: i32,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<DomainRow> for Domain {
+    type Error = StoreError;
+    fn try_from(r: DomainRow) -> Result<Self, StoreError> {
+        Ok(Domain {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            jail_id: r.jail_id,
+            name: r.name,
+            www: r.www,
+            jail_port: u16::try_from(r.jail_port)
+                .map_err(|e| StoreError::Unexpected(anyhow::anyhow!("stored jail_port: {e}")))?,
+            created_at: r.created_at,
+        })
+    }
+}
+
+/// What a customer attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDomain {
+    /// The name.
+    pub name: DomainName,
+    /// Whether its `www.` alias routes too.
+    pub www: bool,
+    /// The jail's port (1 to 65535).
+    pub jail_port: u16,
+}
+
+/// Attaches a name to a tenant's jail. The tenant must be active and the
+/// jail not deleted; a name (or alias) another domain holds is refused
+/// naming it.
+pub async fn attach(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    new: &NewDomain,
+) -> Result<Domain, StoreError> {
+    if new.jail_port == 0 {
+        return Err(StoreError::Invalid {
+            field: "jail_port",
+            message: "ports are 1 to 65535".into(),
+        });
+    }
+    let www = if new.www {
+        Some(new.name.www().ok_or_else(|| StoreError::Invalid {
+            field: "www",
+            message: format!("www.{} would be longer than a name may be", new.name),
+        })?)
+    } else {
+        None
+    };
+    let mut tx = pool.begin().await?;
+    lock_active_tenant(&mut tx, tenant_id).await?;
+    let node_id = sqlx::query_scalar!(
+        "SELECT node_id FROM jails
+         WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted'",
+        jail_id,
+        tenant_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", DOMAIN_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let mut names = vec![new.name.as_str().to_owned()];
+    names.extend(www.iter().map(|w| w.as_str().to_owned()));
+    if let Some(taken) = taken(&mut tx, &names).await? {
+        return Err(StoreError::Invalid {
+            field: "name",
+            message: format!("{taken} is already attached to a site"),
+        });
+    }
+    let row = sqlx::query_as!(
+        DomainRow,
+        "INSERT INTO domains (tenant_id, jail_id, name, www, jail_port)
+         VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at",
+        tenant_id,
+        jail_id,
+        new.name.as_str(),
+        new.www,
+        i32::from(new.jail_port)
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(crate::conflict_as("a domain of this name"))?;
+    notify(&mut tx, node_id).await?;
+    tx.commit().await?;
+    row.try_into()
+}
+
+/// The first of `names` any domain holds, as its name or its alias.
+async fn taken(
+    tx: &mut Transaction<'_, Postgres>,
+    names: &[String],
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT n AS "name!" FROM unnest($1::text[]) n
+           WHERE EXISTS (SELECT 1 FROM domains d
+                         WHERE d.name = n OR (d.www AND 'www.' || d.name = n))
+           LIMIT 1"#,
+        names
+    )
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// Detaches a domain of a tenant's jail. Allowed whatever the tenant's
+/// state: it only takes a route away.
+pub async fn detach(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    domain_id: Uuid,
+) -> Result<Domain, StoreError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query_as!(
+        DomainRow,
+        "DELETE FROM domains WHERE id = $1 AND jail_id = $2 AND tenant_id = $3
+         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at",
+        domain_id,
+        jail_id,
+        tenant_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let node_id = sqlx::query_scalar!("SELECT node_id FROM jails WHERE id = $1", jail_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    notify(&mut tx, node_id).await?;
+    tx.commit().await?;
+    row.try_into()
+}
+
+/// The domains of a tenant's jail, by name.
+pub async fn for_jail(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+) -> Result<Vec<Domain>, StoreError> {
+    let rows = sqlx::query_as!(
+        DomainRow,
+        "SELECT id, tenant_id, jail_id, name, www, jail_port, created_at
+         FROM domains WHERE jail_id = $1 AND tenant_id = $2 ORDER BY name",
+        jail_id,
+        tenant_id
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Domain::try_from).collect()
+}
+
+/// What a node's proxy answers for a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Forwards to the jail's address and port.
+    Jail {
+        /// The jail's address on its node.
+        address: String,
+        /// The jail's port.
+        port: u16,
+    },
+    /// The tenant is suspended: a page saying so.
+    Suspended,
+    /// The jail is stopped or has no address yet: a page saying so.
+    Unavailable,
+}
+
+/// A name a node's proxy routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The domain's id.
+    pub domain_id: Uuid,
+    /// The names (the domain and maybe its `www.` alias).
+    pub names: Vec<String>,
+    /// What it answers.
+    pub target: Target,
+}
+
+/// Every route of the jails placed on `node_id`, by name.
+pub async fn routes_for_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Route>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT d.id, d.name, d.www, d.jail_port, host(j.address) AS address,
+                  j.desired_state, t.status
+           FROM domains d
+           JOIN jails j ON j.id = d.jail_id
+           JOIN tenants t ON t.id = d.tenant_id
+           WHERE j.node_id = $1 AND j.desired_state <> 'deleted'
+           ORDER BY d.name"#,
+        node_id
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let mut names = vec![r.name.clone()];
+            if r.www {
+                names.push(format!("www.{}", r.name));
+            }
+            let target = if r.status == "suspended" {
+                Target::Suspended
+            } else {
+                match (r.desired_state.as_str(), r.address) {
+                    ("running", Some(address)) => Target::Jail {
+                        address,
+                        port: u16::try_from(r.jail_port).map_err(|e| {
+                            StoreError::Unexpected(anyhow::anyhow!("stored jail_port: {e}"))
+                        })?,
+                    },
+                    _ => Target::Unavailable,
+                }
+            };
+            Ok(Route {
+                domain_id: r.id,
+                names,
+                target,
+            })
+        })
+        .collect()
+}

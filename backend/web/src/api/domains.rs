@@ -1,0 +1,187 @@
+//! `/api/v1/tenants/{tenant_id}/jails/{jail_id}/domains`: names routed to a
+//! jail by its node's reverse proxy.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use stockade_domain::DomainName;
+use stockade_store::domains::{self, Domain, NewDomain};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::{Authorized, DomainsWrite, JailsRead};
+use super::error::ApiError;
+use super::resource;
+use super::tenants::record;
+use crate::AppState;
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/tenants/{tenant_id}/jails/{jail_id}/domains")
+            .route(web::get().to(list))
+            .route(web::post().to(attach)),
+    )
+    .service(
+        resource("/tenants/{tenant_id}/jails/{jail_id}/domains/{domain_id}")
+            .route(web::delete().to(detach)),
+    );
+}
+
+/// A domain routed to a jail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DomainOut {
+    /// Stable id.
+    pub id: Uuid,
+    /// The jail it routes to.
+    pub jail_id: Uuid,
+    /// The name.
+    pub name: String,
+    /// Whether its `www.` alias routes too.
+    pub www: bool,
+    /// The jail's port it routes to.
+    pub jail_port: u16,
+    /// When it was attached.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Domain> for DomainOut {
+    fn from(d: Domain) -> Self {
+        DomainOut {
+            id: d.id,
+            jail_id: d.jail_id,
+            name: d.name,
+            www: d.www,
+            jail_port: d.jail_port,
+            created_at: d.created_at,
+        }
+    }
+}
+
+/// A jail's domains.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DomainList {
+    /// By name.
+    pub data: Vec<DomainOut>,
+}
+
+/// A name to attach.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachDomain {
+    /// A fully qualified name (`example.com`); no wildcards, international
+    /// names in their `xn--` form.
+    #[schema(example = "example.com", max_length = 254)]
+    pub name: String,
+    /// Route its `www.` alias too (default false).
+    #[serde(default)]
+    pub www: bool,
+    /// The jail's port (default 80).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
+    pub jail_port: Option<u32>,
+}
+
+impl TryFrom<AttachDomain> for NewDomain {
+    type Error = ApiError;
+    fn try_from(b: AttachDomain) -> Result<Self, ApiError> {
+        let jail_port = match b.jail_port.map(u16::try_from) {
+            None => 80,
+            Some(Ok(p)) if p > 0 => p,
+            Some(_) => return Err(ApiError::field("jail_port", "ports are 1 to 65535")),
+        };
+        Ok(NewDomain {
+            name: DomainName::parse(&b.name).map_err(|e| ApiError::field("name", e.reason))?,
+            www: b.www,
+            jail_port,
+        })
+    }
+}
+
+/// Lists a jail's domains.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/jails/{jail_id}/domains", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("jail_id" = Uuid, Path, description = "Jail id")),
+    responses((status = 200, description = "The jail's domains", body = DomainList)),
+    security(("bearer" = ["jails:read"])))]
+pub(crate) async fn list(
+    Authorized(caller, _): Authorized<JailsRead>,
+    path: web::Path<(Uuid, Uuid)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant_id, jail_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    stockade_store::jails::get(&state.pool, tenant_id, jail_id).await?;
+    let data = domains::for_jail(&state.pool, tenant_id, jail_id)
+        .await?
+        .into_iter()
+        .map(DomainOut::from)
+        .collect();
+    Ok(HttpResponse::Ok().json(DomainList { data }))
+}
+
+/// Attaches a name to the jail: its node's proxy routes it within a second.
+/// A name another tenant (or another jail) holds is refused.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/jails/{jail_id}/domains", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("jail_id" = Uuid, Path, description = "Jail id")),
+    request_body = AttachDomain,
+    responses((status = 201, description = "Attached", body = DomainOut)),
+    security(("bearer" = ["domains:write"])))]
+pub(crate) async fn attach(
+    Authorized(caller, _): Authorized<DomainsWrite>,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Json<AttachDomain>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let new = NewDomain::try_from(body.into_inner())?;
+    let (tenant_id, jail_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let d = domains::attach(&state.pool, tenant_id, jail_id, &new).await?;
+    record(
+        &state,
+        &req,
+        &caller,
+        Some(tenant_id),
+        "domain.attach",
+        &d.name,
+    )
+    .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((
+            "Location",
+            format!(
+                "/api/v1/tenants/{tenant_id}/jails/{jail_id}/domains/{}",
+                d.id
+            ),
+        ))
+        .json(DomainOut::from(d)))
+}
+
+/// Detaches a domain.
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}/jails/{jail_id}/domains/{domain_id}", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("jail_id" = Uuid, Path, description = "Jail id"),
+           ("domain_id" = Uuid, Path, description = "Domain id")),
+    responses((status = 204, description = "Detached")),
+    security(("bearer" = ["domains:write"])))]
+pub(crate) async fn detach(
+    Authorized(caller, _): Authorized<DomainsWrite>,
+    path: web::Path<(Uuid, Uuid, Uuid)>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant_id, jail_id, domain_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let d = domains::detach(&state.pool, tenant_id, jail_id, domain_id).await?;
+    record(
+        &state,
+        &req,
+        &caller,
+        Some(tenant_id),
+        "domain.detach",
+        &d.name,
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
