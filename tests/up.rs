@@ -39,6 +39,7 @@ fn stockade(dir: &Path, port: u16) -> Command {
         // No jails here: leave the host's bridge, firewall and metrics port alone.
         .env("STOCKADE_JAIL_NETWORK", "off")
         .env("STOCKADE_AGENT_METRICS", "off")
+        .env("STOCKADE_PROXY_HTTP", "off")
         .env("STOCKADE_LOG", "warn");
     cmd
 }

@@ -77,6 +77,16 @@ pub struct Config {
     /// Where the node's reverse proxy serves its jails' domains over plain
     /// HTTP; `None` = the node runs no proxy.
     pub proxy_http: Option<SocketAddr>,
+    /// Where it serves them over HTTPS; `None` = plain HTTP only.
+    pub proxy_https: Option<SocketAddr>,
+    /// The ACME directory certificates are ordered from; `None` = none.
+    pub acme_directory: Option<String>,
+    /// A PEM root for the ACME directory's own TLS (a test CA).
+    pub acme_root: Option<PathBuf>,
+    /// The ACME account's contact address.
+    pub acme_email: Option<String>,
+    /// The file of the provider's certificate key.
+    pub certificate_key_file: Option<PathBuf>,
     /// Seconds a stopping jail gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// KiB of a started jail's newest output kept on the node.
@@ -171,6 +181,11 @@ impl Default for Config {
             sample_retention_hours: 48,
             agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
             proxy_http: Some("0.0.0.0:80".parse().expect("valid default address")),
+            proxy_https: Some("0.0.0.0:443".parse().expect("valid default address")),
+            acme_directory: Some("https://acme-v02.api.letsencrypt.org/directory".into()),
+            acme_root: None,
+            acme_email: None,
+            certificate_key_file: None,
             stop_grace: Duration::from_secs(10),
             console_kib: 4096,
             step_deadline: Duration::from_secs(120),
@@ -368,9 +383,9 @@ impl Config {
                         Some(net)
                     };
                 }
-                "proxy_http" => {
+                "proxy_http" | "proxy_https" => {
                     let v = value.trim();
-                    self.proxy_http = if v == "off" {
+                    let addr = if v == "off" {
                         None
                     } else {
                         Some(v.parse().map_err(|_| {
@@ -379,6 +394,30 @@ impl Config {
                             )
                         })?)
                     };
+                    if key == "proxy_http" {
+                        self.proxy_http = addr;
+                    } else {
+                        self.proxy_https = addr;
+                    }
+                }
+                "acme_directory" => {
+                    let v = value.trim();
+                    self.acme_directory = if v == "off" {
+                        None
+                    } else if v.starts_with("https://") {
+                        Some(v.to_owned())
+                    } else {
+                        bail!("{key}: {value:?} must be an https:// URL, or off");
+                    };
+                }
+                "acme_root" => self.acme_root = Some(PathBuf::from(value.trim())),
+                "acme_email" => {
+                    let email = stockade_domain::Email::parse(value.trim())
+                        .map_err(|e| anyhow::anyhow!("{key}: {}", e.reason))?;
+                    self.acme_email = Some(email.to_string());
+                }
+                "certificate_key_file" => {
+                    self.certificate_key_file = Some(PathBuf::from(value.trim()));
                 }
                 "agent_metrics" => {
                     let v = value.trim();
@@ -444,6 +483,24 @@ impl Config {
             "proxy_http" => self
                 .proxy_http
                 .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "proxy_https" => self
+                .proxy_https
+                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "acme_directory" => self
+                .acme_directory
+                .clone()
+                .unwrap_or_else(|| "off".to_owned()),
+            "acme_root" => self
+                .acme_root
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            "acme_email" => self.acme_email.clone().unwrap_or_default(),
+            "certificate_key_file" => self
+                .certificate_key_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<state_dir>/certificate.key".to_owned()),
             "agent_metrics" => self
                 .agent_metrics
                 .map_or_else(|| "off".to_owned(), |a| a.to_string()),

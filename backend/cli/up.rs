@@ -121,6 +121,10 @@ async fn run_services(cfg: &Config, urls: &Urls, managed: bool) -> anyhow::Resul
         _ => {}
     }
     agent_pool.close().await;
+    // `up` stops what it started: the node's proxy too.
+    if let Ok(state) = std::path::absolute(&cfg.state_dir) {
+        stockade_agent::stop_proxy(&state.join("proxy"));
+    }
     outcome
 }
 
@@ -230,9 +234,22 @@ pub async fn agent_task(
         jail_parallelism: cfg.jail_parallelism,
         proxy: cfg.proxy_http.map(|http| stockade_agent::ProxyConfig {
             http,
+            https: cfg.proxy_https,
             dir: state_dir.join("proxy"),
             program: "haproxy".into(),
         }),
+        acme: cfg
+            .acme_directory
+            .clone()
+            .map(|directory| stockade_agent::AcmeConfig {
+                directory,
+                root: cfg.acme_root.clone(),
+                email: cfg.acme_email.clone(),
+            }),
+        certificate_key: cfg
+            .certificate_key_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join("certificate.key")),
     };
     stockade_agent::run(pool, engine, agent_cfg, info, stop).await
 }

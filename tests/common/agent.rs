@@ -198,6 +198,8 @@ impl Node {
             .env("STOCKADE_STATE_DIR", self.state.path())
             .env("STOCKADE_AGENT_METRICS", "off")
             .env("STOCKADE_PROXY_HTTP", "off")
+            .env("STOCKADE_PROXY_HTTPS", "off")
+            .env("STOCKADE_ACME_DIRECTORY", "off")
             .env("STOCKADE_SAMPLE_SECS", "1")
             .env("STOCKADE_RESYNC_SECS", "2")
             .env("STOCKADE_HEARTBEAT_SECS", "1")

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod browser;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -10,6 +10,7 @@
 //! one at a time per jail and a bounded number across jails, and is waited
 //! for no longer than a deadline (see `slots`).
 
+mod acme;
 mod adopt;
 mod claim;
 mod metrics;
@@ -30,9 +31,10 @@ use stockade_store::nodes::{self, NodeInfo};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use acme::{AcmeConfig, certificate_key};
 pub use claim::{Claims, claim_host_names};
 pub use metrics::Metrics;
-pub use proxy::ProxyConfig;
+pub use proxy::{ProxyConfig, stop_proxy};
 
 /// How the agent is set up on this node.
 #[derive(Debug, Clone)]
@@ -61,6 +63,11 @@ pub struct AgentConfig {
     pub jail_parallelism: usize,
     /// The node's reverse proxy for its jails' domains, if it runs one.
     pub proxy: Option<ProxyConfig>,
+    /// Where the proxy's certificates are ordered, if anywhere.
+    pub acme: Option<AcmeConfig>,
+    /// The file of the provider's certificate key (made if missing): it
+    /// opens the sealed keys of certificates.
+    pub certificate_key: std::path::PathBuf,
 }
 
 /// Reads this host's capacity: CPUs, memory and the disk under `disk_path`.
@@ -175,7 +182,34 @@ pub async fn run(
     ));
     tasks.spawn(purge_task(pool.clone(), cfg.sample_retention_hours));
     if let Some(proxy) = cfg.proxy.clone() {
-        tasks.spawn(proxy::proxy_task(pool.clone(), node_id, proxy));
+        let secret = Arc::new(acme::certificate_key(&cfg.certificate_key)?);
+        match stockade_store::certificates::publish_sealing_key(&pool, &secret).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "this node's certificate key is not the provider's (another node published \
+                 another): copy the first node's key file here, or certificates cannot be served"
+            ),
+            Err(e) => tracing::warn!(error = %e, "publishing the certificate key failed"),
+        }
+        let (challenges, served) = acme::Challenges::new();
+        if let Some(acme) = cfg.acme.clone() {
+            tasks.spawn(acme::acme_task(
+                pool.clone(),
+                node_id,
+                acme,
+                proxy.dir.join("acme"),
+                secret.clone(),
+                (challenges.clone(), served),
+                Duration::from_secs(300),
+            ));
+        }
+        tasks.spawn(proxy::proxy_task(
+            pool.clone(),
+            node_id,
+            proxy,
+            secret,
+            challenges,
+        ));
     }
     if cfg.network.is_some() {
         tasks.spawn(repair_task(

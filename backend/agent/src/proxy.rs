@@ -13,20 +13,28 @@
 //! The master daemonizes and outlives the agent (sites stay up while the
 //! agent restarts); a new agent finds it by its pid file and reloads it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crypto_box::SecretKey;
 use stockade_store::PgPool;
+use stockade_store::certificates;
 use stockade_store::domains::{self, Route, Target};
 use uuid::Uuid;
+
+use crate::acme::Challenges;
 
 /// Where and how the node's proxy runs.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// The address plain HTTP is served on (e.g. `0.0.0.0:80`).
     pub http: SocketAddr,
+    /// The address HTTPS is served on (e.g. `0.0.0.0:443`), if anywhere.
+    pub https: Option<SocketAddr>,
     /// The folder of its configuration, pid file and sockets.
     pub dir: PathBuf,
     /// The `haproxy` program.
@@ -48,7 +56,8 @@ pub(crate) fn render(cfg: &ProxyConfig, routes: &[Route], as_root: bool) -> Stri
     let _ = writeln!(s, "    pidfile {dir}/haproxy.pid");
     let _ = writeln!(s, "    stats socket {dir}/admin.sock mode 600 level admin");
     if as_root {
-        // Ports are bound as root; the workers then run unprivileged.
+        // Ports are bound and keys read as root; the workers then run
+        // unprivileged.
         s.push_str("    user haproxy\n    group haproxy\n");
     }
     s.push_str(
@@ -56,23 +65,39 @@ pub(crate) fn render(cfg: &ProxyConfig, routes: &[Route], as_root: bool) -> Stri
          timeout client 60s\n    timeout server 60s\n    timeout tunnel 1h\n    \
          timeout http-request 10s\n",
     );
-    s.push_str("frontend http\n");
-    let _ = writeln!(s, "    bind {}", cfg.http);
-    s.push_str(
-        "    http-request set-header X-Forwarded-Proto http\n    \
-         http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
+    let mut routing = String::from(
+        "    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
          http-request set-var(txn.site) req.hdr(host),field(1,:),lower\n",
     );
     for r in routes {
         let backend = backend_of(r);
         let names: Vec<&str> = r.names.iter().map(String::as_str).collect();
         let _ = writeln!(
-            s,
+            routing,
             "    use_backend {backend} if {{ var(txn.site) -m str {} }}",
             names.join(" ")
         );
     }
-    s.push_str("    default_backend unknown\n");
+    routing.push_str("    default_backend unknown\n");
+    s.push_str("frontend http\n");
+    let _ = writeln!(s, "    bind {}", cfg.http);
+    // ACME's HTTP-01 challenges, answered from the map the agent writes.
+    let _ = writeln!(
+        s,
+        "    http-request return status 200 content-type text/plain lf-string \"%[path,field(4,/),map({dir}/acme.map)]\" \
+         if {{ path_beg /.well-known/acme-challenge/ }} {{ path,field(4,/),map({dir}/acme.map) -m found }}"
+    );
+    s.push_str("    http-request set-header X-Forwarded-Proto http\n");
+    s.push_str(&routing);
+    if let Some(https) = cfg.https {
+        s.push_str("frontend https\n");
+        let _ = writeln!(
+            s,
+            "    bind {https} ssl crt {dir}/default.pem crt-list {dir}/certs.list alpn h2,http/1.1"
+        );
+        s.push_str("    http-request set-header X-Forwarded-Proto https\n");
+        s.push_str(&routing);
+    }
     for r in routes {
         if let Target::Jail { address, port } = &r.target {
             let _ = writeln!(
@@ -93,6 +118,22 @@ pub(crate) fn render(cfg: &ProxyConfig, routes: &[Route], as_root: bool) -> Stri
         );
     }
     s
+}
+
+/// A certificate the proxy serves: its names and its chain with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Served {
+    pub(crate) domain_id: Uuid,
+    pub(crate) names: Vec<String>,
+    /// The chain, leaf first, then the key: one PEM file.
+    pub(crate) pem: String,
+}
+
+/// Everything the proxy serves besides its configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Extras {
+    pub(crate) certs: Vec<Served>,
+    pub(crate) challenges: BTreeMap<String, String>,
 }
 
 fn backend_of(r: &Route) -> String {
@@ -127,16 +168,17 @@ impl Proxy {
         (comm.trim() == "haproxy").then_some(pid)
     }
 
-    /// Brings the proxy to `routes`: starts it if it does not run, reloads
-    /// it if its configuration changes. Whether anything was done.
-    pub(crate) fn apply(&mut self, routes: &[Route]) -> anyhow::Result<bool> {
+    /// Brings the proxy to `routes` and `extras`: starts it if it does not
+    /// run, reloads it if anything changes. Whether anything was done.
+    pub(crate) fn apply(&mut self, routes: &[Route], extras: &Extras) -> anyhow::Result<bool> {
         let as_root = nix::unistd::Uid::effective().is_root();
         let text = render(&self.cfg, routes, as_root);
         let running = self.pid();
-        if running.is_some() && self.current.as_deref() == Some(text.as_str()) {
+        let wanted = format!("{text}\n{extras:?}");
+        if running.is_some() && self.current.as_deref() == Some(wanted.as_str()) {
             return Ok(false);
         }
-        std::fs::create_dir_all(&self.cfg.dir)?;
+        write_extras(&self.cfg.dir, extras)?;
         let file = self.cfg.dir.join("haproxy.cfg");
         let next = self.cfg.dir.join("haproxy.cfg.next");
         std::fs::write(&next, &text)?;
@@ -161,8 +203,66 @@ impl Proxy {
             }
             None => start(&self.cfg.program, &file)?,
         }
-        self.current = Some(text);
+        self.current = Some(wanted);
         Ok(true)
+    }
+}
+
+/// Writes the proxy's certificates (readable by root only), their list,
+/// the challenge answers and, once, the certificate for names it has none
+/// for.
+fn write_extras(dir: &Path, extras: &Extras) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let private = |path: &Path, text: &str| -> anyhow::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    };
+    let default = dir.join("default.pem");
+    if !default.exists() {
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["stockade.invalid".to_owned()])?
+            .self_signed(&key)?;
+        private(&default, &format!("{}{}", cert.pem(), key.serialize_pem()))?;
+    }
+    let certs = dir.join("certs");
+    let _ = std::fs::remove_dir_all(&certs);
+    std::fs::create_dir_all(&certs)?;
+    let mut list = String::new();
+    for c in &extras.certs {
+        let file = certs.join(format!("{}.pem", c.domain_id.simple()));
+        private(&file, &c.pem)?;
+        let _ = writeln!(list, "{} {}", file.display(), c.names.join(" "));
+    }
+    private(&dir.join("certs.list"), &list)?;
+    let mut map = String::new();
+    for (token, answer) in &extras.challenges {
+        let _ = writeln!(map, "{token} {answer}");
+    }
+    private(&dir.join("acme.map"), &map)?;
+    Ok(())
+}
+
+/// Stops the proxy whose files are in `dir`, if it runs: `stockade up`
+/// stops everything it started. (A node's agent alone leaves it serving
+/// when it stops, like the jails.)
+pub fn stop_proxy(dir: &Path) {
+    let proxy = Proxy::new(ProxyConfig {
+        http: SocketAddr::from(([127, 0, 0, 1], 0)),
+        https: None,
+        dir: dir.to_owned(),
+        program: PathBuf::new(),
+    });
+    let Some(pid) = proxy.pid() else { return };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while proxy.pid().is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -182,8 +282,39 @@ fn start(program: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps the node's proxy at the routes of its jails.
-pub(crate) async fn proxy_task(pool: PgPool, node_id: Uuid, cfg: ProxyConfig) {
+/// The certificates of this node's domains, their keys opened.
+async fn served(pool: &PgPool, node_id: Uuid, secret: &SecretKey) -> Vec<Served> {
+    let rows = match certificates::for_node(pool, node_id).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the node's certificates failed");
+            return Vec::new();
+        }
+    };
+    rows.into_iter()
+        .filter_map(|c| match certificates::open(secret, &c.key_sealed) {
+            Ok(key) => Some(Served {
+                domain_id: c.domain_id,
+                names: c.names,
+                pem: format!("{}\n{key}", c.chain_pem.trim_end()),
+            }),
+            Err(e) => {
+                tracing::warn!(domain = %c.domain_id, error = %e, "a certificate is not served");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Keeps the node's proxy at the routes of its jails, their certificates
+/// and the ACME challenges under way.
+pub(crate) async fn proxy_task(
+    pool: PgPool,
+    node_id: Uuid,
+    cfg: ProxyConfig,
+    secret: Arc<SecretKey>,
+    challenges: Arc<Challenges>,
+) {
     let mut proxy = Proxy::new(cfg);
     let mut listener = super::connect_listener(&pool).await;
     let mut last_error = String::new();
@@ -191,8 +322,13 @@ pub(crate) async fn proxy_task(pool: PgPool, node_id: Uuid, cfg: ProxyConfig) {
         match domains::routes_for_node(&pool, node_id).await {
             Ok(routes) => {
                 let count = routes.len();
+                let (generation, answers) = challenges.snapshot();
+                let extras = Extras {
+                    certs: served(&pool, node_id, &secret).await,
+                    challenges: answers,
+                };
                 let done = tokio::task::spawn_blocking(move || {
-                    let r = proxy.apply(&routes);
+                    let r = proxy.apply(&routes, &extras);
                     (proxy, r)
                 })
                 .await;
@@ -201,6 +337,9 @@ pub(crate) async fn proxy_task(pool: PgPool, node_id: Uuid, cfg: ProxyConfig) {
                     return;
                 };
                 proxy = back;
+                if applied.is_ok() {
+                    challenges.served(generation);
+                }
                 match applied {
                     Ok(true) => {
                         tracing::info!(routes = count, "proxy routes applied");
@@ -224,6 +363,7 @@ pub(crate) async fn proxy_task(pool: PgPool, node_id: Uuid, cfg: ProxyConfig) {
                     listener = super::connect_listener(&pool).await;
                 }
             }
+            () = challenges.changed.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -237,6 +377,7 @@ mod tests {
     fn routes_render_to_backends_and_pages() {
         let cfg = ProxyConfig {
             http: "127.0.0.1:8080".parse().unwrap(),
+            https: Some("127.0.0.1:8443".parse().unwrap()),
             dir: PathBuf::from("/run/p"),
             program: PathBuf::from("haproxy"),
         };
@@ -264,6 +405,10 @@ mod tests {
         assert!(text.contains(&format!("backend {site}\n    server jail 10.77.0.2:8080")));
         assert!(text.contains("use_backend suspended if { var(txn.site) -m str off.test }"));
         assert!(text.contains("bind 127.0.0.1:8080"));
+        assert!(text.contains(
+            "bind 127.0.0.1:8443 ssl crt /run/p/default.pem crt-list /run/p/certs.list alpn h2,http/1.1"
+        ));
+        assert!(text.contains("map(/run/p/acme.map)"));
         assert!(text.contains("user haproxy"));
         assert!(!render(&cfg, &routes, false).contains("user haproxy"));
     }

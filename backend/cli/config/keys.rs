@@ -74,6 +74,26 @@ pub const KEYS: &[(&str, &str)] = &[
         "where the node's reverse proxy serves jails' domains over HTTP, or off (0.0.0.0:80)",
     ),
     (
+        "proxy_https",
+        "where it serves them over HTTPS, or off (0.0.0.0:443)",
+    ),
+    (
+        "acme_directory",
+        "ACME directory certificates are ordered from, or off (Let's Encrypt)",
+    ),
+    (
+        "acme_root",
+        "PEM file of a root the ACME directory's TLS is checked against (the host's roots)",
+    ),
+    (
+        "acme_email",
+        "contact address of the node's ACME account (none)",
+    ),
+    (
+        "certificate_key_file",
+        "the provider's certificate key, made if missing; copy it to every node (<state_dir>/certificate.key)",
+    ),
+    (
         "agent_metrics",
         "loopback address:port of the agent's metrics, or off (127.0.0.1:9464)",
     ),

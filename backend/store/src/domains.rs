@@ -34,6 +34,8 @@ pub struct Domain {
     pub jail_port: u16,
     /// When it was attached.
     pub created_at: DateTime<Utc>,
+    /// Why the last certificate order failed, if it did.
+    pub acme_error: Option<String>,
 }
 
 struct DomainRow {
@@ -44,6 +46,7 @@ struct DomainRow {
     www: bool,
     jail_port: i32,
     created_at: DateTime<Utc>,
+    acme_error: Option<String>,
 }
 
 impl TryFrom<DomainRow> for Domain {
@@ -58,6 +61,7 @@ impl TryFrom<DomainRow> for Domain {
             jail_port: u16::try_from(r.jail_port)
                 .map_err(|e| StoreError::Unexpected(anyhow::anyhow!("stored jail_port: {e}")))?,
             created_at: r.created_at,
+            acme_error: r.acme_error,
         })
     }
 }
@@ -122,7 +126,7 @@ pub async fn attach(
         DomainRow,
         "INSERT INTO domains (tenant_id, jail_id, name, www, jail_port)
          VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at",
+         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error",
         tenant_id,
         jail_id,
         new.name.as_str(),
@@ -165,7 +169,7 @@ pub async fn detach(
     let row = sqlx::query_as!(
         DomainRow,
         "DELETE FROM domains WHERE id = $1 AND jail_id = $2 AND tenant_id = $3
-         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at",
+         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error",
         domain_id,
         jail_id,
         tenant_id
@@ -189,7 +193,7 @@ pub async fn for_jail(
 ) -> Result<Vec<Domain>, StoreError> {
     let rows = sqlx::query_as!(
         DomainRow,
-        "SELECT id, tenant_id, jail_id, name, www, jail_port, created_at
+        "SELECT id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error
          FROM domains WHERE jail_id = $1 AND tenant_id = $2 ORDER BY name",
         jail_id,
         tenant_id
@@ -197,6 +201,48 @@ pub async fn for_jail(
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(Domain::try_from).collect()
+}
+
+/// The names a domain's certificate must cover: its name, and its alias.
+pub fn names_of(d: &Domain) -> Vec<String> {
+    let mut names = vec![d.name.clone()];
+    if d.www {
+        names.push(format!("www.{}", d.name));
+    }
+    names
+}
+
+/// Stores an uploaded certificate and key for a tenant's domain, after
+/// checking them (see [`crate::certificates::check_upload`]); the key is
+/// sealed to the provider's certificate key. The certificate replaces any,
+/// ACME's too, and is not renewed by ACME.
+pub async fn upload_certificate(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    domain_id: Uuid,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<crate::certificates::CertInfo, StoreError> {
+    use crate::certificates;
+    let domain = for_jail(pool, tenant_id, jail_id)
+        .await?
+        .into_iter()
+        .find(|d| d.id == domain_id)
+        .ok_or(StoreError::NotFound)?;
+    let info = certificates::check_upload(chain_pem, key_pem, &names_of(&domain), Utc::now())?;
+    let public = certificates::sealing_key(pool).await?.ok_or_else(|| {
+        StoreError::InvalidState(
+            "no node has published the provider's certificate key yet; start a node's agent first"
+                .into(),
+        )
+    })?;
+    let sealed = certificates::seal(&public, key_pem)?;
+    certificates::store(
+        pool, tenant_id, domain_id, "upload", chain_pem, &sealed, &info,
+    )
+    .await?;
+    Ok(info)
 }
 
 /// What a node's proxy answers for a name.

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod billing;
+pub mod certificates;
 pub mod changes;
 pub mod domains;
 pub mod events;

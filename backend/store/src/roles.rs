@@ -40,6 +40,7 @@ const ALL: &str = "SELECT, INSERT, UPDATE, DELETE";
 const WEB_TABLES: &[(&str, &str)] = &[
     ("api_tokens", RIU),
     ("audit_log", RI),
+    ("certificates", ALL),
     ("domains", ALL),
     ("events", RI),
     ("idempotency_keys", ALL),
@@ -49,6 +50,7 @@ const WEB_TABLES: &[(&str, &str)] = &[
     ("nodes", R),
     ("plans", RIU),
     ("published_ports", ALL),
+    ("sealing_key", R),
     ("sessions", ALL),
     ("sign_in_attempts", ALL),
     ("tenant_quota_overrides", RIU),
@@ -72,7 +74,8 @@ const WEB_TABLES: &[(&str, &str)] = &[
 /// whose URLs and secrets it never reads).
 const AGENT_TABLES: &[(&str, &str)] = &[
     ("audit_log", RI),
-    ("domains", R),
+    ("certificates", RIU),
+    ("domains", "SELECT, UPDATE (acme_tried_at, acme_error)"),
     ("events", RI),
     ("webhook_deliveries", "INSERT"),
     (
@@ -85,6 +88,7 @@ const AGENT_TABLES: &[(&str, &str)] = &[
     ("nodes", RIU),
     ("plans", R),
     ("published_ports", R),
+    ("sealing_key", RI),
     ("sessions", "SELECT, DELETE"),
     ("tenant_quota_overrides", R),
     ("tenants", RU),

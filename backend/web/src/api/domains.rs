@@ -5,6 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stockade_domain::DomainName;
+use stockade_store::certificates::{self, Certificate};
 use stockade_store::domains::{self, Domain, NewDomain};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -24,7 +25,41 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/tenants/{tenant_id}/jails/{jail_id}/domains/{domain_id}")
             .route(web::delete().to(detach)),
+    )
+    .service(
+        resource("/tenants/{tenant_id}/jails/{jail_id}/domains/{domain_id}/certificate")
+            .route(web::put().to(upload_certificate)),
     );
+}
+
+/// A domain's TLS certificate.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificateOut {
+    /// `acme` (issued and renewed by the node) or `upload`.
+    pub source: String,
+    /// The DNS names it covers.
+    pub names: Vec<String>,
+    /// Its issuer.
+    pub issuer: String,
+    /// Valid from.
+    pub not_before: DateTime<Utc>,
+    /// Valid until.
+    pub not_after: DateTime<Utc>,
+    /// It expires within 14 days.
+    pub expires_soon: bool,
+}
+
+impl From<Certificate> for CertificateOut {
+    fn from(c: Certificate) -> Self {
+        CertificateOut {
+            expires_soon: c.expires_soon(Utc::now()),
+            source: c.source,
+            names: c.info.names,
+            issuer: c.info.issuer,
+            not_before: c.info.not_before,
+            not_after: c.info.not_after,
+        }
+    }
 }
 
 /// A domain routed to a jail.
@@ -42,10 +77,14 @@ pub struct DomainOut {
     pub jail_port: u16,
     /// When it was attached.
     pub created_at: DateTime<Utc>,
+    /// Its TLS certificate, once there is one.
+    pub certificate: Option<CertificateOut>,
+    /// Why the node's last certificate order failed, if it did.
+    pub tls_error: Option<String>,
 }
 
-impl From<Domain> for DomainOut {
-    fn from(d: Domain) -> Self {
+impl DomainOut {
+    fn new(d: Domain, certificate: Option<Certificate>) -> Self {
         DomainOut {
             id: d.id,
             jail_id: d.jail_id,
@@ -53,6 +92,8 @@ impl From<Domain> for DomainOut {
             www: d.www,
             jail_port: d.jail_port,
             created_at: d.created_at,
+            certificate: certificate.map(CertificateOut::from),
+            tls_error: d.acme_error,
         }
     }
 }
@@ -111,10 +152,17 @@ pub(crate) async fn list(
     let (tenant_id, jail_id) = path.into_inner();
     caller.see_tenant(tenant_id)?;
     stockade_store::jails::get(&state.pool, tenant_id, jail_id).await?;
+    let mut certs = certificates::for_tenant(&state.pool, tenant_id).await?;
     let data = domains::for_jail(&state.pool, tenant_id, jail_id)
         .await?
         .into_iter()
-        .map(DomainOut::from)
+        .map(|d| {
+            let cert = certs
+                .iter()
+                .position(|c| c.domain_id == d.id)
+                .map(|i| certs.swap_remove(i));
+            DomainOut::new(d, cert)
+        })
         .collect();
     Ok(HttpResponse::Ok().json(DomainList { data }))
 }
@@ -155,7 +203,7 @@ pub(crate) async fn attach(
                 d.id
             ),
         ))
-        .json(DomainOut::from(d)))
+        .json(DomainOut::new(d, None)))
 }
 
 /// Detaches a domain.
@@ -184,4 +232,61 @@ pub(crate) async fn detach(
     )
     .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// A certificate and its key to serve for a domain instead of ACME's.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadCertificate {
+    /// The certificate chain in PEM: the site's certificate first, then each
+    /// issuer.
+    #[schema(max_length = 65536)]
+    pub chain_pem: String,
+    /// The private key in PEM (PKCS#8).
+    #[schema(max_length = 16384)]
+    pub key_pem: String,
+}
+
+/// Uploads a certificate for a domain: refused unless the key matches, the
+/// chain is in order, it covers the domain (and its alias) and is valid now.
+/// The key is stored sealed; the node serves it within a second.
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant_id}/jails/{jail_id}/domains/{domain_id}/certificate", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("jail_id" = Uuid, Path, description = "Jail id"),
+           ("domain_id" = Uuid, Path, description = "Domain id")),
+    request_body = UploadCertificate,
+    responses((status = 200, description = "Stored", body = CertificateOut)),
+    security(("bearer" = ["domains:write"])))]
+pub(crate) async fn upload_certificate(
+    Authorized(caller, _): Authorized<DomainsWrite>,
+    path: web::Path<(Uuid, Uuid, Uuid)>,
+    body: web::Json<UploadCertificate>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant_id, jail_id, domain_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let info = domains::upload_certificate(
+        &state.pool,
+        tenant_id,
+        jail_id,
+        domain_id,
+        &body.chain_pem,
+        &body.key_pem,
+    )
+    .await?;
+    record(
+        &state,
+        &req,
+        &caller,
+        Some(tenant_id),
+        "certificate.upload",
+        &info.names.join(" "),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(CertificateOut::from(Certificate {
+        domain_id,
+        source: "upload".into(),
+        info,
+    })))
 }

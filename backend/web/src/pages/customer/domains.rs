@@ -121,3 +121,63 @@ pub(super) async fn detach(
         &format!("{} is detached.", d.name),
     ))
 }
+
+#[derive(Deserialize)]
+pub(super) struct CertificateForm {
+    csrf_token: String,
+    chain_pem: String,
+    key_pem: String,
+}
+
+pub(super) async fn upload_certificate(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<(String, String)>,
+    form: web::Form<CertificateForm>,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let (jail, domain) = path.into_inner();
+    let jail_id = parse_id(&jail)?;
+    let here = format!("/jails/{jail_id}");
+    match domains::upload_certificate(
+        &state.pool,
+        tenant_id,
+        jail_id,
+        parse_id(&domain)?,
+        &form.chain_pem,
+        &form.key_pem,
+    )
+    .await
+    {
+        Ok(info) => {
+            record(
+                &state,
+                &req,
+                &s,
+                Some(tenant_id),
+                "certificate.upload",
+                &info.names.join(" "),
+                serde_json::json!({ "jail_id": jail_id, "not_after": info.not_after }),
+            )
+            .await?;
+            Ok(flash::redirect(
+                &here,
+                "ok",
+                &format!(
+                    "Certificate for {} stored; valid until {}.",
+                    info.names.join(", "),
+                    info.not_after.format("%Y-%m-%d")
+                ),
+            ))
+        }
+        Err(StoreError::NotFound) => Err(WebError::NotFound),
+        Err(e @ (StoreError::Invalid { .. } | StoreError::InvalidState(_))) => Ok(flash::redirect(
+            &here,
+            "error",
+            &format!("Certificate not stored: {e}"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -48,8 +48,20 @@ pub(crate) struct JailData {
     pub(super) ports_left: String,
     /// Whether the jail reaches the world, in words.
     pub(super) outbound: &'static str,
-    /// Domains: id, names, jail port.
-    pub(super) domains: Vec<(Uuid, String, u16)>,
+    /// Domains, by name.
+    pub(super) domains: Vec<DomainLine>,
+}
+
+/// A domain as the jail page shows it.
+pub(crate) struct DomainLine {
+    pub(super) id: Uuid,
+    /// The name, and its alias if routed.
+    pub(super) names: String,
+    pub(super) jail_port: u16,
+    /// Its certificate in words.
+    pub(super) tls: String,
+    /// The certificate expires within 14 days, or could not be issued.
+    pub(super) warn: bool,
 }
 
 /// A jail's limits, limit hits and usage charts for one period.
@@ -233,16 +245,45 @@ pub(super) async fn jail_data(
             )
         })
         .collect();
+    let mut certs = stockade_store::certificates::for_tenant(pool, tenant_id).await?;
     let domains = stockade_store::domains::for_jail(pool, tenant_id, jail.id)
         .await?
         .into_iter()
         .map(|d| {
-            let names = if d.www {
-                format!("{0}, www.{0}", d.name)
-            } else {
-                d.name
+            let cert = certs
+                .iter()
+                .position(|c| c.domain_id == d.id)
+                .map(|i| certs.swap_remove(i));
+            let (tls, warn) = match (&cert, &d.acme_error) {
+                (Some(c), _) => (
+                    format!(
+                        "{} certificate for {}, issued by {}, valid until {}{}",
+                        if c.source == "acme" {
+                            "Automatic"
+                        } else {
+                            "Uploaded"
+                        },
+                        c.info.names.join(", "),
+                        c.info.issuer,
+                        c.info.not_after.format("%Y-%m-%d"),
+                        if c.expires_soon(now) {
+                            " — expires within 14 days"
+                        } else {
+                            ""
+                        }
+                    ),
+                    c.expires_soon(now),
+                ),
+                (None, Some(e)) => (format!("No certificate yet: {e}"), true),
+                (None, None) => ("Certificate being issued".to_owned(), false),
             };
-            (d.id, names, d.jail_port)
+            DomainLine {
+                id: d.id,
+                names: stockade_store::domains::names_of(&d).join(", "),
+                jail_port: d.jail_port,
+                tls,
+                warn,
+            }
         })
         .collect();
     let usage = JailUsage {

@@ -41,6 +41,10 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(domains::detach),
         )
         .route(
+            "/jails/{id}/domains/{domain}/certificate",
+            web::post().to(domains::upload_certificate),
+        )
+        .route(
             "/jails/{id}/ports/{port}/delete",
             web::post().to(ports::unpublish),
         )
