@@ -1012,7 +1012,9 @@ async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
                 .replace("{tenant_id}", &b.to_string())
                 .replace("{jail_id}", &jail_b)
                 .replace("{webhook_id}", &hook_b)
-                .replace("{plan_id}", &plan_id);
+                .replace("{plan_id}", &plan_id)
+                .replace("{port_id}", &uuid::Uuid::new_v4().to_string())
+                .replace("{domain_id}", &uuid::Uuid::new_v4().to_string());
             assert!(
                 !path.contains('{'),
                 "a path parameter not covered: {template}"
@@ -1026,6 +1028,11 @@ async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
                               "pids": 16, "disk_bytes": 64u64 << 20}}),
                 ("post", "/api/v1/webhooks") => hook_body.clone(),
                 ("post", t) if t.ends_with("/jails") => jail_body.clone(),
+                ("post", t) if t.ends_with("/ports") => json!({"jail_port": 80}),
+                ("post", t) if t.ends_with("/domains") => json!({"name": "matrix.test"}),
+                ("put", t) if t.ends_with("/certificate") => {
+                    json!({"chain_pem": "-", "key_pem": "-"})
+                }
                 ("patch", t) if t.ends_with("{jail_id}") => {
                     json!({"limits": {"memory_bytes": 32u64 << 20}})
                 }
@@ -1037,6 +1044,7 @@ async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
                 "get" => api.get(&path, &bound_a),
                 "post" => api.post(&path, &bound_a, &body),
                 "patch" => api.patch(&path, &bound_a, &body),
+                "put" => api.put(&path, &bound_a, &body),
                 "delete" => api.delete(&path, &bound_a),
                 other => panic!("a method the test does not know: {other}"),
             };

@@ -410,14 +410,26 @@ impl Config {
                         bail!("{key}: {value:?} must be an https:// URL, or off");
                     };
                 }
-                "acme_root" => self.acme_root = Some(PathBuf::from(value.trim())),
+                // Empty: unset.
+                "acme_root" => {
+                    self.acme_root = Some(value.trim())
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from);
+                }
                 "acme_email" => {
-                    let email = stockade_domain::Email::parse(value.trim())
-                        .map_err(|e| anyhow::anyhow!("{key}: {}", e.reason))?;
-                    self.acme_email = Some(email.to_string());
+                    self.acme_email = match value.trim() {
+                        "" => None,
+                        v => Some(
+                            stockade_domain::Email::parse(v)
+                                .map_err(|e| anyhow::anyhow!("{key}: {}", e.reason))?
+                                .to_string(),
+                        ),
+                    };
                 }
                 "certificate_key_file" => {
-                    self.certificate_key_file = Some(PathBuf::from(value.trim()));
+                    self.certificate_key_file = Some(value.trim())
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from);
                 }
                 "agent_metrics" => {
                     let v = value.trim();
@@ -500,7 +512,7 @@ impl Config {
                 .certificate_key_file
                 .as_ref()
                 .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "<state_dir>/certificate.key".to_owned()),
+                .unwrap_or_default(),
             "agent_metrics" => self
                 .agent_metrics
                 .map_or_else(|| "off".to_owned(), |a| a.to_string()),
@@ -568,8 +580,22 @@ impl Config {
         let layers = layers
             .merge(Variables::one(env, "DATABASE_URL", "database_url"))
             .merge(Variables::prefixed(env, "STOCKADE_", &["CONFIG"]));
-        let values: BTreeMap<String, Text> =
-            layers.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let values: BTreeMap<String, Text> = layers.extract().map_err(|e| {
+            // Each error with its key and the layer's own words (the
+            // file's path as given, not relative to the working folder).
+            let lines: Vec<String> = e
+                .into_iter()
+                .map(|e| {
+                    let key = e.path.join(".");
+                    let place = e
+                        .metadata
+                        .as_ref()
+                        .map_or_else(|| "the configuration".to_owned(), |m| layer_name(m, &key));
+                    format!("{key}: {} in {place}", e.kind)
+                })
+                .collect();
+            anyhow::anyhow!("{}", lines.join("; "))
+        })?;
         let mut cfg = Config::default();
         for (key, Text(value)) in &values {
             let source = layers

@@ -114,6 +114,13 @@ impl Api {
             .json(body)
     }
 
+    pub fn put(&self, path: &str, token: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+    }
+
     pub fn delete(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
         self.client.delete(self.url(path)).bearer_auth(token)
     }
