@@ -161,3 +161,177 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
     )
     .await;
 }
+
+/// The base64 SHA-256 of a certificate's public key: what Chromium's
+/// `--ignore-certificate-errors-spki-list` takes to trust a test CA.
+fn spki_hash(pem: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(cert.public_key().raw))
+}
+
+#[tokio::test]
+async fn a_customer_puts_a_site_online_over_https_and_publishes_a_port() {
+    let tools = [
+        "/usr/sbin/haproxy",
+        "/usr/bin/pebble",
+        "/usr/bin/pebble-challtestsrv",
+    ];
+    if !is_root() || !tools.iter().all(|t| std::path::Path::new(t).exists()) {
+        eprintln!("SKIPPED: needs root, haproxy and pebble (scripts/test installs them)");
+        return;
+    }
+    use common::tls::{Pebble, free_port};
+    let app = TestApp::spawn().await;
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http);
+    let (http_at, https_at) = (format!("127.0.0.1:{http}"), format!("127.0.0.1:{https}"));
+    let api_root = pebble.api_root.display().to_string();
+    let ports = {
+        let base = free_port() / 10 * 10;
+        format!("{base}-{}", base + 9)
+    };
+    let node = Node::with_network_and_env(
+        &app.db_url,
+        "10.101.0.1/24",
+        &[
+            ("STOCKADE_PROXY_HTTP", http_at.as_str()),
+            ("STOCKADE_PROXY_HTTPS", https_at.as_str()),
+            ("STOCKADE_ACME_DIRECTORY", pebble.directory.as_str()),
+            ("STOCKADE_ACME_ROOT", api_root.as_str()),
+            ("STOCKADE_PUBLISHED_PORTS", ports.as_str()),
+        ],
+    );
+    wait_node(&app.pool, &node.name).await;
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    let tenant = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("sites").unwrap(),
+        "Sites Ltd",
+        plan.id,
+    )
+    .await
+    .unwrap();
+    app.create_user("owner@sites.test", Role::Customer, Some(tenant.id))
+        .await;
+    // Chromium resolves the site's names to this machine and trusts
+    // pebble's issuing certificate, as a real browser trusts a public CA.
+    let intermediate = pebble.intermediate().await;
+    let b = Browser::start_with(&[
+        "--host-resolver-rules=MAP site.test 127.0.0.1, MAP www.site.test 127.0.0.1".to_owned(),
+        format!(
+            "--ignore-certificate-errors-spki-list={},{}",
+            spki_hash(&intermediate),
+            spki_hash(&pebble.issuing_root().await)
+        ),
+    ])
+    .await;
+    sign_in(&b, &app, "owner@sites.test", PASSWORD).await;
+    b.wait_url("/overview", Duration::from_secs(10)).await;
+    b.goto(&app.url("/jails")).await;
+    b.fill("input[name=name]", "site").await;
+    b.fill("input[name=cpu]", "250m").await;
+    b.fill("input[name=memory]", "64M").await;
+    b.fill("input[name=pids]", "32").await;
+    b.fill("input[name=disk]", "64M").await;
+    b.click("form.grid2 button[type=submit]").await;
+    b.wait_for(".flash.ok", Duration::from_secs(10)).await;
+    let jail_page = b.url().await;
+    b.wait_text(&jail_page, "h1 .badge", "running", Duration::from_secs(40))
+        .await;
+    let id = jail_page.rsplit('/').next().unwrap().parse().unwrap();
+    let jail = jails::get(&app.pool, tenant.id, id).await.unwrap();
+    let script = "echo '<h1>Welcome to site.test</h1>' > /srv/www/index.html";
+    assert_eq!(
+        node.engine()
+            .exec(
+                &jail.host_name(),
+                &["sh".into(), "-c".into(), script.into()]
+            )
+            .unwrap(),
+        0
+    );
+
+    // The domain, with its www. alias: a certificate follows on its own.
+    b.fill("form[action$='/domains'] input[name=name]", "site.test")
+        .await;
+    b.click("form[action$='/domains'] input[name=www]").await;
+    b.click("form[action$='/domains'] button").await;
+    b.wait_for(".flash.ok", Duration::from_secs(10)).await;
+    assert!(
+        b.text(".flash.ok")
+            .await
+            .contains("site.test now leads to port 80")
+    );
+    b.wait_text(
+        &jail_page,
+        "td[data-tls]",
+        "Pebble",
+        Duration::from_secs(60),
+    )
+    .await;
+    let tls = b.text("td[data-tls]").await;
+    assert!(
+        tls.contains("Automatic certificate for site.test, www.site.test"),
+        "{tls}"
+    );
+    b.screenshot("customer-domain").await;
+
+    // The site over HTTPS through the node's proxy.
+    let site = format!("https://site.test:{https}/");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        b.goto(&site).await;
+        if b.source().await.contains("Welcome to site.test") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{site} never showed the site");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    b.screenshot("site-over-https").await;
+
+    // A TCP port published from the panel reaches the jail.
+    b.goto(&jail_page).await;
+    b.fill("form[action$='/ports'] input[name=jail_port]", "80")
+        .await;
+    b.click("form[action$='/ports'] button").await;
+    b.wait_for(".flash.ok", Duration::from_secs(10)).await;
+    let said = b.text(".flash.ok").await;
+    let port: u16 = said
+        .split("on port ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the page names the node's port: {said}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        use std::io::{Read, Write};
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut text = String::new();
+            if s.read_to_string(&mut text).is_ok() && text.contains("Welcome") {
+                break text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} never reached the jail"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"));
+    b.close().await;
+
+    tenants::terminate(&app.pool, tenant.id).await.unwrap();
+    common::agent::wait_observed(
+        &app.pool,
+        tenant.id,
+        id,
+        stockade_domain::ObservedState::Deleted,
+    )
+    .await;
+    drop(node);
+    drop(pebble);
+}

@@ -26,6 +26,11 @@ fn which(p: &str) -> Option<std::path::PathBuf> {
 impl Browser {
     /// Starts chromedriver on a free loopback port and opens a session.
     pub async fn start() -> Browser {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium arguments.
+    pub async fn start_with(extra: &[String]) -> Browser {
         let driver_bin = which("chromedriver")
             .expect("chromedriver is installed by scripts/test (Debian chromium-driver)");
         let chromium =
@@ -43,15 +48,26 @@ impl Browser {
             .spawn()
             .expect("start chromedriver");
         let profile = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1000",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        args.extend(extra.iter().cloned());
         let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                    "--window-size=1280,1000", format!("--user-data-dir={}", profile.path().display())
-                ]
+                "args": args
             }
         });
         let Value::Object(caps) = caps else {

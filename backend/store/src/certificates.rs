@@ -113,6 +113,8 @@ pub fn inspect(chain_pem: &str) -> Result<CertInfo, StoreError> {
             }
         }
     }
+    names.sort();
+    names.dedup();
     Ok(CertInfo {
         names,
         issuer: leaf.issuer().to_string(),
