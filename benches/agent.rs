@@ -119,6 +119,7 @@ async fn main() {
         .env("STOCKADE_BRIDGE", "stkbench")
         .env("STOCKADE_FIREWALL_TABLE", "stkbench")
         .env("STOCKADE_JAIL_NETWORK", "10.78.0.1/16")
+        .env("STOCKADE_PROXY_HTTP", "off")
         .env(
             "STOCKADE_LOG",
             std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),

@@ -412,4 +412,53 @@ mod tests {
         assert!(text.contains("user haproxy"));
         assert!(!render(&cfg, &routes, false).contains("user haproxy"));
     }
+
+    #[test]
+    fn a_configuration_the_proxy_refuses_is_never_put_in_place() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // A stand-in for haproxy: `-c` refuses while `refuse` exists.
+        let program = dir.path().join("haproxy");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = -c ]; then [ -e {0}/refuse ] && {{ echo 'unknown keyword' >&2; exit 1; }}; exit 0; fi\nexit 0\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = ProxyConfig {
+            http: "127.0.0.1:8080".parse().unwrap(),
+            https: None,
+            dir: dir.path().join("proxy"),
+            program,
+        };
+        let mut proxy = Proxy::new(cfg.clone());
+        let route = |name: &str| Route {
+            domain_id: Uuid::new_v4(),
+            names: vec![name.to_owned()],
+            target: Target::Jail {
+                address: "10.77.0.2".into(),
+                port: 80,
+            },
+        };
+        let first = [route("a.test")];
+        assert!(proxy.apply(&first, &Extras::default()).unwrap());
+        let file = cfg.dir.join("haproxy.cfg");
+        let before = std::fs::read_to_string(&file).unwrap();
+        assert!(before.contains("a.test"));
+        std::fs::write(dir.path().join("refuse"), "").unwrap();
+        let e = proxy
+            .apply(&[route("a.test"), route("b.test")], &Extras::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "refused its new configuration (the old one keeps serving): unknown keyword"
+            ),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+    }
 }
