@@ -1287,6 +1287,7 @@ async fn domains_route_through_the_nodes_proxy_and_follow_the_jail_and_tenant() 
                     name: stockade_domain::DomainName::parse(&name).unwrap(),
                     www,
                     jail_port: 80,
+                    proof_required: false,
                 },
             )
             .await
@@ -1315,6 +1316,7 @@ async fn domains_route_through_the_nodes_proxy_and_follow_the_jail_and_tenant() 
                 name: stockade_domain::DomainName::parse(name).unwrap(),
                 www: false,
                 jail_port: 80,
+                proof_required: false,
             },
         )
         .await
@@ -1385,6 +1387,7 @@ async fn domains_route_through_the_nodes_proxy_and_follow_the_jail_and_tenant() 
             name: stockade_domain::DomainName::parse("site.test").unwrap(),
             www: false,
             jail_port: 80,
+            proof_required: false,
         },
     )
     .await

@@ -484,6 +484,7 @@ async fn while_the_database_is_away_the_api_and_panel_say_so_at_once_and_recover
         signup_plan: None,
         page_cache: Duration::from_secs(5),
         trusted_proxies: Vec::new(),
+        domain_proof: None,
     };
     let app = stockade_web::Application::build(listener, web_pool, settings).unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());

@@ -556,3 +556,152 @@ async fn published_ports_come_from_the_node_pool_within_the_allowance_and_go_wit
     let again: Value = res.json().await.unwrap();
     assert_eq!(again["host_port"], 20000, "{again}");
 }
+
+#[tokio::test]
+async fn a_domain_routes_once_its_txt_record_proves_it_or_staff_waive_the_proof() {
+    use std::process::{Command, Stdio};
+    if !std::path::Path::new("/usr/bin/pebble-challtestsrv").exists() {
+        eprintln!("SKIPPED: needs pebble-challtestsrv (scripts/test installs pebble)");
+        return;
+    }
+    // A DNS server of this test's own, whose records the test sets.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (dns, management) = (free(), free());
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _dns = Reap(
+        Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-management", &format!("127.0.0.1:{management}")])
+            .args([
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let api = Api::spawn_proving(
+        api_support::fast_settings(),
+        Some(([127, 0, 0, 1], dns).into()),
+    )
+    .await;
+    let node = api.node().await;
+    let t = api.tenant("proof").await;
+    let base = format!("/api/v1/tenants/{t}/jails");
+    let j: Value = api
+        .post(&base, &api.admin, &jail("web", 64))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let domains = format!("{base}/{}/domains", j["id"].as_str().unwrap());
+    let d: Value = api
+        .post(&domains, &api.admin, &json!({"name": "site.test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["proven"], false, "{d}");
+    assert_eq!(d["proof_record"]["name"], "_stockade.site.test");
+    let value = d["proof_record"]["value"].as_str().unwrap().to_owned();
+    assert!(value.starts_with("stockade-proof="));
+    let routes = || stockade_store::domains::routes_for_node(&api.pool, node);
+    assert!(
+        routes().await.unwrap().is_empty(),
+        "no route before the proof"
+    );
+    let verify = format!("{domains}/{}/verify", d["id"].as_str().unwrap());
+    let err = expect_error(
+        api.post(&verify, &api.admin, &json!({}))
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "not_proven",
+    )
+    .await;
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no TXT record _stockade.site.test"),
+        "{err}"
+    );
+    // A record holding something else proves nothing.
+    let set_txt = |value: String| {
+        let client = reqwest::Client::new();
+        async move {
+            let r = client
+                .post(format!("http://127.0.0.1:{management}/set-txt"))
+                .json(&json!({"host": "_stockade.site.test.", "value": value}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    set_txt("stockade-proof=someone-else".into()).await;
+    let res = api
+        .post(&verify, &api.admin, &json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 409, "not_proven").await;
+    set_txt(value).await;
+    let proven: Value = api
+        .post(&verify, &api.admin, &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(proven["proven"], true, "{proven}");
+    assert_eq!(proven["proof_record"], Value::Null);
+    let r = routes().await.unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].names, ["site.test"]);
+
+    // Staff may waive a proof; the audit log says who.
+    let other: Value = api
+        .post(&domains, &api.admin, &json!({"name": "other.test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(routes().await.unwrap().len(), 1);
+    stockade_store::domains::mark_verified(
+        &api.pool,
+        t,
+        other["id"].as_str().unwrap().parse().unwrap(),
+        Some("admin@provider.test"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(routes().await.unwrap().len(), 2);
+}

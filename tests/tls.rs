@@ -110,6 +110,7 @@ async fn acme_issues_through_the_proxy_and_customers_may_upload_their_own() {
             name: DomainName::parse("site.test").unwrap(),
             www: true,
             jail_port: 80,
+            proof_required: false,
         },
     )
     .await

@@ -87,6 +87,8 @@ pub struct Config {
     pub acme_email: Option<String>,
     /// The file of the provider's certificate key.
     pub certificate_key_file: Option<PathBuf>,
+    /// Domains must be proven by a TXT record before they route.
+    pub domain_proof: Option<stockade_web::DomainProof>,
     /// Seconds a stopping jail gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// KiB of a started jail's newest output kept on the node.
@@ -186,6 +188,7 @@ impl Default for Config {
             acme_root: None,
             acme_email: None,
             certificate_key_file: None,
+            domain_proof: None,
             stop_grace: Duration::from_secs(10),
             console_kib: 4096,
             step_deadline: Duration::from_secs(120),
@@ -426,6 +429,21 @@ impl Config {
                         ),
                     };
                 }
+                "domain_proof" => {
+                    let v = value.trim();
+                    self.domain_proof = match v {
+                        "off" => None,
+                        "txt" => Some(stockade_web::DomainProof { resolver: None }),
+                        _ => match v.strip_prefix("txt@").map(str::parse) {
+                            Some(Ok(addr)) => Some(stockade_web::DomainProof {
+                                resolver: Some(addr),
+                            }),
+                            _ => bail!(
+                                "{key}: {value:?} is not off, txt, or txt@ADDRESS:PORT (a DNS server to ask)"
+                            ),
+                        },
+                    };
+                }
                 "certificate_key_file" => {
                     self.certificate_key_file = Some(value.trim())
                         .filter(|v| !v.is_empty())
@@ -508,6 +526,13 @@ impl Config {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             "acme_email" => self.acme_email.clone().unwrap_or_default(),
+            "domain_proof" => match self.domain_proof {
+                None => "off".to_owned(),
+                Some(stockade_web::DomainProof { resolver: None }) => "txt".to_owned(),
+                Some(stockade_web::DomainProof {
+                    resolver: Some(addr),
+                }) => format!("txt@{addr}"),
+            },
             "certificate_key_file" => self
                 .certificate_key_file
                 .as_ref()

@@ -304,6 +304,7 @@ fn serve(cfg: Config, exit_with_parent: bool) -> anyhow::Result<ExitCode> {
             signup_plan: cfg.signup_plan.clone(),
             page_cache: cfg.page_cache,
             trusted_proxies: cfg.trusted_proxies.clone(),
+            domain_proof: cfg.domain_proof,
         };
         let mut api = stockade_web::ApiSettings::default();
         api.delivery.egress.allow = cfg.webhook_allow.clone();

@@ -55,6 +55,11 @@ impl Api {
     }
 
     pub async fn spawn_with(api: ApiSettings) -> Api {
+        Self::spawn_proving(api, None).await
+    }
+
+    /// The app asking domains for a TXT proof of the DNS server `resolver`.
+    pub async fn spawn_proving(api: ApiSettings, resolver: Option<std::net::SocketAddr>) -> Api {
         let (pool, url) = common::fresh_database().await;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let settings = stockade_web::Settings {
@@ -67,6 +72,7 @@ impl Api {
             signup_plan: None,
             page_cache: std::time::Duration::from_secs(5),
             trusted_proxies: Vec::new(),
+            domain_proof: resolver.map(|r| stockade_web::DomainProof { resolver: Some(r) }),
         };
         // The web tier as its own database role, as in the product.
         let web_pool = stockade_store::connect(

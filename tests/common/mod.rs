@@ -136,6 +136,7 @@ impl TestApp {
             signup_plan: plan.map(str::to_owned),
             page_cache,
             trusted_proxies,
+            domain_proof: None,
         };
         // The web tier runs as its own database role, with only its grants,
         // as in the product: a query it has no right to fails the test.

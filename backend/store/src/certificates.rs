@@ -373,6 +373,7 @@ pub async fn due_for_acme(
            JOIN tenants t ON t.id = d.tenant_id
            LEFT JOIN certificates c ON c.domain_id = d.id
            WHERE j.node_id = $1 AND j.desired_state = 'running' AND t.status = 'active'
+             AND d.verified_at IS NOT NULL
              AND (c.domain_id IS NULL
                   OR (c.source = 'acme' AND c.not_after < now() + make_interval(days => $2)))
              AND (d.acme_tried_at IS NULL OR d.acme_error IS NULL

@@ -36,6 +36,21 @@ pub struct Domain {
     pub created_at: DateTime<Utc>,
     /// Why the last certificate order failed, if it did.
     pub acme_error: Option<String>,
+    /// While the name is not proven: the token its TXT record must hold.
+    pub proof_token: Option<String>,
+    /// Proven (or the proof waived): it routes.
+    pub verified: bool,
+}
+
+impl Domain {
+    /// The TXT record that proves the name: its name and value.
+    pub fn proof_record(&self) -> Option<(String, String)> {
+        let token = self.proof_token.as_ref().filter(|_| !self.verified)?;
+        Some((
+            format!("_stockade.{}", self.name),
+            format!("stockade-proof={token}"),
+        ))
+    }
 }
 
 struct DomainRow {
@@ -47,6 +62,8 @@ struct DomainRow {
     jail_port: i32,
     created_at: DateTime<Utc>,
     acme_error: Option<String>,
+    proof_token: Option<String>,
+    verified_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<DomainRow> for Domain {
@@ -62,6 +79,8 @@ impl TryFrom<DomainRow> for Domain {
                 .map_err(|e| StoreError::Unexpected(anyhow::anyhow!("stored jail_port: {e}")))?,
             created_at: r.created_at,
             acme_error: r.acme_error,
+            proof_token: r.proof_token,
+            verified: r.verified_at.is_some(),
         })
     }
 }
@@ -75,6 +94,8 @@ pub struct NewDomain {
     pub www: bool,
     /// The jail's port (1 to 65535).
     pub jail_port: u16,
+    /// The name must be proven by a TXT record before it routes.
+    pub proof_required: bool,
 }
 
 /// Attaches a name to a tenant's jail. The tenant must be active and the
@@ -124,14 +145,17 @@ pub async fn attach(
     }
     let row = sqlx::query_as!(
         DomainRow,
-        "INSERT INTO domains (tenant_id, jail_id, name, www, jail_port)
-         VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error",
+        "INSERT INTO domains (tenant_id, jail_id, name, www, jail_port, proof_token, verified_at)
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6::text IS NULL THEN now() END)
+         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error,
+             proof_token, verified_at",
         tenant_id,
         jail_id,
         new.name.as_str(),
         new.www,
-        i32::from(new.jail_port)
+        i32::from(new.jail_port),
+        new.proof_required
+            .then(|| hex::encode(rand::random::<[u8; 16]>()))
     )
     .fetch_one(&mut *tx)
     .await
@@ -169,7 +193,8 @@ pub async fn detach(
     let row = sqlx::query_as!(
         DomainRow,
         "DELETE FROM domains WHERE id = $1 AND jail_id = $2 AND tenant_id = $3
-         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error",
+         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error,
+             proof_token, verified_at",
         domain_id,
         jail_id,
         tenant_id
@@ -193,7 +218,8 @@ pub async fn for_jail(
 ) -> Result<Vec<Domain>, StoreError> {
     let rows = sqlx::query_as!(
         DomainRow,
-        "SELECT id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error
+        "SELECT id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error,
+             proof_token, verified_at
          FROM domains WHERE jail_id = $1 AND tenant_id = $2 ORDER BY name",
         jail_id,
         tenant_id
@@ -280,7 +306,7 @@ pub async fn routes_for_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Route>,
            FROM domains d
            JOIN jails j ON j.id = d.jail_id
            JOIN tenants t ON t.id = d.tenant_id
-           WHERE j.node_id = $1 AND j.desired_state <> 'deleted'
+           WHERE j.node_id = $1 AND j.desired_state <> 'deleted' AND d.verified_at IS NOT NULL
            ORDER BY d.name"#,
         node_id
     )
@@ -312,4 +338,49 @@ pub async fn routes_for_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Route>,
             })
         })
         .collect()
+}
+
+/// Marks a tenant's domain proven (its TXT record was found), or its proof
+/// waived by staff member `waived_by`: it routes from now on.
+pub async fn mark_verified(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    domain_id: Uuid,
+    waived_by: Option<&str>,
+) -> Result<Domain, StoreError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query_as!(
+        DomainRow,
+        "UPDATE domains SET verified_at = COALESCE(verified_at, now()),
+             proof_waived_by = COALESCE(proof_waived_by, $3)
+         WHERE id = $1 AND tenant_id = $2
+         RETURNING id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error,
+             proof_token, verified_at",
+        domain_id,
+        tenant_id,
+        waived_by
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let node_id = sqlx::query_scalar!("SELECT node_id FROM jails WHERE id = $1", row.jail_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    notify(&mut tx, node_id).await?;
+    tx.commit().await?;
+    row.try_into()
+}
+
+/// Every domain of a tenant, by name (for staff).
+pub async fn for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Domain>, StoreError> {
+    let rows = sqlx::query_as!(
+        DomainRow,
+        "SELECT id, tenant_id, jail_id, name, www, jail_port, created_at, acme_error,
+             proof_token, verified_at
+         FROM domains WHERE tenant_id = $1 ORDER BY name",
+        tenant_id
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Domain::try_from).collect()
 }

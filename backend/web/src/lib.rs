@@ -15,6 +15,7 @@ mod flash;
 mod format;
 mod health;
 mod pages;
+mod proof;
 mod signup;
 
 use std::net::TcpListener;
@@ -46,6 +47,16 @@ pub struct Settings {
     pub page_cache: Duration,
     /// Reverse proxies whose `X-Forwarded-For`/`Forwarded` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Domains must be proven by a TXT record before they route; `None`:
+    /// they route once attached.
+    pub domain_proof: Option<DomainProof>,
+}
+
+/// How domain names are proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainProof {
+    /// The DNS server asked for TXT records; `None`: the host's.
+    pub resolver: Option<std::net::SocketAddr>,
 }
 
 impl Settings {

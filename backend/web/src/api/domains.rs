@@ -29,7 +29,20 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/tenants/{tenant_id}/jails/{jail_id}/domains/{domain_id}/certificate")
             .route(web::put().to(upload_certificate)),
+    )
+    .service(
+        resource("/tenants/{tenant_id}/jails/{jail_id}/domains/{domain_id}/verify")
+            .route(web::post().to(verify)),
     );
+}
+
+/// The TXT record that proves a domain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProofRecord {
+    /// The record's name (`_stockade.<domain>`).
+    pub name: String,
+    /// The value it must hold.
+    pub value: String,
 }
 
 /// A domain's TLS certificate.
@@ -81,11 +94,20 @@ pub struct DomainOut {
     pub certificate: Option<CertificateOut>,
     /// Why the node's last certificate order failed, if it did.
     pub tls_error: Option<String>,
+    /// It routes: proven, its proof waived, or no proof asked for.
+    pub proven: bool,
+    /// While not proven: the TXT record to add, then `POST .../verify`.
+    pub proof_record: Option<ProofRecord>,
 }
 
 impl DomainOut {
     fn new(d: Domain, certificate: Option<Certificate>) -> Self {
+        let proof_record = d
+            .proof_record()
+            .map(|(name, value)| ProofRecord { name, value });
         DomainOut {
+            proven: d.verified,
+            proof_record,
             id: d.id,
             jail_id: d.jail_id,
             name: d.name,
@@ -134,6 +156,7 @@ impl TryFrom<AttachDomain> for NewDomain {
             name: DomainName::parse(&b.name).map_err(|e| ApiError::field("name", e.reason))?,
             www: b.www,
             jail_port,
+            proof_required: false,
         })
     }
 }
@@ -182,7 +205,8 @@ pub(crate) async fn attach(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let new = NewDomain::try_from(body.into_inner())?;
+    let mut new = NewDomain::try_from(body.into_inner())?;
+    new.proof_required = state.settings.domain_proof.is_some();
     let (tenant_id, jail_id) = path.into_inner();
     caller.see_tenant(tenant_id)?;
     let d = domains::attach(&state.pool, tenant_id, jail_id, &new).await?;
@@ -289,4 +313,41 @@ pub(crate) async fn upload_certificate(
         source: "upload".into(),
         info,
     })))
+}
+
+/// Proves a domain by its TXT record: it routes from then on. A domain
+/// already proven answers as it is; a record not (yet) there is a 409.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/jails/{jail_id}/domains/{domain_id}/verify", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("jail_id" = Uuid, Path, description = "Jail id"),
+           ("domain_id" = Uuid, Path, description = "Domain id")),
+    responses((status = 200, description = "Proven", body = DomainOut)),
+    security(("bearer" = ["domains:write"])))]
+pub(crate) async fn verify(
+    Authorized(caller, _): Authorized<DomainsWrite>,
+    path: web::Path<(Uuid, Uuid, Uuid)>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant_id, jail_id, domain_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    match crate::proof::prove(&state, tenant_id, jail_id, domain_id).await {
+        Ok(d) => {
+            record(
+                &state,
+                &req,
+                &caller,
+                Some(tenant_id),
+                "domain.proven",
+                &d.name,
+            )
+            .await?;
+            Ok(HttpResponse::Ok().json(DomainOut::new(d, None)))
+        }
+        Err(crate::proof::NotProven::Missing(why)) => Err(ApiError::Conflict {
+            code: "not_proven",
+            message: why,
+        }),
+        Err(crate::proof::NotProven::Store(e)) => Err(e.into()),
+    }
 }

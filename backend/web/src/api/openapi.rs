@@ -26,7 +26,7 @@ use super::{domains, jails, plans, ports, tenants, usage, webhooks};
         jails::list, jails::create, jails::get, jails::update, jails::delete,
         jails::start, jails::stop, jails::restart,
         ports::list, ports::publish, ports::unpublish,
-        domains::list, domains::attach, domains::detach, domains::upload_certificate,
+        domains::list, domains::attach, domains::detach, domains::upload_certificate, domains::verify,
         usage::tenant_usage, usage::month_usage,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries,
     ),

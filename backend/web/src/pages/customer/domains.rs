@@ -35,6 +35,7 @@ impl AttachForm {
             name: DomainName::parse(&self.name).map_err(|e| e.to_string())?,
             www: self.www.is_some(),
             jail_port,
+            proof_required: false,
         })
     }
 }
@@ -50,10 +51,11 @@ pub(super) async fn attach(
     s.check_csrf(&form.csrf_token)?;
     let jail_id = parse_id(&path)?;
     let here = format!("/jails/{jail_id}");
-    let new = match form.parse() {
+    let mut new = match form.parse() {
         Ok(n) => n,
         Err(msg) => return Ok(flash::redirect(&here, "error", &msg)),
     };
+    new.proof_required = state.settings.domain_proof.is_some();
     match domains::attach(&state.pool, tenant_id, jail_id, &new).await {
         Ok(d) => {
             record(
@@ -179,5 +181,44 @@ pub(super) async fn upload_certificate(
             &format!("Certificate not stored: {e}"),
         )),
         Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn verify(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<(String, String)>,
+    form: web::Form<ActionForm>,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let (jail, domain) = path.into_inner();
+    let jail_id = parse_id(&jail)?;
+    let here = format!("/jails/{jail_id}");
+    match crate::proof::prove(&state, tenant_id, jail_id, parse_id(&domain)?).await {
+        Ok(d) => {
+            record(
+                &state,
+                &req,
+                &s,
+                Some(tenant_id),
+                "domain.proven",
+                &d.name,
+                serde_json::json!({ "jail_id": jail_id }),
+            )
+            .await?;
+            Ok(flash::redirect(
+                &here,
+                "ok",
+                &format!("{} is proven; it routes to this jail now.", d.name),
+            ))
+        }
+        Err(crate::proof::NotProven::Missing(why)) => Ok(flash::redirect(
+            &here,
+            "error",
+            &format!("Not proven: {why}"),
+        )),
+        Err(crate::proof::NotProven::Store(e)) => Err(e.into()),
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct DomainLine {
     pub(super) tls: String,
     /// The certificate expires within 14 days, or could not be issued.
     pub(super) warn: bool,
+    /// While not proven: the TXT record's name and value.
+    pub(super) proof: Option<(String, String)>,
 }
 
 /// A jail's limits, limit hits and usage charts for one period.
@@ -278,6 +280,7 @@ pub(super) async fn jail_data(
                 (None, None) => ("Certificate being issued".to_owned(), false),
             };
             DomainLine {
+                proof: d.proof_record(),
                 id: d.id,
                 names: stockade_store::domains::names_of(&d).join(", "),
                 jail_port: d.jail_port,

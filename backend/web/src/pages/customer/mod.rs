@@ -45,6 +45,10 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(domains::upload_certificate),
         )
         .route(
+            "/jails/{id}/domains/{domain}/verify",
+            web::post().to(domains::verify),
+        )
+        .route(
             "/jails/{id}/ports/{port}/delete",
             web::post().to(ports::unpublish),
         )

@@ -31,6 +31,10 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(set_overrides),
         )
         .route("/staff/tenants/{id}/plan", web::post().to(change_plan))
+        .route(
+            "/staff/tenants/{id}/domains/{domain}/waive",
+            web::post().to(tenant_page::waive_proof),
+        )
         .route("/staff/tenants/{id}/users", web::post().to(create_user))
         .route(
             "/staff/tenants/{id}/{action}",

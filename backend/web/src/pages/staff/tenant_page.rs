@@ -52,6 +52,8 @@ pub(super) struct TenantPage {
     p_ports: u32,
     p_nat: bool,
     ports: Vec<PortLine>,
+    /// Domains: id, name, proven.
+    domains: Vec<(Uuid, String, bool)>,
 }
 
 /// A published port of the tenant, as its page lists them.
@@ -136,6 +138,11 @@ pub(super) async fn tenant_page(
         p_ports: plan.max_published_ports,
         p_nat: plan.outbound_nat,
         ports,
+        domains: stockade_store::domains::for_tenant(&state.pool, id)
+            .await?
+            .into_iter()
+            .map(|d| (d.id, d.name, d.verified))
+            .collect(),
     };
     render(StatusCode::OK, &page, had_flash)
 }
@@ -471,4 +478,35 @@ pub(super) async fn change_status(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+pub(super) async fn waive_proof(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<(String, String)>,
+    form: web::Form<ActionForm>,
+) -> Result<HttpResponse, WebError> {
+    require_admin(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let (tenant, domain) = path.into_inner();
+    let id = parse_id(&tenant)?;
+    let by = s.0.user.email.to_string();
+    let d = stockade_store::domains::mark_verified(&state.pool, id, parse_id(&domain)?, Some(&by))
+        .await?;
+    record(
+        &state,
+        &req,
+        &s,
+        Some(id),
+        "domain.proof_waived",
+        &d.name,
+        serde_json::json!({ "domain_id": d.id }),
+    )
+    .await?;
+    Ok(flash::redirect(
+        &format!("/staff/tenants/{id}"),
+        "ok",
+        &format!("Proof of {} waived; it routes now.", d.name),
+    ))
 }
