@@ -41,6 +41,9 @@ pub struct ProxyConfig {
     pub program: PathBuf,
 }
 
+/// How often the proxy's per-domain counters are summed into the store.
+const COUNT_EVERY: Duration = Duration::from_secs(5);
+
 /// The page of a name whose tenant is suspended.
 const SUSPENDED: &str = "<!doctype html><title>Suspended</title><h1>This site is suspended</h1><p>Its owner's account is suspended by the hosting provider.</p>";
 /// The page of a name whose jail does not run.
@@ -168,6 +171,13 @@ impl Proxy {
         (comm.trim() == "haproxy").then_some(pid)
     }
 
+    /// Whether [`Proxy::apply`] would start or reload the proxy.
+    pub(crate) fn would_change(&self, routes: &[Route], extras: &Extras) -> bool {
+        let text = render(&self.cfg, routes, nix::unistd::Uid::effective().is_root());
+        self.pid().is_none()
+            || self.current.as_deref() != Some(format!("{text}\n{extras:?}").as_str())
+    }
+
     /// Brings the proxy to `routes` and `extras`: starts it if it does not
     /// run, reloads it if anything changes. Whether anything was done.
     pub(crate) fn apply(&mut self, routes: &[Route], extras: &Extras) -> anyhow::Result<bool> {
@@ -266,6 +276,93 @@ pub fn stop_proxy(dir: &Path) {
     }
 }
 
+/// What each domain's backend carried, from the proxy's counters (since
+/// its workers started): `show stat` on its admin socket.
+fn read_counters(dir: &Path) -> Option<Vec<(Uuid, domains::Traffic)>> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(dir.join("admin.sock")).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"show stat\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(parse_counters(&text))
+}
+
+/// The per-domain counters of `show stat`'s CSV.
+fn parse_counters(csv: &str) -> Vec<(Uuid, domains::Traffic)> {
+    let mut lines = csv.lines();
+    let Some(header) = lines.next().and_then(|h| h.strip_prefix("# ")) else {
+        return Vec::new();
+    };
+    let names: Vec<&str> = header.split(',').collect();
+    let col = |name: &str| names.iter().position(|n| *n == name);
+    let (Some(bin), Some(bout)) = (col("bin"), col("bout")) else {
+        return Vec::new();
+    };
+    let responses: Vec<usize> = [
+        "hrsp_1xx",
+        "hrsp_2xx",
+        "hrsp_3xx",
+        "hrsp_4xx",
+        "hrsp_5xx",
+        "hrsp_other",
+    ]
+    .iter()
+    .filter_map(|n| col(n))
+    .collect();
+    let mut out = Vec::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.get(1) != Some(&"BACKEND") {
+            continue;
+        }
+        let Some(id) = f[0]
+            .strip_prefix("site_")
+            .and_then(|id| Uuid::parse_str(id).ok())
+        else {
+            continue;
+        };
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.push((
+            id,
+            domains::Traffic {
+                requests: responses.iter().map(|&i| n(i)).sum(),
+                bytes_in: n(bin),
+                bytes_out: n(bout),
+            },
+        ));
+    }
+    out
+}
+
+/// The counts since `last` (counters that went down were reset by a
+/// reload: all they hold is new), and `last` set to `now`.
+fn deltas(
+    last: &mut std::collections::HashMap<Uuid, domains::Traffic>,
+    now: Vec<(Uuid, domains::Traffic)>,
+) -> Vec<(Uuid, domains::Traffic)> {
+    let mut out = Vec::new();
+    for (id, t) in now {
+        let before = last.insert(id, t).unwrap_or_default();
+        let reset = t.requests < before.requests
+            || t.bytes_in < before.bytes_in
+            || t.bytes_out < before.bytes_out;
+        let d = if reset {
+            t
+        } else {
+            domains::Traffic {
+                requests: t.requests - before.requests,
+                bytes_in: t.bytes_in - before.bytes_in,
+                bytes_out: t.bytes_out - before.bytes_out,
+            }
+        };
+        if d != domains::Traffic::default() {
+            out.push((id, d));
+        }
+    }
+    out
+}
+
 /// Starts HAProxy's master, daemonized, on `file`.
 fn start(program: &Path, file: &Path) -> anyhow::Result<()> {
     let out = std::process::Command::new(program)
@@ -315,10 +412,32 @@ pub(crate) async fn proxy_task(
     secret: Arc<SecretKey>,
     challenges: Arc<Challenges>,
 ) {
+    let dir = cfg.dir.clone();
     let mut proxy = Proxy::new(cfg);
     let mut listener = super::connect_listener(&pool).await;
     let mut last_error = String::new();
+    let mut counted = std::collections::HashMap::new();
+    // The counters of a proxy found running are where counting starts.
+    if let Some(now) = read_counters(&dir) {
+        deltas(&mut counted, now);
+    }
+    let mut next_count = tokio::time::Instant::now() + COUNT_EVERY;
+    let mut count_now = false;
     loop {
+        let counting = count_now || tokio::time::Instant::now() >= next_count;
+        count_now = false;
+        if counting {
+            next_count = tokio::time::Instant::now() + COUNT_EVERY;
+            let dir = dir.clone();
+            if let Ok(Some(now)) = tokio::task::spawn_blocking(move || read_counters(&dir)).await {
+                let d = deltas(&mut counted, now);
+                if !d.is_empty()
+                    && let Err(e) = domains::add_traffic(&pool, &d).await
+                {
+                    tracing::warn!(error = %e, "storing the domains' traffic failed");
+                }
+            }
+        }
         match domains::routes_for_node(&pool, node_id).await {
             Ok(routes) => {
                 let count = routes.len();
@@ -327,6 +446,12 @@ pub(crate) async fn proxy_task(
                     certs: served(&pool, node_id, &secret).await,
                     challenges: answers,
                 };
+                if !counting && proxy.would_change(&routes, &extras) {
+                    // A reload starts the counters over: count first, then
+                    // come back to apply.
+                    count_now = true;
+                    continue;
+                }
                 let done = tokio::task::spawn_blocking(move || {
                     let r = proxy.apply(&routes, &extras);
                     (proxy, r)
@@ -411,6 +536,41 @@ mod tests {
         assert!(text.contains("map(/run/p/acme.map)"));
         assert!(text.contains("user haproxy"));
         assert!(!render(&cfg, &routes, false).contains("user haproxy"));
+    }
+
+    #[test]
+    fn counters_are_summed_per_domain_across_reloads() {
+        let id = Uuid::from_u128(9);
+        let csv = |req: u64, bin: u64, bout: u64| {
+            format!(
+                "# pxname,svname,bin,bout,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other\n\
+                 http,FRONTEND,1,1,0,9,0,0,0,0\n\
+                 site_{0},jail,{bin},{bout},0,{req},0,0,0,0\n\
+                 site_{0},BACKEND,{bin},{bout},0,{req},0,1,0,0\n\
+                 unknown,BACKEND,5,5,0,0,0,5,0,0\n",
+                id.simple()
+            )
+        };
+        let mut last = std::collections::HashMap::new();
+        let first = deltas(&mut last, parse_counters(&csv(10, 1000, 5000)));
+        assert_eq!(
+            first,
+            [(
+                id,
+                domains::Traffic {
+                    requests: 11,
+                    bytes_in: 1000,
+                    bytes_out: 5000
+                }
+            )]
+        );
+        let more = deltas(&mut last, parse_counters(&csv(15, 1500, 7000)));
+        assert_eq!(more[0].1.requests, 5);
+        assert_eq!(more[0].1.bytes_out, 2000);
+        assert!(deltas(&mut last, parse_counters(&csv(15, 1500, 7000))).is_empty());
+        // A reload starts the counters over: what they hold is new.
+        let after = deltas(&mut last, parse_counters(&csv(2, 100, 300)));
+        assert_eq!(after[0].1.requests, 3);
     }
 
     #[test]

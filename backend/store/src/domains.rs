@@ -384,3 +384,65 @@ pub async fn for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Domain>, S
     .await?;
     rows.into_iter().map(Domain::try_from).collect()
 }
+
+/// What a domain's route carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    /// Requests answered.
+    pub requests: u64,
+    /// Bytes received from clients.
+    pub bytes_in: u64,
+    /// Bytes sent to clients.
+    pub bytes_out: u64,
+}
+
+/// Adds what the routes of domains carried since the last count, to today.
+pub async fn add_traffic(pool: &PgPool, counts: &[(Uuid, Traffic)]) -> Result<(), StoreError> {
+    let to_i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let ids: Vec<Uuid> = counts.iter().map(|(id, _)| *id).collect();
+    let requests: Vec<i64> = counts.iter().map(|(_, t)| to_i(t.requests)).collect();
+    let bytes_in: Vec<i64> = counts.iter().map(|(_, t)| to_i(t.bytes_in)).collect();
+    let bytes_out: Vec<i64> = counts.iter().map(|(_, t)| to_i(t.bytes_out)).collect();
+    sqlx::query!(
+        "INSERT INTO domain_traffic (domain_id, day, tenant_id, jail_id, requests, bytes_in, bytes_out)
+         SELECT d.id, (now() AT TIME ZONE 'UTC')::date, d.tenant_id, d.jail_id, c.r, c.i, c.o
+         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[]) AS c(id, r, i, o)
+         JOIN domains d ON d.id = c.id
+         ON CONFLICT (domain_id, day) DO UPDATE SET
+             requests = domain_traffic.requests + EXCLUDED.requests,
+             bytes_in = domain_traffic.bytes_in + EXCLUDED.bytes_in,
+             bytes_out = domain_traffic.bytes_out + EXCLUDED.bytes_out",
+        &ids,
+        &requests,
+        &bytes_in,
+        &bytes_out
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// What the domains of a tenant's jail carried today (UTC), together.
+pub async fn traffic_today(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+) -> Result<Traffic, StoreError> {
+    let r = sqlx::query!(
+        r#"SELECT COALESCE(sum(requests), 0)::bigint AS "requests!",
+                  COALESCE(sum(bytes_in), 0)::bigint AS "bytes_in!",
+                  COALESCE(sum(bytes_out), 0)::bigint AS "bytes_out!"
+           FROM domain_traffic
+           WHERE tenant_id = $1 AND jail_id = $2 AND day = (now() AT TIME ZONE 'UTC')::date"#,
+        tenant_id,
+        jail_id
+    )
+    .fetch_one(pool)
+    .await?;
+    let to_u = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(Traffic {
+        requests: to_u(r.requests),
+        bytes_in: to_u(r.bytes_in),
+        bytes_out: to_u(r.bytes_out),
+    })
+}

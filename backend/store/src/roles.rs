@@ -41,6 +41,7 @@ const WEB_TABLES: &[(&str, &str)] = &[
     ("api_tokens", RIU),
     ("audit_log", RI),
     ("certificates", ALL),
+    ("domain_traffic", R),
     ("domains", ALL),
     ("events", RI),
     ("idempotency_keys", ALL),
@@ -75,6 +76,7 @@ const WEB_TABLES: &[(&str, &str)] = &[
 const AGENT_TABLES: &[(&str, &str)] = &[
     ("audit_log", RI),
     ("certificates", RIU),
+    ("domain_traffic", RIU),
     ("domains", "SELECT, UPDATE (acme_tried_at, acme_error)"),
     ("events", RI),
     ("webhook_deliveries", "INSERT"),

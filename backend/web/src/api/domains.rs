@@ -125,6 +125,19 @@ impl DomainOut {
 pub struct DomainList {
     /// By name.
     pub data: Vec<DomainOut>,
+    /// What the node's proxy carried for all of them today (UTC).
+    pub traffic_today: TrafficOut,
+}
+
+/// Requests and bytes through a node's proxy.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrafficOut {
+    /// Requests answered.
+    pub requests: u64,
+    /// Bytes received from clients.
+    pub bytes_in: u64,
+    /// Bytes sent to clients.
+    pub bytes_out: u64,
 }
 
 /// A name to attach.
@@ -187,7 +200,15 @@ pub(crate) async fn list(
             DomainOut::new(d, cert)
         })
         .collect();
-    Ok(HttpResponse::Ok().json(DomainList { data }))
+    let t = domains::traffic_today(&state.pool, tenant_id, jail_id).await?;
+    Ok(HttpResponse::Ok().json(DomainList {
+        data,
+        traffic_today: TrafficOut {
+            requests: t.requests,
+            bytes_in: t.bytes_in,
+            bytes_out: t.bytes_out,
+        },
+    }))
 }
 
 /// Attaches a name to the jail: its node's proxy routes it within a second.

@@ -50,6 +50,8 @@ pub(crate) struct JailData {
     pub(super) outbound: &'static str,
     /// Domains, by name.
     pub(super) domains: Vec<DomainLine>,
+    /// What they carried today, in words.
+    pub(super) traffic: String,
 }
 
 /// A domain as the jail page shows it.
@@ -341,6 +343,15 @@ pub(super) async fn jail_data(
             .collect(),
         ports,
         domains,
+        traffic: {
+            let t = stockade_store::domains::traffic_today(pool, tenant_id, jail.id).await?;
+            format!(
+                "{} requests today, {} in, {} out",
+                t.requests,
+                format::bytes(t.bytes_in),
+                format::bytes(t.bytes_out)
+            )
+        },
         ports_left: format!(
             "{} of {} left for all your jails",
             allowance.limit.saturating_sub(allowance.used),
