@@ -175,7 +175,7 @@ async fn main() {
         .env("STOCKADE_AGENT_METRICS", "off")
         .env("STOCKADE_BRIDGE", "stkproxy")
         .env("STOCKADE_FIREWALL_TABLE", "stkproxy")
-        .env("STOCKADE_JAIL_NETWORK", "10.79.0.1/24")
+        .env("STOCKADE_JAIL_NETWORK", "10.80.0.1/24")
         .env("STOCKADE_PROXY_HTTP", proxy.to_string())
         .env("STOCKADE_PROXY_HTTPS", "off")
         .env("STOCKADE_ACME_DIRECTORY", "off")
@@ -248,6 +248,7 @@ async fn main() {
                     name: DomainName::parse(&name).unwrap(),
                     www: false,
                     jail_port: 80,
+                    proof_required: false,
                 },
             )
             .await

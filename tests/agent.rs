@@ -1081,7 +1081,7 @@ async fn published_ports_and_outbound_access_follow_the_rows_of_a_running_jail()
     let range = format!("{first}-{last}");
     let node = Node::with_network_and_env(
         &url,
-        "10.97.0.1/24",
+        "10.92.0.1/24",
         &[("STOCKADE_PUBLISHED_PORTS", range.as_str())],
     );
     let (table, _) = node.network.clone().unwrap();

@@ -281,7 +281,7 @@ async fn a_customer_puts_a_site_online_over_https_and_publishes_a_port() {
 
     // The site over HTTPS through the node's proxy.
     let site = format!("https://site.test:{https}/");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         b.goto(&site).await;
         if b.source().await.contains("Welcome to site.test") {

@@ -150,6 +150,7 @@ pub fn serve(pool: &PgPool, page_cache: Duration) -> String {
         signup_plan: None,
         page_cache,
         trusted_proxies: Vec::new(),
+        domain_proof: None,
     };
     let pool = pool.clone();
     std::thread::spawn(move || {

@@ -187,16 +187,18 @@ impl NetHost for LinuxNet {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| program_error("nft", object, e.to_string()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| program_error("nft", object, e.to_string()))?;
-        }
+        // A program that ends without reading its input (refusing it)
+        // breaks the pipe: it is still waited for, and its own words are
+        // the error.
+        let written = child
+            .stdin
+            .take()
+            .map_or(Ok(()), |mut stdin| stdin.write_all(script.as_bytes()));
         let out = child
             .wait_with_output()
             .map_err(|e| program_error("nft", object, e.to_string()))?;
         if out.status.success() {
-            Ok(())
+            written.map_err(|e| program_error("nft", object, e.to_string()))
         } else {
             Err(program_error(
                 "nft",
