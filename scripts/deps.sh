@@ -17,6 +17,7 @@ stockade_missing_packages() {
         case "$extra" in
             chromium) have chromium || missing+=(chromium) ;;
             chromedriver) have chromedriver || missing+=(chromium-driver) ;;
+            pebble) have pebble || missing+=(pebble) ;;
             *) ;;
         esac
     done
