@@ -22,6 +22,31 @@ use stockade_store::domains::{self, NewDomain};
 use stockade_store::jails::{self, NewJail};
 use stockade_store::{plans, tenants};
 
+/// Whatever the bench leaves on the host goes, pass or fail: the jails the
+/// agent made, the proxy, the bridge and the firewall table.
+struct Cleanup {
+    engine: stockade_jail::Engine,
+    proxy: std::path::PathBuf,
+}
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(found) = self.engine.discover() {
+            for name in found.jails.keys() {
+                if let Ok(name) = JailName::parse(name) {
+                    let _ = self.engine.destroy(&name);
+                }
+            }
+        }
+        stockade_agent::stop_proxy(&self.proxy);
+        let _ = Command::new("ip")
+            .args(["link", "del", "stkproxy"])
+            .status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", "stkproxy"])
+            .status();
+    }
+}
+
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -183,6 +208,17 @@ async fn main() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    // Declared before the agent: dropped after it.
+    let cleanup = Cleanup {
+        engine: stockade_jail::Engine::new({
+            let mut c = stockade_jail::EngineConfig::new(state.join("node"), state.join("images"));
+            c.bridge = "stkproxy".into();
+            c.firewall_table = "stkproxy".into();
+            c
+        })
+        .unwrap(),
+        proxy: state.join("proxy"),
+    };
     let agent = Kill(agent);
     while stockade_store::nodes::list(&pool).await.unwrap().is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -223,15 +259,8 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let engine = stockade_jail::Engine::new({
-        let mut c = stockade_jail::EngineConfig::new(state.join("node"), state.join("images"));
-        c.bridge = "stkproxy".into();
-        c.firewall_table = "stkproxy".into();
-        c
-    })
-    .unwrap();
     let Some(stockade_jail::JailStatus::Running { pid }) =
-        engine.status(&jail.host_name()).unwrap()
+        cleanup.engine.status(&jail.host_name()).unwrap()
     else {
         panic!("the jail runs");
     };

@@ -1369,6 +1369,91 @@ async fn domains_route_through_the_nodes_proxy_and_follow_the_jail_and_tenant() 
     tenants::unsuspend(&pool, tenant).await.unwrap();
     serves(proxy, "site.test", 200, "hello-from-the-site").await;
 
+    // WebSockets pass: an upgrade answered by a server in the jail's
+    // network namespace, then bytes both ways through the tunnel.
+    let Some(stockade_jail::JailStatus::Running { pid }) =
+        engine.status(&jail.host_name()).unwrap()
+    else {
+        panic!("the jail runs");
+    };
+    let (bound, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let listener = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+        bound.send(()).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+        let mut conn = conn;
+        let mut upgrade = false;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            upgrade |= line.to_ascii_lowercase().starts_with("upgrade: websocket");
+            if line == "\r\n" {
+                break;
+            }
+        }
+        assert!(upgrade, "the upgrade reached the jail");
+        conn.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = [0u8; 4];
+        std::io::Read::read_exact(&mut reader, &mut buf).unwrap();
+        conn.write_all(&buf).unwrap();
+    });
+    ready.recv().unwrap();
+    let ws = stockade_store::domains::attach(
+        &pool,
+        tenant,
+        jail.id,
+        &stockade_store::domains::NewDomain {
+            name: stockade_domain::DomainName::parse("ws.test").unwrap(),
+            www: false,
+            jail_port: 8080,
+            proof_required: false,
+        },
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let answer = loop {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /socket HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 101") {
+            // The rest of the answer's head, then the tunnel.
+            let mut rest = Vec::new();
+            let mut byte = [0u8; 1];
+            while !rest.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                rest.push(byte[0]);
+            }
+            s.write_all(b"ping").unwrap();
+            let mut echo = [0u8; 4];
+            s.read_exact(&mut echo).unwrap();
+            break echo;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no upgrade through the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(&answer, b"ping");
+    stockade_store::domains::detach(&pool, tenant, jail.id, ws.id)
+        .await
+        .unwrap();
+
     // The proxy outlives its agent: sites stay up while it restarts.
     let mut node = node;
     node.kill(nix::sys::signal::Signal::SIGKILL);

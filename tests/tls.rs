@@ -228,6 +228,21 @@ async fn acme_issues_through_the_proxy_and_customers_may_upload_their_own() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let c = certificates::for_tenant(&pool, tenant).await.unwrap();
     assert_eq!(c[0].source, "upload");
+    assert!(!c[0].expires_soon(chrono::Utc::now()));
+    // One that ends in ten days is taken, and said to expire soon.
+    let (short, short_key) = ca.issue(&["site.test", "www.site.test"], 10);
+    domains::upload_certificate(
+        &pool,
+        tenant,
+        jail.id,
+        site.id,
+        &format!("{short}{}", ca.pem),
+        &short_key,
+    )
+    .await
+    .unwrap();
+    let c = certificates::for_tenant(&pool, tenant).await.unwrap();
+    assert!(c[0].expires_soon(chrono::Utc::now()));
 
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;

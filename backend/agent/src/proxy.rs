@@ -188,6 +188,10 @@ impl Proxy {
         if running.is_some() && self.current.as_deref() == Some(wanted.as_str()) {
             return Ok(false);
         }
+        // A backend named after this version: the proxy serves it once the
+        // version is live, which is how a reload is known to have happened.
+        let version = format!("v_{:016x}", fnv(&wanted));
+        let text = format!("{text}backend {version}\n");
         write_extras(&self.cfg.dir, extras)?;
         let file = self.cfg.dir.join("haproxy.cfg");
         let next = self.cfg.dir.join("haproxy.cfg.next");
@@ -205,17 +209,73 @@ impl Proxy {
         }
         std::fs::rename(&next, &file)?;
         match running {
-            Some(pid) => {
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGUSR2,
-                )?;
+            Some(pid) => self.reload(pid, &version)?,
+            None => {
+                start(&self.cfg.program, &file)?;
+                self.wait_live(&version, Duration::from_secs(5));
             }
-            None => start(&self.cfg.program, &file)?,
         }
         self.current = Some(wanted);
         Ok(true)
     }
+
+    /// Reloads the master at `pid` until `version` is live: a reload asked
+    /// for while the master is still re-executing itself may go unheard.
+    fn reload(&self, pid: i32, version: &str) -> anyhow::Result<()> {
+        for _ in 0..5 {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGUSR2,
+            )?;
+            if self.wait_live(version, Duration::from_secs(2)) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the proxy did not take its new configuration after five reloads")
+    }
+
+    /// Whether the proxy serves `version` within `limit` (true when it has
+    /// no admin socket to tell, as a stand-in program in tests).
+    fn wait_live(&self, version: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match backends(&self.cfg.dir) {
+                Some(names) if names.iter().any(|n| n == version) => return true,
+                None if !self.cfg.dir.join("admin.sock").exists() => return true,
+                _ => {}
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// FNV-1a of `s`: stable across releases, unlike std's hasher.
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The backends the running proxy serves, from its admin socket.
+fn backends(dir: &Path) -> Option<Vec<String>> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(dir.join("admin.sock")).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"show backend\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.trim().to_owned())
+            .collect(),
+    )
 }
 
 /// Writes the proxy's certificates (readable by root only), their list,
