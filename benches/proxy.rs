@@ -47,6 +47,9 @@ impl Drop for Cleanup {
     }
 }
 
+/// The agent's cgroup group: `stockade-<node name>`.
+const CGROUP: &str = "stockade-bench-proxy";
+
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -214,6 +217,7 @@ async fn main() {
             let mut c = stockade_jail::EngineConfig::new(state.join("node"), state.join("images"));
             c.bridge = "stkproxy".into();
             c.firewall_table = "stkproxy".into();
+            c.cgroup_parent = CGROUP.into();
             c
         })
         .unwrap(),
