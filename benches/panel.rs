@@ -16,29 +16,10 @@ mod common;
 
 use common::panel;
 
+/// `wrk` against a page, signed in with session `cookie` if given.
 fn wrk(url: &str, cookie: Option<&str>) -> (f64, String) {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t", "2", "-c", "16", "-d", "10s", "--latency"]);
-    if let Some(c) = cookie {
-        cmd.args(["-H", &format!("Cookie: stockade_session={c}")]);
-    }
-    let out = cmd.arg(url).output().expect("wrk runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        !text.contains("Non-2xx"),
-        "every answer was a success:\n{text}"
-    );
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    let p99 = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("99%"))
-        .map(|l| l.trim().trim_start_matches("99%").trim().to_owned())
-        .unwrap_or_default();
-    (rps, p99)
+    let header = cookie.map(|c| format!("Cookie: stockade_session={c}"));
+    common::wrk(url, header.as_deref())
 }
 
 fn main() {

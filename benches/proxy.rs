@@ -10,6 +10,8 @@
 //! `cargo bench --bench proxy`. It starts its own throw-away PostgreSQL
 //! cluster and agent, and removes everything it made.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -108,37 +110,9 @@ fn serve_in(pid: i32) {
 /// `wrk` against `url` (with `host` as the Host header): requests/s and
 /// the p99 latency in ms.
 fn wrk(url: &str, host: Option<&str>) -> (f64, f64) {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t", "2", "-c", "16", "-d", "10s", "--latency"]);
-    if let Some(h) = host {
-        cmd.args(["-H", &format!("Host: {h}")]);
-    }
-    let out = cmd.arg(url).output().expect("wrk runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        !text.contains("Non-2xx"),
-        "every answer was a success:\n{text}"
-    );
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    let p99 = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("99%"))
-        .map(|l| l.trim().trim_start_matches("99%").trim().to_owned())
-        .unwrap_or_default();
-    let ms = if let Some(v) = p99.strip_suffix("ms") {
-        v.parse().unwrap_or(f64::NAN)
-    } else if let Some(v) = p99.strip_suffix("us") {
-        v.parse::<f64>().unwrap_or(f64::NAN) / 1000.0
-    } else if let Some(v) = p99.strip_suffix('s') {
-        v.parse::<f64>().unwrap_or(f64::NAN) * 1000.0
-    } else {
-        f64::NAN
-    };
-    (rps, ms)
+    let header = host.map(|h| format!("Host: {h}"));
+    let (rps, p99) = common::wrk(url, header.as_deref());
+    (rps, common::wrk_ms(&p99))
 }
 
 fn get(proxy: SocketAddr, host: &str) -> Option<u16> {
