@@ -33,7 +33,6 @@ pub struct AcmeConfig {
 
 /// Challenge answers the proxy serves, shared between the ACME task and
 /// the proxy task.
-#[derive(Default)]
 pub(crate) struct Challenges {
     /// Token → key authorization.
     answers: Mutex<BTreeMap<String, String>>,
@@ -42,15 +41,17 @@ pub(crate) struct Challenges {
     /// Wakes the proxy task.
     pub(crate) changed: Notify,
     /// The generation the proxy last serves.
-    applied: Mutex<Option<watch::Sender<u64>>>,
+    applied: watch::Sender<u64>,
 }
 
 impl Challenges {
     pub(crate) fn new() -> (Arc<Self>, watch::Receiver<u64>) {
-        let (tx, rx) = watch::channel(0);
+        let (applied, rx) = watch::channel(0);
         let c = Challenges {
-            applied: Mutex::new(Some(tx)),
-            ..Challenges::default()
+            answers: Mutex::default(),
+            generation: AtomicU64::new(0),
+            changed: Notify::new(),
+            applied,
         };
         (Arc::new(c), rx)
     }
@@ -66,14 +67,7 @@ impl Challenges {
 
     /// The proxy serves generation `generation`.
     pub(crate) fn served(&self, generation: u64) {
-        if let Some(tx) = self
-            .applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-        {
-            tx.send_replace(generation);
-        }
+        self.applied.send_replace(generation);
     }
 
     fn change(&self, f: impl FnOnce(&mut BTreeMap<String, String>)) -> u64 {

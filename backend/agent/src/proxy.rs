@@ -151,7 +151,15 @@ fn backend_of(r: &Route) -> String {
 pub(crate) struct Proxy {
     cfg: ProxyConfig,
     /// The configuration in force.
-    current: Option<String>,
+    /// The version in force (see [`Plan`]).
+    current: Option<u64>,
+}
+
+/// A configuration to bring the proxy to: its text and its version, a
+/// fingerprint of the text and of everything served beside it.
+pub(crate) struct Plan {
+    text: String,
+    version: u64,
 }
 
 impl Proxy {
@@ -160,38 +168,33 @@ impl Proxy {
     }
 
     fn pid(&self) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(self.cfg.dir.join("haproxy.pid"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "haproxy").then_some(pid)
+        running_pid(&self.cfg.dir)
+    }
+
+    /// What `routes` and `extras` ask the proxy to be.
+    pub(crate) fn plan(&self, routes: &[Route], extras: &Extras) -> Plan {
+        let text = render(&self.cfg, routes, nix::unistd::Uid::effective().is_root());
+        let version = fnv(&format!("{text}\n{extras:?}"));
+        Plan { text, version }
     }
 
     /// Whether [`Proxy::apply`] would start or reload the proxy.
-    pub(crate) fn would_change(&self, routes: &[Route], extras: &Extras) -> bool {
-        let text = render(&self.cfg, routes, nix::unistd::Uid::effective().is_root());
-        self.pid().is_none()
-            || self.current.as_deref() != Some(format!("{text}\n{extras:?}").as_str())
+    pub(crate) fn would_change(&self, plan: &Plan) -> bool {
+        self.pid().is_none() || self.current != Some(plan.version)
     }
 
-    /// Brings the proxy to `routes` and `extras`: starts it if it does not
-    /// run, reloads it if anything changes. Whether anything was done.
-    pub(crate) fn apply(&mut self, routes: &[Route], extras: &Extras) -> anyhow::Result<bool> {
-        let as_root = nix::unistd::Uid::effective().is_root();
-        let text = render(&self.cfg, routes, as_root);
+    /// Brings the proxy to `plan`, serving `extras` (which it was made
+    /// with): starts it if it does not run, reloads it if anything changes.
+    /// Whether anything was done.
+    pub(crate) fn apply(&mut self, plan: Plan, extras: &Extras) -> anyhow::Result<bool> {
         let running = self.pid();
-        let wanted = format!("{text}\n{extras:?}");
-        if running.is_some() && self.current.as_deref() == Some(wanted.as_str()) {
+        if running.is_some() && self.current == Some(plan.version) {
             return Ok(false);
         }
         // A backend named after this version: the proxy serves it once the
         // version is live, which is how a reload is known to have happened.
-        let version = format!("v_{:016x}", fnv(&wanted));
-        let text = format!("{text}backend {version}\n");
+        let version = format!("v_{:016x}", plan.version);
+        let text = format!("{}backend {version}\n", plan.text);
         write_extras(&self.cfg.dir, extras)?;
         let file = self.cfg.dir.join("haproxy.cfg");
         let next = self.cfg.dir.join("haproxy.cfg.next");
@@ -215,7 +218,7 @@ impl Proxy {
                 self.wait_live(&version, Duration::from_secs(5));
             }
         }
-        self.current = Some(wanted);
+        self.current = Some(plan.version);
         Ok(true)
     }
 
@@ -321,19 +324,26 @@ fn write_extras(dir: &Path, extras: &Extras) -> anyhow::Result<()> {
 /// stops everything it started. (A node's agent alone leaves it serving
 /// when it stops, like the jails.)
 pub fn stop_proxy(dir: &Path) {
-    let proxy = Proxy::new(ProxyConfig {
-        http: SocketAddr::from(([127, 0, 0, 1], 0)),
-        https: None,
-        dir: dir.to_owned(),
-        program: PathBuf::new(),
-    });
-    let Some(pid) = proxy.pid() else { return };
+    let Some(pid) = running_pid(dir) else { return };
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while proxy.pid().is_some() && std::time::Instant::now() < deadline {
+    while running_pid(dir).is_some() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The pid of the proxy master whose files are in `dir`, while it runs.
+fn running_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join("haproxy.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "haproxy").then_some(pid)
 }
 
 /// What each domain's backend carried, from the proxy's counters (since
@@ -439,8 +449,17 @@ fn start(program: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Keys opened, by domain, with the sealed bytes they were opened from: a
+/// key is opened once, not at every pass.
+type Opened = std::collections::HashMap<Uuid, (Vec<u8>, String)>;
+
 /// The certificates of this node's domains, their keys opened.
-async fn served(pool: &PgPool, node_id: Uuid, secret: &SecretKey) -> Vec<Served> {
+async fn served(
+    pool: &PgPool,
+    node_id: Uuid,
+    secret: &SecretKey,
+    opened: &mut Opened,
+) -> Vec<Served> {
     let rows = match certificates::for_node(pool, node_id).await {
         Ok(rows) => rows,
         Err(e) => {
@@ -448,17 +467,27 @@ async fn served(pool: &PgPool, node_id: Uuid, secret: &SecretKey) -> Vec<Served>
             return Vec::new();
         }
     };
+    opened.retain(|id, _| rows.iter().any(|c| c.domain_id == *id));
     rows.into_iter()
-        .filter_map(|c| match certificates::open(secret, &c.key_sealed) {
-            Ok(key) => Some(Served {
+        .filter_map(|c| {
+            let key = match opened.get(&c.domain_id) {
+                Some((sealed, key)) if *sealed == c.key_sealed => key.clone(),
+                _ => match certificates::open(secret, &c.key_sealed) {
+                    Ok(key) => {
+                        opened.insert(c.domain_id, (c.key_sealed.clone(), key.clone()));
+                        key
+                    }
+                    Err(e) => {
+                        tracing::warn!(domain = %c.domain_id, error = %e, "a certificate is not served");
+                        return None;
+                    }
+                },
+            };
+            Some(Served {
                 domain_id: c.domain_id,
                 names: c.names,
                 pem: format!("{}\n{key}", c.chain_pem.trim_end()),
-            }),
-            Err(e) => {
-                tracing::warn!(domain = %c.domain_id, error = %e, "a certificate is not served");
-                None
-            }
+            })
         })
         .collect()
 }
@@ -477,6 +506,7 @@ pub(crate) async fn proxy_task(
     let mut listener = super::connect_listener(&pool).await;
     let mut last_error = String::new();
     let mut counted = std::collections::HashMap::new();
+    let mut opened = Opened::new();
     // The counters of a proxy found running are where counting starts.
     if let Some(now) = read_counters(&dir) {
         deltas(&mut counted, now);
@@ -503,17 +533,18 @@ pub(crate) async fn proxy_task(
                 let count = routes.len();
                 let (generation, answers) = challenges.snapshot();
                 let extras = Extras {
-                    certs: served(&pool, node_id, &secret).await,
+                    certs: served(&pool, node_id, &secret, &mut opened).await,
                     challenges: answers,
                 };
-                if !counting && proxy.would_change(&routes, &extras) {
+                let plan = proxy.plan(&routes, &extras);
+                if !counting && proxy.would_change(&plan) {
                     // A reload starts the counters over: count first, then
                     // come back to apply.
                     count_now = true;
                     continue;
                 }
                 let done = tokio::task::spawn_blocking(move || {
-                    let r = proxy.apply(&routes, &extras);
+                    let r = proxy.apply(plan, &extras);
                     (proxy, r)
                 })
                 .await;
@@ -664,13 +695,17 @@ mod tests {
             },
         };
         let first = [route("a.test")];
-        assert!(proxy.apply(&first, &Extras::default()).unwrap());
+        let none = Extras::default();
+        assert!(proxy.apply(proxy.plan(&first, &none), &none).unwrap());
         let file = cfg.dir.join("haproxy.cfg");
         let before = std::fs::read_to_string(&file).unwrap();
         assert!(before.contains("a.test"));
         std::fs::write(dir.path().join("refuse"), "").unwrap();
         let e = proxy
-            .apply(&[route("a.test"), route("b.test")], &Extras::default())
+            .apply(
+                proxy.plan(&[route("a.test"), route("b.test")], &none),
+                &none,
+            )
             .unwrap_err()
             .to_string();
         assert!(

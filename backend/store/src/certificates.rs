@@ -78,6 +78,11 @@ fn chain_ders(chain_pem: &str) -> Result<Vec<Vec<u8>>, StoreError> {
 /// What a chain's leaf says, after checking the chain is in order (each
 /// certificate signed by the next).
 pub fn inspect(chain_pem: &str) -> Result<CertInfo, StoreError> {
+    read_chain(chain_pem).map(|(info, _)| info)
+}
+
+/// [`inspect`], and the leaf's public key (its SubjectPublicKeyInfo, DER).
+fn read_chain(chain_pem: &str) -> Result<(CertInfo, Vec<u8>), StoreError> {
     let ders = chain_ders(chain_pem)?;
     let mut certs = Vec::new();
     for (i, der) in ders.iter().enumerate() {
@@ -115,12 +120,13 @@ pub fn inspect(chain_pem: &str) -> Result<CertInfo, StoreError> {
     }
     names.sort();
     names.dedup();
-    Ok(CertInfo {
+    let info = CertInfo {
         names,
         issuer: leaf.issuer().to_string(),
         not_before: time(leaf.validity().not_before),
         not_after: time(leaf.validity().not_after),
-    })
+    };
+    Ok((info, leaf.public_key().raw.to_vec()))
 }
 
 /// Checks an uploaded certificate chain and key for `names` at `now`: the
@@ -132,17 +138,14 @@ pub fn check_upload(
     names: &[String],
     now: DateTime<Utc>,
 ) -> Result<CertInfo, StoreError> {
-    let info = inspect(chain_pem)?;
+    let (info, leaf_key) = read_chain(chain_pem)?;
     let key = rcgen::KeyPair::from_pem(key_pem).map_err(|_| {
         invalid(
             "key",
             "not a private key in PEM (PKCS#8 ECDSA, Ed25519 or RSA)",
         )
     })?;
-    let ders = chain_ders(chain_pem)?;
-    let (_, leaf) = X509Certificate::from_der(&ders[0])
-        .map_err(|e| invalid("certificate", format!("cannot be read: {e}")))?;
-    if rcgen::PublicKeyData::subject_public_key_info(&key) != leaf.public_key().raw {
+    if rcgen::PublicKeyData::subject_public_key_info(&key) != leaf_key {
         return Err(invalid(
             "key",
             "does not match the certificate (its public key differs)",

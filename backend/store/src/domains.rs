@@ -165,6 +165,17 @@ pub async fn attach(
     row.try_into()
 }
 
+/// Tells the node of jail `jail_id` that its routes changed.
+async fn notify_node_of(
+    tx: &mut Transaction<'_, Postgres>,
+    jail_id: Uuid,
+) -> Result<(), StoreError> {
+    let node_id = sqlx::query_scalar!("SELECT node_id FROM jails WHERE id = $1", jail_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    notify(tx, node_id).await
+}
+
 /// The first of `names` any domain holds, as its name or its alias.
 async fn taken(
     tx: &mut Transaction<'_, Postgres>,
@@ -202,10 +213,7 @@ pub async fn detach(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(StoreError::NotFound)?;
-    let node_id = sqlx::query_scalar!("SELECT node_id FROM jails WHERE id = $1", jail_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    notify(&mut tx, node_id).await?;
+    notify_node_of(&mut tx, jail_id).await?;
     tx.commit().await?;
     row.try_into()
 }
@@ -363,10 +371,7 @@ pub async fn mark_verified(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(StoreError::NotFound)?;
-    let node_id = sqlx::query_scalar!("SELECT node_id FROM jails WHERE id = $1", row.jail_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    notify(&mut tx, node_id).await?;
+    notify_node_of(&mut tx, row.jail_id).await?;
     tx.commit().await?;
     row.try_into()
 }
