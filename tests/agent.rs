@@ -239,6 +239,7 @@ async fn jails_outlive_an_agent_crash_and_strays_are_removed_at_start() {
             },
             network: None,
             user_namespace: false,
+            env: Vec::new(),
         })
         .unwrap();
     node.start();
@@ -423,6 +424,92 @@ async fn lasting_zombies(pid: u32) -> Vec<String> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let second = zombie_children(pid);
     first.into_iter().filter(|z| second.contains(z)).collect()
+}
+
+#[tokio::test]
+async fn a_command_that_keeps_ending_is_crash_looping_with_its_exit_and_a_growing_pause() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    // No resync for ten minutes: an exit is seen on the kernel's word.
+    let node = Node::with_env(&url, &[("STOCKADE_RESYNC_SECS", "600")]);
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+
+    // A healthy jail killed from the host is restarted at once, and says so.
+    let steady = jails::create(&pool, tenant, &system_jail("steady", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    let running = wait_observed(&pool, tenant, steady.id, ObservedState::Running).await;
+    assert_eq!(running.run.restart_count, 0);
+    assert!(running.run.started_at.is_some(), "{running:?}");
+    let Some(stockade_jail::JailStatus::Running { pid }) =
+        node.engine().status(&steady.host_name()).unwrap()
+    else {
+        panic!("the jail runs");
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let restarted = loop {
+        let j = jails::get(&pool, tenant, steady.id).await.unwrap();
+        if j.run.restart_count == 1 && j.observed_state == ObservedState::Running {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "restarted within seconds: {j:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let exit = restarted.run.last_exit.expect("the exit is kept");
+    assert_eq!(exit.signal, Some(9));
+    assert_eq!(exit.describe(), "killed by signal 9 (SIGKILL)");
+
+    // A command that ends at once, again and again: crash-looping, with
+    // its code, a restart count and the time of the next try.
+    let crashy = jails::create(
+        &pool,
+        tenant,
+        &system_jail("crashy", &["sh", "-c", "echo starting; exit 3"]),
+    )
+    .await
+    .unwrap();
+    let looping = wait_observed(&pool, tenant, crashy.id, ObservedState::CrashLooping).await;
+    assert!(looping.run.restart_count >= 1, "{looping:?}");
+    let exit = looping.run.last_exit.expect("the exit is kept");
+    assert_eq!((exit.code, exit.signal), (Some(3), None));
+    assert_eq!(exit.describe(), "exited with code 3");
+    assert!(looping.last_error.is_none(), "{looping:?}");
+    // The pauses grow: 0 s, 1 s, 2 s, 4 s, … — within eight seconds of the
+    // loop being seen there are a handful of restarts, not dozens.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let later = jails::get(&pool, tenant, crashy.id).await.unwrap();
+    assert_eq!(later.observed_state, ObservedState::CrashLooping, "{later:?}");
+    let restarts = later.run.restart_count - looping.run.restart_count;
+    assert!((1..=4).contains(&restarts), "{restarts} restarts in 8 s");
+    assert!(
+        later.run.retry_at.is_some_and(|at| at > later.run.last_exit.unwrap().at),
+        "a next try is set: {later:?}"
+    );
+    // Each ended init was reaped: no exited process waits under the agent.
+    assert_eq!(lasting_zombies(node.pid().unwrap()).await, Vec::<String>::new());
+    // The customer's API shows the same.
+    let shown = stockade_store::jails::list_for_tenant(&pool, tenant).await.unwrap();
+    assert!(shown.iter().any(|j| j.id == crashy.id && j.observed_state == ObservedState::CrashLooping));
+
+    // Stopping it ends the loop; starting it again is a fresh try.
+    jails::set_desired(&pool, tenant, crashy.id, DesiredState::Stopped)
+        .await
+        .unwrap();
+    let stopped = wait_observed(&pool, tenant, crashy.id, ObservedState::Stopped).await;
+    assert_eq!(stopped.run.retry_at, None);
+    assert_eq!(stopped.run.started_at, None);
+    jails::set_desired(&pool, tenant, crashy.id, DesiredState::Deleted)
+        .await
+        .unwrap();
+    jails::set_desired(&pool, tenant, steady.id, DesiredState::Deleted)
+        .await
+        .unwrap();
+    wait_observed(&pool, tenant, crashy.id, ObservedState::Deleted).await;
+    wait_observed(&pool, tenant, steady.id, ObservedState::Deleted).await;
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestApp, hidden_field, new_client};
-use stockade_domain::{JailKind, JailName, Limits, Role, TenantSlug};
+use stockade_domain::{JailKind, JailName, Limits, ObservedState, Role, TenantSlug};
 use stockade_store::jails::{self, NewJail};
 use stockade_store::{nodes, plans, tenants};
 use uuid::Uuid;
@@ -173,6 +173,7 @@ async fn every_page_answers_each_role_as_it_should() {
             200,
         ),
         ("/staff/plans".into(), 303, 403, 200, 200),
+        ("/staff/failing".into(), 303, 403, 200, 200),
         ("/staff/nodes".into(), 303, 403, 200, 200),
         ("/staff/audit?action=user.".into(), 303, 403, 200, 200),
     ];
@@ -1180,4 +1181,77 @@ async fn customers_publish_ports_within_the_allowance_and_staff_see_who_holds_th
         "No jail publishes a port.",
     )
     .await;
+}
+
+/// A crash-looping jail is shown as such, first, with why and when it is
+/// tried again; staff see it among every tenant's failing jails.
+#[tokio::test]
+async fn a_crash_looping_jail_is_shown_first_with_its_exit_and_staff_see_it_failing() {
+    let w = world().await;
+    let t = w.tenant_a;
+    // A second jail of the tenant, named to sort before the failing one.
+    let calm = jails::create(&w.app.pool, t, &small_jail("aaa"))
+        .await
+        .unwrap();
+    let failing = jails::get(&w.app.pool, t, w.jail_a).await.unwrap();
+    // What the node records of a command that keeps ending.
+    let now = chrono::Utc::now();
+    let run = jails::RunState {
+        restart_count: 4,
+        crash_count: 4,
+        last_exit: Some(jails::LastExit {
+            code: Some(3),
+            signal: None,
+            at: now,
+        }),
+        started_at: None,
+        retry_at: Some(now + chrono::Duration::seconds(4)),
+    };
+    let mut tx = w.app.pool.begin().await.unwrap();
+    for (id, state, generation, run) in [
+        (
+            failing.id,
+            ObservedState::CrashLooping,
+            failing.generation,
+            &run,
+        ),
+        (
+            calm.id,
+            ObservedState::Running,
+            calm.generation,
+            &jails::RunState::default(),
+        ),
+    ] {
+        jails::record_observed(&mut tx, id, state, generation, None, run)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let overview = page_with(&w.customer_a, &w.app.url("/overview"), "crash_looping").await;
+    let (first, second) = (
+        overview.find(&format!("/jails/{}", failing.id)).unwrap(),
+        overview.find(&format!("/jails/{}", calm.id)).unwrap(),
+    );
+    assert!(first < second, "the failing jail is listed first");
+    assert!(
+        overview.contains("restarted 4 times; last exited with code 3 at"),
+        "{overview}"
+    );
+    let detail = page_with(
+        &w.customer_a,
+        &w.app.url(&format!("/jails/{}", failing.id)),
+        "next try in",
+    )
+    .await;
+    assert!(detail.contains(">crash_looping</span>"), "{detail}");
+    assert!(detail.contains("exited with code 3"), "{detail}");
+
+    let staff = page_with(&w.operator, &w.app.url("/staff/failing"), "data-failing-jails").await;
+    assert!(staff.contains("alpha") && staff.contains(">web<"), "{staff}");
+    assert!(!staff.contains(">aaa<"), "a running jail is not failing");
+    assert_eq!(
+        status_of(&w.customer_a, &w.app.url("/staff/failing")).await,
+        403
+    );
 }

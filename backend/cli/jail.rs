@@ -310,6 +310,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 limits,
                 network,
                 user_namespace: !no_userns,
+                env: Vec::new(),
             };
             let code = engine.run(&spec, &command)?;
             Ok(ExitCode::from(
@@ -359,6 +360,7 @@ pub fn run(cfg: &Config, cmd: JailCommand) -> anyhow::Result<ExitCode> {
                 limits,
                 network: net,
                 user_namespace: !no_userns,
+                env: Vec::new(),
             })?;
             match address {
                 Some(a) => println!("created {name} ({a})"),

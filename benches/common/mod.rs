@@ -23,6 +23,7 @@ pub fn idle_jail(name: &JailName, network: Option<NetSpec>) -> JailSpec {
         },
         network,
         user_namespace: true,
+        env: Vec::new(),
     }
 }
 

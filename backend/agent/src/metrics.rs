@@ -14,6 +14,9 @@ use prometheus::{Counter, Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Regist
 use stockade_domain::ObservedState;
 use tokio::sync::watch;
 
+/// How many observed states a jail can be in.
+pub(crate) const STATES: usize = ObservedState::ALL.len();
+
 /// Counters and gauges of the agent.
 #[derive(Debug)]
 pub struct Metrics {
@@ -166,7 +169,7 @@ impl Metrics {
     }
 
     /// Jails by observed state, in `ObservedState::ALL` order.
-    pub(crate) fn set_jails_by_state(&self, counts: [u64; 5]) {
+    pub(crate) fn set_jails_by_state(&self, counts: [u64; STATES]) {
         for (state, n) in ObservedState::ALL.iter().zip(counts) {
             self.jails
                 .with_label_values(&[state.as_str()])
@@ -269,7 +272,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().unwrap());
         metrics.observe_pass(Duration::from_millis(3));
         metrics.errors.inc();
-        metrics.set_jails_by_state([1, 2, 0, 0, 0]);
+        metrics.set_jails_by_state([1, 2, 0, 0, 0, 0, 0]);
         metrics.set_samples_pending(7);
         let (stop, stopped) = watch::channel(false);
         let addr = serve(

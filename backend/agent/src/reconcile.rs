@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use stockade_domain::{DesiredState, JailKind, JailName, ObservedState};
 use stockade_jail::{Engine, JailSpec, JailStatus};
 use stockade_store::PgPool;
-use stockade_store::jails::{self, Jail};
+use chrono::{DateTime, Utc};
+use stockade_store::jails::{self, Jail, LastExit, RunState};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -16,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::slots::Slots;
 
 mod converge;
-use converge::{converge, count, settled};
+use converge::{converge, count, due_again, settled};
 
 /// A failing jail waits this long before its first retry, doubling up to the cap.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -66,6 +67,14 @@ struct Book {
     backoff: HashMap<Uuid, Backoff>,
     /// Jails with a step under way; a pass leaves them to it.
     in_flight: HashSet<Uuid>,
+    /// Jails whose init ended since their last step: looked at by the next
+    /// pass even if their row says they run.
+    exited: HashSet<Uuid>,
+    /// The watch on each running jail's init.
+    watches: HashMap<Uuid, tokio::task::AbortHandle>,
+    /// Jails a full pass found busy: looked at fully once their step ends,
+    /// so a repair asked for meanwhile (a link deleted) is not lost.
+    full_again: HashSet<Uuid>,
 }
 
 /// Converges the node's jails: each pass starts a task per jail with work
@@ -174,7 +183,7 @@ impl Reconciler {
                 }
             };
         let now = Instant::now();
-        let mut by_state = [0u64; 5];
+        let mut by_state = [0u64; crate::metrics::STATES];
         let mut on_node = HashSet::new();
         let mut names = HashSet::new();
         for jail in jails {
@@ -184,18 +193,28 @@ impl Reconciler {
             let mut book = inner.book();
             if book.in_flight.contains(&jail.id) {
                 // Its task records what it sees when it ends.
+                if full {
+                    book.full_again.insert(jail.id);
+                }
                 continue;
             }
+            let full = full || book.full_again.remove(&jail.id);
             inner.running.set(
                 jail.id,
                 jail.tenant_id,
                 jail.host_name(),
-                jail.observed_state == ObservedState::Running,
+                matches!(
+                    jail.observed_state,
+                    ObservedState::Running | ObservedState::CrashLooping
+                ),
             );
             // A notification pass only touches jails with something to do;
             // the periodic full pass looks at every jail (drift, crashes).
+            // A jail whose init ended is looked at now, even one waiting
+            // for its run to last (a crash-looping jail that ended again).
+            let exited = book.exited.remove(&jail.id);
             let waiting = book.backoff.get(&jail.id).is_some_and(|b| b.next > now);
-            if waiting || (!full && settled(&jail)) {
+            if !exited && (waiting || (!full && settled(&jail))) {
                 continue;
             }
             book.in_flight.insert(jail.id);
@@ -209,7 +228,18 @@ impl Reconciler {
             });
         }
         inner.running.retain(|id| on_node.contains(id));
-        inner.book().backoff.retain(|id, _| on_node.contains(id));
+        {
+            let mut book = inner.book();
+            book.backoff.retain(|id, _| on_node.contains(id));
+            book.full_again.retain(|id| on_node.contains(id));
+            book.watches.retain(|id, watch| {
+                let keep = on_node.contains(id);
+                if !keep {
+                    watch.abort();
+                }
+                keep
+            });
+        }
         inner.slots.prune(|name| names.contains(name));
         inner.metrics.set_jails_by_state(by_state);
         inner.metrics.observe_pass(started.elapsed());
@@ -238,6 +268,52 @@ impl Inner {
             .min(MAX_RETRY);
         b.next = Instant::now() + delay;
         delay
+    }
+
+    /// Leaves a jail until `at` (a crash-looping jail's pause), without
+    /// counting a failure.
+    fn wait_until(&self, jail_id: Uuid, at: DateTime<Utc>) {
+        let delay = (at - Utc::now()).to_std().unwrap_or_default();
+        let mut book = self.book();
+        let b = book.backoff.entry(jail_id).or_insert(Backoff {
+            failures: 0,
+            next: Instant::now(),
+        });
+        b.next = Instant::now() + delay;
+    }
+
+    /// Whether the init of a jail is watched by a live task.
+    fn watched(&self, jail_id: Uuid) -> bool {
+        self.book()
+            .watches
+            .get(&jail_id)
+            .is_some_and(|w| !w.is_finished())
+    }
+
+    /// Watches a running jail's init (`fd`, a pidfd): when it ends, the
+    /// jail is looked at by a pass at once rather than at the next resync,
+    /// so a crash is seen and shown within moments.
+    fn watch_exit(self: &Arc<Self>, jail_id: Uuid, fd: std::os::fd::OwnedFd) {
+        let inner = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it
+            // and keeps it open, naming the same pidfd, until dropped.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            };
+            let Ok(fd) = registered else {
+                return;
+            };
+            if fd.readable().await.is_ok()
+                && let Some(inner) = inner.upgrade()
+            {
+                inner.book().exited.insert(jail_id);
+                inner.again.notify_one();
+            }
+        });
+        if let Some(old) = self.book().watches.insert(jail_id, task.abort_handle()) {
+            old.abort();
+        }
     }
 
     /// A free address of the node's pool: not held by any jail row of the
@@ -297,10 +373,19 @@ impl Inner {
             Ok(_permit) => self.step(jail_id, full, throttle, needs_address).await,
             Err(_) => None,
         };
+        let seen = seen.map(|(observed, tenant, name, watch)| {
+            if let Some(fd) = watch {
+                self.watch_exit(jail_id, fd);
+            }
+            (observed, tenant, name)
+        });
         self.book().in_flight.remove(&jail_id);
         match seen {
             Some((observed, tenant, name)) => {
-                let running = observed == ObservedState::Running;
+                let running = matches!(
+                    observed,
+                    ObservedState::Running | ObservedState::CrashLooping
+                );
                 self.running.set(jail_id, tenant, name, running);
                 if running {
                     self.uploads.notify_one();
@@ -324,7 +409,7 @@ impl Inner {
         full: bool,
         throttle: Option<u64>,
         needs_address: bool,
-    ) -> Option<(ObservedState, Uuid, JailName)> {
+    ) -> Option<(ObservedState, Uuid, JailName, Option<std::os::fd::OwnedFd>)> {
         // One address allocation at a time on the node, each committed
         // before the next reads which addresses are taken; taken before a
         // connection is, so the allocation always gets the one it needs.
@@ -350,7 +435,7 @@ impl Inner {
             }
         };
         let name = jail.host_name();
-        let seen = |observed| Some((observed, jail.tenant_id, name.clone()));
+        let seen = |observed, watch| Some((observed, jail.tenant_id, name.clone(), watch));
         let grace = self.cfg.stop_grace;
         let mut work = jail.clone();
         if let (Some(pool_net), Some(_), None, true) = (
@@ -377,13 +462,20 @@ impl Inner {
                         ObservedState::Failed,
                         jail.generation,
                         Some(&msg),
+                        &jail.run,
                     )
                     .await;
                     let _ = tx.commit().await;
                     self.back_off(jail.id, true);
-                    return seen(ObservedState::Failed);
+                    return seen(ObservedState::Failed, None);
                 }
             }
+        }
+        if converge::starts(&jail)
+            && let Err(e) = jails::mark_starting(&mut tx, jail.id).await
+        {
+            tracing::warn!(error = %e, "recording a start failed");
+            return None;
         }
         if let Err(e) = tx.commit().await {
             tracing::warn!(error = %e, "committing a jail claim failed");
@@ -401,15 +493,29 @@ impl Inner {
         }
         let claimed_in = claim_started.elapsed();
         let step_started = Instant::now();
-        let (outcome, repaired) = self
+        let watched = self.watched(jail.id);
+        let wants_running = jail.desired_state == DesiredState::Running;
+        let (outcome, repaired, run, watch) = self
             .slots
             .call(name.as_str(), "converging", move |engine| {
                 let mut repaired = Vec::new();
-                let outcome = converge(engine, &work, full, grace, &mut repaired);
-                (outcome, repaired)
+                let mut run = work.run.clone();
+                let outcome = converge(engine, &work, full, grace, &mut repaired, &mut run);
+                // A new init, or one nobody watches yet, is watched.
+                let watch = (wants_running && (!watched || matches!(outcome, Ok(Some(_)))))
+                    .then(|| engine.watch_init(&work.host_name()).ok().flatten())
+                    .flatten();
+                (outcome, repaired, run, watch)
             })
             .await
-            .unwrap_or_else(|e| (Err((ObservedState::Failed, e.to_string())), Vec::new()));
+            .unwrap_or_else(|e| {
+                (
+                    Err((ObservedState::Failed, e.to_string())),
+                    Vec::new(),
+                    jail.run.clone(),
+                    None,
+                )
+            });
         let took = step_started.elapsed();
         if !repaired.is_empty() {
             self.record_repairs(&jail, &repaired).await;
@@ -419,7 +525,7 @@ impl Inner {
             Ok(None) => {
                 // Already converged and unchanged: nothing to write.
                 self.book().backoff.remove(&jail.id);
-                return seen(jail.observed_state);
+                return seen(jail.observed_state, watch);
             }
             Err((observed, e)) => (observed, Some(e)),
         };
@@ -427,6 +533,8 @@ impl Inner {
             self.metrics.errors.inc();
             let delay = self.back_off(jail.id, true);
             tracing::warn!(jail = %jail.name, tenant = %jail.tenant_id, error = %e, retry_in = ?delay, "jail did not converge");
+        } else if let Some(at) = due_again(observed, &run) {
+            self.wait_until(jail.id, at);
         } else {
             self.book().backoff.remove(&jail.id);
         }
@@ -438,6 +546,7 @@ impl Inner {
                 observed,
                 jail.generation,
                 error.as_deref(),
+                &run,
             )
             .await?;
             tx.commit().await?;
@@ -449,6 +558,6 @@ impl Inner {
             return None;
         }
         tracing::debug!(jail = %jail.name, tenant = %jail.tenant_id, state = %observed, ?claimed_in, ?took, recorded_in = ?record_started.elapsed(), "jail converged");
-        seen(observed)
+        seen(observed, watch)
     }
 }

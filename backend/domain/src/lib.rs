@@ -10,6 +10,7 @@ mod file_name;
 pub mod limits;
 mod name;
 mod port;
+pub mod program;
 mod quantity;
 mod state;
 
@@ -19,6 +20,7 @@ pub use file_name::FileName;
 pub use limits::Limits;
 pub use name::{JailName, TenantSlug, image_name};
 pub use port::{Protocol, Publish};
+pub use program::{EnvVar, command_line, parse_command_line};
 pub use quantity::{ByteSize, Millicores};
 pub use state::{DesiredState, JailKind, ObservedState, Role, TenantStatus};
 

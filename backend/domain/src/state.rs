@@ -96,8 +96,13 @@ text_enum!(
     ObservedState, "observed_state" {
         /// Not yet seen by an agent.
         Pending => "pending",
+        /// The agent is starting it.
+        Starting => "starting",
         /// The jail's processes run.
         Running => "running",
+        /// Its command keeps ending soon after each start: restarted with
+        /// a growing pause (see its restart count, last exit and next try).
+        CrashLooping => "crash_looping",
         /// The volume exists, no process runs.
         Stopped => "stopped",
         /// The last step failed; see the jail's last error.

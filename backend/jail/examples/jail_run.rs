@@ -46,6 +46,7 @@ fn main() -> anyhow_free::Result {
             },
             network: None,
             user_namespace: false,
+            env: Vec::new(),
         };
         let t = Instant::now();
         code = engine.run(&spec, command)?;

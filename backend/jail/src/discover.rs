@@ -184,6 +184,7 @@ mod tests {
                 limits: Limits::default(),
                 network: None,
                 user_namespace: false,
+                env: Vec::new(),
             },
             upper: Upper::Volume,
             loop_device: None,
@@ -194,6 +195,7 @@ mod tests {
             transient,
             uid_base: None,
             id_shift: None,
+            last_exit: None,
         }
     }
 

@@ -96,7 +96,7 @@ pub use net::{
     parse_rate,
 };
 pub use spec::{JailSpec, JailStatus, Usage};
-pub use state::{IdShift, InitProcess, JailRecord, Upper};
+pub use state::{Exit, IdShift, InitProcess, JailRecord, Upper};
 pub use stockade_domain::{JailKind, JailName, Limits};
 pub use usage::{Sweep, UsageReader, raise_open_file_limit};
 pub use watch::NetWatch;

@@ -27,6 +27,10 @@ pub struct JailSpec {
     /// own, recorded when the jail is created); fixed at creation.
     #[serde(default)]
     pub user_namespace: bool,
+    /// Environment variables of its command, over the defaults (`PATH`,
+    /// `HOME`, `HOSTNAME`, `TERM`), which a same-named one replaces.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// What runs, as last seen.

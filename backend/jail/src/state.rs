@@ -58,6 +58,40 @@ pub struct JailRecord {
     /// shift moves only ids still in its source range).
     #[serde(default)]
     pub id_shift: Option<IdShift>,
+    /// How its init last ended on its own (not stopped by the engine),
+    /// as seen when the engine reaped it.
+    #[serde(default)]
+    pub last_exit: Option<Exit>,
+}
+
+/// How a jail's command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// Its exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// When the engine saw it ended, milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
+impl Exit {
+    /// The exit of a jail's init from its wait status: the init exits with
+    /// its command's code, or 128 + the signal that ended the command (the
+    /// shell's convention); an init ended by a signal itself (the kernel's
+    /// out-of-memory killer, a SIGKILL from the host) reports that signal.
+    /// `None` when the init was reaped by someone else: the engine then
+    /// knows only that it ended.
+    pub fn of(status: Option<nix::sys::wait::WaitStatus>, at_ms: u64) -> Self {
+        use nix::sys::wait::WaitStatus;
+        let (code, signal) = match status {
+            Some(WaitStatus::Exited(_, code)) if code > 128 && code < 160 => (None, Some(code - 128)),
+            Some(WaitStatus::Exited(_, code)) => (Some(code), None),
+            Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
+            _ => (None, None),
+        };
+        Exit { code, signal, at_ms }
+    }
 }
 
 /// Owners of a volume's files in `[from, from + 65536)` move to the same
@@ -165,6 +199,7 @@ mod tests {
                 },
                 network: None,
                 user_namespace: false,
+                env: Vec::new(),
             },
             upper: Upper::Tmpfs { bytes: 4096 },
             loop_device: Some("/dev/loop3".into()),
@@ -175,6 +210,7 @@ mod tests {
             transient: false,
             uid_base: None,
             id_shift: None,
+            last_exit: None,
         };
         save(&paths, &rec).unwrap();
         assert_eq!(load(&paths).unwrap(), Some(rec));

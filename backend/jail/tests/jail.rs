@@ -78,6 +78,7 @@ fn helper_run_echo() {
         limits: small_limits(),
         network: None,
         user_namespace: false,
+        env: Vec::new(),
     };
     let code = engine
         .run(

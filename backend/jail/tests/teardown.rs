@@ -97,6 +97,7 @@ fn spec_for(name: JailName, image: &str, i: usize) -> JailSpec {
         limits,
         network: None,
         user_namespace: true,
+        env: Vec::new(),
     }
 }
 

@@ -69,6 +69,15 @@ pub enum StoreError {
     Unexpected(#[from] anyhow::Error),
 }
 
+impl From<stockade_domain::ParseError> for StoreError {
+    fn from(e: stockade_domain::ParseError) -> Self {
+        StoreError::Invalid {
+            field: e.field,
+            message: e.reason,
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Unexpected(e.into())

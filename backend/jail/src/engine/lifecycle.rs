@@ -101,6 +101,7 @@ impl Engine {
             transient,
             uid_base,
             id_shift,
+            last_exit: existing.as_ref().and_then(|r| r.last_exit),
         };
         // The record first: whatever is created next can be found from it
         // (a range is claimed before, and a shift is recorded before it starts).
@@ -270,15 +271,18 @@ impl Engine {
         let steps = rootfs::plan(lower_layer, &upper, &mnt);
         let root = rootfs::root_in(&mnt);
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-        let command = ExecPlan::new(
-            argv,
-            &[
-                ("PATH", JAIL_PATH),
-                ("HOME", "/root"),
-                ("HOSTNAME", spec.hostname.as_str()),
-                ("TERM", &term),
-            ],
-        )?;
+        let defaults = [
+            ("PATH", JAIL_PATH),
+            ("HOME", "/root"),
+            ("HOSTNAME", spec.hostname.as_str()),
+            ("TERM", term.as_str()),
+        ];
+        let env: Vec<(&str, &str)> = defaults
+            .into_iter()
+            .filter(|(k, _)| !spec.env.iter().any(|(name, _)| name == k))
+            .chain(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect();
+        let command = ExecPlan::new(argv, &env)?;
         let log_limit = match &stdio {
             Stdio::Detached { log_limit, .. } => Some(*log_limit),
             Stdio::Inherit { .. } => None,

@@ -218,12 +218,14 @@ fn pidfd_wait(fd: &OwnedFd, timeout: Duration) -> bool {
 }
 
 /// Reaps `pid` if it is our child (the engine's process may be the jails'
-/// subreaper); otherwise its parent does.
-fn reap(pid: i32) {
-    let _ = waitpid(
+/// subreaper); otherwise its parent does. Its wait status when reaped here.
+fn reap(pid: i32) -> Option<nix::sys::wait::WaitStatus> {
+    waitpid(
         Pid::from_raw(pid),
         Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
-    );
+    )
+    .ok()
+    .filter(|s| !matches!(s, nix::sys::wait::WaitStatus::StillAlive))
 }
 
 impl Engine {

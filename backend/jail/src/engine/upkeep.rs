@@ -160,11 +160,42 @@ impl Engine {
             Some(init) => JailStatus::Running { pid: init.pid },
             None => {
                 if let Some(init) = rec.init {
-                    reap(init.pid);
+                    // Ended on its own: how is kept for whoever asks.
+                    let status = reap(init.pid);
+                    let at_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    let mut rec = rec;
+                    rec.init = None;
+                    rec.last_exit = Some(crate::state::Exit::of(status, at_ms));
+                    state::save(&self.paths(name.as_str()), &rec)?;
                 }
                 JailStatus::Stopped
             }
         }))
+    }
+
+    /// How the jail's command last ended on its own (seen by [`Self::status`]);
+    /// `None` when it never did or the jail does not exist.
+    pub fn last_exit(&self, name: &JailName) -> Result<Option<crate::state::Exit>, JailError> {
+        Ok(state::load(&self.paths(name.as_str()))?.and_then(|r| r.last_exit))
+    }
+
+    /// A descriptor that becomes readable when the jail's init ends, so a
+    /// caller learns of a crash at once; `None` when it does not run. The
+    /// descriptor is opened before the init's start time is checked, so it
+    /// never names a later process that got the same pid.
+    pub fn watch_init(&self, name: &JailName) -> Result<Option<std::os::fd::OwnedFd>, JailError> {
+        let Some(rec) = state::load(&self.paths(name.as_str()))? else {
+            return Ok(None);
+        };
+        let Some(init) = rec.init else {
+            return Ok(None);
+        };
+        let Ok(fd) = super::pidfd_open(init.pid) else {
+            return Ok(None);
+        };
+        Ok(self.live_init(&rec).map(|_| fd))
     }
 
     /// The jail's resource usage and limit hits.

@@ -113,6 +113,7 @@ impl Node {
                     limits: Limits::default(),
                     network,
                     user_namespace: false,
+                    env: Vec::new(),
                 },
                 upper: Upper::Tmpfs { bytes: 1 << 20 },
                 loop_device: None,
@@ -120,6 +121,7 @@ impl Node {
                 transient: false,
                 uid_base: None,
                 id_shift: None,
+                last_exit: None,
             },
         )
         .unwrap();

@@ -142,6 +142,7 @@ impl Fixture {
             limits,
             network: None,
             user_namespace: false,
+            env: Vec::new(),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
-use stockade_domain::{DesiredState, JailKind, JailName, Limits, ObservedState, Publish};
+use stockade_domain::{DesiredState, EnvVar, JailKind, JailName, Limits, ObservedState, Publish};
 use uuid::Uuid;
 
 use crate::{JAILS_CHANNEL, PgPool, StoreError, to_i32, to_i64, to_u32, to_u64};
@@ -58,6 +58,70 @@ pub struct Jail {
     /// Reaches the world through its node's NAT (its tenant's override or
     /// plan says).
     pub outbound_nat: bool,
+    /// Its command's runs: restarts, the last exit, the next try.
+    pub run: RunState,
+    /// Environment variables of its command.
+    pub env: Vec<EnvVar>,
+}
+
+/// What the agent saw of a jail's command over its runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunState {
+    /// Restarts after the command ended on its own, since the jail was made.
+    pub restart_count: u32,
+    /// Exits in a row, each soon after its start; drives the back-off.
+    pub crash_count: u32,
+    /// How the command last ended on its own.
+    pub last_exit: Option<LastExit>,
+    /// When the current run began; `None` while nothing runs.
+    pub started_at: Option<DateTime<Utc>>,
+    /// A crash-looping jail is not started again before this.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// How a jail's command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastExit {
+    /// Its exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// When the agent saw it end.
+    pub at: DateTime<Utc>,
+}
+
+impl LastExit {
+    /// In words: "exited with code 3", "killed by signal 9 (SIGKILL)".
+    pub fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (_, Some(sig)) => match signal_name(sig) {
+                Some(name) => format!("killed by signal {sig} ({name})"),
+                None => format!("killed by signal {sig}"),
+            },
+            (Some(code), None) => format!("exited with code {code}"),
+            (None, None) => "ended".to_owned(),
+        }
+    }
+}
+
+/// The usual name of a signal that ends processes.
+fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        31 => "SIGSYS",
+        _ => return None,
+    })
 }
 
 impl Jail {
@@ -102,6 +166,14 @@ struct JailRow {
     user_namespace: bool,
     published: Vec<String>,
     outbound_nat: bool,
+    restart_count: i32,
+    crash_count: i32,
+    last_exit_code: Option<i32>,
+    last_exit_signal: Option<i32>,
+    last_exit_at: Option<DateTime<Utc>>,
+    started_at: Option<DateTime<Utc>>,
+    retry_at: Option<DateTime<Utc>>,
+    env: serde_json::Value,
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -152,6 +224,18 @@ impl TryFrom<JailRow> for Jail {
                 .map(|p| Publish::parse(p).map_err(|e| bad("published port", e)))
                 .collect::<Result<_, _>>()?,
             outbound_nat: r.outbound_nat,
+            run: RunState {
+                restart_count: to_u32("restart_count", r.restart_count)?,
+                crash_count: to_u32("crash_count", r.crash_count)?,
+                last_exit: r.last_exit_at.map(|at| LastExit {
+                    code: r.last_exit_code,
+                    signal: r.last_exit_signal,
+                    at,
+                }),
+                started_at: r.started_at,
+                retry_at: r.retry_at,
+            },
+            env: serde_json::from_value(r.env).map_err(|e| bad("env", e))?,
         })
     }
 }
@@ -175,7 +259,9 @@ macro_rules! jail_query {
     COALESCE((SELECT COALESCE(o.outbound_nat, p.outbound_nat)
               FROM tenants t JOIN plans p ON p.id = t.plan_id
               LEFT JOIN tenant_quota_overrides o ON o.tenant_id = t.id
-              WHERE t.id = jails.tenant_id), true) AS "outbound_nat!""#
+              WHERE t.id = jails.tenant_id), true) AS "outbound_nat!",
+    restart_count, crash_count, last_exit_code, last_exit_signal, last_exit_at, started_at,
+    retry_at, env"#
                 + $after
             $(, $arg)*
         )
@@ -380,6 +466,41 @@ pub async fn list_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Jail>
     rows.into_iter().map(Jail::try_from).collect()
 }
 
+/// Every failing jail across tenants (failed or crash-looping, not being
+/// deleted), with its tenant's slug: the longest failing first.
+pub async fn failing(pool: &PgPool, limit: i64) -> Result<Vec<(Jail, String)>, StoreError> {
+    let rows = jail_query!(
+        "SELECT ",
+        " FROM jails
+         WHERE observed_state IN ('failed', 'crash_looping') AND desired_state <> 'deleted'
+         ORDER BY observed_at LIMIT $1",
+        limit
+    )
+    .fetch_all(pool)
+    .await?;
+    let jails = rows
+        .into_iter()
+        .map(Jail::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids: Vec<Uuid> = jails.iter().map(|j| j.tenant_id).collect();
+    let names: std::collections::HashMap<Uuid, String> = sqlx::query!(
+        "SELECT id, slug FROM tenants WHERE id = ANY($1)",
+        &ids
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.id, r.slug))
+    .collect();
+    Ok(jails
+        .into_iter()
+        .map(|j| {
+            let name = names.get(&j.tenant_id).cloned().unwrap_or_default();
+            (j, name)
+        })
+        .collect())
+}
+
 /// Sets what a tenant's jail should be. Starting needs an active tenant;
 /// stopping and deleting are always allowed.
 pub async fn set_desired(
@@ -479,6 +600,61 @@ pub async fn update_limits(
         to_i64("io_write_iops", limits.io_write_iops)?,
         to_i64("net_egress_bps", limits.net_egress_bps)?,
         to_i64("net_ingress_bps", limits.net_ingress_bps)?
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    notify(&mut tx, current.node_id).await?;
+    tx.commit().await?;
+    row.try_into()
+}
+
+/// Changes what a jail runs: its command (`None` keeps it) and its
+/// environment (`None` keeps it). A running jail is restarted with them.
+pub async fn update_program(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    command: Option<&[String]>,
+    env: Option<&[EnvVar]>,
+) -> Result<Jail, StoreError> {
+    if let Some(c) = command {
+        stockade_domain::program::check_command(c)?;
+    }
+    if let Some(e) = env {
+        stockade_domain::program::check_env(e)?;
+    }
+    let mut tx = pool.begin().await?;
+    lock_active_tenant(&mut tx, tenant_id).await?;
+    let current: Jail = jail_query!(
+        "SELECT ",
+        " FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted' FOR NO KEY UPDATE",
+        jail_id,
+        tenant_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?
+    .try_into()?;
+    let command = command.map_or_else(|| current.command.clone(), <[String]>::to_vec);
+    if current.kind == JailKind::App && command.is_empty() {
+        return Err(StoreError::Invalid {
+            field: "command",
+            message: "an app jail needs a command".into(),
+        });
+    }
+    let env = env.map_or_else(|| current.env.clone(), <[EnvVar]>::to_vec);
+    let env_json = serde_json::to_value(&env).map_err(|e| StoreError::Unexpected(e.into()))?;
+    let row = jail_query!(
+        "UPDATE jails SET command = $3, env = $4, generation = generation + 1,
+             restart_generation = CASE WHEN desired_state = 'running' THEN generation + 1
+                                       ELSE restart_generation END,
+             updated_at = now()
+         WHERE id = $1 AND tenant_id = $2 RETURNING ",
+        "",
+        jail_id,
+        tenant_id,
+        &command,
+        env_json
     )
     .fetch_one(&mut *tx)
     .await?;

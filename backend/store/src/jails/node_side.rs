@@ -5,9 +5,9 @@ use sqlx::{Postgres, Transaction};
 use stockade_domain::{DesiredState, ObservedState};
 use uuid::Uuid;
 
-use crate::{PgPool, StoreError};
+use crate::{PgPool, StoreError, to_i32};
 
-use super::{Jail, JailRow, bad};
+use super::{Jail, JailRow, RunState, bad};
 
 /// Every jail placed on `node_id` that still has something on the node or
 /// is wanted there.
@@ -70,6 +70,7 @@ pub async fn record_observed(
     observed: ObservedState,
     generation: i64,
     last_error: Option<&str>,
+    run: &RunState,
 ) -> Result<(), StoreError> {
     let before = sqlx::query!(
         "SELECT observed_state, tenant_id, name, desired_state FROM jails WHERE id = $1",
@@ -77,14 +78,24 @@ pub async fn record_observed(
     )
     .fetch_optional(&mut **tx)
     .await?;
+    let exit = run.last_exit;
     sqlx::query!(
         "UPDATE jails SET observed_state = $2, observed_generation = GREATEST(observed_generation, $3),
-             last_error = $4, observed_at = clock_timestamp()
+             last_error = $4, observed_at = clock_timestamp(), restart_count = $5,
+             crash_count = $6, last_exit_code = $7, last_exit_signal = $8, last_exit_at = $9,
+             started_at = $10, retry_at = $11
          WHERE id = $1",
         jail_id,
         observed.as_str(),
         generation,
-        last_error
+        last_error,
+        to_i32("restart_count", run.restart_count)?,
+        to_i32("crash_count", run.crash_count)?,
+        exit.and_then(|e| e.code),
+        exit.and_then(|e| e.signal),
+        exit.map(|e| e.at),
+        run.started_at,
+        run.retry_at
     )
     .execute(&mut **tx)
     .await?;
@@ -104,10 +115,28 @@ pub async fn record_observed(
                 "state": observed.as_str(),
                 "desired_state": before.desired_state,
                 "error": last_error,
+                "restart_count": run.restart_count,
+                "last_exit": run.last_exit.map(|e| e.describe()),
+                "retry_at": run.retry_at,
             }),
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Says a claimed jail is being started (no event: the step's outcome
+/// follows in moments and is what subscribers hear of).
+pub async fn mark_starting(
+    tx: &mut Transaction<'_, Postgres>,
+    jail_id: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE jails SET observed_state = 'starting', observed_at = clock_timestamp() WHERE id = $1",
+        jail_id
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

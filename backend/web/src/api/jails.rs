@@ -56,8 +56,19 @@ pub struct JailOut {
     pub limits: LimitsBody,
     /// What users want: `running`, `stopped` or `deleted`.
     pub desired_state: String,
-    /// What the node last saw: `pending`, `running`, `stopped`, `failed` or `deleted`.
+    /// What the node last saw: `pending`, `starting`, `running`,
+    /// `crash_looping` (its command keeps ending soon after each start and
+    /// is restarted after a growing pause), `stopped`, `failed` (see
+    /// `last_error`) or `deleted`.
     pub observed_state: String,
+    /// Restarts by its node after its command ended on its own.
+    pub restart_count: u32,
+    /// How its command last ended on its own, if it ever did.
+    pub last_exit: Option<ExitOut>,
+    /// When its current run began; absent while nothing runs.
+    pub started_at: Option<DateTime<Utc>>,
+    /// A crash-looping jail is not started again before this.
+    pub retry_at: Option<DateTime<Utc>>,
     /// Bumped on every change of desired state or limits.
     pub generation: i64,
     /// The generation the node last converged to.
@@ -75,6 +86,19 @@ pub struct JailOut {
     pub outbound_nat: bool,
 }
 
+/// How a jail's command ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExitOut {
+    /// Its exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// When the node saw it end.
+    pub at: DateTime<Utc>,
+    /// In words, e.g. `exited with code 3`, `killed by signal 9 (SIGKILL)`.
+    pub description: String,
+}
+
 impl From<Jail> for JailOut {
     fn from(j: Jail) -> Self {
         JailOut {
@@ -88,6 +112,15 @@ impl From<Jail> for JailOut {
             limits: j.limits.into(),
             desired_state: j.desired_state.as_str().to_owned(),
             observed_state: j.observed_state.as_str().to_owned(),
+            restart_count: j.run.restart_count,
+            last_exit: j.run.last_exit.map(|e| ExitOut {
+                code: e.code,
+                signal: e.signal,
+                at: e.at,
+                description: e.describe(),
+            }),
+            started_at: j.run.started_at,
+            retry_at: j.run.retry_at,
             generation: j.generation,
             observed_generation: j.observed_generation,
             address: j.address,

@@ -2,7 +2,7 @@
 //! CSRF token and works without script.
 
 mod account;
-mod customer;
+pub(crate) mod customer;
 mod staff;
 
 pub(crate) use customer::{JailData, JailPageKey, OverviewData};

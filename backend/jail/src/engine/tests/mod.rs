@@ -25,6 +25,7 @@ fn spec(name: &str, user_namespace: bool) -> JailSpec {
         limits: Limits::default(),
         network: None,
         user_namespace,
+        env: Vec::new(),
     }
 }
 

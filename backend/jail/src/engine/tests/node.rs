@@ -153,6 +153,7 @@ pub(super) fn spec(jail: &str, network: Option<NetSpec>) -> JailSpec {
         limits: Limits::default(),
         network,
         user_namespace: true,
+        env: Vec::new(),
     }
 }
 

@@ -122,7 +122,7 @@ pub(super) async fn jails_page(
     form: CreateJailForm,
     error: Option<String>,
 ) -> Result<HttpResponse, WebError> {
-    let jails = jails::list_for_tenant(&state.pool, tenant_id).await?;
+    let jails = super::failing_first(jails::list_for_tenant(&state.pool, tenant_id).await?);
     let (q, a) = jails::quota_and_allocation(&state.pool, tenant_id).await?;
     let left = format!(
         "{}, {} memory, {} disk, {} jails",

@@ -313,7 +313,7 @@ pub(super) async fn jail_data(
         address: jail.address.clone().unwrap_or_else(|| "none yet".into()),
         created: jail.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
         created_iso: jail.created_at.to_rfc3339(),
-        last_error: jail.last_error.clone(),
+        last_error: Some(super::status_note(&jail)).filter(|n| !n.is_empty()),
         user_ids: if jail.user_namespace {
             "on"
         } else {

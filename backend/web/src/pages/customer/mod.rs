@@ -71,7 +71,12 @@ pub(crate) struct JailRow {
 
 /// What a user sees as a jail's state: the observed one, or the change under way.
 pub(crate) fn shown_state(j: &Jail) -> String {
-    if j.observed_generation >= j.generation || j.observed_state == ObservedState::Failed {
+    if j.observed_generation >= j.generation
+        || matches!(
+            j.observed_state,
+            ObservedState::Failed | ObservedState::CrashLooping
+        )
+    {
         return j.observed_state.to_string();
     }
     match j.desired_state {
@@ -79,6 +84,47 @@ pub(crate) fn shown_state(j: &Jail) -> String {
         DesiredState::Stopped => "stopping".into(),
         DesiredState::Deleted => "deleting".into(),
     }
+}
+
+/// Why a jail is not simply running, in words: the node's last error, or
+/// its command's restarts, last exit and next try. Empty when all is well.
+pub(crate) fn status_note(j: &Jail) -> String {
+    let mut parts = Vec::new();
+    if let Some(e) = &j.last_error {
+        parts.push(e.clone());
+    }
+    let run = &j.run;
+    if run.restart_count > 0 || j.observed_state == ObservedState::CrashLooping {
+        let times = if run.restart_count == 1 { "time" } else { "times" };
+        parts.push(format!("restarted {} {times}", run.restart_count));
+    }
+    if let Some(exit) = run.last_exit
+        && (run.restart_count > 0 || j.kind == stockade_domain::JailKind::App)
+    {
+        parts.push(format!(
+            "last {} at {}",
+            exit.describe(),
+            exit.at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    if j.observed_state == ObservedState::CrashLooping
+        && let Some(at) = run.retry_at
+    {
+        let wait = (at - chrono::Utc::now()).num_seconds().max(0);
+        parts.push(format!("next try in {wait} s"));
+    }
+    parts.join("; ")
+}
+
+/// A tenant's jails as a panel shows them: failing ones first, then by name.
+pub(crate) fn failing_first(mut jails: Vec<Jail>) -> Vec<Jail> {
+    jails.sort_by_key(|j| {
+        !matches!(
+            j.observed_state,
+            ObservedState::Failed | ObservedState::CrashLooping
+        )
+    });
+    jails
 }
 
 impl From<&Jail> for JailRow {
@@ -93,7 +139,7 @@ impl From<&Jail> for JailRow {
             cpu: format::cpu(u64::from(j.limits.cpu_millicores)),
             memory: format::bytes(j.limits.memory_bytes),
             disk: format::bytes(j.limits.disk_bytes),
-            error: j.last_error.clone().unwrap_or_default(),
+            error: status_note(j),
         }
     }
 }

@@ -40,7 +40,7 @@ pub(super) async fn overview_data(
 ) -> Result<OverviewData, WebError> {
     let tenant = stockade_store::tenants::get(pool, tenant_id).await?;
     let plan = stockade_store::plans::get(pool, tenant.plan_id).await?;
-    let jails = jails::list_for_tenant(pool, tenant_id).await?;
+    let jails = super::failing_first(jails::list_for_tenant(pool, tenant_id).await?);
     Ok(OverviewData {
         tenant_name: tenant.display_name,
         plan_name: plan.display_name,

@@ -2,6 +2,7 @@
 //! read everything and suspend/unsuspend; admins do everything.
 
 mod audit_log;
+mod failing;
 mod node_list;
 mod plan_pages;
 mod tenant_list;
@@ -53,6 +54,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/staff/plans/{id}", web::get().to(edit_plan_page))
         .route("/staff/plans/{id}", web::post().to(update_plan))
         .route("/staff/nodes", web::get().to(nodes_page))
+        .route("/staff/failing", web::get().to(failing::failing_page))
         .route("/staff/audit", web::get().to(audit_page));
 }
 
