@@ -513,6 +513,47 @@ async fn a_command_that_keeps_ending_is_crash_looping_with_its_exit_and_a_growin
 }
 
 #[tokio::test]
+async fn a_new_command_and_environment_restart_the_jail_with_them() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let node = Node::new(&url);
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let jail = jails::create(&pool, tenant, &system_jail("greeter", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let command: Vec<String> = stockade_domain::parse_command_line(
+        r#"sh -c 'echo "greeting=$GREETING home=$HOME"; exec sleep 3600'"#,
+    )
+    .unwrap();
+    let env = [
+        stockade_domain::EnvVar::new("GREETING", "hello there", false).unwrap(),
+        stockade_domain::EnvVar::new("HOME", "/srv", true).unwrap(),
+    ];
+    let changed = jails::update_program(&pool, tenant, jail.id, Some(&command), Some(&env))
+        .await
+        .unwrap();
+    assert!(changed.restart_generation > jail.restart_generation);
+    wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let log = node.jail_log(&jail);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = std::fs::read_to_string(&log).unwrap_or_default();
+        // A variable of the jail replaces the default of the same name.
+        if out.contains("greeting=hello there home=/srv") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the command ran with its environment: {out:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+}
+
+#[tokio::test]
 async fn failed_starts_leave_no_zombie_under_the_agent() {
     if !is_root() {
         return;

@@ -206,6 +206,82 @@ async fn jails_are_created_within_quota_and_driven_through_their_states() {
 }
 
 #[tokio::test]
+async fn a_jails_command_and_environment_change_with_secrets_never_shown() {
+    let api = Api::spawn().await;
+    api.node().await;
+    let t = api.tenant("je").await;
+    let base = format!("/api/v1/tenants/{t}/jails");
+    let j: Value = api
+        .post(&base, &api.admin, &jail("app", 128))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = format!("{base}/{}", j["id"].as_str().unwrap());
+    let res = api
+        .patch(
+            &path,
+            &api.admin,
+            &json!({"command": ["sh", "-c", "echo \"$MODE\"; sleep 60"],
+                    "env": [{"name": "MODE", "value": "prod"},
+                            {"name": "TOKEN", "value": "s3cret", "secret": true}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let changed: Value = res.json().await.unwrap();
+    assert_eq!(changed["command"], json!(["sh", "-c", "echo \"$MODE\"; sleep 60"]));
+    assert_eq!(
+        changed["env"],
+        json!([{"name": "MODE", "value": "prod", "secret": false},
+               {"name": "TOKEN", "value": null, "secret": true}])
+    );
+    assert_eq!(changed["generation"], 2, "one change, one generation");
+    assert_eq!(changed["limits"]["memory_bytes"], 128 * MIB, "limits untouched");
+    let shown = api.get(&path, &api.admin).send().await.unwrap().text().await.unwrap();
+    assert!(!shown.contains("s3cret"), "a secret's value is never shown: {shown}");
+
+    // A secret given without a value keeps the stored one; a new one needs one.
+    let res = api
+        .patch(
+            &path,
+            &api.admin,
+            &json!({"env": [{"name": "TOKEN", "secret": true}, {"name": "OTHER", "secret": true}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(res, 422, "validation_failed").await;
+    assert_eq!(err["error"]["details"]["field"], "env", "{err}");
+    assert!(err.to_string().contains("OTHER"), "{err}");
+    let res = api
+        .patch(&path, &api.admin, &json!({"env": [{"name": "TOKEN", "secret": true}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let stored = stockade_store::jails::list_for_tenant(&api.pool, t).await.unwrap();
+    assert_eq!(stored[0].env.len(), 1);
+    assert_eq!(stored[0].env[0].value, "s3cret", "kept");
+
+    // Bad names and NUL bytes are refused by field, and change nothing.
+    for (body, field) in [
+        (json!({"env": [{"name": "1BAD", "value": "x"}]}), "env"),
+        (json!({"env": [{"name": "A", "value": "x"}, {"name": "A", "value": "y"}]}), "env"),
+        (json!({"command": ["a\u{0}b"]}), "command"),
+    ] {
+        let res = api.patch(&path, &api.admin, &body).send().await.unwrap();
+        let err = expect_error(res, 422, "validation_failed").await;
+        assert_eq!(err["error"]["details"]["field"], field, "{err}");
+    }
+    let after: Value = api.get(&path, &api.admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["env"], json!([{"name": "TOKEN", "value": null, "secret": true}]));
+}
+
+#[tokio::test]
 async fn jail_scopes_and_tenant_binding_are_enforced() {
     let api = Api::spawn().await;
     api.node().await;

@@ -1255,3 +1255,95 @@ async fn a_crash_looping_jail_is_shown_first_with_its_exit_and_staff_see_it_fail
         403
     );
 }
+
+/// A customer changes what a jail runs and its limits in the panel: a
+/// quoted command line, variables with a masked secret, limits within what
+/// is left; a refused change shows the form again as typed, with the reason.
+#[tokio::test]
+async fn customers_change_a_jails_command_environment_and_limits() {
+    let w = world().await;
+    let c = &w.customer_a;
+    let settings = w.app.url(&format!("/jails/{}/settings", w.jail_a));
+    let page = c.get(&settings).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Your quota leaves up to"), "{page}");
+    let token = csrf(c, &settings).await;
+    let program = w.app.url(&format!("/jails/{}/program", w.jail_a));
+
+    // An unbalanced quote: refused by name, the typed text kept.
+    let typed = r#"sh -c "echo unterminated"#;
+    let res = c
+        .post(&program)
+        .form(&[("csrf_token", token.as_str()), ("command", typed), ("env", "MODE=prod")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("command: a quote is not closed"), "{page}");
+    assert!(page.contains("sh -c &#34;echo unterminated") || page.contains("sh -c &quot;echo unterminated"), "{page}");
+    assert!(page.contains("MODE=prod"), "{page}");
+    let unchanged = jails::get(&w.app.pool, w.tenant_a, w.jail_a).await.unwrap();
+    assert!(unchanged.command.is_empty() && unchanged.env.is_empty());
+
+    // Saved: the command split like a shell's, the secret masked from then on.
+    let res = c
+        .post(&program)
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("command", r#"sh -c "echo 'hi there'; sleep 60""#),
+            ("env", "MODE=prod\nsecret TOKEN=s3cret"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let saved = jails::get(&w.app.pool, w.tenant_a, w.jail_a).await.unwrap();
+    assert_eq!(saved.command, ["sh", "-c", "echo 'hi there'; sleep 60"]);
+    assert_eq!(saved.env.len(), 2);
+    assert!(saved.env[1].secret && saved.env[1].value == "s3cret");
+    assert!(saved.restart_generation > unchanged.restart_generation, "a running jail restarts");
+    let page = page_with(c, &settings, "secret TOKEN=********").await;
+    assert!(!page.contains("s3cret"), "{page}");
+    assert!(page.contains("MODE=prod"), "{page}");
+    // Sent back masked, the secret keeps its value.
+    let res = c
+        .post(&program)
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("command", "sleep 60"),
+            ("env", "secret TOKEN=********"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let kept = jails::get(&w.app.pool, w.tenant_a, w.jail_a).await.unwrap();
+    assert_eq!((kept.env.len(), kept.env[0].value.as_str()), (1, "s3cret"));
+
+    // Limits: beyond the quota refused with what is left; within, saved.
+    let limits = w.app.url(&format!("/jails/{}/limits", w.jail_a));
+    let res = c
+        .post(&limits)
+        .form(&[("csrf_token", token.as_str()), ("cpu", "500m"), ("memory", "2G"), ("pids", "64"), ("disk", "256M")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("memory quota exceeded") || page.contains("Memory quota exceeded"), "{page}");
+    assert!(page.contains("2G"), "typed values kept: {page}");
+    let res = c
+        .post(&limits)
+        .form(&[("csrf_token", token.as_str()), ("cpu", "500m"), ("memory", "192M"), ("pids", "64"), ("disk", "256M")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let resized = jails::get(&w.app.pool, w.tenant_a, w.jail_a).await.unwrap();
+    assert_eq!(resized.limits.cpu_millicores, 500);
+    assert_eq!(resized.limits.memory_bytes, 192 << 20);
+    assert_eq!(resized.limits.io_read_bps, kept.limits.io_read_bps, "rates kept");
+    // Another tenant's jail has no settings page for this customer.
+    let other = w.app.url(&format!("/jails/{}/settings", w.jail_b));
+    assert_eq!(status_of(c, &other).await, 404);
+}

@@ -265,6 +265,15 @@ impl Node {
         }
     }
 
+    /// The file a started jail's output is kept in on this node.
+    pub fn jail_log(&self, jail: &Jail) -> PathBuf {
+        self.state
+            .path()
+            .join("node/jails")
+            .join(jail.host_name().as_str())
+            .join("console.log")
+    }
+
     pub fn engine(&self) -> stockade_jail::Engine {
         let mut cfg = stockade_jail::EngineConfig::new(
             self.state.path().join("node"),

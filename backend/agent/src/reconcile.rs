@@ -61,6 +61,16 @@ impl RunningJails {
     }
 }
 
+/// What a step learnt of a running jail's init, for its watch.
+enum Watch {
+    /// Its init, to be watched (a pidfd).
+    Init(std::os::fd::OwnedFd),
+    /// It ended already: the jail is looked at again at once.
+    Ended,
+    /// Nothing new: the watch stays as it is.
+    Unchanged,
+}
+
 /// What the reconciler remembers between passes.
 #[derive(Default)]
 struct Book {
@@ -374,8 +384,12 @@ impl Inner {
             Err(_) => None,
         };
         let seen = seen.map(|(observed, tenant, name, watch)| {
-            if let Some(fd) = watch {
-                self.watch_exit(jail_id, fd);
+            match watch {
+                Watch::Init(fd) => self.watch_exit(jail_id, fd),
+                Watch::Ended => {
+                    self.book().exited.insert(jail_id);
+                }
+                Watch::Unchanged => {}
             }
             (observed, tenant, name)
         });
@@ -409,7 +423,7 @@ impl Inner {
         full: bool,
         throttle: Option<u64>,
         needs_address: bool,
-    ) -> Option<(ObservedState, Uuid, JailName, Option<std::os::fd::OwnedFd>)> {
+    ) -> Option<(ObservedState, Uuid, JailName, Watch)> {
         // One address allocation at a time on the node, each committed
         // before the next reads which addresses are taken; taken before a
         // connection is, so the allocation always gets the one it needs.
@@ -467,7 +481,7 @@ impl Inner {
                     .await;
                     let _ = tx.commit().await;
                     self.back_off(jail.id, true);
-                    return seen(ObservedState::Failed, None);
+                    return seen(ObservedState::Failed, Watch::Unchanged);
                 }
             }
         }
@@ -501,10 +515,24 @@ impl Inner {
                 let mut repaired = Vec::new();
                 let mut run = work.run.clone();
                 let outcome = converge(engine, &work, full, grace, &mut repaired, &mut run);
-                // A new init, or one nobody watches yet, is watched.
-                let watch = (wants_running && (!watched || matches!(outcome, Ok(Some(_)))))
-                    .then(|| engine.watch_init(&work.host_name()).ok().flatten())
-                    .flatten();
+                // A new init, or one nobody watches yet, is watched; one
+                // that already ended (a command that exits at once) is
+                // looked at again at once.
+                let runs = run.started_at.is_some()
+                    && outcome.as_ref().is_ok_and(|o| {
+                        o.is_none_or(|s| {
+                            matches!(s, ObservedState::Running | ObservedState::CrashLooping)
+                        })
+                    });
+                let watch = if wants_running && runs && (!watched || matches!(outcome, Ok(Some(_)))) {
+                    match engine.watch_init(&work.host_name()) {
+                        Ok(Some(fd)) => Watch::Init(fd),
+                        Ok(None) => Watch::Ended,
+                        Err(_) => Watch::Unchanged,
+                    }
+                } else {
+                    Watch::Unchanged
+                };
                 (outcome, repaired, run, watch)
             })
             .await
@@ -513,7 +541,7 @@ impl Inner {
                     Err((ObservedState::Failed, e.to_string())),
                     Vec::new(),
                     jail.run.clone(),
-                    None,
+                    Watch::Unchanged,
                 )
             });
         let took = step_started.elapsed();

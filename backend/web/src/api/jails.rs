@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use stockade_domain::{DesiredState, JailKind, JailName, Limits};
+use stockade_domain::{DesiredState, EnvVar, JailKind, JailName, Limits};
 use stockade_store::jails::{self, Jail, NewJail};
 use stockade_store::tenants;
 use utoipa::ToSchema;
@@ -69,6 +69,8 @@ pub struct JailOut {
     pub started_at: Option<DateTime<Utc>>,
     /// A crash-looping jail is not started again before this.
     pub retry_at: Option<DateTime<Utc>>,
+    /// Environment variables of its command (secrets without their value).
+    pub env: Vec<EnvVarOut>,
     /// Bumped on every change of desired state or limits.
     pub generation: i64,
     /// The generation the node last converged to.
@@ -121,6 +123,15 @@ impl From<Jail> for JailOut {
             }),
             started_at: j.run.started_at,
             retry_at: j.run.retry_at,
+            env: j
+                .env
+                .into_iter()
+                .map(|v| EnvVarOut {
+                    value: (!v.secret).then_some(v.value),
+                    name: v.name,
+                    secret: v.secret,
+                })
+                .collect(),
             generation: j.generation,
             observed_generation: j.observed_generation,
             address: j.address,
@@ -292,12 +303,73 @@ pub(crate) async fn get(
     Ok(HttpResponse::Ok().json(JailOut::from(jail)))
 }
 
-/// Changes to a jail's limits; absent fields stay as they are.
+/// Changes to a jail; absent fields stay as they are. A new command or
+/// environment restarts a running jail.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateJail {
     /// New limits (each field optional).
     pub limits: Option<LimitsPatch>,
+    /// New command, as a list of arguments (empty: the image's default,
+    /// system jails only).
+    pub command: Option<Vec<String>>,
+    /// New environment, replacing the whole list. A secret given with
+    /// `value` absent keeps its stored value.
+    pub env: Option<Vec<EnvVarIn>>,
+}
+
+/// An environment variable as given.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVarIn {
+    /// `[A-Za-z_][A-Za-z0-9_]*`.
+    pub name: String,
+    /// Its value; absent only for a secret that keeps its stored value.
+    pub value: Option<String>,
+    /// Never shown again once set.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// An environment variable as shown: a secret's value never is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnvVarOut {
+    /// Its name.
+    pub name: String,
+    /// Its value; absent for a secret.
+    pub value: Option<String>,
+    /// Whether it is a secret.
+    pub secret: bool,
+}
+
+/// The environment asked for, with stored secrets kept where no value is given.
+fn merge_env(given: Vec<EnvVarIn>, current: &[EnvVar]) -> Result<Vec<EnvVar>, ApiError> {
+    given
+        .into_iter()
+        .map(|v| {
+            let value = match (v.value, v.secret) {
+                (Some(value), _) => value,
+                (None, true) => current
+                    .iter()
+                    .find(|c| c.secret && c.name == v.name)
+                    .map(|c| c.value.clone())
+                    .ok_or_else(|| {
+                        ApiError::from(stockade_domain::ParseError {
+                            field: "env",
+                            reason: format!("{}: a new secret needs a value", v.name),
+                        })
+                    })?,
+                (None, false) => {
+                    return Err(stockade_domain::ParseError {
+                        field: "env",
+                        reason: format!("{}: a value is needed", v.name),
+                    }
+                    .into());
+                }
+            };
+            EnvVar::new(&v.name, &value, v.secret).map_err(ApiError::from)
+        })
+        .collect()
 }
 
 /// Limits to change.
@@ -389,16 +461,48 @@ pub(crate) async fn update(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let patch = body.into_inner().limits.unwrap_or_default();
+    let body = body.into_inner();
+    let limits_given = body.limits.is_some();
+    let patch = body.limits.unwrap_or_default();
     patch.check()?;
+    if let Some(c) = &body.command {
+        stockade_domain::program::check_command(c)?;
+    }
     let (tenant_id, jail_id) = path.into_inner();
     caller.see_tenant(tenant_id)?;
     let current = jails::get(&state.pool, tenant_id, jail_id).await?;
     if current.desired_state == DesiredState::Deleted {
         return Err(ApiError::NotFound);
     }
+    let env = body
+        .env
+        .map(|e| merge_env(e, &current.env))
+        .transpose()?;
+    if let Some(e) = &env {
+        stockade_domain::program::check_env(e)?;
+    }
+    if current.kind == JailKind::App && body.command.as_ref().is_some_and(Vec::is_empty) {
+        return Err(stockade_domain::ParseError {
+            field: "command",
+            reason: "an app jail needs a command".into(),
+        }
+        .into());
+    }
     let limits = patch.apply(current.limits)?;
-    let jail = jails::update_limits(&state.pool, tenant_id, jail_id, &limits).await?;
+    let mut jail = current;
+    if limits_given || (body.command.is_none() && env.is_none()) {
+        jail = jails::update_limits(&state.pool, tenant_id, jail_id, &limits).await?;
+    }
+    if body.command.is_some() || env.is_some() {
+        jail = jails::update_program(
+            &state.pool,
+            tenant_id,
+            jail_id,
+            body.command.as_deref(),
+            env.as_deref(),
+        )
+        .await?;
+    }
     record(
         &state,
         &req,

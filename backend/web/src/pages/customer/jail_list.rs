@@ -56,49 +56,52 @@ impl TryFrom<CreateJailForm> for NewJail {
             .kind
             .parse()
             .map_err(|e: stockade_domain::ParseError| e.to_string())?;
-        let command: Vec<String> = f.command.split_whitespace().map(str::to_owned).collect();
+        let command = stockade_domain::parse_command_line(&f.command).map_err(|e| e.to_string())?;
         if kind == JailKind::App && command.is_empty() {
             return Err("command: an app jail needs a command".into());
-        }
-        let pids: u32 = f
-            .pids
-            .trim()
-            .parse()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or("processes: must be a whole number above 0")?;
-        let memory = ByteSize::parse("memory", &f.memory)
-            .map_err(|e| e.to_string())?
-            .bytes();
-        if memory < 4 << 20 {
-            return Err("memory: must be at least 4M".into());
-        }
-        let disk = ByteSize::parse("disk", &f.disk)
-            .map_err(|e| e.to_string())?
-            .bytes();
-        if disk < 16 << 20 {
-            return Err("disk: must be at least 16M".into());
         }
         Ok(NewJail {
             name,
             image,
             kind,
             command,
-            limits: {
-                let limits = Limits {
-                    cpu_millicores: Millicores::parse("cpu", &f.cpu)
-                        .map_err(|e| e.to_string())?
-                        .millis(),
-                    memory_bytes: memory,
-                    pids,
-                    disk_bytes: disk,
-                    ..Limits::default()
-                };
-                limits.check().map_err(|e| e.to_string())?;
-                limits
-            },
+            limits: parse_limits(&f.cpu, &f.memory, &f.pids, &f.disk)?,
         })
     }
+}
+
+/// Limits as typed in a form ("500m", "256M", "128", "1G"); the error
+/// names the field.
+pub(super) fn parse_limits(cpu: &str, memory: &str, pids: &str, disk: &str) -> Result<Limits, String> {
+    let pids: u32 = pids
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or("processes: must be a whole number above 0")?;
+    let memory = ByteSize::parse("memory", memory)
+        .map_err(|e| e.to_string())?
+        .bytes();
+    if memory < 4 << 20 {
+        return Err("memory: must be at least 4M".into());
+    }
+    let disk = ByteSize::parse("disk", disk)
+        .map_err(|e| e.to_string())?
+        .bytes();
+    if disk < 16 << 20 {
+        return Err("disk: must be at least 16M".into());
+    }
+    let limits = Limits {
+        cpu_millicores: Millicores::parse("cpu", cpu)
+            .map_err(|e| e.to_string())?
+            .millis(),
+        memory_bytes: memory,
+        pids,
+        disk_bytes: disk,
+        ..Limits::default()
+    };
+    limits.check().map_err(|e| e.to_string())?;
+    Ok(limits)
 }
 
 /// Images offered in the panel.

@@ -6,6 +6,7 @@ mod jail_list;
 mod jail_page;
 mod overview;
 mod ports;
+mod settings;
 mod uploads;
 
 use actix_web::web;
@@ -34,6 +35,9 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jails/{id}", web::get().to(detail))
         .route("/jails/{id}/delete", web::get().to(confirm_delete))
         .route("/jails/{id}/files", web::post().to(upload))
+        .route("/jails/{id}/settings", web::get().to(settings::settings))
+        .route("/jails/{id}/program", web::post().to(settings::update_program))
+        .route("/jails/{id}/limits", web::post().to(settings::update_limits))
         .route("/jails/{id}/ports", web::post().to(ports::publish))
         .route("/jails/{id}/domains", web::post().to(domains::attach))
         .route(

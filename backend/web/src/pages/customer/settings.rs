@@ -1,0 +1,319 @@
+//! A jail's settings: what it runs (a command line split like a shell's,
+//! environment variables with masked secrets) and its limits within what
+//! is left of the tenant's quota. A refused change shows the form again as
+//! typed, with the reason; nothing is lost.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use serde::Deserialize;
+use stockade_domain::{EnvVar, command_line, parse_command_line};
+use stockade_store::StoreError;
+use stockade_store::jails::{self, Jail};
+use uuid::Uuid;
+
+use super::jail_list::parse_limits;
+use super::{Layout, customer_tenant, parse_id, record, render};
+use crate::auth::SignedIn;
+use crate::{AppState, WebError, flash, format};
+
+/// What a secret's value is shown as; sent back unchanged, it keeps the value.
+const MASK: &str = "********";
+
+#[derive(Deserialize, Clone, Default)]
+pub(super) struct ProgramForm {
+    csrf_token: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    env: String,
+}
+
+#[derive(Deserialize, Clone, Default)]
+pub(super) struct LimitsForm {
+    csrf_token: String,
+    cpu: String,
+    memory: String,
+    pids: String,
+    disk: String,
+}
+
+#[derive(Template)]
+#[template(path = "jail_settings.html")]
+pub(super) struct SettingsPage {
+    layout: Layout,
+    id: Uuid,
+    name: String,
+    kind: &'static str,
+    running: bool,
+    program: ProgramForm,
+    limits: LimitsForm,
+    /// What is left of the tenant's quota besides this jail, in words.
+    left: String,
+    /// Which form the error is about, and why.
+    error: Option<(&'static str, String)>,
+}
+
+/// A jail's environment as the form shows it: `NAME=value` lines,
+/// `secret NAME=********` for secrets.
+fn env_text(env: &[EnvVar]) -> String {
+    env.iter()
+        .map(|v| {
+            if v.secret {
+                format!("secret {}={MASK}", v.name)
+            } else {
+                format!("{}={}", v.name, v.value)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The environment typed in the form; a secret sent back masked keeps its
+/// stored value. Errors name the line.
+fn parse_env(text: &str, current: &[EnvVar]) -> Result<Vec<EnvVar>, String> {
+    let mut vars = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (secret, rest) = match line.trim_start().strip_prefix("secret ") {
+            Some(rest) => (true, rest.trim_start()),
+            None => (false, line.trim_start()),
+        };
+        let Some((name, value)) = rest.split_once('=') else {
+            return Err(format!(
+                "env: line {} is not NAME=value: {line:?}",
+                i + 1
+            ));
+        };
+        let value = if secret && value == MASK {
+            match current.iter().find(|v| v.name == name && v.secret) {
+                Some(v) => v.value.as_str(),
+                None => {
+                    return Err(format!(
+                        "env: line {}: type the value of the secret {name}",
+                        i + 1
+                    ));
+                }
+            }
+        } else {
+            value
+        };
+        vars.push(EnvVar::new(name, value, secret).map_err(|e| e.to_string())?);
+    }
+    stockade_domain::program::check_env(&vars).map_err(|e| e.to_string())?;
+    Ok(vars)
+}
+
+fn limits_form(j: &Jail) -> LimitsForm {
+    LimitsForm {
+        csrf_token: String::new(),
+        cpu: format!("{}m", j.limits.cpu_millicores),
+        memory: stockade_domain::ByteSize(j.limits.memory_bytes).to_string(),
+        pids: j.limits.pids.to_string(),
+        disk: stockade_domain::ByteSize(j.limits.disk_bytes).to_string(),
+    }
+}
+
+async fn page(
+    req: &HttpRequest,
+    state: &AppState,
+    s: &SignedIn,
+    jail: &Jail,
+    program: Option<ProgramForm>,
+    limits: Option<LimitsForm>,
+    error: Option<(&'static str, String)>,
+) -> Result<HttpResponse, WebError> {
+    let (q, a) = jails::quota_and_allocation(&state.pool, jail.tenant_id).await?;
+    // What this jail could grow to: what is left plus what it holds.
+    let left = format!(
+        "up to {}, {} memory, {} disk for this jail",
+        format::cpu(
+            u64::from(q.cpu_millicores).saturating_sub(a.cpu_millicores)
+                + u64::from(jail.limits.cpu_millicores)
+        ),
+        format::bytes(q.memory_bytes.saturating_sub(a.memory_bytes) + jail.limits.memory_bytes),
+        format::bytes(q.disk_bytes.saturating_sub(a.disk_bytes) + jail.limits.disk_bytes),
+    );
+    let layout = Layout::new(req, &s.0);
+    let had_flash = layout.flash.is_some();
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let p = SettingsPage {
+        layout,
+        id: jail.id,
+        name: jail.name.to_string(),
+        kind: jail.kind.as_str(),
+        running: jail.desired_state == stockade_domain::DesiredState::Running,
+        program: program.unwrap_or_else(|| ProgramForm {
+            csrf_token: String::new(),
+            command: command_line(&jail.command),
+            env: env_text(&jail.env),
+        }),
+        limits: limits.unwrap_or_else(|| limits_form(jail)),
+        left,
+        error,
+    };
+    render(status, &p, had_flash)
+}
+
+async fn live_jail(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<Jail, WebError> {
+    let jail = jails::get(&state.pool, tenant_id, id).await?;
+    if jail.desired_state == stockade_domain::DesiredState::Deleted {
+        return Err(WebError::NotFound);
+    }
+    Ok(jail)
+}
+
+pub(super) async fn settings(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    let jail = live_jail(&state, tenant_id, parse_id(&path)?).await?;
+    page(&req, &state, &s, &jail, None, None, None).await
+}
+
+/// A refusal of the store in words, or the error itself when it is not one.
+fn refusal(e: StoreError) -> Result<String, WebError> {
+    match e {
+        StoreError::Invalid { field, message } => Ok(format!("{field}: {message}")),
+        StoreError::QuotaExceeded(m) | StoreError::InvalidState(m) => Ok(m),
+        StoreError::NotFound => Err(WebError::NotFound),
+        e => Err(e.into()),
+    }
+}
+
+pub(super) async fn update_program(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+    form: web::Form<ProgramForm>,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let jail = live_jail(&state, tenant_id, parse_id(&path)?).await?;
+    let typed = form.into_inner();
+    let parsed = parse_command_line(&typed.command)
+        .map_err(|e| e.to_string())
+        .and_then(|c| Ok((c, parse_env(&typed.env, &jail.env)?)));
+    let (command, env) = match parsed {
+        Ok(p) => p,
+        Err(msg) => {
+            return page(&req, &state, &s, &jail, Some(typed), None, Some(("program", msg))).await;
+        }
+    };
+    match jails::update_program(&state.pool, tenant_id, jail.id, Some(&command), Some(&env)).await {
+        Ok(changed) => {
+            // Names only: a secret's value never goes to the audit log.
+            let names: Vec<&str> = changed.env.iter().map(|v| v.name.as_str()).collect();
+            record(
+                &state,
+                &req,
+                &s,
+                Some(tenant_id),
+                "jail.program",
+                changed.name.as_str(),
+                serde_json::json!({ "command": changed.command, "env": names }),
+            )
+            .await?;
+            let restart = if changed.desired_state == stockade_domain::DesiredState::Running {
+                " It restarts with them now."
+            } else {
+                " They apply at its next start."
+            };
+            Ok(flash::redirect(
+                &format!("/jails/{}/settings", jail.id),
+                "ok",
+                &format!("Command and environment saved.{restart}"),
+            ))
+        }
+        Err(e) => {
+            let msg = refusal(e)?;
+            page(&req, &state, &s, &jail, Some(typed), None, Some(("program", msg))).await
+        }
+    }
+}
+
+pub(super) async fn update_limits(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+    form: web::Form<LimitsForm>,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let jail = live_jail(&state, tenant_id, parse_id(&path)?).await?;
+    let typed = form.into_inner();
+    let parsed = parse_limits(&typed.cpu, &typed.memory, &typed.pids, &typed.disk);
+    let limits = match parsed {
+        // The rates stay as they are.
+        Ok(l) => stockade_domain::Limits {
+            cpu_millicores: l.cpu_millicores,
+            memory_bytes: l.memory_bytes,
+            pids: l.pids,
+            disk_bytes: l.disk_bytes,
+            ..jail.limits
+        },
+        Err(msg) => {
+            return page(&req, &state, &s, &jail, None, Some(typed), Some(("limits", msg))).await;
+        }
+    };
+    match jails::update_limits(&state.pool, tenant_id, jail.id, &limits).await {
+        Ok(changed) => {
+            record(
+                &state,
+                &req,
+                &s,
+                Some(tenant_id),
+                "jail.update",
+                changed.name.as_str(),
+                serde_json::json!({
+                    "before": { "cpu_millicores": jail.limits.cpu_millicores, "memory_bytes": jail.limits.memory_bytes, "pids": jail.limits.pids, "disk_bytes": jail.limits.disk_bytes },
+                    "after": { "cpu_millicores": changed.limits.cpu_millicores, "memory_bytes": changed.limits.memory_bytes, "pids": changed.limits.pids, "disk_bytes": changed.limits.disk_bytes },
+                }),
+            )
+            .await?;
+            Ok(flash::redirect(
+                &format!("/jails/{}/settings", jail.id),
+                "ok",
+                "Limits saved; they apply to the running jail now.",
+            ))
+        }
+        Err(e) => {
+            let msg = refusal(e)?;
+            page(&req, &state, &s, &jail, None, Some(typed), Some(("limits", msg))).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_masked_secret_keeps_its_value_and_a_new_one_must_be_typed() {
+        let current = vec![
+            EnvVar::new("TOKEN", "s3cret", true).unwrap(),
+            EnvVar::new("MODE", "prod", false).unwrap(),
+        ];
+        let text = env_text(&current);
+        assert_eq!(text, "secret TOKEN=********\nMODE=prod");
+        assert_eq!(parse_env(&text, &current).unwrap(), current);
+        let err = parse_env("secret OTHER=********", &current).unwrap_err();
+        assert!(err.contains("OTHER"), "{err}");
+        assert!(parse_env("NOEQUALS", &current).unwrap_err().contains("line 1"));
+        let changed = parse_env("secret TOKEN=new\n# a note\n\nX=a=b", &current).unwrap();
+        assert_eq!(changed[0].value, "new");
+        assert_eq!(changed[1].value, "a=b");
+    }
+}
