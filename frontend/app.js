@@ -9,6 +9,34 @@ document.addEventListener("DOMContentLoaded", () => {
       el.textContent = d.toLocaleString();
     }
   }
+  // A jail's output, followed as it is printed (fetch streams the text).
+  const log = document.querySelector("pre[data-log]");
+  if (log && window.ReadableStream && window.TextDecoder) {
+    const follow = async () => {
+      try {
+        const res = await fetch(log.dataset.log, { credentials: "same-origin" });
+        if (!res.ok || !res.body) {
+          log.textContent = await res.text();
+          return;
+        }
+        const reader = res.body.getReader();
+        const text = new TextDecoder();
+        log.textContent = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+          log.textContent += text.decode(value, { stream: true });
+          // Keep the newest 200,000 characters on the page.
+          if (log.textContent.length > 200000) log.textContent = log.textContent.slice(-150000);
+          if (atEnd) log.scrollTop = log.scrollHeight;
+        }
+      } catch (e) {
+        log.dataset.error = String(e);
+      }
+    };
+    follow();
+  }
   // Refresh the page while a jail is changing state, so the badge settles.
   const busy = [...document.querySelectorAll("[data-jail-state]")]
     .some((el) => ["starting", "stopping", "deleting", "pending"].includes(el.textContent.trim()));

@@ -322,6 +322,32 @@ async fn a_customer_puts_a_site_online_over_https_and_publishes_a_port() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"));
+
+    // The command and environment changed on the settings page: the jail
+    // restarts with them, and its page shows what it prints as it prints.
+    b.goto(&format!("{jail_page}/settings")).await;
+    b.fill(
+        "input[name=command]",
+        r#"sh -c "echo \"hello from $WHO\"; while sleep 1; do echo tick; done""#,
+    )
+    .await;
+    b.fill("textarea[name=env]", "WHO=the settings page").await;
+    b.click("form[action$='/program'] button").await;
+    b.wait_for(".flash.ok", Duration::from_secs(10)).await;
+    assert!(b.text(".flash.ok").await.contains("It restarts with them now"));
+    b.wait_text(&jail_page, "h1 .badge", "running", Duration::from_secs(40))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = b.text("pre[data-log]").await;
+        // The greeting, then lines printed after the page was loaded.
+        if shown.contains("hello from the settings page") && shown.matches("tick").count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the output never showed: {shown:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    b.screenshot("jail-output").await;
     b.close().await;
 
     tenants::terminate(&app.pool, tenant.id).await.unwrap();

@@ -74,6 +74,9 @@ pub struct Config {
     pub sample_retention_hours: u32,
     /// Loopback address of the agent's metrics, or none.
     pub agent_metrics: Option<SocketAddr>,
+    /// Where the agent serves its jails' output to the web tier (on
+    /// tickets), or none.
+    pub agent_logs: Option<SocketAddr>,
     /// Where the node's reverse proxy serves its jails' domains over plain
     /// HTTP; `None` = the node runs no proxy.
     pub proxy_http: Option<SocketAddr>,
@@ -182,6 +185,7 @@ impl Default for Config {
             sample_interval: Duration::from_secs(10),
             sample_retention_hours: 48,
             agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
+            agent_logs: Some("127.0.0.1:0".parse().expect("valid default address")),
             proxy_http: Some("0.0.0.0:80".parse().expect("valid default address")),
             proxy_https: Some("0.0.0.0:443".parse().expect("valid default address")),
             acme_directory: Some("https://acme-v02.api.letsencrypt.org/directory".into()),
@@ -449,6 +453,16 @@ impl Config {
                         .filter(|v| !v.is_empty())
                         .map(PathBuf::from);
                 }
+                "agent_logs" => {
+                    let v = value.trim();
+                    self.agent_logs = if v == "off" {
+                        None
+                    } else {
+                        Some(v.parse().map_err(|_| {
+                            anyhow::anyhow!("{key}: {value:?} is not an address:port like 10.0.0.5:7782, or off")
+                        })?)
+                    };
+                }
                 "agent_metrics" => {
                     let v = value.trim();
                     self.agent_metrics = if v == "off" {
@@ -540,6 +554,9 @@ impl Config {
                 .unwrap_or_default(),
             "agent_metrics" => self
                 .agent_metrics
+                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "agent_logs" => self
+                .agent_logs
                 .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "stop_grace_secs" => secs(self.stop_grace),
             "console_kib" => self.console_kib.to_string(),

@@ -228,6 +228,7 @@ pub async fn agent_task(
         sample_interval: cfg.sample_interval,
         sample_retention_hours: cfg.sample_retention_hours,
         metrics_listen: cfg.agent_metrics,
+        logs_listen: cfg.agent_logs,
         stop_grace: cfg.stop_grace,
         network: cfg.jail_network,
         step_deadline: cfg.step_deadline,

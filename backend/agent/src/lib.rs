@@ -13,6 +13,7 @@
 mod acme;
 mod adopt;
 mod claim;
+mod logs;
 mod metrics;
 mod proxy;
 mod reconcile;
@@ -51,6 +52,9 @@ pub struct AgentConfig {
     pub sample_retention_hours: u32,
     /// Where the agent serves its own metrics (loopback), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the jails' output is served to the web tier (on tickets), and
+    /// the address the web tier reaches it at; `None`: not served.
+    pub logs_listen: Option<SocketAddr>,
     /// Time a stopping jail gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// The node's jail address pool (the bridge's gateway and prefix), or
@@ -120,6 +124,21 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new()?);
     if let Some(addr) = cfg.metrics_listen {
         metrics::serve(addr, metrics.clone(), shutdown.clone()).await?;
+    }
+    let log_endpoint = match cfg.logs_listen {
+        Some(addr) => {
+            let local = logs::serve(addr, pool.clone(), node_id, engine.clone(), shutdown.clone()).await?;
+            // Listening on every address: the web tier is told the host's name.
+            Some(if local.ip().is_unspecified() {
+                format!("{}:{}", cfg.node_name, local.port())
+            } else {
+                local.to_string()
+            })
+        }
+        None => None,
+    };
+    if let Err(e) = stockade_store::logs::set_endpoint(&pool, node_id, log_endpoint.as_deref()).await {
+        tracing::warn!(error = %e, "recording the node's log endpoint failed");
     }
     {
         let engine = engine.clone();

@@ -98,6 +98,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "loopback address:port of the agent's metrics, or off (127.0.0.1:9464)",
     ),
     (
+        "agent_logs",
+        "address:port where the agent serves jails' output to the web tier on single-use tickets, port 0 for any; a loopback or private address, or off (127.0.0.1:0)",
+    ),
+    (
         "stop_grace_secs",
         "seconds between SIGTERM and SIGKILL when a jail stops (10)",
     ),

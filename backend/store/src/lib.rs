@@ -13,6 +13,7 @@ pub mod domains;
 pub mod events;
 pub mod idempotency;
 pub mod jails;
+pub mod logs;
 pub mod nodes;
 pub mod password;
 pub mod plans;

@@ -14,6 +14,7 @@ mod error;
 mod flash;
 mod format;
 mod health;
+mod output;
 mod pages;
 mod proof;
 mod signup;
@@ -71,6 +72,8 @@ pub(crate) struct AppState {
     pub settings: Settings,
     pub caches: Arc<cache::Caches>,
     pub metrics: api::metrics::HttpMetrics,
+    /// Reaches the nodes' agents (their log endpoints).
+    pub nodes: reqwest::Client,
 }
 
 /// A built, not yet running web server.
@@ -108,6 +111,7 @@ impl Application {
             settings,
             caches: caches.clone(),
             metrics: api::metrics::HttpMetrics::new()?,
+            nodes: output::client()?,
         });
         flash::configure(state.settings.secure_cookies());
         let api_state = web::Data::new(api::ApiState::new(&api));

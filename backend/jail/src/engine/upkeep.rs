@@ -175,6 +175,18 @@ impl Engine {
         }))
     }
 
+    /// The file a started jail's output is kept in (a ring of at most
+    /// [`Engine::console_bytes`] bytes, rewritten by the jail's init when
+    /// full: its newest half moved to its start).
+    pub fn console_log(&self, name: &JailName) -> std::path::PathBuf {
+        self.paths(name.as_str()).log
+    }
+
+    /// The most bytes a jail's output file holds.
+    pub fn console_bytes(&self) -> u64 {
+        self.cfg.console_bytes
+    }
+
     /// How the jail's command last ended on its own (seen by [`Self::status`]);
     /// `None` when it never did or the jail does not exist.
     pub fn last_exit(&self, name: &JailName) -> Result<Option<crate::state::Exit>, JailError> {

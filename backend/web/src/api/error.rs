@@ -60,6 +60,9 @@ pub enum ApiError {
     /// No node can take the jail now.
     #[error("{0}")]
     NoCapacity(String),
+    /// A node cannot serve what is asked now (a jail's output).
+    #[error("{0}")]
+    NodeUnavailable(String),
     /// Anything unexpected: logged with its chain, answered with a bare 500.
     #[error("something went wrong on our side")]
     Unexpected(#[from] anyhow::Error),
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::NoCapacity(_) => "no_capacity",
+            ApiError::NodeUnavailable(_) => "node_unavailable",
             ApiError::Unexpected(_) => "internal",
         }
     }
@@ -173,7 +177,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoCapacity(_) | ApiError::NodeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(e) if stockade_store::unavailable(e) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -32,7 +32,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/tenants/{tenant_id}/jails/{jail_id}/stop").route(web::post().to(stop)))
     .service(
         resource("/tenants/{tenant_id}/jails/{jail_id}/restart").route(web::post().to(restart)),
-    );
+    )
+    .service(resource("/tenants/{tenant_id}/jails/{jail_id}/logs").route(web::get().to(logs)));
 }
 
 /// A jail, with what users want and what its node last saw.
@@ -301,6 +302,54 @@ pub(crate) async fn get(
     caller.see_tenant(tenant_id)?;
     let jail = jails::get(&state.pool, tenant_id, jail_id).await?;
     Ok(HttpResponse::Ok().json(JailOut::from(jail)))
+}
+
+/// What part of a jail's output to send.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// The last lines to send first (default 100, at most 10,000).
+    pub tail: Option<usize>,
+    /// Go on sending what the jail prints, as it prints it.
+    pub follow: Option<bool>,
+}
+
+/// The jail's output (what its command writes to stdout and stderr, the
+/// newest part its node keeps), as plain text.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/jails/{jail_id}/logs", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("jail_id" = Uuid, Path, description = "Jail id"), LogsQuery),
+    responses((status = 200, description = "The output, streamed while `follow`", content_type = "text/plain"),
+              (status = 503, description = "The jail's node serves no output now", body = crate::api::error::ErrorBody)),
+    security(("bearer" = ["jails:read"])))]
+pub(crate) async fn logs(
+    Authorized(caller, _): Authorized<JailsRead>,
+    path: web::Path<(Uuid, Uuid)>,
+    query: web::Query<LogsQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant_id, jail_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let tail = query.tail.unwrap_or(100);
+    if tail > 10_000 {
+        return Err(ApiError::field("tail", "a number of lines from 0 to 10000"));
+    }
+    let jail = jails::get(&state.pool, tenant_id, jail_id).await?;
+    if jail.desired_state == DesiredState::Deleted {
+        return Err(ApiError::NotFound);
+    }
+    let ask = crate::output::Ask {
+        tail,
+        follow: query.follow.unwrap_or(false),
+    };
+    crate::output::open(&state, tenant_id, jail_id, ask, None)
+        .await
+        .map_err(|e| match e {
+            crate::output::OutputError::NotFound => ApiError::NotFound,
+            crate::output::OutputError::Invalid(m) => ApiError::field("tail", m),
+            crate::output::OutputError::Unavailable(m) => ApiError::NodeUnavailable(m),
+            crate::output::OutputError::Store(e) => e.into(),
+        })
 }
 
 /// Changes to a jail; absent fields stay as they are. A new command or

@@ -4,6 +4,7 @@ mod actions;
 mod domains;
 mod jail_list;
 mod jail_page;
+mod output;
 mod overview;
 mod ports;
 mod settings;
@@ -36,6 +37,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jails/{id}/delete", web::get().to(confirm_delete))
         .route("/jails/{id}/files", web::post().to(upload))
         .route("/jails/{id}/settings", web::get().to(settings::settings))
+        .route("/jails/{id}/logs", web::get().to(output::output))
         .route("/jails/{id}/program", web::post().to(settings::update_program))
         .route("/jails/{id}/limits", web::post().to(settings::update_limits))
         .route("/jails/{id}/ports", web::post().to(ports::publish))

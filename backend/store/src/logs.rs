@@ -1,0 +1,82 @@
+//! Tickets to a jail's output: minted by the web tier for one jail, redeemed
+//! once by the agent of the jail's node (see the migration's note).
+
+use uuid::Uuid;
+
+use crate::sessions::{random_token, token_hash};
+use crate::{PgPool, StoreError};
+
+/// How long a ticket may wait to be redeemed.
+pub const TICKET_SECS: i64 = 60;
+
+/// Where a jail's output is read: its node's log endpoint and a fresh
+/// ticket for it. `None` when the jail is on no node or its node's agent
+/// serves no output.
+pub async fn mint(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+) -> Result<Option<(String, String)>, StoreError> {
+    let Some(row) = sqlx::query!(
+        r#"SELECT n.id AS "node_id!", n.log_endpoint FROM jails j JOIN nodes n ON n.id = j.node_id
+           WHERE j.id = $1 AND j.tenant_id = $2"#,
+        jail_id,
+        tenant_id
+    )
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Err(StoreError::NotFound);
+    };
+    let Some(endpoint) = row.log_endpoint else {
+        return Ok(None);
+    };
+    let token = random_token();
+    sqlx::query!(
+        "INSERT INTO log_tickets (token_hash, jail_id, node_id, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+        token_hash(&token),
+        jail_id,
+        row.node_id,
+        TICKET_SECS as f64
+    )
+    .execute(pool)
+    .await?;
+    Ok(Some((endpoint, token)))
+}
+
+/// Redeems a ticket on node `node_id`: the jail it was minted for, once.
+/// Expired tickets of the node go too.
+pub async fn redeem(pool: &PgPool, node_id: Uuid, token: &str) -> Result<Option<Uuid>, StoreError> {
+    sqlx::query!(
+        "DELETE FROM log_tickets WHERE node_id = $1 AND expires_at < now()",
+        node_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(sqlx::query_scalar!(
+        "DELETE FROM log_tickets WHERE token_hash = $1 AND node_id = $2 AND expires_at >= now()
+         RETURNING jail_id",
+        token_hash(token),
+        node_id
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Records where the agent of `node_id` serves jails' output (`host:port`
+/// the web tier can reach), or that it serves none.
+pub async fn set_endpoint(
+    pool: &PgPool,
+    node_id: Uuid,
+    endpoint: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE nodes SET log_endpoint = $2 WHERE id = $1",
+        node_id,
+        endpoint
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! A jail's output, read from the agent of its node: the web tier mints a
+//! single-use ticket in PostgreSQL for the jail and asks the node's log
+//! endpoint with it (see `stockade_store::logs`); the text is passed through
+//! as it comes, so a follower sees each line as the jail prints it.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use uuid::Uuid;
+
+use crate::AppState;
+
+/// The client the web tier reaches nodes with.
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()?)
+}
+
+/// Why a jail's output cannot be read.
+#[derive(Debug)]
+pub(crate) enum OutputError {
+    /// No such jail for this tenant.
+    NotFound,
+    /// The jail's node serves no output, or does not answer: the reason.
+    Unavailable(String),
+    /// The request was refused: the reason (a bad `tail`).
+    Invalid(String),
+    /// The database failed.
+    Store(stockade_store::StoreError),
+}
+
+/// What is asked of a jail's output.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask {
+    /// The last lines to send first.
+    pub tail: usize,
+    /// Go on sending what it prints.
+    pub follow: bool,
+}
+
+/// The jail's output as an answer to stream to the caller; `download`
+/// names it as a file to save.
+pub(crate) async fn open(
+    state: &AppState,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    ask: Ask,
+    download: Option<&str>,
+) -> Result<HttpResponse, OutputError> {
+    let (endpoint, ticket) = match stockade_store::logs::mint(&state.pool, tenant_id, jail_id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(OutputError::Unavailable(
+                "the jail's node does not serve output".into(),
+            ));
+        }
+        Err(stockade_store::StoreError::NotFound) => return Err(OutputError::NotFound),
+        Err(e) => return Err(OutputError::Store(e)),
+    };
+    let url = format!(
+        "http://{endpoint}/log?tail={}&follow={}",
+        ask.tail,
+        u8::from(ask.follow)
+    );
+    let res = state
+        .nodes
+        .get(&url)
+        .header("authorization", format!("Ticket {ticket}"))
+        .send()
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, %endpoint, "a node's log endpoint did not answer");
+            OutputError::Unavailable("the jail's node does not answer".into())
+        })?;
+    match res.status().as_u16() {
+        200 => {}
+        400 => {
+            return Err(OutputError::Invalid(
+                res.text().await.unwrap_or_default().trim().to_owned(),
+            ));
+        }
+        status => {
+            let text = res.text().await.unwrap_or_default();
+            tracing::warn!(status, text = text.trim(), %endpoint, "a node refused a log ticket");
+            return Err(OutputError::Unavailable(
+                "the jail's node refused to send its output".into(),
+            ));
+        }
+    }
+    let mut answer = HttpResponse::Ok();
+    answer
+        .content_type("text/plain; charset=utf-8")
+        .insert_header(("cache-control", "no-store"))
+        .insert_header(("x-content-type-options", "nosniff"));
+    if let Some(name) = download {
+        answer.insert_header((
+            "content-disposition",
+            format!("attachment; filename=\"{name}.log\""),
+        ));
+    }
+    Ok(answer.streaming(res.bytes_stream()))
+}

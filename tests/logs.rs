@@ -1,0 +1,167 @@
+//! A jail's output: read from its node's agent on a single-use ticket the
+//! web tier mints, shown in the panel (the last lines, a live tail, a
+//! download) and through the API. Needs root; without it the test returns.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::agent::{Node, is_root, wait_node, wait_observed};
+use common::{TestApp, new_client};
+use stockade_domain::{JailKind, JailName, Limits, ObservedState, Role, TenantSlug};
+use stockade_store::jails::{self, NewJail};
+use stockade_store::tokens::{self, Scope};
+use stockade_store::{plans, tenants};
+
+fn counting_jail() -> NewJail {
+    NewJail {
+        name: JailName::parse("counter").unwrap(),
+        image: "busybox".into(),
+        kind: JailKind::System,
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            r#"i=0; while true; do i=$((i+1)); echo "line $i"; sleep 0.2; done"#.into(),
+        ],
+        limits: Limits {
+            cpu_millicores: 250,
+            memory_bytes: 64 << 20,
+            pids: 32,
+            disk_bytes: 32 << 20,
+            ..Limits::default()
+        },
+    }
+}
+
+/// The numbers of the `line N` lines of `text`.
+fn numbers(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
+    if !is_root() {
+        eprintln!("SKIPPED: reading a jail's output needs root");
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let node = Node::new(&app.db_url);
+    wait_node(&app.pool, &node.name).await;
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    let slug = TenantSlug::parse("loggy").unwrap();
+    let tenant = tenants::create(&app.pool, &slug, "Loggy", plan.id).await.unwrap().id;
+    let other = tenants::create(&app.pool, &TenantSlug::parse("nosy").unwrap(), "Nosy", plan.id)
+        .await
+        .unwrap()
+        .id;
+    let jail = jails::create(&app.pool, tenant, &counting_jail()).await.unwrap();
+    wait_observed(&app.pool, tenant, jail.id, ObservedState::Running).await;
+    let password = app.create_user("c@loggy.test", Role::Customer, Some(tenant)).await;
+    let customer = new_client();
+    assert_eq!(app.sign_in(&customer, "c@loggy.test", &password).await.status(), 303);
+
+    // The last lines.
+    let url = app.url(&format!("/jails/{}/logs?tail=3", jail.id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let res = customer.get(&url).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        if numbers(&text).len() == 3 {
+            break numbers(&text);
+        }
+        assert!(Instant::now() < deadline, "three lines printed: {text:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(last[1], last[0] + 1, "consecutive lines: {last:?}");
+
+    // Followed: lines printed after the request arrive on the same answer.
+    let mut res = customer
+        .get(app.url(&format!("/jails/{}/logs?tail=1&follow=1", jail.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while numbers(&seen).len() < 4 {
+        assert!(Instant::now() < deadline, "followed lines: {seen:?}");
+        let chunk = tokio::time::timeout(Duration::from_secs(5), res.chunk())
+            .await
+            .expect("output keeps coming")
+            .unwrap()
+            .expect("the answer stays open while following");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let followed = numbers(&seen);
+    assert!(followed.windows(2).all(|w| w[1] == w[0] + 1), "{followed:?}");
+    assert!(followed[0] >= last[2], "{followed:?} after {last:?}");
+    drop(res);
+
+    // Downloaded as a file.
+    let res = customer
+        .get(app.url(&format!("/jails/{}/logs?download=1", jail.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["content-disposition"],
+        "attachment; filename=\"counter.log\""
+    );
+    assert!(numbers(&res.text().await.unwrap()).len() >= 4);
+
+    // The API: the tenant's token reads it, another tenant's does not.
+    let (_, own) = tokens::create(&app.pool, "t", &[Scope::JailsRead], Some(tenant)).await.unwrap();
+    let (_, foreign) = tokens::create(&app.pool, "n", &[Scope::JailsRead], Some(other)).await.unwrap();
+    use secrecy::ExposeSecret;
+    let api = |token: &str, query: &str| {
+        new_client()
+            .get(app.url(&format!("/api/v1/tenants/{tenant}/jails/{}/logs{query}", jail.id)))
+            .bearer_auth(token.to_owned())
+            .send()
+    };
+    let res = api(own.expose_secret(), "?tail=2").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(numbers(&res.text().await.unwrap()).len(), 2);
+    let res = api(own.expose_secret(), "?tail=99999").await.unwrap();
+    assert_eq!(res.status(), 422);
+    assert!(res.text().await.unwrap().contains("\"field\":\"tail\""));
+    let res = api(foreign.expose_secret(), "?tail=2").await.unwrap();
+    assert!(matches!(res.status().as_u16(), 403 | 404), "{}", res.status());
+    // Another tenant's customer gets nothing from the panel either.
+    let pw = app.create_user("n@nosy.test", Role::Customer, Some(other)).await;
+    let nosy = new_client();
+    app.sign_in(&nosy, "n@nosy.test", &pw).await;
+    let res = nosy.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+
+    // The node's endpoint answers only on a fresh ticket, once.
+    let endpoint: String = sqlx::query_scalar("SELECT log_endpoint FROM nodes WHERE name = $1")
+        .bind(&node.name)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let direct = format!("http://{endpoint}/log?tail=1");
+    assert_eq!(new_client().get(&direct).send().await.unwrap().status(), 401);
+    let (_, ticket) = stockade_store::logs::mint(&app.pool, tenant, jail.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let with = || {
+        new_client()
+            .get(&direct)
+            .header("authorization", format!("Ticket {ticket}"))
+            .send()
+    };
+    assert_eq!(with().await.unwrap().status(), 200);
+    assert_eq!(with().await.unwrap().status(), 401, "a ticket is used once");
+
+    // A deleted jail has no output to show.
+    jails::set_desired(&app.pool, tenant, jail.id, stockade_domain::DesiredState::Deleted)
+        .await
+        .unwrap();
+    assert_eq!(customer.get(&url).send().await.unwrap().status(), 404);
+    wait_observed(&app.pool, tenant, jail.id, ObservedState::Deleted).await;
+}
