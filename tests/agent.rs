@@ -192,7 +192,7 @@ async fn suspension_stops_and_unsuspension_restarts_jails() {
         .await
         .unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
-    tenants::suspend(&pool, tenant).await.unwrap();
+    tenants::suspend(&pool, tenant, None).await.unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Stopped).await;
     tenants::unsuspend(&pool, tenant).await.unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
@@ -1499,7 +1499,7 @@ async fn domains_route_through_the_nodes_proxy_and_follow_the_jail_and_tenant() 
         .await
         .unwrap();
     serves(proxy, "site.test", 200, "hello-from-the-site").await;
-    tenants::suspend(&pool, tenant).await.unwrap();
+    tenants::suspend(&pool, tenant, None).await.unwrap();
     serves(proxy, "site.test", 503, "This site is suspended").await;
     tenants::unsuspend(&pool, tenant).await.unwrap();
     serves(proxy, "site.test", 200, "hello-from-the-site").await;

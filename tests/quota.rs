@@ -231,7 +231,7 @@ async fn suspension_stops_jails_and_unsuspend_restores_each_wish() {
     jails::set_desired(&pool, tenant, stopped.id, DesiredState::Stopped)
         .await
         .unwrap();
-    tenants::suspend(&pool, tenant).await.unwrap();
+    tenants::suspend(&pool, tenant, None).await.unwrap();
     for j in jails::list_for_tenant(&pool, tenant).await.unwrap() {
         assert_eq!(j.desired_state, DesiredState::Stopped);
     }

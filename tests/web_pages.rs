@@ -1248,7 +1248,7 @@ async fn a_crash_looping_jail_is_shown_first_with_its_exit_and_staff_see_it_fail
     assert!(detail.contains("exited with code 3"), "{detail}");
 
     let staff = page_with(&w.operator, &w.app.url("/staff/failing"), "data-failing-jails").await;
-    assert!(staff.contains("alpha") && staff.contains(">web<"), "{staff}");
+    assert!(staff.contains("alpha") && staff.contains(">web</a>"), "{staff}");
     assert!(!staff.contains(">aaa<"), "a running jail is not failing");
     assert_eq!(
         status_of(&w.customer_a, &w.app.url("/staff/failing")).await,
@@ -1346,4 +1346,108 @@ async fn customers_change_a_jails_command_environment_and_limits() {
     // Another tenant's jail has no settings page for this customer.
     let other = w.app.url(&format!("/jails/{}/settings", w.jail_b));
     assert_eq!(status_of(c, &other).await, 404);
+}
+
+/// Staff open a customer's jail, read its output and restart it, reset a
+/// password with a one-time link, and suspend with a reason: the customer
+/// sees each of these, and the audit log shows old and new values.
+#[tokio::test]
+async fn staff_drill_down_is_visible_to_the_customer_and_audited() {
+    let w = world().await;
+    let (t, j) = (w.tenant_a, w.jail_a);
+    let jail_page = w.app.url(&format!("/staff/tenants/{t}/jails/{j}"));
+    let page = page_with(&w.operator, &jail_page, "data-log").await;
+    assert!(page.contains(">web <span"), "{page}");
+    assert_eq!(status_of(&w.customer_a, &jail_page).await, 403);
+    // The output (no node serves it here, but the read is on the record).
+    let res = w
+        .operator
+        .get(w.app.url(&format!("/staff/tenants/{t}/jails/{j}/logs?tail=5")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.text().await.unwrap().contains("cannot be shown now"));
+    let token = csrf(&w.operator, &jail_page).await;
+    let res = w
+        .operator
+        .post(w.app.url(&format!("/staff/tenants/{t}/jails/{j}/restart")))
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let restarted = jails::get(&w.app.pool, t, j).await.unwrap();
+    assert!(restarted.restart_generation > 0);
+    let overview = page_with(&w.customer_a, &w.app.url("/overview"), "data-staff-actions").await;
+    assert!(overview.contains("read the output of web"), "{overview}");
+    assert!(overview.contains("restarted web"), "{overview}");
+
+    // A one-time link instead of a password staff would know.
+    let tenant_page = w.app.url(&format!("/staff/tenants/{t}"));
+    let token = csrf(&w.admin, &tenant_page).await;
+    let user = stockade_store::users::list_for_tenant(&w.app.pool, t)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|u| u.email.as_str() == "a@alpha.test")
+        .unwrap();
+    let res = w
+        .admin
+        .post(w.app.url(&format!("/staff/users/{}/reset-password", user.id)))
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let shown = w.admin.get(&tenant_page).send().await.unwrap().text().await.unwrap();
+    let link = shown
+        .split("shown once): ")
+        .nth(1)
+        .and_then(|r| r.split(['<', ' ']).next())
+        .expect("the flash shows the link")
+        .to_owned();
+    assert!(link.contains("/reset/"), "{link}");
+    let path = &link[link.find("/reset/").unwrap()..];
+    let visitor = new_client();
+    let form = visitor.get(w.app.url(path)).send().await.unwrap().text().await.unwrap();
+    assert!(form.contains("a@alpha.test"), "{form}");
+    let post = |token: String, password: &'static str, repeat: &'static str| {
+        visitor
+            .post(w.app.url(path))
+            .form(&[("csrf_token", token.as_str()), ("password", password), ("repeat", repeat)])
+            .send()
+    };
+    let token = hidden_field(&form, "csrf_token").unwrap();
+    let res = post(token, "a new long password", "another long one").await.unwrap();
+    assert_eq!(res.status(), 422);
+    let again_form = res.text().await.unwrap();
+    assert!(again_form.contains("the two passwords differ"));
+    let token = hidden_field(&again_form, "csrf_token").unwrap();
+    let res = post(token.clone(), "a new long password", "a new long password").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("data-password-set"));
+    assert_eq!(post(token, "a new long password", "a new long password").await.unwrap().status(), 410, "once");
+    // The customer's old session ended; the new password signs in.
+    assert_eq!(status_of(&w.customer_a, &w.app.url("/overview")).await, 303);
+    let again = new_client();
+    assert_eq!(w.app.sign_in(&again, "a@alpha.test", "a new long password").await.status(), 303);
+
+    // Suspended with a reason the customer reads; the audit log shows the change.
+    let token = csrf(&w.operator, &tenant_page).await;
+    let res = w
+        .operator
+        .post(w.app.url(&format!("/staff/tenants/{t}/suspend")))
+        .form(&[("csrf_token", token.as_str()), ("confirm", "yes"), ("reason", "invoice 42 is unpaid")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let overview = page_with(&again, &w.app.url("/overview"), "data-suspension").await;
+    assert!(overview.contains("Your account is suspended: invoice 42 is unpaid."), "{overview}");
+    let audit = page_with(&w.admin, &w.app.url("/staff/audit?action=tenant.suspend"), "data-changes").await;
+    assert!(
+        audit.contains("reason: none → invoice 42 is unpaid; status: active → suspended"),
+        "{audit}"
+    );
 }

@@ -71,6 +71,8 @@ pub struct Logged {
     pub target: String,
     /// From where.
     pub client_addr: Option<String>,
+    /// What else was kept (values before and after a change).
+    pub details: serde_json::Value,
 }
 
 /// Filters of the audit page; empty strings mean "any".
@@ -111,7 +113,8 @@ pub async fn list(
     };
     Ok(sqlx::query_as!(
         Logged,
-        r#"SELECT a.id, a.at, a.actor, t.slug AS "tenant?", a.action, a.target, a.client_addr
+        r#"SELECT a.id, a.at, a.actor, t.slug AS "tenant?", a.action, a.target, a.client_addr,
+             a.details
          FROM audit_log a LEFT JOIN tenants t ON t.id = a.tenant_id
          WHERE ($1::text IS NULL OR t.slug = $1)
            AND ($2::text IS NULL OR a.actor ILIKE $2)
@@ -201,4 +204,26 @@ pub async fn sign_in_succeeded(pool: &PgPool, attempt: i64) -> Result<(), StoreE
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// What the provider's staff did on a tenant's account, newest first: its
+/// customers see it (an output read, a restart, a suspension).
+pub async fn staff_actions_on(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    limit: u32,
+) -> Result<Vec<Logged>, StoreError> {
+    Ok(sqlx::query_as!(
+        Logged,
+        r#"SELECT a.id, a.at, a.actor, t.slug AS "tenant?", a.action, a.target, a.client_addr,
+             a.details
+         FROM audit_log a JOIN users u ON u.id = a.actor_user_id
+              LEFT JOIN tenants t ON t.id = a.tenant_id
+         WHERE a.tenant_id = $1 AND u.role IN ('operator', 'admin')
+         ORDER BY a.id DESC LIMIT $2"#,
+        tenant_id,
+        i64::from(limit)
+    )
+    .fetch_all(pool)
+    .await?)
 }

@@ -50,6 +50,7 @@ const WEB_TABLES: &[(&str, &str)] = &[
     ("jails", RIU),
     ("log_tickets", RI),
     ("nodes", R),
+    ("password_resets", ALL),
     ("plans", RIU),
     ("published_ports", ALL),
     ("sealing_key", R),

@@ -27,6 +27,8 @@ pub struct Tenant {
     pub status: TenantStatus,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Why it is suspended, as staff wrote it (shown to its customers).
+    pub suspension_reason: Option<String>,
 }
 
 struct TenantRow {
@@ -37,6 +39,7 @@ struct TenantRow {
     plan_name: String,
     status: String,
     created_at: DateTime<Utc>,
+    suspension_reason: Option<String>,
 }
 
 impl TryFrom<TenantRow> for Tenant {
@@ -53,6 +56,7 @@ impl TryFrom<TenantRow> for Tenant {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("stored status: {e}"))?,
             created_at: r.created_at,
+            suspension_reason: r.suspension_reason,
         })
     }
 }
@@ -63,7 +67,8 @@ macro_rules! tenant_query {
     ($rest:tt $(, $arg:expr)* $(,)?) => {
         sqlx::query_as!(
             TenantRow,
-            "SELECT t.id, t.slug, t.display_name, t.plan_id, p.name AS plan_name, t.status, t.created_at
+            "SELECT t.id, t.slug, t.display_name, t.plan_id, p.name AS plan_name, t.status, t.created_at,
+             t.suspension_reason
          FROM tenants t JOIN plans p ON p.id = t.plan_id" + $rest
             $(, $arg)*
         )
@@ -181,8 +186,19 @@ async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<TenantStat
         .map_err(|e| StoreError::Unexpected(anyhow::anyhow!("stored status: {e}")))
 }
 
+/// Most characters of a suspension's reason.
+pub const MAX_REASON: usize = 500;
+
 /// Suspends an active tenant: its jails stop, remembering what each wanted.
-pub async fn suspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
+/// `reason` is shown to its customers.
+pub async fn suspend(pool: &PgPool, id: Uuid, reason: Option<&str>) -> Result<Tenant, StoreError> {
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    if reason.is_some_and(|r| r.chars().count() > MAX_REASON) {
+        return Err(StoreError::Invalid {
+            field: "reason",
+            message: format!("at most {MAX_REASON} characters"),
+        });
+    }
     let mut tx = pool.begin().await?;
     match lock(&mut tx, id).await? {
         TenantStatus::Active => {}
@@ -193,8 +209,10 @@ pub async fn suspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
         }
     }
     sqlx::query!(
-        "UPDATE tenants SET status = 'suspended', suspended_at = now(), updated_at = now() WHERE id = $1",
-        id
+        "UPDATE tenants SET status = 'suspended', suspended_at = now(), suspension_reason = $2,
+             updated_at = now() WHERE id = $1",
+        id,
+        reason
     )
     .execute(&mut *tx)
     .await?;
@@ -210,7 +228,7 @@ pub async fn suspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
         &mut tx,
         Some(id),
         "tenant.suspended",
-        serde_json::json!({ "tenant_id": id }),
+        serde_json::json!({ "tenant_id": id, "reason": reason }),
     )
     .await?;
     notify(&mut tx).await?;
@@ -230,7 +248,8 @@ pub async fn unsuspend(pool: &PgPool, id: Uuid) -> Result<Tenant, StoreError> {
         }
     }
     sqlx::query!(
-        "UPDATE tenants SET status = 'active', suspended_at = NULL, updated_at = now() WHERE id = $1",
+        "UPDATE tenants SET status = 'active', suspended_at = NULL, suspension_reason = NULL,
+             updated_at = now() WHERE id = $1",
         id
     )
     .execute(&mut *tx)

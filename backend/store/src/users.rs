@@ -149,6 +149,87 @@ pub async fn set_password(
     Ok(())
 }
 
+/// How long a password reset link works.
+pub const RESET_HOURS: i64 = 24;
+
+/// Makes a one-time link token for `user_id` to set a new password with
+/// (made by `by`); earlier unused links of the user stop working.
+pub async fn create_password_reset(
+    pool: &PgPool,
+    user_id: Uuid,
+    by: Option<Uuid>,
+) -> Result<String, StoreError> {
+    let token = crate::sessions::random_token();
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        "DELETE FROM password_resets WHERE user_id = $1 AND used_at IS NULL",
+        user_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO password_resets (token_hash, user_id, created_by, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(hours => $4))",
+        crate::sessions::token_hash(&token),
+        user_id,
+        by,
+        i32::try_from(RESET_HOURS).unwrap_or(24)
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(token)
+}
+
+/// The account a reset link is for, while the link is unused and fresh.
+pub async fn password_reset_user(pool: &PgPool, token: &str) -> Result<Option<User>, StoreError> {
+    let id = sqlx::query_scalar!(
+        "SELECT user_id FROM password_resets
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()",
+        crate::sessions::token_hash(token)
+    )
+    .fetch_optional(pool)
+    .await?;
+    match id {
+        Some(id) => get(pool, id).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Sets the password through a reset link, once: the link is used up and
+/// every session of the account ends. `None` when the link is unknown,
+/// used or expired.
+pub async fn reset_password(
+    pool: &PgPool,
+    token: &str,
+    password_hash: &str,
+) -> Result<Option<Uuid>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let Some(user_id) = sqlx::query_scalar!(
+        "UPDATE password_resets SET used_at = now()
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+         RETURNING user_id",
+        crate::sessions::token_hash(token)
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    sqlx::query!(
+        "UPDATE users SET password_hash = $2, password_changed_at = now() WHERE id = $1",
+        user_id,
+        password_hash
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!("DELETE FROM sessions WHERE user_id = $1", user_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(user_id))
+}
+
 /// One account by id.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<User, StoreError> {
     let row = sqlx::query_as!(

@@ -17,6 +17,7 @@ mod health;
 mod output;
 mod pages;
 mod proof;
+mod reset;
 mod signup;
 
 use std::net::TcpListener;
@@ -131,6 +132,7 @@ impl Application {
                 .configure(auth::routes)
                 .configure(pages::routes)
                 .configure(signup::routes)
+                .configure(reset::routes)
                 .default_service(web::to(error::not_found))
         })
         .listen(listener)?;

@@ -49,6 +49,8 @@ pub struct TenantOut {
     /// `active`, `suspended` or `terminated`.
     #[schema(example = "active")]
     pub status: String,
+    /// Why it is suspended (while it is), as staff gave it.
+    pub suspension_reason: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// Per-tenant changes to the plan's quota (absent in lists).
@@ -65,6 +67,7 @@ impl From<Tenant> for TenantOut {
             plan_id: t.plan_id,
             plan: t.plan_name,
             status: t.status.as_str().to_owned(),
+            suspension_reason: t.suspension_reason,
             created_at: t.created_at,
             quota_overrides: None,
         }
@@ -500,14 +503,49 @@ macro_rules! lifecycle {
     };
 }
 
-lifecycle!(
-    suspend,
-    suspend,
-    post,
-    "/api/v1/tenants/{tenant_id}/suspend",
-    "tenant.suspend",
-    "Suspends an active tenant: its jails stop until it is unsuspended."
-);
+/// Why a tenant is suspended.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendBody {
+    /// Shown to the tenant's users (at most 500 characters).
+    pub reason: Option<String>,
+}
+
+/// Suspends an active tenant: its jails stop until it is unsuspended. The
+/// body (optional) gives a reason its users are shown.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/suspend", tag = "tenants",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id")),
+    request_body(content = SuspendBody, description = "Optional"),
+    responses((status = 200, description = "The tenant", body = TenantOut),
+              (status = 403, description = "A token bound to a tenant: provider action")),
+    security(("bearer" = ["tenants:write"])))]
+pub(crate) async fn suspend(
+    Authorized(caller, _): Authorized<TenantsWrite>,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    caller.see_tenant(id)?;
+    caller.unbound()?;
+    let body: SuspendBody = if body.iter().all(u8::is_ascii_whitespace) {
+        SuspendBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
+    };
+    let tenant = tenants::suspend(&state.pool, id, body.reason.as_deref()).await?;
+    record(
+        &state,
+        &req,
+        &caller,
+        Some(id),
+        "tenant.suspend",
+        tenant.slug.as_str(),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(TenantOut::from(tenant)))
+}
 lifecycle!(
     unsuspend,
     unsuspend,

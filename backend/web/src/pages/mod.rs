@@ -148,6 +148,9 @@ pub(crate) struct ActionForm {
     pub csrf_token: String,
     #[serde(default)]
     pub confirm: Option<String>,
+    /// Why (a suspension), shown to the tenant's customers.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 async fn home(signed_in: SignedIn) -> Result<HttpResponse, WebError> {

@@ -21,6 +21,8 @@ pub(crate) struct ConfirmPage {
     pub action: String,
     pub button: &'static str,
     pub back: String,
+    /// Asks for a reason, shown to the tenant's customers (a suspension).
+    pub reason: bool,
 }
 
 pub(super) async fn confirm_delete(
@@ -32,6 +34,7 @@ pub(super) async fn confirm_delete(
     let tenant_id = customer_tenant(&s)?;
     let jail = jails::get(&state.pool, tenant_id, parse_id(&path)?).await?;
     let page = ConfirmPage {
+        reason: false,
         layout: Layout::new(&req, &s.0),
         title: format!("Delete {}?", jail.name),
         message: format!(

@@ -24,34 +24,34 @@ pub(super) struct PeriodQuery {
 
 /// What a jail's page shows for one period (cached, see [`crate::cache`]).
 pub(crate) struct JailData {
-    pub(super) id: Uuid,
-    pub(super) name: String,
-    pub(super) state: String,
-    pub(super) desired: &'static str,
-    pub(super) kind: &'static str,
-    pub(super) image: String,
-    pub(super) address: String,
-    pub(super) created: String,
-    pub(super) created_iso: String,
-    pub(super) last_error: Option<String>,
+    pub(crate) id: Uuid,
+    pub(crate) name: String,
+    pub(crate) state: String,
+    pub(crate) desired: &'static str,
+    pub(crate) kind: &'static str,
+    pub(crate) image: String,
+    pub(crate) address: String,
+    pub(crate) created: String,
+    pub(crate) created_iso: String,
+    pub(crate) last_error: Option<String>,
     /// Whether root in the jail is an unprivileged host uid (its plan says).
-    pub(super) user_ids: &'static str,
+    pub(crate) user_ids: &'static str,
     /// Limits, limit hits and charts, rendered once.
-    pub(super) usage: String,
-    pub(super) upload_limit: String,
+    pub(crate) usage: String,
+    pub(crate) upload_limit: String,
     /// What a tenant may have waiting to be written, in words.
-    pub(super) pending_limit: String,
-    pub(super) uploads: Vec<(String, String, String)>,
+    pub(crate) pending_limit: String,
+    pub(crate) uploads: Vec<(String, String, String)>,
     /// Published ports: id, the node's port and the jail's, with protocols.
-    pub(super) ports: Vec<(Uuid, String, String)>,
+    pub(crate) ports: Vec<(Uuid, String, String)>,
     /// How many more ports the tenant may publish, in words.
-    pub(super) ports_left: String,
+    pub(crate) ports_left: String,
     /// Whether the jail reaches the world, in words.
-    pub(super) outbound: &'static str,
+    pub(crate) outbound: &'static str,
     /// Domains, by name.
-    pub(super) domains: Vec<DomainLine>,
+    pub(crate) domains: Vec<DomainLine>,
     /// What they carried today, in words.
-    pub(super) traffic: String,
+    pub(crate) traffic: String,
 }
 
 /// A domain as the jail page shows it.
@@ -179,7 +179,7 @@ pub(super) async fn detail(
     .await
 }
 
-pub(super) async fn jail_data(
+pub(crate) async fn jail_data(
     pool: &stockade_store::PgPool,
     tenant_id: Uuid,
     jail_id: Uuid,

@@ -24,7 +24,7 @@ pub(crate) use actions::ConfirmPage;
 use actions::{action, confirm_delete};
 use jail_list::{create, list};
 use jail_page::detail;
-pub(crate) use jail_page::{JailData, JailPageKey};
+pub(crate) use jail_page::{JailData, JailPageKey, jail_data};
 pub(crate) use overview::OverviewData;
 use overview::overview;
 use uploads::upload;

@@ -18,6 +18,10 @@ pub(crate) struct OverviewData {
     pub(super) status: &'static str,
     pub(super) quotas: Vec<QuotaTile>,
     pub(super) jails: Vec<JailRow>,
+    /// Why the account is suspended, as the provider said.
+    pub(super) suspension_reason: Option<String>,
+    /// What the provider's staff did on the account lately: when, who, what.
+    pub(super) staff_actions: Vec<(String, String, String)>,
 }
 
 #[derive(Template)]
@@ -47,6 +51,18 @@ pub(super) async fn overview_data(
         status: tenant.status.as_str(),
         quotas: quota_tiles(pool, tenant_id).await?,
         jails: jails.iter().map(JailRow::from).collect(),
+        suspension_reason: tenant.suspension_reason,
+        staff_actions: stockade_store::audit::staff_actions_on(pool, tenant_id, 10)
+            .await?
+            .into_iter()
+            .map(|e| {
+                (
+                    e.at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                    e.actor,
+                    format!("{} {}", staff_action_words(&e.action), e.target),
+                )
+            })
+            .collect(),
     })
 }
 
@@ -65,4 +81,18 @@ pub(super) async fn overview(
         |layout, data| OverviewPage { layout, data },
     )
     .await
+}
+
+/// A staff action as its customer reads it.
+fn staff_action_words(action: &str) -> &str {
+    match action {
+        "jail.output_read" => "read the output of",
+        "jail.staff_restart" => "restarted",
+        "tenant.suspend" => "suspended",
+        "tenant.unsuspend" => "unsuspended",
+        "tenant.plan_change" => "changed the plan of",
+        "tenant.quota_override" => "changed the quota of",
+        "user.password_reset" => "sent a password link to",
+        other => other,
+    }
 }

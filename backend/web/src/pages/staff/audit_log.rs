@@ -20,6 +20,37 @@ pub(super) struct AuditLine {
     action: String,
     target: String,
     addr: String,
+    /// What changed, `field: old → new`, or the other details kept.
+    changes: String,
+}
+
+/// An entry's details in words: each field whose value differs between
+/// `before` and `after` as `field: old → new`; other details as they are.
+pub(crate) fn changes(details: &serde_json::Value) -> String {
+    let show = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => "none".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    match (details.get("before"), details.get("after")) {
+        (Some(before), Some(after)) => {
+            let mut keys: Vec<&String> = before
+                .as_object()
+                .into_iter()
+                .chain(after.as_object())
+                .flat_map(|o| o.keys())
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter(|k| before.get(*k) != after.get(*k))
+                .map(|k| format!("{k}: {} → {}", show(before.get(k)), show(after.get(k))))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        _ if details.as_object().is_some_and(serde_json::Map::is_empty) => String::new(),
+        _ => details.to_string(),
+    }
 }
 
 #[derive(Template)]
@@ -89,6 +120,7 @@ pub(super) async fn audit_page(
                 action: e.action,
                 target: e.target,
                 addr: e.client_addr.unwrap_or_default(),
+                changes: changes(&e.details),
             })
             .collect(),
         f_tenant: q.tenant.clone().unwrap_or_default(),
@@ -98,4 +130,20 @@ pub(super) async fn audit_page(
         next,
     };
     render(StatusCode::OK, &page, had_flash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes;
+
+    #[test]
+    fn only_what_changed_is_listed_old_then_new() {
+        let d = serde_json::json!({
+            "before": { "status": "active", "reason": null, "plan": "starter" },
+            "after": { "status": "suspended", "reason": "unpaid", "plan": "starter" },
+        });
+        assert_eq!(changes(&d), "reason: none → unpaid; status: active → suspended");
+        assert_eq!(changes(&serde_json::json!({})), "");
+        assert_eq!(changes(&serde_json::json!({"jail": "web"})), r#"{"jail":"web"}"#);
+    }
 }

@@ -17,6 +17,7 @@ const SHOWN: i64 = 500;
 pub(super) struct FailingLine {
     tenant_id: Uuid,
     tenant: String,
+    jail_id: Uuid,
     jail: String,
     state: &'static str,
     since: String,
@@ -43,6 +44,7 @@ pub(super) async fn failing_page(
         .map(|(j, tenant)| FailingLine {
             tenant_id: j.tenant_id,
             tenant,
+            jail_id: j.id,
             jail: j.name.to_string(),
             state: j.observed_state.as_str(),
             since: j

@@ -3,6 +3,7 @@
 
 mod audit_log;
 mod failing;
+mod jail_view;
 mod node_list;
 mod plan_pages;
 mod tenant_list;
@@ -55,6 +56,18 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/staff/plans/{id}", web::post().to(update_plan))
         .route("/staff/nodes", web::get().to(nodes_page))
         .route("/staff/failing", web::get().to(failing::failing_page))
+        .route(
+            "/staff/tenants/{id}/jails/{jail}",
+            web::get().to(jail_view::jail_page),
+        )
+        .route(
+            "/staff/tenants/{id}/jails/{jail}/logs",
+            web::get().to(jail_view::output),
+        )
+        .route(
+            "/staff/tenants/{id}/jails/{jail}/restart",
+            web::post().to(jail_view::restart),
+        )
         .route("/staff/audit", web::get().to(audit_page));
 }
 

@@ -223,6 +223,7 @@ pub(super) async fn set_overrides(
         Ok(o) => o,
         Err(msg) => return Ok(flash::redirect(&here, "error", &msg)),
     };
+    let before = tenants::overrides(&state.pool, id).await?;
     tenants::set_overrides(&state.pool, id, &o).await?;
     let t = tenants::get(&state.pool, id).await?;
     record(
@@ -232,7 +233,7 @@ pub(super) async fn set_overrides(
         Some(id),
         "tenant.quota_override",
         t.slug.as_str(),
-        serde_json::to_value(o).unwrap_or_default(),
+        serde_json::json!({ "before": before, "after": o }),
     )
     .await?;
     Ok(flash::redirect(
@@ -262,6 +263,7 @@ pub(super) async fn change_plan(
     let Ok(plan_id) = Uuid::parse_str(&form.plan) else {
         return Ok(flash::redirect(&here, "error", "plan: choose a plan"));
     };
+    let before = tenants::get(&state.pool, id).await?;
     match tenants::change_plan(&state.pool, id, plan_id).await {
         Ok(t) => {
             record(
@@ -271,7 +273,10 @@ pub(super) async fn change_plan(
                 Some(id),
                 "tenant.plan_change",
                 t.slug.as_str(),
-                serde_json::json!({"plan": t.plan_name}),
+                serde_json::json!({
+                    "before": { "plan": before.plan_name },
+                    "after": { "plan": t.plan_name },
+                }),
             )
             .await?;
             Ok(flash::redirect(
@@ -353,14 +358,8 @@ pub(super) async fn reset_password(
     s.check_csrf(&form.csrf_token)?;
     let id = parse_id(&path)?;
     let user = users::get(&state.pool, id).await?;
-    let password = stockade_store::password::generate();
-    let hash = {
-        let p = password.clone();
-        web::block(move || stockade_store::password::hash(&p))
-            .await
-            .map_err(anyhow::Error::from)??
-    };
-    users::set_password(&state.pool, id, &hash).await?;
+    // A link the user follows to choose a password: staff never know it.
+    let token = users::create_password_reset(&state.pool, id, Some(s.0.user.id)).await?;
     record(
         &state,
         &req,
@@ -368,20 +367,23 @@ pub(super) async fn reset_password(
         user.tenant_id,
         "user.password_reset",
         user.email.as_str(),
-        serde_json::json!({}),
+        serde_json::json!({ "link_valid_hours": users::RESET_HOURS }),
     )
     .await?;
     let back = user.tenant_id.map_or("/staff/tenants".to_owned(), |t| {
         format!("/staff/tenants/{t}")
     });
-    use secrecy::ExposeSecret;
+    let link = format!(
+        "{}/reset/{token}",
+        state.settings.public_url.trim_end_matches('/')
+    );
     Ok(flash::redirect(
         &back,
         "ok",
         &format!(
-            "New password for {} (shown once): {}; their sessions were ended.",
+            "One-time link for {} to choose a new password (works once, for {} hours; shown once): {link}",
             user.email,
-            password.expose_secret()
+            users::RESET_HOURS
         ),
     ))
 }
@@ -429,6 +431,7 @@ pub(super) async fn confirm_status(
         action: format!("/staff/tenants/{}/{verb}", t.id),
         button,
         back: format!("/staff/tenants/{}", t.id),
+        reason: verb == "suspend",
     };
     render(StatusCode::OK, &page, false)
 }
@@ -448,8 +451,10 @@ pub(super) async fn change_status(
     if form.confirm.as_deref() != Some("yes") {
         return Ok(crate::auth::see_other(&format!("{here}/{verb}")));
     }
+    let reason = form.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
+    let before = tenants::get(&state.pool, id).await?;
     let result = match verb {
-        "suspend" => tenants::suspend(&state.pool, id).await,
+        "suspend" => tenants::suspend(&state.pool, id, reason).await,
         "unsuspend" => tenants::unsuspend(&state.pool, id).await,
         _ => tenants::terminate(&state.pool, id).await,
     };
@@ -462,7 +467,10 @@ pub(super) async fn change_status(
                 Some(id),
                 &format!("tenant.{verb}"),
                 t.slug.as_str(),
-                serde_json::json!({}),
+                serde_json::json!({
+                    "before": { "status": before.status.as_str(), "reason": before.suspension_reason },
+                    "after": { "status": t.status.as_str(), "reason": t.suspension_reason },
+                }),
             )
             .await?;
             Ok(flash::redirect(
@@ -475,6 +483,11 @@ pub(super) async fn change_status(
             &here,
             "error",
             &format!("Cannot {verb}: {msg}."),
+        )),
+        Err(StoreError::Invalid { field, message }) => Ok(flash::redirect(
+            &here,
+            "error",
+            &format!("Cannot {verb}: {field}: {message}."),
         )),
         Err(e) => Err(e.into()),
     }

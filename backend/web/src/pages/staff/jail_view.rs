@@ -1,0 +1,134 @@
+//! A customer's jail as staff see it: its state and why, its limits and
+//! usage, its output, and a restart. Reading its output and restarting it
+//! are audited, and the tenant's customers see both on their overview.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use uuid::Uuid;
+
+use crate::auth::SignedIn;
+use crate::output::{Ask, OutputError, open};
+use crate::pages::customer::{JailData, jail_data, status_note};
+use crate::pages::{ActionForm, Layout, record, render, require_staff};
+use crate::{AppState, WebError, flash};
+
+#[derive(Template)]
+#[template(path = "staff_jail.html")]
+pub(super) struct StaffJailPage {
+    layout: Layout,
+    tenant_id: Uuid,
+    tenant: String,
+    data: JailData,
+    note: String,
+}
+
+fn ids(path: &(String, String)) -> Result<(Uuid, Uuid), WebError> {
+    let parse = |s: &str| Uuid::parse_str(s).map_err(|_| WebError::NotFound);
+    Ok((parse(&path.0)?, parse(&path.1)?))
+}
+
+pub(super) async fn jail_page(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, WebError> {
+    require_staff(&s)?;
+    let (tenant_id, jail_id) = ids(&path)?;
+    let tenant = stockade_store::tenants::get(&state.pool, tenant_id).await?;
+    let jail = stockade_store::jails::get(&state.pool, tenant_id, jail_id).await?;
+    let data = jail_data(&state.pool, tenant_id, jail_id, "hour").await?;
+    let layout = Layout::new(&req, &s.0);
+    let had_flash = layout.flash.is_some();
+    render(
+        StatusCode::OK,
+        &StaffJailPage {
+            layout,
+            tenant_id,
+            tenant: tenant.slug.to_string(),
+            data,
+            note: status_note(&jail),
+        },
+        had_flash,
+    )
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct OutputQuery {
+    tail: Option<usize>,
+    follow: Option<u8>,
+}
+
+pub(super) async fn output(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<(String, String)>,
+    q: web::Query<OutputQuery>,
+) -> Result<HttpResponse, WebError> {
+    require_staff(&s)?;
+    let (tenant_id, jail_id) = ids(&path)?;
+    let jail = stockade_store::jails::get(&state.pool, tenant_id, jail_id).await?;
+    let ask = Ask {
+        tail: q.tail.unwrap_or(200).min(10_000),
+        follow: q.follow == Some(1),
+    };
+    // A customer's output is theirs: each read by staff is on the record.
+    record(
+        &state,
+        &req,
+        &s,
+        Some(tenant_id),
+        "jail.output_read",
+        jail.name.as_str(),
+        serde_json::json!({ "jail_id": jail_id, "tail": ask.tail, "follow": ask.follow }),
+    )
+    .await?;
+    match open(&state, tenant_id, jail_id, ask, None).await {
+        Ok(answer) => Ok(answer),
+        Err(OutputError::NotFound) => Err(WebError::NotFound),
+        Err(OutputError::Store(e)) => Err(e.into()),
+        Err(OutputError::Unavailable(m) | OutputError::Invalid(m)) => {
+            Ok(HttpResponse::ServiceUnavailable()
+                .content_type("text/plain; charset=utf-8")
+                .body(format!("The output cannot be shown now: {m}.\n")))
+        }
+    }
+}
+
+pub(super) async fn restart(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<(String, String)>,
+    form: web::Form<ActionForm>,
+) -> Result<HttpResponse, WebError> {
+    require_staff(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let (tenant_id, jail_id) = ids(&path)?;
+    let here = format!("/staff/tenants/{tenant_id}/jails/{jail_id}");
+    match stockade_store::jails::restart(&state.pool, tenant_id, jail_id).await {
+        Ok(jail) => {
+            record(
+                &state,
+                &req,
+                &s,
+                Some(tenant_id),
+                "jail.staff_restart",
+                jail.name.as_str(),
+                serde_json::json!({ "jail_id": jail_id }),
+            )
+            .await?;
+            Ok(flash::redirect(
+                &here,
+                "ok",
+                &format!("{} restarts; its customers see that you restarted it.", jail.name),
+            ))
+        }
+        Err(stockade_store::StoreError::InvalidState(m)) => {
+            Ok(flash::redirect(&here, "error", &format!("Not restarted: {m}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
