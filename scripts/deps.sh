@@ -56,3 +56,15 @@ stockade_install_schemathesis() {
         return 1
     fi
 }
+
+# axe-core checks the panel's pages for accessibility in the browser tests.
+stockade_install_axe() {
+    [ -f target/js/node_modules/axe-core/axe.min.js ] && return 0
+    if command -v npm >/dev/null 2>&1; then
+        echo "installing: axe-core (npm)"
+        npm install --silent --no-audit --no-fund --prefix target/js axe-core@4 >/dev/null
+    else
+        echo "npm is needed for the browser tests' accessibility checks" >&2
+        return 1
+    fi
+}

@@ -171,6 +171,54 @@ impl Browser {
             .unwrap_or_else(|e| panic!("run a script: {e}"));
     }
 
+    /// Resizes the window (e.g. to a phone's 390 pixels).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.client()
+            .set_window_size(width, height)
+            .await
+            .unwrap_or_else(|e| panic!("resize the window: {e}"));
+    }
+
+    /// Whether the page is wider than the window (it scrolls sideways).
+    pub async fn overflows_sideways(&self) -> bool {
+        let v = self
+            .client()
+            .execute(
+                "return document.documentElement.scrollWidth > window.innerWidth;",
+                Vec::new(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("measure the page: {e}"));
+        v.as_bool().unwrap_or(true)
+    }
+
+    /// The accessibility rules (WCAG 2 A and AA) the current page breaks,
+    /// as axe-core finds them: `rule (impact): elements` per violation.
+    /// `None` when axe-core is not installed (scripts/test installs it).
+    pub async fn accessibility_violations(&self) -> Option<Vec<String>> {
+        let axe = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/js/node_modules/axe-core/axe.min.js");
+        let source = std::fs::read_to_string(axe).ok()?;
+        let script = format!(
+            "const done = arguments[arguments.length - 1];\n{source}\n\
+             axe.run(document, {{ runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] }})\
+               .then(r => done(r.violations.map(v => v.id + ' (' + v.impact + '): ' +\
+                 v.nodes.map(n => n.target.join(' ')).join(', '))))\
+               .catch(e => done(['axe failed: ' + e]));"
+        );
+        let found = self
+            .client()
+            .execute_async(&script, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("run axe-core: {e}"));
+        Some(
+            found
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+        )
+    }
+
     /// Saves a PNG screenshot as `target/screenshots/NAME.png`.
     pub async fn screenshot(&self, name: &str) {
         let png = self.client().screenshot().await.expect("a screenshot");

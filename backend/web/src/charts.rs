@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 pub struct Series<'a> {
     /// Chart title, e.g. "Memory".
     pub title: &'a str,
+    /// What the line measures, with its unit, e.g. "memory in use, in bytes".
+    pub measures: &'a str,
     /// Formats a value for the axis, e.g. as MiB.
     pub unit: fn(u64) -> String,
     /// (time, value) points in time order.
@@ -17,9 +19,11 @@ pub struct Series<'a> {
     pub limit: Option<u64>,
 }
 
-const W: i64 = 640;
+// Drawn narrow enough that the labels stay readable on a phone (the SVG
+// scales to the width it is given).
+const W: i64 = 480;
 const H: i64 = 200;
-const LEFT: i64 = 72;
+const LEFT: i64 = 70;
 const RIGHT: i64 = 12;
 const TOP: i64 = 16;
 const BOTTOM: i64 = 28;
@@ -29,6 +33,25 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// A chart as a figure: its title, what it measures and a legend of its
+/// lines (the solid line the use, the dashed one the limit) above the SVG.
+pub fn figure(series: &Series<'_>, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    let limit = match series.limit {
+        Some(l) => format!(
+            r#"<span class="key limit" aria-hidden="true"></span> the limit, {} (the jail is held to it)"#,
+            esc(&(series.unit)(l))
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"<figure class="chart-figure"><figcaption><strong>{title}</strong><span class="legend"><span class="key use" aria-hidden="true"></span> {measures}{sep}{limit}</span></figcaption>{svg}</figure>"#,
+        title = esc(series.title),
+        measures = esc(series.measures),
+        sep = if limit.is_empty() { "" } else { "; " },
+        svg = line_chart(series, from, to),
+    )
 }
 
 /// Renders `series` over the window `[from, to]` as an SVG element.
@@ -169,6 +192,7 @@ mod tests {
         let now = Utc::now();
         let s = Series {
             title: "Memory <used>",
+            measures: "memory in use, in bytes",
             unit: crate::format::bytes,
             points: vec![
                 (now - chrono::Duration::minutes(30), 100 << 20),
@@ -186,10 +210,33 @@ mod tests {
     }
 
     #[test]
+    fn a_figure_has_its_title_what_it_measures_and_a_legend() {
+        let now = Utc::now();
+        let with_limit = Series {
+            title: "Memory",
+            measures: "memory in use",
+            unit: crate::format::bytes,
+            points: vec![(now, 1 << 20)],
+            limit: Some(64 << 20),
+        };
+        let f = figure(&with_limit, now - chrono::Duration::hours(1), now);
+        assert!(f.contains("<figcaption><strong>Memory</strong>"), "{f}");
+        assert!(f.contains("memory in use; "), "{f}");
+        assert!(f.contains("the limit, 64 MiB (the jail is held to it)"), "{f}");
+        let without = Series {
+            limit: None,
+            ..with_limit
+        };
+        let f = figure(&without, now - chrono::Duration::hours(1), now);
+        assert!(!f.contains("the limit"), "{f}");
+    }
+
+    #[test]
     fn empty_chart_says_so() {
         let now = Utc::now();
         let s = Series {
             title: "CPU",
+            measures: "CPU in use",
             unit: crate::format::cpu,
             points: vec![],
             limit: None,

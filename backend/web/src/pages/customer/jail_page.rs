@@ -13,7 +13,7 @@ use super::uploads::UPLOAD_LIMIT;
 use super::{Layout, cached_page, customer_tenant};
 use super::{parse_id, shown_state};
 use crate::auth::SignedIn;
-use crate::charts::{Series, line_chart};
+use crate::charts::{Series, figure};
 use crate::format;
 use crate::{AppState, WebError};
 
@@ -197,6 +197,7 @@ pub(crate) async fn jail_data(
     let series = [
         Series {
             title: "CPU",
+            measures: "CPU in use, in cores (1000m = one core)",
             unit: format::cpu,
             points: points
                 .iter()
@@ -206,6 +207,7 @@ pub(crate) async fn jail_data(
         },
         Series {
             title: "Memory",
+            measures: "memory in use, page cache included",
             unit: format::bytes,
             points: points
                 .iter()
@@ -214,19 +216,22 @@ pub(crate) async fn jail_data(
             limit: Some(jail.limits.memory_bytes),
         },
         Series {
-            title: "Network (received + sent per interval)",
+            title: "Network",
+            measures: "bytes received and sent in each interval",
             unit: format::bytes,
             points: points.iter().map(|p| (p.at, to_u(p.net_bytes))).collect(),
             limit: None,
         },
         Series {
-            title: "Disk used",
+            title: "Disk",
+            measures: "bytes used on its volume",
             unit: format::bytes,
             points: points.iter().map(|p| (p.at, to_u(p.disk_bytes))).collect(),
             limit: Some(jail.limits.disk_bytes),
         },
         Series {
-            title: "Disk IO (read + written per interval)",
+            title: "Disk IO",
+            measures: "bytes read and written in each interval",
             unit: format::bytes,
             points: points.iter().map(|p| (p.at, to_u(p.io_bytes))).collect(),
             limit: None,
@@ -301,7 +306,7 @@ pub(crate) async fn jail_data(
         ingress: format::bits_per_sec(jail.limits.net_ingress_bps),
         hits: explain_hits(&jail, hits),
         period,
-        charts: series.iter().map(|s| line_chart(s, from, now)).collect(),
+        charts: series.iter().map(|s| figure(s, from, now)).collect(),
     };
     Ok(JailData {
         id: jail.id,
