@@ -554,6 +554,77 @@ async fn a_new_command_and_environment_restart_the_jail_with_them() {
 }
 
 #[tokio::test]
+async fn a_health_check_makes_a_running_jail_healthy_or_unhealthy_and_says_so() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let node = Node::with_network(&url, "10.102.0.1/24");
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    // The image's default command: a web server on port 80 with no pages.
+    let jail = jails::create(&pool, tenant, &system_jail("probed", &[]))
+        .await
+        .unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    let wait_health = |want: stockade_domain::Health| {
+        let pool = pool.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let j = jails::get(&pool, tenant, jail.id).await.unwrap();
+                if j.health == want {
+                    return j;
+                }
+                assert!(Instant::now() < deadline, "never {want}: {j:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // A page the server does not have: unhealthy after two failures, why kept.
+    let missing = stockade_domain::HealthCheck {
+        kind: stockade_domain::ProbeKind::Http,
+        port: 80,
+        path: Some("/missing".into()),
+        interval_secs: 1,
+        failures: 2,
+    };
+    jails::set_health_check(&pool, tenant, jail.id, Some(&missing))
+        .await
+        .unwrap();
+    let sick = wait_health(stockade_domain::Health::Unhealthy).await;
+    assert_eq!(sick.health_detail.as_deref(), Some("GET /missing answered 404"));
+    assert_eq!(sick.observed_state, ObservedState::Running, "it still runs");
+    let told: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT data FROM events WHERE event_type = 'jail.state_changed' AND data->>'health' IS NOT NULL ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        told.iter().any(|d| d["health"] == "unhealthy" && d["error"] == "GET /missing answered 404"),
+        "{told:?}"
+    );
+    assert!(
+        jails::failing(&pool, 10).await.unwrap().iter().any(|(j, _)| j.id == jail.id),
+        "listed among failing jails"
+    );
+    // The port takes connections: healthy again.
+    let tcp = stockade_domain::HealthCheck {
+        kind: stockade_domain::ProbeKind::Tcp,
+        path: None,
+        ..missing
+    };
+    jails::set_health_check(&pool, tenant, jail.id, Some(&tcp))
+        .await
+        .unwrap();
+    let well = wait_health(stockade_domain::Health::Healthy).await;
+    assert_eq!(well.health_detail, None);
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+}
+
+#[tokio::test]
 async fn failed_starts_leave_no_zombie_under_the_agent() {
     if !is_root() {
         return;

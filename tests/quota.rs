@@ -295,6 +295,39 @@ async fn lowering_a_quota_scales_running_jails_down() {
     let (quota, used) = jails::quota_and_allocation(&pool, tenant).await.unwrap();
     assert_eq!(quota.memory_bytes, 64 * MIB);
     assert!(used.memory_bytes <= quota.memory_bytes);
+    // Each shrunk jail remembers what it had, even over a second lowering.
+    let had = jails::ShrunkFrom {
+        cpu_millicores: 100,
+        memory_bytes: 64 * MIB,
+        pids: 50,
+    };
+    assert_eq!(a2.shrunk_from, Some(had));
+    tenants::set_overrides(
+        &pool,
+        tenant,
+        &tenants::Overrides {
+            memory_bytes: Some(32 * MIB),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(jails::get(&pool, tenant, a.id).await.unwrap().shrunk_from, Some(had));
+    // No room yet: growing back is refused with what is left, and changes nothing.
+    let err = jails::grow_back(&pool, tenant, a.id).await.unwrap_err();
+    assert!(err.to_string().contains("memory quota exceeded"), "{err}");
+    // The quota restored: each grows back to what it had, and forgets it.
+    tenants::set_overrides(&pool, tenant, &tenants::Overrides::default())
+        .await
+        .unwrap();
+    for id in [a.id, b.id] {
+        let grown = jails::grow_back(&pool, tenant, id).await.unwrap();
+        assert_eq!(grown.limits.memory_bytes, 64 * MIB);
+        assert_eq!(grown.limits.cpu_millicores, 100);
+        assert_eq!(grown.shrunk_from, None);
+    }
+    let err = jails::grow_back(&pool, tenant, a.id).await.unwrap_err();
+    assert!(err.to_string().contains("not shrunk"), "{err}");
 }
 
 #[tokio::test]

@@ -1451,3 +1451,44 @@ async fn staff_drill_down_is_visible_to_the_customer_and_audited() {
         "{audit}"
     );
 }
+
+/// A jail shrunk by a lowered quota says so on its page and, once the quota
+/// has room again, offers to grow it back.
+#[tokio::test]
+async fn a_shrunk_jail_is_offered_to_grow_back_once_the_quota_allows() {
+    let w = world().await;
+    let (t, j) = (w.tenant_a, w.jail_a);
+    let had = jails::get(&w.app.pool, t, j).await.unwrap().limits;
+    tenants::set_overrides(
+        &w.app.pool,
+        t,
+        &tenants::Overrides {
+            memory_bytes: Some(64 << 20),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let page_url = w.app.url(&format!("/jails/{j}"));
+    let page = page_with(&w.customer_a, &page_url, "data-shrunk").await;
+    assert!(page.contains("this jail was shrunk: it had 0.25 CPU, 128 MiB memory"), "{page}");
+    assert!(page.contains("no room to grow it back yet"), "{page}");
+    tenants::set_overrides(&w.app.pool, t, &tenants::Overrides::default())
+        .await
+        .unwrap();
+    let page = page_with(&w.customer_a, &page_url, "Grow it back").await;
+    let token = hidden_field(&page, "csrf_token").unwrap();
+    let res = w
+        .customer_a
+        .post(w.app.url(&format!("/jails/{j}/grow-back")))
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let grown = jails::get(&w.app.pool, t, j).await.unwrap();
+    assert_eq!(grown.limits.memory_bytes, had.memory_bytes);
+    assert_eq!(grown.shrunk_from, None);
+    let page = page_with(&w.customer_a, &page_url, "has its limits back").await;
+    assert!(!page.contains("data-shrunk"), "{page}");
+}

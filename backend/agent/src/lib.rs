@@ -13,6 +13,7 @@
 mod acme;
 mod adopt;
 mod claim;
+mod health;
 mod logs;
 mod metrics;
 mod proxy;
@@ -231,6 +232,8 @@ pub async fn run(
         ));
     }
     if cfg.network.is_some() {
+        // Health checks probe jails at their addresses.
+        tasks.spawn(health::health_task(pool.clone(), node_id));
         tasks.spawn(repair_task(
             pool.clone(),
             engine.clone(),

@@ -7,6 +7,7 @@
 mod domain_name;
 mod email;
 mod file_name;
+pub mod health;
 pub mod limits;
 mod name;
 mod port;
@@ -17,12 +18,13 @@ mod state;
 pub use domain_name::DomainName;
 pub use email::Email;
 pub use file_name::FileName;
+pub use health::{HealthCheck, ProbeKind};
 pub use limits::Limits;
 pub use name::{JailName, TenantSlug, image_name};
 pub use port::{Protocol, Publish};
 pub use program::{EnvVar, command_line, parse_command_line};
 pub use quantity::{ByteSize, Millicores};
-pub use state::{DesiredState, JailKind, ObservedState, Role, TenantStatus};
+pub use state::{DesiredState, Health, JailKind, ObservedState, Role, TenantStatus};
 
 /// Why a value given by a user was refused; the message is shown to them as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -113,6 +113,18 @@ text_enum!(
 );
 
 text_enum!(
+    /// What a running jail's health check last said.
+    Health, "health" {
+        /// No check, or no answer yet.
+        Unknown => "unknown",
+        /// The check passed.
+        Healthy => "healthy",
+        /// The check failed as many times in a row as it allows.
+        Unhealthy => "unhealthy",
+    }
+);
+
+text_enum!(
     /// How a jail runs.
     JailKind, "kind" {
         /// One command; the jail ends when it exits.

@@ -10,15 +10,16 @@ use crate::{PgPool, StoreError};
 pub const TICKET_SECS: i64 = 60;
 
 /// Where a jail's output is read: its node's log endpoint and a fresh
-/// ticket for it. `None` when the jail is on no node or its node's agent
-/// serves no output.
+/// ticket for it. `None` when the jail is on no node yet or its node's
+/// agent serves no output.
 pub async fn mint(
     pool: &PgPool,
     tenant_id: Uuid,
     jail_id: Uuid,
 ) -> Result<Option<(String, String)>, StoreError> {
     let Some(row) = sqlx::query!(
-        r#"SELECT n.id AS "node_id!", n.log_endpoint FROM jails j JOIN nodes n ON n.id = j.node_id
+        r#"SELECT j.node_id, n.log_endpoint AS "log_endpoint?" FROM jails j
+           LEFT JOIN nodes n ON n.id = j.node_id
            WHERE j.id = $1 AND j.tenant_id = $2"#,
         jail_id,
         tenant_id
@@ -28,7 +29,7 @@ pub async fn mint(
     else {
         return Err(StoreError::NotFound);
     };
-    let Some(endpoint) = row.log_endpoint else {
+    let (Some(node_id), Some(endpoint)) = (row.node_id, row.log_endpoint) else {
         return Ok(None);
     };
     let token = random_token();
@@ -37,7 +38,7 @@ pub async fn mint(
          VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
         token_hash(&token),
         jail_id,
-        row.node_id,
+        node_id,
         TICKET_SECS as f64
     )
     .execute(pool)

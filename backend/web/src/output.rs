@@ -24,7 +24,9 @@ pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
 pub(crate) enum OutputError {
     /// No such jail for this tenant.
     NotFound,
-    /// The jail's node serves no output, or does not answer: the reason.
+    /// The jail is on no node yet, or its node serves no output: the reason.
+    NotServed(String),
+    /// The jail's node does not answer or refused: the reason.
     Unavailable(String),
     /// The request was refused: the reason (a bad `tail`).
     Invalid(String),
@@ -53,8 +55,8 @@ pub(crate) async fn open(
     let (endpoint, ticket) = match stockade_store::logs::mint(&state.pool, tenant_id, jail_id).await {
         Ok(Some(t)) => t,
         Ok(None) => {
-            return Err(OutputError::Unavailable(
-                "the jail's node does not serve output".into(),
+            return Err(OutputError::NotServed(
+                "the jail is on no node yet, or its node does not serve output".into(),
             ));
         }
         Err(stockade_store::StoreError::NotFound) => return Err(OutputError::NotFound),

@@ -6,7 +6,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
-use stockade_domain::{DesiredState, EnvVar, JailKind, JailName, Limits, ObservedState, Publish};
+use stockade_domain::{
+    DesiredState, EnvVar, Health, HealthCheck, JailKind, JailName, Limits, ObservedState, Publish,
+};
 use uuid::Uuid;
 
 use crate::{JAILS_CHANNEL, PgPool, StoreError, to_i32, to_i64, to_u32, to_u64};
@@ -62,6 +64,26 @@ pub struct Jail {
     pub run: RunState,
     /// Environment variables of its command.
     pub env: Vec<EnvVar>,
+    /// What its node probes to tell it is healthy, if anything.
+    pub health_check: Option<HealthCheck>,
+    /// What the probes last said.
+    pub health: Health,
+    /// Why, in words (the last failure), when known.
+    pub health_detail: Option<String>,
+    /// The CPU, memory and process limits it had before its tenant's quota
+    /// was lowered and it was shrunk; `None` when it was not.
+    pub shrunk_from: Option<ShrunkFrom>,
+}
+
+/// What a shrunk jail had (see [`Jail::shrunk_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShrunkFrom {
+    /// CPU, millicores.
+    pub cpu_millicores: u32,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+    /// Processes.
+    pub pids: u32,
 }
 
 /// What the agent saw of a jail's command over its runs.
@@ -174,6 +196,10 @@ struct JailRow {
     started_at: Option<DateTime<Utc>>,
     retry_at: Option<DateTime<Utc>>,
     env: serde_json::Value,
+    health_check: Option<serde_json::Value>,
+    health: String,
+    health_detail: Option<String>,
+    limits_before_clamp: Option<serde_json::Value>,
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -236,6 +262,18 @@ impl TryFrom<JailRow> for Jail {
                 retry_at: r.retry_at,
             },
             env: serde_json::from_value(r.env).map_err(|e| bad("env", e))?,
+            health_check: r
+                .health_check
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| bad("health_check", e))?,
+            health: r.health.parse().map_err(|e| bad("health", e))?,
+            health_detail: r.health_detail,
+            shrunk_from: r
+                .limits_before_clamp
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| bad("limits_before_clamp", e))?,
         })
     }
 }
@@ -261,7 +299,7 @@ macro_rules! jail_query {
               LEFT JOIN tenant_quota_overrides o ON o.tenant_id = t.id
               WHERE t.id = jails.tenant_id), true) AS "outbound_nat!",
     restart_count, crash_count, last_exit_code, last_exit_signal, last_exit_at, started_at,
-    retry_at, env"#
+    retry_at, env, health_check, health, health_detail, limits_before_clamp"#
                 + $after
             $(, $arg)*
         )
@@ -466,13 +504,15 @@ pub async fn list_for_tenant(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Jail>
     rows.into_iter().map(Jail::try_from).collect()
 }
 
-/// Every failing jail across tenants (failed or crash-looping, not being
-/// deleted), with its tenant's slug: the longest failing first.
+/// Every failing jail across tenants (failed, crash-looping or unhealthy,
+/// not being deleted), with its tenant's slug: the longest failing first.
 pub async fn failing(pool: &PgPool, limit: i64) -> Result<Vec<(Jail, String)>, StoreError> {
     let rows = jail_query!(
         "SELECT ",
         " FROM jails
-         WHERE observed_state IN ('failed', 'crash_looping') AND desired_state <> 'deleted'
+         WHERE (observed_state IN ('failed', 'crash_looping')
+                OR (observed_state = 'running' AND health = 'unhealthy'))
+           AND desired_state <> 'deleted'
          ORDER BY observed_at LIMIT $1",
         limit
     )
@@ -585,7 +625,8 @@ pub async fn update_limits(
     let row = jail_query!(
         "UPDATE jails SET cpu_millicores = $3, memory_bytes = $4, pids = $5, disk_bytes = $6,
              io_read_bps = $7, io_write_bps = $8, io_read_iops = $9, io_write_iops = $10,
-             net_egress_bps = $11, net_ingress_bps = $12, generation = generation + 1, updated_at = now()
+             net_egress_bps = $11, net_ingress_bps = $12, limits_before_clamp = NULL,
+             generation = generation + 1, updated_at = now()
          WHERE id = $1 AND tenant_id = $2 RETURNING ",
         "",
         jail_id,
@@ -660,6 +701,56 @@ pub async fn update_program(
     .await?;
     notify(&mut tx, current.node_id).await?;
     tx.commit().await?;
+    row.try_into()
+}
+
+/// Grows a jail shrunk by a lowered quota back to the limits it had, when
+/// the quota has room for them now (else the refusal says what is left).
+pub async fn grow_back(pool: &PgPool, tenant_id: Uuid, jail_id: Uuid) -> Result<Jail, StoreError> {
+    let current = get(pool, tenant_id, jail_id).await?;
+    let Some(before) = current.shrunk_from else {
+        return Err(StoreError::InvalidState(
+            "the jail was not shrunk by a lowered quota".into(),
+        ));
+    };
+    let limits = Limits {
+        cpu_millicores: before.cpu_millicores.max(current.limits.cpu_millicores),
+        memory_bytes: before.memory_bytes.max(current.limits.memory_bytes),
+        pids: before.pids.max(current.limits.pids),
+        ..current.limits
+    };
+    // Within the quota, in one transaction with the tenant locked; clears
+    // what was remembered.
+    update_limits(pool, tenant_id, jail_id, &limits).await
+}
+
+/// Sets (or with `None` removes) a jail's health check; its health is
+/// unknown again until the next probes.
+pub async fn set_health_check(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+    check: Option<&HealthCheck>,
+) -> Result<Jail, StoreError> {
+    if let Some(c) = check {
+        c.check()?;
+    }
+    let value = check
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| StoreError::Unexpected(e.into()))?;
+    let row = jail_query!(
+        "UPDATE jails SET health_check = $3, health = 'unknown', health_detail = NULL,
+             health_at = NULL, updated_at = now()
+         WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted' RETURNING ",
+        "",
+        jail_id,
+        tenant_id,
+        value
+    )
+    .fetch_optional(pool)
+    .await?
+    .ok_or(StoreError::NotFound)?;
     row.try_into()
 }
 

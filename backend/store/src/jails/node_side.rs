@@ -171,3 +171,88 @@ pub async fn set_address(
     .map_err(crate::conflict_as("a jail with this address on the node"))?;
     Ok(())
 }
+
+/// A running jail of a node with a health check: what its agent probes.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The jail.
+    pub jail_id: Uuid,
+    /// Its address on the node.
+    pub address: std::net::Ipv4Addr,
+    /// What to probe.
+    pub check: stockade_domain::HealthCheck,
+    /// What the probes said last.
+    pub health: stockade_domain::Health,
+}
+
+/// The running jails of a node that have a health check and an address.
+pub async fn probes_on_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Probe>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT id, host(address) AS "address!", health_check AS "check!", health FROM jails
+         WHERE node_id = $1 AND health_check IS NOT NULL AND address IS NOT NULL
+           AND desired_state = 'running' AND observed_state IN ('running', 'crash_looping')"#,
+        node_id
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(Probe {
+                jail_id: r.id,
+                address: r.address.parse().map_err(|e| bad("address", e))?,
+                check: serde_json::from_value(r.check).map_err(|e| bad("health_check", e))?,
+                health: r.health.parse().map_err(|e| bad("health", e))?,
+            })
+        })
+        .collect()
+}
+
+/// Records a jail's health when it changed, with a `jail.state_changed`
+/// event carrying the health before and after.
+pub async fn record_health(
+    pool: &PgPool,
+    jail_id: Uuid,
+    health: stockade_domain::Health,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let Some(before) = sqlx::query!(
+        "SELECT tenant_id, name, observed_state, desired_state, health FROM jails
+         WHERE id = $1 FOR NO KEY UPDATE",
+        jail_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(());
+    };
+    sqlx::query!(
+        "UPDATE jails SET health = $2, health_detail = $3, health_at = clock_timestamp() WHERE id = $1",
+        jail_id,
+        health.as_str(),
+        detail
+    )
+    .execute(&mut *tx)
+    .await?;
+    if before.health != health.as_str() {
+        crate::events::emit(
+            &mut tx,
+            Some(before.tenant_id),
+            "jail.state_changed",
+            serde_json::json!({
+                "jail_id": jail_id,
+                "tenant_id": before.tenant_id,
+                "name": before.name,
+                "previous_state": before.observed_state,
+                "state": before.observed_state,
+                "desired_state": before.desired_state,
+                "previous_health": before.health,
+                "health": health.as_str(),
+                "error": detail,
+            }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

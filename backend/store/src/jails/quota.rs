@@ -182,7 +182,8 @@ pub fn fit_to_quota(
 /// After a tenant's quota was lowered: scales its jails' CPU, memory and
 /// process limits down proportionally so their sum fits again, caps rates at
 /// the per-jail ceilings, and bumps their generation so agents re-apply them.
-/// Volumes are never shrunk.
+/// Volumes are never shrunk. A shrunk jail remembers the limits it had
+/// (the first ones, over several lowerings), to be grown back to.
 pub(crate) async fn clamp_to_quota(
     tx: &mut Transaction<'_, Postgres>,
     tenant_id: Uuid,
@@ -219,6 +220,11 @@ pub(crate) async fn clamp_to_quota(
              io_read_bps = LEAST(io_read_bps, $8), io_write_bps = LEAST(io_write_bps, $9),
              io_read_iops = LEAST(io_read_iops, $10), io_write_iops = LEAST(io_write_iops, $11),
              net_egress_bps = LEAST(net_egress_bps, $12), net_ingress_bps = LEAST(net_ingress_bps, $13),
+             limits_before_clamp = CASE
+                 WHEN $2::bigint < $3::bigint OR $4::bigint < $5::bigint OR $6::bigint < $7::bigint
+                 THEN COALESCE(limits_before_clamp, jsonb_build_object(
+                     'cpu_millicores', cpu_millicores, 'memory_bytes', memory_bytes, 'pids', pids))
+                 ELSE limits_before_clamp END,
              generation = generation + 1, updated_at = now()
          WHERE tenant_id = $1 AND desired_state <> 'deleted'",
         tenant_id,

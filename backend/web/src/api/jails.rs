@@ -33,7 +33,10 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/tenants/{tenant_id}/jails/{jail_id}/restart").route(web::post().to(restart)),
     )
-    .service(resource("/tenants/{tenant_id}/jails/{jail_id}/logs").route(web::get().to(logs)));
+    .service(resource("/tenants/{tenant_id}/jails/{jail_id}/logs").route(web::get().to(logs)))
+    .service(
+        resource("/tenants/{tenant_id}/jails/{jail_id}/grow-back").route(web::post().to(grow_back)),
+    );
 }
 
 /// A jail, with what users want and what its node last saw.
@@ -72,6 +75,17 @@ pub struct JailOut {
     pub retry_at: Option<DateTime<Utc>>,
     /// Environment variables of its command (secrets without their value).
     pub env: Vec<EnvVarOut>,
+    /// What its node probes to tell it is healthy, if anything.
+    #[schema(value_type = Option<Object>)]
+    pub health_check: Option<stockade_domain::HealthCheck>,
+    /// `unknown` (no check, or no answer yet), `healthy` or `unhealthy`.
+    pub health: String,
+    /// The last failure of its health check, in words.
+    pub health_detail: Option<String>,
+    /// The CPU, memory and process limits it had before a lowered quota
+    /// shrank it (see `grow-back`); absent when it was not shrunk.
+    #[schema(value_type = Option<Object>)]
+    pub shrunk_from: Option<jails::ShrunkFrom>,
     /// Bumped on every change of desired state or limits.
     pub generation: i64,
     /// The generation the node last converged to.
@@ -124,6 +138,10 @@ impl From<Jail> for JailOut {
             }),
             started_at: j.run.started_at,
             retry_at: j.run.retry_at,
+            health_check: j.health_check,
+            health: j.health.as_str().to_owned(),
+            health_detail: j.health_detail,
+            shrunk_from: j.shrunk_from,
             env: j
                 .env
                 .into_iter()
@@ -304,6 +322,40 @@ pub(crate) async fn get(
     Ok(HttpResponse::Ok().json(JailOut::from(jail)))
 }
 
+/// Grows a jail shrunk by a lowered quota back to the CPU, memory and
+/// process limits it had (`shrunk_from`), when the quota has room now.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/jails/{jail_id}/grow-back", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("jail_id" = Uuid, Path, description = "Jail id")),
+    responses((status = 200, description = "The grown jail", body = JailOut),
+              (status = 409, description = "The jail was not shrunk (`invalid_state`)", body = crate::api::error::ErrorBody),
+              (status = 422, description = "The quota has no room for it yet (`quota_exceeded`)", body = crate::api::error::ErrorBody)),
+    security(("bearer" = ["jails:write"])))]
+pub(crate) async fn grow_back(
+    Authorized(caller, _): Authorized<JailsWrite>,
+    path: web::Path<(Uuid, Uuid)>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant_id, jail_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let current = jails::get(&state.pool, tenant_id, jail_id).await?;
+    if current.desired_state == DesiredState::Deleted {
+        return Err(ApiError::NotFound);
+    }
+    let jail = jails::grow_back(&state.pool, tenant_id, jail_id).await?;
+    record(
+        &state,
+        &req,
+        &caller,
+        Some(tenant_id),
+        "jail.grow_back",
+        jail.name.as_str(),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(JailOut::from(jail)))
+}
+
 /// What part of a jail's output to send.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -320,7 +372,8 @@ pub struct LogsQuery {
     params(("tenant_id" = Uuid, Path, description = "Tenant id"),
            ("jail_id" = Uuid, Path, description = "Jail id"), LogsQuery),
     responses((status = 200, description = "The output, streamed while `follow`", content_type = "text/plain"),
-              (status = 503, description = "The jail's node serves no output now", body = crate::api::error::ErrorBody)),
+              (status = 409, description = "The jail is on no node yet, or its node serves no output (`output_not_served`)", body = crate::api::error::ErrorBody),
+              (status = 503, description = "The jail's node does not answer now", body = crate::api::error::ErrorBody)),
     security(("bearer" = ["jails:read"])))]
 pub(crate) async fn logs(
     Authorized(caller, _): Authorized<JailsRead>,
@@ -347,6 +400,10 @@ pub(crate) async fn logs(
         .map_err(|e| match e {
             crate::output::OutputError::NotFound => ApiError::NotFound,
             crate::output::OutputError::Invalid(m) => ApiError::field("tail", m),
+            crate::output::OutputError::NotServed(m) => ApiError::Conflict {
+                code: "output_not_served",
+                message: m,
+            },
             crate::output::OutputError::Unavailable(m) => ApiError::NodeUnavailable(m),
             crate::output::OutputError::Store(e) => e.into(),
         })
@@ -365,6 +422,20 @@ pub struct UpdateJail {
     /// New environment, replacing the whole list. A secret given with
     /// `value` absent keeps its stored value.
     pub env: Option<Vec<EnvVarIn>>,
+    /// A health check `{kind: http|tcp, port, path?, interval_secs?, failures?}`,
+    /// or null to remove it.
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<Object>)]
+    pub health_check: Option<Option<stockade_domain::HealthCheck>>,
+}
+
+/// A field that may be absent (`None`), null (`Some(None)`) or a value.
+fn some_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// An environment variable as given.
@@ -517,6 +588,9 @@ pub(crate) async fn update(
     if let Some(c) = &body.command {
         stockade_domain::program::check_command(c)?;
     }
+    if let Some(Some(c)) = &body.health_check {
+        c.check()?;
+    }
     let (tenant_id, jail_id) = path.into_inner();
     caller.see_tenant(tenant_id)?;
     let current = jails::get(&state.pool, tenant_id, jail_id).await?;
@@ -539,8 +613,11 @@ pub(crate) async fn update(
     }
     let limits = patch.apply(current.limits)?;
     let mut jail = current;
-    if limits_given || (body.command.is_none() && env.is_none()) {
+    if limits_given || (body.command.is_none() && env.is_none() && body.health_check.is_none()) {
         jail = jails::update_limits(&state.pool, tenant_id, jail_id, &limits).await?;
+    }
+    if let Some(check) = &body.health_check {
+        jail = jails::set_health_check(&state.pool, tenant_id, jail_id, check.as_ref()).await?;
     }
     if body.command.is_some() || env.is_some() {
         jail = jails::update_program(

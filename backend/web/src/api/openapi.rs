@@ -24,7 +24,7 @@ use super::{domains, jails, plans, ports, tenants, usage, webhooks};
         tenants::suspend, tenants::unsuspend, tenants::terminate,
         plans::list, plans::get, plans::create, plans::update,
         jails::list, jails::create, jails::get, jails::update, jails::delete,
-        jails::start, jails::stop, jails::restart, jails::logs,
+        jails::start, jails::stop, jails::restart, jails::logs, jails::grow_back,
         ports::list, ports::publish, ports::unpublish,
         domains::list, domains::attach, domains::detach, domains::upload_certificate, domains::verify,
         usage::tenant_usage, usage::month_usage,

@@ -34,6 +34,9 @@ pub(crate) struct JailData {
     pub(crate) created: String,
     pub(crate) created_iso: String,
     pub(crate) last_error: Option<String>,
+    /// A jail shrunk by a lowered quota: what it had, in words, and whether
+    /// the quota has room to grow it back now.
+    pub(crate) shrunk: Option<(String, bool)>,
     /// Whether root in the jail is an unprivileged host uid (its plan says).
     pub(crate) user_ids: &'static str,
     /// Limits, limit hits and charts, rendered once.
@@ -319,6 +322,34 @@ pub(crate) async fn jail_data(
         created: jail.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
         created_iso: jail.created_at.to_rfc3339(),
         last_error: Some(super::status_note(&jail)).filter(|n| !n.is_empty()),
+        shrunk: match jail.shrunk_from {
+            None => None,
+            Some(before) => {
+                let (q, a) = jails::quota_and_allocation(pool, tenant_id).await?;
+                let room = |quota: u64, used: u64, now: u64, want: u64| {
+                    quota.saturating_sub(used) + now >= want
+                };
+                let fits = room(
+                    u64::from(q.cpu_millicores),
+                    a.cpu_millicores,
+                    u64::from(jail.limits.cpu_millicores),
+                    u64::from(before.cpu_millicores),
+                ) && room(q.memory_bytes, a.memory_bytes, jail.limits.memory_bytes, before.memory_bytes)
+                    && room(u64::from(q.pids), a.pids, u64::from(jail.limits.pids), u64::from(before.pids));
+                Some((
+                    format!(
+                        "Your provider lowered your quota and this jail was shrunk: it had {}, {} memory and {} processes, and has {}, {} and {} now.",
+                        format::cpu(u64::from(before.cpu_millicores)),
+                        format::bytes(before.memory_bytes),
+                        before.pids,
+                        format::cpu(u64::from(jail.limits.cpu_millicores)),
+                        format::bytes(jail.limits.memory_bytes),
+                        jail.limits.pids
+                    ),
+                    fits,
+                ))
+            }
+        },
         user_ids: if jail.user_namespace {
             "on"
         } else {

@@ -40,6 +40,8 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jails/{id}/logs", web::get().to(output::output))
         .route("/jails/{id}/program", web::post().to(settings::update_program))
         .route("/jails/{id}/limits", web::post().to(settings::update_limits))
+        .route("/jails/{id}/health", web::post().to(settings::update_health))
+        .route("/jails/{id}/grow-back", web::post().to(settings::grow_back))
         .route("/jails/{id}/ports", web::post().to(ports::publish))
         .route("/jails/{id}/domains", web::post().to(domains::attach))
         .route(
@@ -77,6 +79,18 @@ pub(crate) struct JailRow {
 
 /// What a user sees as a jail's state: the observed one, or the change under way.
 pub(crate) fn shown_state(j: &Jail) -> String {
+    if j.observed_state == ObservedState::Running
+        && j.observed_generation >= j.generation
+        && j.health_check.is_some()
+        && j.address.is_some()
+    {
+        // Running, and what its health check says.
+        return match j.health {
+            stockade_domain::Health::Unhealthy => "unhealthy".into(),
+            stockade_domain::Health::Unknown => "starting".into(),
+            stockade_domain::Health::Healthy => "running".into(),
+        };
+    }
     if j.observed_generation >= j.generation
         || matches!(
             j.observed_state,
@@ -98,6 +112,12 @@ pub(crate) fn status_note(j: &Jail) -> String {
     let mut parts = Vec::new();
     if let Some(e) = &j.last_error {
         parts.push(e.clone());
+    }
+    if j.health == stockade_domain::Health::Unhealthy {
+        parts.push(format!(
+            "health check failing: {}",
+            j.health_detail.as_deref().unwrap_or("no answer")
+        ));
     }
     let run = &j.run;
     if run.restart_count > 0 || j.observed_state == ObservedState::CrashLooping {
@@ -124,13 +144,18 @@ pub(crate) fn status_note(j: &Jail) -> String {
 
 /// A tenant's jails as a panel shows them: failing ones first, then by name.
 pub(crate) fn failing_first(mut jails: Vec<Jail>) -> Vec<Jail> {
-    jails.sort_by_key(|j| {
-        !matches!(
-            j.observed_state,
-            ObservedState::Failed | ObservedState::CrashLooping
-        )
-    });
+    jails.sort_by_key(|j| !is_failing(j));
     jails
+}
+
+/// Whether a jail needs its owner's attention: failed, crash-looping or
+/// running but failing its health check.
+pub(crate) fn is_failing(j: &Jail) -> bool {
+    matches!(
+        j.observed_state,
+        ObservedState::Failed | ObservedState::CrashLooping
+    ) || (j.observed_state == ObservedState::Running
+        && j.health == stockade_domain::Health::Unhealthy)
 }
 
 impl From<&Jail> for JailRow {

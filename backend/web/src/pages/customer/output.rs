@@ -37,7 +37,7 @@ pub(super) async fn output(
         Ok(answer) => Ok(answer),
         Err(OutputError::NotFound) => Err(WebError::NotFound),
         Err(OutputError::Store(e)) => Err(e.into()),
-        Err(OutputError::Unavailable(m) | OutputError::Invalid(m)) => Ok(HttpResponse::ServiceUnavailable()
+        Err(OutputError::Unavailable(m) | OutputError::NotServed(m) | OutputError::Invalid(m)) => Ok(HttpResponse::ServiceUnavailable()
             .content_type("text/plain; charset=utf-8")
             .insert_header(("cache-control", "no-store"))
             .body(format!("The output cannot be shown now: {m}.\n"))),

@@ -38,6 +38,72 @@ pub(super) struct LimitsForm {
     disk: String,
 }
 
+#[derive(Deserialize, Clone, Default)]
+pub(super) struct HealthForm {
+    csrf_token: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    port: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    interval: String,
+    #[serde(default)]
+    failures: String,
+}
+
+impl HealthForm {
+    fn of(check: Option<&stockade_domain::HealthCheck>) -> Self {
+        match check {
+            None => HealthForm {
+                interval: "10".into(),
+                failures: "3".into(),
+                ..HealthForm::default()
+            },
+            Some(c) => HealthForm {
+                csrf_token: String::new(),
+                kind: match c.kind {
+                    stockade_domain::ProbeKind::Http => "http".into(),
+                    stockade_domain::ProbeKind::Tcp => "tcp".into(),
+                },
+                port: c.port.to_string(),
+                path: c.path.clone().unwrap_or_default(),
+                interval: c.interval_secs.to_string(),
+                failures: c.failures.to_string(),
+            },
+        }
+    }
+
+    /// The check typed, `None` for none; the error names the field.
+    fn parse(&self) -> Result<Option<stockade_domain::HealthCheck>, String> {
+        let kind = match self.kind.as_str() {
+            "" | "none" => return Ok(None),
+            "http" => stockade_domain::ProbeKind::Http,
+            "tcp" => stockade_domain::ProbeKind::Tcp,
+            other => return Err(format!("kind: {other:?} is not none, http or tcp")),
+        };
+        let num = |field: &str, v: &str| {
+            v.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{field}: {v:?} is not a whole number"))
+        };
+        let port = u16::try_from(num("port", &self.port)?)
+            .map_err(|_| format!("port: {} is not a port", self.port.trim()))?;
+        let path = self.path.trim();
+        let check = stockade_domain::HealthCheck {
+            kind,
+            port,
+            path: (kind == stockade_domain::ProbeKind::Http && !path.is_empty())
+                .then(|| path.to_owned()),
+            interval_secs: num("interval", &self.interval)?,
+            failures: num("failures", &self.failures)?,
+        };
+        check.check().map_err(|e| e.reason)?;
+        Ok(Some(check))
+    }
+}
+
 #[derive(Template)]
 #[template(path = "jail_settings.html")]
 pub(super) struct SettingsPage {
@@ -48,6 +114,9 @@ pub(super) struct SettingsPage {
     running: bool,
     program: ProgramForm,
     limits: LimitsForm,
+    health: HealthForm,
+    /// The check in words, and what it says now.
+    health_now: String,
     /// What is left of the tenant's quota besides this jail, in words.
     left: String,
     /// Which form the error is about, and why.
@@ -124,6 +193,7 @@ async fn page(
     jail: &Jail,
     program: Option<ProgramForm>,
     limits: Option<LimitsForm>,
+    health: Option<HealthForm>,
     error: Option<(&'static str, String)>,
 ) -> Result<HttpResponse, WebError> {
     let (q, a) = jails::quota_and_allocation(&state.pool, jail.tenant_id).await?;
@@ -156,6 +226,19 @@ async fn page(
             env: env_text(&jail.env),
         }),
         limits: limits.unwrap_or_else(|| limits_form(jail)),
+        health: health.unwrap_or_else(|| HealthForm::of(jail.health_check.as_ref())),
+        health_now: match &jail.health_check {
+            None => "No health check: the jail counts as healthy while it runs.".into(),
+            Some(c) => format!(
+                "{} — now {}{}.",
+                c.describe(),
+                jail.health,
+                jail.health_detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+        },
         left,
         error,
     };
@@ -178,7 +261,7 @@ pub(super) async fn settings(
 ) -> Result<HttpResponse, WebError> {
     let tenant_id = customer_tenant(&s)?;
     let jail = live_jail(&state, tenant_id, parse_id(&path)?).await?;
-    page(&req, &state, &s, &jail, None, None, None).await
+    page(&req, &state, &s, &jail, None, None, None, None).await
 }
 
 /// A refusal of the store in words, or the error itself when it is not one.
@@ -208,7 +291,7 @@ pub(super) async fn update_program(
     let (command, env) = match parsed {
         Ok(p) => p,
         Err(msg) => {
-            return page(&req, &state, &s, &jail, Some(typed), None, Some(("program", msg))).await;
+            return page(&req, &state, &s, &jail, Some(typed), None, None, Some(("program", msg))).await;
         }
     };
     match jails::update_program(&state.pool, tenant_id, jail.id, Some(&command), Some(&env)).await {
@@ -238,7 +321,7 @@ pub(super) async fn update_program(
         }
         Err(e) => {
             let msg = refusal(e)?;
-            page(&req, &state, &s, &jail, Some(typed), None, Some(("program", msg))).await
+            page(&req, &state, &s, &jail, Some(typed), None, None, Some(("program", msg))).await
         }
     }
 }
@@ -265,7 +348,7 @@ pub(super) async fn update_limits(
             ..jail.limits
         },
         Err(msg) => {
-            return page(&req, &state, &s, &jail, None, Some(typed), Some(("limits", msg))).await;
+            return page(&req, &state, &s, &jail, None, Some(typed), None, Some(("limits", msg))).await;
         }
     };
     match jails::update_limits(&state.pool, tenant_id, jail.id, &limits).await {
@@ -291,9 +374,51 @@ pub(super) async fn update_limits(
         }
         Err(e) => {
             let msg = refusal(e)?;
-            page(&req, &state, &s, &jail, None, Some(typed), Some(("limits", msg))).await
+            page(&req, &state, &s, &jail, None, Some(typed), None, Some(("limits", msg))).await
         }
     }
+}
+
+pub(super) async fn update_health(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+    form: web::Form<HealthForm>,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let jail = live_jail(&state, tenant_id, parse_id(&path)?).await?;
+    let typed = form.into_inner();
+    let check = match typed.parse() {
+        Ok(c) => c,
+        Err(msg) => {
+            return page(&req, &state, &s, &jail, None, None, Some(typed), Some(("health", msg))).await;
+        }
+    };
+    let changed = jails::set_health_check(&state.pool, tenant_id, jail.id, check.as_ref()).await?;
+    record(
+        &state,
+        &req,
+        &s,
+        Some(tenant_id),
+        "jail.health_check",
+        changed.name.as_str(),
+        serde_json::json!({
+            "before": { "health_check": jail.health_check.as_ref().map(stockade_domain::HealthCheck::describe) },
+            "after": { "health_check": check.as_ref().map(stockade_domain::HealthCheck::describe) },
+        }),
+    )
+    .await?;
+    Ok(flash::redirect(
+        &format!("/jails/{}/settings", jail.id),
+        "ok",
+        if check.is_some() {
+            "Health check saved; the jail's node probes it from now on."
+        } else {
+            "Health check removed."
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -315,5 +440,37 @@ mod tests {
         let changed = parse_env("secret TOKEN=new\n# a note\n\nX=a=b", &current).unwrap();
         assert_eq!(changed[0].value, "new");
         assert_eq!(changed[1].value, "a=b");
+    }
+}
+
+pub(super) async fn grow_back(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+    form: web::Form<super::ActionForm>,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let jail = live_jail(&state, tenant_id, parse_id(&path)?).await?;
+    let here = format!("/jails/{}", jail.id);
+    match jails::grow_back(&state.pool, tenant_id, jail.id).await {
+        Ok(grown) => {
+            record(
+                &state,
+                &req,
+                &s,
+                Some(tenant_id),
+                "jail.grow_back",
+                grown.name.as_str(),
+                serde_json::json!({
+                    "before": { "cpu_millicores": jail.limits.cpu_millicores, "memory_bytes": jail.limits.memory_bytes, "pids": jail.limits.pids },
+                    "after": { "cpu_millicores": grown.limits.cpu_millicores, "memory_bytes": grown.limits.memory_bytes, "pids": grown.limits.pids },
+                }),
+            )
+            .await?;
+            Ok(flash::redirect(&here, "ok", "The jail has its limits back; they apply to it now."))
+        }
+        Err(e) => Ok(flash::redirect(&here, "error", &format!("Not grown back: {}", refusal(e)?))),
     }
 }

@@ -46,7 +46,13 @@ pub(super) async fn failing_page(
             tenant,
             jail_id: j.id,
             jail: j.name.to_string(),
-            state: j.observed_state.as_str(),
+            state: if j.health == stockade_domain::Health::Unhealthy
+                && j.observed_state == stockade_domain::ObservedState::Running
+            {
+                "unhealthy"
+            } else {
+                j.observed_state.as_str()
+            },
             since: j
                 .run
                 .last_exit

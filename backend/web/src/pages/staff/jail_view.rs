@@ -89,7 +89,7 @@ pub(super) async fn output(
         Ok(answer) => Ok(answer),
         Err(OutputError::NotFound) => Err(WebError::NotFound),
         Err(OutputError::Store(e)) => Err(e.into()),
-        Err(OutputError::Unavailable(m) | OutputError::Invalid(m)) => {
+        Err(OutputError::Unavailable(m) | OutputError::NotServed(m) | OutputError::Invalid(m)) => {
             Ok(HttpResponse::ServiceUnavailable()
                 .content_type("text/plain; charset=utf-8")
                 .body(format!("The output cannot be shown now: {m}.\n")))
