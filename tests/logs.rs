@@ -1,6 +1,7 @@
-//! A jail's output: read from its node's agent on a single-use ticket the
-//! web tier mints, shown in the panel (the last lines, a live tail, a
-//! download) and through the API. Needs root; without it the test returns.
+//! A jail's output and a console in it: read from (and typed into) its
+//! node's agent on single-use tickets the web tier mints, in the panel (the
+//! last lines, a live tail, a download, a shell) and through the API. Needs
+//! root; without it the tests return.
 
 mod common;
 
@@ -145,7 +146,7 @@ async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
         .unwrap();
     let direct = format!("http://{endpoint}/log?tail=1");
     assert_eq!(new_client().get(&direct).send().await.unwrap().status(), 401);
-    let (_, ticket) = stockade_store::logs::mint(&app.pool, tenant, jail.id)
+    let (_, ticket) = stockade_store::logs::mint(&app.pool, tenant, jail.id, stockade_store::logs::TicketKind::Output)
         .await
         .unwrap()
         .unwrap();
@@ -163,5 +164,131 @@ async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
         .await
         .unwrap();
     assert_eq!(customer.get(&url).send().await.unwrap().status(), 404);
+    wait_observed(&app.pool, tenant, jail.id, ObservedState::Deleted).await;
+}
+
+/// The session cookie a sign-in sets, as a `Cookie` header's value.
+async fn session_cookie(app: &TestApp, email: &str, password: &str) -> String {
+    let client = new_client();
+    let res = app.sign_in(&client, email, password).await;
+    assert_eq!(res.status(), 303);
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A console's WebSocket handshake as a plain request: its status.
+async fn handshake_status(app: &TestApp, path: &str, cookie: &str, origin: Option<&str>) -> u16 {
+    let mut req = reqwest::Client::new()
+        .get(app.url(path))
+        .header("cookie", cookie)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn a_console_runs_a_shell_in_the_jail_for_its_tenant_only_and_is_recorded() {
+    if !is_root() {
+        eprintln!("SKIPPED: a console needs root");
+        return;
+    }
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let app = TestApp::spawn().await;
+    let node = Node::new(&app.db_url);
+    wait_node(&app.pool, &node.name).await;
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    let tenant = tenants::create(&app.pool, &TenantSlug::parse("shelly").unwrap(), "Shelly", plan.id)
+        .await
+        .unwrap()
+        .id;
+    let other = tenants::create(&app.pool, &TenantSlug::parse("peeky").unwrap(), "Peeky", plan.id)
+        .await
+        .unwrap()
+        .id;
+    let jail = jails::create(&app.pool, tenant, &counting_jail()).await.unwrap();
+    wait_observed(&app.pool, tenant, jail.id, ObservedState::Running).await;
+    let pw = app.create_user("c@shelly.test", Role::Customer, Some(tenant)).await;
+    let cookie = session_cookie(&app, "c@shelly.test", &pw).await;
+    let origin = app.url("").trim_end_matches('/').to_owned();
+    let path = format!("/jails/{}/console", jail.id);
+
+    // Refused: another site's page, another tenant's customer.
+    assert_eq!(handshake_status(&app, &path, &cookie, None).await, 403);
+    assert_eq!(handshake_status(&app, &path, &cookie, Some("http://evil.test")).await, 403);
+    let pw2 = app.create_user("p@peeky.test", Role::Customer, Some(other)).await;
+    let nosy = session_cookie(&app, "p@peeky.test", &pw2).await;
+    assert_eq!(handshake_status(&app, &path, &nosy, Some(&origin)).await, 404);
+
+    // A shell in the jail: what is typed runs there, and the answer comes back.
+    let mut req = format!("{}?cols=100&rows=30", app.url(&path).replacen("http://", "ws://", 1))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    req.headers_mut().insert("origin", origin.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("the console opens");
+    ws.send(Message::Binary("echo \"in $(hostname) as $(id -u)\"; stty size\n".into()))
+        .await
+        .unwrap();
+    let mut screen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(screen.contains("in counter as 0\r\n") && screen.contains("30 100")) {
+        assert!(Instant::now() < deadline, "the shell answered: {screen:?}");
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => screen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the console ended early: {other:?} after {screen:?}"),
+        }
+    }
+    // `exit` ends the shell, and with it the session.
+    ws.send(Message::Binary("exit\n".into())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        assert!(Instant::now() < deadline, "the console closed");
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.reason.to_string()),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close: {other:?}"),
+        }
+    };
+    assert_eq!(reason.as_deref(), Some("the shell ended"));
+    // Its start and end are on the record, never what was typed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged: Vec<(String, serde_json::Value)> = sqlx::query_as(
+            "SELECT action, details FROM audit_log WHERE action LIKE 'console.%' ORDER BY id",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        if logged.len() == 2 {
+            assert_eq!(logged[0].0, "console.open");
+            assert_eq!(logged[1].0, "console.close");
+            assert_eq!(logged[1].1["ended"], "the shell ended");
+            assert!(!logged.iter().any(|(_, d)| d.to_string().contains("hostname")));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{logged:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A stopped jail has no console.
+    jails::set_desired(&app.pool, tenant, jail.id, stockade_domain::DesiredState::Stopped)
+        .await
+        .unwrap();
+    wait_observed(&app.pool, tenant, jail.id, ObservedState::Stopped).await;
+    assert_eq!(handshake_status(&app, &path, &cookie, Some(&origin)).await, 409);
+    jails::set_desired(&app.pool, tenant, jail.id, stockade_domain::DesiredState::Deleted)
+        .await
+        .unwrap();
     wait_observed(&app.pool, tenant, jail.id, ObservedState::Deleted).await;
 }

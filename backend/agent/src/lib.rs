@@ -13,6 +13,7 @@
 mod acme;
 mod adopt;
 mod claim;
+mod console;
 mod health;
 mod logs;
 mod metrics;

@@ -1,4 +1,5 @@
-//! The node's log endpoint: a jail's output, for the web tier, on a ticket.
+//! The node's log endpoint: a jail's output, for the web tier, on a ticket
+//! (and, at `/console`, a console in it: see [`crate::console`]).
 //!
 //! `GET /log?tail=N&follow=1` with `Authorization: Ticket <token>`, where the
 //! token is one the web tier minted in PostgreSQL for one jail of this node
@@ -70,12 +71,19 @@ pub(crate) async fn serve(
                     let Ok((stream, _)) = conn else { continue };
                     let (pool, engine) = (pool.clone(), engine.clone());
                     tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
+                        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let (pool, engine) = (pool.clone(), engine.clone());
-                            async move { Ok::<_, Infallible>(answer(&pool, node_id, &engine, req).await) }
+                            async move {
+                                Ok::<_, Infallible>(if req.uri().path() == "/console" {
+                                    crate::console::answer(&pool, node_id, engine, req).await
+                                } else {
+                                    answer(&pool, node_id, &engine, req).await
+                                })
+                            }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
                             .await;
                     });
                 }
@@ -122,7 +130,7 @@ async fn answer(pool: &PgPool, node_id: Uuid, engine: &Engine, req: Request<hype
     let Some(ticket) = ticket else {
         return plain(StatusCode::UNAUTHORIZED, "a ticket is needed\n");
     };
-    let jail = match stockade_store::logs::redeem(pool, node_id, ticket).await {
+    let jail = match stockade_store::logs::redeem(pool, node_id, ticket, stockade_store::logs::TicketKind::Output).await {
         Ok(Some(jail)) => jail,
         Ok(None) => return plain(StatusCode::UNAUTHORIZED, "the ticket is unknown, used or expired\n"),
         Err(e) => {

@@ -1,5 +1,6 @@
-//! Tickets to a jail's output: minted by the web tier for one jail, redeemed
-//! once by the agent of the jail's node (see the migration's note).
+//! Tickets to a jail's output or a console in it: minted by the web tier
+//! for one jail, redeemed once by the agent of the jail's node (see the
+//! migration's note).
 
 use uuid::Uuid;
 
@@ -9,6 +10,24 @@ use crate::{PgPool, StoreError};
 /// How long a ticket may wait to be redeemed.
 pub const TICKET_SECS: i64 = 60;
 
+/// What a ticket opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketKind {
+    /// The jail's output.
+    Output,
+    /// A console (a shell on a terminal) in the jail.
+    Console,
+}
+
+impl TicketKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TicketKind::Output => "output",
+            TicketKind::Console => "console",
+        }
+    }
+}
+
 /// Where a jail's output is read: its node's log endpoint and a fresh
 /// ticket for it. `None` when the jail is on no node yet or its node's
 /// agent serves no output.
@@ -16,6 +35,7 @@ pub async fn mint(
     pool: &PgPool,
     tenant_id: Uuid,
     jail_id: Uuid,
+    kind: TicketKind,
 ) -> Result<Option<(String, String)>, StoreError> {
     let Some(row) = sqlx::query!(
         r#"SELECT j.node_id, n.log_endpoint AS "log_endpoint?" FROM jails j
@@ -34,21 +54,27 @@ pub async fn mint(
     };
     let token = random_token();
     sqlx::query!(
-        "INSERT INTO log_tickets (token_hash, jail_id, node_id, expires_at)
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+        "INSERT INTO log_tickets (token_hash, jail_id, node_id, expires_at, kind)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)",
         token_hash(&token),
         jail_id,
         node_id,
-        TICKET_SECS as f64
+        TICKET_SECS as f64,
+        kind.as_str()
     )
     .execute(pool)
     .await?;
     Ok(Some((endpoint, token)))
 }
 
-/// Redeems a ticket on node `node_id`: the jail it was minted for, once.
-/// Expired tickets of the node go too.
-pub async fn redeem(pool: &PgPool, node_id: Uuid, token: &str) -> Result<Option<Uuid>, StoreError> {
+/// Redeems a ticket of `kind` on node `node_id`: the jail it was minted
+/// for, once. Expired tickets of the node go too.
+pub async fn redeem(
+    pool: &PgPool,
+    node_id: Uuid,
+    token: &str,
+    kind: TicketKind,
+) -> Result<Option<Uuid>, StoreError> {
     sqlx::query!(
         "DELETE FROM log_tickets WHERE node_id = $1 AND expires_at < now()",
         node_id
@@ -57,9 +83,11 @@ pub async fn redeem(pool: &PgPool, node_id: Uuid, token: &str) -> Result<Option<
     .await?;
     Ok(sqlx::query_scalar!(
         "DELETE FROM log_tickets WHERE token_hash = $1 AND node_id = $2 AND expires_at >= now()
+           AND kind = $3
          RETURNING jail_id",
         token_hash(token),
-        node_id
+        node_id,
+        kind.as_str()
     )
     .fetch_optional(pool)
     .await?)

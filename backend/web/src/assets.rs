@@ -14,6 +14,22 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../../../frontend/app.js"),
     ),
+    // The console's terminal (xterm.js, MIT; see frontend/vendor/xterm).
+    (
+        "vendor/xterm/xterm.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../frontend/vendor/xterm/xterm.js"),
+    ),
+    (
+        "vendor/xterm/xterm.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../frontend/vendor/xterm/xterm.css"),
+    ),
+    (
+        "vendor/xterm/LICENSE",
+        "text/plain; charset=utf-8",
+        include_str!("../../../frontend/vendor/xterm/LICENSE"),
+    ),
 ];
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {

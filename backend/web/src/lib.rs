@@ -13,6 +13,7 @@ mod charts;
 mod error;
 mod flash;
 mod format;
+mod console;
 mod health;
 mod output;
 mod pages;
@@ -164,6 +165,13 @@ impl Application {
         served
     }
 }
+
+/// The policy of pages with a console: the terminal (xterm.js) adds style
+/// elements of its own, and the page opens a WebSocket to the panel.
+/// Scripts stay as strict as everywhere else.
+pub(crate) const CONSOLE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     style-src-elem 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Headers on every answer: no inline script, no framing, no sniffing.
 fn security_headers() -> DefaultHeaders {

@@ -52,7 +52,7 @@ pub(crate) async fn open(
     ask: Ask,
     download: Option<&str>,
 ) -> Result<HttpResponse, OutputError> {
-    let (endpoint, ticket) = match stockade_store::logs::mint(&state.pool, tenant_id, jail_id).await {
+    let (endpoint, ticket) = match stockade_store::logs::mint(&state.pool, tenant_id, jail_id, stockade_store::logs::TicketKind::Output).await {
         Ok(Some(t)) => t,
         Ok(None) => {
             return Err(OutputError::NotServed(

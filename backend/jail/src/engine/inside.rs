@@ -25,6 +25,38 @@ impl Engine {
     /// and capability limits) with the caller's stdio; returns its exit
     /// code, or 128 + the signal that ended it.
     pub fn exec(&self, name: &JailName, argv: &[String]) -> Result<i32, JailError> {
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        let mut terminal = Terminal::for_caller()?;
+        let tty = terminal.as_mut().and_then(Terminal::slave);
+        let code = self.exec_joined(name, argv, tty, &term);
+        if let Some(t) = terminal {
+            t.finish();
+        }
+        code
+    }
+
+    /// Runs `argv` inside the running jail as [`Engine::exec`] does, on a
+    /// terminal the caller made (`tty`, the slave end of a pseudo-terminal
+    /// whose master end the caller relays, e.g. to a browser's console);
+    /// blocks until it ends and returns its exit code. Closing the master
+    /// end hangs the command up.
+    pub fn exec_on_terminal(
+        &self,
+        name: &JailName,
+        argv: &[String],
+        tty: OwnedFd,
+        term: &str,
+    ) -> Result<i32, JailError> {
+        self.exec_joined(name, argv, Some(tty), term)
+    }
+
+    fn exec_joined(
+        &self,
+        name: &JailName,
+        argv: &[String],
+        tty: Option<OwnedFd>,
+        term: &str,
+    ) -> Result<i32, JailError> {
         let (_, rec) = self.record(name)?;
         let init = self
             .live_init(&rec)
@@ -49,14 +81,13 @@ impl Engine {
         if self.live_init(&rec).is_none() {
             return Err(JailError::NotRunning(name.to_string()));
         }
-        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         let command = ExecPlan::new(
             argv,
             &[
                 ("PATH", JAIL_PATH),
                 ("HOME", "/root"),
                 ("HOSTNAME", rec.spec.hostname.as_str()),
-                ("TERM", &term),
+                ("TERM", term),
             ],
         )?;
         let join_files: Vec<CString> = self
@@ -77,19 +108,14 @@ impl Engine {
         } else {
             b"500"
         };
-        let mut terminal = Terminal::for_caller()?;
-        let code = launch::join(&launch::Join {
+        launch::join(&launch::Join {
             namespaces,
             cgroup_files: &join_files,
             command: &command,
             seccomp: self.seccomp.program(),
             oom_score_adj,
-            tty: terminal.as_mut().and_then(Terminal::slave),
-        });
-        if let Some(t) = terminal {
-            t.finish();
-        }
-        code
+            tty,
+        })
     }
 
     /// Runs a transient app jail: creates it, runs `argv` (or the spec's

@@ -171,7 +171,7 @@ pub(super) async fn detail(
         jail: jail_id,
         period,
     };
-    cached_page(
+    let mut page = cached_page(
         &req,
         &s,
         &state.caches.jail_pages,
@@ -179,7 +179,12 @@ pub(super) async fn detail(
         || jail_data(&state.pool, tenant_id, jail_id, period),
         |layout, data| JailPage { layout, data },
     )
-    .await
+    .await?;
+    page.headers_mut().insert(
+        actix_web::http::header::CONTENT_SECURITY_POLICY,
+        actix_web::http::header::HeaderValue::from_static(crate::CONSOLE_CSP),
+    );
+    Ok(page)
 }
 
 pub(crate) async fn jail_data(

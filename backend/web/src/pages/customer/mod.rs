@@ -38,6 +38,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jails/{id}/files", web::post().to(upload))
         .route("/jails/{id}/settings", web::get().to(settings::settings))
         .route("/jails/{id}/logs", web::get().to(output::output))
+        .route("/jails/{id}/console", web::get().to(console))
         .route("/jails/{id}/program", web::post().to(settings::update_program))
         .route("/jails/{id}/limits", web::post().to(settings::update_limits))
         .route("/jails/{id}/health", web::post().to(settings::update_health))
@@ -173,6 +174,20 @@ impl From<&Jail> for JailRow {
             error: status_note(j),
         }
     }
+}
+
+/// A console in one of the customer's jails (a WebSocket).
+async fn console(
+    req: actix_web::HttpRequest,
+    body: web::Payload,
+    state: web::Data<crate::AppState>,
+    s: crate::auth::SignedIn,
+    path: web::Path<String>,
+    size: web::Query<crate::console::Size>,
+) -> Result<actix_web::HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    let jail_id = parse_id(&path)?;
+    crate::console::open(req, body, state, s, tenant_id, jail_id, size.into_inner()).await
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, WebError> {

@@ -88,6 +88,8 @@ fn staff_action_words(action: &str) -> &str {
     match action {
         "jail.output_read" => "read the output of",
         "jail.staff_restart" => "restarted",
+        "console.open" => "opened a console in",
+        "console.close" => "closed a console in",
         "tenant.suspend" => "suspended",
         "tenant.unsuspend" => "unsuspended",
         "tenant.plan_change" => "changed the plan of",

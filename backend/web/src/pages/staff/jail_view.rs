@@ -41,7 +41,7 @@ pub(super) async fn jail_page(
     let data = jail_data(&state.pool, tenant_id, jail_id, "hour").await?;
     let layout = Layout::new(&req, &s.0);
     let had_flash = layout.flash.is_some();
-    render(
+    let mut page = render(
         StatusCode::OK,
         &StaffJailPage {
             layout,
@@ -51,7 +51,12 @@ pub(super) async fn jail_page(
             note: status_note(&jail),
         },
         had_flash,
-    )
+    )?;
+    page.headers_mut().insert(
+        actix_web::http::header::CONTENT_SECURITY_POLICY,
+        actix_web::http::header::HeaderValue::from_static(crate::CONSOLE_CSP),
+    );
+    Ok(page)
 }
 
 #[derive(serde::Deserialize)]
@@ -131,4 +136,19 @@ pub(super) async fn restart(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A console in a customer's jail, opened by staff (recorded, and shown to
+/// the tenant's users).
+pub(super) async fn console(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<(String, String)>,
+    size: web::Query<crate::console::Size>,
+) -> Result<HttpResponse, WebError> {
+    require_staff(&s)?;
+    let (tenant_id, jail_id) = ids(&path)?;
+    crate::console::open(req, body, state, s, tenant_id, jail_id, size.into_inner()).await
 }

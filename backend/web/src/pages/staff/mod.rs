@@ -68,6 +68,10 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             "/staff/tenants/{id}/jails/{jail}/restart",
             web::post().to(jail_view::restart),
         )
+        .route(
+            "/staff/tenants/{id}/jails/{jail}/console",
+            web::get().to(jail_view::console),
+        )
         .route("/staff/audit", web::get().to(audit_page));
 }
 

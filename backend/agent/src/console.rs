@@ -1,0 +1,247 @@
+//! A console in a running jail, for the web tier, on a ticket: `GET
+//! /console?cols=&rows=` upgraded to a WebSocket, with `Authorization:
+//! Ticket <token>` minted for a console in one jail of this node. The
+//! agent opens a pseudo-terminal, runs `/bin/sh` on it inside the jail
+//! exactly as an `exec` would (the jail's namespaces, cgroup, system call
+//! filter, capabilities and user), and relays: binary messages are what
+//! the terminal shows (down) and what is typed (up); a text message
+//! `{"cols": C, "rows": R}` resizes the terminal. Closing the socket hangs
+//! the shell up; the shell ending closes the socket.
+
+use std::convert::Infallible;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty, combinators::BoxBody};
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use stockade_jail::{Engine, JailName, JailStatus};
+use stockade_store::PgPool;
+use stockade_store::logs::TicketKind;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
+use uuid::Uuid;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// The shell a console runs.
+const SHELL: &str = "/bin/sh";
+
+fn refuse(status: StatusCode, text: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(
+            http_body_util::Full::new(Bytes::from(text.to_owned()))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap_or_default()
+}
+
+/// `cols` and `rows` of the query, 80×24 unless given (1 to 1000 each).
+fn size(query: &str) -> (u16, u16) {
+    let mut cols = 80;
+    let mut rows = 24;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = v.parse::<u16>().ok().filter(|n| (1..=1000).contains(n));
+        match (k, v) {
+            ("cols", Some(n)) => cols = n,
+            ("rows", Some(n)) => rows = n,
+            _ => {}
+        }
+    }
+    (cols, rows)
+}
+
+pub(crate) async fn answer(
+    pool: &PgPool,
+    node_id: Uuid,
+    engine: Arc<Engine>,
+    mut req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let upgrade = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let Some(key) = header("sec-websocket-key").filter(|_| upgrade) else {
+        return refuse(StatusCode::BAD_REQUEST, "a WebSocket upgrade is needed\n");
+    };
+    let Some(ticket) = header("authorization").and_then(|v| v.strip_prefix("Ticket ").map(str::to_owned)) else {
+        return refuse(StatusCode::UNAUTHORIZED, "a ticket is needed\n");
+    };
+    let jail = match stockade_store::logs::redeem(pool, node_id, &ticket, TicketKind::Console).await {
+        Ok(Some(jail)) => jail,
+        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "the ticket is unknown, used or expired\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "redeeming a console ticket failed");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+        }
+    };
+    let name = stockade_store::jails::host_name(jail);
+    if !matches!(engine.status(&name), Ok(Some(JailStatus::Running { .. }))) {
+        return refuse(StatusCode::CONFLICT, "the jail does not run\n");
+    }
+    let (cols, rows) = size(req.uri().query().unwrap_or(""));
+    let upgrading = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrading.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                session(ws, engine, name, cols, rows).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "a console upgrade failed"),
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", accept)
+        .body(Empty::new().map_err(|e| match e {}).boxed())
+        .unwrap_or_default()
+}
+
+/// A pseudo-terminal of `cols`×`rows`; both ends close on exec, so the
+/// shell holds only its own end (dup'ed onto 0-2) and hangs up with ours.
+fn open_terminal(cols: u16, rows: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).map_err(std::io::Error::from)?;
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(std::io::Error::from)?;
+    }
+    let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    nix::fcntl::fcntl(
+        &pty.master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok((pty.master, pty.slave))
+}
+
+fn resize(master: &OwnedFd, cols: u16, rows: u16) {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a `struct winsize` from a live value; the fd is ours.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &raw const size) };
+}
+
+async fn session<S>(ws: WebSocketStream<S>, engine: Arc<Engine>, name: JailName, cols: u16, rows: u16)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut down, mut up) = ws.split();
+    let close = |text: &str| {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: text.to_owned().into(),
+        }))
+    };
+    let (master, slave) = match open_terminal(cols, rows) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open a terminal for a console");
+            let _ = down.send(close("no terminal")).await;
+            return;
+        }
+    };
+    // SAFETY: the fd moves into the AsyncFd, which owns it until dropped.
+    let master = match unsafe { AsyncFd::register_with_interest(master, Interest::READABLE | Interest::WRITABLE) } {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = ?e, "cannot watch a console's terminal");
+            return;
+        }
+    };
+    let shell = {
+        let (engine, name) = (engine.clone(), name.clone());
+        tokio::task::spawn_blocking(move || {
+            engine.exec_on_terminal(&name, &[SHELL.to_owned()], slave, "xterm-256color")
+        })
+    };
+    tracing::info!(jail = %name, "console opened");
+    let mut buf = vec![0u8; 16 << 10];
+    let ended = loop {
+        tokio::select! {
+            readable = master.readable() => {
+                let Ok(mut guard) = readable else { break "the terminal failed" };
+                match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf).map_err(std::io::Error::from)) {
+                    Ok(Ok(0) | Err(_)) => break "the shell ended",
+                    Ok(Ok(n)) => {
+                        if down.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                            break "the caller left";
+                        }
+                    }
+                    Err(_would_block) => {}
+                }
+            }
+            message = up.next() => match message {
+                Some(Ok(Message::Binary(input))) => {
+                    if write_all(&master, &input).await.is_err() {
+                        break "the terminal failed";
+                    }
+                }
+                Some(Ok(Message::Text(control))) => {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(control.as_str()) {
+                        let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| (1..=1000).contains(n));
+                        if let (Some(c), Some(r)) = (dim("cols"), dim("rows")) {
+                            resize(master.get_ref(), c, r);
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break "the caller left",
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    // Our end closed: the shell is hung up, and its command ends.
+    drop(master);
+    let _ = down.send(close(ended)).await;
+    let code = tokio::time::timeout(Duration::from_secs(10), shell).await;
+    tracing::info!(jail = %name, ended, ?code, "console closed");
+}
+
+async fn write_all(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let mut guard = master.writable().await?;
+        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+            Ok(Ok(n)) => data = &data[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size;
+
+    #[test]
+    fn a_terminal_size_is_taken_within_bounds() {
+        assert_eq!(size("cols=120&rows=40"), (120, 40));
+        assert_eq!(size(""), (80, 24));
+        assert_eq!(size("cols=0&rows=99999"), (80, 24));
+    }
+}
