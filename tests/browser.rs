@@ -374,6 +374,27 @@ async fn a_customer_puts_a_site_online_over_https_and_publishes_a_port() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     b.screenshot("jail-output").await;
+
+    // A console on the same page: typed into, read back.
+    b.click("button[data-console]").await;
+    b.wait_for("[data-console-screen][data-state=open]", Duration::from_secs(10))
+        .await;
+    b.type_keys(".xterm-helper-textarea", "echo hi from the console\u{E007}")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = b.text(".xterm-rows").await;
+        // The typed line, then what the shell printed on a line of its own.
+        if shown.lines().any(|l| l.trim() == "hi from the console") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the console never answered: {shown:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.screenshot("jail-console").await;
+    b.click("button[data-console]").await;
+    b.wait_for("[data-console-screen][data-state=closed]", Duration::from_secs(10))
+        .await;
     b.close().await;
 
     tenants::terminate(&app.pool, tenant.id).await.unwrap();

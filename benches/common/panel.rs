@@ -16,6 +16,8 @@ pub struct Database {
     child: Child,
     _dir: tempfile::TempDir,
     pub pool: PgPool,
+    /// The database's URL (its owner's), for an agent of the bench.
+    pub url: SecretString,
 }
 
 impl Drop for Database {
@@ -75,6 +77,7 @@ pub fn seeded(rt: &tokio::runtime::Runtime, tenants: u32) -> Database {
     let server = SecretString::from(line.trim().trim_start_matches("DATABASE_URL=").to_owned());
     let url = SecretString::from(server.expose_secret().replace("/postgres", "/stockade"));
     let pool = rt.block_on(async {
+        let url = &url;
         stockade_store::ensure_database(&server, "stockade")
             .await
             .unwrap();
@@ -101,6 +104,7 @@ pub fn seeded(rt: &tokio::runtime::Runtime, tenants: u32) -> Database {
         child,
         _dir: dir,
         pool,
+        url,
     }
 }
 

@@ -145,6 +145,15 @@ impl Browser {
         field.send_keys(text).await.expect("type into a field");
     }
 
+    /// Types into an element without clearing it (a terminal's input).
+    pub async fn type_keys(&self, css: &str, text: &str) {
+        self.find(css)
+            .await
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+    }
+
     /// Clicks an element.
     pub async fn click(&self, css: &str) {
         self.find(css)
