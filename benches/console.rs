@@ -45,6 +45,10 @@ impl Drop for Cleanup {
                 }
             }
         }
+        // The agent's own group, in every hierarchy.
+        for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(entry.path().join(format!("stockade-{NODE}")));
+        }
     }
 }
 

@@ -624,6 +624,107 @@ async fn a_health_check_makes_a_running_jail_healthy_or_unhealthy_and_says_so() 
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
 }
 
+/// A network namespace of this test behind a veth pair, routed from the
+/// host: addresses "out there" a jail's traffic is forwarded to. Removed
+/// (with its link and routes) when dropped.
+struct FarSide {
+    ns: String,
+}
+
+impl FarSide {
+    /// Holds `addresses` (host routes lead to them) and answers TCP on
+    /// port 80 of each with `far side`.
+    fn new(tag: &str, addresses: &[&str]) -> FarSide {
+        let ns = format!("stk-far-{tag}");
+        let (host_link, far_link) = (format!("stkf{tag}"), format!("stkg{tag}"));
+        let ip = |args: &[&str]| {
+            let ok = std::process::Command::new("ip").args(args).status().unwrap().success();
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&["netns", "add", &ns]);
+        let far = FarSide { ns: ns.clone() };
+        ip(&["link", "add", &host_link, "type", "veth", "peer", "name", &far_link, "netns", &ns]);
+        ip(&["addr", "add", "192.0.2.1/30", "dev", &host_link]);
+        ip(&["link", "set", &host_link, "up"]);
+        ip(&["-n", &ns, "addr", "add", "192.0.2.2/30", "dev", &far_link]);
+        ip(&["-n", &ns, "link", "set", &far_link, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        for a in addresses {
+            ip(&["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", &far_link]);
+            ip(&["route", "add", &format!("{a}/32"), "via", "192.0.2.2", "dev", &host_link]);
+        }
+        let (ready, bound) = std::sync::mpsc::channel();
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(path).unwrap();
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let listener = std::net::TcpListener::bind("0.0.0.0:80").unwrap();
+            ready.send(()).unwrap();
+            for conn in listener.incoming().flatten() {
+                use std::io::{Read, Write};
+                let mut conn = conn;
+                // The request first: closing with it unread would reset.
+                let mut request = [0u8; 2048];
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = conn.read(&mut request);
+                let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nfar side\n");
+            }
+        });
+        bound.recv().unwrap();
+        far
+    }
+}
+
+impl Drop for FarSide {
+    fn drop(&mut self) {
+        // Its end of the pair goes with the namespace, and the host's end
+        // (with its routes) with the pair.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_jail_reaches_the_world_but_never_the_metadata_address() {
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let node = Node::with_network(&url, "10.103.0.1/24");
+    wait_node(&pool, &node.name).await;
+    // The world (a documentation address) and a cloud's metadata service,
+    // both forwarded through the node as real traffic would be.
+    let _far = FarSide::new(&node.name[node.name.len() - 6..], &["198.51.100.10", "169.254.169.254"]);
+    let tenant = tenant(&pool).await;
+    let jail = jails::create(&pool, tenant, &system_jail("curious", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    let jail = wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
+    assert!(jail.outbound_nat);
+    let engine = node.engine();
+    let fetch = |address: &str| {
+        engine
+            .exec(
+                &jail.host_name(),
+                &[
+                    "sh".into(),
+                    "-c".into(),
+                    // nc, not wget: the image's static busybox resolves
+                    // the service name "http" through NSS, which fails.
+                    format!(
+                        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {address} 80 | grep -q 'far side'"
+                    ),
+                ],
+            )
+            .unwrap()
+    };
+    assert_eq!(fetch("198.51.100.10"), 0, "the jail reaches the world through its node");
+    assert_ne!(fetch("169.254.169.254"), 0, "the metadata address is dropped");
+    tenants::terminate(&pool, tenant).await.unwrap();
+    wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
+}
+
 #[tokio::test]
 async fn failed_starts_leave_no_zombie_under_the_agent() {
     if !is_root() {

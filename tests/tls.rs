@@ -172,6 +172,37 @@ async fn acme_issues_through_the_proxy_and_customers_may_upload_their_own() {
             .unwrap();
     assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
 
+    // Renewed before it expires: a certificate within 30 days of its end
+    // (aged here by moving its end) is ordered anew and replaced.
+    let first_chain: String =
+        sqlx::query_scalar("SELECT chain_pem FROM certificates WHERE domain_id = $1")
+            .bind(site.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE certificates SET not_after = now() + interval '10 days' WHERE domain_id = $1")
+        .bind(site.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (chain, fresh): (String, bool) = sqlx::query_as(
+            "SELECT chain_pem, not_after > now() + interval '30 days' FROM certificates WHERE domain_id = $1",
+        )
+        .bind(site.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if chain != first_chain && fresh {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the certificate was never renewed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let renewed = certificates::for_tenant(&pool, tenant).await.unwrap();
+    assert!(!renewed[0].expires_soon(chrono::Utc::now()), "renewed for its full term");
+
     // An upload: checked, then served instead of ACME's.
     let ca = TestCa::new("Customer CA");
     let (leaf, key) = ca.issue(&["site.test", "www.site.test"], 90);
