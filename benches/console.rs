@@ -46,14 +46,19 @@ impl Drop for Cleanup {
             }
         }
         // The agent's own group, in every hierarchy.
-        for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = std::fs::remove_dir(entry.path().join(format!("stockade-{NODE}")));
         }
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+/// The `per_mille`th value of `sorted`, in milliseconds.
+fn percentile(sorted: &[Duration], per_mille: usize) -> f64 {
+    let i = (sorted.len() - 1) * per_mille / 1000;
     sorted[i].as_secs_f64() * 1000.0
 }
 
@@ -96,16 +101,20 @@ fn main() {
     rt.block_on(async {
         let pool = &db.pool;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM nodes WHERE log_endpoint IS NOT NULL")
-            .fetch_one(pool)
-            .await
-            .unwrap()
+        while sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM nodes WHERE log_endpoint IS NOT NULL",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
             == 0
         {
             assert!(Instant::now() < deadline, "the agent never registered");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let plan = stockade_store::plans::by_name(pool, "business").await.unwrap();
+        let plan = stockade_store::plans::by_name(pool, "business")
+            .await
+            .unwrap();
         let tenant = stockade_store::tenants::create(
             pool,
             &TenantSlug::parse("consoles").unwrap(),
@@ -171,14 +180,18 @@ fn main() {
         firsts.sort();
         println!(
             "output: first byte of a 100-line tail p50 {:.1} ms, p99 {:.1} ms (200 requests)",
-            percentile(&firsts, 0.5),
-            percentile(&firsts, 0.99)
+            percentile(&firsts, 500),
+            percentile(&firsts, 990)
         );
 
         // A console's keystroke echo.
-        let mut req = format!("{}/jails/{}/console", base.replacen("http://", "ws://", 1), jail.id)
-            .into_client_request()
-            .unwrap();
+        let mut req = format!(
+            "{}/jails/{}/console",
+            base.replacen("http://", "ws://", 1),
+            jail.id
+        )
+        .into_client_request()
+        .unwrap();
         req.headers_mut().insert(
             "cookie",
             format!("stockade_session={cookie}").parse().unwrap(),
@@ -202,20 +215,32 @@ fn main() {
             }
             echoes.push(t.elapsed());
             // What else the key drew (a redrawn line) before the next key.
-            while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(2), ws.next()).await {}
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_millis(2), ws.next()).await
+            {}
         }
         echoes.sort();
         println!(
             "console: keystroke echo p50 {:.2} ms, p99 {:.2} ms (500 keystrokes)",
-            percentile(&echoes, 0.5),
-            percentile(&echoes, 0.99)
+            percentile(&echoes, 500),
+            percentile(&echoes, 990)
         );
         let _ = ws.send(Message::Binary(b"exit\n".to_vec().into())).await;
-        jails::set_desired(pool, tenant, jail.id, stockade_domain::DesiredState::Deleted)
-            .await
-            .unwrap();
+        jails::set_desired(
+            pool,
+            tenant,
+            jail.id,
+            stockade_domain::DesiredState::Deleted,
+        )
+        .await
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while jails::get(pool, tenant, jail.id).await.unwrap().observed_state != ObservedState::Deleted {
+        while jails::get(pool, tenant, jail.id)
+            .await
+            .unwrap()
+            .observed_state
+            != ObservedState::Deleted
+        {
             assert!(Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -482,18 +482,34 @@ async fn a_command_that_keeps_ending_is_crash_looping_with_its_exit_and_a_growin
     // loop being seen there are a handful of restarts, not dozens.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let later = jails::get(&pool, tenant, crashy.id).await.unwrap();
-    assert_eq!(later.observed_state, ObservedState::CrashLooping, "{later:?}");
+    assert_eq!(
+        later.observed_state,
+        ObservedState::CrashLooping,
+        "{later:?}"
+    );
     let restarts = later.run.restart_count - looping.run.restart_count;
     assert!((1..=4).contains(&restarts), "{restarts} restarts in 8 s");
     assert!(
-        later.run.retry_at.is_some_and(|at| at > later.run.last_exit.unwrap().at),
+        later
+            .run
+            .retry_at
+            .is_some_and(|at| at > later.run.last_exit.unwrap().at),
         "a next try is set: {later:?}"
     );
     // Each ended init was reaped: no exited process waits under the agent.
-    assert_eq!(lasting_zombies(node.pid().unwrap()).await, Vec::<String>::new());
+    assert_eq!(
+        lasting_zombies(node.pid().unwrap()).await,
+        Vec::<String>::new()
+    );
     // The customer's API shows the same.
-    let shown = stockade_store::jails::list_for_tenant(&pool, tenant).await.unwrap();
-    assert!(shown.iter().any(|j| j.id == crashy.id && j.observed_state == ObservedState::CrashLooping));
+    let shown = stockade_store::jails::list_for_tenant(&pool, tenant)
+        .await
+        .unwrap();
+    assert!(
+        shown
+            .iter()
+            .any(|j| j.id == crashy.id && j.observed_state == ObservedState::CrashLooping)
+    );
 
     // Stopping it ends the loop; starting it again is a fresh try.
     jails::set_desired(&pool, tenant, crashy.id, DesiredState::Stopped)
@@ -546,7 +562,10 @@ async fn a_new_command_and_environment_restart_the_jail_with_them() {
         if out.contains("greeting=hello there home=/srv") {
             break;
         }
-        assert!(Instant::now() < deadline, "the command ran with its environment: {out:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the command ran with its environment: {out:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tenants::terminate(&pool, tenant).await.unwrap();
@@ -593,7 +612,10 @@ async fn a_health_check_makes_a_running_jail_healthy_or_unhealthy_and_says_so() 
         .await
         .unwrap();
     let sick = wait_health(stockade_domain::Health::Unhealthy).await;
-    assert_eq!(sick.health_detail.as_deref(), Some("GET /missing answered 404"));
+    assert_eq!(
+        sick.health_detail.as_deref(),
+        Some("GET /missing answered 404")
+    );
     assert_eq!(sick.observed_state, ObservedState::Running, "it still runs");
     let told: Vec<serde_json::Value> = sqlx::query_scalar(
         "SELECT data FROM events WHERE event_type = 'jail.state_changed' AND data->>'health' IS NOT NULL ORDER BY seq",
@@ -602,11 +624,16 @@ async fn a_health_check_makes_a_running_jail_healthy_or_unhealthy_and_says_so() 
     .await
     .unwrap();
     assert!(
-        told.iter().any(|d| d["health"] == "unhealthy" && d["error"] == "GET /missing answered 404"),
+        told.iter()
+            .any(|d| d["health"] == "unhealthy" && d["error"] == "GET /missing answered 404"),
         "{told:?}"
     );
     assert!(
-        jails::failing(&pool, 10).await.unwrap().iter().any(|(j, _)| j.id == jail.id),
+        jails::failing(&pool, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|(j, _)| j.id == jail.id),
         "listed among failing jails"
     );
     // The port takes connections: healthy again.
@@ -638,20 +665,42 @@ impl FarSide {
         let ns = format!("stk-far-{tag}");
         let (host_link, far_link) = (format!("stkf{tag}"), format!("stkg{tag}"));
         let ip = |args: &[&str]| {
-            let ok = std::process::Command::new("ip").args(args).status().unwrap().success();
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap()
+                .success();
             assert!(ok, "ip {args:?}");
         };
         ip(&["netns", "add", &ns]);
         let far = FarSide { ns: ns.clone() };
-        ip(&["link", "add", &host_link, "type", "veth", "peer", "name", &far_link, "netns", &ns]);
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &far_link, "netns", &ns,
+        ]);
         ip(&["addr", "add", "192.0.2.1/30", "dev", &host_link]);
         ip(&["link", "set", &host_link, "up"]);
         ip(&["-n", &ns, "addr", "add", "192.0.2.2/30", "dev", &far_link]);
         ip(&["-n", &ns, "link", "set", &far_link, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         for a in addresses {
-            ip(&["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", &far_link]);
-            ip(&["route", "add", &format!("{a}/32"), "via", "192.0.2.2", "dev", &host_link]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                &far_link,
+            ]);
+            ip(&[
+                "route",
+                "add",
+                &format!("{a}/32"),
+                "via",
+                "192.0.2.2",
+                "dev",
+                &host_link,
+            ]);
         }
         let (ready, bound) = std::sync::mpsc::channel();
         let path = format!("/run/netns/{ns}");
@@ -695,7 +744,10 @@ async fn a_jail_reaches_the_world_but_never_the_metadata_address() {
     wait_node(&pool, &node.name).await;
     // The world (a documentation address) and a cloud's metadata service,
     // both forwarded through the node as real traffic would be.
-    let _far = FarSide::new(&node.name[node.name.len() - 6..], &["198.51.100.10", "169.254.169.254"]);
+    let _far = FarSide::new(
+        &node.name[node.name.len() - 6..],
+        &["198.51.100.10", "169.254.169.254"],
+    );
     let tenant = tenant(&pool).await;
     let jail = jails::create(&pool, tenant, &system_jail("curious", &["sleep", "3600"]))
         .await
@@ -719,8 +771,16 @@ async fn a_jail_reaches_the_world_but_never_the_metadata_address() {
             )
             .unwrap()
     };
-    assert_eq!(fetch("198.51.100.10"), 0, "the jail reaches the world through its node");
-    assert_ne!(fetch("169.254.169.254"), 0, "the metadata address is dropped");
+    assert_eq!(
+        fetch("198.51.100.10"),
+        0,
+        "the jail reaches the world through its node"
+    );
+    assert_ne!(
+        fetch("169.254.169.254"),
+        0,
+        "the metadata address is dropped"
+    );
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
 }

@@ -233,16 +233,33 @@ async fn a_jails_command_and_environment_change_with_secrets_never_shown() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let changed: Value = res.json().await.unwrap();
-    assert_eq!(changed["command"], json!(["sh", "-c", "echo \"$MODE\"; sleep 60"]));
+    assert_eq!(
+        changed["command"],
+        json!(["sh", "-c", "echo \"$MODE\"; sleep 60"])
+    );
     assert_eq!(
         changed["env"],
         json!([{"name": "MODE", "value": "prod", "secret": false},
                {"name": "TOKEN", "value": null, "secret": true}])
     );
     assert_eq!(changed["generation"], 2, "one change, one generation");
-    assert_eq!(changed["limits"]["memory_bytes"], 128 * MIB, "limits untouched");
-    let shown = api.get(&path, &api.admin).send().await.unwrap().text().await.unwrap();
-    assert!(!shown.contains("s3cret"), "a secret's value is never shown: {shown}");
+    assert_eq!(
+        changed["limits"]["memory_bytes"],
+        128 * MIB,
+        "limits untouched"
+    );
+    let shown = api
+        .get(&path, &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !shown.contains("s3cret"),
+        "a secret's value is never shown: {shown}"
+    );
 
     // A secret given without a value keeps the stored one; a new one needs one.
     let res = api
@@ -258,27 +275,46 @@ async fn a_jails_command_and_environment_change_with_secrets_never_shown() {
     assert_eq!(err["error"]["details"]["field"], "env", "{err}");
     assert!(err.to_string().contains("OTHER"), "{err}");
     let res = api
-        .patch(&path, &api.admin, &json!({"env": [{"name": "TOKEN", "secret": true}]}))
+        .patch(
+            &path,
+            &api.admin,
+            &json!({"env": [{"name": "TOKEN", "secret": true}]}),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let stored = stockade_store::jails::list_for_tenant(&api.pool, t).await.unwrap();
+    let stored = stockade_store::jails::list_for_tenant(&api.pool, t)
+        .await
+        .unwrap();
     assert_eq!(stored[0].env.len(), 1);
     assert_eq!(stored[0].env[0].value, "s3cret", "kept");
 
     // Bad names and NUL bytes are refused by field, and change nothing.
     for (body, field) in [
         (json!({"env": [{"name": "1BAD", "value": "x"}]}), "env"),
-        (json!({"env": [{"name": "A", "value": "x"}, {"name": "A", "value": "y"}]}), "env"),
+        (
+            json!({"env": [{"name": "A", "value": "x"}, {"name": "A", "value": "y"}]}),
+            "env",
+        ),
         (json!({"command": ["a\u{0}b"]}), "command"),
     ] {
         let res = api.patch(&path, &api.admin, &body).send().await.unwrap();
         let err = expect_error(res, 422, "validation_failed").await;
         assert_eq!(err["error"]["details"]["field"], field, "{err}");
     }
-    let after: Value = api.get(&path, &api.admin).send().await.unwrap().json().await.unwrap();
-    assert_eq!(after["env"], json!([{"name": "TOKEN", "value": null, "secret": true}]));
+    let after: Value = api
+        .get(&path, &api.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["env"],
+        json!([{"name": "TOKEN", "value": null, "secret": true}])
+    );
 }
 
 #[tokio::test]

@@ -112,7 +112,10 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
     b.resize(390, 844).await;
     for page in &pages {
         b.goto(page).await;
-        assert!(!b.overflows_sideways().await, "{page} scrolls sideways at 390 px");
+        assert!(
+            !b.overflows_sideways().await,
+            "{page} scrolls sideways at 390 px"
+        );
     }
     b.goto(&jail_page).await;
     b.screenshot("customer-jail-phone").await;
@@ -360,7 +363,11 @@ async fn a_customer_puts_a_site_online_over_https_and_publishes_a_port() {
     b.fill("textarea[name=env]", "WHO=the settings page").await;
     b.click("form[action$='/program'] button").await;
     b.wait_for(".flash.ok", Duration::from_secs(10)).await;
-    assert!(b.text(".flash.ok").await.contains("It restarts with them now"));
+    assert!(
+        b.text(".flash.ok")
+            .await
+            .contains("It restarts with them now")
+    );
     b.wait_text(&jail_page, "h1 .badge", "running", Duration::from_secs(40))
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -370,15 +377,21 @@ async fn a_customer_puts_a_site_online_over_https_and_publishes_a_port() {
         if shown.contains("hello from the settings page") && shown.matches("tick").count() >= 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "the output never showed: {shown:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the output never showed: {shown:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     b.screenshot("jail-output").await;
 
     // A console on the same page: typed into, read back.
     b.click("button[data-console]").await;
-    b.wait_for("[data-console-screen][data-state=open]", Duration::from_secs(10))
-        .await;
+    b.wait_for(
+        "[data-console-screen][data-state=open]",
+        Duration::from_secs(10),
+    )
+    .await;
     b.type_keys(".xterm-helper-textarea", "echo hi from the console\u{E007}")
         .await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -388,13 +401,19 @@ async fn a_customer_puts_a_site_online_over_https_and_publishes_a_port() {
         if shown.lines().any(|l| l.trim() == "hi from the console") {
             break;
         }
-        assert!(Instant::now() < deadline, "the console never answered: {shown:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the console never answered: {shown:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     b.screenshot("jail-console").await;
     b.click("button[data-console]").await;
-    b.wait_for("[data-console-screen][data-state=closed]", Duration::from_secs(10))
-        .await;
+    b.wait_for(
+        "[data-console-screen][data-state=closed]",
+        Duration::from_secs(10),
+    )
+    .await;
     b.close().await;
 
     tenants::terminate(&app.pool, tenant.id).await.unwrap();

@@ -52,16 +52,33 @@ async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
     wait_node(&app.pool, &node.name).await;
     let plan = plans::by_name(&app.pool, "starter").await.unwrap();
     let slug = TenantSlug::parse("loggy").unwrap();
-    let tenant = tenants::create(&app.pool, &slug, "Loggy", plan.id).await.unwrap().id;
-    let other = tenants::create(&app.pool, &TenantSlug::parse("nosy").unwrap(), "Nosy", plan.id)
+    let tenant = tenants::create(&app.pool, &slug, "Loggy", plan.id)
         .await
         .unwrap()
         .id;
-    let jail = jails::create(&app.pool, tenant, &counting_jail()).await.unwrap();
+    let other = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("nosy").unwrap(),
+        "Nosy",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let jail = jails::create(&app.pool, tenant, &counting_jail())
+        .await
+        .unwrap();
     wait_observed(&app.pool, tenant, jail.id, ObservedState::Running).await;
-    let password = app.create_user("c@loggy.test", Role::Customer, Some(tenant)).await;
+    let password = app
+        .create_user("c@loggy.test", Role::Customer, Some(tenant))
+        .await;
     let customer = new_client();
-    assert_eq!(app.sign_in(&customer, "c@loggy.test", &password).await.status(), 303);
+    assert_eq!(
+        app.sign_in(&customer, "c@loggy.test", &password)
+            .await
+            .status(),
+        303
+    );
 
     // The last lines.
     let url = app.url(&format!("/jails/{}/logs?tail=3", jail.id));
@@ -97,7 +114,10 @@ async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     let followed = numbers(&seen);
-    assert!(followed.windows(2).all(|w| w[1] == w[0] + 1), "{followed:?}");
+    assert!(
+        followed.windows(2).all(|w| w[1] == w[0] + 1),
+        "{followed:?}"
+    );
     assert!(followed[0] >= last[2], "{followed:?} after {last:?}");
     drop(res);
 
@@ -114,12 +134,19 @@ async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
     assert!(numbers(&res.text().await.unwrap()).len() >= 4);
 
     // The API: the tenant's token reads it, another tenant's does not.
-    let (_, own) = tokens::create(&app.pool, "t", &[Scope::JailsRead], Some(tenant)).await.unwrap();
-    let (_, foreign) = tokens::create(&app.pool, "n", &[Scope::JailsRead], Some(other)).await.unwrap();
+    let (_, own) = tokens::create(&app.pool, "t", &[Scope::JailsRead], Some(tenant))
+        .await
+        .unwrap();
+    let (_, foreign) = tokens::create(&app.pool, "n", &[Scope::JailsRead], Some(other))
+        .await
+        .unwrap();
     use secrecy::ExposeSecret;
     let api = |token: &str, query: &str| {
         new_client()
-            .get(app.url(&format!("/api/v1/tenants/{tenant}/jails/{}/logs{query}", jail.id)))
+            .get(app.url(&format!(
+                "/api/v1/tenants/{tenant}/jails/{}/logs{query}",
+                jail.id
+            )))
             .bearer_auth(token.to_owned())
             .send()
     };
@@ -130,9 +157,15 @@ async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
     assert_eq!(res.status(), 422);
     assert!(res.text().await.unwrap().contains("\"field\":\"tail\""));
     let res = api(foreign.expose_secret(), "?tail=2").await.unwrap();
-    assert!(matches!(res.status().as_u16(), 403 | 404), "{}", res.status());
+    assert!(
+        matches!(res.status().as_u16(), 403 | 404),
+        "{}",
+        res.status()
+    );
     // Another tenant's customer gets nothing from the panel either.
-    let pw = app.create_user("n@nosy.test", Role::Customer, Some(other)).await;
+    let pw = app
+        .create_user("n@nosy.test", Role::Customer, Some(other))
+        .await;
     let nosy = new_client();
     app.sign_in(&nosy, "n@nosy.test", &pw).await;
     let res = nosy.get(&url).send().await.unwrap();
@@ -145,11 +178,19 @@ async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
         .await
         .unwrap();
     let direct = format!("http://{endpoint}/log?tail=1");
-    assert_eq!(new_client().get(&direct).send().await.unwrap().status(), 401);
-    let (_, ticket) = stockade_store::logs::mint(&app.pool, tenant, jail.id, stockade_store::logs::TicketKind::Output)
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(
+        new_client().get(&direct).send().await.unwrap().status(),
+        401
+    );
+    let (_, ticket) = stockade_store::logs::mint(
+        &app.pool,
+        tenant,
+        jail.id,
+        stockade_store::logs::TicketKind::Output,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let with = || {
         new_client()
             .get(&direct)
@@ -160,9 +201,14 @@ async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
     assert_eq!(with().await.unwrap().status(), 401, "a ticket is used once");
 
     // A deleted jail has no output to show.
-    jails::set_desired(&app.pool, tenant, jail.id, stockade_domain::DesiredState::Deleted)
-        .await
-        .unwrap();
+    jails::set_desired(
+        &app.pool,
+        tenant,
+        jail.id,
+        stockade_domain::DesiredState::Deleted,
+    )
+    .await
+    .unwrap();
     assert_eq!(customer.get(&url).send().await.unwrap().status(), 404);
     wait_observed(&app.pool, tenant, jail.id, ObservedState::Deleted).await;
 }
@@ -207,38 +253,67 @@ async fn a_console_runs_a_shell_in_the_jail_for_its_tenant_only_and_is_recorded(
     let node = Node::new(&app.db_url);
     wait_node(&app.pool, &node.name).await;
     let plan = plans::by_name(&app.pool, "starter").await.unwrap();
-    let tenant = tenants::create(&app.pool, &TenantSlug::parse("shelly").unwrap(), "Shelly", plan.id)
+    let tenant = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("shelly").unwrap(),
+        "Shelly",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let other = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("peeky").unwrap(),
+        "Peeky",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let jail = jails::create(&app.pool, tenant, &counting_jail())
         .await
-        .unwrap()
-        .id;
-    let other = tenants::create(&app.pool, &TenantSlug::parse("peeky").unwrap(), "Peeky", plan.id)
-        .await
-        .unwrap()
-        .id;
-    let jail = jails::create(&app.pool, tenant, &counting_jail()).await.unwrap();
+        .unwrap();
     wait_observed(&app.pool, tenant, jail.id, ObservedState::Running).await;
-    let pw = app.create_user("c@shelly.test", Role::Customer, Some(tenant)).await;
+    let pw = app
+        .create_user("c@shelly.test", Role::Customer, Some(tenant))
+        .await;
     let cookie = session_cookie(&app, "c@shelly.test", &pw).await;
     let origin = app.url("").trim_end_matches('/').to_owned();
     let path = format!("/jails/{}/console", jail.id);
 
     // Refused: another site's page, another tenant's customer.
     assert_eq!(handshake_status(&app, &path, &cookie, None).await, 403);
-    assert_eq!(handshake_status(&app, &path, &cookie, Some("http://evil.test")).await, 403);
-    let pw2 = app.create_user("p@peeky.test", Role::Customer, Some(other)).await;
+    assert_eq!(
+        handshake_status(&app, &path, &cookie, Some("http://evil.test")).await,
+        403
+    );
+    let pw2 = app
+        .create_user("p@peeky.test", Role::Customer, Some(other))
+        .await;
     let nosy = session_cookie(&app, "p@peeky.test", &pw2).await;
-    assert_eq!(handshake_status(&app, &path, &nosy, Some(&origin)).await, 404);
+    assert_eq!(
+        handshake_status(&app, &path, &nosy, Some(&origin)).await,
+        404
+    );
 
     // A shell in the jail: what is typed runs there, and the answer comes back.
-    let mut req = format!("{}?cols=100&rows=30", app.url(&path).replacen("http://", "ws://", 1))
-        .into_client_request()
-        .unwrap();
+    let mut req = format!(
+        "{}?cols=100&rows=30",
+        app.url(&path).replacen("http://", "ws://", 1)
+    )
+    .into_client_request()
+    .unwrap();
     req.headers_mut().insert("cookie", cookie.parse().unwrap());
     req.headers_mut().insert("origin", origin.parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("the console opens");
-    ws.send(Message::Binary("echo \"in $(hostname) as $(id -u)\"; stty size\n".into()))
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
         .await
-        .unwrap();
+        .expect("the console opens");
+    ws.send(Message::Binary(
+        "echo \"in $(hostname) as $(id -u)\"; stty size\n".into(),
+    ))
+    .await
+    .unwrap();
     let mut screen = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(screen.contains("in counter as 0\r\n") && screen.contains("30 100")) {
@@ -274,7 +349,11 @@ async fn a_console_runs_a_shell_in_the_jail_for_its_tenant_only_and_is_recorded(
             assert_eq!(logged[0].0, "console.open");
             assert_eq!(logged[1].0, "console.close");
             assert_eq!(logged[1].1["ended"], "the shell ended");
-            assert!(!logged.iter().any(|(_, d)| d.to_string().contains("hostname")));
+            assert!(
+                !logged
+                    .iter()
+                    .any(|(_, d)| d.to_string().contains("hostname"))
+            );
             break;
         }
         assert!(Instant::now() < deadline, "{logged:?}");
@@ -282,13 +361,26 @@ async fn a_console_runs_a_shell_in_the_jail_for_its_tenant_only_and_is_recorded(
     }
 
     // A stopped jail has no console.
-    jails::set_desired(&app.pool, tenant, jail.id, stockade_domain::DesiredState::Stopped)
-        .await
-        .unwrap();
+    jails::set_desired(
+        &app.pool,
+        tenant,
+        jail.id,
+        stockade_domain::DesiredState::Stopped,
+    )
+    .await
+    .unwrap();
     wait_observed(&app.pool, tenant, jail.id, ObservedState::Stopped).await;
-    assert_eq!(handshake_status(&app, &path, &cookie, Some(&origin)).await, 409);
-    jails::set_desired(&app.pool, tenant, jail.id, stockade_domain::DesiredState::Deleted)
-        .await
-        .unwrap();
+    assert_eq!(
+        handshake_status(&app, &path, &cookie, Some(&origin)).await,
+        409
+    );
+    jails::set_desired(
+        &app.pool,
+        tenant,
+        jail.id,
+        stockade_domain::DesiredState::Deleted,
+    )
+    .await
+    .unwrap();
     wait_observed(&app.pool, tenant, jail.id, ObservedState::Deleted).await;
 }

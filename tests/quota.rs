@@ -312,7 +312,10 @@ async fn lowering_a_quota_scales_running_jails_down() {
     )
     .await
     .unwrap();
-    assert_eq!(jails::get(&pool, tenant, a.id).await.unwrap().shrunk_from, Some(had));
+    assert_eq!(
+        jails::get(&pool, tenant, a.id).await.unwrap().shrunk_from,
+        Some(had)
+    );
     // No room yet: growing back is refused with what is left, and changes nothing.
     let err = jails::grow_back(&pool, tenant, a.id).await.unwrap_err();
     assert!(err.to_string().contains("memory quota exceeded"), "{err}");

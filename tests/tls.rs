@@ -180,11 +180,13 @@ async fn acme_issues_through_the_proxy_and_customers_may_upload_their_own() {
             .fetch_one(&pool)
             .await
             .unwrap();
-    sqlx::query("UPDATE certificates SET not_after = now() + interval '10 days' WHERE domain_id = $1")
-        .bind(site.id)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE certificates SET not_after = now() + interval '10 days' WHERE domain_id = $1",
+    )
+    .bind(site.id)
+    .execute(&pool)
+    .await
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (chain, fresh): (String, bool) = sqlx::query_as(
@@ -197,11 +199,17 @@ async fn acme_issues_through_the_proxy_and_customers_may_upload_their_own() {
         if chain != first_chain && fresh {
             break;
         }
-        assert!(Instant::now() < deadline, "the certificate was never renewed");
+        assert!(
+            Instant::now() < deadline,
+            "the certificate was never renewed"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let renewed = certificates::for_tenant(&pool, tenant).await.unwrap();
-    assert!(!renewed[0].expires_soon(chrono::Utc::now()), "renewed for its full term");
+    assert!(
+        !renewed[0].expires_soon(chrono::Utc::now()),
+        "renewed for its full term"
+    );
 
     // An upload: checked, then served instead of ACME's.
     let ca = TestCa::new("Customer CA");

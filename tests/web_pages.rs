@@ -1247,8 +1247,16 @@ async fn a_crash_looping_jail_is_shown_first_with_its_exit_and_staff_see_it_fail
     assert!(detail.contains(">crash_looping</span>"), "{detail}");
     assert!(detail.contains("exited with code 3"), "{detail}");
 
-    let staff = page_with(&w.operator, &w.app.url("/staff/failing"), "data-failing-jails").await;
-    assert!(staff.contains("alpha") && staff.contains(">web</a>"), "{staff}");
+    let staff = page_with(
+        &w.operator,
+        &w.app.url("/staff/failing"),
+        "data-failing-jails",
+    )
+    .await;
+    assert!(
+        staff.contains("alpha") && staff.contains(">web</a>"),
+        "{staff}"
+    );
     assert!(!staff.contains(">aaa<"), "a running jail is not failing");
     assert_eq!(
         status_of(&w.customer_a, &w.app.url("/staff/failing")).await,
@@ -1273,14 +1281,22 @@ async fn customers_change_a_jails_command_environment_and_limits() {
     let typed = r#"sh -c "echo unterminated"#;
     let res = c
         .post(&program)
-        .form(&[("csrf_token", token.as_str()), ("command", typed), ("env", "MODE=prod")])
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("command", typed),
+            ("env", "MODE=prod"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 422);
     let page = res.text().await.unwrap();
     assert!(page.contains("command: a quote is not closed"), "{page}");
-    assert!(page.contains("sh -c &#34;echo unterminated") || page.contains("sh -c &quot;echo unterminated"), "{page}");
+    assert!(
+        page.contains("sh -c &#34;echo unterminated")
+            || page.contains("sh -c &quot;echo unterminated"),
+        "{page}"
+    );
     assert!(page.contains("MODE=prod"), "{page}");
     let unchanged = jails::get(&w.app.pool, w.tenant_a, w.jail_a).await.unwrap();
     assert!(unchanged.command.is_empty() && unchanged.env.is_empty());
@@ -1301,7 +1317,10 @@ async fn customers_change_a_jails_command_environment_and_limits() {
     assert_eq!(saved.command, ["sh", "-c", "echo 'hi there'; sleep 60"]);
     assert_eq!(saved.env.len(), 2);
     assert!(saved.env[1].secret && saved.env[1].value == "s3cret");
-    assert!(saved.restart_generation > unchanged.restart_generation, "a running jail restarts");
+    assert!(
+        saved.restart_generation > unchanged.restart_generation,
+        "a running jail restarts"
+    );
     let page = page_with(c, &settings, "secret TOKEN=********").await;
     assert!(!page.contains("s3cret"), "{page}");
     assert!(page.contains("MODE=prod"), "{page}");
@@ -1324,17 +1343,32 @@ async fn customers_change_a_jails_command_environment_and_limits() {
     let limits = w.app.url(&format!("/jails/{}/limits", w.jail_a));
     let res = c
         .post(&limits)
-        .form(&[("csrf_token", token.as_str()), ("cpu", "500m"), ("memory", "2G"), ("pids", "64"), ("disk", "256M")])
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("cpu", "500m"),
+            ("memory", "2G"),
+            ("pids", "64"),
+            ("disk", "256M"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 422);
     let page = res.text().await.unwrap();
-    assert!(page.contains("memory quota exceeded") || page.contains("Memory quota exceeded"), "{page}");
+    assert!(
+        page.contains("memory quota exceeded") || page.contains("Memory quota exceeded"),
+        "{page}"
+    );
     assert!(page.contains("2G"), "typed values kept: {page}");
     let res = c
         .post(&limits)
-        .form(&[("csrf_token", token.as_str()), ("cpu", "500m"), ("memory", "192M"), ("pids", "64"), ("disk", "256M")])
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("cpu", "500m"),
+            ("memory", "192M"),
+            ("pids", "64"),
+            ("disk", "256M"),
+        ])
         .send()
         .await
         .unwrap();
@@ -1342,7 +1376,10 @@ async fn customers_change_a_jails_command_environment_and_limits() {
     let resized = jails::get(&w.app.pool, w.tenant_a, w.jail_a).await.unwrap();
     assert_eq!(resized.limits.cpu_millicores, 500);
     assert_eq!(resized.limits.memory_bytes, 192 << 20);
-    assert_eq!(resized.limits.io_read_bps, kept.limits.io_read_bps, "rates kept");
+    assert_eq!(
+        resized.limits.io_read_bps, kept.limits.io_read_bps,
+        "rates kept"
+    );
     // Another tenant's jail has no settings page for this customer.
     let other = w.app.url(&format!("/jails/{}/settings", w.jail_b));
     assert_eq!(status_of(c, &other).await, 404);
@@ -1362,7 +1399,10 @@ async fn staff_drill_down_is_visible_to_the_customer_and_audited() {
     // The output (no node serves it here, but the read is on the record).
     let res = w
         .operator
-        .get(w.app.url(&format!("/staff/tenants/{t}/jails/{j}/logs?tail=5")))
+        .get(
+            w.app
+                .url(&format!("/staff/tenants/{t}/jails/{j}/logs?tail=5")),
+        )
         .send()
         .await
         .unwrap();
@@ -1394,13 +1434,24 @@ async fn staff_drill_down_is_visible_to_the_customer_and_audited() {
         .unwrap();
     let res = w
         .admin
-        .post(w.app.url(&format!("/staff/users/{}/reset-password", user.id)))
+        .post(
+            w.app
+                .url(&format!("/staff/users/{}/reset-password", user.id)),
+        )
         .form(&[("csrf_token", token.as_str())])
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 303);
-    let shown = w.admin.get(&tenant_page).send().await.unwrap().text().await.unwrap();
+    let shown = w
+        .admin
+        .get(&tenant_page)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let link = shown
         .split("shown once): ")
         .nth(1)
@@ -1410,42 +1461,82 @@ async fn staff_drill_down_is_visible_to_the_customer_and_audited() {
     assert!(link.contains("/reset/"), "{link}");
     let path = &link[link.find("/reset/").unwrap()..];
     let visitor = new_client();
-    let form = visitor.get(w.app.url(path)).send().await.unwrap().text().await.unwrap();
+    let form = visitor
+        .get(w.app.url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(form.contains("a@alpha.test"), "{form}");
     let post = |token: String, password: &'static str, repeat: &'static str| {
         visitor
             .post(w.app.url(path))
-            .form(&[("csrf_token", token.as_str()), ("password", password), ("repeat", repeat)])
+            .form(&[
+                ("csrf_token", token.as_str()),
+                ("password", password),
+                ("repeat", repeat),
+            ])
             .send()
     };
     let token = hidden_field(&form, "csrf_token").unwrap();
-    let res = post(token, "a new long password", "another long one").await.unwrap();
+    let res = post(token, "a new long password", "another long one")
+        .await
+        .unwrap();
     assert_eq!(res.status(), 422);
     let again_form = res.text().await.unwrap();
     assert!(again_form.contains("the two passwords differ"));
     let token = hidden_field(&again_form, "csrf_token").unwrap();
-    let res = post(token.clone(), "a new long password", "a new long password").await.unwrap();
+    let res = post(token.clone(), "a new long password", "a new long password")
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.text().await.unwrap().contains("data-password-set"));
-    assert_eq!(post(token, "a new long password", "a new long password").await.unwrap().status(), 410, "once");
+    assert_eq!(
+        post(token, "a new long password", "a new long password")
+            .await
+            .unwrap()
+            .status(),
+        410,
+        "once"
+    );
     // The customer's old session ended; the new password signs in.
     assert_eq!(status_of(&w.customer_a, &w.app.url("/overview")).await, 303);
     let again = new_client();
-    assert_eq!(w.app.sign_in(&again, "a@alpha.test", "a new long password").await.status(), 303);
+    assert_eq!(
+        w.app
+            .sign_in(&again, "a@alpha.test", "a new long password")
+            .await
+            .status(),
+        303
+    );
 
     // Suspended with a reason the customer reads; the audit log shows the change.
     let token = csrf(&w.operator, &tenant_page).await;
     let res = w
         .operator
         .post(w.app.url(&format!("/staff/tenants/{t}/suspend")))
-        .form(&[("csrf_token", token.as_str()), ("confirm", "yes"), ("reason", "invoice 42 is unpaid")])
+        .form(&[
+            ("csrf_token", token.as_str()),
+            ("confirm", "yes"),
+            ("reason", "invoice 42 is unpaid"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 303);
     let overview = page_with(&again, &w.app.url("/overview"), "data-suspension").await;
-    assert!(overview.contains("Your account is suspended: invoice 42 is unpaid."), "{overview}");
-    let audit = page_with(&w.admin, &w.app.url("/staff/audit?action=tenant.suspend"), "data-changes").await;
+    assert!(
+        overview.contains("Your account is suspended: invoice 42 is unpaid."),
+        "{overview}"
+    );
+    let audit = page_with(
+        &w.admin,
+        &w.app.url("/staff/audit?action=tenant.suspend"),
+        "data-changes",
+    )
+    .await;
     assert!(
         audit.contains("reason: none → invoice 42 is unpaid; status: active → suspended"),
         "{audit}"
@@ -1471,7 +1562,10 @@ async fn a_shrunk_jail_is_offered_to_grow_back_once_the_quota_allows() {
     .unwrap();
     let page_url = w.app.url(&format!("/jails/{j}"));
     let page = page_with(&w.customer_a, &page_url, "data-shrunk").await;
-    assert!(page.contains("this jail was shrunk: it had 0.25 CPU, 128 MiB memory"), "{page}");
+    assert!(
+        page.contains("this jail was shrunk: it had 0.25 CPU, 128 MiB memory"),
+        "{page}"
+    );
     assert!(page.contains("no room to grow it back yet"), "{page}");
     tenants::set_overrides(&w.app.pool, t, &tenants::Overrides::default())
         .await

@@ -459,7 +459,9 @@ impl Config {
                         None
                     } else {
                         Some(v.parse().map_err(|_| {
-                            anyhow::anyhow!("{key}: {value:?} is not an address:port like 10.0.0.5:7782, or off")
+                            anyhow::anyhow!(
+                                "{key}: {value:?} is not an address:port like 10.0.0.5:7782, or off"
+                            )
                         })?)
                     };
                 }

@@ -81,7 +81,7 @@ pub fn seeded(rt: &tokio::runtime::Runtime, tenants: u32) -> Database {
         stockade_store::ensure_database(&server, "stockade")
             .await
             .unwrap();
-        let pool = stockade_store::connect(&url, 16, Duration::from_secs(10))
+        let pool = stockade_store::connect(url, 16, Duration::from_secs(10))
             .await
             .unwrap();
         stockade_store::migrate(&pool).await.unwrap();

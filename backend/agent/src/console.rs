@@ -77,12 +77,20 @@ pub(crate) async fn answer(
     let Some(key) = header("sec-websocket-key").filter(|_| upgrade) else {
         return refuse(StatusCode::BAD_REQUEST, "a WebSocket upgrade is needed\n");
     };
-    let Some(ticket) = header("authorization").and_then(|v| v.strip_prefix("Ticket ").map(str::to_owned)) else {
+    let Some(ticket) =
+        header("authorization").and_then(|v| v.strip_prefix("Ticket ").map(str::to_owned))
+    else {
         return refuse(StatusCode::UNAUTHORIZED, "a ticket is needed\n");
     };
-    let jail = match stockade_store::logs::redeem(pool, node_id, &ticket, TicketKind::Console).await {
+    let jail = match stockade_store::logs::redeem(pool, node_id, &ticket, TicketKind::Console).await
+    {
         Ok(Some(jail)) => jail,
-        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "the ticket is unknown, used or expired\n"),
+        Ok(None) => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "the ticket is unknown, used or expired\n",
+            );
+        }
         Err(e) => {
             tracing::warn!(error = %e, "redeeming a console ticket failed");
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
@@ -97,7 +105,9 @@ pub(crate) async fn answer(
     tokio::spawn(async move {
         match upgrading.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
                 session(ws, engine, name, cols, rows).await;
             }
             Err(e) => tracing::debug!(error = %e, "a console upgrade failed"),
@@ -124,13 +134,19 @@ fn open_terminal(cols: u16, rows: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
     };
     let pty = nix::pty::openpty(Some(&size), None).map_err(std::io::Error::from)?;
     for fd in [&pty.master, &pty.slave] {
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-            .map_err(std::io::Error::from)?;
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(std::io::Error::from)?;
     }
-    let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(std::io::Error::from)?;
     nix::fcntl::fcntl(
         &pty.master,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK),
+        nix::fcntl::FcntlArg::F_SETFL(
+            nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
+        ),
     )
     .map_err(std::io::Error::from)?;
     Ok((pty.master, pty.slave))
@@ -147,8 +163,13 @@ fn resize(master: &OwnedFd, cols: u16, rows: u16) {
     unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &raw const size) };
 }
 
-async fn session<S>(ws: WebSocketStream<S>, engine: Arc<Engine>, name: JailName, cols: u16, rows: u16)
-where
+async fn session<S>(
+    ws: WebSocketStream<S>,
+    engine: Arc<Engine>,
+    name: JailName,
+    cols: u16,
+    rows: u16,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut down, mut up) = ws.split();
@@ -167,7 +188,9 @@ where
         }
     };
     // SAFETY: the fd moves into the AsyncFd, which owns it until dropped.
-    let master = match unsafe { AsyncFd::register_with_interest(master, Interest::READABLE | Interest::WRITABLE) } {
+    let master = match unsafe {
+        AsyncFd::register_with_interest(master, Interest::READABLE | Interest::WRITABLE)
+    } {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(error = ?e, "cannot watch a console's terminal");
@@ -225,7 +248,9 @@ where
 async fn write_all(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
     while !data.is_empty() {
         let mut guard = master.writable().await?;
-        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+        match guard
+            .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
+        {
             Ok(Ok(n)) => data = &data[n..],
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => {}

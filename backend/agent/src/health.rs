@@ -84,7 +84,8 @@ pub(crate) async fn health_task(pool: PgPool, node_id: Uuid) {
             if health == t.health {
                 continue;
             }
-            match stockade_store::jails::record_health(&pool, jail, health, detail.as_deref()).await {
+            match stockade_store::jails::record_health(&pool, jail, health, detail.as_deref()).await
+            {
                 Ok(()) => t.health = health,
                 Err(e) => tracing::warn!(error = %e, "recording a jail's health failed"),
             }
@@ -153,7 +154,11 @@ mod tests {
                 let mut buf = [0u8; 512];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let asked = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let status = if asked.starts_with("GET /ok ") { "200 OK" } else { "503 Busy" };
+                let status = if asked.starts_with("GET /ok ") {
+                    "200 OK"
+                } else {
+                    "503 Busy"
+                };
                 let _ = s
                     .write_all(format!("HTTP/1.0 {status}\r\n\r\n").as_bytes())
                     .await;
@@ -167,15 +172,24 @@ mod tests {
             failures: 1,
         };
         assert_eq!(probe(addr, &http("/ok")).await, Ok(()));
-        assert_eq!(probe(addr, &http("/down")).await, Err("GET /down answered 503".into()));
+        assert_eq!(
+            probe(addr, &http("/down")).await,
+            Err("GET /down answered 503".into())
+        );
         let tcp = HealthCheck {
             kind: ProbeKind::Tcp,
             path: None,
             ..http("/")
         };
         assert_eq!(probe(addr, &tcp).await, Ok(()));
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let err = probe(closed, &tcp).await.unwrap_err();
-        assert!(err.starts_with(&format!("port {} took no connection", closed.port())), "{err}");
+        assert!(
+            err.starts_with(&format!("port {} took no connection", closed.port())),
+            "{err}"
+        );
     }
 }

@@ -129,7 +129,14 @@ pub async fn run(
     }
     let log_endpoint = match cfg.logs_listen {
         Some(addr) => {
-            let local = logs::serve(addr, pool.clone(), node_id, engine.clone(), shutdown.clone()).await?;
+            let local = logs::serve(
+                addr,
+                pool.clone(),
+                node_id,
+                engine.clone(),
+                shutdown.clone(),
+            )
+            .await?;
             // Listening on every address: the web tier is told the host's name.
             Some(if local.ip().is_unspecified() {
                 format!("{}:{}", cfg.node_name, local.port())
@@ -139,7 +146,9 @@ pub async fn run(
         }
         None => None,
     };
-    if let Err(e) = stockade_store::logs::set_endpoint(&pool, node_id, log_endpoint.as_deref()).await {
+    if let Err(e) =
+        stockade_store::logs::set_endpoint(&pool, node_id, log_endpoint.as_deref()).await
+    {
         tracing::warn!(error = %e, "recording the node's log endpoint failed");
     }
     {

@@ -114,7 +114,12 @@ fn params(query: &str) -> Result<(usize, bool), String> {
     Ok((tail, follow))
 }
 
-async fn answer(pool: &PgPool, node_id: Uuid, engine: &Engine, req: Request<hyper::body::Incoming>) -> Response<Body> {
+async fn answer(
+    pool: &PgPool,
+    node_id: Uuid,
+    engine: &Engine,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
     if req.method() != hyper::Method::GET || req.uri().path() != "/log" {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -130,9 +135,21 @@ async fn answer(pool: &PgPool, node_id: Uuid, engine: &Engine, req: Request<hype
     let Some(ticket) = ticket else {
         return plain(StatusCode::UNAUTHORIZED, "a ticket is needed\n");
     };
-    let jail = match stockade_store::logs::redeem(pool, node_id, ticket, stockade_store::logs::TicketKind::Output).await {
+    let jail = match stockade_store::logs::redeem(
+        pool,
+        node_id,
+        ticket,
+        stockade_store::logs::TicketKind::Output,
+    )
+    .await
+    {
         Ok(Some(jail)) => jail,
-        Ok(None) => return plain(StatusCode::UNAUTHORIZED, "the ticket is unknown, used or expired\n"),
+        Ok(None) => {
+            return plain(
+                StatusCode::UNAUTHORIZED,
+                "the ticket is unknown, used or expired\n",
+            );
+        }
         Err(e) => {
             tracing::warn!(error = %e, "redeeming a log ticket failed");
             return plain(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
@@ -143,14 +160,16 @@ async fn answer(pool: &PgPool, node_id: Uuid, engine: &Engine, req: Request<hype
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "no output to read");
-            return plain(StatusCode::NOT_FOUND, "the jail has no output on this node\n");
+            return plain(
+                StatusCode::NOT_FOUND,
+                "the jail has no output on this node\n",
+            );
         }
     };
     let first = std::mem::take(&mut reader.first);
     let deadline = Instant::now() + MAX_FOLLOW;
-    let stream = futures_util::stream::unfold(
-        (reader, Some(first)),
-        move |(mut r, first)| async move {
+    let stream =
+        futures_util::stream::unfold((reader, Some(first)), move |(mut r, first)| async move {
             if let Some(first) = first {
                 return Some((Ok(Frame::data(Bytes::from(first))), (r, None)));
             }
@@ -162,13 +181,14 @@ async fn answer(pool: &PgPool, node_id: Uuid, engine: &Engine, req: Request<hype
                     return None;
                 }
                 match r.next().await {
-                    Ok(Some(bytes)) => return Some((Ok(Frame::data(Bytes::from(bytes))), (r, None))),
+                    Ok(Some(bytes)) => {
+                        return Some((Ok(Frame::data(Bytes::from(bytes))), (r, None)));
+                    }
                     Ok(None) => tokio::time::sleep(POLL).await,
                     Err(_) => return None,
                 }
             }
-        },
-    );
+        });
     Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
         .header("cache-control", "no-store")

@@ -4,10 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use stockade_domain::{DesiredState, JailKind, JailName, ObservedState};
 use stockade_jail::{Engine, JailSpec, JailStatus};
 use stockade_store::PgPool;
-use chrono::{DateTime, Utc};
 use stockade_store::jails::{self, Jail, LastExit, RunState};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -524,7 +524,8 @@ impl Inner {
                             matches!(s, ObservedState::Running | ObservedState::CrashLooping)
                         })
                     });
-                let watch = if wants_running && runs && (!watched || matches!(outcome, Ok(Some(_)))) {
+                let watch = if wants_running && runs && (!watched || matches!(outcome, Ok(Some(_))))
+                {
                     match engine.watch_init(&work.host_name()) {
                         Ok(Some(fd)) => Watch::Init(fd),
                         Ok(None) => Watch::Ended,

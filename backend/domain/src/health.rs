@@ -98,9 +98,18 @@ mod tests {
         for (json, says) in [
             (r#"{"kind": "tcp", "port": 0}"#, "port"),
             (r#"{"kind": "tcp", "port": 5432, "path": "/x"}"#, "path"),
-            (r#"{"kind": "http", "port": 80, "path": "no-slash"}"#, "path"),
-            (r#"{"kind": "http", "port": 80, "interval_secs": 0}"#, "interval_secs"),
-            (r#"{"kind": "http", "port": 80, "failures": 11}"#, "failures"),
+            (
+                r#"{"kind": "http", "port": 80, "path": "no-slash"}"#,
+                "path",
+            ),
+            (
+                r#"{"kind": "http", "port": 80, "interval_secs": 0}"#,
+                "interval_secs",
+            ),
+            (
+                r#"{"kind": "http", "port": 80, "failures": 11}"#,
+                "failures",
+            ),
         ] {
             let c: HealthCheck = serde_json::from_str(json).unwrap();
             let e = c.check().unwrap_err();

@@ -77,7 +77,9 @@ impl EnvVar {
         if value.contains('\0') || value.len() > MAX_ENV_VALUE {
             return Err(ParseError::new(
                 "env",
-                format!("the value of {name} holds a NUL byte or is longer than {MAX_ENV_VALUE} bytes"),
+                format!(
+                    "the value of {name} holds a NUL byte or is longer than {MAX_ENV_VALUE} bytes"
+                ),
             ));
         }
         Ok(EnvVar {
@@ -91,7 +93,10 @@ impl EnvVar {
 /// Checks a whole environment: each variable, no name twice, not too many.
 pub fn check_env(vars: &[EnvVar]) -> Result<(), ParseError> {
     if vars.len() > MAX_ENV {
-        return Err(ParseError::new("env", format!("at most {MAX_ENV} variables")));
+        return Err(ParseError::new(
+            "env",
+            format!("at most {MAX_ENV} variables"),
+        ));
     }
     for (i, v) in vars.iter().enumerate() {
         EnvVar::new(&v.name, &v.value, v.secret)?;

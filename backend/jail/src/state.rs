@@ -85,12 +85,18 @@ impl Exit {
     pub fn of(status: Option<nix::sys::wait::WaitStatus>, at_ms: u64) -> Self {
         use nix::sys::wait::WaitStatus;
         let (code, signal) = match status {
-            Some(WaitStatus::Exited(_, code)) if code > 128 && code < 160 => (None, Some(code - 128)),
+            Some(WaitStatus::Exited(_, code)) if code > 128 && code < 160 => {
+                (None, Some(code - 128))
+            }
             Some(WaitStatus::Exited(_, code)) => (Some(code), None),
             Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
             _ => (None, None),
         };
-        Exit { code, signal, at_ms }
+        Exit {
+            code,
+            signal,
+            at_ms,
+        }
     }
 }
 

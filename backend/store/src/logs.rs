@@ -8,7 +8,7 @@ use crate::sessions::{random_token, token_hash};
 use crate::{PgPool, StoreError};
 
 /// How long a ticket may wait to be redeemed.
-pub const TICKET_SECS: i64 = 60;
+pub const TICKET_SECS: u32 = 60;
 
 /// What a ticket opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub async fn mint(
         token_hash(&token),
         jail_id,
         node_id,
-        TICKET_SECS as f64,
+        f64::from(TICKET_SECS),
         kind.as_str()
     )
     .execute(pool)

@@ -48,7 +48,12 @@ pub async fn check(pool: &PgPool, tenant_id: Uuid, actor: &str) -> Result<Outcom
         serde_json::json!({ "used_bytes": used, "quota_bytes": quota, "soft_bytes": soft });
     let outcome = if used >= quota {
         tx.commit().await?;
-        crate::tenants::suspend(pool, tenant_id, Some("this month's transfer quota is used up")).await?;
+        crate::tenants::suspend(
+            pool,
+            tenant_id,
+            Some("this month's transfer quota is used up"),
+        )
+        .await?;
         let mut tx = pool.begin().await?;
         crate::events::emit(
             &mut tx,

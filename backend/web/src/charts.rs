@@ -222,7 +222,10 @@ mod tests {
         let f = figure(&with_limit, now - chrono::Duration::hours(1), now);
         assert!(f.contains("<figcaption><strong>Memory</strong>"), "{f}");
         assert!(f.contains("memory in use; "), "{f}");
-        assert!(f.contains("the limit, 64 MiB (the jail is held to it)"), "{f}");
+        assert!(
+            f.contains("the limit, 64 MiB (the jail is held to it)"),
+            "{f}"
+        );
         let without = Series {
             limit: None,
             ..with_limit

@@ -60,7 +60,10 @@ pub(crate) async fn open(
 ) -> Result<HttpResponse, WebError> {
     use actix_web::http::StatusCode;
     if !same_origin(&req) {
-        return Ok(plain(StatusCode::FORBIDDEN, "a console opens from the panel's own pages\n"));
+        return Ok(plain(
+            StatusCode::FORBIDDEN,
+            "a console opens from the panel's own pages\n",
+        ));
     }
     let Ok((response, mut browser, mut typed)) = actix_ws::handle(&req, body) else {
         return Ok(plain(StatusCode::BAD_REQUEST, "a console is a WebSocket\n"));
@@ -68,7 +71,10 @@ pub(crate) async fn open(
     let jail = stockade_store::jails::get(&state.pool, tenant_id, jail_id).await?;
     let tenant = stockade_store::tenants::get(&state.pool, tenant_id).await?;
     if tenant.status != stockade_domain::TenantStatus::Active {
-        return Ok(plain(StatusCode::CONFLICT, "the account is not active: its jails do not run\n"));
+        return Ok(plain(
+            StatusCode::CONFLICT,
+            "the account is not active: its jails do not run\n",
+        ));
     }
     if jail.desired_state == stockade_domain::DesiredState::Deleted {
         return Err(WebError::NotFound);
@@ -77,11 +83,19 @@ pub(crate) async fn open(
         jail.observed_state,
         stockade_domain::ObservedState::Running | stockade_domain::ObservedState::CrashLooping
     ) {
-        return Ok(plain(StatusCode::CONFLICT, "the jail does not run: start it first\n"));
+        return Ok(plain(
+            StatusCode::CONFLICT,
+            "the jail does not run: start it first\n",
+        ));
     }
     let kind = stockade_store::logs::TicketKind::Console;
-    let Some((endpoint, ticket)) = stockade_store::logs::mint(&state.pool, tenant_id, jail_id, kind).await? else {
-        return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "the jail's node does not serve consoles\n"));
+    let Some((endpoint, ticket)) =
+        stockade_store::logs::mint(&state.pool, tenant_id, jail_id, kind).await?
+    else {
+        return Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the jail's node does not serve consoles\n",
+        ));
     };
     let cols = size.cols.filter(|c| (1..=1000).contains(c)).unwrap_or(80);
     let rows = size.rows.filter(|r| (1..=1000).contains(r)).unwrap_or(24);
@@ -90,7 +104,9 @@ pub(crate) async fn open(
         .map_err(anyhow::Error::from)?;
     node_req.headers_mut().insert(
         "authorization",
-        format!("Ticket {ticket}").parse().map_err(anyhow::Error::from)?,
+        format!("Ticket {ticket}")
+            .parse()
+            .map_err(anyhow::Error::from)?,
     );
     let node = match tokio::time::timeout(
         Duration::from_secs(5),
@@ -101,10 +117,16 @@ pub(crate) async fn open(
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, %endpoint, "a node refused a console");
-            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "the jail's node refused the console\n"));
+            return Ok(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the jail's node refused the console\n",
+            ));
         }
         Err(_) => {
-            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "the jail's node does not answer\n"));
+            return Ok(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the jail's node does not answer\n",
+            ));
         }
     };
     let staff = s.0.user.role.is_staff();

@@ -34,6 +34,23 @@ pub(crate) enum OutputError {
     Store(stockade_store::StoreError),
 }
 
+impl OutputError {
+    /// The panel's answer: not found, a store error, or a plain text
+    /// saying why the output cannot be shown now.
+    pub(crate) fn page_answer(self) -> Result<HttpResponse, crate::WebError> {
+        match self {
+            OutputError::NotFound => Err(crate::WebError::NotFound),
+            OutputError::Store(e) => Err(e.into()),
+            OutputError::Unavailable(m) | OutputError::NotServed(m) | OutputError::Invalid(m) => {
+                Ok(HttpResponse::ServiceUnavailable()
+                    .content_type("text/plain; charset=utf-8")
+                    .insert_header(("cache-control", "no-store"))
+                    .body(format!("The output cannot be shown now: {m}.\n")))
+            }
+        }
+    }
+}
+
 /// What is asked of a jail's output.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ask {
@@ -52,7 +69,14 @@ pub(crate) async fn open(
     ask: Ask,
     download: Option<&str>,
 ) -> Result<HttpResponse, OutputError> {
-    let (endpoint, ticket) = match stockade_store::logs::mint(&state.pool, tenant_id, jail_id, stockade_store::logs::TicketKind::Output).await {
+    let (endpoint, ticket) = match stockade_store::logs::mint(
+        &state.pool,
+        tenant_id,
+        jail_id,
+        stockade_store::logs::TicketKind::Output,
+    )
+    .await
+    {
         Ok(Some(t)) => t,
         Ok(None) => {
             return Err(OutputError::NotServed(

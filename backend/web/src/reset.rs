@@ -46,7 +46,12 @@ fn page(
     .render()
     .map_err(anyhow::Error::from)?;
     Ok(HttpResponse::build(status)
-        .cookie(crate::auth::cookie(state, CSRF_COOKIE, csrf.clone(), &action))
+        .cookie(crate::auth::cookie(
+            state,
+            CSRF_COOKIE,
+            csrf.clone(),
+            &action,
+        ))
         .insert_header(("cache-control", "no-store"))
         .insert_header(("referrer-policy", "no-referrer"))
         .content_type("text/html; charset=utf-8")
@@ -65,7 +70,10 @@ fn gone() -> HttpResponse {
         )
 }
 
-async fn form(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, WebError> {
+async fn form(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, WebError> {
     let token = path.into_inner();
     match users::password_reset_user(&state.pool, &token).await? {
         Some(user) => page(&state, StatusCode::OK, &token, user.email.as_str(), None),
@@ -97,7 +105,15 @@ async fn submit(
     let Some(user) = users::password_reset_user(&state.pool, &token).await? else {
         return Ok(gone());
     };
-    let refuse = |msg: &str| page(&state, StatusCode::UNPROCESSABLE_ENTITY, &token, user.email.as_str(), Some(msg));
+    let refuse = |msg: &str| {
+        page(
+            &state,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &token,
+            user.email.as_str(),
+            Some(msg),
+        )
+    };
     if form.password != form.repeat {
         return refuse("password: the two passwords differ");
     }

@@ -523,15 +523,13 @@ pub async fn failing(pool: &PgPool, limit: i64) -> Result<Vec<(Jail, String)>, S
         .map(Jail::try_from)
         .collect::<Result<Vec<_>, _>>()?;
     let ids: Vec<Uuid> = jails.iter().map(|j| j.tenant_id).collect();
-    let names: std::collections::HashMap<Uuid, String> = sqlx::query!(
-        "SELECT id, slug FROM tenants WHERE id = ANY($1)",
-        &ids
-    )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|r| (r.id, r.slug))
-    .collect();
+    let names: std::collections::HashMap<Uuid, String> =
+        sqlx::query!("SELECT id, slug FROM tenants WHERE id = ANY($1)", &ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r.slug))
+            .collect();
     Ok(jails
         .into_iter()
         .map(|j| {

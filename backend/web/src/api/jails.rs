@@ -597,10 +597,7 @@ pub(crate) async fn update(
     if current.desired_state == DesiredState::Deleted {
         return Err(ApiError::NotFound);
     }
-    let env = body
-        .env
-        .map(|e| merge_env(e, &current.env))
-        .transpose()?;
+    let env = body.env.map(|e| merge_env(e, &current.env)).transpose()?;
     if let Some(e) = &env {
         stockade_domain::program::check_env(e)?;
     }

@@ -72,7 +72,12 @@ impl TryFrom<CreateJailForm> for NewJail {
 
 /// Limits as typed in a form ("500m", "256M", "128", "1G"); the error
 /// names the field.
-pub(super) fn parse_limits(cpu: &str, memory: &str, pids: &str, disk: &str) -> Result<Limits, String> {
+pub(super) fn parse_limits(
+    cpu: &str,
+    memory: &str,
+    pids: &str,
+    disk: &str,
+) -> Result<Limits, String> {
     let pids: u32 = pids
         .trim()
         .parse()

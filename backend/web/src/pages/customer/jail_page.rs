@@ -339,8 +339,17 @@ pub(crate) async fn jail_data(
                     a.cpu_millicores,
                     u64::from(jail.limits.cpu_millicores),
                     u64::from(before.cpu_millicores),
-                ) && room(q.memory_bytes, a.memory_bytes, jail.limits.memory_bytes, before.memory_bytes)
-                    && room(u64::from(q.pids), a.pids, u64::from(jail.limits.pids), u64::from(before.pids));
+                ) && room(
+                    q.memory_bytes,
+                    a.memory_bytes,
+                    jail.limits.memory_bytes,
+                    before.memory_bytes,
+                ) && room(
+                    u64::from(q.pids),
+                    a.pids,
+                    u64::from(jail.limits.pids),
+                    u64::from(before.pids),
+                );
                 Some((
                     format!(
                         "Your provider lowered your quota and this jail was shrunk: it had {}, {} memory and {} processes, and has {}, {} and {} now.",

@@ -39,9 +39,18 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jails/{id}/settings", web::get().to(settings::settings))
         .route("/jails/{id}/logs", web::get().to(output::output))
         .route("/jails/{id}/console", web::get().to(console))
-        .route("/jails/{id}/program", web::post().to(settings::update_program))
-        .route("/jails/{id}/limits", web::post().to(settings::update_limits))
-        .route("/jails/{id}/health", web::post().to(settings::update_health))
+        .route(
+            "/jails/{id}/program",
+            web::post().to(settings::update_program),
+        )
+        .route(
+            "/jails/{id}/limits",
+            web::post().to(settings::update_limits),
+        )
+        .route(
+            "/jails/{id}/health",
+            web::post().to(settings::update_health),
+        )
         .route("/jails/{id}/grow-back", web::post().to(settings::grow_back))
         .route("/jails/{id}/ports", web::post().to(ports::publish))
         .route("/jails/{id}/domains", web::post().to(domains::attach))
@@ -122,7 +131,11 @@ pub(crate) fn status_note(j: &Jail) -> String {
     }
     let run = &j.run;
     if run.restart_count > 0 || j.observed_state == ObservedState::CrashLooping {
-        let times = if run.restart_count == 1 { "time" } else { "times" };
+        let times = if run.restart_count == 1 {
+            "time"
+        } else {
+            "times"
+        };
         parts.push(format!("restarted {} {times}", run.restart_count));
     }
     if let Some(exit) = run.last_exit

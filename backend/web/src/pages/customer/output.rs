@@ -29,17 +29,20 @@ pub(super) async fn output(
     }
     let download = q.download == Some(1);
     let ask = Ask {
-        tail: q.tail.unwrap_or(if download { 10_000 } else { 200 }).min(10_000),
+        tail: q
+            .tail
+            .unwrap_or(if download { 10_000 } else { 200 })
+            .min(10_000),
         follow: q.follow == Some(1) && !download,
     };
     let name = jail.name.to_string();
-    match open(&state, tenant_id, jail_id, ask, download.then_some(name.as_str())).await {
-        Ok(answer) => Ok(answer),
-        Err(OutputError::NotFound) => Err(WebError::NotFound),
-        Err(OutputError::Store(e)) => Err(e.into()),
-        Err(OutputError::Unavailable(m) | OutputError::NotServed(m) | OutputError::Invalid(m)) => Ok(HttpResponse::ServiceUnavailable()
-            .content_type("text/plain; charset=utf-8")
-            .insert_header(("cache-control", "no-store"))
-            .body(format!("The output cannot be shown now: {m}.\n"))),
-    }
+    open(
+        &state,
+        tenant_id,
+        jail_id,
+        ask,
+        download.then_some(name.as_str()),
+    )
+    .await
+    .or_else(OutputError::page_answer)
 }

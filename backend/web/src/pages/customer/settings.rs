@@ -152,10 +152,7 @@ fn parse_env(text: &str, current: &[EnvVar]) -> Result<Vec<EnvVar>, String> {
             None => (false, line.trim_start()),
         };
         let Some((name, value)) = rest.split_once('=') else {
-            return Err(format!(
-                "env: line {} is not NAME=value: {line:?}",
-                i + 1
-            ));
+            return Err(format!("env: line {} is not NAME=value: {line:?}", i + 1));
         };
         let value = if secret && value == MASK {
             match current.iter().find(|v| v.name == name && v.secret) {
@@ -186,16 +183,27 @@ fn limits_form(j: &Jail) -> LimitsForm {
     }
 }
 
+/// A form as typed, shown again with its refusal.
+#[derive(Default)]
+struct Typed {
+    program: Option<ProgramForm>,
+    limits: Option<LimitsForm>,
+    health: Option<HealthForm>,
+}
+
 async fn page(
     req: &HttpRequest,
     state: &AppState,
     s: &SignedIn,
     jail: &Jail,
-    program: Option<ProgramForm>,
-    limits: Option<LimitsForm>,
-    health: Option<HealthForm>,
+    typed: Typed,
     error: Option<(&'static str, String)>,
 ) -> Result<HttpResponse, WebError> {
+    let Typed {
+        program,
+        limits,
+        health,
+    } = typed;
     let (q, a) = jails::quota_and_allocation(&state.pool, jail.tenant_id).await?;
     // What this jail could grow to: what is left plus what it holds.
     let left = format!(
@@ -261,7 +269,7 @@ pub(super) async fn settings(
 ) -> Result<HttpResponse, WebError> {
     let tenant_id = customer_tenant(&s)?;
     let jail = live_jail(&state, tenant_id, parse_id(&path)?).await?;
-    page(&req, &state, &s, &jail, None, None, None, None).await
+    page(&req, &state, &s, &jail, Typed::default(), None).await
 }
 
 /// A refusal of the store in words, or the error itself when it is not one.
@@ -291,7 +299,18 @@ pub(super) async fn update_program(
     let (command, env) = match parsed {
         Ok(p) => p,
         Err(msg) => {
-            return page(&req, &state, &s, &jail, Some(typed), None, None, Some(("program", msg))).await;
+            return page(
+                &req,
+                &state,
+                &s,
+                &jail,
+                Typed {
+                    program: Some(typed),
+                    ..Typed::default()
+                },
+                Some(("program", msg)),
+            )
+            .await;
         }
     };
     match jails::update_program(&state.pool, tenant_id, jail.id, Some(&command), Some(&env)).await {
@@ -321,7 +340,18 @@ pub(super) async fn update_program(
         }
         Err(e) => {
             let msg = refusal(e)?;
-            page(&req, &state, &s, &jail, Some(typed), None, None, Some(("program", msg))).await
+            page(
+                &req,
+                &state,
+                &s,
+                &jail,
+                Typed {
+                    program: Some(typed),
+                    ..Typed::default()
+                },
+                Some(("program", msg)),
+            )
+            .await
         }
     }
 }
@@ -348,7 +378,18 @@ pub(super) async fn update_limits(
             ..jail.limits
         },
         Err(msg) => {
-            return page(&req, &state, &s, &jail, None, Some(typed), None, Some(("limits", msg))).await;
+            return page(
+                &req,
+                &state,
+                &s,
+                &jail,
+                Typed {
+                    limits: Some(typed),
+                    ..Typed::default()
+                },
+                Some(("limits", msg)),
+            )
+            .await;
         }
     };
     match jails::update_limits(&state.pool, tenant_id, jail.id, &limits).await {
@@ -374,7 +415,18 @@ pub(super) async fn update_limits(
         }
         Err(e) => {
             let msg = refusal(e)?;
-            page(&req, &state, &s, &jail, None, Some(typed), None, Some(("limits", msg))).await
+            page(
+                &req,
+                &state,
+                &s,
+                &jail,
+                Typed {
+                    limits: Some(typed),
+                    ..Typed::default()
+                },
+                Some(("limits", msg)),
+            )
+            .await
         }
     }
 }
@@ -393,7 +445,18 @@ pub(super) async fn update_health(
     let check = match typed.parse() {
         Ok(c) => c,
         Err(msg) => {
-            return page(&req, &state, &s, &jail, None, None, Some(typed), Some(("health", msg))).await;
+            return page(
+                &req,
+                &state,
+                &s,
+                &jail,
+                Typed {
+                    health: Some(typed),
+                    ..Typed::default()
+                },
+                Some(("health", msg)),
+            )
+            .await;
         }
     };
     let changed = jails::set_health_check(&state.pool, tenant_id, jail.id, check.as_ref()).await?;
@@ -419,28 +482,6 @@ pub(super) async fn update_health(
             "Health check removed."
         },
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_masked_secret_keeps_its_value_and_a_new_one_must_be_typed() {
-        let current = vec![
-            EnvVar::new("TOKEN", "s3cret", true).unwrap(),
-            EnvVar::new("MODE", "prod", false).unwrap(),
-        ];
-        let text = env_text(&current);
-        assert_eq!(text, "secret TOKEN=********\nMODE=prod");
-        assert_eq!(parse_env(&text, &current).unwrap(), current);
-        let err = parse_env("secret OTHER=********", &current).unwrap_err();
-        assert!(err.contains("OTHER"), "{err}");
-        assert!(parse_env("NOEQUALS", &current).unwrap_err().contains("line 1"));
-        let changed = parse_env("secret TOKEN=new\n# a note\n\nX=a=b", &current).unwrap();
-        assert_eq!(changed[0].value, "new");
-        assert_eq!(changed[1].value, "a=b");
-    }
 }
 
 pub(super) async fn grow_back(
@@ -469,8 +510,42 @@ pub(super) async fn grow_back(
                 }),
             )
             .await?;
-            Ok(flash::redirect(&here, "ok", "The jail has its limits back; they apply to it now."))
+            Ok(flash::redirect(
+                &here,
+                "ok",
+                "The jail has its limits back; they apply to it now.",
+            ))
         }
-        Err(e) => Ok(flash::redirect(&here, "error", &format!("Not grown back: {}", refusal(e)?))),
+        Err(e) => Ok(flash::redirect(
+            &here,
+            "error",
+            &format!("Not grown back: {}", refusal(e)?),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_masked_secret_keeps_its_value_and_a_new_one_must_be_typed() {
+        let current = vec![
+            EnvVar::new("TOKEN", "s3cret", true).unwrap(),
+            EnvVar::new("MODE", "prod", false).unwrap(),
+        ];
+        let text = env_text(&current);
+        assert_eq!(text, "secret TOKEN=********\nMODE=prod");
+        assert_eq!(parse_env(&text, &current).unwrap(), current);
+        let err = parse_env("secret OTHER=********", &current).unwrap_err();
+        assert!(err.contains("OTHER"), "{err}");
+        assert!(
+            parse_env("NOEQUALS", &current)
+                .unwrap_err()
+                .contains("line 1")
+        );
+        let changed = parse_env("secret TOKEN=new\n# a note\n\nX=a=b", &current).unwrap();
+        assert_eq!(changed[0].value, "new");
+        assert_eq!(changed[1].value, "a=b");
     }
 }

@@ -142,8 +142,14 @@ mod tests {
             "before": { "status": "active", "reason": null, "plan": "starter" },
             "after": { "status": "suspended", "reason": "unpaid", "plan": "starter" },
         });
-        assert_eq!(changes(&d), "reason: none → unpaid; status: active → suspended");
+        assert_eq!(
+            changes(&d),
+            "reason: none → unpaid; status: active → suspended"
+        );
         assert_eq!(changes(&serde_json::json!({})), "");
-        assert_eq!(changes(&serde_json::json!({"jail": "web"})), r#"{"jail":"web"}"#);
+        assert_eq!(
+            changes(&serde_json::json!({"jail": "web"})),
+            r#"{"jail":"web"}"#
+        );
     }
 }

@@ -90,16 +90,9 @@ pub(super) async fn output(
         serde_json::json!({ "jail_id": jail_id, "tail": ask.tail, "follow": ask.follow }),
     )
     .await?;
-    match open(&state, tenant_id, jail_id, ask, None).await {
-        Ok(answer) => Ok(answer),
-        Err(OutputError::NotFound) => Err(WebError::NotFound),
-        Err(OutputError::Store(e)) => Err(e.into()),
-        Err(OutputError::Unavailable(m) | OutputError::NotServed(m) | OutputError::Invalid(m)) => {
-            Ok(HttpResponse::ServiceUnavailable()
-                .content_type("text/plain; charset=utf-8")
-                .body(format!("The output cannot be shown now: {m}.\n")))
-        }
-    }
+    open(&state, tenant_id, jail_id, ask, None)
+        .await
+        .or_else(OutputError::page_answer)
 }
 
 pub(super) async fn restart(
@@ -128,12 +121,17 @@ pub(super) async fn restart(
             Ok(flash::redirect(
                 &here,
                 "ok",
-                &format!("{} restarts; its customers see that you restarted it.", jail.name),
+                &format!(
+                    "{} restarts; its customers see that you restarted it.",
+                    jail.name
+                ),
             ))
         }
-        Err(stockade_store::StoreError::InvalidState(m)) => {
-            Ok(flash::redirect(&here, "error", &format!("Not restarted: {m}")))
-        }
+        Err(stockade_store::StoreError::InvalidState(m)) => Ok(flash::redirect(
+            &here,
+            "error",
+            &format!("Not restarted: {m}"),
+        )),
         Err(e) => Err(e.into()),
     }
 }

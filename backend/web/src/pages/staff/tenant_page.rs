@@ -451,7 +451,11 @@ pub(super) async fn change_status(
     if form.confirm.as_deref() != Some("yes") {
         return Ok(crate::auth::see_other(&format!("{here}/{verb}")));
     }
-    let reason = form.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
+    let reason = form
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
     let before = tenants::get(&state.pool, id).await?;
     let result = match verb {
         "suspend" => tenants::suspend(&state.pool, id, reason).await,
