@@ -1408,10 +1408,21 @@ async fn staff_drill_down_is_visible_to_the_customer_and_audited() {
         .unwrap();
     assert_eq!(res.status(), 503);
     assert!(res.text().await.unwrap().contains("cannot be shown now"));
+    // Restarting is a change: admins only.
+    let restart = w.app.url(&format!("/staff/tenants/{t}/jails/{j}/restart"));
     let token = csrf(&w.operator, &jail_page).await;
     let res = w
         .operator
-        .post(w.app.url(&format!("/staff/tenants/{t}/jails/{j}/restart")))
+        .post(&restart)
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let token = csrf(&w.admin, &jail_page).await;
+    let res = w
+        .admin
+        .post(&restart)
         .form(&[("csrf_token", token.as_str())])
         .send()
         .await

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty, combinators::BoxBody};
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use stockade_jail::{Engine, JailName, JailStatus};
+use stockade_jail::{Engine, JailName};
 use stockade_store::PgPool;
 use stockade_store::logs::TicketKind;
 use tokio::io::Interest;
@@ -32,6 +32,49 @@ type Body = BoxBody<Bytes, Infallible>;
 
 /// The shell a console runs.
 const SHELL: &str = "/bin/sh";
+/// Most consoles open at once in one jail, and on the node: each holds a
+/// thread of the agent's blocking pool, which its engine steps share.
+const PER_JAIL: usize = 4;
+const PER_NODE: usize = 64;
+
+/// Consoles open, per jail.
+static OPEN: std::sync::Mutex<Option<std::collections::HashMap<Uuid, usize>>> =
+    std::sync::Mutex::new(None);
+
+/// A place for one console; given back when dropped.
+struct Permit(Uuid);
+
+impl Permit {
+    fn take(jail: Uuid) -> Option<Permit> {
+        let mut open = OPEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = open.get_or_insert_with(Default::default);
+        let total: usize = open.values().sum();
+        let here = open.entry(jail).or_default();
+        if *here >= PER_JAIL || total >= PER_NODE {
+            return None;
+        }
+        *here += 1;
+        Some(Permit(jail))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = OPEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = open.as_mut()
+            && let Some(n) = open.get_mut(&self.0)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
 
 fn refuse(status: StatusCode, text: &str) -> Response<Body> {
     Response::builder()
@@ -97,9 +140,16 @@ pub(crate) async fn answer(
         }
     };
     let name = stockade_store::jails::host_name(jail);
-    if !matches!(engine.status(&name), Ok(Some(JailStatus::Running { .. }))) {
+    // Read-only: reaping and recording an ended init is the reconciler's.
+    if !matches!(engine.watch_init(&name), Ok(Some(_))) {
         return refuse(StatusCode::CONFLICT, "the jail does not run\n");
     }
+    let Some(permit) = Permit::take(jail) else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many consoles are open in this jail or on this node\n",
+        );
+    };
     let (cols, rows) = size(req.uri().query().unwrap_or(""));
     let upgrading = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -109,6 +159,7 @@ pub(crate) async fn answer(
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
                 session(ws, engine, name, cols, rows).await;
+                drop(permit);
             }
             Err(e) => tracing::debug!(error = %e, "a console upgrade failed"),
         }
@@ -238,10 +289,30 @@ async fn session<S>(
             },
         }
     };
+    // The terminal's session (the shell's), in case it ignores the hang-up.
+    let mut sid: libc::pid_t = 0;
+    // SAFETY: TIOCGSID writes a pid_t into a live integer; the fd is ours.
+    let have_sid =
+        unsafe { libc::ioctl(master.get_ref().as_raw_fd(), libc::TIOCGSID, &raw mut sid) } == 0;
     // Our end closed: the shell is hung up, and its command ends.
     drop(master);
     let _ = down.send(close(ended)).await;
-    let code = tokio::time::timeout(Duration::from_secs(10), shell).await;
+    let mut shell = shell;
+    let code = match tokio::time::timeout(Duration::from_secs(10), &mut shell).await {
+        Ok(code) => Some(code),
+        Err(_) if have_sid && sid > 1 => {
+            // Still there: its whole session is ended (inside the jail's
+            // cgroup and PID namespace; the sid is a host pid).
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(sid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            tokio::time::timeout(Duration::from_secs(10), shell)
+                .await
+                .ok()
+        }
+        Err(_) => None,
+    };
     tracing::info!(jail = %name, ended, ?code, "console closed");
 }
 

@@ -47,6 +47,11 @@ pub(crate) async fn health_task(pool: PgPool, node_id: Uuid) {
                 failures: 0,
                 next: now,
             });
+            if t.health != p.health {
+                // Set anew in the database (a check saved again): start over.
+                t.health = p.health;
+                t.failures = 0;
+            }
             if t.check != p.check {
                 // A new check starts over.
                 *t = Tracked {

@@ -231,6 +231,25 @@ impl Follower {
         }
     }
 
+    /// Whether the bytes just before the offset are still the last ones
+    /// sent (a ring rewritten and grown back past the offset is not).
+    async fn still_at_mark(&self, len: u64) -> std::io::Result<bool> {
+        // As much of the mark as the file holds before the offset.
+        let n = (self.mark.len() as u64).min(self.offset);
+        if n == 0 || len < self.offset {
+            return Ok(true);
+        }
+        let mut file = match tokio::fs::File::open(&self.path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        file.seek(std::io::SeekFrom::Start(self.offset - n)).await?;
+        let mut there = Vec::new();
+        file.take(n).read_to_end(&mut there).await?;
+        Ok(self.mark.ends_with(&there) && there.len() as u64 == n)
+    }
+
     /// New output since the last call, if any.
     async fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         let len = match tokio::fs::metadata(&self.path).await {
@@ -238,7 +257,8 @@ impl Follower {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
-        if len < self.offset {
+        let moved = len < self.offset || !self.still_at_mark(len).await?;
+        if moved {
             // The ring was rewritten: go on after the last bytes sent.
             // The longest end of what was sent that is still there: the
             // rewrite kept only the newest part of the file.
@@ -336,5 +356,9 @@ mod tests {
         // The init keeps the newest half and goes on writing after it.
         std::fs::write(&path, b"three\nfour\nfive\n").unwrap();
         assert_eq!(f.next().await.unwrap().unwrap(), b"five\n");
+        // Rewritten and grown back past the place, unseen in between: the
+        // follower finds its place by what it sent, not by the offset.
+        std::fs::write(&path, b"four\nfive\nsix\nseven\neight\n").unwrap();
+        assert_eq!(f.next().await.unwrap().unwrap(), b"six\nseven\neight\n");
     }
 }

@@ -142,11 +142,12 @@ impl Reconciler {
     /// Time until the earliest backed-off jail may be retried.
     pub(crate) fn next_retry_in(&self) -> Duration {
         let now = Instant::now();
-        self.inner
-            .book()
-            .backoff
-            .values()
-            .map(|b| b.next.saturating_duration_since(now))
+        let book = self.inner.book();
+        // A jail with a step under way is woken by that step's end.
+        book.backoff
+            .iter()
+            .filter(|(id, _)| !book.in_flight.contains(id))
+            .map(|(_, b)| b.next.saturating_duration_since(now))
             .min()
             .unwrap_or(Duration::from_secs(3600))
             .max(Duration::from_millis(50))
@@ -222,9 +223,14 @@ impl Reconciler {
             // the periodic full pass looks at every jail (drift, crashes).
             // A jail whose init ended is looked at now, even one waiting
             // for its run to last (a crash-looping jail that ended again).
+            // So is one whose row changed since its last step (a stop, a
+            // new command): a user's change never waits out a crash loop's
+            // pause. A failed step records its generation, so a failing
+            // jail still waits.
             let exited = book.exited.remove(&jail.id);
+            let changed = jail.generation > jail.observed_generation;
             let waiting = book.backoff.get(&jail.id).is_some_and(|b| b.next > now);
-            if !exited && (waiting || (!full && settled(&jail))) {
+            if !exited && !changed && (waiting || (!full && settled(&jail))) {
                 continue;
             }
             book.in_flight.insert(jail.id);

@@ -217,9 +217,10 @@ pub async fn staff_actions_on(
         Logged,
         r#"SELECT a.id, a.at, a.actor, t.slug AS "tenant?", a.action, a.target, a.client_addr,
              a.details
-         FROM audit_log a JOIN users u ON u.id = a.actor_user_id
+         FROM audit_log a LEFT JOIN users u ON u.id = a.actor_user_id
               LEFT JOIN tenants t ON t.id = a.tenant_id
-         WHERE a.tenant_id = $1 AND u.role IN ('operator', 'admin')
+         WHERE a.tenant_id = $1
+           AND (u.role IN ('operator', 'admin') OR a.details->>'by_provider' = 'true')
          ORDER BY a.id DESC LIMIT $2"#,
         tenant_id,
         i64::from(limit)

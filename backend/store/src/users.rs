@@ -153,7 +153,8 @@ pub async fn set_password(
 pub const RESET_HOURS: i64 = 24;
 
 /// Makes a one-time link token for `user_id` to set a new password with
-/// (made by `by`); earlier unused links of the user stop working.
+/// (made by `by`); earlier unused links of the user stop working, and every
+/// session of the user ends at once (the account may be someone else's now).
 pub async fn create_password_reset(
     pool: &PgPool,
     user_id: Uuid,
@@ -167,6 +168,9 @@ pub async fn create_password_reset(
     )
     .execute(&mut *tx)
     .await?;
+    sqlx::query!("DELETE FROM sessions WHERE user_id = $1", user_id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query!(
         "INSERT INTO password_resets (token_hash, user_id, created_by, expires_at)
          VALUES ($1, $2, $3, now() + make_interval(hours => $4))",

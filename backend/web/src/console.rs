@@ -115,6 +115,14 @@ pub(crate) async fn open(
     .await
     {
         Ok(Ok((ws, _))) => ws,
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(refused)))
+            if refused.status().as_u16() == 429 =>
+        {
+            return Ok(plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many consoles are open in this jail or on its node: close one first\n",
+            ));
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, %endpoint, "a node refused a console");
             return Ok(plain(

@@ -21,8 +21,11 @@ pub(super) fn starts(j: &Jail) -> bool {
     let converged = j.generation == j.observed_generation;
     j.desired_state == DesiredState::Running
         && match j.observed_state {
-            ObservedState::Pending | ObservedState::Failed | ObservedState::Starting => true,
+            ObservedState::Pending | ObservedState::Starting => true,
             ObservedState::Stopped => !converged || j.kind == JailKind::System,
+            // A retry of a failed step stays "failed" until it works: each
+            // retry is not news to subscribers.
+            ObservedState::Failed => !converged,
             ObservedState::Running | ObservedState::CrashLooping | ObservedState::Deleted => false,
         }
 }

@@ -204,8 +204,11 @@ impl Engine {
         let Some(init) = rec.init else {
             return Ok(None);
         };
-        let Ok(fd) = super::pidfd_open(init.pid) else {
-            return Ok(None);
+        let fd = match super::pidfd_open(init.pid) {
+            Ok(fd) => fd,
+            // Gone: it ended.
+            Err(Errno::ESRCH) => return Ok(None),
+            Err(e) => return Err(JailError::sys("pidfd_open", "/proc")(e)),
         };
         Ok(self.live_init(&rec).map(|_| fd))
     }

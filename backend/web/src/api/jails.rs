@@ -395,6 +395,24 @@ pub(crate) async fn logs(
         tail,
         follow: query.follow.unwrap_or(false),
     };
+    if caller.unbound().is_ok() {
+        // The provider read a customer's output: on the record, and shown
+        // to the tenant's users.
+        let actor = caller.actor();
+        stockade_store::audit::record(
+            &state.pool,
+            &stockade_store::audit::Entry {
+                actor_user_id: None,
+                actor: &actor,
+                tenant_id: Some(tenant_id),
+                action: "jail.output_read",
+                target: jail.name.as_str(),
+                client_addr: None,
+                details: serde_json::json!({ "jail_id": jail_id, "by_provider": true }),
+            },
+        )
+        .await?;
+    }
     crate::output::open(&state, tenant_id, jail_id, ask, None)
         .await
         .map_err(|e| match e {
@@ -600,6 +618,14 @@ pub(crate) async fn update(
     let env = body.env.map(|e| merge_env(e, &current.env)).transpose()?;
     if let Some(e) = &env {
         stockade_domain::program::check_env(e)?;
+    }
+    // Every part of the change or none: what a suspended tenant may not
+    // change is refused before anything is written.
+    let status = tenants::get(&state.pool, tenant_id).await?.status;
+    if status != stockade_domain::TenantStatus::Active {
+        return Err(
+            stockade_store::StoreError::InvalidState(format!("the tenant is {status}")).into(),
+        );
     }
     if current.kind == JailKind::App && body.command.as_ref().is_some_and(Vec::is_empty) {
         return Err(stockade_domain::ParseError {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::auth::SignedIn;
 use crate::output::{Ask, OutputError, open};
 use crate::pages::customer::{JailData, jail_data, status_note};
-use crate::pages::{ActionForm, Layout, record, render, require_staff};
+use crate::pages::{ActionForm, Layout, record, render, require_admin, require_staff};
 use crate::{AppState, WebError, flash};
 
 #[derive(Template)]
@@ -102,7 +102,8 @@ pub(super) async fn restart(
     path: web::Path<(String, String)>,
     form: web::Form<ActionForm>,
 ) -> Result<HttpResponse, WebError> {
-    require_staff(&s)?;
+    // A change: admins only (operators read and suspend).
+    require_admin(&s)?;
     s.check_csrf(&form.csrf_token)?;
     let (tenant_id, jail_id) = ids(&path)?;
     let here = format!("/staff/tenants/{tenant_id}/jails/{jail_id}");
@@ -146,7 +147,8 @@ pub(super) async fn console(
     path: web::Path<(String, String)>,
     size: web::Query<crate::console::Size>,
 ) -> Result<HttpResponse, WebError> {
-    require_staff(&s)?;
+    // A root shell in a customer's jail: admins only.
+    require_admin(&s)?;
     let (tenant_id, jail_id) = ids(&path)?;
     crate::console::open(req, body, state, s, tenant_id, jail_id, size.into_inner()).await
 }

@@ -381,7 +381,7 @@ pub(super) async fn reset_password(
         &back,
         "ok",
         &format!(
-            "One-time link for {} to choose a new password (works once, for {} hours; shown once): {link}",
+            "One-time link for {} to choose a new password (works once, for {} hours; their sessions were ended; shown once): {link}",
             user.email,
             users::RESET_HOURS
         ),
