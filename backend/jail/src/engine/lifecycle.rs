@@ -148,6 +148,11 @@ impl Engine {
             }
             tracing::info!(jail = %spec.name, from = shift.from, to = shift.to, "volume's owners shifted");
         }
+        // The record already says what the elements are (saved above).
+        let _changes = self
+            .net_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old_net = existing.and_then(|r| r.spec.network);
         if let Some(old) = old_net.filter(|o| Some(o) != spec.network.as_ref()) {
             self.network().unpublish(spec.name.as_str(), &old)?;
@@ -453,13 +458,18 @@ impl Engine {
     /// without a record. Idempotent.
     pub fn destroy(&self, name: &JailName) -> Result<(), JailError> {
         let paths = self.paths(name.as_str());
-        let network = state::load(&paths)
-            .ok()
-            .flatten()
-            .and_then(|r| r.spec.network);
         self.stop(name, Duration::ZERO)?;
-        if let Some(n) = &network {
-            self.network().unpublish(name.as_str(), n)?;
+        if let Some(mut rec) = state::load(&paths).ok().flatten()
+            && let Some(n) = rec.spec.network.take()
+        {
+            // The record first says the jail has no elements, then they go:
+            // a repair meanwhile cannot put them back.
+            let _changes = self
+                .net_changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state::save(&paths, &rec)?;
+            self.network().unpublish(name.as_str(), &n)?;
         }
         volume::teardown(self.host.as_ref(), &self.view(), &paths)?;
         self.cgroups.remove(name.as_str())?;

@@ -126,6 +126,12 @@ pub struct Engine {
     net_index: std::sync::Mutex<HashMap<String, (RecordKey, Option<NetSpec>)>>,
     /// The firewall table as the last repair left it.
     firewall_written: std::sync::Mutex<Option<String>>,
+    /// Held by a repair of the node's network (which reads every jail's
+    /// record and rewrites the firewall table) and by a jail's change of
+    /// its own elements, made after its record says what they are: a
+    /// repair that read a record just before it changed cannot put back
+    /// an element the change took away.
+    pub(super) net_changes: std::sync::Mutex<()>,
 }
 
 /// Which version of a record file was read: records are replaced by a
@@ -302,6 +308,7 @@ impl Engine {
             filter_file,
             net_index: std::sync::Mutex::default(),
             firewall_written: std::sync::Mutex::default(),
+            net_changes: std::sync::Mutex::default(),
         })
     }
 

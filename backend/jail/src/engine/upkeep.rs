@@ -19,6 +19,10 @@ impl Engine {
     /// published ports, NAT; rewritten in one transaction). Each jail's own
     /// link is [`Engine::repair_jail`]'s.
     pub fn repair_network(&self) -> Result<Vec<String>, JailError> {
+        let _changes = self
+            .net_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let network = self.network();
         let mut repaired = Vec::new();
         let bridge_dir = self.cfg.sys_root.join("class/net").join(&self.cfg.bridge);
