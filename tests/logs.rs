@@ -34,6 +34,42 @@ fn counting_jail() -> NewJail {
     }
 }
 
+/// A node and the panel, a tenant with a running counting jail, and
+/// another tenant.
+struct World {
+    // Before the panel: the node goes first.
+    _node: Node,
+    app: TestApp,
+    tenant: uuid::Uuid,
+    other: uuid::Uuid,
+    jail: jails::Jail,
+}
+
+async fn world(own: &str, other: &str) -> World {
+    let app = TestApp::spawn().await;
+    let node = Node::new(&app.db_url);
+    wait_node(&app.pool, &node.name).await;
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    let mut ids = Vec::new();
+    for slug in [own, other] {
+        let t = tenants::create(&app.pool, &TenantSlug::parse(slug).unwrap(), slug, plan.id)
+            .await
+            .unwrap();
+        ids.push(t.id);
+    }
+    let jail = jails::create(&app.pool, ids[0], &counting_jail())
+        .await
+        .unwrap();
+    wait_observed(&app.pool, ids[0], jail.id, ObservedState::Running).await;
+    World {
+        _node: node,
+        app,
+        tenant: ids[0],
+        other: ids[1],
+        jail,
+    }
+}
+
 /// The numbers of the `line N` lines of `text`.
 fn numbers(text: &str) -> Vec<u64> {
     text.lines()
@@ -47,28 +83,13 @@ async fn a_jails_output_is_shown_followed_and_downloaded_only_by_its_tenant() {
         eprintln!("SKIPPED: reading a jail's output needs root");
         return;
     }
-    let app = TestApp::spawn().await;
-    let node = Node::new(&app.db_url);
-    wait_node(&app.pool, &node.name).await;
-    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
-    let slug = TenantSlug::parse("loggy").unwrap();
-    let tenant = tenants::create(&app.pool, &slug, "Loggy", plan.id)
-        .await
-        .unwrap()
-        .id;
-    let other = tenants::create(
-        &app.pool,
-        &TenantSlug::parse("nosy").unwrap(),
-        "Nosy",
-        plan.id,
-    )
-    .await
-    .unwrap()
-    .id;
-    let jail = jails::create(&app.pool, tenant, &counting_jail())
-        .await
-        .unwrap();
-    wait_observed(&app.pool, tenant, jail.id, ObservedState::Running).await;
+    let World {
+        _node: node,
+        app,
+        tenant,
+        other,
+        jail,
+    } = world("loggy", "nosy").await;
     let password = app
         .create_user("c@loggy.test", Role::Customer, Some(tenant))
         .await;
@@ -249,32 +270,13 @@ async fn a_console_runs_a_shell_in_the_jail_for_its_tenant_only_and_is_recorded(
     }
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
-    let app = TestApp::spawn().await;
-    let node = Node::new(&app.db_url);
-    wait_node(&app.pool, &node.name).await;
-    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
-    let tenant = tenants::create(
-        &app.pool,
-        &TenantSlug::parse("shelly").unwrap(),
-        "Shelly",
-        plan.id,
-    )
-    .await
-    .unwrap()
-    .id;
-    let other = tenants::create(
-        &app.pool,
-        &TenantSlug::parse("peeky").unwrap(),
-        "Peeky",
-        plan.id,
-    )
-    .await
-    .unwrap()
-    .id;
-    let jail = jails::create(&app.pool, tenant, &counting_jail())
-        .await
-        .unwrap();
-    wait_observed(&app.pool, tenant, jail.id, ObservedState::Running).await;
+    let World {
+        _node,
+        app,
+        tenant,
+        other,
+        jail,
+    } = world("shelly", "peeky").await;
     let pw = app
         .create_user("c@shelly.test", Role::Customer, Some(tenant))
         .await;

@@ -38,8 +38,8 @@ const PER_JAIL: usize = 4;
 const PER_NODE: usize = 64;
 
 /// Consoles open, per jail.
-static OPEN: std::sync::Mutex<Option<std::collections::HashMap<Uuid, usize>>> =
-    std::sync::Mutex::new(None);
+static OPEN: std::sync::Mutex<std::collections::BTreeMap<Uuid, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// A place for one console; given back when dropped.
 struct Permit(Uuid);
@@ -49,7 +49,6 @@ impl Permit {
         let mut open = OPEN
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let open = open.get_or_insert_with(Default::default);
         let total: usize = open.values().sum();
         let here = open.entry(jail).or_default();
         if *here >= PER_JAIL || total >= PER_NODE {
@@ -65,9 +64,7 @@ impl Drop for Permit {
         let mut open = OPEN
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(open) = open.as_mut()
-            && let Some(n) = open.get_mut(&self.0)
-        {
+        if let Some(n) = open.get_mut(&self.0) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 open.remove(&self.0);

@@ -272,6 +272,15 @@ pub(super) async fn settings(
     page(&req, &state, &s, &jail, Typed::default(), None).await
 }
 
+/// The store's answer: the changed jail, or its refusal in words to show
+/// with the form; any other error as it is.
+fn refused(answer: Result<Jail, StoreError>) -> Result<Result<Jail, String>, WebError> {
+    match answer {
+        Ok(jail) => Ok(Ok(jail)),
+        Err(e) => refusal(e).map(Err),
+    }
+}
+
 /// A refusal of the store in words, or the error itself when it is not one.
 fn refusal(e: StoreError) -> Result<String, WebError> {
     match e {
@@ -296,64 +305,55 @@ pub(super) async fn update_program(
     let parsed = parse_command_line(&typed.command)
         .map_err(|e| e.to_string())
         .and_then(|c| Ok((c, parse_env(&typed.env, &jail.env)?)));
-    let (command, env) = match parsed {
-        Ok(p) => p,
+    let changed = match parsed {
+        Ok((command, env)) => refused(
+            jails::update_program(&state.pool, tenant_id, jail.id, Some(&command), Some(&env))
+                .await,
+        )?,
+        Err(msg) => Err(msg),
+    };
+    let changed = match changed {
+        Ok(changed) => changed,
         Err(msg) => {
-            return page(
-                &req,
-                &state,
-                &s,
-                &jail,
-                Typed {
-                    program: Some(typed),
-                    ..Typed::default()
-                },
-                Some(("program", msg)),
-            )
-            .await;
+            let typed = Typed {
+                program: Some(typed),
+                ..Typed::default()
+            };
+            return page(&req, &state, &s, &jail, typed, Some(("program", msg))).await;
         }
     };
-    match jails::update_program(&state.pool, tenant_id, jail.id, Some(&command), Some(&env)).await {
-        Ok(changed) => {
-            // Names only: a secret's value never goes to the audit log.
-            let names: Vec<&str> = changed.env.iter().map(|v| v.name.as_str()).collect();
-            record(
-                &state,
-                &req,
-                &s,
-                Some(tenant_id),
-                "jail.program",
-                changed.name.as_str(),
-                serde_json::json!({ "command": changed.command, "env": names }),
-            )
-            .await?;
-            let restart = if changed.desired_state == stockade_domain::DesiredState::Running {
-                " It restarts with them now."
-            } else {
-                " They apply at its next start."
-            };
-            Ok(flash::redirect(
-                &format!("/jails/{}/settings", jail.id),
-                "ok",
-                &format!("Command and environment saved.{restart}"),
-            ))
-        }
-        Err(e) => {
-            let msg = refusal(e)?;
-            page(
-                &req,
-                &state,
-                &s,
-                &jail,
-                Typed {
-                    program: Some(typed),
-                    ..Typed::default()
-                },
-                Some(("program", msg)),
-            )
-            .await
-        }
-    }
+    // Names only: a secret's value never goes to the audit log.
+    let names: Vec<&str> = changed.env.iter().map(|v| v.name.as_str()).collect();
+    record(
+        &state,
+        &req,
+        &s,
+        Some(tenant_id),
+        "jail.program",
+        changed.name.as_str(),
+        serde_json::json!({ "command": changed.command, "env": names }),
+    )
+    .await?;
+    let restart = if changed.desired_state == stockade_domain::DesiredState::Running {
+        " It restarts with them now."
+    } else {
+        " They apply at its next start."
+    };
+    Ok(flash::redirect(
+        &format!("/jails/{}/settings", jail.id),
+        "ok",
+        &format!("Command and environment saved.{restart}"),
+    ))
+}
+
+/// The CPU, memory, process and disk limits of an audit entry.
+fn limits_json(l: &stockade_domain::Limits) -> serde_json::Value {
+    serde_json::json!({
+        "cpu_millicores": l.cpu_millicores,
+        "memory_bytes": l.memory_bytes,
+        "pids": l.pids,
+        "disk_bytes": l.disk_bytes,
+    })
 }
 
 pub(super) async fn update_limits(
@@ -367,68 +367,48 @@ pub(super) async fn update_limits(
     s.check_csrf(&form.csrf_token)?;
     let jail = live_jail(&state, tenant_id, parse_id(&path)?).await?;
     let typed = form.into_inner();
-    let parsed = parse_limits(&typed.cpu, &typed.memory, &typed.pids, &typed.disk);
-    let limits = match parsed {
+    let changed = match parse_limits(&typed.cpu, &typed.memory, &typed.pids, &typed.disk) {
         // The rates stay as they are.
-        Ok(l) => stockade_domain::Limits {
-            cpu_millicores: l.cpu_millicores,
-            memory_bytes: l.memory_bytes,
-            pids: l.pids,
-            disk_bytes: l.disk_bytes,
-            ..jail.limits
-        },
+        Ok(l) => {
+            let limits = stockade_domain::Limits {
+                cpu_millicores: l.cpu_millicores,
+                memory_bytes: l.memory_bytes,
+                pids: l.pids,
+                disk_bytes: l.disk_bytes,
+                ..jail.limits
+            };
+            refused(jails::update_limits(&state.pool, tenant_id, jail.id, &limits).await)?
+        }
+        Err(msg) => Err(msg),
+    };
+    let changed = match changed {
+        Ok(changed) => changed,
         Err(msg) => {
-            return page(
-                &req,
-                &state,
-                &s,
-                &jail,
-                Typed {
-                    limits: Some(typed),
-                    ..Typed::default()
-                },
-                Some(("limits", msg)),
-            )
-            .await;
+            let typed = Typed {
+                limits: Some(typed),
+                ..Typed::default()
+            };
+            return page(&req, &state, &s, &jail, typed, Some(("limits", msg))).await;
         }
     };
-    match jails::update_limits(&state.pool, tenant_id, jail.id, &limits).await {
-        Ok(changed) => {
-            record(
-                &state,
-                &req,
-                &s,
-                Some(tenant_id),
-                "jail.update",
-                changed.name.as_str(),
-                serde_json::json!({
-                    "before": { "cpu_millicores": jail.limits.cpu_millicores, "memory_bytes": jail.limits.memory_bytes, "pids": jail.limits.pids, "disk_bytes": jail.limits.disk_bytes },
-                    "after": { "cpu_millicores": changed.limits.cpu_millicores, "memory_bytes": changed.limits.memory_bytes, "pids": changed.limits.pids, "disk_bytes": changed.limits.disk_bytes },
-                }),
-            )
-            .await?;
-            Ok(flash::redirect(
-                &format!("/jails/{}/settings", jail.id),
-                "ok",
-                "Limits saved; they apply to the running jail now.",
-            ))
-        }
-        Err(e) => {
-            let msg = refusal(e)?;
-            page(
-                &req,
-                &state,
-                &s,
-                &jail,
-                Typed {
-                    limits: Some(typed),
-                    ..Typed::default()
-                },
-                Some(("limits", msg)),
-            )
-            .await
-        }
-    }
+    record(
+        &state,
+        &req,
+        &s,
+        Some(tenant_id),
+        "jail.update",
+        changed.name.as_str(),
+        serde_json::json!({
+            "before": limits_json(&jail.limits),
+            "after": limits_json(&changed.limits),
+        }),
+    )
+    .await?;
+    Ok(flash::redirect(
+        &format!("/jails/{}/settings", jail.id),
+        "ok",
+        "Limits saved; they apply to the running jail now.",
+    ))
 }
 
 pub(super) async fn update_health(
@@ -505,8 +485,8 @@ pub(super) async fn grow_back(
                 "jail.grow_back",
                 grown.name.as_str(),
                 serde_json::json!({
-                    "before": { "cpu_millicores": jail.limits.cpu_millicores, "memory_bytes": jail.limits.memory_bytes, "pids": jail.limits.pids },
-                    "after": { "cpu_millicores": grown.limits.cpu_millicores, "memory_bytes": grown.limits.memory_bytes, "pids": grown.limits.pids },
+                    "before": limits_json(&jail.limits),
+                    "after": limits_json(&grown.limits),
                 }),
             )
             .await?;
