@@ -18,6 +18,7 @@ stockade_missing_packages() {
             chromium) have chromium || missing+=(chromium) ;;
             chromedriver) have chromedriver || missing+=(chromium-driver) ;;
             pebble) have pebble || missing+=(pebble) ;;
+            ssh) { have ssh && have sftp && have ssh-keygen; } || missing+=(openssh-client) ;;
             *) ;;
         esac
     done

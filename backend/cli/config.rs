@@ -77,6 +77,8 @@ pub struct Config {
     /// Where the agent serves its jails' output to the web tier (on
     /// tickets), or none.
     pub agent_logs: Option<SocketAddr>,
+    /// Where the node's SSH gateway to its jails listens, or none.
+    pub agent_ssh: Option<SocketAddr>,
     /// Where the node's reverse proxy serves its jails' domains over plain
     /// HTTP; `None` = the node runs no proxy.
     pub proxy_http: Option<SocketAddr>,
@@ -186,6 +188,7 @@ impl Default for Config {
             sample_retention_hours: 48,
             agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
             agent_logs: Some("127.0.0.1:0".parse().expect("valid default address")),
+            agent_ssh: Some("0.0.0.0:2222".parse().expect("valid default address")),
             proxy_http: Some("0.0.0.0:80".parse().expect("valid default address")),
             proxy_https: Some("0.0.0.0:443".parse().expect("valid default address")),
             acme_directory: Some("https://acme-v02.api.letsencrypt.org/directory".into()),
@@ -465,6 +468,18 @@ impl Config {
                         })?)
                     };
                 }
+                "agent_ssh" => {
+                    let v = value.trim();
+                    self.agent_ssh = if v == "off" {
+                        None
+                    } else {
+                        Some(v.parse().map_err(|_| {
+                            anyhow::anyhow!(
+                                "{key}: {value:?} is not an address:port like 0.0.0.0:2222, or off"
+                            )
+                        })?)
+                    };
+                }
                 "agent_metrics" => {
                     let v = value.trim();
                     self.agent_metrics = if v == "off" {
@@ -559,6 +574,9 @@ impl Config {
                 .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "agent_logs" => self
                 .agent_logs
+                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "agent_ssh" => self
+                .agent_ssh
                 .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "stop_grace_secs" => secs(self.stop_grace),
             "console_kib" => self.console_kib.to_string(),

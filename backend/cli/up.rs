@@ -229,6 +229,10 @@ pub async fn agent_task(
         sample_retention_hours: cfg.sample_retention_hours,
         metrics_listen: cfg.agent_metrics,
         logs_listen: cfg.agent_logs,
+        ssh: cfg.agent_ssh.map(|listen| stockade_agent::SshConfig {
+            listen,
+            host_key: state_dir.join("ssh").join("host_ed25519_key"),
+        }),
         stop_grace: cfg.stop_grace,
         network: cfg.jail_network,
         step_deadline: cfg.step_deadline,

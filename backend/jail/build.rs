@@ -12,7 +12,7 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
     let target = std::env::var("TARGET").expect("set by cargo");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    for f in ["Cargo.toml", "src/lib.rs", "src/main.rs"] {
+    for f in ["Cargo.toml", "src/lib.rs", "src/main.rs", "src/sftp.rs"] {
         println!("cargo:rerun-if-changed={}", init.join(f).display());
     }
     // A target folder of its own: the outer build holds the lock on the

@@ -197,6 +197,7 @@ impl Node {
             .env("STOCKADE_NODE_NAME", &self.name)
             .env("STOCKADE_STATE_DIR", self.state.path())
             .env("STOCKADE_AGENT_METRICS", "off")
+            .env("STOCKADE_AGENT_SSH", "127.0.0.1:0")
             .env("STOCKADE_PROXY_HTTP", "off")
             .env("STOCKADE_PROXY_HTTPS", "off")
             .env("STOCKADE_ACME_DIRECTORY", "off")

@@ -28,50 +28,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
 use uuid::Uuid;
 
+use crate::permits::Permits;
+
 type Body = BoxBody<Bytes, Infallible>;
 
 /// The shell a console runs.
 const SHELL: &str = "/bin/sh";
-/// Most consoles open at once in one jail, and on the node: each holds a
-/// thread of the agent's blocking pool, which its engine steps share.
-const PER_JAIL: usize = 4;
-const PER_NODE: usize = 64;
-
-/// Consoles open, per jail.
-static OPEN: std::sync::Mutex<std::collections::BTreeMap<Uuid, usize>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-/// A place for one console; given back when dropped.
-struct Permit(Uuid);
-
-impl Permit {
-    fn take(jail: Uuid) -> Option<Permit> {
-        let mut open = OPEN
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let total: usize = open.values().sum();
-        let here = open.entry(jail).or_default();
-        if *here >= PER_JAIL || total >= PER_NODE {
-            return None;
-        }
-        *here += 1;
-        Some(Permit(jail))
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut open = OPEN
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.0) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.0);
-            }
-        }
-    }
-}
+/// Consoles open at once: 4 in one jail, 64 on the node.
+static CONSOLES: Permits = Permits::new(4, 64);
 
 fn refuse(status: StatusCode, text: &str) -> Response<Body> {
     Response::builder()
@@ -141,7 +105,7 @@ pub(crate) async fn answer(
     if !matches!(engine.watch_init(&name), Ok(Some(_))) {
         return refuse(StatusCode::CONFLICT, "the jail does not run\n");
     }
-    let Some(permit) = Permit::take(jail) else {
+    let Some(permit) = CONSOLES.take(jail) else {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "too many consoles are open in this jail or on this node\n",
@@ -173,7 +137,7 @@ pub(crate) async fn answer(
 
 /// A pseudo-terminal of `cols`×`rows`; both ends close on exec, so the
 /// shell holds only its own end (dup'ed onto 0-2) and hangs up with ours.
-fn open_terminal(cols: u16, rows: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn open_terminal(cols: u16, rows: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let size = libc::winsize {
         ws_row: rows,
         ws_col: cols,
@@ -200,7 +164,7 @@ fn open_terminal(cols: u16, rows: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((pty.master, pty.slave))
 }
 
-fn resize(master: &OwnedFd, cols: u16, rows: u16) {
+pub(crate) fn resize(master: &OwnedFd, cols: u16, rows: u16) {
     let size = libc::winsize {
         ws_row: rows,
         ws_col: cols,

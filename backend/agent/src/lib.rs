@@ -17,10 +17,12 @@ mod console;
 mod health;
 mod logs;
 mod metrics;
+mod permits;
 mod proxy;
 mod reconcile;
 mod sampler;
 mod slots;
+mod ssh;
 mod uploads;
 
 use std::net::SocketAddr;
@@ -38,6 +40,7 @@ pub use acme::{AcmeConfig, certificate_key};
 pub use claim::{Claims, claim_host_names};
 pub use metrics::Metrics;
 pub use proxy::{ProxyConfig, stop_proxy};
+pub use ssh::SshConfig;
 
 /// How the agent is set up on this node.
 #[derive(Debug, Clone)]
@@ -57,6 +60,8 @@ pub struct AgentConfig {
     /// Where the jails' output is served to the web tier (on tickets), and
     /// the address the web tier reaches it at; `None`: not served.
     pub logs_listen: Option<SocketAddr>,
+    /// The node's SSH gateway to its jails, if it runs one.
+    pub ssh: Option<SshConfig>,
     /// Time a stopping jail gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// The node's jail address pool (the bridge's gateway and prefix), or
@@ -150,6 +155,30 @@ pub async fn run(
         stockade_store::logs::set_endpoint(&pool, node_id, log_endpoint.as_deref()).await
     {
         tracing::warn!(error = %e, "recording the node's log endpoint failed");
+    }
+    let gateway = match &cfg.ssh {
+        Some(ssh) => match ssh::serve(
+            ssh,
+            &cfg.node_name,
+            pool.clone(),
+            node_id,
+            engine.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(g) => Some(g),
+            // The jails are served regardless; customers are told the node
+            // has no SSH gateway.
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "the SSH gateway cannot start");
+                None
+            }
+        },
+        None => None,
+    };
+    if let Err(e) = stockade_store::ssh_keys::set_gateway(&pool, node_id, gateway.as_ref()).await {
+        tracing::warn!(error = %e, "recording the node's SSH gateway failed");
     }
     {
         let engine = engine.clone();

@@ -102,6 +102,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "address:port where the agent serves jails' output to the web tier on single-use tickets, port 0 for any; a loopback or private address, or off (127.0.0.1:0)",
     ),
     (
+        "agent_ssh",
+        "address:port of the node's SSH gateway, where customers log in to their jails as <jail>+<tenant> with their keys, port 0 for any, or off (0.0.0.0:2222)",
+    ),
+    (
         "stop_grace_secs",
         "seconds between SIGTERM and SIGKILL when a jail stops (10)",
     ),

@@ -13,6 +13,7 @@ mod name;
 mod port;
 pub mod program;
 mod quantity;
+pub mod ssh_key;
 mod state;
 
 pub use domain_name::DomainName;
@@ -24,6 +25,7 @@ pub use name::{JailName, TenantSlug, image_name};
 pub use port::{Protocol, Publish};
 pub use program::{EnvVar, command_line, parse_command_line};
 pub use quantity::{ByteSize, Millicores};
+pub use ssh_key::SshPublicKey;
 pub use state::{DesiredState, Health, JailKind, ObservedState, Role, TenantStatus};
 
 /// Why a value given by a user was refused; the message is shown to them as is.

@@ -15,6 +15,8 @@
 //! with the command's environment as its own, and descriptors 0-2 (the
 //! command's stdio), [`REPORT_FD`] (the engine's report pipe), [`FILTER_FD`]
 //! (the system call filter) and, with `--log`, [`LOG_FD`] (the log file).
+//! Run as `stockade-sftp` (argv[0]'s file name), it serves one SFTP session
+//! on stdin and stdout instead, inside a running jail (see `sftp`).
 //!
 //! It is one file over 500 lines on purpose: PID 1 of every jail is the
 //! program a security review reads first, and its whole life (start, signal
@@ -22,6 +24,8 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
+
+mod sftp;
 
 use stockade_init::{
     FILTER_FD, JAIL_PATH, LOG_FD, REPORT_FD, Stage, drop_capabilities, errno, exec_first, exit,
@@ -213,6 +217,15 @@ fn spawn(c: &Command) -> Result<libc::pid_t, i32> {
 extern "C" fn forward_marker(_: libc::c_int) {}
 
 fn main() {
+    if std::env::args_os()
+        .next()
+        .is_some_and(|a| std::path::Path::new(&a).file_name() == Some("stockade-sftp".as_ref()))
+    {
+        // Nothing else in the jail may read its memory or /proc/<pid>/exe.
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        exit(sftp::run());
+    }
     // Nothing in the jail may trace PID 1 or read its memory.
     // SAFETY: prctl with integer arguments only; fcntl sets descriptor flags.
     unsafe {

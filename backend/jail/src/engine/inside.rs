@@ -3,14 +3,14 @@
 
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::sched::CloneFlags;
 use stockade_domain::JailName;
 
 use crate::discover::{self, Discovered, Observed};
 use crate::error::JailError;
-use crate::launch::{self, ExecPlan, JAIL_PATH, Outcome, Stdio};
+use crate::launch::{self, ExecPlan, JAIL_PATH, JoinStdio, Outcome, Stdio};
 use crate::net;
 use crate::spec::JailSpec;
 use crate::state::{self, JailPaths, Upper};
@@ -20,6 +20,18 @@ use crate::{hostinfo, uids};
 
 use super::*;
 
+/// The name the init program answers to as an SFTP server.
+const SFTP_NAME: &str = "stockade-sftp";
+
+/// What a caller runs in a jail.
+#[derive(Clone, Copy)]
+enum Program<'a> {
+    /// A command of the jail's, looked up in its root.
+    Command(&'a [String]),
+    /// The SFTP server (see [`Engine::serve_sftp`]).
+    Sftp,
+}
+
 impl Engine {
     /// Runs `argv` inside the running jail (its namespaces, cgroup, root
     /// and capability limits) with the caller's stdio; returns its exit
@@ -27,8 +39,11 @@ impl Engine {
     pub fn exec(&self, name: &JailName, argv: &[String]) -> Result<i32, JailError> {
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         let mut terminal = Terminal::for_caller()?;
-        let tty = terminal.as_mut().and_then(Terminal::slave);
-        let code = self.exec_joined(name, argv, tty, &term);
+        let stdio = match terminal.as_mut().and_then(Terminal::slave) {
+            Some(tty) => JoinStdio::Terminal(tty),
+            None => JoinStdio::Caller,
+        };
+        let code = self.exec_joined(name, Program::Command(argv), stdio, &term);
         if let Some(t) = terminal {
             t.finish();
         }
@@ -47,14 +62,46 @@ impl Engine {
         tty: OwnedFd,
         term: &str,
     ) -> Result<i32, JailError> {
-        self.exec_joined(name, argv, Some(tty), term)
+        self.exec_joined(name, Program::Command(argv), JoinStdio::Terminal(tty), term)
+    }
+
+    /// Runs `argv` inside the running jail as [`Engine::exec`] does, with
+    /// `streams` (pipes the caller relays) as its stdin, stdout and stderr,
+    /// in a session of its own; blocks until it ends and returns its exit
+    /// code.
+    pub fn exec_on_streams(
+        &self,
+        name: &JailName,
+        argv: &[String],
+        streams: [OwnedFd; 3],
+    ) -> Result<i32, JailError> {
+        self.exec_joined(
+            name,
+            Program::Command(argv),
+            JoinStdio::Streams(streams),
+            "dumb",
+        )
+    }
+
+    /// Serves one SFTP session inside the running jail on `streams` (the
+    /// requests on the first, the answers on the second, its complaints on
+    /// the third) until the requests end; returns its exit code.
+    ///
+    /// The server is the node's init program (in its SFTP mode), exec'd
+    /// from the engine's descriptor exactly as any command in the jail is
+    /// run: its namespaces, cgroup, system call filter, capabilities and
+    /// user. Every path it is asked for is resolved by the kernel inside
+    /// the jail's root, so no request can name a file of the node or of
+    /// another jail, and what it writes is the jail's, against its quota.
+    pub fn serve_sftp(&self, name: &JailName, streams: [OwnedFd; 3]) -> Result<i32, JailError> {
+        self.exec_joined(name, Program::Sftp, JoinStdio::Streams(streams), "dumb")
     }
 
     fn exec_joined(
         &self,
         name: &JailName,
-        argv: &[String],
-        tty: Option<OwnedFd>,
+        program: Program<'_>,
+        stdio: JoinStdio,
         term: &str,
     ) -> Result<i32, JailError> {
         let (_, rec) = self.record(name)?;
@@ -81,15 +128,16 @@ impl Engine {
         if self.live_init(&rec).is_none() {
             return Err(JailError::NotRunning(name.to_string()));
         }
-        let command = ExecPlan::new(
-            argv,
-            &[
-                ("PATH", JAIL_PATH),
-                ("HOME", "/root"),
-                ("HOSTNAME", rec.spec.hostname.as_str()),
-                ("TERM", term),
-            ],
-        )?;
+        let env = [
+            ("PATH", JAIL_PATH),
+            ("HOME", "/root"),
+            ("HOSTNAME", rec.spec.hostname.as_str()),
+            ("TERM", term),
+        ];
+        let command = match program {
+            Program::Command(argv) => ExecPlan::new(argv, &env)?,
+            Program::Sftp => ExecPlan::new(&[SFTP_NAME.to_owned()], &env[..3])?.exec_join_program(),
+        };
         let join_files: Vec<CString> = self
             .cgroups
             .join_files(name.as_str())
@@ -114,7 +162,8 @@ impl Engine {
             command: &command,
             seccomp: self.seccomp.program(),
             oom_score_adj,
-            tty,
+            stdio,
+            program: matches!(program, Program::Sftp).then(|| self.init_program.as_raw_fd()),
         })
     }
 

@@ -16,7 +16,7 @@ use nix::unistd::{ForkResult, Pid};
 use stockade_init::{FILTER_FD, LOG_FD, MSG_PID, MSG_USERNS, REPORT_FD, Stage, exit, send};
 
 use super::protocol::{MAX_GO_FDS, fail, wait_code, wait_go};
-use super::{ExecPlan, Join, LOWER_FD, Launch, PROGRAM_FD, Stdio};
+use super::{ExecPlan, JOIN_PROGRAM_FD, Join, JoinStdio, LOWER_FD, Launch, PROGRAM_FD, Stdio};
 
 /// Writes "0" (the writer itself) into each membership file of the jail's
 /// cgroup (`tasks` on v1, `cgroup.procs` on v2), opened here.
@@ -450,12 +450,33 @@ pub(super) fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
     if nix::unistd::getppid() != parent {
         exit(1);
     }
-    if let Some(tty) = &join.tty {
-        // SAFETY: duplicates an fd owned by `join` onto 0, 1 and 2.
-        unsafe {
-            libc::dup2(tty.as_raw_fd(), 0);
-            libc::dup2(tty.as_raw_fd(), 1);
-            libc::dup2(tty.as_raw_fd(), 2);
+    match &join.stdio {
+        JoinStdio::Caller => {}
+        JoinStdio::Terminal(tty) => {
+            // SAFETY: duplicates an fd owned by `join` onto 0, 1 and 2.
+            unsafe {
+                libc::dup2(tty.as_raw_fd(), 0);
+                libc::dup2(tty.as_raw_fd(), 1);
+                libc::dup2(tty.as_raw_fd(), 2);
+            }
+        }
+        JoinStdio::Streams(streams) => {
+            // Each moved above 2 first, so none is overwritten before its
+            // turn (the caller's may sit on 0-2 themselves).
+            let mut high = [0; 3];
+            for (i, fd) in streams.iter().enumerate() {
+                // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor.
+                high[i] = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+                if high[i] < 0 {
+                    fail(report, Stage::Session, 0, Errno::last());
+                }
+            }
+            for (target, fd) in (0..).zip(high) {
+                // SAFETY: dup2 onto 0-2 (not close-on-exec), replacing them.
+                if unsafe { libc::dup2(fd, target) } < 0 {
+                    fail(report, Stage::Session, 0, Errno::last());
+                }
+            }
         }
     }
     // The cgroup is joined through the host's cgroupfs, so before entering
@@ -482,8 +503,16 @@ pub(super) fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
         fail(report, Stage::Session, 0, Errno::last());
     }
     let report = move_fd(high, 3, high);
-    // SAFETY: close_range only closes descriptors; none above 3 is used again.
-    unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    // A program to exec from a descriptor goes to 4, out of the way too.
+    let first_closed: u32 = match join.program {
+        Some(fd) => {
+            move_fd(fd, JOIN_PROGRAM_FD, report);
+            5
+        }
+        None => 4,
+    };
+    // SAFETY: close_range only closes descriptors; none of them is used again.
+    unsafe { libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32) };
     // Entering a PID namespace applies to children only: fork once more.
     // SAFETY: the child only makes system calls before exec.
     let child = match unsafe { nix::unistd::fork() } {
@@ -496,7 +525,7 @@ pub(super) fn joiner(join: &Join<'_>, report: RawFd, parent: Pid) -> ! {
                 join.command,
                 join.seccomp,
                 join.oom_score_adj,
-                join.tty.is_some(),
+                matches!(join.stdio, JoinStdio::Terminal(_)),
             )
         }
         Ok(ForkResult::Parent { child }) => child,

@@ -308,10 +308,29 @@ pub(crate) struct Join<'a> {
     pub seccomp: &'a [libc::sock_filter],
     /// The value the command's `oom_score_adj` gets (as the jail's own).
     pub oom_score_adj: &'static [u8],
-    /// A terminal made for the command (its slave end), instead of the
-    /// caller's streams.
-    pub tty: Option<OwnedFd>,
+    /// The command's standard streams.
+    pub stdio: JoinStdio,
+    /// A program to exec from this descriptor instead of looking the
+    /// command up in the jail (the init program, serving SFTP).
+    pub program: Option<RawFd>,
 }
+
+/// The standard streams of a command run in a running jail.
+#[derive(Debug)]
+pub(crate) enum JoinStdio {
+    /// The caller's own.
+    Caller,
+    /// The slave end of a terminal made for the command, which becomes its
+    /// controlling terminal.
+    Terminal(OwnedFd),
+    /// Three descriptors (pipes or sockets the caller relays) for its
+    /// stdin, stdout and stderr, in a session of its own.
+    Streams([OwnedFd; 3]),
+}
+
+/// Where the joiner puts [`Join::program`] before it closes the caller's
+/// other descriptors.
+const JOIN_PROGRAM_FD: RawFd = 4;
 
 /// Runs a command inside a running jail with the caller's stdio; returns
 /// its status (exit code, or 128 + signal).

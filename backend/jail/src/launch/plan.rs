@@ -21,6 +21,8 @@ pub(crate) struct ExecPlan {
     pub(super) argv_ptrs: Vec<*const libc::c_char>,
     pub(super) envp_ptrs: Vec<*const libc::c_char>,
     pub(super) candidate_ptrs: Vec<*const libc::c_char>,
+    /// Exec'd from this descriptor instead of a path (see [`Self::exec_join_program`]).
+    pub(super) descriptor: Option<libc::c_int>,
 }
 
 pub(super) fn cstring(what: &'static str, s: &str) -> Result<CString, JailError> {
@@ -71,7 +73,15 @@ impl ExecPlan {
             envp,
             argv_ptrs,
             envp_ptrs,
+            descriptor: None,
         })
+    }
+
+    /// The same arguments and environment, exec'd from the program a
+    /// [`super::Join`] passes (its `program`), not from the jail's files.
+    pub fn exec_join_program(mut self) -> Self {
+        self.descriptor = Some(super::JOIN_PROGRAM_FD);
+        self
     }
 
     /// The init program's arguments and environment for this command: a
@@ -109,6 +119,21 @@ impl ExecPlan {
     /// errno (a permission problem beats "not found" on another PATH entry).
     pub(super) fn exec(&self) -> Errno {
         let _ = (&self.candidates, &self.envp);
+        if let Some(fd) = self.descriptor {
+            // SAFETY: an empty NUL-terminated path, with the arrays above,
+            // alive for the call; returns only on failure.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    c"".as_ptr(),
+                    self.argv_ptrs.as_ptr(),
+                    self.envp_ptrs.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                );
+            }
+            return Errno::last();
+        }
         // SAFETY: the plan holds NUL-terminated strings and NULL-terminated
         // arrays of them, alive for the call.
         Errno::from_raw(unsafe {

@@ -15,6 +15,7 @@ mod openapi;
 mod plans;
 mod ports;
 mod ratelimit;
+mod ssh_keys;
 mod tenants;
 mod types;
 mod usage;
@@ -93,6 +94,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(jails::routes)
                 .configure(ports::routes)
                 .configure(domains::routes)
+                .configure(ssh_keys::routes)
                 .configure(usage::routes)
                 .configure(webhooks::routes)
                 .default_service(web::to(error::not_found)),

@@ -55,6 +55,36 @@ pub(crate) struct JailData {
     pub(crate) domains: Vec<DomainLine>,
     /// What they carried today, in words.
     pub(crate) traffic: String,
+    /// How to log in with SSH, when the jail's node has a gateway.
+    pub(crate) ssh: Option<SshAccess>,
+}
+
+/// The jail's SSH login, as the jail page shows it.
+pub(crate) struct SshAccess {
+    /// `ssh -p PORT JAIL+TENANT@HOST`.
+    pub(super) ssh: String,
+    /// `sftp -P PORT JAIL+TENANT@HOST`.
+    pub(super) sftp: String,
+    /// The node's host key and its fingerprint.
+    pub(super) host_key: String,
+    pub(super) fingerprint: String,
+}
+
+impl SshAccess {
+    fn new(gateway: stockade_store::ssh_keys::Gateway, jail: &str, tenant: &str) -> Self {
+        let login = stockade_store::ssh_keys::login_name(jail, tenant);
+        let (host, port) = gateway
+            .endpoint
+            .rsplit_once(':')
+            .unwrap_or((gateway.endpoint.as_str(), "22"));
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        SshAccess {
+            ssh: format!("ssh -p {port} {login}@{host}"),
+            sftp: format!("sftp -P {port} {login}@{host}"),
+            host_key: gateway.host_key,
+            fingerprint: gateway.host_fingerprint,
+        }
+    }
 }
 
 /// A domain as the jail page shows it.
@@ -407,6 +437,13 @@ pub(crate) async fn jail_data(
             allowance.limit.saturating_sub(allowance.used),
             allowance.limit
         ),
+        ssh: match stockade_store::ssh_keys::gateway_of(pool, tenant_id, jail.id).await? {
+            Some(g) => {
+                let tenant = stockade_store::tenants::get(pool, tenant_id).await?;
+                Some(SshAccess::new(g, jail.name.as_str(), tenant.slug.as_str()))
+            }
+            None => None,
+        },
         outbound: if jail.outbound_nat {
             "on: it reaches the world through its node"
         } else {

@@ -8,6 +8,7 @@ mod output;
 mod overview;
 mod ports;
 mod settings;
+mod ssh_keys;
 mod uploads;
 
 use actix_web::web;
@@ -33,6 +34,9 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/overview", web::get().to(overview))
         .route("/jails", web::get().to(list))
         .route("/jails", web::post().to(create))
+        .route("/ssh-keys", web::get().to(ssh_keys::list))
+        .route("/ssh-keys", web::post().to(ssh_keys::add))
+        .route("/ssh-keys/{id}/delete", web::post().to(ssh_keys::remove))
         .route("/jails/{id}", web::get().to(detail))
         .route("/jails/{id}/delete", web::get().to(confirm_delete))
         .route("/jails/{id}/files", web::post().to(upload))
