@@ -14,7 +14,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::panel;
+use common::{node, panel};
 use futures_util::{SinkExt, StreamExt};
 use secrecy::ExposeSecret;
 use stockade_domain::{JailKind, JailName, Limits, ObservedState, TenantSlug};
@@ -23,38 +23,6 @@ use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 /// The agent's cgroup group: `stockade-<node name>`.
 const NODE: &str = "bench-console";
-
-/// The jails the agent made go, pass or fail, then the agent.
-struct Cleanup {
-    engine: stockade_jail::Engine,
-    agent: std::process::Child,
-}
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.agent.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let _ = self.agent.wait();
-        if let Ok(found) = self.engine.discover() {
-            for name in found.jails.keys() {
-                if let Ok(name) = JailName::parse(name) {
-                    let _ = self.engine.destroy(&name);
-                }
-            }
-        }
-        // The agent's own group, in every hierarchy.
-        for entry in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(entry.path().join(format!("stockade-{NODE}")));
-        }
-    }
-}
 
 /// The `per_mille`th value of `sorted`, in milliseconds.
 fn percentile(sorted: &[Duration], per_mille: usize) -> f64 {
@@ -71,32 +39,7 @@ fn main() {
     let db = panel::seeded(&rt, 0);
     rt.block_on(sqlx::query("DELETE FROM nodes").execute(&db.pool))
         .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let agent = Command::new(env!("CARGO_BIN_EXE_stockade"))
-        .arg("agent")
-        .env("DATABASE_URL", db.url.expose_secret())
-        .env("STOCKADE_NODE_NAME", NODE)
-        .env("STOCKADE_STATE_DIR", state.path())
-        .env("STOCKADE_AGENT_METRICS", "off")
-        .env("STOCKADE_JAIL_NETWORK", "off")
-        .env("STOCKADE_PROXY_HTTP", "off")
-        .env("STOCKADE_ACME_DIRECTORY", "off")
-        .env("STOCKADE_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _cleanup = Cleanup {
-        engine: stockade_jail::Engine::new({
-            let mut c = stockade_jail::EngineConfig::new(
-                state.path().join("node"),
-                state.path().join("images"),
-            );
-            c.cgroup_parent = format!("stockade-{NODE}");
-            c
-        })
-        .unwrap(),
-        agent,
-    };
+    let _agent = node::Agent::start(&db.url, NODE, &[("STOCKADE_AGENT_LOGS", "127.0.0.1:0")]);
     let base = panel::serve(&db.pool, Duration::from_secs(5));
     rt.block_on(async {
         let pool = &db.pool;

@@ -380,6 +380,25 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
     assert!(seen.contains("\n0\n"), "owned by the jail's root: {seen}");
     assert!(seen.contains(&format!("/tmp/{escape}")), "{seen}");
 
+    // scp (which speaks SFTP) copies into the jail as well.
+    let mut c = Command::new("scp");
+    c.args(client.options(&own_key))
+        .args(["-q", "-P", port])
+        .arg(&local)
+        .arg(format!("web+sshy@{host}:/srv/site/by-scp.bin"));
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = client
+        .ssh(&own_key, "web+sshy", "wc -c < /srv/site/by-scp.bin")
+        .await;
+    assert_eq!(
+        text(&out.stdout).trim(),
+        (5u32 << 20).to_string(),
+        "{out:?}"
+    );
+
     // The jail's disk quota holds for SFTP too: 40 MiB do not fit in 32.
     let big = keys.path().join("big.bin");
     std::fs::write(&big, vec![7u8; 40 << 20]).unwrap();

@@ -1274,6 +1274,15 @@ async fn customers_change_a_jails_command_environment_and_limits() {
     let settings = w.app.url(&format!("/jails/{}/settings", w.jail_a));
     let page = c.get(&settings).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("Your quota leaves up to"), "{page}");
+    // Every form is in the page's body, none in its title.
+    let (head, body) = page.split_once("</title>").unwrap();
+    assert!(!head.contains("<form"), "a form in the title: {head}");
+    for action in ["program", "limits", "health"] {
+        assert!(
+            body.contains(&format!("action=\"/jails/{}/{action}\"", w.jail_a)),
+            "the {action} form: {body}"
+        );
+    }
     let token = csrf(c, &settings).await;
     let program = w.app.url(&format!("/jails/{}/program", w.jail_a));
 

@@ -1,6 +1,7 @@
 //! What the benches share.
 #![allow(dead_code)]
 
+pub mod node;
 pub mod panel;
 
 use stockade_domain::{JailKind, JailName, Limits};

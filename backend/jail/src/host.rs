@@ -252,8 +252,13 @@ impl Host for LinuxHost {
                 // backing file); small filesystems would default to 1 KiB.
                 "-b".as_ref(),
                 "4096".as_ref(),
+                // `inline_data`: an empty folder takes no block of its own.
+                // The overlay mount of every start makes its work folder
+                // anew with the jail's credentials, which may not dip into
+                // the last blocks of a full volume; without it, a jail that
+                // filled its disk could never start again.
                 "-O".as_ref(),
-                "^has_journal".as_ref(),
+                "^has_journal,inline_data".as_ref(),
                 "-E".as_ref(),
                 "nodiscard,lazy_itable_init=1".as_ref(),
                 image.as_os_str(),

@@ -196,3 +196,44 @@ fn jails_get_disjoint_ranges_and_their_root_is_an_unprivileged_host_uid() {
     assert!(f.engine.uid_ranges().unwrap().is_empty());
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
 }
+
+#[test]
+fn a_jail_that_filled_its_disk_starts_again_and_can_free_it() {
+    if !root_or_skip("a_jail_that_filled_its_disk_starts_again_and_can_free_it") {
+        return;
+    }
+    let f = Fixture::new();
+    let limits = Limits {
+        disk_bytes: 32 << 20,
+        ..small_limits()
+    };
+    let mut spec = f.spec("full", JailKind::System, SLEEPER, limits);
+    spec.user_namespace = true;
+    f.engine.create(&spec).unwrap();
+    f.engine.start(&spec.name).unwrap();
+    for round in 0..5 {
+        // A file of scattered blocks (each its own extent), then every
+        // block the jail may take. Written back, the scattered file's
+        // extent tree takes blocks from the volume's last reserve, which
+        // no process of the jail may touch.
+        let fill = format!(
+            "mkdir -p /r{round} && i=0; while [ $i -lt 1200 ]; do \
+               dd if=/dev/zero of=/r{round}/scattered bs=4k count=1 seek=$((i * 2)) conv=notrunc 2>/dev/null; \
+               i=$((i + 1)); done; \
+             dd if=/dev/zero of=/r{round}/fill bs=32k 2>/dev/null; dd if=/dev/zero of=/r{round}/tail bs=4k 2>/dev/null; \
+             [ \"$(df / | awk 'NR == 2 {{ print $4 }}')\" = 0 ]"
+        );
+        assert_eq!(
+            sh(&f, &spec.name, &fill),
+            0,
+            "round {round}: the disk filled"
+        );
+        f.engine.stop(&spec.name, Duration::from_secs(1)).unwrap();
+        f.engine
+            .start(&spec.name)
+            .unwrap_or_else(|e| panic!("round {round}: a full jail starts again: {e}"));
+        assert_eq!(sh(&f, &spec.name, &format!("rm -rf /r{round}")), 0);
+    }
+    f.engine.destroy(&spec.name).unwrap();
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}
