@@ -11,12 +11,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{node, panel};
 use futures_util::{SinkExt, StreamExt};
-use secrecy::ExposeSecret;
 use stockade_domain::{JailKind, JailName, Limits, ObservedState, TenantSlug};
 use stockade_store::jails::{self, NewJail};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};

@@ -19,7 +19,9 @@ use stockade_domain::{JailKind, JailName, Limits, ObservedState, SshPublicKey, T
 use stockade_store::jails::{self, NewJail};
 
 const NODE: &str = "bench-sftp";
-const SIZE: usize = 100 << 20;
+/// Bytes uploaded: 100 MiB.
+const MIB: u32 = 100;
+const SIZE: usize = (MIB as usize) << 20;
 const ROUNDS: usize = 5;
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -71,7 +73,7 @@ fn client(cmd: &str, key: &Path, known_hosts: &Path) -> Command {
 }
 
 fn mib_per_s(d: Duration) -> f64 {
-    (SIZE as f64 / f64::from(1 << 20)) / d.as_secs_f64()
+    f64::from(MIB) / d.as_secs_f64()
 }
 
 fn main() {
@@ -100,7 +102,7 @@ fn main() {
     let public = keygen(&key);
     let file = w.join("upload.bin");
     let data: Vec<u8> = (0..SIZE)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
         .collect();
     std::fs::write(&file, &data).unwrap();
 

@@ -697,3 +697,28 @@ impl AsyncWrite for Fd {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_host_key_is_made_once_readable_by_root_only_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ssh/host_ed25519_key");
+        let made = host_key(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = host_key(&path).unwrap();
+        assert_eq!(
+            made.public_key(),
+            again.public_key(),
+            "the same key each start"
+        );
+        // A damaged file is an error, never silently a new key.
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(host_key(&path).is_err());
+    }
+}
