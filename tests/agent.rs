@@ -549,9 +549,18 @@ async fn a_new_command_and_environment_restart_the_jail_with_them() {
         stockade_domain::EnvVar::new("GREETING", "hello there", false).unwrap(),
         stockade_domain::EnvVar::new("HOME", "/srv", true).unwrap(),
     ];
-    let changed = jails::update_program(&pool, tenant, jail.id, Some(&command), Some(&env))
-        .await
-        .unwrap();
+    let changed = jails::update_program(
+        &pool,
+        tenant,
+        jail.id,
+        jails::ProgramChange {
+            image: None,
+            command: Some(&command),
+            env: Some(&env),
+        },
+    )
+    .await
+    .unwrap();
     assert!(changed.restart_generation > jail.restart_generation);
     wait_observed(&pool, tenant, jail.id, ObservedState::Running).await;
     let log = node.jail_log(&jail);

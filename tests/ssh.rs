@@ -501,3 +501,143 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
     assert_eq!(out.status.code(), Some(255), "{out:?}");
     drop(node);
 }
+
+#[tokio::test]
+async fn a_customer_moves_a_jail_to_another_image_keeping_its_files() {
+    if !is_root() {
+        eprintln!("SKIPPED: a jail needs root");
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let node = Node::new(&app.db_url);
+    wait_node(&app.pool, &node.name).await;
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    let tenant = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("imagy").unwrap(),
+        "imagy",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let jail = jails::create(&app.pool, tenant, &idle_jail("web"))
+        .await
+        .unwrap();
+    wait_observed(&app.pool, tenant, jail.id, ObservedState::Running).await;
+    // The provider adds an image to the node: busybox with a mark of its own.
+    let images = node.engine().config().image_dir.clone();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(images.join("busybox"))
+        .arg(images.join("busybox-marked"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(images.join("busybox-marked/etc/marker"), "marked image\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !jails::images_for(&app.pool, tenant, jail.id)
+        .await
+        .unwrap()
+        .contains(&"busybox-marked".to_owned())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node reports its new image"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(keys.path(), "laptop");
+    stockade_store::ssh_keys::add(
+        &app.pool,
+        tenant,
+        "",
+        &stockade_domain::SshPublicKey::parse(&public).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let (endpoint, host_key): (String, String) =
+        sqlx::query_as("SELECT ssh_endpoint, ssh_host_key FROM nodes WHERE name = $1")
+            .bind(&node.name)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    let known_hosts = keys.path().join("known_hosts");
+    std::fs::write(&known_hosts, format!("[{host}]:{port} {host_key}\n")).unwrap();
+    let client = Client {
+        host: host.to_owned(),
+        port: port.to_owned(),
+        known_hosts,
+    };
+    let out = client
+        .ssh(&key, "web+imagy", "echo kept > /srv/mine; cat /etc/marker")
+        .await;
+    assert_eq!(out.status.code(), Some(1), "no mark yet: {out:?}");
+
+    // Through the API: an image the node does not offer is refused by name.
+    let (_, token) = tokens::create(&app.pool, "imagy", &[Scope::JailsWrite], Some(tenant))
+        .await
+        .unwrap();
+    let url = app.url(&format!("/api/v1/tenants/{tenant}/jails/{}", jail.id));
+    let api = reqwest::Client::new();
+    let res = api
+        .patch(&url)
+        .bearer_auth(token.expose_secret())
+        .json(&serde_json::json!({"image": "debian"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let err: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["details"]["field"], "image", "{err}");
+    assert!(
+        err.to_string().contains("busybox-marked"),
+        "offered ones named: {err}"
+    );
+    let res = api
+        .patch(&url)
+        .bearer_auth(token.expose_secret())
+        .json(&serde_json::json!({"image": "busybox-marked"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let changed: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(changed["image"], "busybox-marked");
+    // It restarts on the new image, with the files it wrote.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = client
+            .ssh(&key, "web+imagy", "cat /etc/marker /srv/mine")
+            .await;
+        if out.status.success() {
+            assert_eq!(text(&out.stdout), "marked image\nkept\n");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    // The settings page offers the node's images, the jail's chosen.
+    let password = app
+        .create_user("c@imagy.test", Role::Customer, Some(tenant))
+        .await;
+    let customer = new_client();
+    app.sign_in(&customer, "c@imagy.test", &password).await;
+    let page = customer
+        .get(app.url(&format!("/jails/{}/settings", jail.id)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<option selected>busybox-marked</option>"),
+        "{page}"
+    );
+    assert!(page.contains("<option>busybox</option>"), "{page}");
+    drop(node);
+}

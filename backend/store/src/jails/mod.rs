@@ -647,15 +647,35 @@ pub async fn update_limits(
     row.try_into()
 }
 
-/// Changes what a jail runs: its command (`None` keeps it) and its
-/// environment (`None` keeps it). A running jail is restarted with them.
+/// What a jail runs: its image, command and environment; `None` keeps one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProgramChange<'a> {
+    pub image: Option<&'a str>,
+    pub command: Option<&'a [String]>,
+    pub env: Option<&'a [EnvVar]>,
+}
+
+/// Changes what a jail runs: its image (one its node offers; the files the
+/// jail changed stay on top of it), its command and its environment. A
+/// running jail is restarted with them.
 pub async fn update_program(
     pool: &PgPool,
     tenant_id: Uuid,
     jail_id: Uuid,
-    command: Option<&[String]>,
-    env: Option<&[EnvVar]>,
+    change: ProgramChange<'_>,
 ) -> Result<Jail, StoreError> {
+    let ProgramChange {
+        image,
+        command,
+        env,
+    } = change;
+    let image = image
+        .map(stockade_domain::image_name)
+        .transpose()
+        .map_err(|e| StoreError::Invalid {
+            field: "image",
+            message: e.reason,
+        })?;
     if let Some(c) = command {
         stockade_domain::program::check_command(c)?;
     }
@@ -683,8 +703,15 @@ pub async fn update_program(
     }
     let env = env.map_or_else(|| current.env.clone(), <[EnvVar]>::to_vec);
     let env_json = serde_json::to_value(&env).map_err(|e| StoreError::Unexpected(e.into()))?;
+    let image = match image {
+        Some(i) if i != current.image => {
+            check_node_offers(&mut tx, current.node_id, &i).await?;
+            i
+        }
+        _ => current.image.clone(),
+    };
     let row = jail_query!(
-        "UPDATE jails SET command = $3, env = $4, generation = generation + 1,
+        "UPDATE jails SET command = $3, env = $4, image = $5, generation = generation + 1,
              restart_generation = CASE WHEN desired_state = 'running' THEN generation + 1
                                        ELSE restart_generation END,
              updated_at = now()
@@ -693,13 +720,61 @@ pub async fn update_program(
         jail_id,
         tenant_id,
         &command,
-        env_json
+        env_json,
+        image
     )
     .fetch_one(&mut *tx)
     .await?;
     notify(&mut tx, current.node_id).await?;
     tx.commit().await?;
     row.try_into()
+}
+
+/// Refuses an image the jail's node does not offer (a node that has not
+/// reported its images yet may have any, as at placement).
+async fn check_node_offers(
+    tx: &mut Transaction<'_, Postgres>,
+    node_id: Option<Uuid>,
+    image: &str,
+) -> Result<(), StoreError> {
+    let Some(node_id) = node_id else {
+        return Ok(());
+    };
+    let offered = sqlx::query_scalar!("SELECT images FROM nodes WHERE id = $1", node_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .flatten();
+    match offered {
+        Some(images) if !images.iter().any(|i| i == image) => Err(StoreError::Invalid {
+            field: "image",
+            message: format!(
+                "the jail's node does not offer the image {image:?}; images offered: {}",
+                images.join(", ")
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The images the jail's node offers, by name (empty while it has not
+/// reported them).
+pub async fn images_for(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    jail_id: Uuid,
+) -> Result<Vec<String>, StoreError> {
+    let mut images = sqlx::query_scalar!(
+        r#"SELECT n.images AS "images?" FROM jails j JOIN nodes n ON n.id = j.node_id
+           WHERE j.id = $1 AND j.tenant_id = $2"#,
+        jail_id,
+        tenant_id
+    )
+    .fetch_optional(pool)
+    .await?
+    .flatten()
+    .unwrap_or_default();
+    images.sort();
+    Ok(images)
 }
 
 /// Grows a jail shrunk by a lowered quota back to the limits it had, when

@@ -434,6 +434,9 @@ pub(crate) async fn logs(
 pub struct UpdateJail {
     /// New limits (each field optional).
     pub limits: Option<LimitsPatch>,
+    /// Another image, one the jail's node offers; the files the jail
+    /// changed stay on top of it. A running jail restarts with it.
+    pub image: Option<String>,
     /// New command, as a list of arguments (empty: the image's default,
     /// system jails only).
     pub command: Option<Vec<String>>,
@@ -636,19 +639,27 @@ pub(crate) async fn update(
     }
     let limits = patch.apply(current.limits)?;
     let mut jail = current;
-    if limits_given || (body.command.is_none() && env.is_none() && body.health_check.is_none()) {
+    if limits_given
+        || (body.command.is_none()
+            && env.is_none()
+            && body.health_check.is_none()
+            && body.image.is_none())
+    {
         jail = jails::update_limits(&state.pool, tenant_id, jail_id, &limits).await?;
     }
     if let Some(check) = &body.health_check {
         jail = jails::set_health_check(&state.pool, tenant_id, jail_id, check.as_ref()).await?;
     }
-    if body.command.is_some() || env.is_some() {
+    if body.command.is_some() || env.is_some() || body.image.is_some() {
         jail = jails::update_program(
             &state.pool,
             tenant_id,
             jail_id,
-            body.command.as_deref(),
-            env.as_deref(),
+            jails::ProgramChange {
+                image: body.image.as_deref(),
+                command: body.command.as_deref(),
+                env: env.as_deref(),
+            },
         )
         .await?;
     }

@@ -23,6 +23,9 @@ const MASK: &str = "********";
 #[derive(Deserialize, Clone, Default)]
 pub(super) struct ProgramForm {
     csrf_token: String,
+    /// Empty: the jail keeps its image.
+    #[serde(default)]
+    image: String,
     #[serde(default)]
     command: String,
     #[serde(default)]
@@ -113,6 +116,8 @@ pub(super) struct SettingsPage {
     kind: &'static str,
     running: bool,
     program: ProgramForm,
+    /// The images the jail's node offers, for the form's choice.
+    images: Vec<String>,
     limits: LimitsForm,
     health: HealthForm,
     /// The check in words, and what it says now.
@@ -228,8 +233,16 @@ async fn page(
         name: jail.name.to_string(),
         kind: jail.kind.as_str(),
         running: jail.desired_state == stockade_domain::DesiredState::Running,
+        images: {
+            let mut offered = jails::images_for(&state.pool, jail.tenant_id, jail.id).await?;
+            if !offered.contains(&jail.image) {
+                offered.insert(0, jail.image.clone());
+            }
+            offered
+        },
         program: program.unwrap_or_else(|| ProgramForm {
             csrf_token: String::new(),
+            image: jail.image.clone(),
             command: command_line(&jail.command),
             env: env_text(&jail.env),
         }),
@@ -307,8 +320,17 @@ pub(super) async fn update_program(
         .and_then(|c| Ok((c, parse_env(&typed.env, &jail.env)?)));
     let changed = match parsed {
         Ok((command, env)) => refused(
-            jails::update_program(&state.pool, tenant_id, jail.id, Some(&command), Some(&env))
-                .await,
+            jails::update_program(
+                &state.pool,
+                tenant_id,
+                jail.id,
+                jails::ProgramChange {
+                    image: Some(typed.image.trim()).filter(|i| !i.is_empty()),
+                    command: Some(&command),
+                    env: Some(&env),
+                },
+            )
+            .await,
         )?,
         Err(msg) => Err(msg),
     };
@@ -331,7 +353,7 @@ pub(super) async fn update_program(
         Some(tenant_id),
         "jail.program",
         changed.name.as_str(),
-        serde_json::json!({ "command": changed.command, "env": names }),
+        serde_json::json!({ "image": changed.image, "command": changed.command, "env": names }),
     )
     .await?;
     let restart = if changed.desired_state == stockade_domain::DesiredState::Running {
@@ -342,7 +364,7 @@ pub(super) async fn update_program(
     Ok(flash::redirect(
         &format!("/jails/{}/settings", jail.id),
         "ok",
-        &format!("Command and environment saved.{restart}"),
+        &format!("Image, command and environment saved.{restart}"),
     ))
 }
 
