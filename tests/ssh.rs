@@ -313,6 +313,30 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
         .await;
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert_eq!(text(&out.stdout), "24 80\r\n", "{out:?}");
+    // A login without a command: a shell on a terminal, reading what is
+    // typed.
+    let out = {
+        let mut c = Command::new("ssh");
+        c.args(client.options(&own_key))
+            .args(["-tt", "-p", port])
+            .arg(format!("web+sshy@{host}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        tokio::task::spawn_blocking(move || {
+            let mut child = c.spawn().unwrap();
+            std::io::Write::write_all(
+                &mut child.stdin.take().unwrap(),
+                b"echo in-$((1 + 1))-shell; exit 5\n",
+            )
+            .unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(text(&out.stdout).contains("in-2-shell"), "{out:?}");
     // Input reaches it, and stderr is kept apart.
     let out = {
         let mut c = Command::new("ssh");
