@@ -288,6 +288,25 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
         page.contains(&host_fp),
         "the host key's fingerprint: {page}"
     );
+    // Staff see each node's gateway and host key.
+    let staff_password = app
+        .create_user("ops@provider.test", Role::Operator, None)
+        .await;
+    let staff = new_client();
+    app.sign_in(&staff, "ops@provider.test", &staff_password)
+        .await;
+    let nodes_page = staff
+        .get(app.url("/staff/nodes"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        nodes_page.contains(&format!("{endpoint} ({host_fp})")),
+        "{nodes_page}"
+    );
     let known_hosts = keys.path().join("known_hosts");
     std::fs::write(&known_hosts, format!("[{host}]:{port} {host_key}\n")).unwrap();
     let client = Client {

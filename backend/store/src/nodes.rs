@@ -146,6 +146,9 @@ pub struct NodeLoad {
     pub memory_allocated: i64,
     /// Sum of volume sizes placed, bytes.
     pub disk_allocated: i64,
+    /// Where its SSH gateway listens, and its host key's fingerprint.
+    pub ssh_endpoint: Option<String>,
+    pub ssh_host_fingerprint: Option<String>,
 }
 
 impl NodeLoad {
@@ -165,7 +168,8 @@ pub async fn loads(pool: &PgPool) -> Result<Vec<NodeLoad>, StoreError> {
              count(j.id) FILTER (WHERE j.observed_state = 'running') AS "running!",
              COALESCE(sum(j.cpu_millicores), 0)::bigint AS "cpu_allocated!",
              COALESCE(sum(j.memory_bytes), 0)::bigint AS "memory_allocated!",
-             COALESCE(sum(j.disk_bytes), 0)::bigint AS "disk_allocated!"
+             COALESCE(sum(j.disk_bytes), 0)::bigint AS "disk_allocated!",
+             n.ssh_endpoint, n.ssh_host_fingerprint
          FROM nodes n LEFT JOIN jails j ON j.node_id = n.id AND j.desired_state <> 'deleted'
          GROUP BY n.id ORDER BY n.name"#
     )

@@ -19,6 +19,8 @@ pub(super) struct NodeLine {
     cpu: String,
     memory: String,
     disk: String,
+    /// The SSH gateway's address and host key fingerprint, or why none.
+    ssh: String,
 }
 
 #[derive(Template)]
@@ -59,6 +61,10 @@ pub(super) async fn nodes_page(
                 format::bytes(to_u(n.disk_allocated)),
                 format::bytes(to_u(n.disk_bytes))
             ),
+            ssh: match (&n.ssh_endpoint, &n.ssh_host_fingerprint) {
+                (Some(e), Some(f)) => format!("{e} ({f})"),
+                _ => "none".to_owned(),
+            },
             jails: n.jails,
             running: n.running,
             name: n.name,
