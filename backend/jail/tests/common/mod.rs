@@ -258,11 +258,23 @@ impl Drop for Fixture {
             );
         }
         if let Some(n) = &self.net {
-            // The node's objects: the bridge and the firewall table.
-            let _ = Command::new("ip")
-                .args(["link", "del", &n.bridge])
-                .stderr(std::process::Stdio::null())
-                .status();
+            // The node's objects: the bridge and the firewall table. The
+            // bridge is deleted until it is gone (a deletion can fail while
+            // the kernel still tears down a jail's link on a loaded host).
+            let bridge = Path::new("/sys/class/net").join(&n.bridge);
+            for _ in 0..50 {
+                let _ = Command::new("ip")
+                    .args(["link", "del", &n.bridge])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                if !bridge.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if bridge.exists() {
+                eprintln!("the test bridge {} could not be removed", n.bridge);
+            }
             let _ = Command::new("nft")
                 .args(["delete", "table", "inet", &n.table])
                 .stderr(std::process::Stdio::null())
