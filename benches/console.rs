@@ -89,15 +89,7 @@ fn main() {
         )
         .await
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let j = jails::get(pool, tenant, jail.id).await.unwrap();
-            if j.observed_state == ObservedState::Running {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the jail never ran: {j:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        node::wait_running(pool, tenant, jail.id).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         // The first byte of the output's tail.

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{node, panel};
-use stockade_domain::{JailKind, JailName, Limits, ObservedState, SshPublicKey, TenantSlug};
+use stockade_domain::{JailKind, JailName, Limits, SshPublicKey, TenantSlug};
 use stockade_store::jails::{self, NewJail};
 
 const NODE: &str = "bench-sftp";
@@ -201,15 +201,7 @@ fn main() {
         )
         .await
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let j = jails::get(pool, tenant, jail.id).await.unwrap();
-            if j.observed_state == ObservedState::Running {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the jail never ran: {j:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        node::wait_running(pool, tenant, jail.id).await;
         gateway
     });
     let (gw_host, gw_port) = endpoint.rsplit_once(':').unwrap();

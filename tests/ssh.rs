@@ -86,18 +86,67 @@ impl Client {
         .collect()
     }
 
-    async fn ssh(&self, key: &Path, login: &str, command: &str) -> Output {
-        let mut c = Command::new("ssh");
-        // `-tt LOGIN`: a terminal, forced.
-        let (tty, login) = match login.strip_prefix("-tt ") {
-            Some(l) => (Some("-tt"), l),
-            None => (None, login),
+    /// The client for the SSH gateway of node `node`, which trusts the host
+    /// key the node recorded (kept in `dir`); with the gateway's address
+    /// and the key's fingerprint.
+    async fn of_node(pool: &sqlx::PgPool, node: &str, dir: &Path) -> (Client, String, String) {
+        let (endpoint, host_key, fingerprint): (String, String, String) = sqlx::query_as(
+            "SELECT ssh_endpoint, ssh_host_key, ssh_host_fingerprint FROM nodes WHERE name = $1",
+        )
+        .bind(node)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let (host, port) = endpoint.rsplit_once(':').unwrap();
+        let known_hosts = dir.join("known_hosts");
+        std::fs::write(&known_hosts, format!("[{host}]:{port} {host_key}\n")).unwrap();
+        let client = Client {
+            host: host.to_owned(),
+            port: port.to_owned(),
+            known_hosts,
         };
+        (client, endpoint, fingerprint)
+    }
+
+    async fn ssh(&self, key: &Path, login: &str, command: &str) -> Output {
+        self.ssh_typed(key, false, login, Some(command), b"").await
+    }
+
+    /// `ssh` with `input` typed, on a terminal (forced) when `tty`, running
+    /// `command` or a shell.
+    async fn ssh_typed(
+        &self,
+        key: &Path,
+        tty: bool,
+        login: &str,
+        command: Option<&str>,
+        input: &[u8],
+    ) -> Output {
+        let mut c = Command::new("ssh");
         c.args(self.options(key))
-            .args(tty)
+            .args(tty.then_some("-tt"))
             .args(["-p", &self.port])
             .arg(format!("{login}@{}", self.host))
-            .arg(command);
+            .args(command)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let input = input.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut child = c.spawn().unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), &input).unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn scp(&self, key: &Path, local: &Path, remote: &str) -> Output {
+        let mut c = Command::new("scp");
+        c.args(self.options(key))
+            .args(["-q", "-P", &self.port])
+            .arg(local)
+            .arg(remote);
         tokio::task::spawn_blocking(move || c.output().unwrap())
             .await
             .unwrap()
@@ -120,6 +169,11 @@ impl Client {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// The text of the page at `url`.
+async fn page_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test]
@@ -159,14 +213,7 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
         .await;
     let customer = new_client();
     app.sign_in(&customer, "c@sshy.test", &password).await;
-    let page = customer
-        .get(app.url("/ssh-keys"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_text(&customer, &app.url("/ssh-keys")).await;
     let csrf = hidden_field(&page, "csrf_token").unwrap();
     let res = customer
         .post(app.url("/ssh-keys"))
@@ -196,14 +243,7 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
         .await
         .unwrap();
     assert_eq!(res.status(), 303, "back to the list");
-    let body = customer
-        .get(app.url("/ssh-keys"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = page_text(&customer, &app.url("/ssh-keys")).await;
     let fingerprint = stockade_domain::SshPublicKey::parse(&own_public)
         .unwrap()
         .fingerprint();
@@ -264,22 +304,9 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
     assert_eq!(listed["data"][0]["name"], "ci", "{listed}");
 
     // The jail page says how to log in, and the host key to expect.
-    let page = customer
-        .get(app.url(&format!("/jails/{}", jail.id)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let (endpoint, host_key, host_fp): (String, String, String) = sqlx::query_as(
-        "SELECT ssh_endpoint, ssh_host_key, ssh_host_fingerprint FROM nodes WHERE name = $1",
-    )
-    .bind(&node.name)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    let page = page_text(&customer, &app.url(&format!("/jails/{}", jail.id))).await;
+    let (client, endpoint, host_fp) = Client::of_node(&app.pool, &node.name, keys.path()).await;
+    let (host, port) = (client.host.clone(), client.port.clone());
     assert!(
         page.contains(&format!("ssh -p {port} web+sshy@{host}")),
         "the login command: {page}"
@@ -295,25 +322,11 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
     let staff = new_client();
     app.sign_in(&staff, "ops@provider.test", &staff_password)
         .await;
-    let nodes_page = staff
-        .get(app.url("/staff/nodes"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let nodes_page = page_text(&staff, &app.url("/staff/nodes")).await;
     assert!(
         nodes_page.contains(&format!("{endpoint} ({host_fp})")),
         "{nodes_page}"
     );
-    let known_hosts = keys.path().join("known_hosts");
-    std::fs::write(&known_hosts, format!("[{host}]:{port} {host_key}\n")).unwrap();
-    let client = Client {
-        host: host.to_owned(),
-        port: port.to_owned(),
-        known_hosts,
-    };
 
     // A command runs in the jail, as its root, and its exit code comes back.
     let out = client
@@ -328,52 +341,39 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
     assert_eq!(text(&out.stdout), "web\n0\n42\n", "{out:?}");
     // Asked for, a terminal: the command runs on one of the jail's.
     let out = client
-        .ssh(&own_key, "-tt web+sshy", "test -t 0 && stty size; exit 4")
+        .ssh_typed(
+            &own_key,
+            true,
+            "web+sshy",
+            Some("test -t 0 && stty size; exit 4"),
+            b"",
+        )
         .await;
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert_eq!(text(&out.stdout), "24 80\r\n", "{out:?}");
     // A login without a command: a shell on a terminal, reading what is
     // typed.
-    let out = {
-        let mut c = Command::new("ssh");
-        c.args(client.options(&own_key))
-            .args(["-tt", "-p", port])
-            .arg(format!("web+sshy@{host}"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        tokio::task::spawn_blocking(move || {
-            let mut child = c.spawn().unwrap();
-            std::io::Write::write_all(
-                &mut child.stdin.take().unwrap(),
-                b"echo in-$((1 + 1))-shell; exit 5\n",
-            )
-            .unwrap();
-            child.wait_with_output().unwrap()
-        })
-        .await
-        .unwrap()
-    };
+    let out = client
+        .ssh_typed(
+            &own_key,
+            true,
+            "web+sshy",
+            None,
+            b"echo in-$((1 + 1))-shell; exit 5\n",
+        )
+        .await;
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(text(&out.stdout).contains("in-2-shell"), "{out:?}");
     // Input reaches it, and stderr is kept apart.
-    let out = {
-        let mut c = Command::new("ssh");
-        c.args(client.options(&own_key))
-            .args(["-p", port])
-            .arg(format!("web+sshy@{host}"))
-            .arg("tr a-z A-Z; echo oops >&2")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        tokio::task::spawn_blocking(move || {
-            let mut child = c.spawn().unwrap();
-            std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"shout\n").unwrap();
-            child.wait_with_output().unwrap()
-        })
-        .await
-        .unwrap()
-    };
+    let out = client
+        .ssh_typed(
+            &own_key,
+            false,
+            "web+sshy",
+            Some("tr a-z A-Z; echo oops >&2"),
+            b"shout\n",
+        )
+        .await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text(&out.stdout), "SHOUT\n");
     assert_eq!(text(&out.stderr), "oops\n");
@@ -424,14 +424,13 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
     assert!(seen.contains(&format!("/tmp/{escape}")), "{seen}");
 
     // scp (which speaks SFTP) copies into the jail as well.
-    let mut c = Command::new("scp");
-    c.args(client.options(&own_key))
-        .args(["-q", "-P", port])
-        .arg(&local)
-        .arg(format!("web+sshy@{host}:/srv/site/by-scp.bin"));
-    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap();
+    let out = client
+        .scp(
+            &own_key,
+            &local,
+            &format!("web+sshy@{host}:/srv/site/by-scp.bin"),
+        )
+        .await;
     assert!(out.status.success(), "{out:?}");
     let out = client
         .ssh(&own_key, "web+sshy", "wc -c < /srv/site/by-scp.bin")
@@ -506,14 +505,7 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
     assert_eq!(out.status.code(), Some(255), "{out:?}");
 
     // A removed key opens nothing.
-    let page = customer
-        .get(app.url("/ssh-keys"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_text(&customer, &app.url("/ssh-keys")).await;
     let action = page
         .split("action=\"/ssh-keys/")
         .nth(1)
@@ -527,14 +519,7 @@ async fn a_customer_logs_in_with_a_key_runs_commands_and_moves_files_with_sftp()
         .await
         .unwrap();
     assert_eq!(res.status(), 303);
-    let page = customer
-        .get(app.url("/ssh-keys"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_text(&customer, &app.url("/ssh-keys")).await;
     assert!(page.contains("No key yet"), "{page}");
     jails::set_desired(&app.pool, tenant, jail.id, DesiredState::Running)
         .await
@@ -601,20 +586,7 @@ async fn a_customer_moves_a_jail_to_another_image_keeping_its_files() {
     )
     .await
     .unwrap();
-    let (endpoint, host_key): (String, String) =
-        sqlx::query_as("SELECT ssh_endpoint, ssh_host_key FROM nodes WHERE name = $1")
-            .bind(&node.name)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    let (host, port) = endpoint.rsplit_once(':').unwrap();
-    let known_hosts = keys.path().join("known_hosts");
-    std::fs::write(&known_hosts, format!("[{host}]:{port} {host_key}\n")).unwrap();
-    let client = Client {
-        host: host.to_owned(),
-        port: port.to_owned(),
-        known_hosts,
-    };
+    let (client, _, _) = Client::of_node(&app.pool, &node.name, keys.path()).await;
     let out = client
         .ssh(&key, "web+imagy", "echo kept > /srv/mine; cat /etc/marker")
         .await;
@@ -669,14 +641,7 @@ async fn a_customer_moves_a_jail_to_another_image_keeping_its_files() {
         .await;
     let customer = new_client();
     app.sign_in(&customer, "c@imagy.test", &password).await;
-    let page = customer
-        .get(app.url(&format!("/jails/{}/settings", jail.id)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = page_text(&customer, &app.url(&format!("/jails/{}/settings", jail.id))).await;
     assert!(
         page.contains("<option selected>busybox-marked</option>"),
         "{page}"

@@ -53,6 +53,24 @@ impl Agent {
     }
 }
 
+/// Waits (a minute at most) until jail `jail` of `tenant` is observed running.
+pub async fn wait_running(pool: &sqlx::PgPool, tenant: uuid::Uuid, jail: uuid::Uuid) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let j = stockade_store::jails::get(pool, tenant, jail)
+            .await
+            .unwrap();
+        if j.observed_state == stockade_domain::ObservedState::Running {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the jail never ran: {j:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Ok(pid) = i32::try_from(self.child.id()) {

@@ -9,7 +9,6 @@
 //! the shell up; the shell ending closes the socket.
 
 use std::convert::Infallible;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +20,14 @@ use hyper_util::rt::TokioIo;
 use stockade_jail::{Engine, JailName};
 use stockade_store::PgPool;
 use stockade_store::logs::TicketKind;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
 use uuid::Uuid;
 
 use crate::permits::Permits;
+use crate::pty::{Fd, open_terminal, resize, session_of};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -135,46 +134,6 @@ pub(crate) async fn answer(
         .unwrap_or_default()
 }
 
-/// A pseudo-terminal of `cols`×`rows`; both ends close on exec, so the
-/// shell holds only its own end (dup'ed onto 0-2) and hangs up with ours.
-pub(crate) fn open_terminal(cols: u16, rows: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let size = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(Some(&size), None).map_err(std::io::Error::from)?;
-    for fd in [&pty.master, &pty.slave] {
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .map_err(std::io::Error::from)?;
-    }
-    let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL)
-        .map_err(std::io::Error::from)?;
-    nix::fcntl::fcntl(
-        &pty.master,
-        nix::fcntl::FcntlArg::F_SETFL(
-            nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
-        ),
-    )
-    .map_err(std::io::Error::from)?;
-    Ok((pty.master, pty.slave))
-}
-
-pub(crate) fn resize(master: &OwnedFd, cols: u16, rows: u16) {
-    let size = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a `struct winsize` from a live value; the fd is ours.
-    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &raw const size) };
-}
-
 async fn session<S>(
     ws: WebSocketStream<S>,
     engine: Arc<Engine>,
@@ -199,13 +158,10 @@ async fn session<S>(
             return;
         }
     };
-    // SAFETY: the fd moves into the AsyncFd, which owns it until dropped.
-    let master = match unsafe {
-        AsyncFd::register_with_interest(master, Interest::READABLE | Interest::WRITABLE)
-    } {
+    let mut master = match Fd::new(master) {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!(error = ?e, "cannot watch a console's terminal");
+            tracing::warn!(error = %e, "cannot watch a console's terminal");
             return;
         }
     };
@@ -219,21 +175,17 @@ async fn session<S>(
     let mut buf = vec![0u8; 16 << 10];
     let ended = loop {
         tokio::select! {
-            readable = master.readable() => {
-                let Ok(mut guard) = readable else { break "the terminal failed" };
-                match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf).map_err(std::io::Error::from)) {
-                    Ok(Ok(0) | Err(_)) => break "the shell ended",
-                    Ok(Ok(n)) => {
-                        if down.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                            break "the caller left";
-                        }
+            read = master.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break "the shell ended",
+                Ok(n) => {
+                    if down.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        break "the caller left";
                     }
-                    Err(_would_block) => {}
                 }
-            }
+            },
             message = up.next() => match message {
                 Some(Ok(Message::Binary(input))) => {
-                    if write_all(&master, &input).await.is_err() {
+                    if master.write_all(&input).await.is_err() {
                         break "the terminal failed";
                     }
                 }
@@ -251,23 +203,18 @@ async fn session<S>(
         }
     };
     // The terminal's session (the shell's), in case it ignores the hang-up.
-    let mut sid: libc::pid_t = 0;
-    // SAFETY: TIOCGSID writes a pid_t into a live integer; the fd is ours.
-    let have_sid =
-        unsafe { libc::ioctl(master.get_ref().as_raw_fd(), libc::TIOCGSID, &raw mut sid) } == 0;
+    let sid = session_of(master.get_ref());
     // Our end closed: the shell is hung up, and its command ends.
     drop(master);
     let _ = down.send(close(ended)).await;
     let mut shell = shell;
     let code = match tokio::time::timeout(Duration::from_secs(10), &mut shell).await {
         Ok(code) => Some(code),
-        Err(_) if have_sid && sid > 1 => {
-            // Still there: its whole session is ended (inside the jail's
-            // cgroup and PID namespace; the sid is a host pid).
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(sid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        Err(_) if sid.is_some() => {
+            // Still there: its whole session is ended.
+            if let Some(sid) = sid {
+                let _ = nix::sys::signal::killpg(sid, nix::sys::signal::Signal::SIGKILL);
+            }
             tokio::time::timeout(Duration::from_secs(10), shell)
                 .await
                 .ok()
@@ -275,20 +222,6 @@ async fn session<S>(
         Err(_) => None,
     };
     tracing::info!(jail = %name, ended, ?code, "console closed");
-}
-
-async fn write_all(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        let mut guard = master.writable().await?;
-        match guard
-            .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
-        {
-            Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => {}
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod permits;
 mod proxy;
+mod pty;
 mod reconcile;
 mod sampler;
 mod slots;

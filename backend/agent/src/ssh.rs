@@ -20,11 +20,9 @@
 //! Sessions open and close in the audit log (never what is typed).
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -38,13 +36,12 @@ use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet};
 use stockade_jail::{Engine, JailName};
 use stockade_store::PgPool;
 use stockade_store::ssh_keys::{self, Gateway, Login};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::console::{open_terminal, resize};
 use crate::permits::Permits;
+use crate::pty::{Fd, open_terminal, resize, session_of};
 
 /// Where the gateway listens, and the file of the node's host key (made
 /// there if missing).
@@ -588,8 +585,8 @@ async fn relay(
                     // hangs up (a shell ignoring that has its session ended).
                     client_left = true;
                     input = None;
-                    if let Some(t) = terminal.as_ref() {
-                        hang_up(t);
+                    if let Some(sid) = terminal.as_ref().and_then(session_of) {
+                        let _ = nix::sys::signal::killpg(sid, nix::sys::signal::Signal::SIGHUP);
                     }
                 }
                 Some(_) => {}
@@ -605,97 +602,12 @@ async fn relay(
     Ok(code??)
 }
 
-/// Ends the session of the terminal's shell (a process group inside the
-/// jail's cgroup and PID namespace; its sid is a host pid).
-fn hang_up(master: &OwnedFd) {
-    let mut sid: libc::pid_t = 0;
-    // SAFETY: TIOCGSID writes a pid_t into a live integer; the fd is ours.
-    let ok = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGSID, &raw mut sid) } == 0;
-    if ok && sid > 1 {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(sid),
-            nix::sys::signal::Signal::SIGHUP,
-        );
-    }
-}
-
 /// A pipe, both ends closed on exec, with room for 1 MiB in flight (where
 /// the node allows it): an upload is not stalled by a 64 KiB pipe.
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
     Ok((r, w))
-}
-
-/// A non-blocking descriptor (a pipe's end or a terminal's master) as an
-/// async reader and writer.
-struct Fd(AsyncFd<OwnedFd>);
-
-impl Fd {
-    fn new(fd: OwnedFd) -> std::io::Result<Self> {
-        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
-        nix::fcntl::fcntl(
-            &fd,
-            nix::fcntl::FcntlArg::F_SETFL(
-                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
-            ),
-        )?;
-        // SAFETY: the fd moves into the AsyncFd, which owns it until dropped.
-        let fd =
-            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) };
-        Ok(Self(fd.map_err(|e| e.into_parts().1)?))
-    }
-}
-
-impl AsyncRead for Fd {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref(), unfilled).map_err(std::io::Error::from)
-            }) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                // A terminal whose every slave end closed: the end.
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => {}
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Fd {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.0.poll_write_ready(cx))?;
-            match guard
-                .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
-            {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => {}
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[cfg(test)]
