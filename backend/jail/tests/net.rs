@@ -359,10 +359,24 @@ fn upload(to: SocketAddr, stop: &std::sync::atomic::AtomicBool) {
 }
 
 #[allow(clippy::cast_precision_loss, reason = "a measured rate")]
-fn assert_near(what: &str, measured: f64, limit: u64) {
-    let ratio = measured / limit as f64;
+fn within(measured: f64, limit: u64) -> bool {
+    (0.85..=1.15).contains(&(measured / limit as f64))
+}
+
+#[allow(clippy::cast_precision_loss, reason = "a measured rate")]
+fn assert_not_above(what: &str, measured: f64, limit: u64) {
     assert!(
-        (0.85..=1.15).contains(&ratio),
+        measured <= limit as f64 * 1.15,
+        "{what}: measured {:.2} Mbit/s, over its limit of {:.2} Mbit/s",
+        measured / 1e6,
+        limit as f64 / 1e6
+    );
+}
+
+#[allow(clippy::cast_precision_loss, reason = "a measured rate")]
+fn assert_near(what: &str, measured: f64, limit: u64) {
+    assert!(
+        within(measured, limit),
         "{what}: measured {:.2} Mbit/s against a limit of {:.2} Mbit/s",
         measured / 1e6,
         limit as f64 / 1e6
@@ -413,11 +427,22 @@ fn rate_limits_hold_each_way_and_change_live() {
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| load(to, &stop));
-            // Let TCP fill the bucket and settle, then measure ~2 s.
+            // Let TCP fill the bucket and settle, then measure 2-s windows. A
+            // window above the band fails at once (the limit leaks); one below
+            // it may be the load starved of CPU on a busy host, so up to four
+            // windows are taken and the best must be within the band.
             std::thread::sleep(Duration::from_millis(700));
-            let r = rate(Duration::from_secs(2), counter);
+            let mut best = 0.0_f64;
+            for _ in 0..4 {
+                let r = rate(Duration::from_secs(2), counter);
+                assert_not_above(what, r, limit);
+                best = best.max(r);
+                if within(best, limit) {
+                    break;
+                }
+            }
             stop.store(true, Ordering::Relaxed);
-            assert_near(what, r, limit);
+            assert_near(what, best, limit);
         });
     };
     let tx = || f.engine.usage(&spec.name).unwrap().net_tx_bytes;
