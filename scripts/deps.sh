@@ -19,6 +19,7 @@ stockade_missing_packages() {
             chromedriver) have chromedriver || missing+=(chromium-driver) ;;
             pebble) have pebble || missing+=(pebble) ;;
             ssh) { have ssh && have sftp && have ssh-keygen; } || missing+=(openssh-client) ;;
+            btrfs) have mkfs.btrfs || missing+=(btrfs-progs) ;;
             *) ;;
         esac
     done

@@ -28,6 +28,9 @@
 //! engine.allocate_address() -> Ipv4Addr    next free address of the pool
 //! engine.ensure_network()                  bridge + firewall, if missing
 //! engine.remove_stray_link(&link)          a bridge port of no jail
+//! engine.snapshot(&name, id) -> Snapshot   volume frozen and duplicated
+//! engine.restore_snapshot(&name, id)       stopped jail's volume put back
+//! engine.delete_snapshot(&name, id) / snapshots(&name)
 //! allocate(pool, &used) -> Ipv4Addr        the same, for the agent's pool
 //! ```
 //!
@@ -54,7 +57,9 @@
 //! `<state>/jails/<name>/` holds `jail.json` (the record), `volume.img`
 //! (sparse ext4), `volume/` (its mount point, with the overlay's `upper/` and
 //! `work/`), `lower/` (the id-mapped image of a jail with a user namespace)
-//! and `console.log` (a started jail's output). `<state>/mnt/` stays empty on
+//! `console.log` (a started jail's output) and `snapshots/` (`<id>.img`,
+//! duplicates of `volume.img` as [`StorageDriver`] makes them, with
+//! `<id>.json`). `<state>/mnt/` stays empty on
 //! the node: each jail mounts a tmpfs of its own over it, inside its own
 //! mount namespace, and assembles its root there.
 //! Cgroups are `<cgroup root>[/<controller>]/<parent>/<name>`. A jail's
@@ -77,6 +82,7 @@ mod rootfs;
 mod seccomp;
 mod spec;
 mod state;
+mod storage;
 mod teardown;
 mod terminal;
 mod uids;
@@ -86,7 +92,7 @@ mod watch;
 
 pub use cgroup::{Cgroups, Version as CgroupVersion, delegated_parent, own_group};
 pub use discover::{Condition, Discovered, DiscoveredJail};
-pub use engine::{Engine, EngineConfig, UID_RANGE};
+pub use engine::{Engine, EngineConfig, Snapshot, UID_RANGE};
 pub use error::JailError;
 pub use files::check_file_name;
 pub use image::BUSYBOX;
@@ -98,5 +104,6 @@ pub use net::{
 pub use spec::{JailSpec, JailStatus, Usage};
 pub use state::{Exit, IdShift, InitProcess, JailRecord, Upper};
 pub use stockade_domain::{JailKind, JailName, Limits};
+pub use storage::Driver as StorageDriver;
 pub use usage::{Sweep, UsageReader, raise_open_file_limit};
 pub use watch::NetWatch;

@@ -3,9 +3,12 @@
 
 mod inside;
 mod lifecycle;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 mod upkeep;
+
+pub use snapshots::Snapshot;
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -132,6 +135,8 @@ pub struct Engine {
     /// repair that read a record just before it changed cannot put back
     /// an element the change took away.
     pub(super) net_changes: std::sync::Mutex<()>,
+    /// How volumes are duplicated for snapshots, as the state folder allows.
+    storage: crate::storage::Driver,
 }
 
 /// Which version of a record file was read: records are replaced by a
@@ -298,6 +303,7 @@ impl Engine {
             .map_err(JailError::io("chmod", &uids_dir))?;
         let init_program = launch::init_program(&cfg.state_dir)?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &cfg.cgroup_parent);
+        let storage = crate::storage::Driver::detect(&state::jails_dir(&cfg.state_dir));
         Ok(Self {
             cfg,
             cgroups,
@@ -309,6 +315,7 @@ impl Engine {
             net_index: std::sync::Mutex::default(),
             firewall_written: std::sync::Mutex::default(),
             net_changes: std::sync::Mutex::default(),
+            storage,
         })
     }
 
