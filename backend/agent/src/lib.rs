@@ -23,6 +23,7 @@ mod pty;
 mod reconcile;
 mod sampler;
 mod slots;
+mod snapshots;
 mod ssh;
 mod uploads;
 
@@ -186,6 +187,8 @@ pub async fn run(
         let network = cfg.network.is_some();
         tokio::task::spawn_blocking(move || {
             engine.ensure_busybox()?;
+            // A snapshot cut short by a crash may have left a volume frozen.
+            engine.thaw_volumes();
             if network {
                 engine.ensure_network()?;
             }
@@ -303,13 +306,24 @@ pub async fn run(
         uploads_wake.clone(),
         cfg.resync,
     ));
+    let snapshots_wake = Arc::new(tokio::sync::Notify::new());
+    tasks.spawn(snapshot_task(
+        Arc::new(snapshots::Snapshots::new(
+            pool.clone(),
+            slots.clone(),
+            node_id,
+            cfg.node_name.clone(),
+        )),
+        snapshots_wake.clone(),
+        cfg.resync,
+    ));
     tasks.spawn(reconcile_task(
         pool,
         reconciler,
         slots,
         node_id,
         cfg,
-        uploads_wake,
+        [uploads_wake, snapshots_wake],
         links_changed.clone(),
     ));
     loop {
@@ -480,6 +494,24 @@ async fn upload_task(
     }
 }
 
+/// Takes and removes snapshots when woken (a request) and on the resync
+/// period (work a busy jail put off).
+async fn snapshot_task(
+    snapshots: Arc<snapshots::Snapshots>,
+    wake: Arc<tokio::sync::Notify>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake.notified() => {}
+        }
+        snapshots.sweep().await;
+    }
+}
+
 /// Converges the node's jails on every notification, every ended step,
 /// every change of the node's links and every resync period; adopts host
 /// objects on each full pass.
@@ -489,7 +521,7 @@ async fn reconcile_task(
     slots: Arc<slots::Slots>,
     node_id: Uuid,
     cfg: AgentConfig,
-    uploads: Arc<tokio::sync::Notify>,
+    node_work: [Arc<tokio::sync::Notify>; 2],
     links_changed: Arc<tokio::sync::Notify>,
 ) {
     let adopting = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -501,8 +533,9 @@ async fn reconcile_task(
         tokio::select! {
             n = recv(&mut listener) => {
                 match n {
-                    // An upload may have arrived: the writer looks too.
-                    Wake::Notified => uploads.notify_one(),
+                    // An upload or a snapshot may have been asked for:
+                    // their workers look too.
+                    Wake::Notified => node_work.iter().for_each(|w| w.notify_one()),
                     Wake::Lost => {
                         // Notifications may have been missed: re-read everything.
                         tokio::time::sleep(Duration::from_millis(500)).await;

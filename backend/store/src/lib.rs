@@ -20,6 +20,7 @@ pub mod plans;
 pub mod ports;
 pub mod roles;
 pub mod sessions;
+pub mod snapshots;
 pub mod ssh_keys;
 pub mod stats;
 pub mod tenants;

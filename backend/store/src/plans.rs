@@ -56,6 +56,8 @@ pub struct Plan {
     pub outbound_nat: bool,
     /// Ports its tenants may publish on their jails' nodes (all jails).
     pub max_published_ports: u32,
+    /// Snapshots each jail of its tenants keeps.
+    pub snapshots_per_jail: u32,
 }
 
 pub(crate) struct QuotaRow {
@@ -102,6 +104,7 @@ struct PlanRow {
     user_namespace: bool,
     outbound_nat: bool,
     max_published_ports: i32,
+    snapshots_per_jail: i32,
     cpu_millicores: i32,
     memory_bytes: i64,
     pids: i32,
@@ -143,6 +146,7 @@ impl TryFrom<PlanRow> for Plan {
             user_namespace: r.user_namespace,
             outbound_nat: r.outbound_nat,
             max_published_ports: to_u32("max_published_ports", r.max_published_ports)?,
+            snapshots_per_jail: to_u32("snapshots_per_jail", r.snapshots_per_jail)?,
         })
     }
 }
@@ -155,7 +159,7 @@ macro_rules! plan_query {
             PlanRow,
             $before
                 + "id, name, display_name, transfer_soft_percent, transfer_throttle_bps, user_namespace,
-    outbound_nat, max_published_ports, cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, io_read_bps, io_write_bps,
+    outbound_nat, max_published_ports, snapshots_per_jail, cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, io_read_bps, io_write_bps,
     io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps, monthly_transfer_bytes"
                 + $after
             $(, $arg)*
@@ -358,4 +362,25 @@ pub async fn set_network(
     }
     tx.commit().await?;
     Ok((row.try_into()?, true))
+}
+
+/// Sets how many snapshots each jail of a plan's tenants keeps (at most
+/// 100). Lowered, snapshots kept already stay; new ones wait until fewer
+/// are kept.
+pub async fn set_snapshots_per_jail(pool: &PgPool, id: Uuid, n: u32) -> Result<Plan, StoreError> {
+    if n > 100 {
+        return Err(StoreError::Invalid {
+            field: "snapshots_per_jail",
+            message: format!("{n}: at most 100"),
+        });
+    }
+    let row = plan_query!(
+        "UPDATE plans SET snapshots_per_jail = $2, updated_at = now() WHERE id = $1 RETURNING ",
+        "",
+        id,
+        to_i32("snapshots_per_jail", n)?
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
 }

@@ -56,6 +56,7 @@ const WEB_TABLES: &[(&str, &str)] = &[
     ("sealing_key", R),
     ("sessions", ALL),
     ("sign_in_attempts", ALL),
+    ("snapshots", ALL),
     ("ssh_keys", ALL),
     ("tenant_quota_overrides", RIU),
     ("tenants", RIU),
@@ -96,6 +97,10 @@ const AGENT_TABLES: &[(&str, &str)] = &[
     ("published_ports", R),
     ("sealing_key", RI),
     ("sessions", "SELECT, DELETE"),
+    (
+        "snapshots",
+        "SELECT, UPDATE (state, size_bytes, error, taken_at), DELETE",
+    ),
     ("ssh_keys", "SELECT, UPDATE (last_used_at)"),
     ("tenant_quota_overrides", R),
     ("tenants", RU),

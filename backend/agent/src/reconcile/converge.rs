@@ -90,6 +90,19 @@ pub(super) fn converge(
         run.started_at = None;
         run.retry_at = None;
     }
+    if let Some(snapshot) = jail.restore_snapshot_id
+        && jail.restore_generation > jail.observed_generation
+        && jail.desired_state != DesiredState::Deleted
+    {
+        // Asked for once: stopped, its volume put back whole, then brought
+        // to what its row wants below (started again if it ran). A restore
+        // that fails leaves the volume as it was, and is not tried again.
+        engine.stop(&name, grace).map_err(|e| fail("stopping", e))?;
+        engine
+            .restore_snapshot(&name, &snapshot.to_string())
+            .map_err(|e| fail("restoring the snapshot", e))?;
+        run.started_at = None;
+    }
     match jail.desired_state {
         DesiredState::Deleted => {
             if converged && jail.observed_state == ObservedState::Deleted {

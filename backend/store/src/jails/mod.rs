@@ -47,6 +47,11 @@ pub struct Jail {
     pub observed_generation: i64,
     /// A restart was asked for at this generation (0 = never).
     pub restart_generation: i64,
+    /// The snapshot its volume is to be put back to, asked for at
+    /// `restore_generation` (done once the agent converged past it).
+    pub restore_snapshot_id: Option<Uuid>,
+    /// The generation a restore was asked for at (0 = never).
+    pub restore_generation: i64,
     /// Address inside the node's pool.
     pub address: Option<String>,
     /// The last failure of the agent on this jail.
@@ -182,6 +187,8 @@ struct JailRow {
     generation: i64,
     observed_generation: i64,
     restart_generation: i64,
+    restore_snapshot_id: Option<Uuid>,
+    restore_generation: i64,
     address: Option<String>,
     last_error: Option<String>,
     created_at: DateTime<Utc>,
@@ -240,6 +247,8 @@ impl TryFrom<JailRow> for Jail {
             generation: r.generation,
             observed_generation: r.observed_generation,
             restart_generation: r.restart_generation,
+            restore_snapshot_id: r.restore_snapshot_id,
+            restore_generation: r.restore_generation,
             address: r.address,
             last_error: r.last_error,
             created_at: r.created_at,
@@ -288,7 +297,8 @@ macro_rules! jail_query {
                 + r#"id, tenant_id, node_id, name, image, kind, command, cpu_millicores,
     memory_bytes, pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops,
     net_egress_bps, net_ingress_bps, desired_state, observed_state, generation,
-    observed_generation, restart_generation, host(address) AS address, last_error, created_at,
+    observed_generation, restart_generation, restore_snapshot_id, restore_generation,
+    host(address) AS address, last_error, created_at,
     COALESCE((SELECT p.user_namespace FROM tenants t JOIN plans p ON p.id = t.plan_id
               WHERE t.id = jails.tenant_id), true) AS "user_namespace!",
     ARRAY(SELECT pp.host_port || ':' || pp.jail_port || '/' || pp.protocol

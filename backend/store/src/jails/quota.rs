@@ -52,6 +52,9 @@ pub struct Allocated {
     pub pids: u64,
     /// Sum of volume sizes.
     pub disk_bytes: u64,
+    /// Bytes their snapshots take (an estimate for those not yet taken);
+    /// they share the disk quota with the volumes.
+    pub snapshot_bytes: u64,
 }
 
 /// Sums the limits of a tenant's live jails, leaving out `except` (a jail being edited).
@@ -63,7 +66,11 @@ pub(crate) async fn allocated<'e>(
     let row = sqlx::query!(
         r#"SELECT count(*) AS "jails!", COALESCE(sum(cpu_millicores), 0)::bigint AS "cpu!",
                 COALESCE(sum(memory_bytes), 0)::bigint AS "mem!",
-                COALESCE(sum(pids), 0)::bigint AS "pids!", COALESCE(sum(disk_bytes), 0)::bigint AS "disk!"
+                COALESCE(sum(pids), 0)::bigint AS "pids!", COALESCE(sum(disk_bytes), 0)::bigint AS "disk!",
+                (SELECT COALESCE(sum(s.size_bytes), 0)::bigint FROM snapshots s
+                 JOIN jails j ON j.id = s.jail_id
+                 WHERE s.tenant_id = $1 AND j.desired_state <> 'deleted'
+                   AND s.state <> 'failed') AS "snapshots!"
          FROM jails WHERE tenant_id = $1 AND desired_state <> 'deleted'
            AND ($2::uuid IS NULL OR id <> $2)"#,
         tenant_id,
@@ -77,6 +84,7 @@ pub(crate) async fn allocated<'e>(
         memory_bytes: to_u64("memory", row.mem)?,
         pids: to_u64("pids", row.pids)?,
         disk_bytes: to_u64("disk", row.disk)?,
+        snapshot_bytes: to_u64("snapshots", row.snapshots)?,
     })
 }
 
@@ -89,7 +97,7 @@ pub async fn quota_and_allocation(
     Ok((quota, allocated(pool, tenant_id, None).await?))
 }
 
-pub(super) fn fmt_bytes(b: u64) -> String {
+pub(crate) fn fmt_bytes(b: u64) -> String {
     stockade_domain::ByteSize(b).to_string()
 }
 
@@ -131,10 +139,21 @@ pub fn fit_to_quota(
             limits.pids, quota.pids
         )));
     }
-    let disk_left = left(quota.disk_bytes, used.disk_bytes);
+    let disk_left = left(
+        quota.disk_bytes,
+        used.disk_bytes.saturating_add(used.snapshot_bytes),
+    );
     if limits.disk_bytes > disk_left {
+        let snapshots = if used.snapshot_bytes > 0 {
+            format!(
+                " ({} of it taken by snapshots)",
+                fmt_bytes(used.snapshot_bytes)
+            )
+        } else {
+            String::new()
+        };
         return Err(StoreError::QuotaExceeded(format!(
-            "disk quota exceeded: {} requested, {} left of {}",
+            "disk quota exceeded: {} requested, {} left of {}{snapshots}",
             fmt_bytes(limits.disk_bytes),
             fmt_bytes(disk_left),
             fmt_bytes(quota.disk_bytes)

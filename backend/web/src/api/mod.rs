@@ -15,6 +15,7 @@ mod openapi;
 mod plans;
 mod ports;
 mod ratelimit;
+mod snapshots;
 mod ssh_keys;
 mod tenants;
 mod types;
@@ -95,6 +96,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(ports::routes)
                 .configure(domains::routes)
                 .configure(ssh_keys::routes)
+                .configure(snapshots::routes)
                 .configure(usage::routes)
                 .configure(webhooks::routes)
                 .default_service(web::to(error::not_found)),

@@ -45,6 +45,8 @@ pub struct PlanOut {
     pub outbound_nat: bool,
     /// Ports its tenants may publish on their jails' nodes, over all jails.
     pub max_published_ports: u32,
+    /// Snapshots each jail of its tenants keeps.
+    pub snapshots_per_jail: u32,
 }
 
 impl From<Plan> for PlanOut {
@@ -57,6 +59,7 @@ impl From<Plan> for PlanOut {
             user_namespace: p.user_namespace,
             outbound_nat: p.outbound_nat,
             max_published_ports: p.max_published_ports,
+            snapshots_per_jail: p.snapshots_per_jail,
         }
     }
 }
@@ -192,6 +195,10 @@ pub struct UpdatePlan {
     /// allowance stay until taken back.
     #[schema(maximum = 2147483647)]
     pub max_published_ports: Option<u32>,
+    /// Snapshots each jail of its tenants keeps (0 to 100); snapshots kept
+    /// above a lowered count stay until deleted.
+    #[schema(maximum = 100)]
+    pub snapshots_per_jail: Option<u32>,
 }
 
 /// `current` with what the request changes.
@@ -235,6 +242,11 @@ pub(crate) async fn update(
         .transpose()?;
     let quota: Option<Quota> = body.quota.map(TryInto::try_into).transpose()?;
     // Refused before anything changes.
+    if let Some(n) = body.snapshots_per_jail
+        && n > 100
+    {
+        return Err(ApiError::field("snapshots_per_jail", "at most 100"));
+    }
     network_of(
         plans::PlanNetwork::default(),
         body.outbound_nat,
@@ -281,6 +293,14 @@ pub(crate) async fn update(
         plan
     } else {
         plan
+    };
+    let plan = match body.snapshots_per_jail {
+        Some(n) if n != plan.snapshots_per_jail => {
+            let plan = plans::set_snapshots_per_jail(&state.pool, plan.id, n).await?;
+            record(&state, &req, &caller, None, "plan.snapshots", &plan.name).await?;
+            plan
+        }
+        _ => plan,
     };
     Ok(HttpResponse::Ok().json(PlanOut::from(plan)))
 }

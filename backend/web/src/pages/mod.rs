@@ -217,10 +217,11 @@ pub(crate) async fn quota_tiles(
             percent: percent(a.memory_bytes, q.memory_bytes),
         },
         QuotaTile {
+            // Jails' disks and their snapshots share the quota.
             label: "Disk",
-            used: bytes(a.disk_bytes),
+            used: bytes(a.disk_bytes + a.snapshot_bytes),
             total: bytes(q.disk_bytes),
-            percent: percent(a.disk_bytes, q.disk_bytes),
+            percent: percent(a.disk_bytes + a.snapshot_bytes, q.disk_bytes),
         },
         QuotaTile {
             label: "Jails",

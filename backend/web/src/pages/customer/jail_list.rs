@@ -136,7 +136,7 @@ pub(super) async fn jails_page(
         "{}, {} memory, {} disk, {} jails",
         format::cpu(u64::from(q.cpu_millicores).saturating_sub(a.cpu_millicores)),
         format::bytes(q.memory_bytes.saturating_sub(a.memory_bytes)),
-        format::bytes(q.disk_bytes.saturating_sub(a.disk_bytes)),
+        format::bytes(q.disk_bytes.saturating_sub(a.disk_bytes + a.snapshot_bytes)),
         u64::from(q.max_jails).saturating_sub(a.jails)
     );
     let layout = Layout::new(req, &s.0);

@@ -8,6 +8,7 @@ mod output;
 mod overview;
 mod ports;
 mod settings;
+mod snapshots;
 mod ssh_keys;
 mod uploads;
 
@@ -57,6 +58,16 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/jails/{id}/grow-back", web::post().to(settings::grow_back))
         .route("/jails/{id}/ports", web::post().to(ports::publish))
+        .route("/jails/{id}/snapshots", web::get().to(snapshots::list))
+        .route("/jails/{id}/snapshots", web::post().to(snapshots::take))
+        .route(
+            "/jails/{id}/snapshots/{snapshot}/restore",
+            web::post().to(snapshots::restore),
+        )
+        .route(
+            "/jails/{id}/snapshots/{snapshot}/delete",
+            web::post().to(snapshots::delete),
+        )
         .route("/jails/{id}/domains", web::post().to(domains::attach))
         .route(
             "/jails/{id}/domains/{domain}/delete",

@@ -218,7 +218,9 @@ async fn page(
                 + u64::from(jail.limits.cpu_millicores)
         ),
         format::bytes(q.memory_bytes.saturating_sub(a.memory_bytes) + jail.limits.memory_bytes),
-        format::bytes(q.disk_bytes.saturating_sub(a.disk_bytes) + jail.limits.disk_bytes),
+        format::bytes(
+            q.disk_bytes.saturating_sub(a.disk_bytes + a.snapshot_bytes) + jail.limits.disk_bytes
+        ),
     );
     let layout = Layout::new(req, &s.0);
     let had_flash = layout.flash.is_some();
