@@ -478,6 +478,7 @@ async fn admins_manage_plans_and_see_nodes() {
             ("max_jails", "5".to_owned()),
             ("transfer", "500G".to_owned()),
             ("published_ports", "2".to_owned()),
+            ("snapshots", "5".to_owned()),
             ("outbound_nat", "on".to_owned()),
         ]
     };
@@ -506,8 +507,26 @@ async fn admins_manage_plans_and_see_nodes() {
         .unwrap();
     assert_eq!(r.status(), 422);
     assert!(r.text().await.unwrap().contains("is not a size"));
+    let mut hoarder = fields("hoarder", "1G");
+    hoarder.retain(|(k, _)| *k != "snapshots");
+    hoarder.push(("snapshots", "200".to_owned()));
+    let r = w
+        .admin
+        .post(w.app.url("/staff/plans"))
+        .form(&hoarder)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("snapshots per jail"), "{page}");
+    assert!(
+        page.contains("value=\"200\""),
+        "the form keeps what was typed"
+    );
     let pro = plans::by_name(&w.app.pool, "pro").await.unwrap();
     assert_eq!(pro.quota.memory_bytes, 2 << 30);
+    assert_eq!(pro.snapshots_per_jail, 5);
     assert_eq!((pro.max_published_ports, pro.outbound_nat), (2, true));
     // Outbound access unticked: the plan's jails reach only what is published.
     let mut closed = fields("closed", "1G");
@@ -529,7 +548,7 @@ async fn admins_manage_plans_and_see_nodes() {
     page_with(
         &w.admin,
         &w.app.url("/staff/plans"),
-        "<td>none</td><td>2</td>",
+        "<td>none</td><td>2</td><td>5</td>",
     )
     .await;
     let r = w

@@ -262,8 +262,38 @@ fn collect(cfg: &Config) -> Vec<Check> {
             fix: "postgresql",
         }),
     }
+    checks.push(storage_check(&cfg.state_dir));
     checks.push(database_check(cfg));
     checks
+}
+
+/// Which storage driver volumes get in the state folder: copy-on-write
+/// clones where its filesystem shares extents, sparse copies elsewhere.
+fn storage_check(state_dir: &Path) -> Check {
+    // The folder itself, or the nearest one above it that exists yet.
+    let probe_dir = state_dir
+        .ancestors()
+        .find(|d| d.is_dir())
+        .unwrap_or(Path::new("."));
+    let driver = stockade_jail::StorageDriver::detect(probe_dir);
+    let detail = match driver {
+        stockade_jail::StorageDriver::Reflink => format!(
+            "{} in {}: a snapshot takes constant time and no room until the jail writes",
+            driver.name(),
+            state_dir.display()
+        ),
+        stockade_jail::StorageDriver::Copy => format!(
+            "{} in {}: a snapshot copies what the volume holds; put the state folder on btrfs or XFS (reflink) for copy-on-write",
+            driver.name(),
+            state_dir.display()
+        ),
+    };
+    Check {
+        what: "volume snapshots",
+        ok: true,
+        detail,
+        fix: "",
+    }
 }
 
 fn database_check(cfg: &Config) -> Check {

@@ -28,6 +28,7 @@ pub(super) struct PlanLine {
     user_namespace: bool,
     outbound_nat: bool,
     published_ports: u32,
+    snapshots: u32,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -52,6 +53,9 @@ pub(super) struct PlanForm {
     /// Ports its tenants may publish.
     #[serde(default)]
     published_ports: String,
+    /// Snapshots each jail keeps.
+    #[serde(default)]
+    snapshots: String,
 }
 
 impl PlanForm {
@@ -61,7 +65,25 @@ impl PlanForm {
         PlanForm {
             outbound_nat: network.outbound_nat.then(|| "on".to_owned()),
             published_ports: network.max_published_ports.to_string(),
+            snapshots: "3".into(),
             ..PlanForm::default()
+        }
+    }
+}
+
+impl PlanForm {
+    /// The snapshots each jail keeps, as typed (0 to 100); left empty, as
+    /// it was (3 for a new plan).
+    fn snapshots_per_jail(&self, current: u32) -> Result<u32, String> {
+        if self.snapshots.trim().is_empty() {
+            return Ok(current);
+        }
+        match self.snapshots.trim().parse::<u32>() {
+            Ok(n) if n <= 100 => Ok(n),
+            _ => Err(format!(
+                "snapshots per jail: {:?} is not a whole number from 0 to 100",
+                self.snapshots
+            )),
         }
     }
 }
@@ -153,6 +175,7 @@ pub(super) async fn plans_view(
                 user_namespace: p.user_namespace,
                 outbound_nat: p.outbound_nat,
                 published_ports: p.max_published_ports,
+                snapshots: p.snapshots_per_jail,
             })
             .collect(),
         can_admin: s.0.user.role == Role::Admin,
@@ -194,6 +217,7 @@ pub(super) async fn edit_plan_page(
         host_root_ids: (!p.user_namespace).then(|| "on".to_owned()),
         outbound_nat: p.outbound_nat.then(|| "on".to_owned()),
         published_ports: p.max_published_ports.to_string(),
+        snapshots: p.snapshots_per_jail.to_string(),
     };
     plans_view(&req, &state, &s, Some(p.id), form, None).await
 }
@@ -207,12 +231,15 @@ pub(super) async fn create_plan(
     require_admin(&s)?;
     s.check_csrf(&form.csrf_token)?;
     let typed = form.into_inner();
-    let input = match PlanInput::try_from(&typed) {
-        Ok(i) => i,
-        Err(msg) => return plans_view(&req, &state, &s, None, typed, Some(msg)).await,
-    };
+    let input =
+        match PlanInput::try_from(&typed).and_then(|i| Ok((i, typed.snapshots_per_jail(3)?))) {
+            Ok(i) => i,
+            Err(msg) => return plans_view(&req, &state, &s, None, typed, Some(msg)).await,
+        };
+    let (input, snapshots) = input;
     match plans::create(&state.pool, &input).await {
         Ok(p) => {
+            let p = plans::set_snapshots_per_jail(&state.pool, p.id, snapshots).await?;
             record(
                 &state,
                 &req,
@@ -252,10 +279,26 @@ pub(super) async fn update_plan(
     let current = plans::get(&state.pool, id).await?;
     let mut typed = form.into_inner();
     typed.name = current.name.clone();
-    let input = match PlanInput::try_from(&typed) {
+    let input = match PlanInput::try_from(&typed)
+        .and_then(|i| Ok((i, typed.snapshots_per_jail(current.snapshots_per_jail)?)))
+    {
         Ok(i) => i,
         Err(msg) => return plans_view(&req, &state, &s, Some(id), typed, Some(msg)).await,
     };
+    let (input, snapshots) = input;
+    if snapshots != current.snapshots_per_jail {
+        let p = plans::set_snapshots_per_jail(&state.pool, id, snapshots).await?;
+        record(
+            &state,
+            &req,
+            &s,
+            None,
+            "plan.snapshots",
+            &p.name,
+            serde_json::json!({ "snapshots_per_jail": snapshots }),
+        )
+        .await?;
+    }
     let mut quota = current.quota;
     quota.cpu_millicores = input.quota.cpu_millicores;
     quota.memory_bytes = input.quota.memory_bytes;
