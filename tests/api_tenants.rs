@@ -1015,7 +1015,8 @@ async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
                 .replace("{plan_id}", &plan_id)
                 .replace("{port_id}", &uuid::Uuid::new_v4().to_string())
                 .replace("{domain_id}", &uuid::Uuid::new_v4().to_string())
-                .replace("{key_id}", &uuid::Uuid::new_v4().to_string());
+                .replace("{key_id}", &uuid::Uuid::new_v4().to_string())
+                .replace("{snapshot_id}", &uuid::Uuid::new_v4().to_string());
             assert!(
                 !path.contains('{'),
                 "a path parameter not covered: {template}"

@@ -93,6 +93,23 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
     }
     b.screenshot("customer-jail").await;
 
+    // A snapshot taken from the jail's page, shown once its node took it.
+    let snapshots_page = format!("{jail_page}/snapshots");
+    b.goto(&jail_page).await;
+    b.click("a[href$='/snapshots']").await;
+    b.wait_for("input[name=name]", Duration::from_secs(10))
+        .await;
+    b.fill("input[name=name]", "first").await;
+    b.click("form[action$='/snapshots'] button").await;
+    b.wait_for(".flash.ok", Duration::from_secs(10)).await;
+    b.wait_text(
+        &snapshots_page,
+        "tr[data-snapshot=first] [data-snapshot-state]",
+        "ready",
+        Duration::from_secs(30),
+    )
+    .await;
+
     // Every page the customer uses passes axe-core's WCAG 2.1 A/AA rules,
     // and reads on a phone 390 pixels wide without scrolling sideways.
     let settings = format!("{jail_page}/settings");
@@ -101,6 +118,7 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
         app.url("/jails"),
         jail_page.clone(),
         settings.clone(),
+        snapshots_page.clone(),
     ];
     for page in &pages {
         b.goto(page).await;

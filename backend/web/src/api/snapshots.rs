@@ -86,7 +86,7 @@ pub struct NewSnapshot {
     /// 1 to 64 letters, digits, `.`, `_` or `-`; absent: the moment's
     /// date and time (`2026-12-01-171500`).
     #[serde(default)]
-    #[schema(max_length = 64)]
+    #[schema(max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub name: Option<String>,
 }
 
