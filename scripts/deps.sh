@@ -59,6 +59,19 @@ stockade_install_schemathesis() {
     fi
 }
 
+# moto's S3 server stands in for an object store in the backup tests.
+stockade_install_moto() {
+    python3 -c 'import moto.server' >/dev/null 2>&1 && return 0
+    if command -v python3 >/dev/null 2>&1; then
+        echo "installing: moto[server] (pip)"
+        python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+        hash -r
+    else
+        echo "python3 is needed for the backup tests' S3 server" >&2
+        return 1
+    fi
+}
+
 # axe-core checks the panel's pages for accessibility in the browser tests.
 stockade_install_axe() {
     [ -f target/js/node_modules/axe-core/axe.min.js ] && return 0
