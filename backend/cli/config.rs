@@ -79,6 +79,9 @@ pub struct Config {
     pub agent_logs: Option<SocketAddr>,
     /// Where the node's SSH gateway to its jails listens, or none.
     pub agent_ssh: Option<SocketAddr>,
+    /// Where backups go (a folder or `s3://…`); `None`: `<state_dir>/backups`;
+    /// `Some(None)`: off.
+    pub backup_target: Option<Option<String>>,
     /// Where the node's reverse proxy serves its jails' domains over plain
     /// HTTP; `None` = the node runs no proxy.
     pub proxy_http: Option<SocketAddr>,
@@ -189,6 +192,7 @@ impl Default for Config {
             agent_metrics: Some("127.0.0.1:9464".parse().expect("valid default address")),
             agent_logs: Some("127.0.0.1:0".parse().expect("valid default address")),
             agent_ssh: Some("0.0.0.0:2222".parse().expect("valid default address")),
+            backup_target: None,
             proxy_http: Some("0.0.0.0:80".parse().expect("valid default address")),
             proxy_https: Some("0.0.0.0:443".parse().expect("valid default address")),
             acme_directory: Some("https://acme-v02.api.letsencrypt.org/directory".into()),
@@ -468,6 +472,22 @@ impl Config {
                         })?)
                     };
                 }
+                "backup_target" => {
+                    let v = value.trim();
+                    self.backup_target = match v {
+                        "" => None,
+                        "off" => Some(None),
+                        _ if v.starts_with("s3://")
+                            || v.starts_with('/')
+                            || v.starts_with("file:///") =>
+                        {
+                            Some(Some(v.to_owned()))
+                        }
+                        _ => bail!(
+                            "{key}: {value:?} is not an absolute folder, s3://bucket/prefix?endpoint=URL, or off"
+                        ),
+                    };
+                }
                 "agent_ssh" => {
                     let v = value.trim();
                     self.agent_ssh = if v == "off" {
@@ -578,6 +598,11 @@ impl Config {
             "agent_ssh" => self
                 .agent_ssh
                 .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "backup_target" => match &self.backup_target {
+                None => String::new(),
+                Some(None) => "off".to_owned(),
+                Some(Some(t)) => t.clone(),
+            },
             "stop_grace_secs" => secs(self.stop_grace),
             "console_kib" => self.console_kib.to_string(),
             "step_deadline_secs" => secs(self.step_deadline),

@@ -255,6 +255,14 @@ pub async fn agent_task(
             .certificate_key_file
             .clone()
             .unwrap_or_else(|| state_dir.join("certificate.key")),
+        backup_target: match &cfg.backup_target {
+            Some(None) => None,
+            Some(Some(t)) => Some(stockade_backup::Target::parse(t).context("backup_target")?),
+            None => Some(
+                stockade_backup::Target::parse(&state_dir.join("backups").display().to_string())
+                    .context("backup_target")?,
+            ),
+        },
     };
     stockade_agent::run(pool, engine, agent_cfg, info, stop).await
 }

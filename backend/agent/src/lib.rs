@@ -12,6 +12,7 @@
 
 mod acme;
 mod adopt;
+mod backups;
 mod claim;
 mod console;
 mod health;
@@ -81,6 +82,8 @@ pub struct AgentConfig {
     /// The file of the provider's certificate key (made if missing): it
     /// opens the sealed keys of certificates.
     pub certificate_key: std::path::PathBuf,
+    /// Where backups of jails go, and come from for restores and moves.
+    pub backup_target: Option<stockade_backup::Target>,
 }
 
 /// Reads this host's capacity: CPUs, memory and the disk under `disk_path`.
@@ -306,6 +309,18 @@ pub async fn run(
         uploads_wake.clone(),
         cfg.resync,
     ));
+    let backups_wake = Arc::new(tokio::sync::Notify::new());
+    tasks.spawn(backup_task(
+        Arc::new(backups::Backups::new(
+            pool.clone(),
+            slots.clone(),
+            node_id,
+            cfg.node_name.clone(),
+            cfg.backup_target.clone(),
+        )),
+        backups_wake.clone(),
+        cfg.resync,
+    ));
     let snapshots_wake = Arc::new(tokio::sync::Notify::new());
     tasks.spawn(snapshot_task(
         Arc::new(snapshots::Snapshots::new(
@@ -323,7 +338,7 @@ pub async fn run(
         slots,
         node_id,
         cfg,
-        [uploads_wake, snapshots_wake],
+        [uploads_wake, snapshots_wake, backups_wake],
         links_changed.clone(),
     ));
     loop {
@@ -494,6 +509,24 @@ async fn upload_task(
     }
 }
 
+/// Takes and removes backups when woken (a request) and on the resync
+/// period (scheduled backups that came due, work a busy jail put off).
+async fn backup_task(
+    backups: Arc<backups::Backups>,
+    wake: Arc<tokio::sync::Notify>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake.notified() => {}
+        }
+        backups.sweep().await;
+    }
+}
+
 /// Takes and removes snapshots when woken (a request) and on the resync
 /// period (work a busy jail put off).
 async fn snapshot_task(
@@ -521,7 +554,7 @@ async fn reconcile_task(
     slots: Arc<slots::Slots>,
     node_id: Uuid,
     cfg: AgentConfig,
-    node_work: [Arc<tokio::sync::Notify>; 2],
+    node_work: [Arc<tokio::sync::Notify>; 3],
     links_changed: Arc<tokio::sync::Notify>,
 ) {
     let adopting = Arc::new(std::sync::atomic::AtomicBool::new(false));

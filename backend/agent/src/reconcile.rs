@@ -511,6 +511,33 @@ impl Inner {
                 *rate = if *rate == 0 { bps } else { (*rate).min(bps) };
             }
         }
+        // A restore from a backup: fetched and checked before the jail's
+        // step, which only puts it in place; the jail runs on meanwhile.
+        let staged = if let Some(backup_id) = jail.restore_backup_id
+            && jail.restore_generation > jail.observed_generation
+            && jail.desired_state != DesiredState::Deleted
+        {
+            let dir = self
+                .slots
+                .node_call("making the incoming folder", |engine| engine.incoming_dir())
+                .await;
+            Some(match dir {
+                Ok(Ok(dir)) => crate::backups::fetch_for_restore(
+                    self.cfg.backup_target.as_ref(),
+                    &self.pool,
+                    dir,
+                    jail.tenant_id,
+                    jail.limits.disk_bytes,
+                    backup_id,
+                )
+                .await
+                .map_err(|e| format!("{e:#}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            })
+        } else {
+            None
+        };
         let claimed_in = claim_started.elapsed();
         let step_started = Instant::now();
         let watched = self.watched(jail.id);
@@ -520,7 +547,15 @@ impl Inner {
             .call(name.as_str(), "converging", move |engine| {
                 let mut repaired = Vec::new();
                 let mut run = work.run.clone();
-                let outcome = converge(engine, &work, full, grace, &mut repaired, &mut run);
+                let leftover = staged
+                    .as_ref()
+                    .and_then(|s| s.as_ref().ok())
+                    .map(|(image, _)| image.clone());
+                let outcome = converge(engine, &work, full, grace, &mut repaired, &mut run, staged);
+                // An image not put in place (the step failed) is not kept.
+                if let Some(image) = leftover {
+                    let _ = std::fs::remove_file(image);
+                }
                 // A new init, or one nobody watches yet, is watched; one
                 // that already ended (a command that exits at once) is
                 // looked at again at once.

@@ -106,6 +106,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "address:port of the node's SSH gateway, where customers log in to their jails as <jail>+<tenant> with their keys, port 0 for any, or off (0.0.0.0:2222)",
     ),
     (
+        "backup_target",
+        "where backups of jails go: an absolute folder, or s3://bucket/prefix?endpoint=URL&region=NAME for an S3-compatible store (keys from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); the same on every node, so a backup restores and a jail moves anywhere; or off (<state_dir>/backups)",
+    ),
+    (
         "stop_grace_secs",
         "seconds between SIGTERM and SIGKILL when a jail stops (10)",
     ),

@@ -6,6 +6,7 @@
 //! is the security boundary between tenants.
 
 pub mod audit;
+pub mod backups;
 pub mod billing;
 pub mod certificates;
 pub mod changes;

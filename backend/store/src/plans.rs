@@ -58,6 +58,8 @@ pub struct Plan {
     pub max_published_ports: u32,
     /// Snapshots each jail of its tenants keeps.
     pub snapshots_per_jail: u32,
+    /// Days each daily backup of its tenants' jails is kept (0: none taken).
+    pub backup_days: u32,
 }
 
 pub(crate) struct QuotaRow {
@@ -105,6 +107,7 @@ struct PlanRow {
     outbound_nat: bool,
     max_published_ports: i32,
     snapshots_per_jail: i32,
+    backup_days: i32,
     cpu_millicores: i32,
     memory_bytes: i64,
     pids: i32,
@@ -147,6 +150,7 @@ impl TryFrom<PlanRow> for Plan {
             outbound_nat: r.outbound_nat,
             max_published_ports: to_u32("max_published_ports", r.max_published_ports)?,
             snapshots_per_jail: to_u32("snapshots_per_jail", r.snapshots_per_jail)?,
+            backup_days: to_u32("backup_days", r.backup_days)?,
         })
     }
 }
@@ -159,7 +163,7 @@ macro_rules! plan_query {
             PlanRow,
             $before
                 + "id, name, display_name, transfer_soft_percent, transfer_throttle_bps, user_namespace,
-    outbound_nat, max_published_ports, snapshots_per_jail, cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, io_read_bps, io_write_bps,
+    outbound_nat, max_published_ports, snapshots_per_jail, backup_days, cpu_millicores, memory_bytes, pids, disk_bytes, max_jails, io_read_bps, io_write_bps,
     io_read_iops, io_write_iops, net_egress_bps, net_ingress_bps, monthly_transfer_bytes"
                 + $after
             $(, $arg)*
@@ -379,6 +383,26 @@ pub async fn set_snapshots_per_jail(pool: &PgPool, id: Uuid, n: u32) -> Result<P
         "",
         id,
         to_i32("snapshots_per_jail", n)?
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+/// Sets how many days the daily backups of a plan's tenants' jails are kept
+/// (0 to 365; 0 takes none). Backups taken already keep their day of removal.
+pub async fn set_backup_days(pool: &PgPool, id: Uuid, days: u32) -> Result<Plan, StoreError> {
+    if days > 365 {
+        return Err(StoreError::Invalid {
+            field: "backup_days",
+            message: format!("{days}: at most 365"),
+        });
+    }
+    let row = plan_query!(
+        "UPDATE plans SET backup_days = $2, updated_at = now() WHERE id = $1 RETURNING ",
+        "",
+        id,
+        to_i32("backup_days", days)?
     )
     .fetch_optional(pool)
     .await?;

@@ -40,6 +40,7 @@ const ALL: &str = "SELECT, INSERT, UPDATE, DELETE";
 const WEB_TABLES: &[(&str, &str)] = &[
     ("api_tokens", RIU),
     ("audit_log", RI),
+    ("backups", ALL),
     ("certificates", ALL),
     ("domain_traffic", R),
     ("domains", ALL),
@@ -79,6 +80,8 @@ const WEB_TABLES: &[(&str, &str)] = &[
 /// whose URLs and secrets it never reads).
 const AGENT_TABLES: &[(&str, &str)] = &[
     ("audit_log", RI),
+    // Scheduled backups are asked for by the agents.
+    ("backups", ALL),
     ("certificates", RIU),
     ("domain_traffic", RIU),
     ("domains", "SELECT, UPDATE (acme_tried_at, acme_error)"),

@@ -282,7 +282,8 @@ pub async fn restore(
         )));
     }
     sqlx::query!(
-        "UPDATE jails SET restore_snapshot_id = $2, generation = generation + 1,
+        "UPDATE jails SET restore_snapshot_id = $2, restore_backup_id = NULL,
+             generation = generation + 1,
              restore_generation = generation + 1, updated_at = now()
          WHERE id = $1",
         jail_id,

@@ -75,6 +75,7 @@ pub(super) fn converge(
     grace: Duration,
     repaired: &mut Vec<String>,
     run: &mut RunState,
+    staged: Option<Result<(std::path::PathBuf, Option<u32>), String>>,
 ) -> Result<Option<ObservedState>, (ObservedState, String)> {
     let name = jail.host_name();
     let fail =
@@ -90,18 +91,31 @@ pub(super) fn converge(
         run.started_at = None;
         run.retry_at = None;
     }
-    if let Some(snapshot) = jail.restore_snapshot_id
-        && jail.restore_generation > jail.observed_generation
+    if jail.restore_generation > jail.observed_generation
         && jail.desired_state != DesiredState::Deleted
     {
         // Asked for once: stopped, its volume put back whole, then brought
         // to what its row wants below (started again if it ran). A restore
         // that fails leaves the volume as it was, and is not tried again.
-        engine.stop(&name, grace).map_err(|e| fail("stopping", e))?;
-        engine
-            .restore_snapshot(&name, &snapshot.to_string())
-            .map_err(|e| fail("restoring the snapshot", e))?;
-        run.started_at = None;
+        if let Some(snapshot) = jail.restore_snapshot_id {
+            engine.stop(&name, grace).map_err(|e| fail("stopping", e))?;
+            engine
+                .restore_snapshot(&name, &snapshot.to_string())
+                .map_err(|e| fail("restoring the snapshot", e))?;
+            run.started_at = None;
+        } else if let Some(staged) = staged {
+            let (image, uid_base) = staged
+                .map_err(|e| (ObservedState::Failed, format!("restoring the backup: {e}")))?;
+            // A new jail has nothing yet to stop: it is made first.
+            engine
+                .create(&spec_of(jail))
+                .map_err(|e| fail("creating", e))?;
+            engine.stop(&name, grace).map_err(|e| fail("stopping", e))?;
+            engine
+                .install_volume(&name, &image, uid_base)
+                .map_err(|e| fail("restoring the backup", e))?;
+            run.started_at = None;
+        }
     }
     match jail.desired_state {
         DesiredState::Deleted => {

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub id: String,
     /// Host bytes its image takes.
     pub bytes: u64,
+    /// The jail's uid range when it was taken (`None`: host ids).
+    pub uid_base: Option<u32>,
 }
 
 fn check_id(id: &str) -> Result<(), JailError> {
@@ -87,10 +89,14 @@ impl Engine {
             });
         }
         let s = snapshot_paths(&paths, id);
-        if s.image.exists() && s.meta.exists() {
+        if s.image.exists()
+            && let Ok(bytes) = fs::read(&s.meta)
+            && let Ok(meta) = serde_json::from_slice::<SnapshotMeta>(&bytes)
+        {
             return Ok(Snapshot {
                 id: id.to_owned(),
                 bytes: storage::allocated_bytes(&s.image)?,
+                uid_base: meta.uid_base,
             });
         }
         fs::create_dir_all(&s.dir).map_err(JailError::io("create", &s.dir))?;
@@ -126,6 +132,7 @@ impl Engine {
         Ok(Snapshot {
             id: id.to_owned(),
             bytes: storage::allocated_bytes(&s.image)?,
+            uid_base: meta.uid_base,
         })
     }
 
@@ -163,20 +170,87 @@ impl Engine {
             .inspect_err(|_| {
                 let _ = fs::remove_file(&partial);
             })?;
-        volume::teardown(self.host.as_ref(), &self.view(), &paths)?;
-        if meta.uid_base != rec.uid_base && rec.id_shift.is_none() {
+        self.put_volume_in_place(&paths, &mut rec, &partial, meta.uid_base)?;
+        tracing::info!(jail = %name, snapshot = id, "volume restored");
+        Ok(())
+    }
+
+    /// The image of the jail's snapshot `id`, to read (a backup of it).
+    pub fn snapshot_image(&self, name: &JailName, id: &str) -> Result<PathBuf, JailError> {
+        check_id(id)?;
+        let s = snapshot_paths(&self.paths(name.as_str()), id);
+        if s.image.exists() {
+            Ok(s.image)
+        } else {
+            Err(JailError::NotFound(format!("{name}'s snapshot {id}")))
+        }
+    }
+
+    /// A folder on the volumes' filesystem for images on their way in (a
+    /// backup being restored): [`Self::install_volume`] moves one from
+    /// there into a jail without a copy.
+    pub fn incoming_dir(&self) -> Result<PathBuf, JailError> {
+        let dir = self.cfg.state_dir.join("incoming");
+        fs::create_dir_all(&dir).map_err(JailError::io("create", &dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(JailError::io("chmod", &dir))?;
+        Ok(dir)
+    }
+
+    /// Makes `image` (a whole volume image in [`Self::incoming_dir`],
+    /// whose files' owners are in the uid range from `uid_base`, `None`
+    /// for host ids) the stopped jail's volume; the old one is gone. The
+    /// image must not be larger than the jail's disk quota.
+    pub fn install_volume(
+        &self,
+        name: &JailName,
+        image: &std::path::Path,
+        uid_base: Option<u32>,
+    ) -> Result<(), JailError> {
+        let (paths, mut rec) = self.record(name)?;
+        if self.live_init(&rec).is_some() {
+            return Err(JailError::Invalid {
+                what: "restore",
+                reason: format!("jail {name} is running: it is stopped first"),
+            });
+        }
+        let bytes = fs::metadata(image)
+            .map_err(JailError::io("stat", image))?
+            .len();
+        if bytes > rec.spec.limits.disk_bytes {
+            return Err(JailError::Invalid {
+                what: "restore",
+                reason: format!(
+                    "the volume is {bytes} bytes, more than the jail's disk of {} bytes",
+                    rec.spec.limits.disk_bytes
+                ),
+            });
+        }
+        self.put_volume_in_place(&paths, &mut rec, image, uid_base)?;
+        tracing::info!(jail = %name, "volume installed");
+        Ok(())
+    }
+
+    /// Unmounts the jail's volume and renames `image` over it, recording
+    /// first the shift its owners need when `uid_base` is not the jail's.
+    fn put_volume_in_place(
+        &self,
+        paths: &JailPaths,
+        rec: &mut crate::state::JailRecord,
+        image: &std::path::Path,
+        uid_base: Option<u32>,
+    ) -> Result<(), JailError> {
+        volume::teardown(self.host.as_ref(), &self.view(), paths)?;
+        if uid_base != rec.uid_base && rec.id_shift.is_none() {
             // Recorded before the files change: the next `create` shifts
             // them, and a crash in between is shifted then too.
             rec.id_shift = Some(IdShift {
-                from: meta.uid_base.unwrap_or(0),
+                from: uid_base.unwrap_or(0),
                 to: rec.uid_base.unwrap_or(0),
             });
-            state::save(&paths, &rec)?;
+            state::save(paths, rec)?;
         }
-        fs::rename(&partial, &paths.volume_image)
-            .map_err(JailError::io("rename", &paths.volume_image))?;
-        tracing::info!(jail = %name, snapshot = id, "volume restored");
-        Ok(())
+        fs::rename(image, &paths.volume_image).map_err(JailError::io("rename", &paths.volume_image))
     }
 
     /// Removes snapshot `id` of the jail, if present.
@@ -207,9 +281,13 @@ impl Engine {
             let Some(id) = file.to_str().and_then(|f| f.strip_suffix(".img")) else {
                 continue;
             };
+            let meta = fs::read(entry.path().with_extension("json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SnapshotMeta>(&b).ok());
             out.push(Snapshot {
                 id: id.to_owned(),
                 bytes: storage::allocated_bytes(&entry.path())?,
+                uid_base: meta.and_then(|m| m.uid_base),
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));

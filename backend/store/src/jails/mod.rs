@@ -52,6 +52,9 @@ pub struct Jail {
     pub restore_snapshot_id: Option<Uuid>,
     /// The generation a restore was asked for at (0 = never).
     pub restore_generation: i64,
+    /// The backup its volume is to be put back to, asked for at
+    /// `restore_generation` (instead of a snapshot).
+    pub restore_backup_id: Option<Uuid>,
     /// Address inside the node's pool.
     pub address: Option<String>,
     /// The last failure of the agent on this jail.
@@ -189,6 +192,7 @@ struct JailRow {
     restart_generation: i64,
     restore_snapshot_id: Option<Uuid>,
     restore_generation: i64,
+    restore_backup_id: Option<Uuid>,
     address: Option<String>,
     last_error: Option<String>,
     created_at: DateTime<Utc>,
@@ -249,6 +253,7 @@ impl TryFrom<JailRow> for Jail {
             restart_generation: r.restart_generation,
             restore_snapshot_id: r.restore_snapshot_id,
             restore_generation: r.restore_generation,
+            restore_backup_id: r.restore_backup_id,
             address: r.address,
             last_error: r.last_error,
             created_at: r.created_at,
@@ -298,6 +303,7 @@ macro_rules! jail_query {
     memory_bytes, pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops,
     net_egress_bps, net_ingress_bps, desired_state, observed_state, generation,
     observed_generation, restart_generation, restore_snapshot_id, restore_generation,
+    restore_backup_id,
     host(address) AS address, last_error, created_at,
     COALESCE((SELECT p.user_namespace FROM tenants t JOIN plans p ON p.id = t.plan_id
               WHERE t.id = jails.tenant_id), true) AS "user_namespace!",
@@ -448,12 +454,23 @@ pub(crate) async fn notify(
 /// Creates a jail in a tenant within its quota and places it on a node.
 pub async fn create(pool: &PgPool, tenant_id: Uuid, new: &NewJail) -> Result<Jail, StoreError> {
     let mut tx = pool.begin().await?;
-    lock_active_tenant(&mut tx, tenant_id).await?;
-    let quota = effective_quota(&mut *tx, tenant_id).await?;
-    let used = allocated(&mut *tx, tenant_id, None).await?;
+    let jail = create_in(&mut tx, tenant_id, new).await?;
+    tx.commit().await?;
+    Ok(jail)
+}
+
+/// [`create`] within `tx`: its node hears of it when `tx` commits.
+pub(crate) async fn create_in(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant_id: Uuid,
+    new: &NewJail,
+) -> Result<Jail, StoreError> {
+    lock_active_tenant(tx, tenant_id).await?;
+    let quota = effective_quota(&mut **tx, tenant_id).await?;
+    let used = allocated(&mut **tx, tenant_id, None).await?;
     let mut limits = new.limits;
     fit_to_quota(&mut limits, &quota, &used, true)?;
-    let node_id = place(&mut tx, &limits, &new.image).await?;
+    let node_id = place(tx, &limits, &new.image).await?;
     let row = jail_query!(
         "INSERT INTO jails (tenant_id, node_id, name, image, kind, command, cpu_millicores, memory_bytes,
             pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops, net_egress_bps,
@@ -478,11 +495,10 @@ pub async fn create(pool: &PgPool, tenant_id: Uuid, new: &NewJail) -> Result<Jai
         to_i64("net_egress_bps", limits.net_egress_bps)?,
         to_i64("net_ingress_bps", limits.net_ingress_bps)?
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await
     .map_err(crate::conflict_as("a jail with this name"))?;
-    notify(&mut tx, Some(node_id)).await?;
-    tx.commit().await?;
+    notify(tx, Some(node_id)).await?;
     row.try_into()
 }
 

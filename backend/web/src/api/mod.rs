@@ -3,6 +3,7 @@
 //! description generated from this code, and signed webhooks.
 
 mod auth;
+mod backups;
 pub mod delivery;
 mod docs;
 mod domains;
@@ -97,6 +98,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(domains::routes)
                 .configure(ssh_keys::routes)
                 .configure(snapshots::routes)
+                .configure(backups::routes)
                 .configure(usage::routes)
                 .configure(webhooks::routes)
                 .default_service(web::to(error::not_found)),

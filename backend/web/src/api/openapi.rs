@@ -8,7 +8,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{domains, jails, plans, ports, snapshots, ssh_keys, tenants, usage, webhooks};
+use super::{backups, domains, jails, plans, ports, snapshots, ssh_keys, tenants, usage, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,7 @@ use super::{domains, jails, plans, ports, snapshots, ssh_keys, tenants, usage, w
         ports::list, ports::publish, ports::unpublish,
         ssh_keys::list, ssh_keys::add, ssh_keys::remove,
         snapshots::list, snapshots::take, snapshots::restore, snapshots::delete,
+        backups::list, backups::get, backups::take, backups::restore, backups::delete,
         domains::list, domains::attach, domains::detach, domains::upload_certificate, domains::verify,
         usage::tenant_usage, usage::month_usage,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries,

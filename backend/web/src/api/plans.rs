@@ -47,6 +47,9 @@ pub struct PlanOut {
     pub max_published_ports: u32,
     /// Snapshots each jail of its tenants keeps.
     pub snapshots_per_jail: u32,
+    /// Days the daily backups of its tenants' jails are kept (0: no
+    /// daily backups).
+    pub backup_days: u32,
 }
 
 impl From<Plan> for PlanOut {
@@ -60,6 +63,7 @@ impl From<Plan> for PlanOut {
             outbound_nat: p.outbound_nat,
             max_published_ports: p.max_published_ports,
             snapshots_per_jail: p.snapshots_per_jail,
+            backup_days: p.backup_days,
         }
     }
 }
@@ -199,6 +203,9 @@ pub struct UpdatePlan {
     /// above a lowered count stay until deleted.
     #[schema(maximum = 100)]
     pub snapshots_per_jail: Option<u32>,
+    /// Days each jail's daily backup is kept (0 to 365; 0: none taken).
+    #[schema(maximum = 365)]
+    pub backup_days: Option<u32>,
 }
 
 /// `current` with what the request changes.
@@ -246,6 +253,11 @@ pub(crate) async fn update(
         && n > 100
     {
         return Err(ApiError::field("snapshots_per_jail", "at most 100"));
+    }
+    if let Some(n) = body.backup_days
+        && n > 365
+    {
+        return Err(ApiError::field("backup_days", "at most 365"));
     }
     network_of(
         plans::PlanNetwork::default(),
@@ -298,6 +310,14 @@ pub(crate) async fn update(
         Some(n) if n != plan.snapshots_per_jail => {
             let plan = plans::set_snapshots_per_jail(&state.pool, plan.id, n).await?;
             record(&state, &req, &caller, None, "plan.snapshots", &plan.name).await?;
+            plan
+        }
+        _ => plan,
+    };
+    let plan = match body.backup_days {
+        Some(n) if n != plan.backup_days => {
+            let plan = plans::set_backup_days(&state.pool, plan.id, n).await?;
+            record(&state, &req, &caller, None, "plan.backups", &plan.name).await?;
             plan
         }
         _ => plan,
