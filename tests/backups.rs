@@ -11,11 +11,11 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestApp;
 use common::agent::{Node, is_root, wait_node, wait_observed};
+use common::{TestApp, hidden_field, new_client};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use stockade_domain::{DesiredState, JailKind, JailName, Limits, ObservedState, TenantSlug};
+use stockade_domain::{DesiredState, JailKind, JailName, Limits, ObservedState, Role, TenantSlug};
 use stockade_store::jails::{self, NewJail};
 use stockade_store::tokens::{self, Scope};
 use stockade_store::{plans, tenants};
@@ -293,6 +293,37 @@ async fn backups_go_to_s3_and_come_back_on_any_node() {
     .unwrap();
     assert_eq!(listed["stored_bytes"], size);
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+
+    // The customer's page shows it; a bad name for a new jail comes back as typed.
+    let password = app
+        .create_user("ops@keep.test", Role::Customer, Some(tenant))
+        .await;
+    let client = new_client();
+    app.sign_in(&client, "ops@keep.test", &password).await;
+    let here = app.url(&format!("/jails/{}/backups", jail.id));
+    let page = client
+        .get(&here)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("data-backup=\"{id}\"")), "{page}");
+    assert!(page.contains(">ready<"), "{page}");
+    let csrf = hidden_field(&page, "csrf_token").unwrap();
+    let res = client
+        .post(app.url(&format!("/jails/{}/backups/{id}/new-jail", jail.id)))
+        .form(&[("csrf_token", csrf.as_str()), ("name", "Not A Name")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("data-backup-error") && page.contains("value=\"Not A Name\""),
+        "{page}"
+    );
 
     // Another tenant sees and restores nothing of it.
     let res = api

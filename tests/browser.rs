@@ -119,6 +119,7 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
         jail_page.clone(),
         settings.clone(),
         snapshots_page.clone(),
+        format!("{jail_page}/backups"),
     ];
     for page in &pages {
         b.goto(page).await;

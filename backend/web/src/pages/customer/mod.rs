@@ -1,6 +1,7 @@
 //! A hosting customer's pages: overview, jails, one jail with its charts.
 
 mod actions;
+mod backups;
 mod domains;
 mod jail_list;
 mod jail_page;
@@ -58,6 +59,20 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/jails/{id}/grow-back", web::post().to(settings::grow_back))
         .route("/jails/{id}/ports", web::post().to(ports::publish))
+        .route("/jails/{id}/backups", web::get().to(backups::list))
+        .route("/jails/{id}/backups", web::post().to(backups::take))
+        .route(
+            "/jails/{id}/backups/{backup}/restore",
+            web::post().to(backups::restore_here),
+        )
+        .route(
+            "/jails/{id}/backups/{backup}/new-jail",
+            web::post().to(backups::restore_new),
+        )
+        .route(
+            "/jails/{id}/backups/{backup}/delete",
+            web::post().to(backups::delete),
+        )
         .route("/jails/{id}/snapshots", web::get().to(snapshots::list))
         .route("/jails/{id}/snapshots", web::post().to(snapshots::take))
         .route(
