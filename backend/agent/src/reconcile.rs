@@ -491,7 +491,8 @@ impl Inner {
                 }
             }
         }
-        if converge::starts(&jail)
+        if jail.move_to_node.is_none()
+            && converge::starts(&jail)
             && let Err(e) = jails::mark_starting(&mut tx, jail.id).await
         {
             tracing::warn!(error = %e, "recording a start failed");
@@ -538,6 +539,19 @@ impl Inner {
         } else {
             None
         };
+        // A moved jail that cannot be restored here goes back to its source
+        // node, whose copy was kept.
+        if let (Some(Err(e)), Some(_)) = (&staged, jail.moved_from_node) {
+            tracing::warn!(jail = %jail.name, error = %e, "a moved jail could not be restored here; it goes back");
+            if let Err(err) = stockade_store::moves::revert(&self.pool, jail.id, e).await {
+                tracing::warn!(error = %err, "sending a moved jail back failed");
+            }
+            return None;
+        }
+        if jail.move_to_node.is_some() {
+            // Moving away: stopped here, then its volume is shipped.
+            work.desired_state = DesiredState::Stopped;
+        }
         let claimed_in = claim_started.elapsed();
         let step_started = Instant::now();
         let watched = self.watched(jail.id);
@@ -589,6 +603,14 @@ impl Inner {
         let took = step_started.elapsed();
         if !repaired.is_empty() {
             self.record_repairs(&jail, &repaired).await;
+        }
+        if let (Err((_, e)), Some(_)) = (&outcome, jail.moved_from_node)
+            && e.starts_with("restoring the backup")
+        {
+            if let Err(err) = stockade_store::moves::revert(&self.pool, jail.id, e).await {
+                tracing::warn!(error = %err, "sending a moved jail back failed");
+            }
+            return None;
         }
         let (observed, error) = match outcome {
             Ok(Some(observed)) => (observed, None),

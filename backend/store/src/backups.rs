@@ -78,6 +78,7 @@ pub async fn list(
         "SELECT id, jail_id, jail_name, state, scheduled, volume_bytes, size_bytes, error,
                 created_at, finished_at, expires_at
          FROM backups WHERE tenant_id = $1 AND ($2::uuid IS NULL OR jail_id = $2)
+           AND purpose = 'backup'
          ORDER BY created_at DESC, id",
         tenant_id,
         jail_id
@@ -358,7 +359,13 @@ pub async fn work_for_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Work>, St
     let rows = sqlx::query!(
         "SELECT id, tenant_id, jail_id, jail_name, image, kind, command, limits, state
          FROM backups
-         WHERE (state = 'pending' AND node_id = $1) OR state = 'deleting'
+         WHERE (state = 'pending' AND node_id = $1
+                AND (purpose <> 'move' OR EXISTS (
+                    -- A moving jail is shipped once its node has stopped it.
+                    SELECT 1 FROM jails j WHERE j.id = backups.jail_id
+                      AND j.observed_state IN ('stopped', 'failed', 'pending')
+                      AND j.observed_generation >= j.generation)))
+            OR state = 'deleting'
          ORDER BY created_at",
         node_id
     )
@@ -388,29 +395,39 @@ pub async fn finished(
     volume_bytes: u64,
     size_bytes: u64,
 ) -> Result<(), StoreError> {
-    sqlx::query!(
+    let mut tx = pool.begin().await?;
+    let purpose = sqlx::query_scalar!(
         "UPDATE backups SET state = 'ready', volume_bytes = $2, size_bytes = $3,
              finished_at = now(), error = NULL
-         WHERE id = $1 AND state = 'pending'",
+         WHERE id = $1 AND state = 'pending' RETURNING purpose",
         backup_id,
         crate::to_i64("volume_bytes", volume_bytes)?,
         crate::to_i64("size_bytes", size_bytes)?
     )
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    if purpose.as_deref() == Some("move") {
+        crate::moves::shipped(&mut tx, backup_id).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
 /// Records why a backup could not be taken.
 pub async fn failed(pool: &PgPool, backup_id: Uuid, error: &str) -> Result<(), StoreError> {
-    sqlx::query!(
+    let mut tx = pool.begin().await?;
+    let purpose = sqlx::query_scalar!(
         "UPDATE backups SET state = 'failed', error = $2, finished_at = now()
-         WHERE id = $1 AND state = 'pending'",
+         WHERE id = $1 AND state = 'pending' RETURNING purpose",
         backup_id,
         error
     )
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    if purpose.as_deref() == Some("move") {
+        crate::moves::not_shipped(&mut tx, backup_id).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod events;
 pub mod idempotency;
 pub mod jails;
 pub mod logs;
+pub mod moves;
 pub mod nodes;
 pub mod password;
 pub mod plans;

@@ -371,3 +371,54 @@ pub async fn holders(pool: &PgPool) -> Result<Vec<PortHolder>, StoreError> {
         })
         .collect()
 }
+
+/// Moves the jail's published ports to `to_node` (a jail moving there):
+/// each keeps its node port where that is free in the new node's pool,
+/// else takes the lowest free one. No room for one is an error, and the
+/// caller's transaction changes nothing.
+pub(crate) async fn repoint(
+    tx: &mut Transaction<'_, Postgres>,
+    jail_id: Uuid,
+    to_node: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
+        PORT_LOCK,
+        to_node.to_string()
+    )
+    .execute(&mut **tx)
+    .await?;
+    // Off the old node first, so the new one's pool is read without them.
+    let ports = sqlx::query!(
+        "DELETE FROM published_ports WHERE jail_id = $1
+         RETURNING tenant_id, protocol, host_port, jail_port",
+        jail_id
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    for p in ports {
+        let protocol: Protocol = p
+            .protocol
+            .parse()
+            .map_err(|e| StoreError::Unexpected(anyhow::anyhow!("stored protocol: {e}")))?;
+        let asked = u16::try_from(p.host_port).ok();
+        let host = match host_port(tx, to_node, protocol, asked).await {
+            Ok(h) => h,
+            Err(StoreError::Invalid { .. }) => host_port(tx, to_node, protocol, None).await?,
+            Err(e) => return Err(e),
+        };
+        sqlx::query!(
+            "INSERT INTO published_ports (jail_id, tenant_id, node_id, protocol, host_port, jail_port)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            jail_id,
+            p.tenant_id,
+            to_node,
+            p.protocol,
+            i32::from(host),
+            p.jail_port
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

@@ -50,6 +50,7 @@ const WEB_TABLES: &[(&str, &str)] = &[
     ("jail_uploads", RI),
     ("jails", RIU),
     ("log_tickets", RI),
+    ("node_drains", ALL),
     ("nodes", R),
     ("password_resets", ALL),
     ("plans", RIU),
@@ -95,9 +96,11 @@ const AGENT_TABLES: &[(&str, &str)] = &[
     ("jail_uploads", RU),
     ("jails", RU),
     ("log_tickets", "SELECT, DELETE"),
+    ("node_drains", R),
     ("nodes", RIU),
     ("plans", R),
-    ("published_ports", R),
+    // A jail moved to this node brings its published ports.
+    ("published_ports", "SELECT, INSERT, DELETE"),
     ("sealing_key", RI),
     ("sessions", "SELECT, DELETE"),
     (

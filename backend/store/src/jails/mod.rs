@@ -55,6 +55,11 @@ pub struct Jail {
     /// The backup its volume is to be put back to, asked for at
     /// `restore_generation` (instead of a snapshot).
     pub restore_backup_id: Option<Uuid>,
+    /// The node it is being moved to: its node stops it and ships its
+    /// volume (see [`crate::moves`]).
+    pub move_to_node: Option<Uuid>,
+    /// The node it was moved from, whose copy stays until it converged here.
+    pub moved_from_node: Option<Uuid>,
     /// Address inside the node's pool.
     pub address: Option<String>,
     /// The last failure of the agent on this jail.
@@ -193,6 +198,8 @@ struct JailRow {
     restore_snapshot_id: Option<Uuid>,
     restore_generation: i64,
     restore_backup_id: Option<Uuid>,
+    move_to_node: Option<Uuid>,
+    moved_from_node: Option<Uuid>,
     address: Option<String>,
     last_error: Option<String>,
     created_at: DateTime<Utc>,
@@ -254,6 +261,8 @@ impl TryFrom<JailRow> for Jail {
             restore_snapshot_id: r.restore_snapshot_id,
             restore_generation: r.restore_generation,
             restore_backup_id: r.restore_backup_id,
+            move_to_node: r.move_to_node,
+            moved_from_node: r.moved_from_node,
             address: r.address,
             last_error: r.last_error,
             created_at: r.created_at,
@@ -303,7 +312,7 @@ macro_rules! jail_query {
     memory_bytes, pids, disk_bytes, io_read_bps, io_write_bps, io_read_iops, io_write_iops,
     net_egress_bps, net_ingress_bps, desired_state, observed_state, generation,
     observed_generation, restart_generation, restore_snapshot_id, restore_generation,
-    restore_backup_id,
+    restore_backup_id, move_to_node, moved_from_node,
     host(address) AS address, last_error, created_at,
     COALESCE((SELECT p.user_namespace FROM tenants t JOIN plans p ON p.id = t.plan_id
               WHERE t.id = jails.tenant_id), true) AS "user_namespace!",
@@ -386,7 +395,8 @@ async fn place(
         Candidate,
         r#"WITH live AS (
              SELECT id, name, memory_bytes, disk_bytes, max_jails, images FROM nodes
-             WHERE heartbeat_at > now() - make_interval(secs => $1))
+             WHERE heartbeat_at > now() - make_interval(secs => $1)
+               AND id NOT IN (SELECT node_id FROM node_drains))
          SELECT l.id AS "id!",
                 l.memory_bytes - COALESCE(sum(j.memory_bytes), 0)::bigint AS "free_memory!",
                 l.disk_bytes - COALESCE(sum(j.disk_bytes), 0)::bigint AS "free_disk!",

@@ -31,7 +31,7 @@ pub async fn ids_on_node(
     node_id: Uuid,
 ) -> Result<Vec<(Uuid, DesiredState)>, StoreError> {
     let rows = sqlx::query!(
-        "SELECT id, desired_state FROM jails WHERE node_id = $1",
+        "SELECT id, desired_state FROM jails WHERE node_id = $1 OR moved_from_node = $1",
         node_id
     )
     .fetch_all(pool)
@@ -83,7 +83,11 @@ pub async fn record_observed(
         "UPDATE jails SET observed_state = $2, observed_generation = GREATEST(observed_generation, $3),
              last_error = $4, observed_at = clock_timestamp(), restart_count = $5,
              crash_count = $6, last_exit_code = $7, last_exit_signal = $8, last_exit_at = $9,
-             started_at = $10, retry_at = $11
+             started_at = $10, retry_at = $11,
+             moved_from_node = CASE
+                 WHEN $4::text IS NULL AND $2 IN ('running', 'stopped')
+                      AND GREATEST(observed_generation, $3) >= restore_generation
+                 THEN NULL ELSE moved_from_node END
          WHERE id = $1",
         jail_id,
         observed.as_str(),
@@ -96,6 +100,17 @@ pub async fn record_observed(
         exit.map(|e| e.at),
         run.started_at,
         run.retry_at
+    )
+    .execute(&mut **tx)
+    .await?;
+    // A move is done once the jail converged on its new node: its volume's
+    // copy in the backup target goes.
+    sqlx::query!(
+        "UPDATE backups SET state = 'deleting'
+         WHERE purpose = 'move' AND state = 'ready'
+           AND id = (SELECT move_backup_id FROM jails WHERE id = $1 AND moved_from_node IS NULL
+                       AND move_to_node IS NULL)",
+        jail_id
     )
     .execute(&mut **tx)
     .await?;

@@ -12,6 +12,7 @@ pub(crate) mod error;
 mod idempotency;
 mod jails;
 pub(crate) mod metrics;
+mod moves;
 mod openapi;
 mod plans;
 mod ports;
@@ -99,6 +100,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(ssh_keys::routes)
                 .configure(snapshots::routes)
                 .configure(backups::routes)
+                .configure(moves::routes)
                 .configure(usage::routes)
                 .configure(webhooks::routes)
                 .default_service(web::to(error::not_found)),

@@ -8,7 +8,9 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{backups, domains, jails, plans, ports, snapshots, ssh_keys, tenants, usage, webhooks};
+use super::{
+    backups, domains, jails, moves, plans, ports, snapshots, ssh_keys, tenants, usage, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +31,7 @@ use super::{backups, domains, jails, plans, ports, snapshots, ssh_keys, tenants,
         ssh_keys::list, ssh_keys::add, ssh_keys::remove,
         snapshots::list, snapshots::take, snapshots::restore, snapshots::delete,
         backups::list, backups::get, backups::take, backups::restore, backups::delete,
+        moves::move_jail,
         domains::list, domains::attach, domains::detach, domains::upload_certificate, domains::verify,
         usage::tenant_usage, usage::month_usage,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries,

@@ -21,6 +21,11 @@ pub(super) struct StaffJailPage {
     tenant: String,
     data: JailData,
     note: String,
+    /// The node it is on, and the other nodes it could move to.
+    node: String,
+    others: Vec<String>,
+    /// Where it is moving, while it does.
+    moving: Option<String>,
 }
 
 fn ids(path: &(String, String)) -> Result<(Uuid, Uuid), WebError> {
@@ -39,6 +44,21 @@ pub(super) async fn jail_page(
     let tenant = stockade_store::tenants::get(&state.pool, tenant_id).await?;
     let jail = stockade_store::jails::get(&state.pool, tenant_id, jail_id).await?;
     let data = jail_data(&state.pool, tenant_id, jail_id, "hour").await?;
+    let nodes = stockade_store::nodes::list(&state.pool).await?;
+    let name_of = |id: Option<Uuid>| {
+        id.and_then(|id| nodes.iter().find(|n| n.id == id))
+            .map(|n| n.name.clone())
+    };
+    let node = name_of(jail.node_id).unwrap_or_else(|| "none".into());
+    let moving = name_of(jail.move_to_node).or_else(|| {
+        jail.moved_from_node
+            .map(|_| format!("{node} (its copy on its old node goes once it runs here)"))
+    });
+    let others = nodes
+        .iter()
+        .filter(|n| Some(n.id) != jail.node_id)
+        .map(|n| n.name.clone())
+        .collect();
     let layout = Layout::new(&req, &s.0);
     let had_flash = layout.flash.is_some();
     let mut page = render(
@@ -49,6 +69,9 @@ pub(super) async fn jail_page(
             tenant: tenant.slug.to_string(),
             data,
             note: status_note(&jail),
+            node,
+            others,
+            moving,
         },
         had_flash,
     )?;
@@ -151,4 +174,65 @@ pub(super) async fn console(
     require_admin(&s)?;
     let (tenant_id, jail_id) = ids(&path)?;
     crate::console::open(req, body, state, s, tenant_id, jail_id, size.into_inner()).await
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct MoveForm {
+    csrf_token: String,
+    node: String,
+}
+
+/// Moves the jail to the node named (admins): it stops, its volume goes
+/// through the backup target, and it runs on the new node.
+pub(super) async fn move_jail(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<(String, String)>,
+    form: web::Form<MoveForm>,
+) -> Result<HttpResponse, WebError> {
+    require_admin(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let (tenant_id, jail_id) = ids(&path)?;
+    let here = format!("/staff/tenants/{tenant_id}/jails/{jail_id}");
+    let jail = stockade_store::jails::get(&state.pool, tenant_id, jail_id).await?;
+    let Some(node) = stockade_store::nodes::list(&state.pool)
+        .await?
+        .into_iter()
+        .find(|n| n.name == form.node.trim())
+    else {
+        return Ok(flash::redirect(
+            &here,
+            "error",
+            "Not moved: no node has this name.",
+        ));
+    };
+    match stockade_store::moves::request(&state.pool, jail_id, node.id).await {
+        Ok(()) => {
+            record(
+                &state,
+                &req,
+                &s,
+                Some(tenant_id),
+                "jail.move",
+                jail.name.as_str(),
+                serde_json::json!({ "jail_id": jail_id, "to": node.name }),
+            )
+            .await?;
+            Ok(flash::redirect(
+                &here,
+                "ok",
+                &format!(
+                    "{} moves to {}: it stops, its disk is shipped, and it starts there.",
+                    jail.name, node.name
+                ),
+            ))
+        }
+        Err(
+            stockade_store::StoreError::InvalidState(m)
+            | stockade_store::StoreError::NoCapacity(m)
+            | stockade_store::StoreError::Invalid { message: m, .. },
+        ) => Ok(flash::redirect(&here, "error", &format!("Not moved: {m}"))),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -69,6 +69,15 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(jail_view::restart),
         )
         .route(
+            "/staff/tenants/{id}/jails/{jail}/move",
+            web::post().to(jail_view::move_jail),
+        )
+        .route("/staff/nodes/{id}/drain", web::post().to(node_list::drain))
+        .route(
+            "/staff/nodes/{id}/undrain",
+            web::post().to(node_list::undrain),
+        )
+        .route(
             "/staff/tenants/{id}/jails/{jail}/console",
             web::get().to(jail_view::console),
         )

@@ -7,10 +7,12 @@ use stockade_store::{nodes, ports};
 
 use crate::auth::SignedIn;
 use crate::format;
-use crate::pages::{Layout, render, require_staff};
-use crate::{AppState, WebError};
+use crate::pages::{ActionForm, Layout, record, render, require_admin, require_staff};
+use crate::{AppState, WebError, flash};
 
 pub(super) struct NodeLine {
+    id: uuid::Uuid,
+    drained: bool,
     name: String,
     state: &'static str,
     heartbeat: String,
@@ -27,6 +29,7 @@ pub(super) struct NodeLine {
 #[template(path = "staff_nodes.html")]
 pub(super) struct NodesPage {
     layout: Layout,
+    can_admin: bool,
     nodes: Vec<NodeLine>,
     /// Published ports: node, node port, tenant, jail, jail port.
     ports: Vec<(String, String, String, String, u16)>,
@@ -39,10 +42,13 @@ pub(super) async fn nodes_page(
 ) -> Result<HttpResponse, WebError> {
     require_staff(&s)?;
     let to_u = |v: i64| u64::try_from(v).unwrap_or(0);
+    let drained = stockade_store::moves::drained(&state.pool).await?;
     let nodes = nodes::loads(&state.pool)
         .await?
         .into_iter()
         .map(|n| NodeLine {
+            id: n.id,
+            drained: drained.contains(&n.id),
             state: if n.is_down() { "down" } else { "up" },
             heartbeat: format!("{} s ago", n.heartbeat_age_secs.max(0)),
             cpu: format!(
@@ -89,9 +95,79 @@ pub(super) async fn nodes_page(
         StatusCode::OK,
         &NodesPage {
             layout,
+            can_admin: s.0.user.role == stockade_domain::Role::Admin,
             nodes,
             ports,
         },
         had_flash,
     )
+}
+
+/// Drains a node (admins): it takes no new jails, and each of its jails
+/// moves to the node with the most room, or stops where none has room.
+pub(super) async fn drain(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+    form: web::Form<ActionForm>,
+) -> Result<HttpResponse, WebError> {
+    require_admin(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let id = uuid::Uuid::parse_str(&path).map_err(|_| WebError::NotFound)?;
+    let done = stockade_store::moves::drain(&state.pool, id, Some(s.0.user.id)).await?;
+    let moved = done.iter().filter(|d| d.to_node.is_some()).count();
+    let stopped: Vec<&str> = done
+        .iter()
+        .filter(|d| d.to_node.is_none())
+        .map(|d| d.name.as_str())
+        .collect();
+    record(
+        &state,
+        &req,
+        &s,
+        None,
+        "node.drain",
+        &id.to_string(),
+        serde_json::to_value(&done).unwrap_or_default(),
+    )
+    .await?;
+    let mut said =
+        format!("The node takes no new jails; {moved} of its jails move to other nodes.");
+    if !stopped.is_empty() {
+        said.push_str(&format!(
+            " No node had room for {}: stopped.",
+            stopped.join(", ")
+        ));
+    }
+    Ok(flash::redirect("/staff/nodes", "ok", &said))
+}
+
+/// Lets a drained node take jails again (admins).
+pub(super) async fn undrain(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<String>,
+    form: web::Form<ActionForm>,
+) -> Result<HttpResponse, WebError> {
+    require_admin(&s)?;
+    s.check_csrf(&form.csrf_token)?;
+    let id = uuid::Uuid::parse_str(&path).map_err(|_| WebError::NotFound)?;
+    stockade_store::moves::undrain(&state.pool, id).await?;
+    record(
+        &state,
+        &req,
+        &s,
+        None,
+        "node.undrain",
+        &id.to_string(),
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(flash::redirect(
+        "/staff/nodes",
+        "ok",
+        "The node takes jails again.",
+    ))
 }
