@@ -51,6 +51,11 @@ impl Agent {
             _state: state,
         }
     }
+
+    /// The engine of the agent's state folder (to look into its jails).
+    pub fn engine(&self) -> &stockade_jail::Engine {
+        &self.engine
+    }
 }
 
 /// Waits (a minute at most) until jail `jail` of `tenant` is observed running.

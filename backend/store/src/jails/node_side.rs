@@ -103,6 +103,15 @@ pub async fn record_observed(
     )
     .execute(&mut **tx)
     .await?;
+    // A jail stopped for a move is shipped now: its node's workers hear.
+    sqlx::query!(
+        "SELECT pg_notify($2, node_id::text) FROM jails
+         WHERE id = $1 AND move_to_node IS NOT NULL AND observed_state = 'stopped'",
+        jail_id,
+        super::JAILS_CHANNEL
+    )
+    .execute(&mut **tx)
+    .await?;
     // A move is done once the jail converged on its new node: its volume's
     // copy in the backup target goes.
     sqlx::query!(
