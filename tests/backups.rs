@@ -325,6 +325,44 @@ async fn backups_go_to_s3_and_come_back_on_any_node() {
         "{page}"
     );
 
+    // Downloaded, through the API and the page: the object as stored.
+    let stored = reqwest::get(format!("{}/{BUCKET}/{prefix}/volume.img.zst", s3.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&stored[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+    let res = call(
+        reqwest::Method::GET,
+        format!("/api/v1/tenants/{tenant}/backups/{id}/download"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("shop-")
+    );
+    assert!(res.bytes().await.unwrap() == stored);
+    let res = client
+        .get(app.url(&format!("/jails/{}/backups/{id}/download", jail.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.bytes().await.unwrap() == stored);
+    let res = api
+        .get(app.url(&format!("/api/v1/tenants/{tenant}/backups/{id}/download")))
+        .bearer_auth(nosy.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(res.status().as_u16(), 403 | 404));
+
     // Another tenant sees and restores nothing of it.
     let res = api
         .get(app.url(&format!("/api/v1/tenants/{tenant}/backups/{id}")))

@@ -144,6 +144,7 @@ pub async fn run(
                 pool.clone(),
                 node_id,
                 engine.clone(),
+                cfg.backup_target.clone(),
                 shutdown.clone(),
             )
             .await?;

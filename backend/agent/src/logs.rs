@@ -11,6 +11,9 @@
 //! The output file is a ring its init rewrites when full (the newest half
 //! moved to its start): a follower that sees the file shrink finds the last
 //! bytes it sent in the new content and goes on after them.
+//!
+//! `GET /backup` with a ticket of a backup (minted for its tenant) streams
+//! that backup's compressed volume from the backup target.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -56,6 +59,7 @@ pub(crate) async fn serve(
     pool: PgPool,
     node_id: Uuid,
     engine: Arc<Engine>,
+    target: Option<stockade_backup::Target>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -69,15 +73,15 @@ pub(crate) async fn serve(
                 _ = shutdown.changed() => if *shutdown.borrow() { return },
                 conn = listener.accept() => {
                     let Ok((stream, _)) = conn else { continue };
-                    let (pool, engine) = (pool.clone(), engine.clone());
+                    let (pool, engine, target) = (pool.clone(), engine.clone(), target.clone());
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let (pool, engine) = (pool.clone(), engine.clone());
+                            let (pool, engine, target) = (pool.clone(), engine.clone(), target.clone());
                             async move {
-                                Ok::<_, Infallible>(if req.uri().path() == "/console" {
-                                    crate::console::answer(&pool, node_id, engine, req).await
-                                } else {
-                                    answer(&pool, node_id, &engine, req).await
+                                Ok::<_, Infallible>(match req.uri().path() {
+                                    "/console" => crate::console::answer(&pool, node_id, engine, req).await,
+                                    "/backup" => backup(&pool, node_id, target.as_ref(), &req).await,
+                                    _ => answer(&pool, node_id, &engine, req).await,
                                 })
                             }
                         });
@@ -194,6 +198,78 @@ async fn answer(
         .header("cache-control", "no-store")
         .body(StreamBody::new(stream).boxed())
         .unwrap_or_default()
+}
+
+/// A backup's compressed volume, streamed from the backup target.
+async fn backup(
+    pool: &PgPool,
+    node_id: Uuid,
+    target: Option<&stockade_backup::Target>,
+    req: &Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    if req.method() != hyper::Method::GET {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let Some(ticket) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Ticket "))
+    else {
+        return plain(StatusCode::UNAUTHORIZED, "a ticket is needed\n");
+    };
+    let (tenant, backup) = match stockade_store::logs::redeem_backup(pool, node_id, ticket).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return plain(
+                StatusCode::UNAUTHORIZED,
+                "the ticket is unknown, used or expired\n",
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "redeeming a backup ticket failed");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+        }
+    };
+    let Some(target) = target else {
+        return plain(StatusCode::NOT_FOUND, "this node has no backup target\n");
+    };
+    match target
+        .volume_stream(&stockade_backup::prefix(tenant, backup))
+        .await
+    {
+        Ok((size, stream)) => {
+            // A read that fails ends the stream short of the length
+            // promised: the client sees a truncated download, never a
+            // wrong file.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+            tokio::spawn(async move {
+                let mut stream = stream;
+                while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let body = futures_util::stream::unfold(rx, |mut rx| async move {
+                let chunk = rx.recv().await?;
+                Some((Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))), rx))
+            });
+            Response::builder()
+                .header("content-type", "application/zstd")
+                .header("content-length", size)
+                .header("cache-control", "no-store")
+                .body(BodyExt::boxed(StreamBody::new(body)))
+                .unwrap_or_default()
+        }
+        Err(e) => {
+            tracing::warn!(%backup, error = format!("{e:#}"), "a backup to download is missing");
+            plain(
+                StatusCode::NOT_FOUND,
+                "the backup is not in the backup target\n",
+            )
+        }
+    }
 }
 
 /// Reads a jail's output file from a place on, across rewrites of the ring.

@@ -129,3 +129,56 @@ pub(crate) async fn open(
     }
     Ok(answer.streaming(res.bytes_stream()))
 }
+
+/// A finished backup's compressed volume, streamed from a node that reads
+/// the backup target, as a file to save named `name`.
+pub(crate) async fn backup_download(
+    state: &AppState,
+    tenant_id: Uuid,
+    backup_id: Uuid,
+    name: &str,
+) -> Result<HttpResponse, OutputError> {
+    let (endpoint, ticket) =
+        match stockade_store::logs::mint_backup(&state.pool, tenant_id, backup_id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Err(OutputError::NotServed(
+                    "no node that reads the backups is up".into(),
+                ));
+            }
+            Err(stockade_store::StoreError::NotFound) => return Err(OutputError::NotFound),
+            Err(stockade_store::StoreError::InvalidState(m)) => {
+                return Err(OutputError::Invalid(m));
+            }
+            Err(e) => return Err(OutputError::Store(e)),
+        };
+    let res = state
+        .nodes
+        .get(format!("http://{endpoint}/backup"))
+        .header("authorization", format!("Ticket {ticket}"))
+        .send()
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, %endpoint, "a node did not answer for a backup");
+            OutputError::Unavailable("the node does not answer".into())
+        })?;
+    if res.status() != reqwest::StatusCode::OK {
+        let text = res.text().await.unwrap_or_default();
+        tracing::warn!(text = text.trim(), %endpoint, "a node refused a backup download");
+        return Err(OutputError::Unavailable(
+            text.trim().trim_end_matches('.').to_owned(),
+        ));
+    }
+    let mut answer = HttpResponse::Ok();
+    answer
+        .content_type("application/zstd")
+        .insert_header(("cache-control", "no-store"))
+        .insert_header((
+            "content-disposition",
+            format!("attachment; filename=\"{name}.img.zst\""),
+        ));
+    if let Some(len) = res.content_length() {
+        answer.no_chunking(len);
+    }
+    Ok(answer.streaming(res.bytes_stream()))
+}

@@ -30,7 +30,42 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/tenants/{tenant_id}/backups/{backup_id}/restore")
                 .route(web::post().to(restore)),
+        )
+        .service(
+            resource("/tenants/{tenant_id}/backups/{backup_id}/download")
+                .route(web::get().to(download)),
         );
+}
+
+/// Downloads a finished backup: the jail's volume image compressed with
+/// zstd (`zstd -d` gives an ext4 image to mount with `mount -o loop`).
+/// 409 unless it is finished; 503 when no node that reads the backups is up.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}/backups/{backup_id}/download", tag = "jails",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id"),
+           ("backup_id" = Uuid, Path, description = "Backup id")),
+    responses((status = 200, description = "The compressed volume", content_type = "application/zstd")),
+    security(("bearer" = ["jails:read"])))]
+pub(crate) async fn download(
+    Authorized(caller, _): Authorized<JailsRead>,
+    path: web::Path<(Uuid, Uuid)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant_id, backup_id) = path.into_inner();
+    caller.see_tenant(tenant_id)?;
+    let b = backups::get(&state.pool, tenant_id, backup_id).await?;
+    let name = format!("{}-{}", b.jail_name, b.created_at.format("%Y%m%d-%H%M%S"));
+    crate::output::backup_download(&state, tenant_id, backup_id, &name)
+        .await
+        .map_err(|e| match e {
+            crate::output::OutputError::NotFound => ApiError::NotFound,
+            crate::output::OutputError::Store(e) => e.into(),
+            crate::output::OutputError::Invalid(m) => ApiError::Conflict {
+                code: "not_ready",
+                message: m,
+            },
+            crate::output::OutputError::NotServed(m)
+            | crate::output::OutputError::Unavailable(m) => ApiError::NodeUnavailable(m),
+        })
 }
 
 /// A backup of a jail.

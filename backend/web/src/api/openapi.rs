@@ -30,7 +30,7 @@ use super::{
         ports::list, ports::publish, ports::unpublish,
         ssh_keys::list, ssh_keys::add, ssh_keys::remove,
         snapshots::list, snapshots::take, snapshots::restore, snapshots::delete,
-        backups::list, backups::get, backups::take, backups::restore, backups::delete,
+        backups::list, backups::get, backups::take, backups::restore, backups::delete, backups::download,
         moves::move_jail,
         domains::list, domains::attach, domains::detach, domains::upload_certificate, domains::verify,
         usage::tenant_usage, usage::month_usage,

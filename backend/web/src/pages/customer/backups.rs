@@ -288,3 +288,21 @@ pub(super) async fn delete(
         )),
     }
 }
+
+pub(super) async fn download(
+    state: web::Data<AppState>,
+    s: SignedIn,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, WebError> {
+    let tenant_id = customer_tenant(&s)?;
+    let (jail, backup) = path.into_inner();
+    let (jail_id, backup_id) = (parse_id(&jail)?, parse_id(&backup)?);
+    let b = backups::get(&state.pool, tenant_id, backup_id).await?;
+    if b.jail_id != Some(jail_id) {
+        return Err(WebError::NotFound);
+    }
+    let name = format!("{}-{}", b.jail_name, b.created_at.format("%Y%m%d-%H%M%S"));
+    crate::output::backup_download(&state, tenant_id, backup_id, &name)
+        .await
+        .or_else(crate::output::OutputError::page_answer)
+}

@@ -73,6 +73,10 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             "/jails/{id}/backups/{backup}/delete",
             web::post().to(backups::delete),
         )
+        .route(
+            "/jails/{id}/backups/{backup}/download",
+            web::get().to(backups::download),
+        )
         .route("/jails/{id}/snapshots", web::get().to(snapshots::list))
         .route("/jails/{id}/snapshots", web::post().to(snapshots::take))
         .route(
