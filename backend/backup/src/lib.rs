@@ -406,7 +406,7 @@ fn decompress(input: impl Read, out: &Path, m: &Manifest) -> anyhow::Result<()> 
         // 4 KiB blocks of zeros are skipped: the file stays sparse.
         for block in buf[..n].chunks(4096) {
             if block.iter().all(|b| *b == 0) {
-                f.seek(SeekFrom::Current(block.len() as i64))?;
+                f.seek(SeekFrom::Current(i64::try_from(block.len())?))?;
             } else {
                 f.write_all(block)?;
             }
