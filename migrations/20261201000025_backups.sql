@@ -5,6 +5,16 @@
 -- restore into a new jail needs of the jail is kept here, so the web tier
 -- never reads the target to make one. `size_bytes` is what the target
 -- holds (billed); `volume_bytes` the volume's length.
+-- A jail's limits as the API writes them: kept with each of its backups,
+-- so a new jail made from one gets them.
+CREATE FUNCTION jail_limits(j jails) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('cpu_millicores', j.cpu_millicores, 'memory_bytes', j.memory_bytes,
+        'pids', j.pids, 'disk_bytes', j.disk_bytes, 'io_read_bps', j.io_read_bps,
+        'io_write_bps', j.io_write_bps, 'io_read_iops', j.io_read_iops,
+        'io_write_iops', j.io_write_iops, 'net_egress_bps', j.net_egress_bps,
+        'net_ingress_bps', j.net_ingress_bps)
+$$;
+
 CREATE TABLE backups (
     id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     tenant_id     uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,

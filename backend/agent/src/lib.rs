@@ -300,36 +300,48 @@ pub async fn run(
     );
     tasks.spawn(sender.run());
     tasks.spawn(sample_task(sampler, running.clone(), cfg.sample_interval));
-    tasks.spawn(upload_task(
-        Arc::new(uploads::Uploads::new(
-            pool.clone(),
-            slots.clone(),
-            node_id,
-            running,
-        )),
+    let uploads = Arc::new(uploads::Uploads::new(
+        pool.clone(),
+        slots.clone(),
+        node_id,
+        running,
+    ));
+    tasks.spawn(sweep_task(
+        move || {
+            let u = uploads.clone();
+            async move { u.sweep().await }
+        },
         uploads_wake.clone(),
         cfg.resync,
     ));
     let backups_wake = Arc::new(tokio::sync::Notify::new());
-    tasks.spawn(backup_task(
-        Arc::new(backups::Backups::new(
-            pool.clone(),
-            slots.clone(),
-            node_id,
-            cfg.node_name.clone(),
-            cfg.backup_target.clone(),
-        )),
+    let backups = Arc::new(backups::Backups::new(
+        pool.clone(),
+        slots.clone(),
+        node_id,
+        cfg.node_name.clone(),
+        cfg.backup_target.clone(),
+    ));
+    tasks.spawn(sweep_task(
+        move || {
+            let b = backups.clone();
+            async move { b.sweep().await }
+        },
         backups_wake.clone(),
         cfg.resync,
     ));
     let snapshots_wake = Arc::new(tokio::sync::Notify::new());
-    tasks.spawn(snapshot_task(
-        Arc::new(snapshots::Snapshots::new(
-            pool.clone(),
-            slots.clone(),
-            node_id,
-            cfg.node_name.clone(),
-        )),
+    let snapshots = Arc::new(snapshots::Snapshots::new(
+        pool.clone(),
+        slots.clone(),
+        node_id,
+        cfg.node_name.clone(),
+    ));
+    tasks.spawn(sweep_task(
+        move || {
+            let s = snapshots.clone();
+            async move { s.sweep().await }
+        },
         snapshots_wake.clone(),
         cfg.resync,
     ));
@@ -492,10 +504,12 @@ async fn sample_task(
     }
 }
 
-/// Writes waiting uploads when woken (a new upload, a jail that started)
-/// and on the resync period.
-async fn upload_task(
-    uploads: Arc<uploads::Uploads>,
+/// Runs `sweep` when woken and on every `every`: the workers that act on
+/// rows of this node (uploads to write when one arrives or a jail starts;
+/// snapshots and backups to take or remove when asked, and what a busy
+/// jail put off or a schedule made due at the next period).
+async fn sweep_task<F: Future<Output = ()>>(
+    mut sweep: impl FnMut() -> F,
     wake: Arc<tokio::sync::Notify>,
     every: Duration,
 ) {
@@ -506,43 +520,7 @@ async fn upload_task(
             _ = tick.tick() => {}
             () = wake.notified() => {}
         }
-        uploads.sweep().await;
-    }
-}
-
-/// Takes and removes backups when woken (a request) and on the resync
-/// period (scheduled backups that came due, work a busy jail put off).
-async fn backup_task(
-    backups: Arc<backups::Backups>,
-    wake: Arc<tokio::sync::Notify>,
-    every: Duration,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = wake.notified() => {}
-        }
-        backups.sweep().await;
-    }
-}
-
-/// Takes and removes snapshots when woken (a request) and on the resync
-/// period (work a busy jail put off).
-async fn snapshot_task(
-    snapshots: Arc<snapshots::Snapshots>,
-    wake: Arc<tokio::sync::Notify>,
-    every: Duration,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = wake.notified() => {}
-        }
-        snapshots.sweep().await;
+        sweep().await;
     }
 }
 

@@ -140,11 +140,7 @@ pub async fn request(
         r#"INSERT INTO backups (tenant_id, jail_id, node_id, jail_name, image, kind, command,
                                limits, created_by)
            SELECT tenant_id, id, node_id, name, image, kind, command,
-                  jsonb_build_object('cpu_millicores', cpu_millicores, 'memory_bytes', memory_bytes,
-                      'pids', pids, 'disk_bytes', disk_bytes, 'io_read_bps', io_read_bps,
-                      'io_write_bps', io_write_bps, 'io_read_iops', io_read_iops,
-                      'io_write_iops', io_write_iops, 'net_egress_bps', net_egress_bps,
-                      'net_ingress_bps', net_ingress_bps),
+                  jail_limits(jails),
                   $3
            FROM jails WHERE id = $1 AND tenant_id = $2 AND desired_state <> 'deleted'
              AND node_id IS NOT NULL
@@ -334,11 +330,7 @@ pub async fn work_for_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Work>, St
         "INSERT INTO backups (tenant_id, jail_id, node_id, jail_name, image, kind, command, limits,
                               scheduled, expires_at)
          SELECT j.tenant_id, j.id, j.node_id, j.name, j.image, j.kind, j.command,
-                jsonb_build_object('cpu_millicores', j.cpu_millicores, 'memory_bytes', j.memory_bytes,
-                    'pids', j.pids, 'disk_bytes', j.disk_bytes, 'io_read_bps', j.io_read_bps,
-                    'io_write_bps', j.io_write_bps, 'io_read_iops', j.io_read_iops,
-                    'io_write_iops', j.io_write_iops, 'net_egress_bps', j.net_egress_bps,
-                    'net_ingress_bps', j.net_ingress_bps),
+                jail_limits(j),
                 true, now() + make_interval(days => p.backup_days)
          FROM jails j JOIN tenants t ON t.id = j.tenant_id JOIN plans p ON p.id = t.plan_id
          WHERE j.node_id = $1 AND j.desired_state <> 'deleted' AND t.status = 'active'

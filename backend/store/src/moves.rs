@@ -111,11 +111,7 @@ async fn start(
         "INSERT INTO backups (tenant_id, jail_id, node_id, jail_name, image, kind, command,
                               limits, purpose)
          SELECT tenant_id, id, node_id, name, image, kind, command,
-                jsonb_build_object('cpu_millicores', cpu_millicores, 'memory_bytes', memory_bytes,
-                    'pids', pids, 'disk_bytes', disk_bytes, 'io_read_bps', io_read_bps,
-                    'io_write_bps', io_write_bps, 'io_read_iops', io_read_iops,
-                    'io_write_iops', io_write_iops, 'net_egress_bps', net_egress_bps,
-                    'net_ingress_bps', net_ingress_bps),
+                jail_limits(jails),
                 'move'
          FROM jails WHERE id = $1
          RETURNING id",

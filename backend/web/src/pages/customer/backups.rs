@@ -7,11 +7,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 use stockade_domain::JailName;
-use stockade_store::StoreError;
 use stockade_store::backups;
 use uuid::Uuid;
 
-use super::{ActionForm, Layout, customer_tenant, parse_id, record, render};
+use super::{ActionForm, Layout, customer_tenant, parse_id, record, refusal, render};
 use crate::auth::SignedIn;
 use crate::{AppState, WebError, flash, format};
 
@@ -115,18 +114,6 @@ pub(super) async fn list(
     path: web::Path<String>,
 ) -> Result<HttpResponse, WebError> {
     page(&req, &state, &s, parse_id(&path)?, String::new(), None).await
-}
-
-fn refusal(e: StoreError) -> Result<String, WebError> {
-    match e {
-        StoreError::Invalid { field, message } => Ok(format!("{field}: {message}")),
-        StoreError::QuotaExceeded(m) | StoreError::InvalidState(m) | StoreError::NoCapacity(m) => {
-            Ok(m)
-        }
-        StoreError::Conflict(m) => Ok(format!("{m} already exists")),
-        StoreError::NotFound => Err(WebError::NotFound),
-        e => Err(e.into()),
-    }
 }
 
 pub(super) async fn take(

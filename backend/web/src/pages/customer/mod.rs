@@ -30,6 +30,7 @@ use jail_page::detail;
 pub(crate) use jail_page::{JailData, JailPageKey, jail_data};
 pub(crate) use overview::OverviewData;
 use overview::overview;
+use stockade_store::StoreError;
 use uploads::upload;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -105,6 +106,20 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(ports::unpublish),
         )
         .route("/jails/{id}/{action}", web::post().to(action));
+}
+
+/// A refusal of the store in words to show the customer, or the error
+/// itself when it is not one (a missing row is not found).
+pub(super) fn refusal(e: StoreError) -> Result<String, WebError> {
+    match e {
+        StoreError::Invalid { field, message } => Ok(format!("{field}: {message}")),
+        StoreError::QuotaExceeded(m) | StoreError::InvalidState(m) | StoreError::NoCapacity(m) => {
+            Ok(m)
+        }
+        StoreError::Conflict(m) => Ok(format!("{m} already exists")),
+        StoreError::NotFound => Err(WebError::NotFound),
+        e => Err(e.into()),
+    }
 }
 
 /// A jail as a table row.

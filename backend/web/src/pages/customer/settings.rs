@@ -13,7 +13,7 @@ use stockade_store::jails::{self, Jail};
 use uuid::Uuid;
 
 use super::jail_list::parse_limits;
-use super::{Layout, customer_tenant, parse_id, record, render};
+use super::{Layout, customer_tenant, parse_id, record, refusal, render};
 use crate::auth::SignedIn;
 use crate::{AppState, WebError, flash, format};
 
@@ -293,16 +293,6 @@ fn refused(answer: Result<Jail, StoreError>) -> Result<Result<Jail, String>, Web
     match answer {
         Ok(jail) => Ok(Ok(jail)),
         Err(e) => refusal(e).map(Err),
-    }
-}
-
-/// A refusal of the store in words, or the error itself when it is not one.
-fn refusal(e: StoreError) -> Result<String, WebError> {
-    match e {
-        StoreError::Invalid { field, message } => Ok(format!("{field}: {message}")),
-        StoreError::QuotaExceeded(m) | StoreError::InvalidState(m) => Ok(m),
-        StoreError::NotFound => Err(WebError::NotFound),
-        e => Err(e.into()),
     }
 }
 

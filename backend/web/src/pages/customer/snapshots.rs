@@ -6,11 +6,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
-use stockade_store::StoreError;
 use stockade_store::snapshots::{self, SnapshotState};
 use uuid::Uuid;
 
-use super::{ActionForm, Layout, customer_tenant, parse_id, record, render};
+use super::{ActionForm, Layout, customer_tenant, parse_id, record, refusal, render};
 use crate::auth::SignedIn;
 use crate::{AppState, WebError, flash, format};
 
@@ -122,17 +121,6 @@ pub(super) async fn list(
     path: web::Path<String>,
 ) -> Result<HttpResponse, WebError> {
     page(&req, &state, &s, parse_id(&path)?, String::new(), None).await
-}
-
-/// A refusal of the store in words, or the error itself when it is not one.
-fn refusal(e: StoreError) -> Result<String, WebError> {
-    match e {
-        StoreError::Invalid { field, message } => Ok(format!("{field}: {message}")),
-        StoreError::QuotaExceeded(m) | StoreError::InvalidState(m) => Ok(m),
-        StoreError::Conflict(m) => Ok(format!("{m} already exists")),
-        StoreError::NotFound => Err(WebError::NotFound),
-        e => Err(e.into()),
-    }
 }
 
 pub(super) async fn take(
