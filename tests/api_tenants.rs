@@ -1016,7 +1016,8 @@ async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
                 .replace("{port_id}", &uuid::Uuid::new_v4().to_string())
                 .replace("{domain_id}", &uuid::Uuid::new_v4().to_string())
                 .replace("{key_id}", &uuid::Uuid::new_v4().to_string())
-                .replace("{snapshot_id}", &uuid::Uuid::new_v4().to_string());
+                .replace("{snapshot_id}", &uuid::Uuid::new_v4().to_string())
+                .replace("{backup_id}", &uuid::Uuid::new_v4().to_string());
             assert!(
                 !path.contains('{'),
                 "a path parameter not covered: {template}"
@@ -1032,6 +1033,7 @@ async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
                 ("post", t) if t.ends_with("/jails") => jail_body.clone(),
                 ("post", t) if t.ends_with("/ports") => json!({"jail_port": 80}),
                 ("post", t) if t.ends_with("/domains") => json!({"name": "matrix.test"}),
+                ("post", t) if t.ends_with("/move") => json!({"node": "n1"}),
                 ("post", t) if t.ends_with("/ssh-keys") => json!({"public_key":
                     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPvJFKfKUMrcCg/hBw3I6n+A48uSWfhqbdrZWVdqblnH"}),
                 ("put", t) if t.ends_with("/certificate") => {

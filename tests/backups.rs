@@ -541,3 +541,88 @@ async fn backups_go_to_s3_and_come_back_on_any_node() {
         wait_observed(&app.pool, tenant, j, ObservedState::Deleted).await;
     }
 }
+
+#[tokio::test]
+async fn a_plan_backs_its_jails_up_daily_and_lets_old_backups_go() {
+    if !is_root() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let target = root.display().to_string();
+    let node = Node::with_env(&app.db_url, &[("STOCKADE_BACKUP_TARGET", target.as_str())]);
+    wait_node(&app.pool, &node.name).await;
+    let plan = plans::by_name(&app.pool, "starter").await.unwrap();
+    plans::set_backup_days(&app.pool, plan.id, 2).await.unwrap();
+    let tenant = tenants::create(
+        &app.pool,
+        &TenantSlug::parse("daily").unwrap(),
+        "Daily",
+        plan.id,
+    )
+    .await
+    .unwrap()
+    .id;
+    let jail = jails::create(&app.pool, tenant, &new_jail("blog", 32 << 20))
+        .await
+        .unwrap();
+    wait_observed(&app.pool, tenant, jail.id, ObservedState::Running).await;
+
+    // Within a resync period the day's backup is taken, kept two days.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let daily = loop {
+        let list = stockade_store::backups::list(&app.pool, tenant, Some(jail.id))
+            .await
+            .unwrap();
+        if let Some(b) = list.iter().find(|b| b.scheduled && b.state == "ready") {
+            break b.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no daily backup was taken: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let kept = daily.expires_at.unwrap() - daily.created_at;
+    assert!(
+        (kept - chrono::Duration::days(2)).num_seconds().abs() < 60,
+        "kept {kept}"
+    );
+    let objects = root.join(format!("tenants/{tenant}/backups/{}", daily.id));
+    assert!(objects.join("manifest.json").exists());
+    // One a day: a few resync periods later it is still the only one.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let scheduled = stockade_store::backups::list(&app.pool, tenant, Some(jail.id))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.scheduled)
+        .count();
+    assert_eq!(scheduled, 1);
+
+    // Its days over, it goes from the target.
+    sqlx::query("UPDATE backups SET expires_at = now() - interval '1 minute' WHERE id = $1")
+        .bind(daily.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stockade_store::backups::get(&app.pool, tenant, daily.id)
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old backup was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!objects.join("manifest.json").exists());
+    assert!(!objects.join("volume.img.zst").exists());
+
+    jails::set_desired(&app.pool, tenant, jail.id, DesiredState::Deleted)
+        .await
+        .unwrap();
+    wait_observed(&app.pool, tenant, jail.id, ObservedState::Deleted).await;
+}

@@ -157,6 +157,41 @@ async fn a_jail_moves_between_nodes_and_serves_the_same_page() {
     .await
     .unwrap();
 
+    let domain = stockade_store::domains::attach(
+        &app.pool,
+        tenant,
+        jail.id,
+        &stockade_store::domains::NewDomain {
+            name: stockade_domain::DomainName::parse("shop.move.test").unwrap(),
+            www: false,
+            jail_port: 80,
+            proof_required: false,
+        },
+    )
+    .await
+    .unwrap();
+    // The node the jail is on routes the domain to its address, and only it.
+    let routes_to = |node: Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            stockade_store::domains::routes_for_node(&pool, node)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.domain_id == domain.id)
+                .map(|r| r.target)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        routes_to(id_of(from)).await,
+        [stockade_store::domains::Target::Jail {
+            address: jail.address.clone().unwrap(),
+            port: 80
+        }]
+    );
+    assert!(routes_to(id_of(to)).await.is_empty());
+
     // The provider's API: bad targets are refused and change nothing.
     let (_, token) = tokens::create(&app.pool, "provider", &[Scope::TenantsWrite], None)
         .await
@@ -235,6 +270,15 @@ async fn a_jail_moves_between_nodes_and_serves_the_same_page() {
     assert_eq!(ports[0].node_id, id_of(to));
     assert_eq!(ports[0].jail_port, published.jail_port);
     wait_gone(from, &jail).await;
+    // Its domain follows it: routed by its new node to its new address.
+    assert_eq!(
+        routes_to(id_of(to)).await,
+        [stockade_store::domains::Target::Jail {
+            address: moved.address.clone().unwrap(),
+            port: 80
+        }]
+    );
+    assert!(routes_to(id_of(from)).await.is_empty());
 
     // The node it moved to is drained: the jail goes back, the page with it.
     let drained = stockade_store::moves::drain(&app.pool, id_of(to), None)

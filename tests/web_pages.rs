@@ -479,6 +479,7 @@ async fn admins_manage_plans_and_see_nodes() {
             ("transfer", "500G".to_owned()),
             ("published_ports", "2".to_owned()),
             ("snapshots", "5".to_owned()),
+            ("backup_days", "7".to_owned()),
             ("outbound_nat", "on".to_owned()),
         ]
     };
@@ -526,7 +527,7 @@ async fn admins_manage_plans_and_see_nodes() {
     );
     let pro = plans::by_name(&w.app.pool, "pro").await.unwrap();
     assert_eq!(pro.quota.memory_bytes, 2 << 30);
-    assert_eq!(pro.snapshots_per_jail, 5);
+    assert_eq!((pro.snapshots_per_jail, pro.backup_days), (5, 7));
     assert_eq!((pro.max_published_ports, pro.outbound_nat), (2, true));
     // Outbound access unticked: the plan's jails reach only what is published.
     let mut closed = fields("closed", "1G");
@@ -548,7 +549,7 @@ async fn admins_manage_plans_and_see_nodes() {
     page_with(
         &w.admin,
         &w.app.url("/staff/plans"),
-        "<td>none</td><td>2</td><td>5</td>",
+        "<td>none</td><td>2</td><td>5</td><td>7 days</td>",
     )
     .await;
     let r = w

@@ -98,6 +98,10 @@ enum StaffCommand {
 }
 
 fn main() -> ExitCode {
+    // Two TLS providers are built in (ring, which the ACME client and the
+    // proxy's checks use, and aws-lc-rs, which the S3 client of backups
+    // brings): the process says which one TLS uses where nothing chooses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

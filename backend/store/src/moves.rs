@@ -150,6 +150,11 @@ pub(crate) async fn shipped(
     };
     let to = j.move_to_node.unwrap_or_default();
     crate::ports::repoint(tx, j.id, to).await?;
+    // Snapshots live beside the volume on its node: they go with the
+    // source's copy (backups, in the target, stay).
+    sqlx::query!("DELETE FROM snapshots WHERE jail_id = $1", j.id)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query!(
         "UPDATE jails SET moved_from_node = node_id, node_id = move_to_node, move_to_node = NULL,
              restore_backup_id = $2, restore_snapshot_id = NULL, address = NULL,

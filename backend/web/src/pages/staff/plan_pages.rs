@@ -29,6 +29,7 @@ pub(super) struct PlanLine {
     outbound_nat: bool,
     published_ports: u32,
     snapshots: u32,
+    backup_days: u32,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -56,6 +57,9 @@ pub(super) struct PlanForm {
     /// Snapshots each jail keeps.
     #[serde(default)]
     snapshots: String,
+    /// Days each jail's daily backup is kept (0: none).
+    #[serde(default)]
+    backup_days: String,
 }
 
 impl PlanForm {
@@ -66,6 +70,7 @@ impl PlanForm {
             outbound_nat: network.outbound_nat.then(|| "on".to_owned()),
             published_ports: network.max_published_ports.to_string(),
             snapshots: "3".into(),
+            backup_days: "0".into(),
             ..PlanForm::default()
         }
     }
@@ -83,6 +88,23 @@ impl PlanForm {
             _ => Err(format!(
                 "snapshots per jail: {:?} is not a whole number from 0 to 100",
                 self.snapshots
+            )),
+        }
+    }
+}
+
+impl PlanForm {
+    /// The days daily backups are kept, as typed (0 to 365; 0 takes none);
+    /// left empty, as it was.
+    fn backup_days(&self, current: u32) -> Result<u32, String> {
+        if self.backup_days.trim().is_empty() {
+            return Ok(current);
+        }
+        match self.backup_days.trim().parse::<u32>() {
+            Ok(n) if n <= 365 => Ok(n),
+            _ => Err(format!(
+                "daily backups kept: {:?} is not a number of days from 0 to 365",
+                self.backup_days
             )),
         }
     }
@@ -176,6 +198,7 @@ pub(super) async fn plans_view(
                 outbound_nat: p.outbound_nat,
                 published_ports: p.max_published_ports,
                 snapshots: p.snapshots_per_jail,
+                backup_days: p.backup_days,
             })
             .collect(),
         can_admin: s.0.user.role == Role::Admin,
@@ -218,6 +241,7 @@ pub(super) async fn edit_plan_page(
         outbound_nat: p.outbound_nat.then(|| "on".to_owned()),
         published_ports: p.max_published_ports.to_string(),
         snapshots: p.snapshots_per_jail.to_string(),
+        backup_days: p.backup_days.to_string(),
     };
     plans_view(&req, &state, &s, Some(p.id), form, None).await
 }
@@ -231,15 +255,16 @@ pub(super) async fn create_plan(
     require_admin(&s)?;
     s.check_csrf(&form.csrf_token)?;
     let typed = form.into_inner();
-    let input =
-        match PlanInput::try_from(&typed).and_then(|i| Ok((i, typed.snapshots_per_jail(3)?))) {
-            Ok(i) => i,
-            Err(msg) => return plans_view(&req, &state, &s, None, typed, Some(msg)).await,
-        };
-    let (input, snapshots) = input;
+    let input = PlanInput::try_from(&typed)
+        .and_then(|i| Ok((i, typed.snapshots_per_jail(3)?, typed.backup_days(0)?)));
+    let (input, snapshots, days) = match input {
+        Ok(i) => i,
+        Err(msg) => return plans_view(&req, &state, &s, None, typed, Some(msg)).await,
+    };
     match plans::create(&state.pool, &input).await {
         Ok(p) => {
-            let p = plans::set_snapshots_per_jail(&state.pool, p.id, snapshots).await?;
+            plans::set_snapshots_per_jail(&state.pool, p.id, snapshots).await?;
+            let p = plans::set_backup_days(&state.pool, p.id, days).await?;
             record(
                 &state,
                 &req,
@@ -279,13 +304,30 @@ pub(super) async fn update_plan(
     let current = plans::get(&state.pool, id).await?;
     let mut typed = form.into_inner();
     typed.name = current.name.clone();
-    let input = match PlanInput::try_from(&typed)
-        .and_then(|i| Ok((i, typed.snapshots_per_jail(current.snapshots_per_jail)?)))
-    {
+    let input = PlanInput::try_from(&typed).and_then(|i| {
+        Ok((
+            i,
+            typed.snapshots_per_jail(current.snapshots_per_jail)?,
+            typed.backup_days(current.backup_days)?,
+        ))
+    });
+    let (input, snapshots, days) = match input {
         Ok(i) => i,
         Err(msg) => return plans_view(&req, &state, &s, Some(id), typed, Some(msg)).await,
     };
-    let (input, snapshots) = input;
+    if days != current.backup_days {
+        let p = plans::set_backup_days(&state.pool, id, days).await?;
+        record(
+            &state,
+            &req,
+            &s,
+            None,
+            "plan.backups",
+            &p.name,
+            serde_json::json!({ "backup_days": days }),
+        )
+        .await?;
+    }
     if snapshots != current.snapshots_per_jail {
         let p = plans::set_snapshots_per_jail(&state.pool, id, snapshots).await?;
         record(
