@@ -322,7 +322,8 @@ pub struct Work {
 
 /// The backups this node is to take (of its jails), and those any node may
 /// remove; asks first for the scheduled backups that are due on its jails
-/// and gives up those past their days.
+/// (once a day each, once the jail is made here; a failed one an hour
+/// later) and gives up those past their days.
 pub async fn work_for_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Work>, StoreError> {
     let mut tx = pool.begin().await?;
     // A jail of a plan with scheduled backups gets one a day.
@@ -335,8 +336,14 @@ pub async fn work_for_node(pool: &PgPool, node_id: Uuid) -> Result<Vec<Work>, St
          FROM jails j JOIN tenants t ON t.id = j.tenant_id JOIN plans p ON p.id = t.plan_id
          WHERE j.node_id = $1 AND j.desired_state <> 'deleted' AND t.status = 'active'
            AND p.backup_days > 0
+           -- Made on this node (it has a volume here), and staying here.
+           AND j.observed_state IN ('running', 'stopped', 'crash_looping')
+           AND j.move_to_node IS NULL AND j.moved_from_node IS NULL
+           -- One a day; one that failed is tried again an hour later.
            AND NOT EXISTS (SELECT 1 FROM backups b WHERE b.jail_id = j.id AND b.scheduled
-                           AND b.created_at > now() - interval '1 day')
+                           AND b.created_at > now() - interval '1 day' AND b.state <> 'failed')
+           AND NOT EXISTS (SELECT 1 FROM backups b WHERE b.jail_id = j.id AND b.scheduled
+                           AND b.created_at > now() - interval '1 hour' AND b.state = 'failed')
            AND NOT EXISTS (SELECT 1 FROM backups b WHERE b.jail_id = j.id AND b.state = 'pending')",
         node_id
     )
