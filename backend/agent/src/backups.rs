@@ -227,7 +227,7 @@ pub(crate) async fn fetch_for_restore(
     backup_id: Uuid,
 ) -> anyhow::Result<(PathBuf, Option<u32>)> {
     let target = target.context("this node has no backup target")?;
-    let (owner, _) = stockade_store::backups::owner(pool, backup_id)
+    let owner = stockade_store::backups::owner(pool, backup_id)
         .await
         .context("the backup is gone")?;
     let prefix = stockade_backup::prefix(owner, backup_id);

@@ -441,14 +441,10 @@ pub async fn removed(pool: &PgPool, backup_id: Uuid) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The tenant a backup belongs to and its length, for a restore's checks.
-pub async fn owner(pool: &PgPool, backup_id: Uuid) -> Result<(Uuid, u64), StoreError> {
-    let r = sqlx::query!(
-        "SELECT tenant_id, volume_bytes FROM backups WHERE id = $1",
-        backup_id
-    )
-    .fetch_optional(pool)
-    .await?
-    .ok_or(StoreError::NotFound)?;
-    Ok((r.tenant_id, to_u64("volume_bytes", r.volume_bytes)?))
+/// The tenant a backup belongs to, for a restore's checks.
+pub async fn owner(pool: &PgPool, backup_id: Uuid) -> Result<Uuid, StoreError> {
+    sqlx::query_scalar!("SELECT tenant_id FROM backups WHERE id = $1", backup_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound)
 }

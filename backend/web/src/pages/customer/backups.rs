@@ -10,7 +10,9 @@ use stockade_domain::JailName;
 use stockade_store::backups;
 use uuid::Uuid;
 
-use super::{ActionForm, Layout, customer_tenant, parse_id, record, refusal, render};
+use super::{
+    ActionForm, Done, Layout, answer_action, customer_tenant, parse_id, record, refusal, render,
+};
 use crate::auth::SignedIn;
 use crate::{AppState, WebError, flash, format};
 
@@ -126,31 +128,16 @@ pub(super) async fn take(
     let tenant_id = customer_tenant(&s)?;
     s.check_csrf(&form.csrf_token)?;
     let jail_id = parse_id(&path)?;
+    let outcome = backups::request(&state.pool, tenant_id, jail_id, Some(s.0.user.id))
+        .await
+        .map(|b| Done {
+            action: "backup.request",
+            target: b.id.to_string(),
+            details: serde_json::json!({ "jail_id": jail_id }),
+            said: "Backup asked for: the jail's node takes it now, and the jail runs on.".into(),
+        });
     let here = format!("/jails/{jail_id}/backups");
-    match backups::request(&state.pool, tenant_id, jail_id, Some(s.0.user.id)).await {
-        Ok(b) => {
-            record(
-                &state,
-                &req,
-                &s,
-                Some(tenant_id),
-                "backup.request",
-                &b.id.to_string(),
-                serde_json::json!({ "jail_id": jail_id }),
-            )
-            .await?;
-            Ok(flash::redirect(
-                &here,
-                "ok",
-                "Backup asked for: the jail's node takes it now, and the jail runs on.",
-            ))
-        }
-        Err(e) => Ok(flash::redirect(
-            &here,
-            "error",
-            &format!("Not backed up: {}", refusal(e)?),
-        )),
-    }
+    answer_action(&state, &req, &s, tenant_id, outcome, &here, "Not backed up").await
 }
 
 pub(super) async fn restore_here(
@@ -164,31 +151,16 @@ pub(super) async fn restore_here(
     s.check_csrf(&form.csrf_token)?;
     let (jail, backup) = path.into_inner();
     let (jail_id, backup_id) = (parse_id(&jail)?, parse_id(&backup)?);
+    let outcome = backups::restore_into(&state.pool, tenant_id, jail_id, backup_id)
+        .await
+        .map(|()| Done {
+            action: "backup.restore",
+            target: backup_id.to_string(),
+            details: serde_json::json!({ "jail_id": jail_id }),
+            said: "Restore asked for: the jail's node fetches the backup, then the jail stops, its disk becomes the backup's and it starts again.".into(),
+        });
     let here = format!("/jails/{jail_id}/backups");
-    match backups::restore_into(&state.pool, tenant_id, jail_id, backup_id).await {
-        Ok(()) => {
-            record(
-                &state,
-                &req,
-                &s,
-                Some(tenant_id),
-                "backup.restore",
-                &backup_id.to_string(),
-                serde_json::json!({ "jail_id": jail_id }),
-            )
-            .await?;
-            Ok(flash::redirect(
-                &here,
-                "ok",
-                "Restore asked for: the jail's node fetches the backup, then the jail stops, its disk becomes the backup's and it starts again.",
-            ))
-        }
-        Err(e) => Ok(flash::redirect(
-            &here,
-            "error",
-            &format!("Not restored: {}", refusal(e)?),
-        )),
-    }
+    answer_action(&state, &req, &s, tenant_id, outcome, &here, "Not restored").await
 }
 
 pub(super) async fn restore_new(
@@ -253,27 +225,16 @@ pub(super) async fn delete(
     s.check_csrf(&form.csrf_token)?;
     let (jail, backup) = path.into_inner();
     let (jail_id, backup_id) = (parse_id(&jail)?, parse_id(&backup)?);
+    let outcome = backups::delete(&state.pool, tenant_id, backup_id)
+        .await
+        .map(|()| Done {
+            action: "backup.delete",
+            target: backup_id.to_string(),
+            details: serde_json::json!({ "jail_id": jail_id }),
+            said: "The backup is being deleted.".into(),
+        });
     let here = format!("/jails/{jail_id}/backups");
-    match backups::delete(&state.pool, tenant_id, backup_id).await {
-        Ok(()) => {
-            record(
-                &state,
-                &req,
-                &s,
-                Some(tenant_id),
-                "backup.delete",
-                &backup_id.to_string(),
-                serde_json::json!({ "jail_id": jail_id }),
-            )
-            .await?;
-            Ok(flash::redirect(&here, "ok", "The backup is being deleted."))
-        }
-        Err(e) => Ok(flash::redirect(
-            &here,
-            "error",
-            &format!("Not deleted: {}", refusal(e)?),
-        )),
-    }
+    answer_action(&state, &req, &s, tenant_id, outcome, &here, "Not deleted").await
 }
 
 pub(super) async fn download(

@@ -108,6 +108,49 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jails/{id}/{action}", web::post().to(action));
 }
 
+/// What a customer's action on a jail did, done: recorded in the audit log
+/// as `action` on `target`.
+pub(super) struct Done {
+    pub action: &'static str,
+    pub target: String,
+    pub details: serde_json::Value,
+    /// What the page then says.
+    pub said: String,
+}
+
+/// The answer to a customer's action whose page is `here`: done, it is
+/// recorded and `here` says so; refused, `here` says why after `refused`.
+pub(super) async fn answer_action(
+    state: &crate::AppState,
+    req: &actix_web::HttpRequest,
+    s: &crate::auth::SignedIn,
+    tenant_id: Uuid,
+    outcome: Result<Done, StoreError>,
+    here: &str,
+    refused: &str,
+) -> Result<actix_web::HttpResponse, WebError> {
+    match outcome {
+        Ok(d) => {
+            record(
+                state,
+                req,
+                s,
+                Some(tenant_id),
+                d.action,
+                &d.target,
+                d.details,
+            )
+            .await?;
+            Ok(crate::flash::redirect(here, "ok", &d.said))
+        }
+        Err(e) => Ok(crate::flash::redirect(
+            here,
+            "error",
+            &format!("{refused}: {}", refusal(e)?),
+        )),
+    }
+}
+
 /// A refusal of the store in words to show the customer, or the error
 /// itself when it is not one (a missing row is not found).
 pub(super) fn refusal(e: StoreError) -> Result<String, WebError> {

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use stockade_store::snapshots::{self, SnapshotState};
 use uuid::Uuid;
 
-use super::{ActionForm, Layout, customer_tenant, parse_id, record, refusal, render};
+use super::{
+    ActionForm, Done, Layout, answer_action, customer_tenant, parse_id, record, refusal, render,
+};
 use crate::auth::SignedIn;
 use crate::{AppState, WebError, flash, format};
 
@@ -174,31 +176,16 @@ pub(super) async fn restore(
     s.check_csrf(&form.csrf_token)?;
     let (jail, snap) = path.into_inner();
     let (jail_id, snapshot_id) = (parse_id(&jail)?, parse_id(&snap)?);
+    let outcome = snapshots::restore(&state.pool, tenant_id, jail_id, snapshot_id)
+        .await
+        .map(|()| Done {
+            action: "snapshot.restore",
+            target: snapshot_id.to_string(),
+            details: serde_json::json!({ "jail_id": jail_id }),
+            said: "Restore asked for: the jail stops, its disk returns to the snapshot, and it starts again if it was running.".into(),
+        });
     let here = format!("/jails/{jail_id}/snapshots");
-    match snapshots::restore(&state.pool, tenant_id, jail_id, snapshot_id).await {
-        Ok(()) => {
-            record(
-                &state,
-                &req,
-                &s,
-                Some(tenant_id),
-                "snapshot.restore",
-                &snapshot_id.to_string(),
-                serde_json::json!({ "jail_id": jail_id }),
-            )
-            .await?;
-            Ok(flash::redirect(
-                &here,
-                "ok",
-                "Restore asked for: the jail stops, its disk returns to the snapshot, and it starts again if it was running.",
-            ))
-        }
-        Err(e) => Ok(flash::redirect(
-            &here,
-            "error",
-            &format!("Not restored: {}", refusal(e)?),
-        )),
-    }
+    answer_action(&state, &req, &s, tenant_id, outcome, &here, "Not restored").await
 }
 
 pub(super) async fn delete(
@@ -212,29 +199,14 @@ pub(super) async fn delete(
     s.check_csrf(&form.csrf_token)?;
     let (jail, snap) = path.into_inner();
     let (jail_id, snapshot_id) = (parse_id(&jail)?, parse_id(&snap)?);
+    let outcome = snapshots::delete(&state.pool, tenant_id, jail_id, snapshot_id)
+        .await
+        .map(|()| Done {
+            action: "snapshot.delete",
+            target: snapshot_id.to_string(),
+            details: serde_json::json!({ "jail_id": jail_id }),
+            said: "The snapshot is being deleted.".into(),
+        });
     let here = format!("/jails/{jail_id}/snapshots");
-    match snapshots::delete(&state.pool, tenant_id, jail_id, snapshot_id).await {
-        Ok(()) => {
-            record(
-                &state,
-                &req,
-                &s,
-                Some(tenant_id),
-                "snapshot.delete",
-                &snapshot_id.to_string(),
-                serde_json::json!({ "jail_id": jail_id }),
-            )
-            .await?;
-            Ok(flash::redirect(
-                &here,
-                "ok",
-                "The snapshot is being deleted.",
-            ))
-        }
-        Err(e) => Ok(flash::redirect(
-            &here,
-            "error",
-            &format!("Not deleted: {}", refusal(e)?),
-        )),
-    }
+    answer_action(&state, &req, &s, tenant_id, outcome, &here, "Not deleted").await
 }
