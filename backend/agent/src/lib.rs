@@ -16,6 +16,7 @@ mod backups;
 mod claim;
 mod console;
 mod health;
+mod images;
 mod logs;
 mod metrics;
 mod permits;
@@ -248,16 +249,19 @@ pub async fn run(
         cfg.heartbeat,
     ));
     tasks.spawn(purge_task(pool.clone(), cfg.sample_retention_hours));
+    // The provider's key that opens what the web tier seals to the nodes
+    // (certificate keys, registry passwords).
+    let secret = Arc::new(acme::certificate_key(&cfg.certificate_key)?);
+    match stockade_store::certificates::publish_sealing_key(&pool, &secret).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "this node's certificate key is not the provider's (another node published \
+             another): copy the first node's key file here, or certificates and registry \
+             passwords cannot be opened"
+        ),
+        Err(e) => tracing::warn!(error = %e, "publishing the certificate key failed"),
+    }
     if let Some(proxy) = cfg.proxy.clone() {
-        let secret = Arc::new(acme::certificate_key(&cfg.certificate_key)?);
-        match stockade_store::certificates::publish_sealing_key(&pool, &secret).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                "this node's certificate key is not the provider's (another node published \
-                 another): copy the first node's key file here, or certificates cannot be served"
-            ),
-            Err(e) => tracing::warn!(error = %e, "publishing the certificate key failed"),
-        }
         let (challenges, served) = acme::Challenges::new();
         if let Some(acme) = cfg.acme.clone() {
             tasks.spawn(acme::acme_task(
@@ -274,7 +278,7 @@ pub async fn run(
             pool.clone(),
             node_id,
             proxy,
-            secret,
+            secret.clone(),
             challenges,
         ));
     }
@@ -345,13 +349,28 @@ pub async fn run(
         snapshots_wake.clone(),
         cfg.resync,
     ));
+    let images_wake = Arc::new(tokio::sync::Notify::new());
+    let images = Arc::new(images::Images::new(
+        pool.clone(),
+        engine.clone(),
+        node_id,
+        secret,
+    ));
+    tasks.spawn(sweep_task(
+        move || {
+            let i = images.clone();
+            async move { i.sweep().await }
+        },
+        images_wake.clone(),
+        cfg.resync,
+    ));
     tasks.spawn(reconcile_task(
         pool,
         reconciler,
         slots,
         node_id,
         cfg,
-        [uploads_wake, snapshots_wake, backups_wake],
+        [uploads_wake, snapshots_wake, backups_wake, images_wake],
         links_changed.clone(),
     ));
     loop {
@@ -533,7 +552,7 @@ async fn reconcile_task(
     slots: Arc<slots::Slots>,
     node_id: Uuid,
     cfg: AgentConfig,
-    node_work: [Arc<tokio::sync::Notify>; 3],
+    node_work: [Arc<tokio::sync::Notify>; 4],
     links_changed: Arc<tokio::sync::Notify>,
 ) {
     let adopting = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -545,8 +564,8 @@ async fn reconcile_task(
         tokio::select! {
             n = recv(&mut listener) => {
                 match n {
-                    // An upload or a snapshot may have been asked for:
-                    // their workers look too.
+                    // An upload, a snapshot, a backup or an image may have
+                    // been asked for: their workers look too.
                     Wake::Notified => node_work.iter().for_each(|w| w.notify_one()),
                     Wake::Lost => {
                         // Notifications may have been missed: re-read everything.

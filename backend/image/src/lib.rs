@@ -99,6 +99,9 @@ pub struct ImageConfig {
     /// The digest of the image's manifest.
     #[serde(default)]
     pub digest: String,
+    /// The registry reference it was pulled from; empty when imported.
+    #[serde(default)]
+    pub source: String,
 }
 
 impl ImageConfig {
@@ -148,6 +151,7 @@ pub fn parse_config(bytes: &[u8], digest: &str) -> Result<ImageConfig, ImageErro
         workdir: c.working_dir.unwrap_or_default(),
         user: c.user.unwrap_or_default(),
         digest: digest.to_owned(),
+        source: String::new(),
     })
 }
 
@@ -262,7 +266,9 @@ fn extract_archive(source: &Path, dir: &Path, bounds: &Bounds) -> Result<(), Ima
         };
         budget.entries += 1;
         if budget.entries > limit.max_entries {
-            return Err(ImageError::TooLarge("the archive has too many entries".into()));
+            return Err(ImageError::TooLarge(
+                "the archive has too many entries".into(),
+            ));
         }
         let path = dir.join(&rel);
         if let Some(parent) = path.parent() {
@@ -315,9 +321,7 @@ fn open_inside(dir: &Path, rel: &str) -> Result<fs::File, ImageError> {
 /// The path of a blob in a layout, by digest.
 fn blob_path(digest: &str) -> Result<String, ImageError> {
     match digest.split_once(':') {
-        Some(("sha256", hex))
-            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
-        {
+        Some(("sha256", hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Ok(format!("blobs/sha256/{hex}"))
         }
         _ => Err(ImageError::Invalid(format!(
@@ -377,9 +381,7 @@ fn pick_manifest(dir: &Path, index: &Index, depth: usize) -> Result<String, Imag
                     .as_ref()
                     .is_some_and(|p| p.os == "linux" && p.architecture == arch)
             })
-            .ok_or_else(|| {
-                ImageError::Invalid(format!("the image has no linux/{arch} manifest"))
-            })?
+            .ok_or_else(|| ImageError::Invalid(format!("the image has no linux/{arch} manifest")))?
     };
     if chosen.media_type.contains("index") || chosen.media_type.contains("manifest.list") {
         if depth > 2 {
@@ -469,9 +471,9 @@ pub fn config_path(image_dir: &Path, name: &str) -> PathBuf {
 pub fn read_config(image_dir: &Path, name: &str) -> Result<Option<ImageConfig>, ImageError> {
     let path = config_path(image_dir, name);
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            ImageError::Invalid(format!("{} is not valid: {e}", path.display()))
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ImageError::Invalid(format!("{} is not valid: {e}", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ImageError::io("read", &path)(e)),
     }

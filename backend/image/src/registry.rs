@@ -140,7 +140,11 @@ pub async fn pull(
         }
     };
     write("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()).await?;
-    write(&crate::blob_path(&manifest.config.digest)?, config.into_bytes()).await?;
+    write(
+        &crate::blob_path(&manifest.config.digest)?,
+        config.into_bytes(),
+    )
+    .await?;
     for l in &manifest.layers {
         let path = layout.join(crate::blob_path(&l.digest)?);
         let mut file = tokio::fs::File::create(&path)

@@ -141,9 +141,19 @@ fn layers_apply_in_order_with_whiteouts_and_opaque_folders() {
     let root = case.root();
     assert!(root.join("etc/passwd").is_file());
     assert!(!root.join("etc/old.conf").exists(), "whiteout removes");
-    assert!(!root.join("etc/.wh.old.conf").exists(), "whiteouts are not files");
-    assert!(!root.join("var/cache/a").exists(), "opaque hides lower files");
-    assert_eq!(fs::read(root.join("var/cache/new")).unwrap(), b"n", "same-layer file kept");
+    assert!(
+        !root.join("etc/.wh.old.conf").exists(),
+        "whiteouts are not files"
+    );
+    assert!(
+        !root.join("var/cache/a").exists(),
+        "opaque hides lower files"
+    );
+    assert_eq!(
+        fs::read(root.join("var/cache/new")).unwrap(),
+        b"n",
+        "same-layer file kept"
+    );
     assert_eq!(fs::read(root.join("srv/app/index.html")).unwrap(), b"v2");
     let meta = fs::metadata(root.join("srv/app/index.html")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (33, 33));
@@ -155,10 +165,17 @@ fn layers_apply_in_order_with_whiteouts_and_opaque_folders() {
     );
     assert_eq!(config.entrypoint, ["/bin/serve"]);
     assert_eq!(config.command(&[]), ["/bin/serve", "--port", "8080"]);
-    assert_eq!(config.command(&["--debug".into()]), ["/bin/serve", "--debug"]);
+    assert_eq!(
+        config.command(&["--debug".into()]),
+        ["/bin/serve", "--debug"]
+    );
     assert_eq!(config.workdir, "/srv/app");
     assert_eq!(config.user, "www");
-    assert!(config.env_pairs().contains(&("GREETING".into(), "hello".into())));
+    assert!(
+        config
+            .env_pairs()
+            .contains(&("GREETING".into(), "hello".into()))
+    );
 }
 
 #[test]
@@ -172,7 +189,10 @@ fn escapes_devices_and_foreign_owners_are_refused() {
             "symbolic link",
         ),
         (tar_of(&[E::Hard("stolen", "../../etc/shadow")]), "`..`"),
-        (tar_of(&[E::Hard("stolen", "missing")]), "hard link to no file"),
+        (
+            tar_of(&[E::Hard("stolen", "missing")]),
+            "hard link to no file",
+        ),
         (tar_of(&[E::Char("dev/mem")]), "device node"),
         (tar_of(&[E::Owned("f", b"x", 100_000)]), "65536 ids"),
     ];
@@ -181,18 +201,34 @@ fn escapes_devices_and_foreign_owners_are_refused() {
         let err = case.unpack(&[gz(&layer)]).unwrap_err().to_string();
         assert!(err.contains(reason), "{err} (wanted {reason})");
     }
-    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
 }
 
 #[test]
 fn bounds_and_digests_are_enforced() {
     let case = Case::new();
-    layout(&case.src(), &[gz(&tar_of(&[E::File("big", &[7u8; 4096]), E::File("b", b"1")]))]);
+    layout(
+        &case.src(),
+        &[gz(&tar_of(&[
+            E::File("big", &[7u8; 4096]),
+            E::File("b", b"1"),
+        ]))],
+    );
     let small = Bounds {
         max_bytes: 1000,
         ..Bounds::default()
     };
-    let err = unpack(&case.src(), &case.root(), &case.tmp.path().join("s"), &small).unwrap_err();
+    let err = unpack(
+        &case.src(),
+        &case.root(),
+        &case.tmp.path().join("s"),
+        &small,
+    )
+    .unwrap_err();
     assert!(matches!(err, ImageError::TooLarge(_)), "{err}");
     let few = Bounds {
         max_entries: 1,
@@ -209,9 +245,17 @@ fn bounds_and_digests_are_enforced() {
     layout(&case.src(), std::slice::from_ref(&good));
     let blob = case.src().join("blobs/sha256").join(&sha(&good)[7..]);
     fs::write(&blob, gz(&tar_of(&[E::File("a", b"evil")]))).unwrap();
-    let err = unpack(&case.src(), &case.root(), &case.tmp.path().join("s"), &Bounds::default())
-        .unwrap_err();
-    assert!(err.to_string().contains("does not match its digest"), "{err}");
+    let err = unpack(
+        &case.src(),
+        &case.root(),
+        &case.tmp.path().join("s"),
+        &Bounds::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("does not match its digest"),
+        "{err}"
+    );
 }
 
 /// Packs `dir` as a tar archive at `out`.
@@ -239,7 +283,11 @@ fn oci_and_docker_save_archives_unpack() {
     let case = Case::new();
     let src = case.src();
     fs::create_dir_all(src.join("abc")).unwrap();
-    fs::write(src.join("abc/layer.tar"), tar_of(&[E::File("legacy.txt", b"old")])).unwrap();
+    fs::write(
+        src.join("abc/layer.tar"),
+        tar_of(&[E::File("legacy.txt", b"old")]),
+    )
+    .unwrap();
     fs::write(src.join("cfg.json"), CONFIG).unwrap();
     fs::write(
         src.join("manifest.json"),

@@ -63,6 +63,8 @@ pub enum Stage {
     UserNs = 12,
     CgroupNs = 13,
     Init = 14,
+    /// Taking the image's user or working folder.
+    Identity = 15,
 }
 
 impl Stage {
@@ -84,6 +86,7 @@ impl Stage {
             UserNs,
             CgroupNs,
             Init,
+            Identity,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)

@@ -47,6 +47,8 @@ const FORWARDED: [libc::c_int; 7] = [
 struct Options {
     log_limit: Option<u64>,
     tty: bool,
+    cwd: Option<CString>,
+    user: Option<(libc::uid_t, libc::gid_t)>,
     argv: Vec<CString>,
 }
 
@@ -60,6 +62,8 @@ fn options() -> Options {
     let mut opts = Options {
         log_limit: None,
         tty: false,
+        cwd: None,
+        user: None,
         argv: Vec::new(),
     };
     while let Some(a) = args.next() {
@@ -70,6 +74,18 @@ fn options() -> Options {
                 opts.log_limit = Some(n.unwrap_or_else(|| bad()));
             }
             b"--tty" => opts.tty = true,
+            b"--cwd" => {
+                let dir = args.next().unwrap_or_else(|| bad());
+                opts.cwd = Some(CString::new(dir.as_bytes()).unwrap_or_else(|_| bad()));
+            }
+            b"--user" => {
+                let ids = args.next().unwrap_or_else(|| bad());
+                let ids = ids
+                    .to_str()
+                    .and_then(|i| i.split_once(':'))
+                    .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+                opts.user = Some(ids.unwrap_or_else(|| bad()));
+            }
             b"--" => break,
             _ => bad(),
         }
@@ -140,6 +156,8 @@ struct Command {
     filter: Vec<libc::sock_filter>,
     oom_score_adj: &'static [u8],
     tty: bool,
+    cwd: Option<CString>,
+    user: Option<(libc::uid_t, libc::gid_t)>,
 }
 
 /// The command's process: runs on the init's memory until it execs, so it
@@ -151,6 +169,22 @@ fn become_command(c: &Command) -> ! {
     unsafe { libc::umask(0o022) };
     if let Err((i, e)) = new_session(c.tty) {
         fail(REPORT_FD, Stage::Session, i, e);
+    }
+    // The image's user, while the capabilities to become it remain.
+    if let Some((uid, gid)) = c.user {
+        // SAFETY: plain system calls on values; the group list is one id.
+        let failed = unsafe {
+            libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0
+        };
+        if failed {
+            fail(REPORT_FD, Stage::Identity, 0, errno());
+        }
+    }
+    if let Some(dir) = &c.cwd {
+        // SAFETY: `dir` is NUL-terminated and alive until the exec.
+        if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
+            fail(REPORT_FD, Stage::Identity, 1, errno());
+        }
     }
     if let Err(e) = drop_capabilities() {
         fail(REPORT_FD, Stage::Capabilities, 0, e);
@@ -275,6 +309,8 @@ fn main() {
         filter,
         oom_score_adj: if protected { b"0" } else { b"500" },
         tty: opts.tty,
+        cwd: opts.cwd.clone(),
+        user: opts.user,
     };
     // Block the signals waited for *before* the command starts, so none is
     // lost. A handler (never run, the signals stay blocked) is installed

@@ -58,9 +58,92 @@ fn build(
     r
 }
 
-/// Unpacks a root filesystem tarball as image `name`, replacing nothing:
-/// an existing image of that name is an error.
+/// Unpacks an OCI image (a layout folder, an OCI archive or a `docker
+/// save`) as image `name`, its configuration kept beside it; an existing
+/// image of that name is an error and a refused one leaves nothing.
+pub(crate) fn import_oci(
+    image_dir: &Path,
+    name: &str,
+    source: &Path,
+    bounds: &stockade_image::Bounds,
+    origin: Option<(&str, &str)>,
+) -> Result<stockade_image::ImageConfig, JailError> {
+    let target = path(image_dir, name)?;
+    if target.exists() {
+        return Err(JailError::AlreadyExists(format!("image {name}")));
+    }
+    fs::create_dir_all(image_dir).map_err(JailError::io("create", image_dir))?;
+    let scratch = image_dir.join(format!(".source-{name}-{}", std::process::id()));
+    let mut config = None;
+    build(image_dir, name, |tmp| {
+        let mut c = stockade_image::unpack(source, tmp, &scratch, bounds).map_err(|e| {
+            JailError::Invalid {
+                what: "image",
+                reason: e.to_string(),
+            }
+        })?;
+        if let Some((reference, digest)) = origin {
+            c.source = reference.to_owned();
+            c.digest = digest.to_owned();
+        }
+        stockade_image::write_config(image_dir, name, &c).map_err(|e| JailError::Invalid {
+            what: "image",
+            reason: e.to_string(),
+        })?;
+        config = Some(c);
+        Ok(())
+    })
+    .inspect_err(|_| {
+        let _ = fs::remove_file(stockade_image::config_path(image_dir, name));
+    })?;
+    Ok(config.unwrap_or_default())
+}
+
+/// An OCI image's configuration (`None` for other images).
+pub(crate) fn config(
+    image_dir: &Path,
+    name: &str,
+) -> Result<Option<stockade_image::ImageConfig>, JailError> {
+    path(image_dir, name)?;
+    stockade_image::read_config(image_dir, name).map_err(|e| JailError::Invalid {
+        what: "image",
+        reason: e.to_string(),
+    })
+}
+
+/// Removes image `name` and its configuration.
+pub(crate) fn remove(image_dir: &Path, name: &str) -> Result<(), JailError> {
+    let target = path(image_dir, name)?;
+    // Renamed away first, so a half-removed tree is never used.
+    let doomed = image_dir.join(format!(".remove-{name}-{}", std::process::id()));
+    match fs::rename(&target, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(JailError::io("rename", &target)(e)),
+    }
+    let _ = fs::remove_file(stockade_image::config_path(image_dir, name));
+    match fs::remove_dir_all(&doomed) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(JailError::io("remove", &doomed)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Unpacks an image as image `name`, replacing nothing: an existing image
+/// of that name is an error. An OCI layout or archive is read as one; any
+/// other tarball is taken as a root filesystem.
 pub(crate) fn import(image_dir: &Path, name: &str, tarball: &Path) -> Result<(), JailError> {
+    if stockade_image::is_oci(tarball) {
+        return import_oci(
+            image_dir,
+            name,
+            tarball,
+            &stockade_image::Bounds::default(),
+            None,
+        )
+        .map(drop);
+    }
     let target = path(image_dir, name)?;
     if target.exists() {
         return Err(JailError::AlreadyExists(format!("image {name}")));
@@ -91,6 +174,65 @@ pub(crate) fn import(image_dir: &Path, name: &str, tarball: &Path) -> Result<(),
         }
         Ok(())
     })
+}
+
+/// Reads `etc/<file>` of an image tree, only if both are what they say
+/// (a folder and a regular file, no link to follow out of the image).
+fn image_etc(root: &Path, file: &str) -> String {
+    let etc = root.join("etc");
+    let path = etc.join(file);
+    let real = |p: &Path, dir: bool| {
+        fs::symlink_metadata(p).is_ok_and(|m| if dir { m.is_dir() } else { m.is_file() })
+    };
+    if !real(&etc, true) || !real(&path, false) {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = fs::File::open(&path).and_then(|f| {
+        std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 20), &mut text)
+    });
+    text
+}
+
+/// An image's `user[:group]` (names looked up in the image's own
+/// `/etc/passwd` and `/etc/group`, or numbers) as ids inside the jail.
+pub(crate) fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), JailError> {
+    let bad = |reason: String| JailError::Invalid {
+        what: "image user",
+        reason,
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = image_etc(root, "passwd");
+    let entry = |name: &str| {
+        passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 4 && f[0] == name)
+            .and_then(|f| Some((f[2].parse::<u32>().ok()?, f[3].parse::<u32>().ok()?)))
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => entry(u).ok_or_else(|| bad(format!("{u:?} is not a user of the image")))?,
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => image_etc(root, "group")
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| bad(format!("{g:?} is not a group of the image")))?,
+        },
+    };
+    if uid > 65_535 || gid > 65_535 {
+        return Err(bad(format!("{user:?} is beyond the 65536 ids a jail maps")));
+    }
+    Ok((uid, gid))
 }
 
 /// Removes every block and character device node below `dir` (symlinks

@@ -13,6 +13,7 @@ pub mod changes;
 pub mod domains;
 pub mod events;
 pub mod idempotency;
+pub mod images;
 pub mod jails;
 pub mod logs;
 pub mod moves;

@@ -46,11 +46,13 @@ const WEB_TABLES: &[(&str, &str)] = &[
     ("domains", ALL),
     ("events", RI),
     ("idempotency_keys", ALL),
+    ("images", ALL),
     ("jail_counters", R),
     ("jail_uploads", RI),
     ("jails", RIU),
     ("log_tickets", RI),
     ("node_drains", ALL),
+    ("node_images", R),
     ("nodes", R),
     ("password_resets", ALL),
     ("plans", RIU),
@@ -87,6 +89,9 @@ const AGENT_TABLES: &[(&str, &str)] = &[
     ("domain_traffic", RIU),
     ("domains", "SELECT, UPDATE (acme_tried_at, acme_error)"),
     ("events", RI),
+    // The catalogue it pulls; what it got, per node.
+    ("images", R),
+    ("node_images", ALL),
     ("webhook_deliveries", "INSERT"),
     (
         "webhook_endpoints",

@@ -223,6 +223,13 @@ impl Engine {
     }
 
     pub(super) fn command_of(&self, spec: &JailSpec) -> Result<Vec<String>, JailError> {
+        // An OCI image's entrypoint, then the jail's command or its cmd.
+        if let Some(config) = image::config(&self.cfg.image_dir, &spec.image)? {
+            let argv = config.command(&spec.command);
+            if !argv.is_empty() {
+                return Ok(argv);
+            }
+        }
         if !spec.command.is_empty() {
             return Ok(spec.command.clone());
         }
@@ -282,17 +289,35 @@ impl Engine {
             ("HOSTNAME", spec.hostname.as_str()),
             ("TERM", term.as_str()),
         ];
+        // An OCI image's variables over the defaults, the jail's over both;
+        // its working folder and user for the command.
+        let config = image::config(&self.cfg.image_dir, &spec.image)?.unwrap_or_default();
+        let image_env = config.env_pairs();
+        let own = |k: &str| spec.env.iter().any(|(name, _)| name == k);
         let env: Vec<(&str, &str)> = defaults
             .into_iter()
-            .filter(|(k, _)| !spec.env.iter().any(|(name, _)| name == k))
+            .filter(|(k, _)| !own(k) && !image_env.iter().any(|(name, _)| name == k))
+            .chain(
+                image_env
+                    .iter()
+                    .filter(|(k, _)| !own(k))
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .chain(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .collect();
+        let identity = launch::Identity {
+            workdir: Some(config.workdir.clone()).filter(|d| d.starts_with('/')),
+            user: match config.user.as_str() {
+                "" => None,
+                user => Some(image::resolve_user(&lower, user)?),
+            },
+        };
         let command = ExecPlan::new(argv, &env)?;
         let log_limit = match &stdio {
             Stdio::Detached { log_limit, .. } => Some(*log_limit),
             Stdio::Inherit { .. } => None,
         };
-        let init = command.for_init(log_limit, stdio.tty());
+        let init = command.for_init(log_limit, stdio.tty(), &identity);
         let launch = Launch {
             hostname: CString::new(spec.hostname.as_str()).unwrap_or_default(),
             steps: &steps,

@@ -437,9 +437,68 @@ impl Engine {
 
     // ---- images ----
 
-    /// Unpacks a root filesystem tarball as image `name`.
+    /// Unpacks an OCI image or a root filesystem tarball as image `name`.
     pub fn import_image(&self, name: &str, tarball: &Path) -> Result<(), JailError> {
         image::import(&self.cfg.image_dir, name, tarball)
+    }
+
+    /// Unpacks an OCI image layout or archive as image `name` within
+    /// `bounds`, noting the registry reference and digest it was pulled
+    /// as (`origin`); returns its configuration (the jails' defaults).
+    pub fn import_oci_image(
+        &self,
+        name: &str,
+        source: &Path,
+        bounds: &stockade_image::Bounds,
+        origin: Option<(&str, &str)>,
+    ) -> Result<stockade_image::ImageConfig, JailError> {
+        image::import_oci(&self.cfg.image_dir, name, source, bounds, origin)
+    }
+
+    /// An OCI image's configuration; `None` for other images.
+    pub fn image_config(
+        &self,
+        name: &str,
+    ) -> Result<Option<stockade_image::ImageConfig>, JailError> {
+        image::config(&self.cfg.image_dir, name)
+    }
+
+    /// Where an image being fetched may be staged (on the images' own
+    /// filesystem, removed by the caller).
+    pub fn image_staging(&self, name: &str) -> Result<PathBuf, JailError> {
+        let dir = self.cfg.image_dir.join(format!(".pull-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(JailError::io("create", &dir))?;
+        Ok(dir)
+    }
+
+    /// The images the jails of this node are made from.
+    pub fn images_in_use(&self) -> Result<std::collections::BTreeSet<String>, JailError> {
+        let dir = state::jails_dir(&self.cfg.state_dir);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+            Err(e) => return Err(JailError::io("list", &dir)(e)),
+        };
+        let mut used = std::collections::BTreeSet::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(rec) = state::load(&self.paths(&name))? {
+                used.insert(rec.spec.image);
+            }
+        }
+        Ok(used)
+    }
+
+    /// Removes image `name`, refused while a jail of this node uses it.
+    pub fn remove_image(&self, name: &str) -> Result<(), JailError> {
+        if self.images_in_use()?.contains(name) {
+            return Err(JailError::Invalid {
+                what: "image",
+                reason: format!("{name} is used by a jail of this node"),
+            });
+        }
+        image::remove(&self.cfg.image_dir, name)
     }
 
     /// The images present on the node.

@@ -74,7 +74,7 @@ use crate::error::JailError;
 use crate::rootfs::Step;
 
 use child::{Cloned, clone_into, direct_init, jail_namespaces, joiner, launcher};
-pub(crate) use plan::{ExecPlan, InitPlan};
+pub(crate) use plan::{ExecPlan, Identity, InitPlan};
 pub(crate) use program::{filter_file, init_program};
 use protocol::{Report, read_report, send_go, wait_code};
 
@@ -157,6 +157,10 @@ impl Launch<'_> {
             Stage::Unshare => ("unshare namespaces", self.rootfs.to_owned()),
             Stage::CgroupNs => ("unshare cgroup namespace", self.rootfs.to_owned()),
             Stage::Init => ("start the jail's init", self.command.program()),
+            Stage::Identity => (
+                "take the image's user or working folder for",
+                self.command.program(),
+            ),
             Stage::Loopback => ("loopback up", PathBuf::from("lo")),
             Stage::Cgroup => ("join cgroup", self.rootfs.to_owned()),
             Stage::Fork | Stage::Setns | Stage::Session => ("fork", self.rootfs.to_owned()),

@@ -87,8 +87,16 @@ impl ExecPlan {
     /// The init program's arguments and environment for this command: a
     /// started jail's log limit, whether the command gets a terminal, then
     /// the command itself; its environment is the command's.
-    pub fn for_init(&self, log_limit: Option<u64>, tty: bool) -> InitPlan {
+    pub fn for_init(&self, log_limit: Option<u64>, tty: bool, identity: &Identity) -> InitPlan {
         let mut argv = vec![c"stockade-init".to_owned()];
+        if let Some(dir) = &identity.workdir {
+            argv.push(c"--cwd".to_owned());
+            argv.push(CString::new(dir.as_str()).unwrap_or_default());
+        }
+        if let Some((uid, gid)) = identity.user {
+            argv.push(c"--user".to_owned());
+            argv.push(CString::new(format!("{uid}:{gid}")).unwrap_or_default());
+        }
         if let Some(limit) = log_limit {
             argv.push(c"--log".to_owned());
             argv.push(CString::new(limit.to_string()).unwrap_or_default());
@@ -144,6 +152,14 @@ impl ExecPlan {
             )
         })
     }
+}
+
+/// Who the command runs as and where, inside the jail (an image's
+/// defaults); `None`s: root, in `/`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub workdir: Option<String>,
+    pub user: Option<(u32, u32)>,
 }
 
 /// The init program's argv (NUL-terminated) and the command's environment,

@@ -287,6 +287,10 @@ pub(crate) async fn create(
     let new = NewJail::try_from(body.into_inner())?;
     let tenant_id = path.into_inner();
     caller.see_tenant(tenant_id)?;
+    if caller.tenant().is_some() {
+        // A tenant's own token picks among the offered images only.
+        stockade_store::images::check_offered(&state.pool, &new.image).await?;
+    }
     let jail = jails::create(&state.pool, tenant_id, &new).await?;
     record(
         &state,
@@ -649,6 +653,12 @@ pub(crate) async fn update(
     }
     if let Some(check) = &body.health_check {
         jail = jails::set_health_check(&state.pool, tenant_id, jail_id, check.as_ref()).await?;
+    }
+    if let Some(image) = &body.image
+        && caller.tenant().is_some()
+        && *image != jail.image
+    {
+        stockade_store::images::check_offered(&state.pool, image).await?;
     }
     if body.command.is_some() || env.is_some() || body.image.is_some() {
         jail = jails::update_program(

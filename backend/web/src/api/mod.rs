@@ -10,6 +10,7 @@ mod domains;
 pub mod egress;
 pub(crate) mod error;
 mod idempotency;
+pub(crate) mod images;
 mod jails;
 pub(crate) mod metrics;
 mod moves;
@@ -101,6 +102,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(snapshots::routes)
                 .configure(backups::routes)
                 .configure(moves::routes)
+                .configure(images::routes)
                 .configure(usage::routes)
                 .configure(webhooks::routes)
                 .default_service(web::to(error::not_found)),

@@ -9,7 +9,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
 use super::{
-    backups, domains, jails, moves, plans, ports, snapshots, ssh_keys, tenants, usage, webhooks,
+    backups, domains, images, jails, moves, plans, ports, snapshots, ssh_keys, tenants, usage,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -32,6 +33,7 @@ use super::{
         snapshots::list, snapshots::take, snapshots::restore, snapshots::delete,
         backups::list, backups::get, backups::take, backups::restore, backups::delete, backups::download,
         moves::move_jail,
+        images::list, images::get, images::add, images::update, images::remove,
         domains::list, domains::attach, domains::detach, domains::upload_certificate, domains::verify,
         usage::tenant_usage, usage::month_usage,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries,
@@ -42,6 +44,7 @@ use super::{
         (name = "tenants", description = "The provider's customers"),
         (name = "plans", description = "Quota bundles"),
         (name = "jails", description = "A tenant's isolated environments"),
+        (name = "images", description = "The images jails are made from"),
         (name = "usage", description = "Metered usage for invoicing"),
         (name = "webhooks", description = "Signed event notifications"),
     )

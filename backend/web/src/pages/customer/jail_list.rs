@@ -7,7 +7,6 @@ use serde::Deserialize;
 use stockade_domain::{ByteSize, JailKind, JailName, Limits, Millicores};
 use stockade_store::StoreError;
 use stockade_store::jails::{self, NewJail};
-use stockade_store::nodes;
 use uuid::Uuid;
 
 use super::JailRow;
@@ -116,7 +115,7 @@ pub(super) struct JailsPage {
     pub(super) layout: Layout,
     pub(super) jails: Vec<JailRow>,
     pub(super) form: CreateJailForm,
-    /// The images live nodes offer.
+    /// The images customers may pick that live nodes have.
     pub(super) images: Vec<String>,
     pub(super) left: String,
     pub(super) error: Option<String>,
@@ -150,7 +149,7 @@ pub(super) async fn jails_page(
         layout,
         jails: jails.iter().map(JailRow::from).collect(),
         form,
-        images: nodes::offered_images(&state.pool).await?,
+        images: stockade_store::images::offered(&state.pool).await?,
         left,
         error,
     };
@@ -179,7 +178,11 @@ pub(super) async fn create(
         Ok(n) => n,
         Err(msg) => return jails_page(&req, &state, &s, tenant_id, typed, Some(msg)).await,
     };
-    match jails::create(&state.pool, tenant_id, &new).await {
+    let made = match stockade_store::images::check_offered(&state.pool, &new.image).await {
+        Ok(()) => jails::create(&state.pool, tenant_id, &new).await,
+        Err(e) => Err(e),
+    };
+    match made {
         Ok(jail) => {
             record(
                 &state,

@@ -236,7 +236,9 @@ async fn page(
         kind: jail.kind.as_str(),
         running: jail.desired_state == stockade_domain::DesiredState::Running,
         images: {
+            let catalogue = stockade_store::images::offered(&state.pool).await?;
             let mut offered = jails::images_for(&state.pool, jail.tenant_id, jail.id).await?;
+            offered.retain(|i| catalogue.contains(i));
             if !offered.contains(&jail.image) {
                 offered.insert(0, jail.image.clone());
             }
@@ -310,6 +312,16 @@ pub(super) async fn update_program(
     let parsed = parse_command_line(&typed.command)
         .map_err(|e| e.to_string())
         .and_then(|c| Ok((c, parse_env(&typed.env, &jail.env)?)));
+    let asked = typed.image.trim();
+    let parsed = match parsed {
+        Ok(p) if !asked.is_empty() && asked != jail.image => {
+            match stockade_store::images::check_offered(&state.pool, asked).await {
+                Ok(()) => Ok(p),
+                Err(e) => Err(refusal(e)?),
+            }
+        }
+        other => other,
+    };
     let changed = match parsed {
         Ok((command, env)) => refused(
             jails::update_program(

@@ -3,6 +3,7 @@
 
 mod audit_log;
 mod failing;
+mod image_list;
 mod jail_view;
 mod node_list;
 mod plan_pages;
@@ -55,6 +56,16 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/staff/plans/{id}", web::get().to(edit_plan_page))
         .route("/staff/plans/{id}", web::post().to(update_plan))
         .route("/staff/nodes", web::get().to(nodes_page))
+        .route("/staff/images", web::get().to(image_list::images_page))
+        .route("/staff/images", web::post().to(image_list::add))
+        .route(
+            "/staff/images/{name}/offer",
+            web::post().to(image_list::offer),
+        )
+        .route(
+            "/staff/images/{name}/remove",
+            web::post().to(image_list::remove),
+        )
         .route("/staff/failing", web::get().to(failing::failing_page))
         .route(
             "/staff/tenants/{id}/jails/{jail}",
