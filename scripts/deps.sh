@@ -20,6 +20,7 @@ stockade_missing_packages() {
             pebble) have pebble || missing+=(pebble) ;;
             ssh) { have ssh && have sftp && have ssh-keygen; } || missing+=(openssh-client) ;;
             btrfs) have mkfs.btrfs || missing+=(btrfs-progs) ;;
+            registry) have docker-registry || missing+=(docker-registry) ;;
             *) ;;
         esac
     done

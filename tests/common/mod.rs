@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod browser;
+pub mod registry;
 pub mod tls;
 
 use std::io::{BufRead, BufReader};

@@ -60,11 +60,15 @@ fn platform(manifests: &[oci_client::manifest::ImageIndexEntry]) -> Option<Strin
 }
 
 /// Says what went wrong in the words a staff member acts on.
-fn explain(reference: &str, e: OciDistributionError) -> ImageError {
+fn explain(reference: &str, with_account: bool, e: OciDistributionError) -> ImageError {
     let why = match &e {
-        OciDistributionError::AuthenticationFailure(detail) => {
+        OciDistributionError::AuthenticationFailure(detail) if with_account => {
             format!("the registry refused the credentials ({})", detail.trim())
         }
+        OciDistributionError::AuthenticationFailure(detail) => format!(
+            "the registry refused anonymous access; give its account ({})",
+            detail.trim()
+        ),
         OciDistributionError::UnauthorizedError { .. } => {
             "the registry answered 401 Unauthorized (credentials missing or wrong)".to_owned()
         }
@@ -74,8 +78,8 @@ fn explain(reference: &str, e: OciDistributionError) -> ImageError {
         OciDistributionError::ServerError { code, message, .. } => {
             format!("the registry answered {code}: {}", message.trim())
         }
-        OciDistributionError::RegistryError { envelope, .. } => {
-            format!("the registry answered an error: {envelope}")
+        OciDistributionError::RegistryError { envelope, url } => {
+            format!("the registry answered an error for {url}: {envelope}")
         }
         OciDistributionError::RequestError(r) => format!("the registry is unreachable: {r}"),
         other => other.to_string(),
@@ -112,7 +116,7 @@ pub async fn pull(
     let (manifest, digest, config) = client
         .pull_manifest_and_config(&image, &auth)
         .await
-        .map_err(|e| explain(reference, e))?;
+        .map_err(|e| explain(reference, credentials.is_some(), e))?;
     if manifest.layers.len() > bounds.max_layers {
         return Err(ImageError::TooLarge(format!(
             "{} layers (at most {})",
@@ -153,7 +157,7 @@ pub async fn pull(
         client
             .pull_blob(&image, l, &mut file)
             .await
-            .map_err(|e| explain(reference, e))?;
+            .map_err(|e| explain(reference, credentials.is_some(), e))?;
         file.sync_all()
             .await
             .map_err(ImageError::io("write", &path))?;

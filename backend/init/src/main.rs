@@ -170,7 +170,11 @@ fn become_command(c: &Command) -> ! {
     if let Err((i, e)) = new_session(c.tty) {
         fail(REPORT_FD, Stage::Session, i, e);
     }
-    // The image's user, while the capabilities to become it remain.
+    if let Err(e) = drop_capabilities() {
+        fail(REPORT_FD, Stage::Capabilities, 0, e);
+    }
+    // The image's user (kept capabilities include SETUID and SETGID);
+    // becoming a user other than root clears the rest, as for any user.
     if let Some((uid, gid)) = c.user {
         // SAFETY: plain system calls on values; the group list is one id.
         let failed = unsafe {
@@ -185,9 +189,6 @@ fn become_command(c: &Command) -> ! {
         if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
             fail(REPORT_FD, Stage::Identity, 1, errno());
         }
-    }
-    if let Err(e) = drop_capabilities() {
-        fail(REPORT_FD, Stage::Capabilities, 0, e);
     }
     if let Err((i, e)) = lock_down(&c.filter) {
         fail(REPORT_FD, Stage::Seccomp, i, e);
