@@ -1017,7 +1017,8 @@ async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
                 .replace("{domain_id}", &uuid::Uuid::new_v4().to_string())
                 .replace("{key_id}", &uuid::Uuid::new_v4().to_string())
                 .replace("{snapshot_id}", &uuid::Uuid::new_v4().to_string())
-                .replace("{backup_id}", &uuid::Uuid::new_v4().to_string());
+                .replace("{backup_id}", &uuid::Uuid::new_v4().to_string())
+                .replace("{name}", "busybox");
             assert!(
                 !path.contains('{'),
                 "a path parameter not covered: {template}"
@@ -1034,6 +1035,8 @@ async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
                 ("post", t) if t.ends_with("/ports") => json!({"jail_port": 80}),
                 ("post", t) if t.ends_with("/domains") => json!({"name": "matrix.test"}),
                 ("post", t) if t.ends_with("/move") => json!({"node": "n1"}),
+                ("post", "/api/v1/images") => json!({"name": "matrix"}),
+                ("patch", "/api/v1/images/{name}") => json!({"offered": false}),
                 ("post", t) if t.ends_with("/ssh-keys") => json!({"public_key":
                     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPvJFKfKUMrcCg/hBw3I6n+A48uSWfhqbdrZWVdqblnH"}),
                 ("put", t) if t.ends_with("/certificate") => {
@@ -1064,6 +1067,7 @@ async fn a_tenant_bound_token_reaches_nothing_of_another_tenant_on_any_route() {
                 ("post", "/api/v1/tenants")
                     | ("post", "/api/v1/plans")
                     | ("patch", "/api/v1/plans/{plan_id}")
+                    | ("post", "/api/v1/images")
             );
             if names_b {
                 assert!(status == 404 || status == 403, "B was reached: {what}");

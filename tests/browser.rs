@@ -189,6 +189,12 @@ async fn customer_and_staff_journeys_in_a_real_browser() {
     b.goto(&app.url("/staff/nodes")).await;
     assert!(b.source().await.contains(&node.name));
     b.screenshot("staff-nodes").await;
+    b.goto(&app.url("/staff/images")).await;
+    assert!(b.text("[data-images]").await.contains("busybox"));
+    if let Some(found) = b.accessibility_violations().await {
+        assert!(found.is_empty(), "/staff/images: {found:#?}");
+    }
+    b.screenshot("staff-images").await;
     b.goto(&app.url("/staff/audit")).await;
     b.screenshot("staff-audit").await;
     b.close().await;
