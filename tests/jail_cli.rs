@@ -310,3 +310,115 @@ fn jails_get_a_user_namespace_unless_asked_not_to() {
         .unwrap_or(0);
     assert_eq!(ranges, 0, "every range is released with its jail");
 }
+
+/// Writes `files` as an uncompressed tar at `out`.
+fn tar_file(out: &Path, files: &[(&str, &[u8])]) {
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn a_docker_save_archive_imports_and_its_defaults_run_while_an_escaping_one_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    let _parents = Parents;
+    let state = state_dir();
+    let work = tempfile::tempdir().unwrap();
+    let config = common::registry::config(
+        &["/bin/busybox", "sh", "-c"],
+        &["echo never"],
+        &["PATH=/bin", "GREETING=hello-from-archive"],
+        "/srv/www",
+        "www:www",
+    );
+    let layer = common::registry::busybox_layer();
+    let archive = work.path().join("site.tar");
+    tar_file(
+        &archive,
+        &[
+            (
+                "manifest.json",
+                br#"[{"Config":"config.json","RepoTags":["site:1"],"Layers":["base/layer.tar"]}]"#,
+            ),
+            ("config.json", config.as_bytes()),
+            ("base/layer.tar", &layer),
+        ],
+    );
+    let out = stockade(
+        state.path(),
+        &["image", "import", "site", archive.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = stockade(
+        state.path(),
+        &[
+            "jail",
+            "run",
+            "--name",
+            "cli-oci",
+            "--image",
+            "site",
+            "--memory",
+            "64M",
+            "--",
+            "echo $GREETING $(busybox id -u):$(busybox id -g) $(pwd)",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello-from-archive 33:33 /srv/www",
+        "the entrypoint ran the command as the image's user, in its folder, with its env"
+    );
+
+    // A layer that climbs out with `..`: refused, and nothing of it kept.
+    let evil = common::registry::layer(&[common::registry::Entry::File(
+        "../../../tmp/escaped-by-image",
+        b"x",
+        0o644,
+        0,
+    )]);
+    let archive = work.path().join("evil.tar");
+    tar_file(
+        &archive,
+        &[
+            (
+                "manifest.json",
+                br#"[{"Config":"config.json","Layers":["l/layer.tar"]}]"#,
+            ),
+            ("config.json", config.as_bytes()),
+            ("l/layer.tar", &evil),
+        ],
+    );
+    let out = stockade(
+        state.path(),
+        &["image", "import", "evil", archive.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("leads outside the image"), "{err}");
+    assert!(!Path::new("/tmp/escaped-by-image").exists());
+    let left: Vec<String> = std::fs::read_dir(state.path().join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("evil"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -222,11 +222,12 @@ pub enum JailCommand {
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
-    /// Import a root filesystem tarball as an image.
+    /// Import an image: an OCI image layout (a folder or an archive of
+    /// one), a `docker save` archive, or a root filesystem tarball.
     Import {
         /// Image name.
         name: String,
-        /// A tar archive of a root filesystem (compressed or not).
+        /// The layout folder or archive (compressed or not).
         tarball: PathBuf,
     },
     /// List the images on this host.
@@ -458,8 +459,11 @@ pub fn image(cfg: &Config, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ImageCommand::Import { name, tarball } => {
             let name = JailName::parse(&name).context("image name")?;
-            if !tarball.is_file() {
-                anyhow::bail!("{} is not a file", tarball.display());
+            if !tarball.is_file() && !tarball.join("index.json").is_file() {
+                anyhow::bail!(
+                    "{} is neither a file nor an OCI image layout folder",
+                    tarball.display()
+                );
             }
             engine(cfg)?.import_image(name.as_str(), &tarball)?;
             println!("imported {name}");

@@ -176,10 +176,14 @@ impl Engine {
         if paths.record.exists() {
             return Err(JailError::AlreadyExists(spec.name.to_string()));
         }
+        // An OCI image's entrypoint comes first, as for a started jail.
         let argv = if argv.is_empty() {
             self.command_of(spec)?
         } else {
-            argv.to_vec()
+            self.command_of(&JailSpec {
+                command: argv.to_vec(),
+                ..spec.clone()
+            })?
         };
         let mut simple = false;
         let mut terminal = Terminal::for_caller()?;
