@@ -35,7 +35,7 @@ async fn main() {
     rand::rng().fill_bytes(&mut data);
     let big = registry::layer(&[Entry::File("srv/data.bin", &data, 0o644, 0)]);
     let base = registry::busybox_layer();
-    let size = big.len() + base.len();
+    let size = u32::try_from(big.len() + base.len()).expect("under 4 GiB");
     let config = registry::config(&[], &["/bin/sh"], &[], "", "");
     registry
         .push("bench/site:1", vec![base, big], &config)
@@ -63,7 +63,7 @@ async fn main() {
         );
     }
     let m = median(times);
-    let mib = size as f64 / f64::from(1 << 20);
+    let mib = f64::from(size) / f64::from(1u32 << 20);
     println!(
         "pull and unpack a {mib:.1} MiB image from the local registry (token auth): median {:.0} ms ({:.0} MiB/s) over {ROUNDS} rounds",
         m.as_secs_f64() * 1000.0,
