@@ -10,13 +10,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::agent::{Node, is_root, wait_node, wait_observed};
 use common::registry::{self, Entry, TestRegistry};
-use common::{TestApp, new_client};
+use common::{TestApp, new_client, page_at};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use stockade_domain::{DesiredState, ObservedState, Role, TenantSlug};
@@ -24,27 +23,6 @@ use stockade_store::jails;
 use stockade_store::tokens::{self, Scope};
 use stockade_store::{plans, tenants};
 use uuid::Uuid;
-
-fn get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
-}
-
-/// Waits until `addr` serves a page; the page.
-fn page_at(addr: SocketAddr) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match get(addr) {
-            Ok(p) if !p.is_empty() => return p,
-            other => assert!(Instant::now() < deadline, "{addr} never served: {other:?}"),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 struct Api {
     http: reqwest::Client,

@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::TestApp;
 use common::agent::{Node, is_root, wait_node, wait_observed};
+use common::{TestApp, page_at};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use stockade_domain::{DesiredState, JailKind, JailName, Limits, ObservedState, TenantSlug};
@@ -22,28 +21,6 @@ use stockade_store::ports::NewPort;
 use stockade_store::tokens::{self, Scope};
 use stockade_store::{plans, tenants};
 use uuid::Uuid;
-
-/// GETs `/` from `addr`; the body.
-fn get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
-}
-
-/// Waits until `addr` serves a page; the page.
-fn page_at(addr: SocketAddr) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match get(addr) {
-            Ok(p) if !p.is_empty() => return p,
-            other => assert!(Instant::now() < deadline, "{addr} never served: {other:?}"),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn address(j: &Jail) -> SocketAddr {
     SocketAddr::new(j.address.as_deref().unwrap().parse().unwrap(), 80)
