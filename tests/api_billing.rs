@@ -592,6 +592,7 @@ async fn a_month_is_closed_once_with_its_totals() {
             address_pool: None,
             agent_version: "t".into(),
             published_ports: stockade_store::nodes::DEFAULT_PUBLISHED_PORTS,
+            cold_moves: "CRIU is not installed on this node".into(),
         },
     )
     .await

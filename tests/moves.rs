@@ -232,6 +232,19 @@ async fn a_jail_moves_between_nodes_and_serves_the_same_page() {
     // Moved: the same page from its new node, its port re-pointed there.
     let res = ask(token.expose_secret().to_owned(), json!({ "node": to.name })).await;
     assert_eq!(res.status(), 202);
+    // The move is cold, and the answer says why in the node's words (this
+    // host's CRIU is missing or cannot run on its kernel).
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["live"], false, "{answer}");
+    let because = answer["cold_because"].as_str().unwrap();
+    assert!(because.contains("CRIU"), "{answer}");
+    let nodes: Vec<String> = stockade_store::nodes::list(&app.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|n| n.cold_moves)
+        .collect();
+    assert_eq!(nodes.len(), 2, "both nodes said why they move cold");
     let res = ask(token.expose_secret().to_owned(), json!({ "node": to.name })).await;
     assert_eq!(res.status(), 409, "moving already");
     let moved = wait_on(&app, tenant, jail.id, id_of(to)).await;

@@ -22,6 +22,7 @@ async fn node(pool: &PgPool, name: &str, memory: u64) -> Uuid {
             address_pool: None,
             agent_version: "test".into(),
             published_ports: stockade_store::nodes::DEFAULT_PUBLISHED_PORTS,
+            cold_moves: "CRIU is not installed on this node".into(),
         },
     )
     .await

@@ -44,6 +44,7 @@ async fn register_node(app: &TestApp) {
             address_pool: None,
             agent_version: "t".into(),
             published_ports: stockade_store::nodes::DEFAULT_PUBLISHED_PORTS,
+            cold_moves: "CRIU is not installed on this node".into(),
         },
     )
     .await

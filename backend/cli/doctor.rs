@@ -268,31 +268,13 @@ fn collect(cfg: &Config) -> Vec<Check> {
     checks
 }
 
-/// Whether this host could checkpoint running jails (CRIU). Stockade does
-/// not checkpoint jails yet: a jail moves cold (stopped, shipped, started),
-/// and this says what a later live move would need here.
+/// Whether this host could move jails live (CRIU), and why not: jails
+/// move cold (stopped, shipped through the backup target, started).
 fn checkpoint_check() -> Check {
-    let detail = match which("criu") {
-        None => "criu is not installed: jails move cold (stopped, shipped through the backup target, started)".to_owned(),
-        Some(criu) => {
-            let out = Command::new(&criu).arg("check").output();
-            match out {
-                Ok(o) if o.status.success() => format!(
-                    "{} check passes; jails still move cold (stopped, shipped, started)",
-                    criu.display()
-                ),
-                Ok(o) => format!(
-                    "{} check fails ({}): jails move cold",
-                    criu.display(),
-                    String::from_utf8_lossy(&o.stderr)
-                        .lines()
-                        .next()
-                        .unwrap_or("no reason given")
-                ),
-                Err(e) => format!("{} did not run ({e}): jails move cold", criu.display()),
-            }
-        }
-    };
+    let detail = format!(
+        "jails move cold (stopped, shipped through the backup target, started): {}",
+        stockade_agent::cold_moves_because()
+    );
     Check {
         what: "checkpoint/restore",
         ok: true,

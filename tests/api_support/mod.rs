@@ -159,6 +159,7 @@ impl Api {
                 address_pool: None,
                 agent_version: "test".into(),
                 published_ports: stockade_store::nodes::DEFAULT_PUBLISHED_PORTS,
+                cold_moves: "CRIU is not installed on this node".into(),
             },
         )
         .await

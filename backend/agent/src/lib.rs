@@ -13,6 +13,7 @@
 mod acme;
 mod adopt;
 mod backups;
+mod checkpoint;
 mod claim;
 mod console;
 mod health;
@@ -44,6 +45,7 @@ pub use acme::{AcmeConfig, certificate_key};
 pub use claim::{Claims, claim_host_names};
 pub use metrics::Metrics;
 pub use proxy::{ProxyConfig, stop_proxy};
+pub use checkpoint::cold_moves_because;
 pub use ssh::SshConfig;
 
 /// How the agent is set up on this node.

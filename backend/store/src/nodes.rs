@@ -22,6 +22,8 @@ pub struct NodeInfo {
     pub agent_version: String,
     /// The node's ports that jails' ports are published on.
     pub published_ports: std::ops::RangeInclusive<u16>,
+    /// Why the node moves jails cold (never checkpointed live).
+    pub cold_moves: String,
 }
 
 /// The pool of published ports a node has unless configured otherwise.
@@ -42,6 +44,8 @@ pub struct Node {
     pub disk_bytes: i64,
     /// Last heartbeat.
     pub heartbeat_at: DateTime<Utc>,
+    /// Why it moves jails cold, as its agent said when it started.
+    pub cold_moves: Option<String>,
 }
 
 fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
@@ -54,12 +58,12 @@ pub async fn register(pool: &PgPool, info: &NodeInfo) -> Result<Uuid, StoreError
     // The address pool travels as text, cast by the server.
     let id = sqlx::query_scalar!(
         "INSERT INTO nodes (name, cpus, memory_bytes, disk_bytes, address_pool, agent_version,
-             port_min, port_max)
-         VALUES ($1, $2, $3, $4, $5::text::cidr, $6, $7, $8)
+             port_min, port_max, cold_moves)
+         VALUES ($1, $2, $3, $4, $5::text::cidr, $6, $7, $8, $9)
          ON CONFLICT (name) DO UPDATE SET cpus = EXCLUDED.cpus, memory_bytes = EXCLUDED.memory_bytes,
              disk_bytes = EXCLUDED.disk_bytes, address_pool = EXCLUDED.address_pool,
              agent_version = EXCLUDED.agent_version, port_min = EXCLUDED.port_min,
-             port_max = EXCLUDED.port_max, heartbeat_at = now()
+             port_max = EXCLUDED.port_max, cold_moves = EXCLUDED.cold_moves, heartbeat_at = now()
          RETURNING id",
         info.name.as_str(),
         i32::try_from(info.cpus).unwrap_or(i32::MAX),
@@ -68,7 +72,8 @@ pub async fn register(pool: &PgPool, info: &NodeInfo) -> Result<Uuid, StoreError
         info.address_pool.as_deref(),
         info.agent_version.as_str(),
         i32::from(*info.published_ports.start()),
-        i32::from(*info.published_ports.end())
+        i32::from(*info.published_ports.end()),
+        info.cold_moves.as_str()
     )
     .fetch_one(pool)
     .await?;
@@ -113,7 +118,7 @@ pub async fn offered_images(pool: &PgPool) -> Result<Vec<String>, StoreError> {
 pub async fn list(pool: &PgPool) -> Result<Vec<Node>, StoreError> {
     Ok(sqlx::query_as!(
         Node,
-        "SELECT id, name, cpus, memory_bytes, disk_bytes, heartbeat_at FROM nodes ORDER BY name"
+        "SELECT id, name, cpus, memory_bytes, disk_bytes, heartbeat_at, cold_moves FROM nodes ORDER BY name"
     )
     .fetch_all(pool)
     .await?)
@@ -149,6 +154,8 @@ pub struct NodeLoad {
     /// Where its SSH gateway listens, and its host key's fingerprint.
     pub ssh_endpoint: Option<String>,
     pub ssh_host_fingerprint: Option<String>,
+    /// Why it moves jails cold, as its agent said when it started.
+    pub cold_moves: Option<String>,
 }
 
 impl NodeLoad {
@@ -169,7 +176,7 @@ pub async fn loads(pool: &PgPool) -> Result<Vec<NodeLoad>, StoreError> {
              COALESCE(sum(j.cpu_millicores), 0)::bigint AS "cpu_allocated!",
              COALESCE(sum(j.memory_bytes), 0)::bigint AS "memory_allocated!",
              COALESCE(sum(j.disk_bytes), 0)::bigint AS "disk_allocated!",
-             n.ssh_endpoint, n.ssh_host_fingerprint
+             n.ssh_endpoint, n.ssh_host_fingerprint, n.cold_moves
          FROM nodes n LEFT JOIN jails j ON j.node_id = n.id AND j.desired_state <> 'deleted'
          GROUP BY n.id ORDER BY n.name"#
     )

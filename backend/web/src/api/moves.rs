@@ -29,7 +29,9 @@ pub struct MoveJail {
     pub node: String,
 }
 
-/// Moves the jail to another node. 422 on `node` for an unknown node or the
+/// Moves the jail to another node, cold: it stops, and starts on the new
+/// node with its files (the answer's `cold_because` says why the node
+/// cannot move it live). 422 on `node` for an unknown node or the
 /// jail's own; 503 `no_capacity` when that node is down, being drained or
 /// without room for it; 409 while the jail is moving already. A refused
 /// move leaves the jail as it was.
@@ -49,12 +51,18 @@ pub(crate) async fn move_jail(
     let (tenant_id, jail_id) = path.into_inner();
     caller.see_tenant(tenant_id)?;
     caller.unbound()?;
-    stockade_store::jails::get(&state.pool, tenant_id, jail_id).await?;
-    let node = stockade_store::nodes::list(&state.pool)
-        .await?
-        .into_iter()
+    let nodes = stockade_store::nodes::list(&state.pool).await?;
+    let jail = stockade_store::jails::get(&state.pool, tenant_id, jail_id).await?;
+    let node = nodes
+        .iter()
         .find(|n| n.name == body.node.trim())
         .ok_or_else(|| ApiError::field("node", "no node has this name"))?;
+    // Moves are cold; the answer says why, in the source node's words.
+    let cold_because = nodes
+        .iter()
+        .find(|n| Some(n.id) == jail.node_id)
+        .and_then(|n| n.cold_moves.clone())
+        .unwrap_or_else(|| "the node has not said whether it could move jails live".into());
     stockade_store::moves::request(&state.pool, jail_id, node.id).await?;
     record(
         &state,
@@ -65,5 +73,10 @@ pub(crate) async fn move_jail(
         &jail_id.to_string(),
     )
     .await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "jail_id": jail_id, "node": node.name })))
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "jail_id": jail_id,
+        "node": node.name,
+        "live": false,
+        "cold_because": cold_because,
+    })))
 }

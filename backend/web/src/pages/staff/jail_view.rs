@@ -24,6 +24,8 @@ pub(super) struct StaffJailPage {
     /// The node it is on, and the other nodes it could move to.
     node: String,
     others: Vec<String>,
+    /// Why a move stops the jail here.
+    cold_moves: String,
     /// Where it is moving, while it does.
     moving: Option<String>,
 }
@@ -50,6 +52,12 @@ pub(super) async fn jail_page(
             .map(|n| n.name.clone())
     };
     let node = name_of(jail.node_id).unwrap_or_else(|| "none".into());
+    // Moves are cold; say why, in the node's own words.
+    let cold_moves = jail
+        .node_id
+        .and_then(|id| nodes.iter().find(|n| n.id == id))
+        .and_then(|n| n.cold_moves.clone())
+        .unwrap_or_else(|| "the node has not said whether it could move jails live".into());
     let moving = name_of(jail.move_to_node).or_else(|| {
         jail.moved_from_node
             .map(|_| format!("{node} (its copy on its old node goes once it runs here)"))
@@ -72,6 +80,7 @@ pub(super) async fn jail_page(
             node,
             others,
             moving,
+            cold_moves,
         },
         had_flash,
     )?;

@@ -23,6 +23,8 @@ pub(super) struct NodeLine {
     disk: String,
     /// The SSH gateway's address and host key fingerprint, or why none.
     ssh: String,
+    /// Why it moves jails cold.
+    moves: String,
 }
 
 #[derive(Template)]
@@ -71,6 +73,7 @@ pub(super) async fn nodes_page(
                 (Some(e), Some(f)) => format!("{e} ({f})"),
                 _ => "none".to_owned(),
             },
+            moves: n.cold_moves.unwrap_or_else(|| "not reported".to_owned()),
             jails: n.jails,
             running: n.running,
             name: n.name,
