@@ -42,10 +42,10 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use acme::{AcmeConfig, certificate_key};
+pub use checkpoint::cold_moves_because;
 pub use claim::{Claims, claim_host_names};
 pub use metrics::Metrics;
 pub use proxy::{ProxyConfig, stop_proxy};
-pub use checkpoint::cold_moves_because;
 pub use ssh::SshConfig;
 
 /// How the agent is set up on this node.

@@ -68,7 +68,7 @@ pub(crate) fn clean(path: &Path, layer: usize) -> Result<Option<PathBuf>, ImageE
 
 /// Makes the folders leading to `rel` below `root`, refusing to pass
 /// through a symbolic link; a file in the way is replaced by a folder.
-fn parents(root: &Path, rel: &Path, layer: usize) -> Result<(), ImageError> {
+pub(crate) fn parents(root: &Path, rel: &Path, layer: usize) -> Result<(), ImageError> {
     let mut at = root.to_path_buf();
     let Some(parent) = rel.parent() else {
         return Ok(());
@@ -102,7 +102,7 @@ fn mkdir(path: &Path) -> Result<(), ImageError> {
 }
 
 /// Removes whatever is at `path` (not following a link); absent is fine.
-fn remove(path: &Path) -> Result<(), ImageError> {
+pub(crate) fn remove(path: &Path) -> Result<(), ImageError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(ImageError::io("remove", path)),
         Ok(_) => fs::remove_file(path).map_err(ImageError::io("remove", path)),
@@ -152,6 +152,14 @@ pub(crate) fn apply(
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            // `.wh..` or `.wh...` would name the folder itself or its parent.
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(ImageError::Unsafe {
+                    layer,
+                    path: rel.display().to_string(),
+                    reason: "is a whiteout of no file",
+                });
+            }
             parents(root, &rel, layer)?;
             remove(&root.join(rel.with_file_name(hidden)))?;
             continue;

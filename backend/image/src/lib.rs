@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -270,13 +271,18 @@ fn extract_archive(source: &Path, dir: &Path, bounds: &Bounds) -> Result<(), Ima
                 "the archive has too many entries".into(),
             ));
         }
+        // As for layers: never through a link an earlier entry made.
+        layer::parents(dir, &rel, 0)?;
         let path = dir.join(&rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(ImageError::io("create", parent))?;
-        }
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut out = fs::File::create(&path).map_err(ImageError::io("create", &path))?;
+                layer::remove(&path)?;
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(ImageError::io("create", &path))?;
                 let room = limit.max_bytes.saturating_sub(budget.bytes);
                 let n = io::copy(&mut (&mut entry).take(room + 1), &mut out)
                     .map_err(ImageError::io("read", source))?;
@@ -290,13 +296,18 @@ fn extract_archive(source: &Path, dir: &Path, bounds: &Bounds) -> Result<(), Ima
             }
             tar::EntryType::Symlink => {
                 if let Some(target) = entry.link_name().map_err(ImageError::io("read", source))? {
+                    layer::remove(&path)?;
                     std::os::unix::fs::symlink(&target, &path)
                         .map_err(ImageError::io("symlink", &path))?;
                 }
             }
-            tar::EntryType::Directory => {
-                fs::create_dir_all(&path).map_err(ImageError::io("create", &path))?;
-            }
+            tar::EntryType::Directory => match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => {}
+                _ => {
+                    layer::remove(&path)?;
+                    fs::create_dir(&path).map_err(ImageError::io("create", &path))?;
+                }
+            },
             _ => {}
         }
     }

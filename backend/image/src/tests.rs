@@ -195,6 +195,8 @@ fn escapes_devices_and_foreign_owners_are_refused() {
         ),
         (tar_of(&[E::Char("dev/mem")]), "device node"),
         (tar_of(&[E::Owned("f", b"x", 100_000)]), "65536 ids"),
+        (tar_of(&[E::File(".wh...", b"")]), "whiteout of no file"),
+        (tar_of(&[E::File("etc/.wh..", b"")]), "whiteout of no file"),
     ];
     for (layer, reason) in cases {
         let case = Case::new();
@@ -305,4 +307,36 @@ fn oci_and_docker_save_archives_unpack() {
     let plain = case.tmp.path().join("rootfs.tar");
     fs::write(&plain, tar_of(&[E::File("etc/hostname", b"x")])).unwrap();
     assert!(!is_oci(&plain));
+}
+
+#[test]
+fn an_archive_cannot_write_through_its_own_links() {
+    // A `docker save` whose `blobs` is a link out, then a file under it.
+    let outside = tempfile::tempdir().unwrap();
+    let case = Case::new();
+    let archive = case.tmp.path().join("evil.tar");
+    fs::write(
+        &archive,
+        tar_of(&[
+            E::Link("blobs", outside.path().to_str().unwrap()),
+            E::File("blobs/planted", b"x"),
+            E::File("manifest.json", b"[]"),
+        ]),
+    )
+    .unwrap();
+    let err = unpack(
+        &archive,
+        &case.root(),
+        &case.tmp.path().join("s"),
+        &Bounds::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing planted outside"
+    );
+    assert!(!case.tmp.path().join("s").exists(), "scratch removed");
 }
