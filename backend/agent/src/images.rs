@@ -71,7 +71,20 @@ impl Images {
         };
         let mut changed = false;
         for w in &wanted {
-            if present.contains(&w.name) || self.recently_failed(w) {
+            if present.contains(&w.name) {
+                if !self.pulled_as(&w.name, &w.reference).await {
+                    // Another image holds the name here: never shown as this one.
+                    let why = format!(
+                        "an image named {} is already on this node (put there by hand, or kept \
+                         for its jails from another reference): remove it there, or add this \
+                         one under another name",
+                        w.name
+                    );
+                    self.record(&w.name, Err(&why)).await;
+                }
+                continue;
+            }
+            if self.recently_failed(w) {
                 continue;
             }
             match self.pull(w).await {
@@ -128,6 +141,15 @@ impl Images {
             .expect("not poisoned")
             .get(&w.name)
             .is_some_and(|(r, at)| *r == w.reference && at.elapsed() < RETRY_AFTER)
+    }
+
+    /// Whether the image `name` here was pulled from `reference`.
+    async fn pulled_as(&self, name: &str, reference: &str) -> bool {
+        let n = name.to_owned();
+        matches!(
+            self.blocking(move |e| e.image_config(&n)).await,
+            Ok(Some(config)) if config.source == reference
+        )
     }
 
     /// Whether `name` is an image this node pulled that the catalogue no

@@ -248,25 +248,19 @@ pub fn unpack(
 fn extract_archive(source: &Path, dir: &Path, bounds: &Bounds) -> Result<(), ImageError> {
     let file = fs::File::open(source).map_err(ImageError::io("open", source))?;
     let reader = layer::decompressed(file).map_err(ImageError::io("read", source))?;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(layer::Capped {
+        inner: reader,
+        left: bounds.max_bytes.saturating_add(1 << 30),
+    });
     let mut budget = layer::Budget::default();
-    let limit = Bounds {
-        // The archive holds compressed layers: no more than the image.
-        max_bytes: bounds.max_bytes,
-        max_entries: 100_000,
-        max_layers: bounds.max_layers,
-    };
-    for entry in archive.entries().map_err(ImageError::io("read", source))? {
-        let mut entry = entry.map_err(ImageError::io("read", source))?;
-        let raw = entry
-            .path()
-            .map_err(ImageError::io("read", source))?
-            .into_owned();
-        let Some(rel) = layer::clean(&raw, 0)? else {
-            continue;
+    // The archive holds compressed layers: no more than the image.
+    let max_entries = 100_000;
+    layer::walk(&mut archive, 0, |entry, meta| {
+        let Some(rel) = layer::clean(&meta.path, 0)? else {
+            return Ok(());
         };
         budget.entries += 1;
-        if budget.entries > limit.max_entries {
+        if budget.entries > max_entries {
             return Err(ImageError::TooLarge(
                 "the archive has too many entries".into(),
             ));
@@ -283,19 +277,19 @@ fn extract_archive(source: &Path, dir: &Path, bounds: &Bounds) -> Result<(), Ima
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)
                     .map_err(ImageError::io("create", &path))?;
-                let room = limit.max_bytes.saturating_sub(budget.bytes);
-                let n = io::copy(&mut (&mut entry).take(room + 1), &mut out)
+                let room = bounds.max_bytes.saturating_sub(budget.bytes);
+                let n = io::copy(&mut entry.take(room + 1), &mut out)
                     .map_err(ImageError::io("read", source))?;
                 budget.bytes += n;
                 if n > room {
                     return Err(ImageError::TooLarge(format!(
                         "the archive holds more than {} bytes",
-                        limit.max_bytes
+                        bounds.max_bytes
                     )));
                 }
             }
             tar::EntryType::Symlink => {
-                if let Some(target) = entry.link_name().map_err(ImageError::io("read", source))? {
+                if let Some(target) = meta.link {
                     layer::remove(&path)?;
                     std::os::unix::fs::symlink(&target, &path)
                         .map_err(ImageError::io("symlink", &path))?;
@@ -310,7 +304,8 @@ fn extract_archive(source: &Path, dir: &Path, bounds: &Bounds) -> Result<(), Ima
             },
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -473,9 +468,10 @@ fn unpack_layout(dir: &Path, root: &Path, bounds: &Bounds) -> Result<ImageConfig
     Ok(config)
 }
 
-/// Where an image's configuration is kept beside its tree.
+/// Where an image's configuration is kept: in a hidden folder beside the
+/// trees, so no image name can collide with it.
 pub fn config_path(image_dir: &Path, name: &str) -> PathBuf {
-    image_dir.join(format!("{name}.oci.json"))
+    image_dir.join(".config").join(format!("{name}.json"))
 }
 
 /// An image's configuration, if it is an OCI image.
@@ -493,6 +489,9 @@ pub fn read_config(image_dir: &Path, name: &str) -> Result<Option<ImageConfig>, 
 /// Writes an image's configuration beside its tree.
 pub fn write_config(image_dir: &Path, name: &str, config: &ImageConfig) -> Result<(), ImageError> {
     let path = config_path(image_dir, name);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(ImageError::io("create", dir))?;
+    }
     let text = serde_json::to_vec_pretty(config)
         .map_err(|e| ImageError::Invalid(format!("cannot write the image configuration: {e}")))?;
     fs::write(&path, text).map_err(ImageError::io("write", &path))

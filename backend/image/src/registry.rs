@@ -87,9 +87,73 @@ fn explain(reference: &str, with_account: bool, e: OciDistributionError) -> Imag
     ImageError::Registry(format!("pulling {reference}: {why}"))
 }
 
+/// A blob's file that takes no more than the blob's declared size: a
+/// registry sending more is cut off at once, not when the digest fails.
+struct Bounded<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the registry sent more than the layer's declared size",
+            )));
+        }
+        let this = &mut *self;
+        let written = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &written {
+            this.left -= *n as u64;
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The longest a whole pull may take before it is given up.
+const PULL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// Pulls `reference` into the layout folder `layout` (made here); returns
-/// the manifest's digest as the registry names it.
+/// the manifest's digest as the registry names it. A pull taking longer
+/// than half an hour is given up.
 pub async fn pull(
+    reference: &str,
+    credentials: Option<&Credentials>,
+    layout: &Path,
+    bounds: &Bounds,
+) -> Result<String, ImageError> {
+    tokio::time::timeout(
+        PULL_DEADLINE,
+        pull_within(reference, credentials, layout, bounds),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ImageError::Registry(format!(
+            "pulling {reference}: gave up after {} minutes",
+            PULL_DEADLINE.as_secs() / 60
+        )))
+    })
+}
+
+async fn pull_within(
     reference: &str,
     credentials: Option<&Credentials>,
     layout: &Path,
@@ -151,14 +215,20 @@ pub async fn pull(
     .await?;
     for l in &manifest.layers {
         let path = layout.join(crate::blob_path(&l.digest)?);
-        let mut file = tokio::fs::File::create(&path)
+        let file = tokio::fs::File::create(&path)
             .await
             .map_err(ImageError::io("create", &path))?;
+        let mut bounded = Bounded {
+            inner: file,
+            left: u64::try_from(l.size).unwrap_or(0),
+        };
         client
-            .pull_blob(&image, l, &mut file)
+            .pull_blob(&image, l, &mut bounded)
             .await
             .map_err(|e| explain(reference, credentials.is_some(), e))?;
-        file.sync_all()
+        bounded
+            .inner
+            .sync_all()
             .await
             .map_err(ImageError::io("write", &path))?;
     }

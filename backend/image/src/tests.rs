@@ -340,3 +340,54 @@ fn an_archive_cannot_write_through_its_own_links() {
     );
     assert!(!case.tmp.path().join("s").exists(), "scratch removed");
 }
+
+#[test]
+fn long_names_work_oversized_extensions_are_refused_and_opaque_hides_deep() {
+    // A path past the 100 bytes of a tar header, through a GNU long name.
+    let case = Case::new();
+    let long = format!("srv/{}/deep.txt", "n".repeat(150));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, &long, &b"deep"[..]).unwrap();
+    case.unpack(&[gz(&b.into_inner().unwrap())]).unwrap();
+    assert_eq!(fs::read(case.root().join(&long)).unwrap(), b"deep");
+
+    // A long name record declaring 1 MiB: refused before it is read.
+    let case = Case::new();
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(1 << 20);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &vec![b'a'; 1 << 20][..]).unwrap();
+    let err = case
+        .unpack(&[gz(&b.into_inner().unwrap())])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("extension record over 64 KiB"), "{err}");
+
+    // An opaque folder hides lower files below folders the layer lists again.
+    let case = Case::new();
+    let lower = gz(&tar_of(&[
+        E::File("var/cache/sub/old", b"o"),
+        E::File("var/cache/keep", b"k"),
+    ]));
+    let upper = gz(&tar_of(&[
+        E::Dir("var/cache/sub/"),
+        E::File("var/cache/sub/new", b"n"),
+        E::File("var/cache/.wh..wh..opq", b""),
+    ]));
+    case.unpack(&[lower, upper]).unwrap();
+    let root = case.root();
+    assert!(
+        !root.join("var/cache/sub/old").exists(),
+        "lower file under a listed folder hidden"
+    );
+    assert!(!root.join("var/cache/keep").exists());
+    assert!(root.join("var/cache/sub/new").exists());
+}

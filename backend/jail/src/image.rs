@@ -195,8 +195,10 @@ fn image_etc(root: &Path, file: &str) -> String {
 }
 
 /// An image's `user[:group]` (names looked up in the image's own
-/// `/etc/passwd` and `/etc/group`, or numbers) as ids inside the jail.
-pub(crate) fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), JailError> {
+/// `/etc/passwd` and `/etc/group`, or numbers) as ids inside the jail, with
+/// the user's home folder. As other runtimes do: a user without a group
+/// gets its passwd entry's group, or 0 when it has no entry.
+pub(crate) fn resolve_user(root: &Path, user: &str) -> Result<User, JailError> {
     let bad = |reason: String| JailError::Invalid {
         what: "image user",
         reason,
@@ -206,19 +208,29 @@ pub(crate) fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), JailEr
         None => (user, None),
     };
     let passwd = image_etc(root, "passwd");
-    let entry = |name: &str| {
-        passwd
-            .lines()
-            .map(|l| l.split(':').collect::<Vec<_>>())
-            .find(|f| f.len() >= 4 && f[0] == name)
-            .and_then(|f| Some((f[2].parse::<u32>().ok()?, f[3].parse::<u32>().ok()?)))
+    // (name, uid, gid, home) of each entry.
+    let entries: Vec<(&str, u32, u32, &str)> = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 6)
+        .filter_map(|f| Some((f[0], f[2].parse().ok()?, f[3].parse().ok()?, f[5])))
+        .collect();
+    let entry = match u.parse::<u32>() {
+        Ok(uid) => entries.iter().find(|e| e.1 == uid).copied(),
+        Err(_) => Some(
+            entries
+                .iter()
+                .find(|e| e.0 == u)
+                .copied()
+                .ok_or_else(|| bad(format!("{u:?} is not a user of the image")))?,
+        ),
     };
-    let (uid, primary) = match u.parse::<u32>() {
-        Ok(uid) => (uid, uid),
-        Err(_) => entry(u).ok_or_else(|| bad(format!("{u:?} is not a user of the image")))?,
+    let uid = match entry {
+        Some(e) => e.1,
+        None => u.parse().unwrap_or(0),
     };
     let gid = match g {
-        None => primary,
+        None => entry.map_or(0, |e| e.2),
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => image_etc(root, "group")
@@ -232,7 +244,23 @@ pub(crate) fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), JailEr
     if uid > 65_535 || gid > 65_535 {
         return Err(bad(format!("{user:?} is beyond the 65536 ids a jail maps")));
     }
-    Ok((uid, gid))
+    Ok(User {
+        uid,
+        gid,
+        home: entry
+            .map(|e| e.3)
+            .filter(|h| h.starts_with('/'))
+            .unwrap_or("/")
+            .to_owned(),
+    })
+}
+
+/// Who an image's command runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
 }
 
 /// Removes every block and character device node below `dir` (symlinks
@@ -339,6 +367,39 @@ pub(crate) fn ensure_busybox(image_dir: &Path, busybox: &Path) -> Result<(), Jai
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_users_resolve_as_other_runtimes_do() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join("etc")).unwrap();
+        fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:www:/srv/www:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(root.path().join("etc/group"), "root:x:0:\nweb:x:35:\n").unwrap();
+        let user = |u: &str| resolve_user(root.path(), u).map(|u| (u.uid, u.gid, u.home));
+        assert_eq!(user("www").unwrap(), (33, 34, "/srv/www".into()));
+        assert_eq!(
+            user("33").unwrap(),
+            (33, 34, "/srv/www".into()),
+            "number, passwd group"
+        );
+        assert_eq!(
+            user("1001").unwrap(),
+            (1001, 0, "/".into()),
+            "no entry: group 0"
+        );
+        assert_eq!(user("www:web").unwrap().1, 35);
+        assert_eq!(user("1001:7").unwrap(), (1001, 7, "/".into()));
+        assert!(user("nobody").is_err());
+        assert!(user("www:none").is_err());
+        assert!(user("70000").is_err());
+        // A passwd that is a link is not followed out of the image.
+        fs::remove_file(root.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("etc/passwd")).unwrap();
+        assert!(user("root").is_err(), "the host's passwd is never read");
+    }
 
     #[test]
     fn image_names_are_labels() {

@@ -40,6 +40,10 @@ impl Engine {
         cgroup: bool,
     ) -> Result<(JailPaths, JailRecord), JailError> {
         let new = !self.paths(spec.name.as_str()).record.exists();
+        let _image = self
+            .image_use
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let r = self
             .prepare_parts(spec, transient)
             .and_then(|(paths, rec)| {
@@ -283,15 +287,20 @@ impl Engine {
         let steps = rootfs::plan(lower_layer, &upper, &mnt);
         let root = rootfs::root_in(&mnt);
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        // An OCI image's variables over the defaults, the jail's over both;
+        // its working folder and user (and that user's home) for the command.
+        let config = image::config(&self.cfg.image_dir, &spec.image)?.unwrap_or_default();
+        let user = match config.user.as_str() {
+            "" => None,
+            user => Some(image::resolve_user(&lower, user)?),
+        };
+        let home = user.as_ref().map_or("/root", |u| u.home.as_str());
         let defaults = [
             ("PATH", JAIL_PATH),
-            ("HOME", "/root"),
+            ("HOME", home),
             ("HOSTNAME", spec.hostname.as_str()),
             ("TERM", term.as_str()),
         ];
-        // An OCI image's variables over the defaults, the jail's over both;
-        // its working folder and user for the command.
-        let config = image::config(&self.cfg.image_dir, &spec.image)?.unwrap_or_default();
         let image_env = config.env_pairs();
         let own = |k: &str| spec.env.iter().any(|(name, _)| name == k);
         let env: Vec<(&str, &str)> = defaults
@@ -307,10 +316,7 @@ impl Engine {
             .collect();
         let identity = launch::Identity {
             workdir: Some(config.workdir.clone()).filter(|d| d.starts_with('/')),
-            user: match config.user.as_str() {
-                "" => None,
-                user => Some(image::resolve_user(&lower, user)?),
-            },
+            user: user.as_ref().map(|u| (u.uid, u.gid)),
         };
         let command = ExecPlan::new(argv, &env)?;
         let log_limit = match &stdio {

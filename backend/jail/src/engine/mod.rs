@@ -135,6 +135,10 @@ pub struct Engine {
     /// repair that read a record just before it changed cannot put back
     /// an element the change took away.
     pub(super) net_changes: std::sync::Mutex<()>,
+    /// Held (shared) while a jail is prepared from an image until its
+    /// record names the image, and (alone) while an image unused by any
+    /// record is removed: a removal never takes a jail's image away.
+    pub(super) image_use: std::sync::RwLock<()>,
     /// How volumes are duplicated for snapshots, as the state folder allows.
     storage: crate::storage::Driver,
 }
@@ -297,6 +301,11 @@ impl Engine {
                 .map_err(JailError::io("chmod", &dir))?;
         }
         fs::create_dir_all(&cfg.image_dir).map_err(JailError::io("create", &cfg.image_dir))?;
+        // Images hold files owned by the jails' ids, set-id bits kept: the
+        // host's users must not reach them (jails see them through mounts
+        // the engine makes as root).
+        fs::set_permissions(&cfg.image_dir, fs::Permissions::from_mode(0o700))
+            .map_err(JailError::io("chmod", &cfg.image_dir))?;
         uids::ensure_dir(&cfg.state_dir)?;
         let uids_dir = uids::dir(&cfg.state_dir);
         fs::set_permissions(&uids_dir, fs::Permissions::from_mode(0o700))
@@ -315,6 +324,7 @@ impl Engine {
             net_index: std::sync::Mutex::default(),
             firewall_written: std::sync::Mutex::default(),
             net_changes: std::sync::Mutex::default(),
+            image_use: std::sync::RwLock::default(),
             storage,
         })
     }
@@ -492,6 +502,10 @@ impl Engine {
 
     /// Removes image `name`, refused while a jail of this node uses it.
     pub fn remove_image(&self, name: &str) -> Result<(), JailError> {
+        let _alone = self
+            .image_use
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.images_in_use()?.contains(name) {
             return Err(JailError::Invalid {
                 what: "image",

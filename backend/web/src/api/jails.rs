@@ -641,6 +641,13 @@ pub(crate) async fn update(
         }
         .into());
     }
+    // Checked before anything is written: a refused request changes nothing.
+    if let Some(image) = &body.image
+        && caller.tenant().is_some()
+        && *image != current.image
+    {
+        stockade_store::images::check_offered(&state.pool, image).await?;
+    }
     let limits = patch.apply(current.limits)?;
     let mut jail = current;
     if limits_given
@@ -653,12 +660,6 @@ pub(crate) async fn update(
     }
     if let Some(check) = &body.health_check {
         jail = jails::set_health_check(&state.pool, tenant_id, jail_id, check.as_ref()).await?;
-    }
-    if let Some(image) = &body.image
-        && caller.tenant().is_some()
-        && *image != jail.image
-    {
-        stockade_store::images::check_offered(&state.pool, image).await?;
     }
     if body.command.is_some() || env.is_some() || body.image.is_some() {
         jail = jails::update_program(
