@@ -418,11 +418,29 @@ async fn registry_images_are_pulled_offered_run_and_removed() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     nothing_left(&node, "web");
+    // Failed pulls of images taken out of the catalogue are forgotten too.
+    let (status, _) = api
+        .send(reqwest::Method::DELETE, "/api/v1/images/evil", None)
+        .await;
+    assert_eq!(status, 204);
     let left = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM node_images WHERE image = 'web'")
         .fetch_one(&app.pool)
         .await
         .unwrap();
     assert_eq!(left, 0, "the node forgot its pull");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM node_images WHERE image = 'evil'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a failed pull outlived its image"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !jails::list_for_tenant(&app.pool, tenant)
         .await

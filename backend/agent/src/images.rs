@@ -121,6 +121,14 @@ impl Images {
                 }
             }
         }
+        let keep: Vec<String> = wanted
+            .iter()
+            .map(|w| w.name.clone())
+            .chain(present.iter().cloned())
+            .collect();
+        if let Err(e) = images::forget_pulls_except(&self.pool, self.node_id, &keep).await {
+            tracing::warn!(error = %e, "forgetting old image pulls failed");
+        }
         if changed {
             match self.blocking(|e| e.images()).await {
                 Ok(now) => {

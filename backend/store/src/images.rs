@@ -273,3 +273,20 @@ pub async fn forget_pull(pool: &PgPool, node_id: Uuid, image: &str) -> Result<()
     .await?;
     Ok(())
 }
+
+/// Forgets a node's records of images it neither pulls nor holds (failed
+/// pulls of images since taken out of the catalogue).
+pub async fn forget_pulls_except(
+    pool: &PgPool,
+    node_id: Uuid,
+    keep: &[String],
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "DELETE FROM node_images WHERE node_id = $1 AND NOT (image = ANY($2))",
+        node_id,
+        keep
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
