@@ -7,6 +7,8 @@
 //!
 //! Run as root: `cargo bench --bench images`.
 
+#[path = "../tests/common/ports.rs"]
+mod ports;
 #[path = "../tests/common/registry.rs"]
 mod registry;
 

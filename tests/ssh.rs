@@ -575,6 +575,10 @@ async fn a_customer_moves_a_jail_to_another_image_keeping_its_files() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    // Staff offer the image they put on the node by hand.
+    stockade_store::images::add(&app.pool, "busybox-marked", None, None, true)
+        .await
+        .unwrap();
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = keygen(keys.path(), "laptop");
     stockade_store::ssh_keys::add(

@@ -10,16 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::new_client;
+use common::ports::free_port;
 
 const ADMIN_PASSWORD: &str = "first admin password";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A folder the unprivileged database user can reach.
 fn workdir() -> tempfile::TempDir {

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod browser;
+pub mod ports;
 pub mod registry;
 pub mod tls;
 

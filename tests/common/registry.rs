@@ -155,11 +155,7 @@ impl TestRegistry {
         let broken_host = tokens.local_addr().unwrap().to_string();
         let cert_der = cert.der().to_vec();
         std::thread::spawn(move || serve_tokens(tokens, key, cert_der));
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::ports::free_port();
         let host = format!("127.0.0.1:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\nauth:\n  token:\n    realm: http://{broken_host}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {pem}\n",

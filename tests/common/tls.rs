@@ -44,14 +44,7 @@ impl TestCa {
     }
 }
 
-/// A free TCP port of loopback.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::ports::free_port;
 
 /// Pebble and its DNS, until dropped.
 pub struct Pebble {

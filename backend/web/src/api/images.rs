@@ -76,10 +76,16 @@ impl From<images::Image> for ImageOut {
     }
 }
 
+/// A list of images.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImageList {
+    pub data: Vec<ImageOut>,
+}
+
 /// The catalogue (provider) or the images the tenant may pick (a tenant's
 /// token: offered images a node has, without node details).
 #[utoipa::path(get, path = "/api/v1/images", tag = "images",
-    responses((status = 200, description = "Images", body = [ImageOut])),
+    responses((status = 200, description = "Images", body = ImageList)),
     security(("bearer" = ["tenants:read"])))]
 pub(crate) async fn list(
     Authorized(caller, _): Authorized<TenantsRead>,
@@ -99,7 +105,7 @@ pub(crate) async fn list(
     } else {
         all.into_iter().map(ImageOut::from).collect()
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": out })))
+    Ok(HttpResponse::Ok().json(ImageList { data: out }))
 }
 
 /// One catalogue image (provider).
