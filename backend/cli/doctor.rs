@@ -273,7 +273,7 @@ fn collect(cfg: &Config) -> Vec<Check> {
 fn checkpoint_check() -> Check {
     let detail = format!(
         "jails move cold (stopped, shipped through the backup target, started): {}",
-        stockade_agent::cold_moves_because()
+        stockade_agent::cold_moves_because(true)
     );
     Check {
         what: "checkpoint/restore",

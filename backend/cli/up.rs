@@ -220,7 +220,7 @@ pub async fn agent_task(
         address_pool: cfg.jail_network.map(|n| n.trunc().to_string()),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         published_ports: cfg.published_ports.clone(),
-        cold_moves: stockade_agent::cold_moves_because(),
+        cold_moves: stockade_agent::cold_moves_because(false),
     };
     let agent_cfg = stockade_agent::AgentConfig {
         node_name: cfg.node_name.clone(),

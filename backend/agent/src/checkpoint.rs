@@ -7,8 +7,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-/// Why this node moves jails cold, in a sentence.
-pub fn cold_moves_because() -> String {
+/// Why this node moves jails cold, in a sentence. With `check`, CRIU's
+/// own check is run (`stockade doctor`); the agent does not run it when it
+/// starts, because the check probes the kernel's features (namespaces,
+/// netlink, the firewall) beside the node's running jails.
+pub fn cold_moves_because(check: bool) -> String {
     let Some(criu) = ["/usr/sbin/criu", "/usr/bin/criu", "/sbin/criu"]
         .into_iter()
         .map(std::path::Path::new)
@@ -16,6 +19,11 @@ pub fn cold_moves_because() -> String {
     else {
         return "CRIU is not installed on this node".to_owned();
     };
+    if !check {
+        return "CRIU is installed, but Stockade does not checkpoint jails yet \
+                (`stockade doctor` says whether CRIU can run on this node's kernel)"
+            .to_owned();
+    }
     let mut child = match Command::new(criu)
         .arg("check")
         .stdout(std::process::Stdio::null())
