@@ -448,7 +448,11 @@ fn watch_network(watch: &stockade_jail::NetWatch, wakes: &[std::sync::Weak<tokio
     }
 }
 
-/// On every change the kernel reports, and every resync period, puts the
+/// Longest a change of the node's network waits to be put back when the
+/// kernel's event for it was lost.
+const NETWORK_CHECK: Duration = Duration::from_secs(5);
+
+/// On every change the kernel reports, and every few seconds, puts the
 /// node's network back as it should be (the bridge, the whole firewall
 /// table) and logs, counts and audits each repair.
 async fn repair_task(
@@ -459,7 +463,9 @@ async fn repair_task(
     every: Duration,
     changed: Arc<tokio::sync::Notify>,
 ) {
-    let mut tick = tokio::time::interval(every);
+    // The kernel's events wake it at once; a short period besides, since
+    // the firewall is the jails' isolation and an event can be lost.
+    let mut tick = tokio::time::interval(every.min(NETWORK_CHECK));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let actor = format!("agent:{node}");
     loop {
