@@ -26,6 +26,9 @@ pub(crate) struct Images {
     secret: Arc<SecretKey>,
     /// Image name → (reference, when its last pull failed).
     failed: Mutex<HashMap<String, (String, Instant)>>,
+    /// The catalogue's names at the last sweep that forgot old pulls: they
+    /// are looked at again only when it changed, not on every wake.
+    forgotten_for: Mutex<Option<Vec<String>>>,
 }
 
 impl Images {
@@ -41,6 +44,7 @@ impl Images {
             node_id,
             secret,
             failed: Mutex::new(HashMap::new()),
+            forgotten_for: Mutex::new(None),
         }
     }
 
@@ -121,13 +125,15 @@ impl Images {
                 }
             }
         }
-        let keep: Vec<String> = wanted
-            .iter()
-            .map(|w| w.name.clone())
-            .chain(present.iter().cloned())
-            .collect();
-        if let Err(e) = images::forget_pulls_except(&self.pool, self.node_id, &keep).await {
-            tracing::warn!(error = %e, "forgetting old image pulls failed");
+        let names: Vec<String> = wanted.iter().map(|w| w.name.clone()).collect();
+        let catalogue_changed =
+            self.forgotten_for.lock().expect("not poisoned").as_ref() != Some(&names);
+        if catalogue_changed {
+            let keep: Vec<String> = names.iter().chain(&present).cloned().collect();
+            match images::forget_pulls_except(&self.pool, self.node_id, &keep).await {
+                Ok(()) => *self.forgotten_for.lock().expect("not poisoned") = Some(names),
+                Err(e) => tracing::warn!(error = %e, "forgetting old image pulls failed"),
+            }
         }
         if changed {
             match self.blocking(|e| e.images()).await {
