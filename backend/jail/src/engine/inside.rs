@@ -219,9 +219,11 @@ impl Engine {
         name: &JailName,
         paths: &JailPaths,
     ) -> Result<(), JailError> {
+        let _lock = self.lock_jail(name.as_str())?;
         self.cgroups.remove(name.as_str())?;
         teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)?;
-        uids::release(&uids::dir(&self.cfg.state_dir), name.as_str())
+        uids::release(&uids::dir(&self.cfg.state_dir), name.as_str())?;
+        super::lock::forget(&super::lock::dir(&self.cfg.state_dir), name.as_str())
     }
 
     /// Removes a port of the node's bridge that [`Engine::discover`] found

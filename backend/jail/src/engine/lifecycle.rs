@@ -39,6 +39,7 @@ impl Engine {
         transient: bool,
         cgroup: bool,
     ) -> Result<(JailPaths, JailRecord), JailError> {
+        let _lock = self.lock_jail(spec.name.as_str())?;
         let new = !self.paths(spec.name.as_str()).record.exists();
         let _image = self
             .image_use
@@ -375,6 +376,7 @@ impl Engine {
     /// Starts the jail's init and command if not running. The jail keeps
     /// running when the calling process exits.
     pub fn start(&self, name: &JailName) -> Result<(), JailError> {
+        let _lock = self.lock_jail(name.as_str())?;
         let (_, rec) = self.record(name)?;
         if self.live_init(&rec).is_some() {
             return Ok(());
@@ -431,6 +433,7 @@ impl Engine {
     /// Stops the jail: SIGTERM to its command, `grace` to exit, then
     /// SIGKILL. The volume and cgroup stay. Idempotent.
     pub fn stop(&self, name: &JailName, grace: Duration) -> Result<(), JailError> {
+        let _lock = self.lock_jail(name.as_str())?;
         let paths = self.paths(name.as_str());
         let rec = state::load(&paths)?;
         if let Some(init) = rec.as_ref().and_then(|r| r.init) {
@@ -480,6 +483,7 @@ impl Engine {
 
     /// Stops, then starts the jail.
     pub fn restart(&self, name: &JailName, grace: Duration) -> Result<(), JailError> {
+        let _lock = self.lock_jail(name.as_str())?;
         self.stop(name, grace)?;
         self.start(name)
     }
@@ -488,6 +492,7 @@ impl Engine {
     /// device, cgroup, state folder. Works from the name alone, with or
     /// without a record. Idempotent.
     pub fn destroy(&self, name: &JailName) -> Result<(), JailError> {
+        let _lock = self.lock_jail(name.as_str())?;
         let paths = self.paths(name.as_str());
         self.stop(name, Duration::ZERO)?;
         if let Some(mut rec) = state::load(&paths).ok().flatten()
@@ -510,6 +515,7 @@ impl Engine {
         // never deleted through a mount.
         teardown::remove_jail_dir(self.host.as_ref(), &self.cfg.proc_root, &paths.dir)?;
         // Only now that no file of the jail is left is its range free.
-        uids::release(&uids::dir(&self.cfg.state_dir), name.as_str())
+        uids::release(&uids::dir(&self.cfg.state_dir), name.as_str())?;
+        lock::forget(&lock::dir(&self.cfg.state_dir), name.as_str())
     }
 }

@@ -3,6 +3,7 @@
 
 mod inside;
 mod lifecycle;
+mod lock;
 mod snapshots;
 #[cfg(test)]
 mod tests;
@@ -423,6 +424,11 @@ impl Engine {
 
     fn paths(&self, name: &str) -> JailPaths {
         JailPaths::new(&self.cfg.state_dir, name)
+    }
+
+    /// Takes the jail's lock (see [`lock`]): held by whoever changes it.
+    fn lock_jail(&self, name: &str) -> Result<lock::JailLock, JailError> {
+        lock::lock(&lock::dir(&self.cfg.state_dir), name)
     }
 
     fn view(&self) -> HostView<'_> {

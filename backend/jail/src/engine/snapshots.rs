@@ -81,6 +81,7 @@ impl Engine {
     /// snapshot. Taking one that exists returns it (a retried request).
     pub fn snapshot(&self, name: &JailName, id: &str) -> Result<Snapshot, JailError> {
         check_id(id)?;
+        let _lock = self.lock_jail(name.as_str())?;
         let (paths, rec) = self.record(name)?;
         if rec.upper != Upper::Volume {
             return Err(JailError::Invalid {
@@ -142,6 +143,7 @@ impl Engine {
     /// `update_limits`, and file owners follow a uid range changed since.
     pub fn restore_snapshot(&self, name: &JailName, id: &str) -> Result<(), JailError> {
         check_id(id)?;
+        let _lock = self.lock_jail(name.as_str())?;
         let (paths, mut rec) = self.record(name)?;
         if self.live_init(&rec).is_some() {
             return Err(JailError::Invalid {
@@ -207,6 +209,7 @@ impl Engine {
         image: &std::path::Path,
         uid_base: Option<u32>,
     ) -> Result<(), JailError> {
+        let _lock = self.lock_jail(name.as_str())?;
         let (paths, mut rec) = self.record(name)?;
         if self.live_init(&rec).is_some() {
             return Err(JailError::Invalid {
@@ -256,6 +259,7 @@ impl Engine {
     /// Removes snapshot `id` of the jail, if present.
     pub fn delete_snapshot(&self, name: &JailName, id: &str) -> Result<(), JailError> {
         check_id(id)?;
+        let _lock = self.lock_jail(name.as_str())?;
         let s = snapshot_paths(&self.paths(name.as_str()), id);
         for f in [&s.image, &s.partial, &s.meta] {
             match fs::remove_file(f) {

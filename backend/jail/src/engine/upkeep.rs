@@ -52,6 +52,7 @@ impl Engine {
     /// up state inside; else each rate limit that differs from the one in
     /// force. Nothing for a stopped jail or one without a network.
     pub fn repair_jail(&self, name: &JailName) -> Result<Vec<String>, JailError> {
+        let _lock = self.lock_jail(name.as_str())?;
         let (_, rec) = self.record(name)?;
         let (Some(spec), Some(init)) = (&rec.spec.network, self.live_init(&rec)) else {
             return Ok(Vec::new());
@@ -85,6 +86,7 @@ impl Engine {
         limits: &Limits,
     ) -> Result<Vec<String>, JailError> {
         check_rates(limits)?;
+        let _lock = self.lock_jail(name.as_str())?;
         let (paths, mut rec) = self.record(name)?;
         let mut device = None;
         // What applies now: all of `limits`, unless the host refuses to grow
@@ -162,20 +164,29 @@ impl Engine {
         };
         Ok(Some(match self.live_init(&rec) {
             Some(init) => JailStatus::Running { pid: init.pid },
-            None => {
-                if let Some(init) = rec.init {
-                    // Ended on its own: how is kept for whoever asks.
+            None if rec.init.is_some() => {
+                // Ended on its own: how is kept for whoever asks. Asked again
+                // under the jail's lock, as a stop, start or removal may
+                // have come first.
+                let _lock = self.lock_jail(name.as_str())?;
+                let paths = self.paths(name.as_str());
+                let Some(mut rec) = state::load(&paths)? else {
+                    return Ok(None);
+                };
+                if let Some(init) = self.live_init(&rec) {
+                    return Ok(Some(JailStatus::Running { pid: init.pid }));
+                }
+                if let Some(init) = rec.init.take() {
                     let status = reap(init.pid);
                     let at_ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    let mut rec = rec;
-                    rec.init = None;
                     rec.last_exit = Some(crate::state::Exit::of(status, at_ms));
-                    state::save(&self.paths(name.as_str()), &rec)?;
+                    state::save(&paths, &rec)?;
                 }
                 JailStatus::Stopped
             }
+            None => JailStatus::Stopped,
         }))
     }
 
