@@ -1324,8 +1324,19 @@ async fn failing_tc_and_nft_a_taken_link_name_and_a_jail_removed_by_hand_converg
     else {
         panic!("the other jail runs");
     };
+    // A file on its volume shows whether it is the same jail restarted
+    // (the file stays) or one made again (a new volume).
+    let sh = |script: &str| {
+        engine
+            .exec(
+                &other.host_name(),
+                &["sh".into(), "-c".into(), script.into()],
+            )
+            .unwrap()
+    };
+    assert_eq!(sh("touch /made-before"), 0);
+    // The agent may make it again at once, even before this call returns.
     engine.destroy(&other.host_name()).unwrap();
-    assert_eq!(engine.status(&other.host_name()).unwrap(), None);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(stockade_jail::JailStatus::Running { pid }) =
@@ -1341,6 +1352,7 @@ async fn failing_tc_and_nft_a_taken_link_name_and_a_jail_removed_by_hand_converg
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(sh("test -e /made-before"), 1, "the jail was not made anew");
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_observed(&pool, tenant, limited.id, ObservedState::Deleted).await;
     wait_observed(&pool, tenant, other.id, ObservedState::Deleted).await;
@@ -1622,6 +1634,57 @@ async fn serves(proxy: std::net::SocketAddr, host: &str, status: u16, text: &str
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn traffic_counted_as_a_domain_is_removed_is_kept_for_the_other_domains() {
+    use stockade_domain::DomainName;
+    use stockade_store::domains::{self, NewDomain, Traffic};
+    if !is_root() {
+        return;
+    }
+    let (pool, url) = common::fresh_database().await;
+    let node = Node::new(&url);
+    wait_node(&pool, &node.name).await;
+    let tenant = tenant(&pool).await;
+    let jail = jails::create(&pool, tenant, &system_jail("site", &[]))
+        .await
+        .unwrap();
+    let attach = |name: &str| {
+        let new = NewDomain {
+            name: DomainName::parse(name).unwrap(),
+            www: false,
+            jail_port: 80,
+            proof_required: false,
+        };
+        let pool = pool.clone();
+        async move { domains::attach(&pool, tenant, jail.id, &new).await.unwrap() }
+    };
+    let kept = attach("kept.test").await;
+    let gone = attach("gone.test").await;
+    // The customer removes one domain while the node stores a count of both.
+    let mut removal = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM domains WHERE id = $1")
+        .bind(gone.id)
+        .execute(&mut *removal)
+        .await
+        .unwrap();
+    let counted = |n: u64| Traffic {
+        requests: n,
+        bytes_in: 10 * n,
+        bytes_out: 100 * n,
+    };
+    let storing = tokio::spawn({
+        let pool = pool.clone();
+        async move { domains::add_traffic(&pool, &[(kept.id, counted(3)), (gone.id, counted(5))]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    removal.commit().await.unwrap();
+    storing.await.unwrap().unwrap();
+    let today = domains::traffic_today(&pool, tenant, jail.id)
+        .await
+        .unwrap();
+    assert_eq!(today, counted(3));
 }
 
 #[tokio::test]
