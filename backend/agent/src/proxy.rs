@@ -52,8 +52,30 @@ const UNAVAILABLE: &str = "<!doctype html><title>Not running</title><h1>This sit
 const UNKNOWN: &str =
     "<!doctype html><title>No site</title><h1>No site is configured for this name</h1>";
 
-/// HAProxy's configuration for `routes`.
-pub(crate) fn render(cfg: &ProxyConfig, routes: &[Route], as_root: bool) -> String {
+/// The names the proxy routes, each with its backend: one line per name,
+/// read by HAProxy as a map (a tree lookup per request, however many
+/// domains the node serves).
+fn routes_map(routes: &[Route]) -> String {
+    let mut map = String::new();
+    for r in routes {
+        let backend = backend_of(r);
+        for name in &r.names {
+            let _ = writeln!(map, "{name} {backend}");
+        }
+    }
+    map
+}
+
+/// The file [`routes_map`] is kept in: named after its contents, so a new
+/// configuration and its map are checked and put in force together while
+/// the old pair keeps serving.
+fn routes_map_path(dir: &Path, map: &str) -> PathBuf {
+    dir.join("routes").join(format!("{:016x}.map", fnv(map)))
+}
+
+/// HAProxy's configuration for `routes`, whose names are looked up in the
+/// map file `map` (see [`routes_map`]).
+pub(crate) fn render(cfg: &ProxyConfig, routes: &[Route], map: &Path, as_root: bool) -> String {
     let dir = cfg.dir.display();
     let mut s = String::from("global\n    master-worker\n");
     let _ = writeln!(s, "    pidfile {dir}/haproxy.pid");
@@ -72,15 +94,11 @@ pub(crate) fn render(cfg: &ProxyConfig, routes: &[Route], as_root: bool) -> Stri
         "    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
          http-request set-var(txn.site) req.hdr(host),field(1,:),lower\n",
     );
-    for r in routes {
-        let backend = backend_of(r);
-        let names: Vec<&str> = r.names.iter().map(String::as_str).collect();
-        let _ = writeln!(
-            routing,
-            "    use_backend {backend} if {{ var(txn.site) -m str {} }}",
-            names.join(" ")
-        );
-    }
+    let _ = writeln!(
+        routing,
+        "    use_backend %[var(txn.site),map({},unknown)]",
+        map.display()
+    );
     routing.push_str("    default_backend unknown\n");
     s.push_str("frontend http\n");
     let _ = writeln!(s, "    bind {}", cfg.http);
@@ -155,10 +173,12 @@ pub(crate) struct Proxy {
     current: Option<u64>,
 }
 
-/// A configuration to bring the proxy to: its text and its version, a
-/// fingerprint of the text and of everything served beside it.
+/// A configuration to bring the proxy to: its text, its routes map and its
+/// version, a fingerprint of the text (which names the map by its
+/// contents) and of everything served beside it.
 pub(crate) struct Plan {
     text: String,
+    map: String,
     version: u64,
 }
 
@@ -173,9 +193,15 @@ impl Proxy {
 
     /// What `routes` and `extras` ask the proxy to be.
     pub(crate) fn plan(&self, routes: &[Route], extras: &Extras) -> Plan {
-        let text = render(&self.cfg, routes, nix::unistd::Uid::effective().is_root());
+        let map = routes_map(routes);
+        let text = render(
+            &self.cfg,
+            routes,
+            &routes_map_path(&self.cfg.dir, &map),
+            nix::unistd::Uid::effective().is_root(),
+        );
         let version = fnv(&format!("{text}\n{extras:?}"));
-        Plan { text, version }
+        Plan { text, map, version }
     }
 
     /// Whether [`Proxy::apply`] would start or reload the proxy.
@@ -196,6 +222,8 @@ impl Proxy {
         let version = format!("v_{:016x}", plan.version);
         let text = format!("{}backend {version}\n", plan.text);
         write_extras(&self.cfg.dir, extras)?;
+        let map = routes_map_path(&self.cfg.dir, &plan.map);
+        write_routes_map(&map, &plan.map)?;
         let file = self.cfg.dir.join("haproxy.cfg");
         let next = self.cfg.dir.join("haproxy.cfg.next");
         std::fs::write(&next, &text)?;
@@ -219,6 +247,8 @@ impl Proxy {
             }
         }
         self.current = Some(plan.version);
+        // The maps of earlier configurations are read by no proxy now.
+        forget_routes_maps(&self.cfg.dir, &map);
         Ok(true)
     }
 
@@ -318,6 +348,33 @@ fn write_extras(dir: &Path, extras: &Extras) -> anyhow::Result<()> {
     }
     private(&dir.join("acme.map"), &map)?;
     Ok(())
+}
+
+/// Writes the routes map `text` at `path` (named after its contents, so one
+/// that is there is whole).
+fn write_routes_map(path: &Path, text: &str) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Removes every routes map in `dir` but `keep`.
+fn forget_routes_maps(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("routes")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.path() != keep {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Stops the proxy whose files are in `dir`, if it runs: `stockade up`
@@ -613,20 +670,27 @@ mod tests {
                 target: Target::Suspended,
             },
         ];
-        let text = render(&cfg, &routes, true);
+        let map = routes_map(&routes);
         let site = format!("site_{}", id.simple());
+        assert_eq!(
+            map,
+            format!("site.test {site}\nwww.site.test {site}\noff.test suspended\n")
+        );
+        let path = routes_map_path(&cfg.dir, &map);
+        assert!(path.starts_with("/run/p/routes"));
+        let text = render(&cfg, &routes, &path, true);
         assert!(text.contains(&format!(
-            "use_backend {site} if {{ var(txn.site) -m str site.test www.site.test }}"
+            "use_backend %[var(txn.site),map({},unknown)]",
+            path.display()
         )));
         assert!(text.contains(&format!("backend {site}\n    server jail 10.77.0.2:8080")));
-        assert!(text.contains("use_backend suspended if { var(txn.site) -m str off.test }"));
         assert!(text.contains("bind 127.0.0.1:8080"));
         assert!(text.contains(
             "bind 127.0.0.1:8443 ssl crt /run/p/default.pem crt-list /run/p/certs.list alpn h2,http/1.1"
         ));
         assert!(text.contains("map(/run/p/acme.map)"));
         assert!(text.contains("user haproxy"));
-        assert!(!render(&cfg, &routes, false).contains("user haproxy"));
+        assert!(!render(&cfg, &routes, &path, false).contains("user haproxy"));
     }
 
     #[test]
@@ -699,7 +763,18 @@ mod tests {
         assert!(proxy.apply(proxy.plan(&first, &none), &none).unwrap());
         let file = cfg.dir.join("haproxy.cfg");
         let before = std::fs::read_to_string(&file).unwrap();
-        assert!(before.contains("a.test"));
+        // The names the configuration in force routes, from the map it reads.
+        let routed = || {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let path = text
+                .split("use_backend %[var(txn.site),map(")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .unwrap()
+                .to_owned();
+            std::fs::read_to_string(path).unwrap()
+        };
+        assert!(routed().starts_with("a.test site_"));
         std::fs::write(dir.path().join("refuse"), "").unwrap();
         let e = proxy
             .apply(
@@ -715,5 +790,16 @@ mod tests {
             "{e}"
         );
         assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+        assert!(routed().starts_with("a.test site_"));
+        // Accepted, the new configuration routes both; the old map goes.
+        std::fs::remove_file(dir.path().join("refuse")).unwrap();
+        let both = [route("a.test"), route("b.test")];
+        assert!(proxy.apply(proxy.plan(&both, &none), &none).unwrap());
+        let map = routed();
+        assert!(map.contains("a.test ") && map.contains("b.test "), "{map}");
+        assert_eq!(
+            std::fs::read_dir(cfg.dir.join("routes")).unwrap().count(),
+            1
+        );
     }
 }

@@ -408,11 +408,14 @@ pub async fn add_traffic(pool: &PgPool, counts: &[(Uuid, Traffic)]) -> Result<()
     let requests: Vec<i64> = counts.iter().map(|(_, t)| to_i(t.requests)).collect();
     let bytes_in: Vec<i64> = counts.iter().map(|(_, t)| to_i(t.bytes_in)).collect();
     let bytes_out: Vec<i64> = counts.iter().map(|(_, t)| to_i(t.bytes_out)).collect();
+    // The domains counted are locked against removal until this commits; one
+    // removed meanwhile is left out instead of failing the whole count.
     sqlx::query!(
         "INSERT INTO domain_traffic (domain_id, day, tenant_id, jail_id, requests, bytes_in, bytes_out)
          SELECT d.id, (now() AT TIME ZONE 'UTC')::date, d.tenant_id, d.jail_id, c.r, c.i, c.o
          FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[]) AS c(id, r, i, o)
          JOIN domains d ON d.id = c.id
+         FOR KEY SHARE OF d
          ON CONFLICT (domain_id, day) DO UPDATE SET
              requests = domain_traffic.requests + EXCLUDED.requests,
              bytes_in = domain_traffic.bytes_in + EXCLUDED.bytes_in,
