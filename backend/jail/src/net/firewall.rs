@@ -69,6 +69,35 @@ pub(crate) fn firewall(table: &str, bridge: &str, open_ports: &[u16]) -> String 
     s
 }
 
+/// How many rules `program` (see [`firewall`]) adds.
+pub(crate) fn rules_in_program(program: &str) -> usize {
+    program
+        .lines()
+        .filter(|l| l.starts_with("add rule "))
+        .count()
+}
+
+/// How many rules a listing of the table (`nft list table`) holds: the
+/// lines of its chains but their `type … hook` line. A listing in the
+/// program's own form (as the test host keeps it) counts its `add rule`
+/// lines.
+pub(crate) fn rules_in_listing(listing: &str) -> usize {
+    let mut in_chain = false;
+    let mut rules = 0;
+    for line in listing.lines().map(str::trim) {
+        if line.starts_with("add rule ") {
+            rules += 1;
+        } else if line.starts_with("chain ") && line.ends_with('{') {
+            in_chain = true;
+        } else if line == "}" {
+            in_chain = false;
+        } else if in_chain && !line.is_empty() && !line.starts_with("type ") {
+            rules += 1;
+        }
+    }
+    rules
+}
+
 /// The nftables elements of one jail (publish map, NAT set), as `verb`
 /// (`add` or `delete`) commands, one per line.
 pub(crate) fn jail_elements(table: &str, verb: &str, spec: &NetSpec) -> Vec<String> {

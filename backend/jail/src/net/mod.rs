@@ -21,6 +21,8 @@ pub(crate) mod fake;
 mod tests;
 
 pub(crate) use firewall::{firewall, jail_elements};
+#[cfg(test)]
+use firewall::{rules_in_listing, rules_in_program};
 use host::same_rate;
 pub(crate) use host::{
     JailEnd, JailLink, LinuxNet, NetCounters, NetHost, bridge_ports, counters, tbf_args,
@@ -319,7 +321,15 @@ impl Network<'_> {
         self.host.nft(&format!("table inet {table}"), &program)?;
         let after = self.host.firewall_listing(table);
         let changed = before != after;
-        *written = after;
+        // The listing is remembered as what was written only when it holds
+        // every rule just written: a change made between the write and the
+        // listing (a flush) would otherwise be taken for the table as it
+        // should be, and never put back. Not remembered, the table is
+        // written again at the next check.
+        let whole = after
+            .as_deref()
+            .is_some_and(|l| firewall::rules_in_listing(l) >= firewall::rules_in_program(&program));
+        *written = if whole { after } else { None };
         Ok(changed)
     }
 

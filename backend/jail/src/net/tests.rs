@@ -372,3 +372,66 @@ fn the_firewall_is_loaded_only_when_missing() {
     let nft = fake.calls().iter().filter(|c| c.starts_with("nft")).count();
     assert_eq!(nft, 1);
 }
+
+/// The rule count of a real listing is what the program wrote, and none once
+/// the table is flushed: what the repair relies on to tell a table it wrote
+/// from one changed right after (run as root with `nft`).
+#[test]
+fn a_listed_table_counts_the_rules_its_program_wrote() {
+    if !nix::unistd::Uid::effective().is_root()
+        || std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("SKIPPED: needs root and nft");
+        return;
+    }
+    let table = format!("stkcount{}", std::process::id());
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "inet", &self.0])
+                .status();
+        }
+    }
+    let _gone = Gone(table.clone());
+    let mut program = firewall(&table, "stkcount0", &[22, 80]);
+    let spec = NetSpec {
+        nat: true,
+        ..NetSpec::new(Ipv4Addr::new(10, 77, 0, 2))
+    };
+    for line in jail_elements(&table, "add", &spec) {
+        program += &line;
+        program.push('\n');
+    }
+    let nft = |script: &str| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "{script}");
+    };
+    let listing = || {
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", "inet", &table])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    nft(&program);
+    let written = rules_in_program(&program);
+    assert!(written > 10, "{program}");
+    assert_eq!(rules_in_listing(&listing()), written, "{}", listing());
+    nft(&format!("flush table inet {table}\n"));
+    assert_eq!(rules_in_listing(&listing()), 0, "{}", listing());
+}
