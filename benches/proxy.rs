@@ -26,7 +26,8 @@ use stockade_store::jails::{self, NewJail};
 use stockade_store::{plans, tenants};
 
 /// Whatever the bench leaves on the host goes, pass or fail: the jails the
-/// agent made, the proxy, the bridge and the firewall table.
+/// agent made, the proxy, the agent's cgroup group, the bridge and the
+/// firewall table.
 struct Cleanup {
     engine: stockade_jail::Engine,
     proxy: std::path::PathBuf,
@@ -41,6 +42,14 @@ impl Drop for Cleanup {
             }
         }
         stockade_agent::stop_proxy(&self.proxy);
+        // The agent's own group, in every hierarchy (the agent is gone).
+        for entry in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(entry.path().join(CGROUP));
+        }
         let _ = Command::new("ip")
             .args(["link", "del", "stkproxy"])
             .status();
