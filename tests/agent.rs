@@ -1122,7 +1122,7 @@ async fn network_changes_are_put_back_on_the_kernels_word_not_at_the_next_resync
     // Each change was one repair: the repairs' own changes of the network
     // woke nothing that was reported as another. (The flushed table is put
     // back by the node's repair, or by the jail's when its pass comes
-    // first: three repairs either way.)
+    // first, or reported by both.)
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut repairs = 0;
     for action in ["node.network_repaired", "jail.repaired"] {
@@ -1130,7 +1130,12 @@ async fn network_changes_are_put_back_on_the_kernels_word_not_at_the_next_resync
             .await
             .unwrap();
     }
-    assert_eq!(repairs, 3, "three changes, three repairs");
+    // A flushed table may be reported by both repairs when they race: a
+    // fourth. Repairs woken by repairs would go on counting.
+    assert!(
+        (3..=4).contains(&repairs),
+        "three changes, three repairs (four when both repairs see the flush): {repairs}"
+    );
     tenants::terminate(&pool, tenant).await.unwrap();
     wait_observed(&pool, tenant, jail.id, ObservedState::Deleted).await;
 }
