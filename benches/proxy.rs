@@ -1,7 +1,8 @@
 //! Proxy benchmark: a jail's HTTP server reached through its node's proxy
 //! (HAProxy as the agent runs it) against the same server reached directly,
 //! side by side in one run (`wrk`, 16 keep-alive connections, small pages,
-//! alternating twice); then how soon a newly attached domain answers after
+//! alternating twice), and through a bare TCP hop (HAProxy forwarding bytes,
+//! no HTTP, no rules: the floor of any proxy on the same cores); then how soon a newly attached domain answers after
 //! the store call returns (p50/p99 over 50 domains); then the throughput
 //! again with 2,000 more domains on the node.
 //!
@@ -277,45 +278,79 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // 1. Throughput and p99, direct and through the proxy, alternating.
+    // 1. Throughput and p99: direct, through the node's proxy, and through
+    // the barest hop a user-space proxy can be (HAProxy forwarding TCP with
+    // no HTTP and no rules): what any proxy costs on these shared cores.
+    let hop: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let hop_cfg = dir.path().join("hop.cfg");
+    std::fs::write(
+        &hop_cfg,
+        format!(
+            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    \
+             timeout server 60s\nlisten hop\n    bind {hop}\n    server jail {address}:80\n"
+        ),
+    )
+    .unwrap();
+    let _hop = Kill(
+        Command::new("haproxy")
+            .arg("-f")
+            .arg(&hop_cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    while TcpStream::connect(hop).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let direct_url = format!("http://{address}:80/");
     let proxy_url = format!("http://{proxy}/");
+    let hop_url = format!("http://{hop}/");
     // Two rounds each way, alternating: requests/s and p99 of each run.
     let rounds = || {
-        let mut direct = Vec::new();
-        let mut proxied = Vec::new();
+        let mut runs = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..2 {
-            direct.push(wrk(&direct_url, None));
-            proxied.push(wrk(&proxy_url, Some("bench.test")));
+            runs[0].push(wrk(&direct_url, None));
+            runs[1].push(wrk(&proxy_url, Some("bench.test")));
+            runs[2].push(wrk(&hop_url, None));
         }
-        (direct, proxied)
+        runs
     };
-    let (direct, proxied) = rounds();
     let best = |v: &[(f64, f64)]| {
         v.iter()
             .copied()
             .fold((0.0f64, f64::NAN), |a, b| if b.0 > a.0 { b } else { a })
     };
-    let (d, p) = (best(&direct), best(&proxied));
-    println!("small pages, 16 keep-alive connections, best of two 10 s runs each:");
-    for (i, (a, b)) in direct.iter().zip(&proxied).enumerate() {
+    let report = |title: &str, runs: &[Vec<(f64, f64)>; 3]| {
+        println!("{title}, 16 keep-alive connections, best of two 10 s runs each:");
+        let rounds = runs[0].iter().zip(&runs[1]).zip(&runs[2]);
+        for (i, ((d, p), h)) in rounds.enumerate() {
+            println!(
+                "  round {}: direct {:.0} req/s (p99 {:.2} ms), through the proxy {:.0} req/s (p99 {:.2} ms), bare TCP hop {:.0} req/s (p99 {:.2} ms)",
+                i + 1,
+                d.0,
+                d.1,
+                p.0,
+                p.1,
+                h.0,
+                h.1
+            );
+        }
+        let (d, p, h) = (best(&runs[0]), best(&runs[1]), best(&runs[2]));
         println!(
-            "  round {}: direct {:.0} req/s (p99 {:.2} ms), through the proxy {:.0} req/s (p99 {:.2} ms)",
-            i + 1,
-            a.0,
-            a.1,
-            b.0,
-            b.1
+            "  direct {:.0} req/s p99 {:.2} ms; proxy {:.0} req/s p99 {:.2} ms: the proxy keeps {:.0} % of the throughput; a bare TCP hop keeps {:.0} % ({:.0} req/s, p99 {:.2} ms)",
+            d.0,
+            d.1,
+            p.0,
+            p.1,
+            100.0 * p.0 / d.0,
+            100.0 * h.0 / d.0,
+            h.0,
+            h.1
         );
-    }
-    println!(
-        "direct {:.0} req/s p99 {:.2} ms; proxy {:.0} req/s p99 {:.2} ms: the proxy keeps {:.0} % of the throughput",
-        d.0,
-        d.1,
-        p.0,
-        p.1,
-        100.0 * p.0 / d.0
-    );
+    };
+    report("small pages", &rounds());
 
     // 2. A new domain answers how soon after the store call returns.
     let mut live = Vec::new();
@@ -357,15 +392,9 @@ async fn main() {
     }
     // The workers of the reloads on the way finish first.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (direct, proxied) = rounds();
-    let (d, p) = (best(&direct), best(&proxied));
-    println!(
-        "with {others} more domains on the node: direct {:.0} req/s p99 {:.2} ms; proxy {:.0} req/s p99 {:.2} ms: the proxy keeps {:.0} % of the throughput",
-        d.0,
-        d.1,
-        p.0,
-        p.1,
-        100.0 * p.0 / d.0
+    report(
+        &format!("with {others} more domains on the node"),
+        &rounds(),
     );
 
     // Everything goes: the jail, the agent, its proxy, the bridge and table.

@@ -1699,17 +1699,17 @@ async fn domains_route_through_the_nodes_proxy_and_follow_the_jail_and_tenant() 
         return;
     }
     let (pool, url) = common::fresh_database().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let proxy: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let proxy: std::net::SocketAddr = ([127, 0, 0, 1], common::ports::free_port()).into();
     let listen = proxy.to_string();
+    // The resync is a minute away: every change below reaches the proxy by
+    // its notification.
     let node = Node::with_network_and_env(
         &url,
         "10.98.0.1/24",
-        &[("STOCKADE_PROXY_HTTP", listen.as_str())],
+        &[
+            ("STOCKADE_PROXY_HTTP", listen.as_str()),
+            ("STOCKADE_RESYNC_SECS", "60"),
+        ],
     );
     wait_node(&pool, &node.name).await;
     let tenant = tenant(&pool).await;
@@ -1917,6 +1917,22 @@ async fn domains_route_through_the_nodes_proxy_and_follow_the_jail_and_tenant() 
         .await
         .unwrap();
 
+    // A proxy that dies is started again within seconds, not at the resync.
+    let master = node.proxy_pid().expect("the proxy runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    while node.proxy_pid().is_none_or(|p| p == master) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the proxy was not started again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serves(proxy, "site.test", 200, "hello-from-the-site").await;
     // The proxy outlives its agent: sites stay up while it restarts.
     let mut node = node;
     node.kill(nix::sys::signal::Signal::SIGKILL);

@@ -282,6 +282,7 @@ pub async fn run(
             proxy,
             secret.clone(),
             challenges,
+            cfg.resync,
         ));
     }
     if cfg.network.is_some() {
