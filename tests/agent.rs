@@ -1764,6 +1764,10 @@ async fn domains_route_through_the_nodes_proxy_and_follow_the_jail_and_tenant() 
     assert!(env.contains("HTTP_X_FORWARDED_FOR=127.0.0.1"), "{env}");
     assert!(env.contains("HTTP_X_FORWARDED_PROTO=http"), "{env}");
     assert!(env.contains("HTTP_X_FORWARDED_HOST=site.test"), "{env}");
+    assert!(
+        env.contains(r#"HTTP_FORWARDED=for="127.0.0.1";host="site.test";proto=http"#),
+        "{env}"
+    );
 
     // Another tenant cannot take the name or its alias.
     let other = self::tenant(&pool).await;

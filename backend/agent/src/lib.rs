@@ -631,6 +631,14 @@ async fn connect_listener(pool: &PgPool) -> Option<PgListener> {
     }
 }
 
+/// Drops the notifications already received: a pass after a batch of
+/// changes reads them all at once, not once per notification.
+fn drain(listener: &mut Option<PgListener>) {
+    if let Some(l) = listener {
+        while l.next_buffered().is_some() {}
+    }
+}
+
 async fn recv(listener: &mut Option<PgListener>) -> Wake {
     let Some(l) = listener else {
         tokio::time::sleep(Duration::from_secs(5)).await;

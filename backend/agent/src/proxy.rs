@@ -90,16 +90,30 @@ pub(crate) fn render(cfg: &ProxyConfig, routes: &[Route], map: &Path, as_root: b
          timeout client 60s\n    timeout server 60s\n    timeout tunnel 1h\n    \
          timeout http-request 10s\n",
     );
-    let mut routing = String::from(
-        "    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
-         http-request set-var(txn.site) req.hdr(host),field(1,:),lower\n",
-    );
-    let _ = writeln!(
-        routing,
-        "    use_backend %[var(txn.site),map({},unknown)]",
-        map.display()
-    );
-    routing.push_str("    default_backend unknown\n");
+    // What the jail is told of the request (the client's own headers of
+    // these names are replaced), then where it goes: one map lookup.
+    let routing = |proto: &str| {
+        let mut r = format!(
+            "    http-request set-header X-Forwarded-Proto {proto}\n    \
+             http-request set-header X-Forwarded-Host %[req.hdr(host)]\n"
+        );
+        // RFC 7239, an IPv6 client in brackets.
+        for (v6, cond) in [(false, "unless"), (true, "if")] {
+            let (open, close) = if v6 { ("[", "]") } else { ("", "") };
+            let _ = writeln!(
+                r,
+                "    http-request set-header Forwarded \"for=\\\"{open}%[src]{close}\\\";host=\\\"%[req.hdr(host)]\\\";proto={proto}\" {cond} {{ src -m sub : }}"
+            );
+        }
+        r.push_str("    http-request set-var(txn.site) req.hdr(host),field(1,:),lower\n");
+        let _ = writeln!(
+            r,
+            "    use_backend %[var(txn.site),map({},unknown)]",
+            map.display()
+        );
+        r.push_str("    default_backend unknown\n");
+        r
+    };
     s.push_str("frontend http\n");
     let _ = writeln!(s, "    bind {}", cfg.http);
     // ACME's HTTP-01 challenges, answered from the map the agent writes.
@@ -108,16 +122,14 @@ pub(crate) fn render(cfg: &ProxyConfig, routes: &[Route], map: &Path, as_root: b
         "    http-request return status 200 content-type text/plain lf-string \"%[path,field(4,/),map({dir}/acme.map)]\" \
          if {{ path_beg /.well-known/acme-challenge/ }} {{ path,field(4,/),map({dir}/acme.map) -m found }}"
     );
-    s.push_str("    http-request set-header X-Forwarded-Proto http\n");
-    s.push_str(&routing);
+    s.push_str(&routing("http"));
     if let Some(https) = cfg.https {
         s.push_str("frontend https\n");
         let _ = writeln!(
             s,
             "    bind {https} ssl crt {dir}/default.pem crt-list {dir}/certs.list alpn h2,http/1.1"
         );
-        s.push_str("    http-request set-header X-Forwarded-Proto https\n");
-        s.push_str(&routing);
+        s.push_str(&routing("https"));
     }
     for r in routes {
         if let Target::Jail { address, port } = &r.target {
@@ -675,6 +687,9 @@ pub(crate) async fn proxy_task(
                 if matches!(w, super::Wake::Lost) {
                     listener = super::connect_listener(&pool).await;
                 }
+                // One pass for the changes made meanwhile (2,000 domains
+                // attached in a row are one or a few passes, not 2,000).
+                super::drain(&mut listener);
                 // Notified, or back after changes it may have missed.
                 next_pass = tokio::time::Instant::now();
             }
@@ -731,6 +746,9 @@ mod tests {
             "bind 127.0.0.1:8443 ssl crt /run/p/default.pem crt-list /run/p/certs.list alpn h2,http/1.1"
         ));
         assert!(text.contains("map(/run/p/acme.map)"));
+        assert!(text.contains(
+            r#"set-header Forwarded "for=\"[%[src]]\";host=\"%[req.hdr(host)]\";proto=https" if { src -m sub : }"#
+        ));
         assert!(text.contains("user haproxy"));
         assert!(!render(&cfg, &routes, &path, false).contains("user haproxy"));
     }
