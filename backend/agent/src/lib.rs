@@ -631,21 +631,23 @@ async fn connect_listener(pool: &PgPool) -> Option<PgListener> {
     }
 }
 
-/// Drops the notifications already received: a pass after a batch of
-/// changes reads them all at once, not once per notification.
-fn drain(listener: &mut Option<PgListener>) {
-    if let Some(l) = listener {
-        while l.next_buffered().is_some() {}
-    }
-}
-
 async fn recv(listener: &mut Option<PgListener>) -> Wake {
     let Some(l) = listener else {
         tokio::time::sleep(Duration::from_secs(5)).await;
         return Wake::Lost;
     };
     match l.try_recv().await {
-        Ok(Some(_)) => Wake::Notified,
+        Ok(Some(_)) => {
+            // The notifications already arrived ask for the same re-read:
+            // a run of 2,000 changes is one or a few passes, not 2,000.
+            loop {
+                match tokio::time::timeout(Duration::ZERO, l.try_recv()).await {
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(None) | Err(_)) => return Wake::Lost,
+                    Err(_) => return Wake::Notified,
+                }
+            }
+        }
         Ok(None) | Err(_) => Wake::Lost,
     }
 }

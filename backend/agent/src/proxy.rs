@@ -612,6 +612,7 @@ pub(crate) async fn proxy_task(
     let mut next_count = tokio::time::Instant::now() + COUNT_EVERY;
     let mut count_now = false;
     let mut next_pass = tokio::time::Instant::now();
+    let mut why = "start";
     loop {
         let counting = count_now || tokio::time::Instant::now() >= next_count;
         count_now = false;
@@ -627,8 +628,17 @@ pub(crate) async fn proxy_task(
                 }
             }
         }
-        let due = tokio::time::Instant::now() >= next_pass || proxy.pid().is_none();
+        let due = if tokio::time::Instant::now() >= next_pass {
+            true
+        } else if proxy.pid().is_none() {
+            why = "the proxy is not running";
+            true
+        } else {
+            false
+        };
         if due {
+            tracing::debug!(why, "proxy routes read");
+            why = "resync";
             next_pass = tokio::time::Instant::now() + resync;
             match domains::routes_for_node(&pool, node_id).await {
                 Ok(routes) => {
@@ -644,6 +654,7 @@ pub(crate) async fn proxy_task(
                         // then come back to apply.
                         count_now = true;
                         next_pass = tokio::time::Instant::now();
+                        why = "counted before a reload";
                         continue;
                     }
                     let done = tokio::task::spawn_blocking(move || {
@@ -673,27 +684,31 @@ pub(crate) async fn proxy_task(
                             }
                             // Tried again at the next change, or in a second.
                             next_pass = tokio::time::Instant::now() + Duration::from_secs(1);
+                            why = "retry";
                         }
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the proxy's routes failed");
                     next_pass = tokio::time::Instant::now() + Duration::from_secs(1);
+                    why = "retry";
                 }
             }
         }
         tokio::select! {
             w = super::recv(&mut listener) => {
+                why = "notified";
                 if matches!(w, super::Wake::Lost) {
                     listener = super::connect_listener(&pool).await;
+                    why = "listening again";
                 }
-                // One pass for the changes made meanwhile (2,000 domains
-                // attached in a row are one or a few passes, not 2,000).
-                super::drain(&mut listener);
                 // Notified, or back after changes it may have missed.
                 next_pass = tokio::time::Instant::now();
             }
-            () = challenges.changed.notified() => next_pass = tokio::time::Instant::now(),
+            () = challenges.changed.notified() => {
+                why = "an ACME challenge";
+                next_pass = tokio::time::Instant::now();
+            }
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
